@@ -1,0 +1,317 @@
+"""Configuration: attrs classes structured by cattrs from TOML or dicts.
+
+Every section is a frozen attrs class with defaults, so `SwarmConfig()` is a working embedded setup
+(SQLite state, the `fake` profile). `load_config` / `config_from_dict` refuse unknown keys and bad
+values with a `ValidationError` that names the dotted field and the value; `patch_config` applies a
+partial dict (hot configuration) and validates the whole result, leaving the old config untouched on
+error.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import cattrs
+from attrs import validators as v
+
+from .errors import ValidationError
+
+_nonneg = v.ge(0)
+_pos = v.gt(0)
+
+
+def _fraction(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{attr.name} must be between 0 and 1")
+
+
+@attrs.frozen
+class BackoffConfig:
+    """delay = min(max_s, min_s * factor**n) * (1 + jitter * U[0,1)); n resets after reset_after_s up."""
+
+    min_s: float = attrs.field(default=0.5, validator=_nonneg)
+    max_s: float = attrs.field(default=30.0, validator=_nonneg)
+    factor: float = attrs.field(default=2.0, validator=v.ge(1.0))
+    jitter: float = attrs.field(default=0.2, validator=_fraction)
+    reset_after_s: float = attrs.field(default=60.0, validator=_nonneg)
+
+
+@attrs.frozen
+class QueueConfig:
+    max_prompt_bytes: int = attrs.field(default=1_000_000, validator=_pos)
+    default_max_attempts: int = attrs.field(default=3, validator=_pos)
+    retry_backoff: BackoffConfig = BackoffConfig(min_s=1.0, max_s=60.0, factor=2.0, jitter=0.1)
+    affinity_bonus: int = attrs.field(default=2, validator=_nonneg)  # added per matching recent category
+    history_size: int = attrs.field(default=10, validator=_pos)  # categories remembered per worker
+    model_failure_limit: int = attrs.field(default=2, validator=_pos)  # failures before avoiding a model
+
+
+@attrs.frozen
+class StoreConfig:
+    path: str | None = None  # None: <state_dir>/shoal.db; ":memory:" for tests
+    synchronous: Literal["OFF", "NORMAL", "FULL"] = "NORMAL"
+    max_batch: int = attrs.field(default=1024, validator=_pos)  # changes per group commit at most
+
+
+@attrs.frozen
+class ProfileConfig:
+    """How to start an agent and talk to it. `argv` items may hold {model}, {prompt}, {worker}, {cwd}."""
+
+    argv: tuple[str, ...]
+    dialect: Literal["prompt", "marker", "idle", "stream-json", "oneshot"] = "prompt"
+    transport: Literal["pty", "pipe"] | None = None  # None: the dialect's default
+    env: dict[str, str] = attrs.field(factory=dict)
+    cwd: str | None = None
+    rows: int = attrs.field(default=40, validator=_pos)
+    cols: int = attrs.field(default=120, validator=_pos)
+    startup_timeout_s: float = attrs.field(default=30.0, validator=_pos)
+    stop_timeout_s: float = attrs.field(default=3.0, validator=_pos)  # per rung of the stop ladder
+    context_refresh_percent: float = attrs.field(default=80.0, validator=v.and_(v.ge(0), v.le(100)))
+    options: dict[str, Any] = attrs.field(factory=dict)  # dialect options (patterns, markers, idle_ms)
+    models: tuple[str, ...] = ()  # models this profile can run; empty: any
+
+
+@attrs.frozen
+class WorkersConfig:
+    profile: str = "fake"  # the profile new workers start with
+    profiles: dict[str, ProfileConfig] = attrs.field(factory=dict)  # user profiles, merged over built-ins
+    ring_buffer_kib: int = attrs.field(default=256, validator=_pos)
+    sample_interval_s: float = attrs.field(default=2.0, validator=_pos)  # CPU/memory sampling
+
+
+@attrs.frozen
+class ScalingConfig:
+    min_workers: int = attrs.field(default=0, validator=_nonneg)
+    max_workers: int = attrs.field(default=8, validator=_nonneg)
+    tasks_per_worker: int = attrs.field(default=1, validator=_pos)
+    max_spawn_per_tick: int = attrs.field(default=8, validator=_pos)
+    tick_s: float = attrs.field(default=1.0, validator=_pos)
+    utilisation_threshold: float = attrs.field(default=0.8, validator=_fraction)
+    predictive: bool = True
+    arrival_window_s: float = attrs.field(default=60.0, validator=_pos)
+    idle_s: float = attrs.field(default=60.0, validator=_nonneg)
+    stabilisation_s: float = attrs.field(default=300.0, validator=_nonneg)
+    max_retire_per_tick: int = attrs.field(default=1, validator=_pos)
+
+    def __attrs_post_init__(self) -> None:
+        if self.min_workers > self.max_workers:
+            raise ValueError("min_workers must not exceed max_workers")
+
+
+@attrs.frozen
+class BreakerConfig:
+    consecutive_spawn_failures: int = attrs.field(default=5, validator=_pos)
+    crash_rate_max: int = attrs.field(default=10, validator=_pos)  # crashes within crash_window_s
+    crash_window_s: float = attrs.field(default=60.0, validator=_pos)
+    on_halt: Literal["finish", "stop"] = "finish"  # what live workers do when the swarm halts
+    canary_after_s: float | None = None  # half-open: try one worker after this cool-down
+
+
+@attrs.frozen
+class SupervisionConfig:
+    backoff: BackoffConfig = BackoffConfig()
+    lineage_max_restarts: int = attrs.field(default=5, validator=_nonneg)
+    lineage_period_s: float = attrs.field(default=300.0, validator=_pos)
+    swarm_max_restarts: int = attrs.field(default=100, validator=_nonneg)
+    swarm_period_s: float = attrs.field(default=300.0, validator=_pos)
+    breaker: BreakerConfig = BreakerConfig()
+
+
+@attrs.frozen
+class ModelPrice:
+    input_per_mtok: float = attrs.field(default=0.0, validator=_nonneg)
+    output_per_mtok: float = attrs.field(default=0.0, validator=_nonneg)
+    per_second: float = attrs.field(default=0.0, validator=_nonneg)  # when tokens are unknown
+
+
+@attrs.frozen
+class ModelsConfig:
+    known: tuple[str, ...] = ("haiku", "sonnet", "opus")  # weakest first: the escalation order
+    default: str = "sonnet"
+    weights: dict[str, float] = attrs.field(factory=dict)  # share of unpinned work, e.g. {"haiku": 0.3}
+    category_models: dict[str, str] = attrs.field(factory=dict)  # e.g. {"review": "opus"}
+    fallback: dict[str, tuple[str, ...]] = attrs.field(factory=dict)  # e.g. {"sonnet": ("haiku",)}
+    escalate: bool = True  # retry a repeatedly failing task on the next stronger model
+    prices: dict[str, ModelPrice] = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        if self.default not in self.known:
+            raise ValueError(f"default model {self.default!r} is not in known {list(self.known)}")
+        for group, names in (
+            ("weights", list(self.weights)),
+            ("category_models", list(self.category_models.values())),
+            ("fallback", [*self.fallback, *(m for chain in self.fallback.values() for m in chain)]),
+        ):
+            for name in names:
+                if name not in self.known:
+                    raise ValueError(f"{group} names unknown model {name!r}")
+        if any(w < 0 for w in self.weights.values()):
+            raise ValueError("weights must be non-negative")
+
+
+@attrs.frozen
+class GatewayConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=8765, validator=v.and_(_nonneg, v.le(65535)))  # 0: any free port
+    allow_remote: bool = False  # binding to a non-loopback address needs this
+    allowed_origins: tuple[str, ...] = ()  # besides the dashboard's own origin
+    max_message_bytes: int = attrs.field(default=1 << 20, validator=_pos)
+    max_requests_per_s: float = attrs.field(default=2000.0, validator=_pos)
+    max_connections: int = attrs.field(default=256, validator=_pos)
+    max_subscriptions: int = attrs.field(default=64, validator=_pos)
+    replay_buffer: int = attrs.field(default=10_000, validator=_nonneg)  # events kept for `since`
+    client_buffer: int = attrs.field(default=1_000, validator=_pos)  # queued notifications per client
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    token_file: str | None = None  # None: <state_dir>/token
+
+
+@attrs.frozen
+class HttpConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = attrs.field(default=8766, validator=v.and_(_nonneg, v.le(65535)))
+
+
+@attrs.frozen
+class AlertRule:
+    kind: Literal[
+        "at_max_workers", "all_idle", "task_dead", "crash_rate", "breaker_tripped", "model_rate_limited"
+    ]
+    name: str | None = None
+    for_s: float = attrs.field(default=0.0, validator=_nonneg)  # condition must hold this long
+    threshold: int = attrs.field(default=1, validator=_pos)  # e.g. crashes
+    window_s: float = attrs.field(default=300.0, validator=_pos)
+    cooldown_s: float = attrs.field(default=300.0, validator=_nonneg)
+
+
+@attrs.frozen
+class WebhookConfig:
+    url: str
+    secret: str | None = None  # HMAC-SHA256 signature header when set
+    max_retries: int = attrs.field(default=5, validator=_nonneg)
+    timeout_s: float = attrs.field(default=5.0, validator=_pos)
+
+
+@attrs.frozen
+class AlertsConfig:
+    rules: tuple[AlertRule, ...] = ()
+    webhooks: tuple[WebhookConfig, ...] = ()
+
+
+@attrs.frozen
+class LogConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    json: bool = True
+    file: str | None = None  # None: stderr
+
+
+@attrs.frozen
+class SwarmConfig:
+    state_dir: str | None = None  # None: the user's data dir (platformdirs), created on start
+    queue: QueueConfig = QueueConfig()
+    store: StoreConfig = StoreConfig()
+    workers: WorkersConfig = WorkersConfig()
+    scaling: ScalingConfig = ScalingConfig()
+    supervision: SupervisionConfig = SupervisionConfig()
+    models: ModelsConfig = ModelsConfig()
+    gateway: GatewayConfig = GatewayConfig()
+    http: HttpConfig = HttpConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    log: LogConfig = LogConfig()
+
+
+# ---- structuring -----------------------------------------------------------------------------
+
+_converter = cattrs.Converter(forbid_extra_keys=True)
+
+
+def _path_of(exc: BaseException, path: str) -> tuple[str, BaseException]:
+    """Walk cattrs' exception groups to the first leaf, building the dotted field path."""
+    while isinstance(exc, cattrs.BaseValidationError) and exc.exceptions:
+        inner = exc.exceptions[0]
+        note = next(
+            (n for n in getattr(inner, "__notes__", []) if isinstance(n, cattrs.AttributeValidationNote)),
+            None,
+        )
+        key_note = next(
+            (n for n in getattr(inner, "__notes__", []) if isinstance(n, cattrs.IterableValidationNote)),
+            None,
+        )
+        if note is not None:
+            path = f"{path}.{note.name}" if path else note.name
+        elif key_note is not None:
+            path = f"{path}[{key_note.index!r}]"
+        exc = inner
+    return path, exc
+
+
+def structure(data: Any, cls: type[Any], where: str = "") -> Any:
+    """Structure `data` into `cls`, raising `ValidationError` naming the field on failure."""
+    try:
+        return _converter.structure(data, cls)
+    except cattrs.ForbiddenExtraKeysError as exc:
+        raise ValidationError(where or cls.__name__, f"unknown key(s) {sorted(exc.extra_fields)}") from None
+    except (cattrs.BaseValidationError, ValueError, TypeError, KeyError) as exc:
+        path, leaf = _path_of(exc, where)
+        if isinstance(leaf, cattrs.ForbiddenExtraKeysError):
+            raise ValidationError(path or cls.__name__, f"unknown key(s) {sorted(leaf.extra_fields)}") from None
+        if isinstance(leaf, KeyError):
+            key = str(leaf.args[0])
+            field = path if path.endswith(key) else (f"{path}.{key}" if path else key)
+            raise ValidationError(field, "is required") from None
+        raise ValidationError(path or cls.__name__, str(leaf) or type(leaf).__name__) from None
+
+
+def unstructure(obj: Any) -> Any:
+    return _converter.unstructure(obj)
+
+
+def config_from_dict(data: Mapping[str, Any]) -> SwarmConfig:
+    result: SwarmConfig = structure(dict(data), SwarmConfig)
+    return result
+
+
+def load_config(path: str | Path) -> SwarmConfig:
+    """Read a TOML file. A syntax error names the file and line."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ValidationError("config", f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValidationError("config", f"{path}: {exc}") from None
+    return config_from_dict(data)
+
+
+def _merge(base: dict[str, Any], partial: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in partial.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict) and not _is_map_field(key):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _is_map_field(key: str) -> bool:
+    # free-form maps are replaced whole by a patch, so a key can be removed
+    return key in {"weights", "category_models", "fallback", "prices", "env", "options", "metadata"}
+
+
+def patch_config(config: SwarmConfig, partial: Mapping[str, Any]) -> SwarmConfig:
+    """Apply a partial update (hot configuration); the whole result is validated."""
+    if not isinstance(partial, Mapping):
+        raise ValidationError("partial", "must be an object", partial)
+    return config_from_dict(_merge(unstructure(config), partial))
+
+
+def config_to_dict(config: SwarmConfig) -> dict[str, Any]:
+    result: dict[str, Any] = unstructure(config)
+    return result

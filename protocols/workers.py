@@ -1,0 +1,162 @@
+"""Worker states, the commands a WorkerActor accepts, and the reports it sends its owner.
+
+The worker sends every `WorkerReport` to the send channel it was given (the swarm's dispatcher, i.e.
+the QueueActor/supervisor side); reports are also the payloads of `worker.*` events.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import attrs
+
+from .tasks import Assignment, Outcome
+
+
+class WorkerState(enum.StrEnum):
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    REFRESHING = "refreshing"  # respawning fresh between tasks (context pressure, model change, restart)
+    PAUSED = "paused"  # alive, takes no task
+    STOPPING = "stopping"
+    STOPPED = "stopped"  # ended on purpose
+    CRASHED = "crashed"  # ended on its own, or failed to start
+
+
+# ---- commands (to the worker's mailbox) -------------------------------------------------------
+
+
+@attrs.frozen
+class Assign:
+    assignment: Assignment
+
+
+@attrs.frozen
+class Pause:
+    pass
+
+
+@attrs.frozen
+class Resume:
+    pass
+
+
+@attrs.frozen
+class Restart:
+    """Respawn the process fresh; if busy, the running attempt ends `interrupted` unless `wait`."""
+
+    reason: str = "restart requested"
+    wait: bool = True  # wait until the current task ends before restarting
+
+
+@attrs.frozen
+class Stop:
+    reason: str = "stop requested"
+    drain: bool = False  # finish the current task first
+
+
+@attrs.frozen
+class SetModel:
+    model: str
+
+
+@attrs.frozen
+class SetCapabilities:
+    capabilities: frozenset[str] | None  # None: takes every category
+
+
+@attrs.frozen
+class SendInput:
+    """Bytes typed by an operator (attach)."""
+
+    data: bytes
+
+
+@attrs.frozen
+class Resize:
+    rows: int
+    cols: int
+
+
+WorkerCommand = Assign | Pause | Resume | Restart | Stop | SetModel | SetCapabilities | SendInput | Resize
+
+
+# ---- reports (from the worker to its owner) ----------------------------------------------------
+
+
+@attrs.frozen
+class StateChanged:
+    worker: str
+    state: WorkerState
+    reason: str | None = None
+    model: str | None = None
+    pid: int | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+
+
+@attrs.frozen
+class TaskFinished:
+    """One attempt ended. `outcome` DONE carries `result`; others carry `reason`."""
+
+    worker: str
+    task_id: str
+    attempt: int
+    outcome: Outcome
+    result: str | None = None
+    reason: str | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    output_tail: str | None = None
+    model: str | None = None
+    elapsed_s: float = 0.0
+    usage: dict[str, Any] = attrs.field(factory=dict)  # input/output tokens, cost_usd when known
+    reset_at: float | None = None  # for RATE_LIMITED: when the model's limit resets (epoch s)
+
+
+@attrs.frozen
+class ContextReport:
+    worker: str
+    used_percent: float
+
+
+@attrs.frozen
+class RateLimitReport:
+    worker: str
+    model: str | None
+    reset_at: float | None
+    message: str
+
+
+@attrs.frozen
+class NeedsInputReport:
+    worker: str
+    task_id: str | None
+    prompt: str
+
+
+WorkerReport = StateChanged | TaskFinished | ContextReport | RateLimitReport | NeedsInputReport
+
+
+@attrs.frozen
+class WorkerInfo:
+    """A snapshot of one worker for listings (workers.list / dashboard)."""
+
+    id: str
+    lineage: str
+    state: WorkerState
+    profile: str
+    model: str | None
+    capabilities: tuple[str, ...] | None
+    task_id: str | None
+    pid: int | None
+    started: float
+    context_used_percent: float | None = None
+    cpu_percent: float | None = None
+    rss_bytes: int | None = None
+    tasks_done: int = 0
+    crashes: int = 0
+    history: tuple[str, ...] = ()  # recent categories, newest last (affinity)
+    reason: str | None = None

@@ -1,0 +1,134 @@
+"""The event bus: fan-out of every swarm event to any number of subscribers.
+
+Publishing never waits. Each subscriber has a bounded buffer; when it is full the event is dropped
+for that subscriber only and counted (`Subscription.dropped`), so a slow reader can never slow the
+swarm. Every event gets a per-bus monotonically increasing `seq`; the bus keeps the last
+`replay_size` events so a reconnecting client can ask for what it missed (`since`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import attrs
+import trio
+
+
+@attrs.frozen
+class Event:
+    seq: int
+    ts: float  # wall-clock epoch seconds
+    topic: str  # e.g. "task.done", "worker.state", "swarm.halted", "scale.up", "alert.fired"
+    data: dict[str, Any]
+
+
+def topic_matches(patterns: Iterable[str], topic: str) -> bool:
+    """Shell-style patterns: "task.*", "worker.state", "*"."""
+    return any(p == topic or fnmatch.fnmatchcase(topic, p) for p in patterns)
+
+
+class Subscription:
+    """One subscriber's bounded view of the bus. Iterate it; close it (or leave the `with`) to stop."""
+
+    def __init__(self, bus: EventBus, patterns: tuple[str, ...], size: int) -> None:
+        self._bus = bus
+        self.patterns = patterns
+        self._send, self._recv = trio.open_memory_channel[Event](size)
+        self.dropped = 0  # events lost because this subscriber was slow
+        self.first_dropped_seq: int | None = None
+
+    def wants(self, topic: str) -> bool:
+        return topic_matches(self.patterns, topic)
+
+    def _offer(self, event: Event) -> None:
+        try:
+            self._send.send_nowait(event)
+        except trio.WouldBlock:
+            if self.dropped == 0:
+                self.first_dropped_seq = event.seq
+            self.dropped += 1
+            self._bus.dropped_total += 1
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._bus._subs.discard(self)
+
+    def take_dropped(self) -> tuple[int, int | None]:
+        """Return and reset (count, first seq) of drops since the last call."""
+        out = (self.dropped, self.first_dropped_seq)
+        self.dropped, self.first_dropped_seq = 0, None
+        return out
+
+    async def receive(self) -> Event:
+        return await self._recv.receive()
+
+    def receive_nowait(self) -> Event:
+        return self._recv.receive_nowait()
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Event]:
+        while True:
+            try:
+                yield await self._recv.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                return
+
+    def close(self) -> None:
+        self._bus._subs.discard(self)
+        self._send.close()
+        self._recv.close()
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class EventBus:
+    """Owned by the swarm; `publish` is synchronous and never blocks."""
+
+    def __init__(self, replay_size: int = 10_000, clock: Any = time.time) -> None:
+        self._subs: set[Subscription] = set()
+        self._replay: deque[Event] = deque(maxlen=max(replay_size, 0) or None)
+        self._replay_enabled = replay_size > 0
+        self._seq = 0
+        self._clock = clock
+        self.dropped_total = 0
+        self.published_total = 0
+
+    @property
+    def last_seq(self) -> int:
+        return self._seq
+
+    def publish(self, topic: str, data: dict[str, Any] | None = None) -> Event:
+        self._seq += 1
+        event = Event(self._seq, self._clock(), topic, data or {})
+        self.published_total += 1
+        if self._replay_enabled:
+            self._replay.append(event)
+        for sub in tuple(self._subs):
+            if sub.wants(topic):
+                sub._offer(event)
+        return event
+
+    def subscribe(self, patterns: Iterable[str] = ("*",), size: int = 1000) -> Subscription:
+        sub = Subscription(self, tuple(patterns), size)
+        self._subs.add(sub)
+        return sub
+
+    def replay(self, since: int, patterns: Iterable[str] = ("*",)) -> tuple[list[Event], bool]:
+        """Events with seq > since that match; the flag is False when some were already evicted."""
+        pats = tuple(patterns)
+        complete = not self._replay or self._replay[0].seq <= since + 1 or since >= self._seq
+        if not self._replay_enabled:
+            complete = since >= self._seq
+        return [e for e in self._replay if e.seq > since and topic_matches(pats, e.topic)], complete
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subs)

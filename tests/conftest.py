@@ -1,0 +1,62 @@
+"""Shared fixtures: paths, leak checks for descriptors and child processes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FAKE_AGENT = ROOT / "examples" / "agents" / "fake_agent.py"
+FIXTURES = ROOT.parent / "shared" / "fixtures" / "claude-code"
+if not FIXTURES.exists():  # a checkout may carry its own copy
+    FIXTURES = ROOT / "tests" / "fixtures" / "claude-code"
+
+
+def open_fds() -> set[int]:
+    return {int(fd) for fd in os.listdir("/proc/self/fd")}
+
+
+def child_pids() -> set[int]:
+    """Live (non-zombie and zombie) children of this process, from /proc."""
+    me = os.getpid()
+    out: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me:
+            out.add(int(entry))
+    return out
+
+
+@pytest.fixture
+def fake_agent() -> list[str]:
+    """argv prefix that runs the fake agent with this interpreter."""
+    return [sys.executable, str(FAKE_AGENT)]
+
+
+@pytest.fixture
+def no_leaks() -> Iterator[None]:
+    """Fail the test if it leaves descriptors open or child processes behind."""
+    fds_before = open_fds()
+    kids_before = child_pids()
+    yield
+    leaked_fds = open_fds() - fds_before
+    leaked_kids = child_pids() - kids_before
+    assert not leaked_kids, f"child processes left behind: {sorted(leaked_kids)}"
+    # descriptors: ignore ones trio's own machinery may lazily create (none expected), show targets
+    details = {}
+    for fd in leaked_fds:
+        try:
+            details[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+    assert not details, f"descriptors left open: {details}"
