@@ -1,0 +1,544 @@
+"""Alert rules over the swarm's events, delivered as `alert.*` events and to webhooks.
+
+The rule engine (`RuleEngine`) is sans-IO: it is fed events and the time, and answers which alerts
+fire or resolve. Every rule is a *condition that holds or not* (a count inside a sliding window is a
+condition too), so one mechanism gives every kind its `for_s` (hold this long before firing), its
+cool-down (minimum time between two firings of the same alert) and its resolution (the condition
+stopped holding). `AlertActor` feeds the engine from an `EventBus` subscription and a tick, publishes
+`alert.fired` / `alert.resolved`, and POSTs each to the configured webhooks (JSON body, HMAC-SHA256
+signature header, retries with backoff, `alert.delivery_failed` when a delivery gives up). Delivery runs
+in its own tasks with a cap on deliveries in flight, so a slow or dead receiver never slows the swarm:
+the bus subscription is bounded too (a slow reader drops events, it never blocks publishers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import random
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+import httpx
+import trio
+
+from ..protocols.config import AlertRule, BackoffConfig, SwarmConfig, WebhookConfig, unstructure
+from ..protocols.errors import Conflict
+from ..runtime.eventbus import Event, EventBus
+
+log = logging.getLogger("shoal.alerts")
+
+SIGNATURE_HEADER = "X-Shoal-Signature"
+EVENT_HEADER = "X-Shoal-Event"
+DELIVERY_HEADER = "X-Shoal-Delivery"
+USER_AGENT = "shoal-alerts/0.1"
+
+# topics the engine needs; alert.* is left out so the actor never reacts to its own events
+WATCHED_TOPICS = ("worker.*", "task.dead", "swarm.*", "scale.*")
+
+_GONE_STATES = frozenset({"stopped", "crashed"})
+_NOT_COUNTED_AT_MAX = frozenset({"stopped", "crashed", "stopping"})
+
+DEFAULT_RETRY_BACKOFF = BackoffConfig(min_s=1.0, max_s=60.0, factor=2.0, jitter=0.1, reset_after_s=0.0)
+
+
+def rule_name(rule: AlertRule) -> str:
+    return rule.name or rule.kind
+
+
+def redact_url(url: str) -> str:
+    """Show where a webhook points without its secrets (paths and queries often carry tokens)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<invalid url>"
+    if ":" in host:
+        host = f"[{host}]"
+    tail = "/…" if parts.path not in ("", "/") or parts.query else "/"
+    return f"{parts.scheme}://{host}{port}{tail}"
+
+
+def sign(secret: str, body: bytes) -> str:
+    """The `X-Shoal-Signature` value: `sha256=` + hex HMAC-SHA256 of the exact body bytes."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def verify_signature(secret: str, body: bytes, header: str | None) -> bool:
+    """What a receiver does: recompute and compare in constant time."""
+    return header is not None and hmac.compare_digest(sign(secret, body), header)
+
+
+# ---- the rule engine (sans-IO) -----------------------------------------------------------------
+
+
+@attrs.define
+class _RuleState:
+    """Book-keeping for one (rule, key) pair, e.g. (model_rate_limited, "opus")."""
+
+    pending_since: float | None = None  # monotonic time the condition started holding
+    pending_wall: float | None = None
+    alert_id: str | None = None  # set while firing
+    fired_at: float | None = None  # monotonic time of the last firing (cool-down)
+    fired_wall: float | None = None
+    details: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class Transition:
+    """An alert fired or resolved: the event topic and its payload (also the webhook's `alert`)."""
+
+    topic: str  # "alert.fired" | "alert.resolved"
+    payload: dict[str, Any]
+
+
+class RuleEngine:
+    """Derives the swarm's alertable conditions from events and decides firings and resolutions.
+
+    `now` is monotonic seconds (trio's clock, so tests drive it with `autojump_clock`); `wall` is epoch
+    seconds for the payloads.
+    """
+
+    def __init__(self) -> None:
+        self.workers: dict[str, str] = {}  # live worker id -> state
+        self.halted: dict[str, Any] | None = None  # swarm.halted data while halted
+        self.dead_times: deque[tuple[float, str]] = deque()  # (now, task id) of task.dead
+        self.crash_times: deque[tuple[float, str]] = deque()  # (now, worker id) of worker.crashed
+        self.limited: dict[str, tuple[float, dict[str, Any]]] = {}  # model -> (until, data)
+        self._states: dict[tuple[AlertRule, str | None], _RuleState] = {}
+        self._max_window = 0.0
+
+    # -- feeding
+
+    def observe(self, event: Event, now: float, wall: float | None = None) -> None:
+        """Update the derived state from one event."""
+        topic, data = event.topic, event.data
+        wall = event.ts if wall is None else wall
+        if topic.startswith("worker."):
+            wid = data.get("worker") or data.get("id")
+            if not isinstance(wid, str):
+                return
+            if topic == "worker.crashed":
+                self.crash_times.append((now, wid))
+                self.workers.pop(wid, None)
+            elif topic == "worker.spawned":
+                self.workers.setdefault(wid, str(data.get("state") or "starting"))
+            elif topic == "worker.state":
+                state = str(data.get("state") or "")
+                if state in _GONE_STATES:
+                    self.workers.pop(wid, None)
+                elif state:
+                    self.workers[wid] = state
+            elif topic == "worker.rate_limited":
+                model = data.get("model")
+                if isinstance(model, str) and model:
+                    reset_at = data.get("reset_at")
+                    until = (
+                        now + max(0.0, float(reset_at) - wall) if isinstance(reset_at, int | float) else None
+                    )
+                    self.limited[model] = (until if until is not None else -1.0, dict(data))
+        elif topic == "task.dead":
+            tid = data.get("id") or data.get("task") or ""
+            self.dead_times.append((now, str(tid)))
+        elif topic == "swarm.halted":
+            self.halted = dict(data)
+        elif topic in ("swarm.resumed", "swarm.started"):
+            self.halted = None
+
+    def sync_workers(self, workers: Mapping[str, str]) -> None:
+        """Replace the worker view with an authoritative one (id -> state), e.g. after dropped events."""
+        self.workers = {wid: st for wid, st in workers.items() if st not in _GONE_STATES}
+
+    # -- conditions
+
+    def _prune(self, now: float, rules: Iterable[AlertRule]) -> None:
+        horizon = max((r.window_s for r in rules), default=0.0)
+        while self.dead_times and self.dead_times[0][0] < now - horizon:
+            self.dead_times.popleft()
+        while self.crash_times and self.crash_times[0][0] < now - horizon:
+            self.crash_times.popleft()
+
+    def _conditions(
+        self, rule: AlertRule, now: float, max_workers: int
+    ) -> dict[str | None, tuple[str, dict[str, Any]]]:
+        """Keys for which the rule's condition holds now, each with a summary and details."""
+        kind = rule.kind
+        if kind == "at_max_workers":
+            live = sum(1 for s in self.workers.values() if s not in _NOT_COUNTED_AT_MAX)
+            if max_workers > 0 and live >= max_workers:
+                return {
+                    None: (
+                        f"swarm at max workers ({live}/{max_workers})",
+                        {"workers": live, "max": max_workers},
+                    )
+                }
+        elif kind == "all_idle":
+            active = [s for s in self.workers.values() if s not in _NOT_COUNTED_AT_MAX and s != "paused"]
+            if active and all(s == "idle" for s in active):
+                return {None: (f"all {len(active)} workers idle", {"workers": len(active)})}
+        elif kind in ("task_dead", "crash_rate"):
+            times = self.dead_times if kind == "task_dead" else self.crash_times
+            recent = [subject for (t, subject) in times if t >= now - rule.window_s]
+            if len(recent) >= rule.threshold:
+                what = "tasks dead-lettered" if kind == "task_dead" else "worker crashes"
+                label = "ids" if kind == "task_dead" else "workers"
+                return {
+                    None: (
+                        f"{len(recent)} {what} in {rule.window_s:g} s",
+                        {"count": len(recent), "window_s": rule.window_s, label: recent[-20:]},
+                    )
+                }
+        elif kind == "breaker_tripped":
+            if self.halted is not None:
+                reason = self.halted.get("reason") or "unknown reason"
+                return {None: (f"swarm halted: {reason}", {"halt": self.halted})}
+        elif kind == "model_rate_limited":
+            out: dict[str | None, tuple[str, dict[str, Any]]] = {}
+            for model, (until, data) in self.limited.items():
+                if until < 0 or now < until:
+                    reset = data.get("reset_at")
+                    out[model] = (f"model {model} rate-limited", {"model": model, "reset_at": reset})
+            return out
+        return {}
+
+    def _expire_limits(self, now: float, rules: Iterable[AlertRule]) -> None:
+        # a limit without a reset time is taken to last one window of the rule (or 5 minutes)
+        window = max((r.window_s for r in rules if r.kind == "model_rate_limited"), default=300.0)
+        for model, (until, data) in list(self.limited.items()):
+            if until < 0:
+                self.limited[model] = (now + window, data)
+            elif now >= until:
+                del self.limited[model]
+
+    # -- decisions
+
+    def evaluate(
+        self, rules: Iterable[AlertRule], now: float, wall: float, max_workers: int
+    ) -> list[Transition]:
+        rules = tuple(dict.fromkeys(rules))  # identical rules would fire twice: keep one
+        self._prune(now, rules)
+        out: list[Transition] = []
+        live_keys: set[tuple[AlertRule, str | None]] = set()
+        for rule in rules:
+            holding = self._conditions(rule, now, max_workers)
+            for key, (summary, details) in holding.items():
+                sk = (rule, key)
+                live_keys.add(sk)
+                st = self._states.setdefault(sk, _RuleState())
+                if st.pending_since is None:
+                    st.pending_since, st.pending_wall = now, wall
+                st.details = details
+                if st.alert_id is not None:
+                    continue
+                held_long_enough = now - st.pending_since >= rule.for_s
+                cooled = st.fired_at is None or now - st.fired_at >= rule.cooldown_s
+                if held_long_enough and cooled:
+                    st.alert_id = uuid.uuid4().hex
+                    st.fired_at, st.fired_wall = now, wall
+                    out.append(
+                        Transition("alert.fired", self._payload(rule, key, st, "firing", summary, wall))
+                    )
+        for sk, st in list(self._states.items()):
+            rule, key = sk
+            if sk in live_keys:
+                continue
+            if st.alert_id is not None:
+                summary = f"{rule_name(rule)} resolved" + (f" ({key})" if key else "")
+                payload = self._payload(rule, key, st, "resolved", summary, wall)
+                payload["resolved_at"] = wall
+                payload["duration_s"] = round(wall - (st.fired_wall or wall), 3)
+                out.append(Transition("alert.resolved", payload))
+                st.alert_id = None
+            st.pending_since = st.pending_wall = None
+            if rule not in rules or st.fired_at is None or now - st.fired_at >= rule.cooldown_s:
+                del self._states[sk]  # nothing left to remember (no cool-down running)
+        self._expire_limits(now, rules)
+        return out
+
+    def _payload(
+        self, rule: AlertRule, key: str | None, st: _RuleState, status: str, summary: str, wall: float
+    ) -> dict[str, Any]:
+        return {
+            "id": st.alert_id,
+            "status": status,
+            "rule": rule_name(rule),
+            "kind": rule.kind,
+            "key": key,
+            "summary": summary,
+            "details": st.details,
+            "since": st.pending_wall,
+            "fired_at": st.fired_wall,
+            "ts": wall,
+            "config": unstructure(rule),
+        }
+
+    def firing(self) -> list[dict[str, Any]]:
+        """The alerts firing now (rule, key, id, since)."""
+        return [
+            {
+                "id": st.alert_id,
+                "rule": rule_name(rule),
+                "kind": rule.kind,
+                "key": key,
+                "fired_at": st.fired_wall,
+            }
+            for (rule, key), st in self._states.items()
+            if st.alert_id is not None
+        ]
+
+
+# ---- the actor ---------------------------------------------------------------------------------
+
+
+def _backoff_delay(cfg: BackoffConfig, n: int) -> float:
+    return float(min(cfg.max_s, cfg.min_s * cfg.factor**n) * (1.0 + cfg.jitter * random.random()))
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+class AlertActor:
+    """Runs the rule engine on the swarm's events and delivers what it decides.
+
+    `config_getter` is read on every evaluation, so rules and webhooks are hot-configurable.
+    `metrics_getter` (optional) returns the MetricsActor or its snapshot dict; when the snapshot lists
+    workers (`{"workers": {"list": [...]}}` or `{"worker_states": {id: state}}`) the engine resyncs its
+    worker view from it on each tick, which heals any event a slow subscription dropped.
+    """
+
+    def __init__(
+        self,
+        config_getter: Callable[[], SwarmConfig],
+        bus: EventBus,
+        metrics_getter: Callable[[], Any] | None = None,
+        *,
+        retry_backoff: BackoffConfig = DEFAULT_RETRY_BACKOFF,
+        tick_s: float = 1.0,
+        max_in_flight: int = 256,
+        subscription_size: int = 10_000,
+    ) -> None:
+        self._config_getter = config_getter
+        self._bus = bus
+        self._metrics_getter = metrics_getter
+        self._backoff = retry_backoff
+        self._tick_s = tick_s
+        self._max_in_flight = max_in_flight
+        self._sub_size = subscription_size
+        self.engine = RuleEngine()
+        self._client: httpx.AsyncClient | None = None
+        self._nursery: trio.Nursery | None = None
+        self._in_flight = 0
+        self.stats: dict[str, int] = {"fired": 0, "resolved": 0, "delivered": 0, "failed": 0, "retries": 0}
+        self.recent: deque[dict[str, Any]] = deque(maxlen=100)  # last alert payloads, newest last
+
+    # -- public
+
+    def firing(self) -> list[dict[str, Any]]:
+        return self.engine.firing()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # loopback receivers never go through an environment proxy
+        mounts: dict[str, httpx.AsyncBaseTransport | None] = {
+            "all://127.0.0.1": None,
+            "all://localhost": None,
+            "all://[::1]": None,
+        }
+        async with (
+            httpx.AsyncClient(headers={"User-Agent": USER_AGENT}, mounts=mounts) as client,
+            trio.open_nursery() as nursery,
+        ):
+            self._client, self._nursery = client, nursery
+            sub = self._bus.subscribe(WATCHED_TOPICS, size=self._sub_size)
+            try:
+                nursery.start_soon(self._tick_loop)
+                task_status.started()
+                with sub:
+                    async for event in sub:
+                        self.engine.observe(event, trio.current_time())
+                        self._evaluate()
+            finally:
+                self._client = self._nursery = None
+                nursery.cancel_scope.cancel()
+
+    async def send_test(self) -> dict[str, Any]:
+        """Publish `alert.test` and POST it once (no retries) to every webhook; report each result."""
+        if self._client is None:
+            raise Conflict("alerts are not running")
+        wall = time.time()
+        payload: dict[str, Any] = {
+            "id": uuid.uuid4().hex,
+            "status": "test",
+            "rule": "test",
+            "kind": "test",
+            "key": None,
+            "summary": "Test alert from Shoal: webhook delivery works",
+            "details": {},
+            "since": wall,
+            "fired_at": wall,
+            "ts": wall,
+        }
+        self._bus.publish("alert.test", payload)
+        hooks = self._config_getter().alerts.webhooks
+        results: list[dict[str, Any]] = [{} for _ in hooks]
+
+        async def one(i: int, hook: WebhookConfig) -> None:
+            results[i] = await self._deliver(i, hook, "alert.test", payload, retries=0)
+
+        async with trio.open_nursery() as nursery:
+            for i, hook in enumerate(hooks):
+                nursery.start_soon(one, i, hook)
+        ok = sum(1 for r in results if r["ok"])
+        return {"id": payload["id"], "webhooks": results, "delivered": ok, "failed": len(results) - ok}
+
+    # -- internals
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await trio.sleep(self._tick_s)
+            self._resync()
+            self._evaluate()
+
+    def _resync(self) -> None:
+        if self._metrics_getter is None:
+            return
+        try:
+            source = self._metrics_getter()
+            snap = source.snapshot() if hasattr(source, "snapshot") else source
+        except Exception:  # metrics are a nicety here; the events stay authoritative
+            log.debug("alerts: metrics snapshot unavailable", exc_info=True)
+            return
+        if not isinstance(snap, Mapping):
+            return
+        states = snap.get("worker_states")
+        if isinstance(states, Mapping):
+            self.engine.sync_workers({str(k): str(v) for k, v in states.items()})
+            return
+        workers = snap.get("workers")
+        listing = workers.get("list") if isinstance(workers, Mapping) else None
+        if isinstance(listing, list):
+            self.engine.sync_workers(
+                {str(w["id"]): str(w["state"]) for w in listing if isinstance(w, Mapping) and "id" in w}
+            )
+
+    def _evaluate(self) -> None:
+        config = self._config_getter()
+        transitions = self.engine.evaluate(
+            config.alerts.rules, trio.current_time(), time.time(), config.scaling.max_workers
+        )
+        for tr in transitions:
+            self.stats["fired" if tr.topic == "alert.fired" else "resolved"] += 1
+            self.recent.append({"topic": tr.topic, **tr.payload})
+            log.warning("%s %s: %s", tr.topic, tr.payload["rule"], tr.payload["summary"])
+            self._bus.publish(tr.topic, tr.payload)
+            self._dispatch(tr.topic, tr.payload, config.alerts.webhooks)
+
+    def _dispatch(self, topic: str, payload: dict[str, Any], hooks: tuple[WebhookConfig, ...]) -> None:
+        nursery = self._nursery
+        if nursery is None:
+            return
+        for i, hook in enumerate(hooks):
+            if self._in_flight >= self._max_in_flight:
+                self._report_failure(i, hook, payload, 0, "too many deliveries in flight; dropped")
+                continue
+            self._in_flight += 1
+            nursery.start_soon(self._deliver_counted, i, hook, topic, payload)
+
+    async def _deliver_counted(
+        self, index: int, hook: WebhookConfig, topic: str, payload: dict[str, Any]
+    ) -> None:
+        try:
+            await self._deliver(index, hook, topic, payload, retries=hook.max_retries)
+        finally:
+            self._in_flight -= 1
+
+    async def _deliver(
+        self, index: int, hook: WebhookConfig, topic: str, payload: dict[str, Any], *, retries: int
+    ) -> dict[str, Any]:
+        """POST one alert to one webhook, retrying transient failures; never raises."""
+        target = redact_url(hook.url)
+        result: dict[str, Any] = {"webhook": index, "url": target, "ok": False, "attempts": 0}
+        scheme = urlsplit(hook.url).scheme if "://" in hook.url else ""
+        if scheme not in ("http", "https"):
+            result["error"] = f"alerts.webhooks[{index}].url: must be an http(s) URL"
+            self._report_failure(index, hook, payload, 0, result["error"])
+            return result
+        client = self._client
+        if client is None:
+            result["error"] = "alerts are not running"
+            return result
+        body = json.dumps(
+            {"type": topic, "alert": payload, "sent_at": time.time()}, separators=(",", ":"), default=str
+        ).encode()
+        headers = {
+            "Content-Type": "application/json",
+            EVENT_HEADER: topic,
+            DELIVERY_HEADER: uuid.uuid4().hex,
+        }
+        if hook.secret:
+            headers[SIGNATURE_HEADER] = sign(hook.secret, body)
+        error = "not attempted"
+        for attempt in range(retries + 1):
+            result["attempts"] = attempt + 1
+            wait: float | None = None
+            try:
+                with trio.fail_after(hook.timeout_s):
+                    response = await client.post(
+                        hook.url, content=body, headers=headers, timeout=hook.timeout_s
+                    )
+            except trio.TooSlowError:
+                error = f"timed out after {hook.timeout_s:g} s"
+            except httpx.HTTPError as exc:
+                error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            else:
+                result["status"] = response.status_code
+                if 200 <= response.status_code < 300:
+                    result["ok"] = True
+                    result.pop("error", None)
+                    self.stats["delivered"] += 1
+                    return result
+                error = f"HTTP {response.status_code}"
+                if response.status_code < 500 and response.status_code not in (408, 425, 429):
+                    break  # the receiver refused this request; sending it again will not help
+                wait = _retry_after(response)
+            if attempt < retries:
+                self.stats["retries"] += 1
+                delay = _backoff_delay(self._backoff, attempt)
+                if wait is not None:
+                    delay = min(max(delay, wait), self._backoff.max_s)
+                log.info("alerts: delivery to %s failed (%s); retry in %.2f s", target, error, delay)
+                await trio.sleep(delay)
+        result["error"] = error
+        self._report_failure(index, hook, payload, result["attempts"], error)
+        return result
+
+    def _report_failure(
+        self, index: int, hook: WebhookConfig, payload: dict[str, Any], attempts: int, error: str
+    ) -> None:
+        self.stats["failed"] += 1
+        log.error("alerts: delivery of %s to %s failed: %s", payload.get("rule"), redact_url(hook.url), error)
+        self._bus.publish(
+            "alert.delivery_failed",
+            {
+                "alert_id": payload.get("id"),
+                "rule": payload.get("rule"),
+                "webhook": index,
+                "url": redact_url(hook.url),
+                "attempts": attempts,
+                "error": error,
+            },
+        )
