@@ -1,0 +1,1377 @@
+"""The queue's state machine and task selection, as pure data structures (no I/O, no trio).
+
+`TaskBook` owns every task record in memory. Each operation takes the current time explicitly,
+validates before it mutates (a refused operation changes nothing), and records what happened as
+`Change` objects (for the durable store) and `(topic, data)` events (for the bus); the QueueActor
+drains both with `drain()`. This keeps the rules testable with plain calls and lets the same book be
+rebuilt from the store after a crash (`restore`).
+
+Selection is indexed so that a pick stays cheap with 100,000 ready tasks: ready tasks live in heaps
+("buckets") keyed by (category, routed model, hard pin, avoided models), ordered by priority then
+submission order. A pick looks only at the top of each bucket the worker may take from, adds the
+affinity bonus for the bucket's category and keeps the best (ties: oldest first).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import math
+import random
+import uuid
+from bisect import bisect_right
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from ..protocols.config import BackoffConfig, ModelsConfig, QueueConfig
+from ..protocols.errors import Conflict, NotFound, ValidationError
+from ..protocols.tasks import (
+    FAILED_DEP_STATES,
+    TERMINAL_STATES,
+    Assignment,
+    Attempt,
+    Outcome,
+    Task,
+    TaskSpec,
+    TaskState,
+)
+
+# Outcomes that use up one of the task's max_attempts; the others (rate limit, interruption) do not.
+COUNTED_OUTCOMES = frozenset({Outcome.FAILED, Outcome.TIMEOUT, Outcome.CRASHED})
+TERMINAL_TOPICS = {
+    TaskState.DONE: "task.done",
+    TaskState.DEAD: "task.dead",
+    TaskState.CANCELLED: "task.cancelled",
+    TaskState.SKIPPED: "task.skipped",
+}
+MAX_ID_CHARS = 200
+MAX_PRIORITY = 1_000_000_000
+MAX_ATTEMPTS_LIMIT = 1000
+OUTPUT_TAIL_CHARS = 4000
+_READY = TaskState.READY
+_BLOCKED = TaskState.BLOCKED
+_RUNNING = TaskState.RUNNING
+_FAILED = TaskState.FAILED
+
+BucketKey = tuple[str | None, str | None, bool, frozenset[str]]  # category, model, hard pin, avoided
+Event = tuple[str, dict[str, Any]]
+
+
+@attrs.frozen
+class StaticRow:
+    """The fields of a task fixed at submit (written once by the store)."""
+
+    seq: int
+    prompt: str
+    category: str | None
+    priority: int  # as submitted (the live priority may be boosted)
+    deps: tuple[str, ...]
+    model: str | None
+    max_attempts: int
+    timeout_s: float | None
+    metadata: dict[str, Any]
+    run_on_dep_failure: bool
+    digest: str
+    created: float
+
+
+@attrs.frozen
+class Change:
+    """One state transition of one task, for the store. Carries the task's whole mutable state after
+    the transition (so a batch can be coalesced to the last change per task) and the attempt it
+    opened or closed. `kind` names the transition: submit, claim, complete, fail, requeue, dead,
+    cancel, skip, boost, assign, retry, ready, block, revive, recover, unassign."""
+
+    kind: str
+    task_id: str
+    state: TaskState
+    priority: int
+    reason: str | None
+    result: str | None
+    not_before: float | None
+    worker: str | None
+    updated: float
+    failed_models: dict[str, int]
+    usage: dict[str, Any]
+    retry_base: int
+    dep_failure: str | None
+    attempt: Attempt | None = None
+    static: StaticRow | None = None  # set for kind == "submit"
+
+
+@attrs.frozen
+class StoredTask:
+    """A task as loaded from the store at start-up."""
+
+    id: str
+    static: StaticRow
+    state: TaskState
+    priority: int
+    reason: str | None
+    result: str | None
+    not_before: float | None
+    worker: str | None
+    updated: float
+    failed_models: dict[str, int]
+    usage: dict[str, Any]
+    retry_base: int
+    dep_failure: str | None
+    attempts: tuple[Attempt, ...]
+
+
+class WorkerView:
+    """What selection needs to know of an idle worker. History is capped to `history_size` (newest
+    last) and pre-counted, because affinity adds the bonus once per matching recent category."""
+
+    __slots__ = ("affinity", "capabilities", "history", "id", "model")
+
+    def __init__(
+        self,
+        id: str,
+        model: str | None,
+        capabilities: frozenset[str] | None = None,
+        history: Sequence[str] = (),
+        history_size: int = 10,
+    ) -> None:
+        self.id = id
+        self.model = model
+        self.capabilities = capabilities
+        self.history: tuple[str, ...] = tuple(history)[-history_size:] if history_size > 0 else ()
+        self.affinity: dict[str, int] = dict(Counter(c for c in self.history if c is not None))
+
+    def __repr__(self) -> str:
+        return f"WorkerView({self.id!r}, model={self.model!r}, caps={self.capabilities!r})"
+
+
+class _Rec:
+    """The mutable record of one task (internal to the book)."""
+
+    __slots__ = (
+        "attempts",
+        "bucket",
+        "category",
+        "counted",
+        "created",
+        "dep_failure",
+        "deps",
+        "digest",
+        "failed_models",
+        "id",
+        "max_attempts",
+        "metadata",
+        "model",
+        "not_before",
+        "priority",
+        "prompt",
+        "reason",
+        "result",
+        "retry_base",
+        "route",
+        "run_on_dep_failure",
+        "seq",
+        "spec_priority",
+        "state",
+        "timeout_s",
+        "token",
+        "unmet",
+        "updated",
+        "usage",
+        "worker",
+    )
+
+    def __init__(self, tid: str, static: StaticRow) -> None:
+        self.id = tid
+        self.seq = static.seq
+        self.prompt = static.prompt
+        self.category = static.category
+        self.spec_priority = static.priority
+        self.priority = static.priority
+        self.deps = static.deps
+        self.model = static.model
+        self.max_attempts = static.max_attempts
+        self.timeout_s = static.timeout_s
+        self.metadata = static.metadata
+        self.run_on_dep_failure = static.run_on_dep_failure
+        self.digest = static.digest
+        self.created = static.created
+        self.updated = static.created
+        self.state = TaskState.BLOCKED
+        self.attempts: list[Attempt] = []
+        self.result: str | None = None
+        self.reason: str | None = None
+        self.not_before: float | None = None
+        self.worker: str | None = None  # open attempt's worker, or the manual assignment target
+        self.failed_models: dict[str, int] = {}
+        self.usage: dict[str, Any] = {}
+        self.retry_base = 0  # attempts up to this number predate the last manual retry
+        self.counted = 0  # counted failures since the last manual retry
+        self.dep_failure: str | None = None  # the dependency whose failure killed this task
+        self.unmet = 0  # dependencies not yet satisfied (meaningful while BLOCKED)
+        self.token = 0  # bumps on every (un)index: heap entries with an old token are stale
+        self.bucket: _Bucket | None = None
+        self.route: tuple[str | None, bool, frozenset[str]] = (None, False, frozenset())
+
+    def static(self) -> StaticRow:
+        return StaticRow(
+            self.seq,
+            self.prompt,
+            self.category,
+            self.spec_priority,
+            self.deps,
+            self.model,
+            self.max_attempts,
+            self.timeout_s,
+            self.metadata,
+            self.run_on_dep_failure,
+            self.digest,
+            self.created,
+        )
+
+    def snapshot(self) -> Task:
+        return Task(
+            id=self.id,
+            prompt=self.prompt,
+            category=self.category,
+            priority=self.priority,
+            deps=self.deps,
+            model=self.model,
+            max_attempts=self.max_attempts,
+            timeout_s=self.timeout_s,
+            metadata=self.metadata,
+            run_on_dep_failure=self.run_on_dep_failure,
+            state=self.state,
+            attempts=tuple(self.attempts),
+            result=self.result,
+            reason=self.reason,
+            created=self.created,
+            updated=self.updated,
+            not_before=self.not_before,
+            worker=self.worker,
+            failed_models=dict(self.failed_models),
+            usage=dict(self.usage),
+        )
+
+    def open_attempt(self) -> Attempt | None:
+        if self.attempts and self.attempts[-1].ended is None:
+            return self.attempts[-1]
+        return None
+
+
+class _Bucket:
+    """Ready tasks sharing a routing key; a heap of (-priority, seq, token, id) with lazy deletion."""
+
+    __slots__ = ("heap", "key", "live", "worker")
+
+    def __init__(self, key: BucketKey, worker: str | None) -> None:
+        self.key = key
+        self.worker = worker  # manual-assignment bucket of this worker, else None
+        self.heap: list[tuple[int, int, int, str]] = []
+        self.live = 0
+
+
+def backoff_delay(cfg: BackoffConfig, n: int, rng: random.Random) -> float:
+    """Delay before retry number `n` (1-based): min(max, min·factor^(n-1))·(1 + jitter·U)."""
+    exp = min(max(n - 1, 0), 1000)
+    try:
+        base = cfg.min_s * cfg.factor**exp
+    except OverflowError:
+        base = math.inf
+    return float(min(cfg.max_s, base) * (1.0 + cfg.jitter * rng.random()))
+
+
+def spec_digest(spec: TaskSpec, deps: tuple[str, ...]) -> str:
+    """A fingerprint of a submitted task's content: an idempotent re-submit must match it."""
+    blob = json.dumps(
+        [
+            spec.prompt,
+            spec.category,
+            spec.priority,
+            list(deps),
+            spec.model,
+            spec.max_attempts,
+            spec.timeout_s,
+            spec.metadata,
+            spec.run_on_dep_failure,
+        ],
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _check_int(field: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(field, "must be an integer", value)
+    if not lo <= value <= hi:
+        raise ValidationError(field, f"must be between {lo} and {hi}", value)
+    return value
+
+
+def _check_name(field: str, value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValidationError(field, f"{what} must be a non-empty string", value)
+    if len(value) > MAX_ID_CHARS:
+        raise ValidationError(field, f"{what} is longer than {MAX_ID_CHARS} characters", value[:40] + "…")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ValidationError(field, f"{what} contains control characters", value)
+    return value
+
+
+def check_priority(value: Any, field: str = "priority") -> int:
+    """Priorities are integers from 0 (the default) up; higher runs first."""
+    checked: int = _check_int(field, value, 0, MAX_PRIORITY)
+    return checked
+
+
+class TaskBook:
+    """Every task, its state machine, the ready index and worker selection. Not thread-safe; one
+    owner (the QueueActor). Times are epoch seconds supplied by the caller."""
+
+    def __init__(
+        self,
+        queue: QueueConfig | None = None,
+        models: ModelsConfig | None = None,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.qcfg = queue or QueueConfig()
+        self.mcfg = models or ModelsConfig()
+        self.rng = rng or random.Random()
+        self._recs: dict[str, _Rec] = {}
+        self._order: list[str] = []  # ids in submission order
+        self._order_seqs: list[int] = []
+        self._next_seq = 1
+        self._dependants: dict[str, list[str]] = {}
+        self._counts: Counter[TaskState] = Counter()
+        # ready index
+        self._cats: dict[str | None, dict[BucketKey, _Bucket]] = {}
+        self._assigned: dict[str, _Bucket] = {}  # worker -> its manual-assignment bucket
+        self._targets: dict[str, set[str]] = {}  # worker -> non-running tasks manually assigned to it
+        self._running: dict[str, set[str]] = {}  # worker -> tasks running on it
+        self._ready_by_model: Counter[str | None] = Counter()
+        self._retry_heap: list[tuple[float, int, str]] = []  # (not_before, seq, id) of FAILED tasks
+        self.parked: dict[str, float] = {}  # model -> rate-limit reset time
+        # outputs
+        self._changes: list[Change] = []
+        self._events: list[Event] = []
+        self._newly_ready: list[str] = []
+        self.stale_reports = 0
+
+    # ---- output --------------------------------------------------------------------------------
+
+    def drain(self) -> tuple[list[Change], list[Event], list[str]]:
+        """Take the changes, events and newly ready task ids recorded since the last drain."""
+        out = (self._changes, self._events, self._newly_ready)
+        self._changes, self._events, self._newly_ready = [], [], []
+        return out
+
+    def _change(self, kind: str, rec: _Rec, attempt: Attempt | None = None, submit: bool = False) -> None:
+        self._changes.append(
+            Change(
+                kind,
+                rec.id,
+                rec.state,
+                rec.priority,
+                rec.reason,
+                rec.result,
+                rec.not_before,
+                rec.worker,
+                rec.updated,
+                dict(rec.failed_models),
+                dict(rec.usage),
+                rec.retry_base,
+                rec.dep_failure,
+                attempt,
+                rec.static() if submit else None,
+            )
+        )
+
+    def _event(self, topic: str, data: dict[str, Any]) -> None:
+        self._events.append((topic, data))
+
+    # ---- queries -------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._recs)
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._recs
+
+    def get(self, task_id: str) -> Task:
+        return self._rec(task_id).snapshot()
+
+    def state_of(self, task_id: str) -> TaskState:
+        return self._rec(task_id).state
+
+    def ids(self) -> list[str]:
+        return list(self._order)
+
+    def _rec(self, task_id: Any) -> _Rec:
+        rec = self._recs.get(task_id) if isinstance(task_id, str) else None
+        if rec is None:
+            raise NotFound("task", str(task_id))
+        return rec
+
+    def list_tasks(
+        self, state: TaskState | None = None, limit: int = 100, cursor: str | None = None
+    ) -> tuple[list[Task], str | None]:
+        """Tasks in submission order, `limit` at a time; the cursor is opaque (the last seq)."""
+        if state is not None:
+            try:
+                state = TaskState(state)
+            except ValueError:
+                raise ValidationError(
+                    "state", f"must be one of {[s.value for s in TaskState]}", state
+                ) from None
+        limit = _check_int("limit", limit, 1, 10_000)
+        start = 0
+        if cursor is not None:
+            if not isinstance(cursor, str) or not cursor.isdigit():
+                raise ValidationError("cursor", "is not a cursor returned by tasks.list", cursor)
+            start = bisect_right(self._order_seqs, int(cursor))
+        out: list[Task] = []
+        i = start
+        n = len(self._order)
+        while i < n and len(out) < limit:
+            rec = self._recs[self._order[i]]
+            if state is None or rec.state is state:
+                out.append(rec.snapshot())
+            i += 1
+        more = len(out) == limit and i < n
+        return out, (str(self._order_seqs[i - 1]) if more else None)
+
+    def counts(self) -> dict[TaskState, int]:
+        return {s: self._counts.get(s, 0) for s in TaskState}
+
+    def ready_by_model(self) -> dict[str | None, int]:
+        return {m: n for m, n in self._ready_by_model.items() if n > 0}
+
+    def running_on(self, worker: str) -> list[str]:
+        return sorted(self._running.get(worker, ()))
+
+    def targets_of(self, worker: str) -> list[str]:
+        return sorted(self._targets.get(worker, ()))
+
+    def open_attempt(self, task_id: str) -> Attempt | None:
+        return self._rec(task_id).open_attempt()
+
+    def next_deadline(self) -> float | None:
+        """The earliest retry backoff or model-parking end (epoch s), for the actor's timer."""
+        heap = self._retry_heap
+        while heap:
+            nb, _seq, tid = heap[0]
+            rec = self._recs.get(tid)
+            if rec is not None and rec.state is _FAILED and rec.not_before == nb:
+                break
+            heapq.heappop(heap)
+        best = heap[0][0] if heap else None
+        if self.parked:
+            p = min(self.parked.values())
+            best = p if best is None else min(best, p)
+        return best
+
+    # ---- state plumbing --------------------------------------------------------------------------
+
+    def _set_state(self, rec: _Rec, state: TaskState, now: float) -> None:
+        if rec.state is _READY and state is not _READY:
+            self._unindex(rec)
+        self._counts[rec.state] -= 1
+        self._counts[state] += 1
+        rec.state = state
+        rec.updated = now
+        if state is _READY:
+            rec.not_before = None
+            self._index(rec)
+
+    def _route(self, rec: _Rec) -> tuple[str | None, bool, frozenset[str]]:
+        """(effective model, hard pin, models to avoid) following the model rules."""
+        if rec.model is not None:
+            return rec.model, True, frozenset()
+        known = self.mcfg.known
+        limit = self.qcfg.model_failure_limit
+        failed_out = frozenset(m for m, n in rec.failed_models.items() if n >= limit)
+        if failed_out and all(m in failed_out for m in known):
+            failed_out = frozenset()  # every model failed it: nobody else could take it, avoid none
+        if failed_out and self.mcfg.escalate:
+            top = max((known.index(m) for m in failed_out if m in known), default=-1)
+            for m in known[top + 1 :]:
+                if m not in failed_out:
+                    return m, False, failed_out
+        cm = self.mcfg.category_models.get(rec.category) if rec.category is not None else None
+        if cm is not None and cm not in failed_out:
+            return cm, False, failed_out
+        return None, False, failed_out
+
+    def _index(self, rec: _Rec) -> None:
+        route = self._route(rec)
+        rec.route = route
+        key: BucketKey = (rec.category, route[0], route[1], route[2])
+        if rec.worker is not None:
+            bucket = self._assigned.get(rec.worker)
+            if bucket is None:
+                bucket = self._assigned[rec.worker] = _Bucket(key, rec.worker)
+        else:
+            per_cat = self._cats.get(rec.category)
+            if per_cat is None:
+                per_cat = self._cats[rec.category] = {}
+            bucket = per_cat.get(key)
+            if bucket is None:
+                bucket = per_cat[key] = _Bucket(key, None)
+        rec.token += 1
+        heapq.heappush(bucket.heap, (-rec.priority, rec.seq, rec.token, rec.id))
+        bucket.live += 1
+        rec.bucket = bucket
+        self._ready_by_model[route[0]] += 1
+        self._newly_ready.append(rec.id)
+
+    def _unindex(self, rec: _Rec) -> None:
+        bucket = rec.bucket
+        if bucket is None:
+            return
+        rec.bucket = None
+        rec.token += 1
+        bucket.live -= 1
+        self._ready_by_model[rec.route[0]] -= 1
+        if bucket.live <= 0:
+            if bucket.worker is not None:
+                self._assigned.pop(bucket.worker, None)
+            else:
+                per_cat = self._cats.get(bucket.key[0])
+                if per_cat is not None:
+                    per_cat.pop(bucket.key, None)
+                    if not per_cat:
+                        del self._cats[bucket.key[0]]
+
+    def _peek(self, bucket: _Bucket) -> _Rec | None:
+        heap = bucket.heap
+        recs = self._recs
+        while heap:
+            _p, _s, token, tid = heap[0]
+            rec = recs[tid]
+            if rec.token == token and rec.bucket is bucket:
+                return rec
+            heapq.heappop(heap)
+        return None
+
+    # ---- selection -----------------------------------------------------------------------------
+
+    def _key_ok(self, key: BucketKey, wmodel: str | None) -> bool:
+        _cat, model, hard, avoid = key
+        if model is None:
+            return wmodel not in avoid
+        if model == wmodel:
+            return True
+        if hard or model not in self.parked or wmodel is None or wmodel in avoid:
+            return False
+        return wmodel in self.mcfg.fallback.get(model, ())
+
+    def select(self, worker: WorkerView) -> str | None:
+        """The id of the best ready task for `worker`, or None. Does not claim it."""
+        if worker.model is not None and worker.model in self.parked:
+            return None
+        own = self._assigned.get(worker.id)
+        if own is not None:
+            rec = self._peek(own)
+            if rec is not None:
+                return rec.id  # manual assignments go first
+        caps = worker.capabilities
+        if caps is None:
+            cats: Iterable[str | None] = self._cats.keys()
+        else:
+            cats = [c for c in caps if c in self._cats]
+            if None in self._cats:
+                cats.append(None)
+        bonus = self.qcfg.affinity_bonus
+        affinity = worker.affinity
+        wmodel = worker.model
+        best: _Rec | None = None
+        best_score = 0
+        for cat in cats:
+            extra = bonus * affinity.get(cat, 0) if cat is not None else 0
+            for key, bucket in self._cats[cat].items():
+                if not self._key_ok(key, wmodel):
+                    continue
+                rec = self._peek(bucket)
+                if rec is None:
+                    continue
+                score = rec.priority + extra
+                if best is None or score > best_score or (score == best_score and rec.seq < best.seq):
+                    best, best_score = rec, score
+        return best.id if best is not None else None
+
+    def can_take(self, worker: WorkerView, task_id: str) -> bool:
+        """Whether `worker` may take this READY task now (the filters of `select`)."""
+        rec = self._recs.get(task_id)
+        if rec is None or rec.bucket is None:
+            return False
+        if worker.model is not None and worker.model in self.parked:
+            return False
+        if rec.bucket.worker is not None:
+            return rec.bucket.worker == worker.id
+        caps = worker.capabilities
+        if caps is not None and rec.category is not None and rec.category not in caps:
+            return False
+        return self._key_ok(rec.bucket.key, worker.model)
+
+    def score(self, worker: WorkerView, task_id: str) -> int:
+        rec = self._rec(task_id)
+        extra = worker.affinity.get(rec.category, 0) if rec.category is not None else 0
+        return rec.priority + self.qcfg.affinity_bonus * extra
+
+    # ---- submit --------------------------------------------------------------------------------
+
+    def _validate(self, spec: Any, field: str, now: float) -> tuple[str, TaskSpec, tuple[str, ...]]:
+        def f(name: str) -> str:
+            return f"{field}.{name}" if field else name
+
+        if not isinstance(spec, TaskSpec):
+            raise ValidationError(field or "task", "must be a task spec", type(spec).__name__)
+        tid = spec.id if spec.id is not None else uuid.uuid4().hex
+        _check_name(f("id"), tid, "id")
+        if not isinstance(spec.prompt, str):
+            raise ValidationError(f("prompt"), "must be a string", type(spec.prompt).__name__)
+        if not spec.prompt:
+            raise ValidationError(f("prompt"), f"task {tid!r}: must not be empty")
+        size = len(spec.prompt.encode("utf-8", "surrogatepass"))
+        limit = self.qcfg.max_prompt_bytes
+        if size > limit:
+            raise ValidationError(
+                f("prompt"),
+                f"task {tid!r}: is {size} bytes, over the limit of {limit} (queue.max_prompt_bytes)",
+            )
+        if spec.category is not None:
+            _check_name(f("category"), spec.category, "category")
+        check_priority(spec.priority, f("priority"))
+        _check_int(f("max_attempts"), spec.max_attempts, 1, MAX_ATTEMPTS_LIMIT)
+        if spec.model is not None and spec.model not in self.mcfg.known:
+            raise ValidationError(
+                f("model"), f"task {tid!r}: unknown model; known: {list(self.mcfg.known)}", spec.model
+            )
+        t = spec.timeout_s
+        if t is not None and (
+            isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t <= 0
+        ):
+            raise ValidationError(f("timeout_s"), "must be a positive number of seconds or null", t)
+        if not isinstance(spec.run_on_dep_failure, bool):
+            raise ValidationError(f("run_on_dep_failure"), "must be true or false", spec.run_on_dep_failure)
+        if not isinstance(spec.metadata, dict) or not all(isinstance(k, str) for k in spec.metadata):
+            raise ValidationError(f("metadata"), "must be an object with string keys")
+        try:
+            blob = json.dumps(spec.metadata, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValidationError(f("metadata"), f"task {tid!r}: is not JSON-serialisable: {exc}") from None
+        if len(blob) > limit:
+            raise ValidationError(f("metadata"), f"task {tid!r}: is over {limit} bytes as JSON")
+        if not isinstance(spec.deps, tuple | list):
+            raise ValidationError(f("deps"), "must be a list of task ids", spec.deps)
+        deps: list[str] = []
+        for i, d in enumerate(spec.deps):
+            _check_name(f(f"deps[{i}]"), d, "dependency id")
+            if d == tid:
+                raise ValidationError(f("deps"), f"task {tid!r} depends on itself")
+            if d not in deps:
+                deps.append(d)
+        return tid, spec, tuple(deps)
+
+    def submit(self, specs: Sequence[Any], now: float) -> list[Task]:
+        """Add tasks atomically: either every spec is accepted (or matched idempotently) or none is.
+        Returns the snapshots in the order given."""
+        if not isinstance(specs, Sequence) or isinstance(specs, str | bytes):
+            raise ValidationError("tasks", "must be a list of task specs")
+        multi = len(specs) != 1
+        checked: list[tuple[str, TaskSpec, tuple[str, ...], str]] = []
+        batch: dict[str, str] = {}  # id -> digest of new tasks in this batch
+        for i, raw in enumerate(specs):
+            tid, spec, deps = self._validate(raw, f"tasks[{i}]" if multi else "", now)
+            digest = spec_digest(spec, deps)
+            existing = self._recs.get(tid)
+            if existing is not None:
+                if existing.digest != digest:
+                    raise Conflict(
+                        f"task {tid!r} already exists with different content "
+                        f"(differs in: {', '.join(self._diff(existing, spec, deps))})"
+                    )
+            elif tid in batch:
+                if batch[tid] != digest:
+                    raise Conflict(f"task {tid!r} appears twice in the batch with different content")
+                continue
+            else:
+                batch[tid] = digest
+            checked.append((tid, spec, deps, digest))
+        new = [c for c in checked if c[0] not in self._recs]
+        for tid, _spec, deps, _d in new:
+            unknown = [d for d in deps if d not in self._recs and d not in batch]
+            if unknown:
+                raise ValidationError(
+                    "deps", f"task {tid!r}: unknown dependency id(s) {unknown}; submit them first or together"
+                )
+        self._check_cycles({tid: deps for tid, _s, deps, _d in new})
+        # all checks passed: mutate
+        for tid, spec, deps, digest in new:
+            static = StaticRow(
+                self._next_seq,
+                spec.prompt,
+                spec.category,
+                spec.priority,
+                deps,
+                spec.model,
+                spec.max_attempts,
+                float(spec.timeout_s) if spec.timeout_s is not None else None,
+                json.loads(json.dumps(spec.metadata)),  # a private copy
+                spec.run_on_dep_failure,
+                digest,
+                now,
+            )
+            self._next_seq += 1
+            rec = _Rec(tid, static)
+            self._add(rec)
+            self._change("submit", rec, submit=True)
+            self._event(
+                "task.submitted",
+                {
+                    "task_id": tid,
+                    "category": rec.category,
+                    "priority": rec.priority,
+                    "model": rec.model,
+                    "deps": list(deps),
+                },
+            )
+        for tid, _spec, _deps, _d in new:
+            self._settle_deps(self._recs[tid], now)
+        return [self._recs[tid].snapshot() for tid, _s, _deps, _d in checked]
+
+    def _diff(self, rec: _Rec, spec: TaskSpec, deps: tuple[str, ...]) -> list[str]:
+        pairs = [
+            ("prompt", rec.prompt, spec.prompt),
+            ("category", rec.category, spec.category),
+            ("priority", rec.spec_priority, spec.priority),
+            ("deps", rec.deps, deps),
+            ("model", rec.model, spec.model),
+            ("max_attempts", rec.max_attempts, spec.max_attempts),
+            ("timeout_s", rec.timeout_s, spec.timeout_s),
+            ("metadata", rec.metadata, spec.metadata),
+            ("run_on_dep_failure", rec.run_on_dep_failure, spec.run_on_dep_failure),
+        ]
+        return [name for name, a, b in pairs if a != b] or ["content"]
+
+    def _check_cycles(self, graph: Mapping[str, tuple[str, ...]]) -> None:
+        """Refuse a dependency cycle among new tasks (old tasks cannot depend on new ones)."""
+        state: dict[str, int] = {}  # 1 visiting, 2 done
+        for root in graph:
+            if state.get(root):
+                continue
+            stack: list[tuple[str, int]] = [(root, 0)]
+            path: list[str] = []
+            while stack:
+                node, i = stack.pop()
+                if i == 0:
+                    state[node] = 1
+                    path.append(node)
+                deps = [d for d in graph.get(node, ()) if d in graph]
+                if i < len(deps):
+                    stack.append((node, i + 1))
+                    nxt = deps[i]
+                    if state.get(nxt) == 1:
+                        cycle = [*path[path.index(nxt) :], nxt]
+                        raise ValidationError("deps", f"dependency cycle: {' -> '.join(cycle)}")
+                    if not state.get(nxt):
+                        stack.append((nxt, 0))
+                else:
+                    state[node] = 2
+                    path.pop()
+
+    def _add(self, rec: _Rec) -> None:
+        self._recs[rec.id] = rec
+        self._order.append(rec.id)
+        self._order_seqs.append(rec.seq)
+        self._counts[rec.state] += 1
+        for d in rec.deps:
+            self._dependants.setdefault(d, []).append(rec.id)
+
+    # ---- dependencies --------------------------------------------------------------------------
+
+    def _dep_status(self, rec: _Rec) -> tuple[int, tuple[str, str] | None]:
+        """(unmet count, (id, state) of a failed dependency that dooms it) for a task's deps."""
+        unmet = 0
+        for d in rec.deps:
+            dep = self._recs.get(d)
+            if dep is None:  # only after damage to the store: treat as a failed dependency
+                if rec.run_on_dep_failure:
+                    continue
+                return unmet, (d, "missing")
+            if dep.state is TaskState.DONE:
+                continue
+            if dep.state in FAILED_DEP_STATES:
+                if rec.run_on_dep_failure:
+                    continue
+                return unmet, (d, dep.state.value)
+            unmet += 1
+        return unmet, None
+
+    def _settle_deps(self, rec: _Rec, now: float, kind: str | None = None) -> None:
+        """Put a (new, revived or retried) task in BLOCKED, READY or DEAD according to its deps."""
+        unmet, doomed = self._dep_status(rec)
+        rec.unmet = unmet
+        if doomed is not None:
+            self._dep_dead(rec, doomed, now)
+        elif unmet:
+            rec.reason = self._blocked_reason(rec)
+            self._set_state(rec, _BLOCKED, now)
+            self._change(kind or "block", rec)
+        else:
+            rec.reason = None
+            self._set_state(rec, _READY, now)
+            self._change(kind or "ready", rec)
+            self._event_ready(rec)
+
+    def _blocked_reason(self, rec: _Rec) -> str:
+        waiting = [
+            d for d in rec.deps if (dep := self._recs.get(d)) is None or dep.state is not TaskState.DONE
+        ]
+        shown = ", ".join(repr(d) for d in waiting[:5]) + (
+            f" and {len(waiting) - 5} more" if len(waiting) > 5 else ""
+        )
+        return f"waiting for dependencies: {shown}"
+
+    def _event_ready(self, rec: _Rec) -> None:
+        self._event(
+            "task.ready",
+            {"task_id": rec.id, "category": rec.category, "priority": rec.priority, "model": rec.route[0]},
+        )
+
+    def _dep_dead(self, rec: _Rec, doomed: tuple[str, str], now: float) -> None:
+        rec.dep_failure = doomed[0]
+        self._terminal(rec, TaskState.DEAD, f"dependency {doomed[0]!r} {doomed[1]}", now, "dead")
+
+    def _terminal(
+        self,
+        rec: _Rec,
+        state: TaskState,
+        reason: str | None,
+        now: float,
+        kind: str,
+        attempt: Attempt | None = None,
+    ) -> None:
+        """Move a task into a terminal state and settle its dependants (iteratively)."""
+        rec.reason = reason
+        rec.not_before = None
+        self._set_state(rec, state, now)
+        self._clear_target(rec)
+        self._change(kind, rec, attempt)
+        data: dict[str, Any] = {"task_id": rec.id, "reason": reason}
+        if state is TaskState.DONE:
+            data["attempt"] = attempt.n if attempt else None
+            data["worker"] = attempt.worker if attempt else None
+        self._event(TERMINAL_TOPICS[state], data)
+        stack = [rec]
+        while stack:
+            r = stack.pop()
+            for did in self._dependants.get(r.id, ()):
+                d = self._recs[did]
+                if d.state is not _BLOCKED:
+                    continue
+                if r.state is TaskState.DONE or d.run_on_dep_failure:
+                    d.unmet -= 1
+                    if d.unmet <= 0:
+                        d.reason = None
+                        self._set_state(d, _READY, now)
+                        self._change("ready", d)
+                        self._event_ready(d)
+                    else:
+                        d.reason = self._blocked_reason(d)
+                else:
+                    d.dep_failure = r.id
+                    d.reason = f"dependency {r.id!r} {r.state.value}"
+                    self._set_state(d, TaskState.DEAD, now)
+                    self._clear_target(d)
+                    self._change("dead", d)
+                    self._event("task.dead", {"task_id": d.id, "reason": d.reason})
+                    stack.append(d)
+
+    def _revive_dependants(self, rec: _Rec, now: float) -> None:
+        """After a manual retry of `rec`: dependants it killed come back (blocked), recursively, and
+        blocked dependants that counted it as settled wait for it again."""
+        stack = [rec]
+        while stack:
+            r = stack.pop()
+            for did in self._dependants.get(r.id, ()):
+                d = self._recs[did]
+                if d.state is TaskState.DEAD and d.dep_failure == r.id:
+                    d.dep_failure = None
+                    d.retry_base = len(d.attempts)
+                    d.counted = 0
+                    self._settle_deps(d, now, "revive")
+                    self._event("task.revived", {"task_id": d.id, "state": d.state.value})
+                    stack.append(d)
+                elif d.state is _BLOCKED:
+                    d.unmet, _ = self._dep_status(d)
+                    d.reason = self._blocked_reason(d)
+
+    # ---- claims and outcomes -------------------------------------------------------------------
+
+    def claim(self, task_id: str, worker: str, model: str | None, now: float) -> Assignment:
+        """Record that `worker` takes a READY task: opens the next attempt."""
+        rec = self._rec(task_id)
+        if rec.state is not _READY:
+            raise Conflict(f"task {task_id!r} is {rec.state.value}, not ready")
+        self._forget_target(rec)
+        att = Attempt(n=len(rec.attempts) + 1, worker=worker, model=model, started=now)
+        rec.attempts.append(att)
+        rec.worker = worker
+        rec.reason = None
+        self._set_state(rec, _RUNNING, now)
+        self._running.setdefault(worker, set()).add(rec.id)
+        self._change("claim", rec, att)
+        self._event("task.running", {"task_id": rec.id, "worker": worker, "attempt": att.n, "model": model})
+        return Assignment(
+            task_id=rec.id,
+            attempt=att.n,
+            prompt=rec.prompt,
+            category=rec.category,
+            model=model,
+            timeout_s=rec.timeout_s,
+            metadata=rec.metadata,
+        )
+
+    def is_current(self, task_id: str, attempt: int) -> bool:
+        rec = self._recs.get(task_id)
+        if rec is None or rec.state is not _RUNNING:
+            return False
+        att = rec.open_attempt()
+        return att is not None and att.n == attempt
+
+    def finish(
+        self,
+        task_id: str,
+        attempt: int,
+        outcome: Outcome,
+        now: float,
+        *,
+        result: str | None = None,
+        reason: str | None = None,
+        exit_code: int | None = None,
+        signal: int | None = None,
+        output_tail: str | None = None,
+        usage: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Record how the open attempt ended. Returns False (and counts it) when the report is for a
+        stale or unknown attempt: a result is recorded exactly once."""
+        if not self.is_current(task_id, attempt):
+            self.stale_reports += 1
+            return False
+        outcome = Outcome(outcome)
+        rec = self._recs[task_id]
+        att = rec.attempts[-1]
+        if output_tail is not None and len(output_tail) > OUTPUT_TAIL_CHARS:
+            output_tail = output_tail[-OUTPUT_TAIL_CHARS:]
+        closed = Attempt(
+            n=att.n,
+            worker=att.worker,
+            model=att.model,
+            started=att.started,
+            ended=now,
+            outcome=outcome,
+            reason=reason,
+            exit_code=exit_code,
+            signal=signal,
+            output_tail=output_tail,
+        )
+        rec.attempts[-1] = closed
+        running = self._running.get(att.worker)
+        if running is not None:
+            running.discard(rec.id)
+            if not running:
+                del self._running[att.worker]
+        rec.worker = None
+        if usage:
+            rec.usage = dict(usage)
+        if outcome is Outcome.DONE:
+            rec.result = result
+            self._terminal(rec, TaskState.DONE, None, now, "complete", closed)
+            return True
+        if outcome is Outcome.CANCELLED:
+            # a worker-side cancel that the queue did not ask for: treat as an interruption
+            outcome = Outcome.INTERRUPTED
+        if outcome in COUNTED_OUTCOMES:
+            rec.counted += 1
+            if att.model is not None:
+                rec.failed_models[att.model] = rec.failed_models.get(att.model, 0) + 1
+            why = reason or outcome.value
+            if rec.counted >= rec.max_attempts:
+                self._event(
+                    "task.failed",
+                    {
+                        "task_id": rec.id,
+                        "attempt": att.n,
+                        "worker": att.worker,
+                        "outcome": outcome.value,
+                        "reason": why,
+                        "will_retry": False,
+                        "not_before": None,
+                    },
+                )
+                self._terminal(
+                    rec,
+                    TaskState.DEAD,
+                    f"attempts exhausted ({rec.counted}/{rec.max_attempts}): {why}",
+                    now,
+                    "dead",
+                    closed,
+                )
+                return True
+            delay = backoff_delay(self.qcfg.retry_backoff, rec.counted, self.rng)
+            rec.reason = f"retrying after {outcome.value}: {why}"
+            self._set_state(rec, _FAILED, now)
+            rec.not_before = now + delay
+            heapq.heappush(self._retry_heap, (rec.not_before, rec.seq, rec.id))
+            self._change("fail", rec, closed)
+            self._event(
+                "task.failed",
+                {
+                    "task_id": rec.id,
+                    "attempt": att.n,
+                    "worker": att.worker,
+                    "outcome": outcome.value,
+                    "reason": why,
+                    "will_retry": True,
+                    "not_before": rec.not_before,
+                },
+            )
+            return True
+        # RATE_LIMITED / INTERRUPTED: not the task's fault; straight back to the queue
+        rec.reason = None
+        self._set_state(rec, _READY, now)
+        self._change("requeue", rec, closed)
+        self._event(
+            "task.requeued",
+            {
+                "task_id": rec.id,
+                "attempt": att.n,
+                "worker": att.worker,
+                "outcome": outcome.value,
+                "reason": reason,
+            },
+        )
+        self._event_ready(rec)
+        return True
+
+    def release_due(self, now: float) -> list[str]:
+        """FAILED tasks whose backoff has elapsed become READY; returns their ids."""
+        out: list[str] = []
+        heap = self._retry_heap
+        while heap and heap[0][0] <= now:
+            nb, _seq, tid = heapq.heappop(heap)
+            rec = self._recs.get(tid)
+            if rec is None or rec.state is not _FAILED or rec.not_before != nb:
+                continue
+            rec.reason = None
+            self._set_state(rec, _READY, now)
+            self._change("ready", rec)
+            self._event_ready(rec)
+            out.append(tid)
+        return out
+
+    def unpark_due(self, now: float) -> list[str]:
+        """Models whose rate-limit reset has passed become usable again; returns them."""
+        out = [m for m, until in self.parked.items() if until <= now]
+        for model in out:
+            del self.parked[model]
+            self._event("model.unparked", {"model": model})
+        return out
+
+    def park(self, model: str, until: float) -> None:
+        """A model hit its usage limit: its workers take nothing until `until`; tasks routed to it
+        softly may fall back (models.fallback); tasks pinned to it wait."""
+        prev = self.parked.get(model)
+        if prev is None or until > prev:
+            self.parked[model] = until
+            self._event("model.parked", {"model": model, "until": until})
+
+    # ---- operator controls ---------------------------------------------------------------------
+
+    def cancel(self, task_id: str, now: float, *, skip: bool = False) -> str | None:
+        """Cancel (or skip) a task that has not ended. Returns the worker that was running it, if any,
+        so the caller can interrupt it; its later report is stale and ignored."""
+        rec = self._rec(task_id)
+        verb = "skip" if skip else "cancel"
+        refused = TERMINAL_STATES - ({TaskState.DEAD} if skip else set())
+        if rec.state in refused:
+            raise Conflict(f"cannot {verb} task {task_id!r}: it is already {rec.state.value}")
+        worker = None
+        closed = None
+        att = rec.open_attempt()
+        if rec.state is _RUNNING and att is not None:
+            worker = att.worker
+            closed = Attempt(
+                n=att.n,
+                worker=att.worker,
+                model=att.model,
+                started=att.started,
+                ended=now,
+                outcome=Outcome.CANCELLED,
+                reason=f"{verb} requested",
+            )
+            rec.attempts[-1] = closed
+            running = self._running.get(worker)
+            if running is not None:
+                running.discard(rec.id)
+                if not running:
+                    del self._running[worker]
+            rec.worker = None
+        state = TaskState.SKIPPED if skip else TaskState.CANCELLED
+        self._terminal(rec, state, f"{'skipped' if skip else 'cancelled'} by request", now, verb, closed)
+        return worker
+
+    def retry(self, task_id: str, now: float) -> Task:
+        """Manual retry: a dead, cancelled, skipped or backing-off task gets a fresh attempt budget."""
+        rec = self._rec(task_id)
+        if rec.state not in (TaskState.DEAD, TaskState.CANCELLED, TaskState.SKIPPED, _FAILED):
+            raise Conflict(f"cannot retry task {task_id!r}: it is {rec.state.value}")
+        if not rec.run_on_dep_failure:
+            for d in rec.deps:
+                dep = self._recs.get(d)
+                if dep is not None and dep.state in FAILED_DEP_STATES:
+                    raise Conflict(
+                        f"cannot retry task {task_id!r}: its dependency {d!r} is {dep.state.value};"
+                        " retry that first"
+                    )
+        rec.retry_base = len(rec.attempts)
+        rec.counted = 0
+        rec.dep_failure = None
+        rec.result = None
+        rec.not_before = None
+        self._settle_deps(rec, now, "retry")
+        self._event("task.retried", {"task_id": rec.id, "state": rec.state.value})
+        self._revive_dependants(rec, now)
+        return rec.snapshot()
+
+    def boost(self, task_id: str, priority: Any, now: float) -> Task:
+        priority = check_priority(priority)
+        rec = self._rec(task_id)
+        if rec.state in TERMINAL_STATES:
+            raise Conflict(f"cannot boost task {task_id!r}: it is already {rec.state.value}")
+        rec.priority = priority
+        rec.updated = now
+        if rec.state is _READY:
+            self._unindex(rec)
+            self._index(rec)
+        self._change("boost", rec)
+        self._event("task.boosted", {"task_id": rec.id, "priority": priority})
+        return rec.snapshot()
+
+    def assign(self, task_id: str, worker: str, now: float) -> Task:
+        """Manual assignment: the task becomes eligible only for `worker` (ahead of its other work),
+        skipping any retry backoff. Refused once it runs or has ended."""
+        _check_name("worker", worker, "worker id")
+        rec = self._rec(task_id)
+        if rec.state not in (_BLOCKED, _READY, _FAILED):
+            raise Conflict(f"cannot assign task {task_id!r}: it is {rec.state.value}")
+        was_ready = rec.state is _READY
+        if was_ready:
+            self._unindex(rec)
+        self._clear_target(rec)
+        rec.worker = worker
+        self._targets.setdefault(worker, set()).add(rec.id)
+        rec.updated = now
+        if was_ready:
+            self._index(rec)
+        elif rec.state is _FAILED:
+            rec.reason = None
+            self._set_state(rec, _READY, now)
+            self._event_ready(rec)
+        self._change("assign", rec)
+        self._event("task.assigned", {"task_id": rec.id, "worker": worker})
+        return rec.snapshot()
+
+    def _forget_target(self, rec: _Rec) -> None:
+        if rec.worker is None:
+            return
+        targets = self._targets.get(rec.worker)
+        if targets is not None:
+            targets.discard(rec.id)
+            if not targets:
+                del self._targets[rec.worker]
+
+    def _clear_target(self, rec: _Rec) -> None:
+        """Drop a manual assignment (callers re-index a READY task around this)."""
+        if rec.state is not _RUNNING and rec.worker is not None:
+            self._forget_target(rec)
+            rec.worker = None
+
+    def worker_gone(
+        self, worker: str, now: float, reason: str = "worker gone without reporting"
+    ) -> list[str]:
+        """A worker died: its running attempt ends CRASHED (counted, so a task that kills workers
+        cannot loop forever) and manual assignments to it are released. Returns affected ids."""
+        out: list[str] = []
+        for tid in sorted(self._running.get(worker, ())):
+            att = self._recs[tid].open_attempt()
+            if att is not None:
+                self.finish(tid, att.n, Outcome.CRASHED, now, reason=reason)
+                out.append(tid)
+        for tid in sorted(self._targets.get(worker, ())):
+            rec = self._recs[tid]
+            ready = rec.state is _READY
+            if ready:
+                self._unindex(rec)
+            self._clear_target(rec)
+            if ready:
+                self._index(rec)
+            rec.updated = now
+            self._change("unassign", rec)
+            self._event("task.unassigned", {"task_id": tid, "worker": worker})
+            out.append(tid)
+        return out
+
+    # ---- recovery and configuration ------------------------------------------------------------
+
+    def restore(self, stored: Iterable[StoredTask], now: float) -> list[str]:
+        """Rebuild the book from the store after a restart. Attempts that were open when the process
+        died end INTERRUPTED (not counted) and their tasks go back to READY; manual assignments are
+        dropped (workers do not survive a restart). Returns the recovered task ids."""
+        if self._recs:
+            raise Conflict("restore needs an empty task book")
+        rows = sorted(stored, key=lambda s: s.static.seq)
+        recs: list[_Rec] = []
+        for row in rows:
+            rec = _Rec(row.id, row.static)
+            rec.state = row.state
+            rec.priority = row.priority
+            rec.reason = row.reason
+            rec.result = row.result
+            rec.not_before = row.not_before
+            rec.worker = row.worker
+            rec.updated = row.updated
+            rec.failed_models = dict(row.failed_models)
+            rec.usage = dict(row.usage)
+            rec.retry_base = row.retry_base
+            rec.dep_failure = row.dep_failure
+            rec.attempts = sorted(row.attempts, key=lambda a: a.n)
+            rec.counted = sum(
+                1 for a in rec.attempts if a.n > rec.retry_base and a.outcome in COUNTED_OUTCOMES
+            )
+            self._add(rec)
+            recs.append(rec)
+            self._next_seq = max(self._next_seq, rec.seq + 1)
+        recovered: list[str] = []
+        for rec in recs:
+            att = rec.open_attempt()
+            if rec.state is _RUNNING or att is not None:
+                if att is not None:
+                    rec.attempts[-1] = Attempt(
+                        n=att.n,
+                        worker=att.worker,
+                        model=att.model,
+                        started=att.started,
+                        ended=now,
+                        outcome=Outcome.INTERRUPTED,
+                        reason="shoal restarted while the attempt ran",
+                    )
+                if rec.state is _RUNNING:
+                    self._counts[rec.state] -= 1
+                    rec.state = _READY
+                    self._counts[rec.state] += 1
+                rec.worker = None
+                rec.reason = None
+                rec.updated = now
+                self._change("recover", rec, rec.attempts[-1] if att is not None else None)
+                self._event(
+                    "task.recovered",
+                    {
+                        "task_id": rec.id,
+                        "attempt": att.n if att else None,
+                        "worker": att.worker if att else None,
+                    },
+                )
+                recovered.append(rec.id)
+            elif rec.worker is not None and rec.state in (_READY, _BLOCKED, _FAILED):
+                rec.worker = None
+                rec.updated = now
+                self._change("unassign", rec)
+        for rec in recs:
+            if rec.state is _BLOCKED:
+                rec.unmet = self._dep_status(rec)[0]
+        for rec in recs:
+            if rec.state is _BLOCKED:
+                unmet, doomed = self._dep_status(rec)
+                if doomed is not None:
+                    self._dep_dead(rec, doomed, now)
+                elif unmet == 0:
+                    rec.reason = None
+                    self._set_state(rec, _READY, now)
+                    self._change("ready", rec)
+                    self._event_ready(rec)
+            elif rec.state is _READY and rec.bucket is None:
+                self._index(rec)
+            elif rec.state is _FAILED:
+                nb = rec.not_before if rec.not_before is not None else now
+                rec.not_before = nb
+                heapq.heappush(self._retry_heap, (nb, rec.seq, rec.id))
+        return recovered
+
+    def reconfigure(self, queue: QueueConfig, models: ModelsConfig) -> None:
+        """Hot configuration: re-route every ready task under the new model rules."""
+        self.qcfg = queue
+        self.mcfg = models
+        ready = [r for r in self._recs.values() if r.state is _READY]
+        for rec in ready:
+            self._unindex(rec)
+        for rec in ready:
+            self._index(rec)
+
+    # ---- self-check ----------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Assert the book's invariants (used by the property tests; cheap enough for debugging)."""
+        counts: Counter[TaskState] = Counter()
+        live: Counter[int] = Counter()
+        for tid, rec in self._recs.items():
+            assert rec.id == tid
+            counts[rec.state] += 1
+            for i, att in enumerate(rec.attempts, 1):
+                assert att.n == i, (tid, rec.attempts)
+                if i < len(rec.attempts):
+                    assert att.ended is not None, (tid, "open attempt before the last")
+            open_att = rec.open_attempt()
+            assert (rec.state is _RUNNING) == (open_att is not None), (tid, rec.state, open_att)
+            if rec.state is _RUNNING:
+                assert open_att is not None and rec.worker == open_att.worker
+                assert tid in self._running.get(rec.worker or "", set())
+            assert (rec.state is _READY) == (rec.bucket is not None), (tid, rec.state)
+            if rec.bucket is not None:
+                live[id(rec.bucket)] += 1
+                assert (rec.bucket.worker is not None) == (rec.worker is not None)
+            if rec.state is TaskState.DONE:
+                done = [a for a in rec.attempts if a.outcome is Outcome.DONE]
+                assert len(done) == 1 and rec.attempts[-1] is done[0], (tid, rec.attempts)
+            assert rec.counted <= rec.max_attempts, (tid, rec.counted)
+            counted = sum(1 for a in rec.attempts if a.n > rec.retry_base and a.outcome in COUNTED_OUTCOMES)
+            assert counted == rec.counted, (tid, counted, rec.counted)
+            if rec.state is TaskState.DEAD and rec.dep_failure is None:
+                assert rec.counted == rec.max_attempts, (tid, rec.counted)
+            if rec.state in (_READY, _RUNNING):
+                unmet, doomed = self._dep_status(rec)
+                assert doomed is None and unmet == 0, (tid, rec.state, unmet)
+            if rec.state is _BLOCKED:
+                unmet, doomed = self._dep_status(rec)
+                assert doomed is None and unmet > 0 and unmet == rec.unmet, (tid, unmet, rec.unmet)
+            if rec.state is _FAILED:
+                assert rec.not_before is not None
+            if rec.worker is not None and rec.state in (_READY, _BLOCKED):
+                assert tid in self._targets.get(rec.worker, set()), tid
+        for state in TaskState:
+            assert counts[state] == self._counts.get(state, 0), (
+                state,
+                counts[state],
+                self._counts.get(state),
+            )
+        buckets = [b for per in self._cats.values() for b in per.values()] + list(self._assigned.values())
+        for b in buckets:
+            assert b.live == live[id(b)] and b.live > 0, (b.key, b.live, live[id(b)])
+        assert sum(b.live for b in buckets) == counts[_READY]
+        assert sum(self._ready_by_model.values()) == counts[_READY]
+        assert len(self._order) == len(self._recs) and self._order_seqs == sorted(self._order_seqs)
