@@ -155,7 +155,7 @@ class ModelsConfig:
 
 @attrs.frozen
 class GatewayConfig:
-    enabled: bool = True
+    enabled: bool | None = None  # None: on for `shoal serve`, off for an embedded open_swarm
     host: str = "127.0.0.1"
     port: int = attrs.field(default=8765, validator=v.and_(_nonneg, v.le(65535)))  # 0: any free port
     allow_remote: bool = False  # binding to a non-loopback address needs this
@@ -173,7 +173,7 @@ class GatewayConfig:
 
 @attrs.frozen
 class HttpConfig:
-    enabled: bool = True
+    enabled: bool | None = None  # None: on for `shoal serve`, off for an embedded open_swarm
     host: str = "127.0.0.1"
     port: int = attrs.field(default=8766, validator=v.and_(_nonneg, v.le(65535)))
 
@@ -229,6 +229,37 @@ class SwarmConfig:
 # ---- structuring -----------------------------------------------------------------------------
 
 _converter = cattrs.Converter(forbid_extra_keys=True)
+
+
+def _strict(kind: type[Any], accepts: tuple[type[Any], ...], name: str) -> None:
+    """No silent coercion: "5" is not an int, "false" is not a bool, 1.5 is not an int."""
+
+    def hook(value: Any, _type: Any) -> Any:
+        if isinstance(value, bool) and kind is not bool:
+            raise ValueError(f"expected {name}, got a boolean")
+        if not isinstance(value, accepts):
+            raise ValueError(f"expected {name}, got {type(value).__name__} {value!r}")
+        return kind(value)
+
+    _converter.register_structure_hook(kind, hook)
+
+
+_strict(int, (int,), "an integer")
+_strict(float, (int, float), "a number")
+_strict(str, (str,), "a string")
+_strict(bool, (bool,), "true or false")
+
+
+def _str_tuple(value: Any, _type: Any) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"expected a list of strings, got {type(value).__name__} {value!r}")
+    for item in value:
+        if not isinstance(item, str):
+            raise ValueError(f"expected a list of strings, got item {item!r}")
+    return tuple(value)
+
+
+_converter.register_structure_hook(tuple[str, ...], _str_tuple)
 
 
 def _path_of(exc: BaseException, path: str) -> tuple[str, BaseException]:
