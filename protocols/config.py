@@ -259,7 +259,7 @@ def _str_tuple(value: Any, _type: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-_converter.register_structure_hook(tuple[str, ...], _str_tuple)
+_converter.register_structure_hook_func(lambda t: t == tuple[str, ...], _str_tuple)
 
 
 def _path_of(exc: BaseException, path: str) -> tuple[str, BaseException]:
