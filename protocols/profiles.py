@@ -1,0 +1,220 @@
+"""Built-in agent profiles and argv template rendering.
+
+A profile's argv is a template: each item may hold `{model}`, `{prompt}`, `{worker}` or `{cwd}`, and
+each placeholder is substituted *inside its own argv item* (never through a shell), so a prompt full
+of quotes, `$(...)` or newlines reaches the agent verbatim as one argument. `{{` and `}}` are literal
+braces. A `{model}` with no model drops its item, and an option right before it (`--model {model}`
+with no model runs the CLI's default model).
+
+The `fake*` profiles run `examples/agents/fake_agent.py` with this interpreter. The script is found
+relative to this package's source folder (a checkout, `pip install -e .`); set `SHOAL_FAKE_AGENT` to
+its path when Shoal is installed elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import string
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from .config import ProfileConfig
+from .errors import NotFound, ValidationError
+
+PLACEHOLDERS = ("model", "prompt", "worker", "cwd")
+
+DONE_MARKER = "SHOAL_DONE"  # what the claude-tui Stop hook and the shell profile print at a task's end
+
+
+def _fake_agent_path() -> str:
+    override = os.environ.get("SHOAL_FAKE_AGENT")
+    if override:
+        return override
+    return str(Path(__file__).resolve().parent.parent / "examples" / "agents" / "fake_agent.py")
+
+
+FAKE_AGENT = _fake_agent_path()
+
+# The Stop hook writes the marker to the controlling terminal: the hook runs as a child of Claude
+# Code in the worker's session, whose controlling terminal is the worker's PTY (see actors/process.py).
+CLAUDE_TUI_SETTINGS: dict[str, object] = {
+    "hooks": {
+        "Stop": [
+            {
+                "hooks": [
+                    {
+                        "type": "command",
+                        "command": f"printf '\\n{DONE_MARKER}\\n' > /dev/tty",
+                    }
+                ]
+            }
+        ]
+    }
+}
+
+def _literal(text: str) -> str:
+    """`text` as an argv template item with no placeholders (braces doubled)."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+_STREAM_JSON = ("-p", "--input-format", "stream-json", "--output-format", "stream-json", "--verbose")
+
+_SHELL_ENV = {
+    "PS1": "$ ",
+    "PS2": "",
+    "HISTFILE": "/dev/null",
+    # bash runs PROMPT_COMMAND before each prompt: the marker carries the last command's exit status
+    "PROMPT_COMMAND": f"printf '\\n{DONE_MARKER} %d\\n' $?",
+}
+
+BUILTIN_PROFILES: dict[str, ProfileConfig] = {
+    # The fake agent's interactive TUI in a PTY, done when its prompt returns: the most faithful
+    # stand-in for interactive Claude Code, and the default.
+    "fake": ProfileConfig(
+        argv=(sys.executable, FAKE_AGENT, "--model", "{model}"),
+        dialect="prompt",
+        transport="pty",
+        startup_timeout_s=10.0,
+        stop_timeout_s=2.0,
+    ),
+    # The fake TUI printing a marker line after each reply (as the claude-tui Stop hook does).
+    "fake-marker": ProfileConfig(
+        argv=(sys.executable, FAKE_AGENT, "--marker", "--model", "{model}"),
+        dialect="marker",
+        transport="pty",
+        startup_timeout_s=10.0,
+        stop_timeout_s=2.0,
+    ),
+    # The fake agent speaking Claude Code's stream-json on pipes.
+    "fake-stream": ProfileConfig(
+        argv=(sys.executable, FAKE_AGENT, *_STREAM_JSON, "--model", "{model}"),
+        dialect="stream-json",
+        transport="pipe",
+        startup_timeout_s=10.0,
+        stop_timeout_s=2.0,
+    ),
+    # One fake-agent process per task, the prompt in argv; the exit status decides.
+    "fake-oneshot": ProfileConfig(
+        argv=(sys.executable, FAKE_AGENT, "--model", "{model}", "-p", "{prompt}"),
+        dialect="oneshot",
+        transport="pipe",
+        startup_timeout_s=10.0,
+        stop_timeout_s=2.0,
+    ),
+    # Claude Code, headless, JSON lines both ways.
+    "claude": ProfileConfig(
+        argv=("claude", *_STREAM_JSON, "--model", "{model}"),
+        dialect="stream-json",
+        transport="pipe",
+        startup_timeout_s=60.0,
+        stop_timeout_s=5.0,
+    ),
+    # Interactive Claude Code in a PTY; a Stop hook (inline --settings JSON) prints the done marker.
+    "claude-tui": ProfileConfig(
+        argv=(
+            "claude",
+            "--model",
+            "{model}",
+            "--settings",
+            _literal(json.dumps(CLAUDE_TUI_SETTINGS, separators=(",", ":"))),
+        ),
+        dialect="marker",
+        transport="pty",
+        startup_timeout_s=60.0,
+        stop_timeout_s=5.0,
+        options={"marker": DONE_MARKER},
+    ),
+    # bash in a PTY: each task is one command line; PROMPT_COMMAND prints the marker and `$?`.
+    "shell": ProfileConfig(
+        argv=("bash", "--norc", "--noprofile", "-i"),
+        dialect="marker",
+        transport="pty",
+        env=dict(_SHELL_ENV),
+        startup_timeout_s=10.0,
+        stop_timeout_s=2.0,
+        context_refresh_percent=0.0,
+        options={"marker": DONE_MARKER, "exit_status": True},
+    ),
+}
+
+
+def resolve_profile(name: str, user_profiles: Mapping[str, ProfileConfig] | None = None) -> ProfileConfig:
+    """The user's profile called `name`, else the built-in one; NotFound naming it otherwise."""
+    if user_profiles and name in user_profiles:
+        return user_profiles[name]
+    try:
+        return BUILTIN_PROFILES[name]
+    except KeyError:
+        raise NotFound("profile", name) from None
+
+
+def placeholders(profile: ProfileConfig) -> set[str]:
+    """The placeholder names `profile.argv` uses (validated: unknown ones raise ValidationError)."""
+    found: set[str] = set()
+    for i, item in enumerate(profile.argv):
+        found.update(name for name, _ in _fields(item, f"argv[{i}]"))
+    return found
+
+
+def _fields(item: str, where: str) -> list[tuple[str, str]]:
+    """(name, literal text before it) for each placeholder in `item`."""
+    try:
+        parsed = list(string.Formatter().parse(item))
+    except ValueError as exc:
+        raise ValidationError(where, f"bad placeholder syntax: {exc}", item) from None
+    out: list[tuple[str, str]] = []
+    for literal, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if name not in PLACEHOLDERS:
+            known = ", ".join("{" + p + "}" for p in PLACEHOLDERS)
+            raise ValidationError(where, f"unknown placeholder {{{name}}} (known: {known})", item)
+        if spec or conversion:
+            raise ValidationError(where, f"placeholder {{{name}}} takes no format or conversion", item)
+        out.append((name, literal))
+    return out
+
+
+def render_argv(
+    profile: ProfileConfig,
+    *,
+    model: str | None = None,
+    prompt: str | None = None,
+    worker: str | None = None,
+    cwd: str | None = None,
+) -> list[str]:
+    """The argv to run: each placeholder substituted within its own item (no shell, no splitting).
+
+    `cwd` defaults to the profile's cwd, then the current directory. A missing `{prompt}` or
+    `{worker}` value is a ValidationError; a missing `{model}` drops its item (and a preceding option
+    such as `--model`). An unknown placeholder is a ValidationError naming the argv item.
+    """
+    if not profile.argv:
+        raise ValidationError("argv", "must not be empty", list(profile.argv))
+    values: dict[str, str | None] = {
+        "model": model or None,
+        "prompt": prompt,
+        "worker": worker,
+        "cwd": cwd or profile.cwd or os.getcwd(),
+    }
+    out: list[str] = []
+    drop_option = False
+    for i, item in enumerate(profile.argv):
+        where = f"argv[{i}]"
+        fields = _fields(item, where)
+        names = {name for name, _ in fields}
+        missing = [name for name in names if values[name] is None]
+        for name in missing:
+            if name != "model":
+                raise ValidationError(name, f"the profile's {where} needs a value for {{{name}}}", item)
+        if missing:
+            # `--model {model}` with no model: drop both, so the CLI uses its own default
+            if item == "{model}" and out and drop_option:
+                out.pop()
+            drop_option = False
+            continue
+        out.append(item.format_map(values) if fields or "{" in item or "}" in item else item)
+        drop_option = not fields and item.startswith("-")
+    return out
