@@ -1,0 +1,600 @@
+"""The scaler: how many workers of which model the swarm should run, decided on events and a tick.
+
+The core is the pure function `decide(inputs, scaling, models, memory) -> Decision`; it does no I/O
+and reads no clock, so every rule is tested with plain values. `ScalerActor` feeds it: it wakes on
+bus events (coalesced) and on a tick of `scaling.tick_s`, re-reads the configuration each time (hot
+changes apply on the next wake), carries out the decision through the `spawn` / `retire` callables
+and publishes every decision with its reason and inputs (`scale.decision`, `scale.up`, `scale.down`).
+
+The rules (docs/scaling.md has the long form):
+
+* Demand is counted per model in task units: running + pinned ready tasks of that model, plus its
+  share of the unpinned ready tasks. Unpinned tasks first fill spare capacity any model already has
+  (an idle worker takes any unpinned task), the rest is split by `models.weights` (largest remainder;
+  empty weights: all to `models.default`). A parked (rate-limited) model's share goes to the first
+  unparked model of `models.fallback[model]`, else the default, else it waits.
+* Queue-based target: `desired = ceil(demand / tasks_per_worker)`, reached in one batch.
+* Capacity-based growth: a model with waiting work whose busy/serving ratio exceeds
+  `utilisation_threshold` grows to `ceil(busy / threshold)`.
+* Predictive: arrival rate λ over `arrival_window_s` times the mean run time W (Little's law) is the
+  expected number of tasks in flight; when it exceeds the current load, workers are pre-spawned.
+* Spawns are capped by `max_workers` (every worker holding a process counts) and
+  `max_spawn_per_tick`; workers still STARTING count as capacity, so nothing is spawned twice.
+  Halted: no spawns. Parked model: no spawns for it. Below `min_workers`: spawn up to the floor.
+* Scale-down (Kubernetes HPA style): up at once, down only to the highest desired count seen over
+  the last `stabilisation_s`, and only workers idle for `idle_s`, longest-idle first, at most
+  `max_retire_per_tick`, never below `min_workers`, never a busy, starting, refreshing, paused or
+  stopping worker. Before the scaler has watched a full window it retires nothing.
+* Rebalance: at `max_workers` with unmet demand for one model, an idle (≥ `idle_s`) worker of a
+  model with more workers than it needs now is retired to make room.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from ..protocols.config import ModelsConfig, ScalingConfig, SwarmConfig
+from ..protocols.workers import WorkerState
+from ..runtime.eventbus import EventBus, Subscription
+
+log = logging.getLogger("shoal.scaler")
+
+# Reasons: a closed vocabulary, so metrics can label by reason without unbounded values.
+QUEUE = "queue"  # ready tasks need workers
+UTILISATION = "utilisation"  # busy/serving above the threshold while work waits
+PREDICTIVE = "predictive"  # the arrival rate says more work is coming
+MIN_WORKERS = "min_workers"  # keep the floor
+IDLE = "idle"  # idle for idle_s, above the stabilised desired count
+REBALANCE = "rebalance"  # at max_workers: make room for a model whose work waits
+
+SERVING = frozenset({WorkerState.STARTING, WorkerState.IDLE, WorkerState.BUSY, WorkerState.REFRESHING})
+GONE = frozenset({WorkerState.STOPPED, WorkerState.CRASHED})
+UNPINNED_KEY = "*"  # how unpinned demand is written in summaries (JSON keys must be strings)
+
+
+@attrs.frozen
+class WorkerView:
+    """What the scaler needs to know of one worker. Times are on the trio clock."""
+
+    id: str
+    model: str | None
+    state: WorkerState
+    idle_since: float | None = None
+    task_id: str | None = None
+
+
+@attrs.frozen
+class ScalerInputs:
+    """A snapshot of the swarm for one decision. All times are on the trio clock (`now`).
+
+    `ready_by_model` holds claimable tasks by effective model (None: unpinned, any model may take
+    it); `running_by_model` running tasks by the model they run on; `parked` the models rate-limited
+    right now (model -> reset epoch, shown in summaries only); `arrivals` recent submit times,
+    ascending; `mean_run_s` the recent mean run time (the actor fills it in when None).
+    """
+
+    ready_by_model: Mapping[str | None, int] = attrs.field(factory=dict)
+    running_by_model: Mapping[str | None, int] = attrs.field(factory=dict)
+    parked: Mapping[str, float] = attrs.field(factory=dict)
+    workers: Sequence[WorkerView] = ()
+    arrivals: Sequence[float] = ()
+    halted: bool = False
+    now: float = 0.0
+    mean_run_s: float | None = None
+
+
+@attrs.frozen
+class Decision:
+    """What to do now. `spawn`: (model, reason); `retire`: (worker id, reason); `summary` is JSON-ready."""
+
+    spawn: list[tuple[str, str]]
+    retire: list[tuple[str, str]]
+    desired: dict[str, int]
+    summary: dict[str, Any]
+    reason: str  # one line for people: why this decision
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.spawn or self.retire)
+
+
+class ScalerMemory:
+    """What the stabilisation window needs: the highest desired count per model over time.
+
+    Kept as buckets (start, max desired) per model, at most ~`_BUCKETS` per window, so memory and
+    cost stay bounded however often the scaler decides. A bucket stays until the next one starts
+    before the window, so the value that held at the window's start still counts; the estimate errs
+    high by at most one bucket width (scale-down is then slightly later, never earlier).
+    """
+
+    _BUCKETS = 256
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+        self._peaks: dict[str, deque[list[float]]] = {}
+
+    def record(self, now: float, desired: Mapping[str, int], window_s: float) -> None:
+        if self.started is None:
+            self.started = now
+        width = max(window_s / self._BUCKETS, 1e-3)
+        for model in set(desired) | set(self._peaks):
+            value = float(desired.get(model, 0))
+            buckets = self._peaks.setdefault(model, deque())
+            if buckets and now < buckets[-1][0] + width:
+                buckets[-1][1] = max(buckets[-1][1], value)
+            else:
+                buckets.append([now, value])
+            cutoff = now - window_s
+            while len(buckets) >= 2 and buckets[1][0] <= cutoff:
+                buckets.popleft()
+            if value == 0 and all(b[1] == 0 for b in buckets):
+                del self._peaks[model]  # nobody wanted this model within the window: forget it
+
+    def stabilised(self, model: str) -> int:
+        """The highest desired count for `model` within the window (as of the last `record`)."""
+        buckets = self._peaks.get(model)
+        return int(max(b[1] for b in buckets)) if buckets else 0
+
+    def covered(self, now: float, window_s: float) -> bool:
+        """Whether the scaler has watched a whole window (before that it cannot know the peak)."""
+        return self.started is not None and now - self.started >= window_s
+
+
+# ---- the pure core -------------------------------------------------------------------------------
+
+
+def _largest_remainder(total: int, weights: Mapping[str, float]) -> dict[str, int]:
+    """Split `total` integer units by `weights`; ties go to the earlier key (deterministic)."""
+    positive = {k: w for k, w in weights.items() if w > 0}
+    wsum = sum(positive.values())
+    if total <= 0 or wsum <= 0:
+        return {}
+    exact = {k: total * w / wsum for k, w in positive.items()}
+    out = {k: math.floor(x) for k, x in exact.items()}
+    left = total - sum(out.values())
+    order = sorted(positive, key=lambda k: (-(exact[k] - out[k]), list(positive).index(k)))
+    for k in order[:left]:
+        out[k] += 1
+    return {k: v for k, v in out.items() if v > 0}
+
+
+def _route(model: str, models: ModelsConfig, parked: Mapping[str, float]) -> str | None:
+    """Where work meant for `model` goes: itself, its fallback chain, the default, the default's chain."""
+    chain = [model, *models.fallback.get(model, ()), models.default, *models.fallback.get(models.default, ())]
+    return next((m for m in chain if m not in parked), None)
+
+
+def _routed_weights(models: ModelsConfig, parked: Mapping[str, float]) -> dict[str, float]:
+    """The unpinned split after redirecting parked models' shares to their fallbacks."""
+    base = {m: w for m, w in models.weights.items() if w > 0} or {models.default: 1.0}
+    out: dict[str, float] = {}
+    for model, weight in base.items():
+        target = _route(model, models, parked)
+        if target is not None:
+            out[target] = out.get(target, 0.0) + weight
+    return out
+
+
+def _place_unpinned(
+    amount: int, spare: dict[str, int], weights: Mapping[str, float], order: Iterable[str]
+) -> tuple[dict[str, int], dict[str, int], int]:
+    """Place `amount` unpinned tasks: fill spare capacity first (mutating `spare`), split the rest.
+
+    Returns (absorbed by model, new share by model, unplaceable count).
+    """
+    absorbed: dict[str, int] = {}
+    for model in order:
+        if amount <= 0:
+            break
+        take = min(amount, spare.get(model, 0))
+        if take > 0:
+            absorbed[model] = take
+            spare[model] -= take
+            amount -= take
+    share = _largest_remainder(amount, weights)
+    return absorbed, share, amount - sum(share.values())
+
+
+def _model_of(model: str | None, models: ModelsConfig) -> str:
+    return model if model is not None else models.default
+
+
+def decide(
+    inputs: ScalerInputs, scaling: ScalingConfig, models: ModelsConfig, memory: ScalerMemory
+) -> Decision:
+    """One scaling decision. Pure apart from recording this decision's desired counts in `memory`."""
+    now = inputs.now
+    tpw = scaling.tasks_per_worker
+    parked = dict(inputs.parked)
+
+    # -- workers, by what they can do
+    present = [w for w in inputs.workers if w.state not in GONE]  # hold (or will hold) a process
+    live = [w for w in present if w.state is not WorkerState.STOPPING]  # counted for min_workers
+    serving: dict[str, int] = {}  # capacity: starting, idle, busy, refreshing
+    busy: dict[str, int] = {}
+    by_state: dict[str, int] = {}
+    for w in present:
+        m = _model_of(w.model, models)
+        by_state[w.state.value] = by_state.get(w.state.value, 0) + 1
+        if w.state in SERVING:
+            serving[m] = serving.get(m, 0) + 1
+        if w.state is WorkerState.BUSY:
+            busy[m] = busy.get(m, 0) + 1
+
+    # -- demand in task units, per model
+    ready_pinned: dict[str, int] = {}
+    for key, n in inputs.ready_by_model.items():
+        if key is not None and n > 0:
+            ready_pinned[key] = ready_pinned.get(key, 0) + n
+    unpinned = max(0, int(inputs.ready_by_model.get(None, 0)))
+    running: dict[str, int] = {}
+    for key, n in inputs.running_by_model.items():
+        if n > 0:
+            m = _model_of(key, models)
+            running[m] = running.get(m, 0) + n
+    load = {m: running.get(m, 0) + ready_pinned.get(m, 0) for m in set(running) | set(ready_pinned)}
+
+    weights = _routed_weights(models, parked)
+    spare = {m: max(0, n * tpw - load.get(m, 0)) for m, n in serving.items() if m not in parked}
+    known_order = [*weights, *models.known, *sorted(serving)]
+    absorb_order = list(dict.fromkeys(m for m in known_order if m not in parked))
+    absorbed, share, unplaced = _place_unpinned(unpinned, spare, weights, absorb_order)
+    for part in (absorbed, share):
+        for m, n in part.items():
+            load[m] = load.get(m, 0) + n
+    queue_desired = {m: math.ceil(n / tpw) for m, n in load.items() if n > 0}
+
+    # -- predictive: Little's law, expected tasks in flight = arrival rate x mean run time
+    window = scaling.arrival_window_s
+    arrivals = inputs.arrivals
+    cutoff = now - window
+    if arrivals and arrivals[0] >= cutoff:
+        recent = len(arrivals)
+    else:
+        recent = len(arrivals) - bisect.bisect_left(arrivals, cutoff)
+    rate = recent / window
+    predicted: float | None = None
+    pred_load = dict(load)
+    if scaling.predictive and inputs.mean_run_s and rate > 0:
+        predicted = rate * inputs.mean_run_s
+        extra = math.ceil(predicted - 1e-9) - sum(load.values()) - unplaced
+        if extra > 0:
+            p_abs, p_share, _ = _place_unpinned(extra, spare, weights, absorb_order)
+            for part in (p_abs, p_share):
+                for m, n in part.items():
+                    pred_load[m] = pred_load.get(m, 0) + n
+    pred_desired = {m: math.ceil(n / tpw) for m, n in pred_load.items() if n > 0}
+
+    # -- capacity-based growth: work waits for a model whose workers are nearly all busy
+    util_desired: dict[str, int] = {}
+    total_serving = sum(serving.values())
+    utilisation = sum(busy.values()) / total_serving if total_serving else 0.0
+    for m, n in serving.items():
+        waiting = ready_pinned.get(m, 0) + absorbed.get(m, 0) + share.get(m, 0)
+        if waiting > 0 and n > 0 and busy.get(m, 0) / n > scaling.utilisation_threshold:
+            util_desired[m] = math.ceil(busy.get(m, 0) / scaling.utilisation_threshold)
+
+    desired: dict[str, int] = {}
+    for part in (queue_desired, util_desired, pred_desired):
+        for m, n in part.items():
+            desired[m] = max(desired.get(m, 0), n)
+    desired = {m: n for m, n in desired.items() if n > 0}
+
+    # -- scale up: deficits, capped; parked models wait
+    deficit = {m: n - serving.get(m, 0) for m, n in desired.items() if n > serving.get(m, 0)}
+    parked_waiting = {m: n for m, n in deficit.items() if m in parked}
+    spawnable = {m: n for m, n in deficit.items() if m not in parked}
+    room = max(0, scaling.max_workers - len(present))
+    slots = 0 if inputs.halted else min(scaling.max_spawn_per_tick, room)
+    wanted = sum(spawnable.values())
+    if wanted <= slots:
+        grant = dict(spawnable)
+    else:
+        order = {m: float(n) for m, n in sorted(spawnable.items(), key=lambda kv: (-kv[1], kv[0]))}
+        grant = _largest_remainder(slots, order)
+    spawn: list[tuple[str, str]] = []
+    for m in sorted(grant, key=lambda k: (-grant[k], k)):
+        have = serving.get(m, 0)
+        levels = [
+            (QUEUE, queue_desired.get(m, 0)),
+            (UTILISATION, util_desired.get(m, 0)),
+            (PREDICTIVE, pred_desired.get(m, 0)),
+        ]
+        for k in range(1, grant[m] + 1):
+            target = have + k
+            spawn.append((m, next((name for name, n in levels if n >= target), QUEUE)))
+    unmet = wanted - len(spawn)
+
+    # -- the floor
+    floor_need = scaling.min_workers - (len(live) + len(spawn))
+    if floor_need > 0 and not inputs.halted:
+        floor_need = min(floor_need, slots - len(spawn))
+        for m, n in _largest_remainder(floor_need, weights).items():
+            spawn.extend((m, MIN_WORKERS) for _ in range(n))
+
+    # -- scale down
+    memory.record(now, desired, scaling.stabilisation_s)
+    covered = memory.covered(now, scaling.stabilisation_s)
+    stabilised = {m: max(desired.get(m, 0), memory.stabilised(m)) for m in set(serving) | set(desired)}
+    candidates = sorted(
+        (
+            w
+            for w in present
+            if w.state is WorkerState.IDLE
+            and w.task_id is None
+            and w.idle_since is not None
+            and now - w.idle_since >= scaling.idle_s
+        ),
+        key=lambda w: (w.idle_since, w.id),
+    )
+    retire: list[tuple[str, str]] = []
+    taken: dict[str, int] = {}
+    budget = scaling.max_retire_per_tick
+
+    def room_above_floor() -> bool:
+        return len(live) - len(retire) > scaling.min_workers
+
+    if unmet > 0 and not inputs.halted and room - len(spawn) <= 0:
+        # at max_workers with work waiting for another model: free the slots held by idle surplus
+        for w in candidates:
+            m = _model_of(w.model, models)
+            if len(retire) >= min(budget, unmet) or not room_above_floor():
+                break
+            if serving.get(m, 0) - taken.get(m, 0) > desired.get(m, 0):
+                retire.append((w.id, REBALANCE))
+                taken[m] = taken.get(m, 0) + 1
+    if covered:
+        chosen = {wid for wid, _ in retire}
+        for w in candidates:
+            if len(retire) >= budget or not room_above_floor():
+                break
+            m = _model_of(w.model, models)
+            if w.id not in chosen and serving.get(m, 0) - taken.get(m, 0) > stabilised.get(m, 0):
+                retire.append((w.id, IDLE))
+                taken[m] = taken.get(m, 0) + 1
+
+    limited_by: list[str] = []
+    if inputs.halted and wanted:
+        limited_by.append("halted")
+    elif unmet > 0:
+        limited_by.append("max_workers" if room <= scaling.max_spawn_per_tick else "max_spawn_per_tick")
+    if parked_waiting:
+        limited_by.append("parked")
+    summary: dict[str, Any] = {
+        "now": now,
+        "ready": {(UNPINNED_KEY if k is None else k): n for k, n in inputs.ready_by_model.items() if n},
+        "running": {(UNPINNED_KEY if k is None else k): n for k, n in inputs.running_by_model.items() if n},
+        "parked": dict(parked),
+        "halted": inputs.halted,
+        "workers": {
+            "present": len(present),
+            "live": len(live),
+            "serving": dict(sorted(serving.items())),
+            "busy": dict(sorted(busy.items())),
+            "by_state": dict(sorted(by_state.items())),
+        },
+        "utilisation": round(utilisation, 4),
+        "arrival_rate_per_s": round(rate, 4),
+        "mean_run_s": inputs.mean_run_s,
+        "predicted_in_flight": None if predicted is None else round(predicted, 3),
+        "unpinned": {"absorbed": absorbed, "split": share, "unplaced": unplaced},
+        "desired": dict(sorted(desired.items())),
+        "desired_by": {"queue": queue_desired, "utilisation": util_desired, "predictive": pred_desired},
+        "stabilised": dict(sorted(stabilised.items())),
+        "window_covered": covered,
+        "deficit": dict(sorted(deficit.items())),
+        "slots": slots,
+        "unmet": unmet,
+        "limited_by": limited_by,
+        "limits": {
+            "min_workers": scaling.min_workers,
+            "max_workers": scaling.max_workers,
+            "max_spawn_per_tick": scaling.max_spawn_per_tick,
+            "max_retire_per_tick": scaling.max_retire_per_tick,
+            "tasks_per_worker": tpw,
+        },
+    }
+    return Decision(spawn, retire, desired, summary, _explain(spawn, retire, summary))
+
+
+def _explain(spawn: list[tuple[str, str]], retire: list[tuple[str, str]], s: dict[str, Any]) -> str:
+    """One line for the event log: what and why."""
+    parts: list[str] = []
+    if spawn:
+        groups: dict[tuple[str, str], int] = {}
+        for key in spawn:
+            groups[key] = groups.get(key, 0) + 1
+        ups = ", ".join(f"{n} {m} ({r})" for (m, r), n in groups.items())
+        parts.append(f"spawn {ups}; desired {s['desired']}, serving {s['workers']['serving']}")
+    if retire:
+        downs = ", ".join(f"{wid} ({r})" for wid, r in retire)
+        parts.append(f"retire {downs}; stabilised {s['stabilised']}")
+    if s["limited_by"]:
+        parts.append(f"limited by {', '.join(s['limited_by'])} (unmet {s['unmet']})")
+    return "; ".join(parts) or f"steady: desired {s['desired']}, serving {s['workers']['serving']}"
+
+
+# ---- the actor -----------------------------------------------------------------------------------
+
+WAKE_TOPICS = (
+    "task.submitted",
+    "task.ready",
+    "task.done",
+    "task.failed",
+    "worker.*",
+    "swarm.*",
+    "config.changed",
+)
+_NOISY = frozenset({"worker.output", "worker.context", "worker.log"})  # never a reason to rescale
+
+
+class ScalerActor:
+    """Runs `decide` on every relevant event (coalesced) and on every tick, and carries it out.
+
+    `spawn(model, reason)` must return once the new worker is registered (STARTING), so the next
+    `get_inputs()` already counts it. `retire(worker_id, reason)` returns False when the worker
+    cannot be retired any more (it just took a task); that is not an error.
+    """
+
+    def __init__(
+        self,
+        config_getter: Callable[[], SwarmConfig],
+        bus: EventBus,
+        get_inputs: Callable[[], Awaitable[ScalerInputs]],
+        spawn: Callable[[str, str], Awaitable[None]],
+        retire: Callable[[str, str], Awaitable[bool]],
+        *,
+        min_interval_s: float = 0.02,
+        max_arrivals: int = 200_000,
+    ) -> None:
+        self._config = config_getter
+        self._bus = bus
+        self._get_inputs = get_inputs
+        self._spawn = spawn
+        self._retire = retire
+        self._min_interval_s = min_interval_s
+        self.memory = ScalerMemory()
+        self.arrivals: deque[float] = deque(maxlen=max_arrivals)  # submit times, trio clock
+        self.mean_run_s: float | None = None  # EWMA of run_s from task.done
+        self.last_decision: Decision | None = None
+        self.decisions = 0
+        self._wake = trio.Event()
+        self._last_published: Any = None
+
+    def wake(self) -> None:
+        """Ask for a decision now (also done by any subscribed event)."""
+        self._wake.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with self._bus.subscribe(WAKE_TOPICS, size=4096) as sub:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._listen, sub)
+                task_status.started()
+                last = -math.inf
+                while True:
+                    await self._step()
+                    last = trio.current_time()
+                    with trio.move_on_after(self._config().scaling.tick_s):
+                        await self._wake.wait()
+                    # coalesce a burst of events into one decision
+                    await trio.sleep_until(last + self._min_interval_s)
+                    self._wake = trio.Event()
+
+    async def _listen(self, sub: Subscription) -> None:
+        async for event in sub:
+            if event.topic in _NOISY:
+                continue
+            if event.topic == "task.submitted":
+                count = event.data.get("count", 1)
+                n = count if isinstance(count, int) and count > 0 else 1
+                now = trio.current_time()
+                self.arrivals.extend(now for _ in range(n))
+            elif event.topic == "task.done":
+                run_s = event.data.get("run_s")
+                if isinstance(run_s, int | float) and run_s >= 0:
+                    prev = self.mean_run_s
+                    self.mean_run_s = float(run_s) if prev is None else prev + 0.2 * (run_s - prev)
+            self._wake.set()
+
+    async def _step(self) -> None:
+        config = self._config()
+        scaling, models = config.scaling, config.models
+        cutoff = trio.current_time() - scaling.arrival_window_s
+        while self.arrivals and self.arrivals[0] < cutoff:
+            self.arrivals.popleft()
+        try:
+            inputs = await self._get_inputs()
+        except Exception as exc:
+            log.warning("scaler inputs unavailable: %r", exc)
+            self._bus.publish("scale.error", {"stage": "inputs", "error": repr(exc)})
+            return
+        if not inputs.arrivals and self.arrivals:
+            inputs = attrs.evolve(inputs, arrivals=self.arrivals)
+        if inputs.mean_run_s is None and self.mean_run_s is not None:
+            inputs = attrs.evolve(inputs, mean_run_s=self.mean_run_s)
+        decision = decide(inputs, scaling, models, self.memory)
+        self.last_decision = decision
+        self.decisions += 1
+        key = (decision.desired, tuple(decision.summary["limited_by"]), decision.summary["unmet"])
+        if decision.changes or key != self._last_published:
+            self._last_published = key
+            self._bus.publish(
+                "scale.decision",
+                {
+                    "reason": decision.reason,
+                    "spawn": [{"model": m, "reason": r} for m, r in decision.spawn],
+                    "retire": [{"worker": w, "reason": r} for w, r in decision.retire],
+                    "inputs": decision.summary,
+                },
+            )
+        if decision.changes:
+            await self._execute(decision, {w.id: w for w in inputs.workers})
+
+    async def _execute(self, decision: Decision, workers: Mapping[str, WorkerView]) -> None:
+        spawned: dict[tuple[str, str], int] = {}
+        retired: list[tuple[str, str]] = []
+
+        async def spawn_one(model: str, reason: str) -> None:
+            try:
+                await self._spawn(model, reason)
+            except Exception as exc:
+                log.warning("spawn of a %s worker failed: %r", model, exc)
+                self._bus.publish("scale.error", {"stage": "spawn", "model": model, "error": repr(exc)})
+                return
+            spawned[(model, reason)] = spawned.get((model, reason), 0) + 1
+
+        async def retire_one(worker_id: str, reason: str) -> None:
+            try:
+                ok = await self._retire(worker_id, reason)
+            except Exception as exc:
+                log.warning("retiring %s failed: %r", worker_id, exc)
+                self._bus.publish("scale.error", {"stage": "retire", "worker": worker_id, "error": repr(exc)})
+                return
+            if ok:
+                retired.append((worker_id, reason))
+
+        async with trio.open_nursery() as nursery:
+            for model, reason in decision.spawn:
+                nursery.start_soon(spawn_one, model, reason)
+            for worker_id, reason in decision.retire:
+                nursery.start_soon(retire_one, worker_id, reason)
+        summary = decision.summary
+        for (model, reason), count in spawned.items():
+            self._bus.publish(
+                "scale.up",
+                {
+                    "count": count,
+                    "model": model,
+                    "reason": reason,
+                    "desired": summary["desired"].get(model, 0),
+                    "serving": summary["workers"]["serving"].get(model, 0),
+                    "detail": decision.reason,
+                    "inputs": summary,
+                },
+            )
+        now, default = summary["now"], self._config().models.default
+        for worker_id, reason in retired:
+            view = workers.get(worker_id)
+            wmodel = view.model if view is not None else None
+            idle_since = view.idle_since if view is not None else None
+            self._bus.publish(
+                "scale.down",
+                {
+                    "count": 1,
+                    "worker": worker_id,
+                    "model": wmodel,
+                    "reason": reason,
+                    "idle_s": None if idle_since is None else round(now - idle_since, 3),
+                    "stabilised": summary["stabilised"].get(wmodel or default),
+                    "detail": decision.reason,
+                    "inputs": summary,
+                },
+            )
