@@ -15,7 +15,7 @@ from typing import Any, Generic, TypeVar
 import attrs
 import trio
 
-from ..protocols.errors import ShoalError
+from ..protocols.errors import ShoalError, ValidationError
 
 M = TypeVar("M")
 T = TypeVar("T")
@@ -87,6 +87,9 @@ class Address(Generic[M]):
 
     async def send(self, message: M) -> None:
         """Deliver `message`, waiting for space in the mailbox. Raises `ActorGone`."""
+        await self._deliver(message)
+
+    async def _deliver(self, message: object) -> None:
         try:
             await self._send.send(message)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -104,15 +107,16 @@ class Address(Generic[M]):
 
     async def call(self, payload: Any, timeout: float | None = 10.0) -> Any:
         """Send `payload` wrapped in a `Call` and wait for the reply (re-raising a failure)."""
+        if timeout is not None and not timeout >= 0:  # also refuses NaN
+            raise ValidationError("timeout", "must be a number >= 0 or None", timeout)
         reply_send, reply_recv = trio.open_memory_channel[_Ok | _Err](1)
         call: Call[Any] = Call(payload, reply_send)
-        with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
-            await self.send(call)
+        with reply_recv, trio.move_on_after(math.inf if timeout is None else timeout) as scope:
+            await self._deliver(call)
             try:
                 item = await reply_recv.receive()
             except trio.EndOfChannel:
                 raise ActorGone(self.name) from None
-        reply_recv.close()
         if scope.cancelled_caught:
             raise CallTimeout(self.name, timeout if timeout is not None else math.inf)
         if isinstance(item, _Err):
@@ -162,17 +166,18 @@ class Mailbox(Generic[M]):
 
     def close(self) -> None:
         self._send.close()  # no new messages; the buffered ones are drained below
-        gone = ActorGone(self.name)
+        # one ActorGone per call: an exception instance raised in several tasks gets its
+        # traceback grown by each of them
         while True:
             try:
                 msg = self._recv.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 break
             if isinstance(msg, Call):
-                msg.fail(gone)
+                msg.fail(ActorGone(self.name))
         self._recv.close()
         for call in list(self._pending):
-            call.fail(gone)
+            call.fail(ActorGone(self.name))
 
     async def __aenter__(self) -> Mailbox[M]:
         return self

@@ -17,6 +17,8 @@ from typing import Any
 import attrs
 import trio
 
+from ..protocols.errors import ValidationError
+
 
 @attrs.frozen
 class Event:
@@ -28,7 +30,12 @@ class Event:
 
 def topic_matches(patterns: Iterable[str], topic: str) -> bool:
     """Shell-style patterns: "task.*", "worker.state", "*"."""
-    return any(p == topic or fnmatch.fnmatchcase(topic, p) for p in patterns)
+    return any(p == topic or fnmatch.fnmatchcase(topic, p) for p in _patterns(patterns))
+
+
+def _patterns(patterns: Iterable[str]) -> tuple[str, ...]:
+    # a lone string is one pattern, not one pattern per character ("task.*" would match via "*")
+    return (patterns,) if isinstance(patterns, str) else tuple(patterns)
 
 
 class Subscription:
@@ -117,13 +124,16 @@ class EventBus:
         return event
 
     def subscribe(self, patterns: Iterable[str] = ("*",), size: int = 1000) -> Subscription:
-        sub = Subscription(self, tuple(patterns), size)
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ValidationError("size", "must be an integer >= 0", size)
+        sub = Subscription(self, _patterns(patterns), size)
         self._subs.add(sub)
         return sub
 
     def replay(self, since: int, patterns: Iterable[str] = ("*",)) -> tuple[list[Event], bool]:
         """Events with seq > since that match; the flag is False when some were already evicted."""
-        pats = tuple(patterns)
+        pats = _patterns(patterns)
+        since = max(since, 0)
         complete = not self._replay or self._replay[0].seq <= since + 1 or since >= self._seq
         if not self._replay_enabled:
             complete = since >= self._seq
