@@ -311,7 +311,7 @@ def _check_int(field: str, value: Any, lo: int, hi: int) -> int:
     return value
 
 
-def _check_name(field: str, value: Any, what: str) -> str:
+def check_name(field: str, value: Any, what: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValidationError(field, f"{what} must be a non-empty string", value)
     if len(value) > MAX_ID_CHARS:
@@ -617,6 +617,13 @@ class TaskBook:
             return False
         return self._key_ok(rec.bucket.key, worker.model)
 
+    def bucket_key(self, task_id: str) -> tuple[str | None, BucketKey] | None:
+        """(manual target, routing key) of a READY task: tasks sharing it have the same takers."""
+        rec = self._recs.get(task_id)
+        if rec is None or rec.bucket is None:
+            return None
+        return rec.bucket.worker, (rec.category, *rec.route)
+
     def score(self, worker: WorkerView, task_id: str) -> int:
         rec = self._rec(task_id)
         extra = worker.affinity.get(rec.category, 0) if rec.category is not None else 0
@@ -631,7 +638,7 @@ class TaskBook:
         if not isinstance(spec, TaskSpec):
             raise ValidationError(field or "task", "must be a task spec", type(spec).__name__)
         tid = spec.id if spec.id is not None else uuid.uuid4().hex
-        _check_name(f("id"), tid, "id")
+        check_name(f("id"), tid, "id")
         if not isinstance(spec.prompt, str):
             raise ValidationError(f("prompt"), "must be a string", type(spec.prompt).__name__)
         if not spec.prompt:
@@ -644,7 +651,7 @@ class TaskBook:
                 f"task {tid!r}: is {size} bytes, over the limit of {limit} (queue.max_prompt_bytes)",
             )
         if spec.category is not None:
-            _check_name(f("category"), spec.category, "category")
+            check_name(f("category"), spec.category, "category")
         check_priority(spec.priority, f("priority"))
         _check_int(f("max_attempts"), spec.max_attempts, 1, MAX_ATTEMPTS_LIMIT)
         if spec.model is not None and spec.model not in self.mcfg.known:
@@ -670,7 +677,7 @@ class TaskBook:
             raise ValidationError(f("deps"), "must be a list of task ids", spec.deps)
         deps: list[str] = []
         for i, d in enumerate(spec.deps):
-            _check_name(f(f"deps[{i}]"), d, "dependency id")
+            check_name(f(f"deps[{i}]"), d, "dependency id")
             if d == tid:
                 raise ValidationError(f("deps"), f"task {tid!r} depends on itself")
             if d not in deps:
@@ -1166,7 +1173,7 @@ class TaskBook:
     def assign(self, task_id: str, worker: str, now: float) -> Task:
         """Manual assignment: the task becomes eligible only for `worker` (ahead of its other work),
         skipping any retry backoff. Refused once it runs or has ended."""
-        _check_name("worker", worker, "worker id")
+        check_name("worker", worker, "worker id")
         rec = self._rec(task_id)
         if rec.state not in (_BLOCKED, _READY, _FAILED):
             raise Conflict(f"cannot assign task {task_id!r}: it is {rec.state.value}")

@@ -1,0 +1,653 @@
+"""The QueueActor: the only writer of task state, the durable store's only client, and dispatch.
+
+Every message is handled synchronously against the in-memory `TaskBook`; the changes it produced go
+to the store as one write per burst of messages (the store adds group commit across bursts). Replies
+to mutating calls, `WaitTask` replies and bus events are released by a second task, the *acker*, only
+once the write holding them has committed: a submitted task is on disk before its submitter hears
+back, and every event describes durable state.
+
+Dispatch happens the moment a worker becomes available or a task becomes ready: the best pair is
+claimed in the book (task RUNNING, attempt opened, change queued) and *then* `Assign` goes to the
+worker with `try_send`; if the worker is unreachable the claim is undone (attempt INTERRUPTED, not
+counted) and the worker leaves the idle set. Retry backoffs and rate-limit parking are timers on the
+trio clock (the actor's receive deadline), never polling.
+
+Times recorded in tasks are epoch seconds derived from the trio clock (`offset + current_time()`), so
+tests driven by `autojump_clock` see backoffs elapse, and production sees wall-clock timestamps.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import attrs
+import trio
+
+from ..protocols.config import SwarmConfig, structure
+from ..protocols.errors import Conflict, NotFound, ShoalError, StoreError, ValidationError
+from ..protocols.tasks import TERMINAL_STATES, Outcome, TaskSpec, TaskState
+from ..protocols.workers import Assign, Restart, TaskFinished
+from ..runtime.actor import ActorGone, Address, Call, Mailbox
+from ..runtime.eventbus import EventBus
+from .store import Store, Ticket
+from .taskbook import TERMINAL_TOPICS, TaskBook, WorkerView, check_name
+
+log = logging.getLogger("shoal.queue")
+
+DEFAULT_PARK_S = 60.0  # a rate limit without a reset time parks its model this long
+MAX_BURST = 256  # messages handled before the changes are handed to the store
+
+# ---- calls (address.call(msg)) ------------------------------------------------------------------
+
+
+@attrs.frozen
+class Submit:
+    """Add tasks (atomically). Replies `list[Task]` once they are committed."""
+
+    specs: tuple[TaskSpec, ...]
+
+
+@attrs.frozen
+class GetTask:
+    id: str
+
+
+@attrs.frozen
+class ListTasks:
+    state: TaskState | None = None
+    limit: int = 100
+    cursor: str | None = None
+
+
+@attrs.frozen
+class CancelTask:
+    id: str
+
+
+@attrs.frozen
+class RetryTask:
+    id: str
+
+
+@attrs.frozen
+class SkipTask:
+    id: str
+
+
+@attrs.frozen
+class BoostTask:
+    id: str
+    priority: int
+
+
+@attrs.frozen
+class AssignTask:
+    id: str
+    worker: str
+
+
+@attrs.frozen
+class CompleteTask:
+    """Explicit completion by an agent (gateway `tasks.complete`): must name the open attempt."""
+
+    task_id: str
+    attempt: int
+    status: Literal["done", "failed"]
+    result: str | None = None
+    reason: str | None = None
+
+
+@attrs.frozen
+class QueueStats:
+    pass
+
+
+@attrs.frozen
+class WaitTask:
+    """Replies with the task once it is in a terminal state (and that state is committed)."""
+
+    id: str
+
+
+@attrs.frozen
+class RetireWorker:
+    """Scale-down handshake: True if the worker held no claim and is now out of the idle set."""
+
+    worker_id: str
+
+
+# ---- sends (address.send(msg)), from the swarm side ---------------------------------------------
+
+
+@attrs.frozen
+class WorkerAvailable:
+    """The worker is idle and may take a task now."""
+
+    worker_id: str
+    model: str | None
+    capabilities: frozenset[str] | None
+    history: tuple[str, ...]
+    address: Address[Any]
+
+
+@attrs.frozen
+class WorkerUnavailable:
+    """Paused/stopping (gone=False) or dead (gone=True: its running attempt ends CRASHED)."""
+
+    worker_id: str
+    gone: bool
+
+
+@attrs.frozen
+class AttemptEnded:
+    report: TaskFinished
+
+
+@attrs.frozen
+class ModelRateLimited:
+    model: str
+    reset_at: float | None  # epoch seconds; None: DEFAULT_PARK_S from now
+
+
+@attrs.frozen
+class UpdateConfig:
+    """Hot configuration: new queue/model rules apply to every ready task."""
+
+    config: SwarmConfig
+
+
+@attrs.frozen
+class Stats:
+    counts: dict[str, int]  # per TaskState value
+    ready_by_model: dict[str | None, int]  # READY tasks per effective model (None: unpinned)
+    total: int
+    ready: int
+    running: int
+    blocked: int
+    waiting_retry: int  # FAILED, backing off before the next attempt
+    done: int
+    dead: int
+    idle_workers: int
+    known_workers: int
+    parked_models: dict[str, float]  # model -> reset time (epoch s)
+    stale_reports: int
+    store_commits: int
+    store_broken: str | None
+
+
+class _Worker:
+    __slots__ = ("address", "id", "state", "view")
+
+    def __init__(self, view: WorkerView, address: Address[Any]) -> None:
+        self.id = view.id
+        self.view = view
+        self.address = address
+        self.state = "idle"  # idle | busy | paused | retired
+
+
+class QueueActor:
+    """Owns the task book, the store writes and the idle-worker set. See the module docstring."""
+
+    def __init__(
+        self,
+        config: SwarmConfig,
+        store: Store,
+        bus: EventBus,
+        *,
+        rng: random.Random | None = None,
+        mailbox_size: int = 1024,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.bus = bus
+        self.book = TaskBook(config.queue, config.models, rng=rng)
+        self.address: Address[Any] | None = None
+        self._mailbox_size = mailbox_size
+        self._workers: dict[str, _Worker] = {}
+        self._idle: dict[str, _Worker] = {}  # insertion order = longest idle first
+        self._waiters: dict[str, list[Call[Any]]] = {}
+        self._acks: list[tuple[Call[Any], Any]] = []
+        self._extra_events: list[tuple[str, dict[str, Any]]] = []
+        self._ack_send, self._ack_recv = trio.open_memory_channel[
+            tuple[Ticket, list[tuple[str, dict[str, Any]]], list[tuple[Call[Any], Any]]]
+        ](math.inf)
+        self._offset = 0.0
+        self._broken: StoreError | None = None
+        self.unknown_messages = 0
+        self._calls: dict[type, Callable[[Call[Any], Any, float], None]] = {
+            Submit: self._on_submit,
+            GetTask: self._on_get,
+            ListTasks: self._on_list,
+            CancelTask: self._on_cancel,
+            SkipTask: self._on_skip,
+            RetryTask: self._on_retry,
+            BoostTask: self._on_boost,
+            AssignTask: self._on_assign,
+            CompleteTask: self._on_complete,
+            QueueStats: self._on_stats,
+            WaitTask: self._on_wait,
+            RetireWorker: self._on_retire,
+        }
+        self._sends: dict[type, Callable[[Any, float], None]] = {
+            WorkerAvailable: self._on_available,
+            WorkerUnavailable: self._on_unavailable,
+            AttemptEnded: self._on_attempt_ended,
+            ModelRateLimited: self._on_rate_limited,
+            UpdateConfig: self._on_config,
+        }
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        return self._offset + trio.current_time()
+
+    async def run(self, *, task_status: trio.TaskStatus[Address[Any]] = trio.TASK_STATUS_IGNORED) -> None:
+        """Recover from the store, then serve. `task_status.started(address)` once recovered."""
+        self._offset = time.time() - trio.current_time()
+        stored = await self.store.load_all()
+        recovered = self.book.restore(stored, self._now())
+        if recovered:
+            log.info("recovered %d interrupted task(s)", len(recovered))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._acker)
+            async with Mailbox[Any]("queue", self._mailbox_size) as mailbox:
+                self.address = mailbox.address
+                self._flush()
+                task_status.started(mailbox.address)
+                await self._serve(mailbox)
+            nursery.cancel_scope.cancel()
+
+    async def _serve(self, mailbox: Mailbox[Any]) -> None:
+        while True:
+            nxt = self.book.next_deadline()
+            deadline = math.inf if nxt is None else nxt - self._offset
+            msg: Any = None
+            got = False
+            with trio.move_on_at(deadline):
+                try:
+                    msg = await mailbox.receive()
+                except (trio.EndOfChannel, trio.ClosedResourceError):
+                    return
+                got = True
+            if got:
+                self._handle(msg)
+                for _ in range(MAX_BURST):
+                    try:
+                        msg = mailbox.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                        break
+                    self._handle(msg)
+            self._timers(self._now())
+            self._flush()
+
+    async def _acker(self) -> None:
+        """Release events and replies once the write holding them has committed (in order)."""
+        async for ticket, events, acks in self._ack_recv:
+            try:
+                await ticket.wait()
+            except StoreError as exc:
+                self._store_failed(exc)
+                for call, _value in acks:
+                    call.fail(exc)
+                continue
+            for topic, data in events:
+                self.bus.publish(topic, data)
+            for call, value in acks:
+                call.reply(value)
+
+    def _store_failed(self, exc: StoreError) -> None:
+        if self._broken is None:
+            self._broken = exc
+            log.error("task store failed; the queue is read-only until restarted: %s", exc)
+            self.bus.publish("queue.store_failed", {"error": str(exc)})
+
+    # ---- the loop's plumbing ---------------------------------------------------------------------
+
+    def _handle(self, msg: Any) -> None:
+        now = self._now()
+        if isinstance(msg, Call):
+            call: Call[Any] = msg
+            handler = self._calls.get(type(call.payload))
+            if handler is None:
+                self.unknown_messages += 1
+                call.fail(ValidationError("request", "unknown queue request", type(call.payload).__name__))
+                return
+            try:
+                handler(call, call.payload, now)
+            except ShoalError as exc:
+                call.fail(exc)
+            return
+        send = self._sends.get(type(msg))
+        if send is None:
+            self.unknown_messages += 1
+            log.warning("queue ignored an unknown message %r", type(msg).__name__)
+            return
+        try:
+            send(msg, now)
+        except ShoalError as exc:
+            log.warning("queue ignored a bad %s: %s", type(msg).__name__, exc)
+
+    def _flush(self) -> None:
+        """Match newly ready tasks, then hand this burst's changes to the store with the replies
+        and events that must wait for them."""
+        changes, events, ready = self.book.drain()
+        while ready:
+            if self._idle and self._broken is None:
+                self._match_tasks(ready, self._now())
+            more_changes, more_events, ready = self.book.drain()
+            changes.extend(more_changes)
+            events.extend(more_events)
+        if self._extra_events:
+            events.extend(self._extra_events)
+            self._extra_events = []
+        for topic, data in events:
+            if topic in _TERMINAL_TOPIC_SET:
+                waiters = self._waiters.pop(data["task_id"], None)
+                if waiters:
+                    task = self.book.get(data["task_id"])
+                    self._acks.extend((w, task) for w in waiters)
+        if not changes and not events and not self._acks:
+            return
+        ticket = self.store.write(changes)
+        self._ack_send.send_nowait((ticket, events, self._acks))
+        self._acks = []
+
+    def _timers(self, now: float) -> None:
+        self.book.release_due(now)
+        unparked = self.book.unpark_due(now)
+        if unparked:
+            self._rematch_idle(now)
+
+    def _writable(self) -> None:
+        if self._broken is not None:
+            raise self._broken
+
+    # ---- dispatch --------------------------------------------------------------------------------
+
+    def _dispatch(self, worker: _Worker, task_id: str, now: float) -> bool:
+        """Claim `task_id` for `worker`, then tell the worker. Undo the claim if it is unreachable."""
+        assignment = self.book.claim(task_id, worker.id, worker.view.model, now)
+        self._idle.pop(worker.id, None)
+        try:
+            delivered = worker.address.try_send(Assign(assignment))
+            gone = False
+        except ActorGone:
+            delivered, gone = False, True
+        if delivered:
+            worker.state = "busy"
+            return True
+        self.book.finish(task_id, assignment.attempt, Outcome.INTERRUPTED, now, reason="worker unreachable")
+        if gone:
+            self._workers.pop(worker.id, None)
+            self.book.worker_gone(worker.id, now)
+        else:
+            worker.state = "paused"  # its mailbox is full: it is not really idle
+        self._extra_events.append(
+            ("queue.worker_unreachable", {"worker": worker.id, "task_id": task_id, "gone": gone})
+        )
+        return False
+
+    def _match_worker(self, worker: _Worker, now: float) -> None:
+        """An idle worker: give it its best task, or keep it in the idle set."""
+        if self._broken is not None:
+            self._idle[worker.id] = worker
+            return
+        task_id = self.book.select(worker.view)
+        if task_id is None:
+            self._idle[worker.id] = worker
+            return
+        self._dispatch(worker, task_id, now)
+
+    def _match_tasks(self, task_ids: list[str], now: float) -> None:
+        """Newly ready tasks: offer each to the idle worker with the most affinity for it (ties:
+        longest idle); that worker then takes its own best pick. Keys already known to have no
+        taker in this pass are skipped, so a big batch costs O(tasks + keys × idle workers)."""
+        no_taker: set[Any] = set()
+        for tid in task_ids:
+            if not self._idle:
+                return
+            key = self.book.bucket_key(tid)
+            if key is None or key in no_taker:
+                continue
+            category = key[1][0]
+            best: _Worker | None = None
+            best_aff = -1
+            for worker in self._idle.values():
+                if not self.book.can_take(worker.view, tid):
+                    continue
+                aff = worker.view.affinity.get(category, 0) if category is not None else 0
+                if aff > best_aff:
+                    best, best_aff = worker, aff
+            if best is None:
+                no_taker.add(key)
+                continue
+            pick = self.book.select(best.view)
+            if pick is not None:
+                self._dispatch(best, pick, now)
+
+    def _rematch_idle(self, now: float) -> None:
+        for worker in list(self._idle.values()):
+            if worker.id in self._idle:
+                del self._idle[worker.id]
+                self._match_worker(worker, now)
+
+    # ---- calls -----------------------------------------------------------------------------------
+
+    def _on_submit(self, call: Call[Any], msg: Submit, now: float) -> None:
+        self._writable()
+        specs: Any = msg.specs
+        if isinstance(specs, TaskSpec | Mapping):
+            specs = (specs,)
+        if not isinstance(specs, tuple | list):
+            raise ValidationError("tasks", "must be a list of task specs")
+        multi = len(specs) != 1
+        parsed: list[Any] = []
+        for i, spec in enumerate(specs):
+            if isinstance(spec, Mapping):
+                spec = structure(dict(spec), TaskSpec, f"tasks[{i}]" if multi else "task")
+            parsed.append(spec)
+        tasks = self.book.submit(parsed, now)
+        self._acks.append((call, tasks))
+
+    def _on_get(self, call: Call[Any], msg: GetTask, now: float) -> None:
+        call.reply(self.book.get(msg.id))
+
+    def _on_list(self, call: Call[Any], msg: ListTasks, now: float) -> None:
+        call.reply(self.book.list_tasks(msg.state, msg.limit, msg.cursor))
+
+    def _interrupt(self, worker_id: str | None, task_id: str, why: str) -> None:
+        worker = self._workers.get(worker_id) if worker_id is not None else None
+        if worker is None:
+            return
+        try:
+            worker.address.try_send(Restart(reason=f"task {task_id} {why}", wait=False))
+        except ActorGone:
+            pass
+
+    def _on_cancel(self, call: Call[Any], msg: CancelTask, now: float) -> None:
+        self._writable()
+        worker = self.book.cancel(msg.id, now)
+        self._interrupt(worker, msg.id, "cancelled")
+        self._acks.append((call, self.book.get(msg.id)))
+
+    def _on_skip(self, call: Call[Any], msg: SkipTask, now: float) -> None:
+        self._writable()
+        worker = self.book.cancel(msg.id, now, skip=True)
+        self._interrupt(worker, msg.id, "skipped")
+        self._acks.append((call, self.book.get(msg.id)))
+
+    def _on_retry(self, call: Call[Any], msg: RetryTask, now: float) -> None:
+        self._writable()
+        self._acks.append((call, self.book.retry(msg.id, now)))
+
+    def _on_boost(self, call: Call[Any], msg: BoostTask, now: float) -> None:
+        self._writable()
+        self._acks.append((call, self.book.boost(msg.id, msg.priority, now)))
+
+    def _on_assign(self, call: Call[Any], msg: AssignTask, now: float) -> None:
+        self._writable()
+        check_name("worker", msg.worker, "worker id")
+        self.book.get(msg.id)  # NotFound first
+        if msg.worker not in self._workers:
+            raise NotFound("worker", msg.worker)
+        self._acks.append((call, self.book.assign(msg.id, msg.worker, now)))
+
+    def _on_complete(self, call: Call[Any], msg: CompleteTask, now: float) -> None:
+        self._writable()
+        if msg.status not in ("done", "failed"):
+            raise ValidationError("status", "must be 'done' or 'failed'", msg.status)
+        for name in ("result", "reason"):
+            value = getattr(msg, name)
+            if value is not None and not isinstance(value, str):
+                raise ValidationError(name, "must be a string or null", type(value).__name__)
+        if msg.result is not None and len(msg.result.encode("utf-8", "surrogatepass")) > (
+            limit := self.config.queue.max_prompt_bytes
+        ):
+            raise ValidationError("result", f"is over the limit of {limit} bytes (queue.max_prompt_bytes)")
+        if isinstance(msg.attempt, bool) or not isinstance(msg.attempt, int):
+            raise ValidationError("attempt", "must be an integer", msg.attempt)
+        task = self.book.get(msg.task_id)
+        if not self.book.is_current(msg.task_id, msg.attempt):
+            current = self.book.open_attempt(msg.task_id)
+            raise Conflict(
+                f"attempt {msg.attempt} of task {msg.task_id!r} is not open (task is {task.state.value}; "
+                f"open attempt: {current.n if current else 'none'})"
+            )
+        outcome = Outcome.DONE if msg.status == "done" else Outcome.FAILED
+        self.book.finish(
+            msg.task_id,
+            msg.attempt,
+            outcome,
+            now,
+            result=msg.result if outcome is Outcome.DONE else None,
+            reason=msg.reason if outcome is not Outcome.DONE else None,
+        )
+        self._acks.append((call, self.book.get(msg.task_id)))
+
+    def _on_stats(self, call: Call[Any], msg: QueueStats, now: float) -> None:
+        call.reply(self.stats())
+
+    def stats(self) -> Stats:
+        counts = self.book.counts()
+        return Stats(
+            counts={s.value: n for s, n in counts.items()},
+            ready_by_model=self.book.ready_by_model(),
+            total=len(self.book),
+            ready=counts[TaskState.READY],
+            running=counts[TaskState.RUNNING],
+            blocked=counts[TaskState.BLOCKED],
+            waiting_retry=counts[TaskState.FAILED],
+            done=counts[TaskState.DONE],
+            dead=counts[TaskState.DEAD],
+            idle_workers=len(self._idle),
+            known_workers=len(self._workers),
+            parked_models=dict(self.book.parked),
+            stale_reports=self.book.stale_reports,
+            store_commits=self.store.commits,
+            store_broken=str(self._broken) if self._broken is not None else None,
+        )
+
+    def _on_wait(self, call: Call[Any], msg: WaitTask, now: float) -> None:
+        task = self.book.get(msg.id)
+        if task.state in TERMINAL_STATES:
+            self._acks.append((call, task))  # after the next commit: the state is durable
+        else:
+            self._waiters.setdefault(task.id, []).append(call)
+
+    def _on_retire(self, call: Call[Any], msg: RetireWorker, now: float) -> None:
+        wid = msg.worker_id
+        if self.book.running_on(wid):
+            call.reply(False)
+            return
+        self._idle.pop(wid, None)
+        worker = self._workers.pop(wid, None)
+        if worker is not None:
+            worker.state = "retired"
+        self.book.worker_gone(wid, now, reason="worker retired")
+        self._acks.append((call, True))
+
+    # ---- sends -----------------------------------------------------------------------------------
+
+    def _on_available(self, msg: WorkerAvailable, now: float) -> None:
+        wid = check_name("worker_id", msg.worker_id, "worker id")
+        caps: Any = msg.capabilities
+        if caps is not None and not isinstance(caps, frozenset):
+            caps = frozenset(caps)  # a set or list from a careless sender
+        view = WorkerView(wid, msg.model, caps, tuple(msg.history or ()), self.config.queue.history_size)
+        for tid in self.book.running_on(wid):
+            # the worker's own view wins: it is idle, so it no longer runs this attempt
+            att = self.book.open_attempt(tid)
+            if att is not None:
+                self.book.finish(
+                    tid, att.n, Outcome.INTERRUPTED, now, reason="worker became available without reporting"
+                )
+        worker = self._workers.get(wid)
+        if worker is None:
+            worker = self._workers[wid] = _Worker(view, msg.address)
+        else:
+            worker.view = view
+            worker.address = msg.address
+        worker.state = "idle"
+        self._idle.pop(wid, None)
+        self._match_worker(worker, now)
+
+    def _on_unavailable(self, msg: WorkerUnavailable, now: float) -> None:
+        wid = msg.worker_id
+        self._idle.pop(wid, None)
+        if msg.gone:
+            self._workers.pop(wid, None)
+            self.book.worker_gone(wid, now)
+        else:
+            worker = self._workers.get(wid)
+            if worker is not None:
+                worker.state = "paused"
+
+    def _on_attempt_ended(self, msg: AttemptEnded, now: float) -> None:
+        r = msg.report
+        if not isinstance(r, TaskFinished):
+            raise ValidationError("report", "must be a TaskFinished report", type(r).__name__)
+        att = self.book.open_attempt(r.task_id) if r.task_id in self.book else None
+        ok = self.book.finish(
+            r.task_id,
+            r.attempt,
+            r.outcome,
+            now,
+            result=r.result,
+            reason=r.reason,
+            exit_code=r.exit_code,
+            signal=r.signal,
+            output_tail=r.output_tail,
+            usage=r.usage,
+        )
+        if not ok:
+            self._extra_events.append(
+                ("task.stale_report", {"task_id": r.task_id, "attempt": r.attempt, "worker": r.worker})
+            )
+            return
+        if r.outcome is Outcome.RATE_LIMITED:
+            model = r.model or (att.model if att is not None else None)
+            if model is not None:
+                self._park(model, r.reset_at, now)
+
+    def _park(self, model: str, reset_at: float | None, now: float) -> None:
+        until = reset_at if reset_at is not None and math.isfinite(reset_at) else now + DEFAULT_PARK_S
+        self.book.park(model, until)
+        self._rematch_idle(now)  # unpinned and fallback work moves to the other models' workers
+
+    def _on_rate_limited(self, msg: ModelRateLimited, now: float) -> None:
+        check_name("model", msg.model, "model")
+        self._park(msg.model, msg.reset_at, now)
+
+    def _on_config(self, msg: UpdateConfig, now: float) -> None:
+        self.config = msg.config
+        self.book.reconfigure(msg.config.queue, msg.config.models)
+        self._rematch_idle(now)
+
+
+ConfigChanged = UpdateConfig  # older name
+_TERMINAL_TOPIC_SET = frozenset(TERMINAL_TOPICS.values())
