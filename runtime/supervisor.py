@@ -118,7 +118,7 @@ class SupervisorEvent:
     child_id: str
     at: float
     error: BaseException | None = None
-    delay: float | None = None  # restarting: seconds until the restart
+    delay: float | None = None  # restarting: seconds until the restart; shutdown_timeout: shutdown_s
 
 
 @attrs.frozen
