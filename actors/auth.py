@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import json
 import os
 import secrets
 import ssl
@@ -26,6 +27,7 @@ import platformdirs
 from ..protocols.errors import ValidationError
 
 TOKEN_FILENAME = "token"
+ENDPOINT_FILENAME = "gateway.json"
 ENV_STATE_DIR = "SHOAL_STATE_DIR"
 ENV_TOKEN = "SHOAL_TOKEN"
 ENV_TOKEN_FILE = "SHOAL_TOKEN_FILE"
@@ -84,6 +86,33 @@ def load_or_create_token(path: str | os.PathLike[str]) -> str:
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
     return token
+
+
+def write_endpoint(state_dir: str | os.PathLike[str], url: str) -> None:
+    """Record the running gateway's URL so `shoal` on this host finds it (port 0 included)."""
+    path = Path(state_dir) / ENDPOINT_FILENAME
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"url": url, "pid": os.getpid()}) + "\n")
+    os.replace(tmp, path)
+
+
+def remove_endpoint(state_dir: str | os.PathLike[str], url: str) -> None:
+    """Remove the record written by `write_endpoint`, unless another server has replaced it."""
+    path = Path(state_dir) / ENDPOINT_FILENAME
+    try:
+        if json.loads(path.read_text()).get("url") == url:
+            path.unlink()
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def read_endpoint(state_dir: str | os.PathLike[str]) -> str | None:
+    """The URL a server on this host recorded in `state_dir`, or None."""
+    try:
+        url = json.loads((Path(state_dir) / ENDPOINT_FILENAME).read_text()).get("url")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return url if isinstance(url, str) else None
 
 
 def token_matches(given: str | None, expected: str) -> bool:

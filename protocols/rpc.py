@@ -9,6 +9,8 @@ are the standard ones plus Shoal's application range (-32001..-32010), listed in
 
 from __future__ import annotations
 
+import base64
+import enum
 import json
 import math
 from collections.abc import Mapping
@@ -137,12 +139,29 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def _default(obj: Any) -> Any:
+    """JSON for the odd value in an event payload: enums, sets, bytes, attrs instances."""
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, set | frozenset):
+        return sorted(obj, key=str)
+    if isinstance(obj, bytes | bytearray):
+        return base64.b64encode(obj).decode("ascii")
+    if attrs.has(type(obj)):
+        return attrs.asdict(obj, recurse=True)
+    return str(obj)
+
+
 def dumps(message: Any) -> str:
     """Compact, strictly valid JSON (non-finite floats become null)."""
     try:
-        return json.dumps(message, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+        return json.dumps(
+            message, separators=(",", ":"), allow_nan=False, ensure_ascii=False, default=_default
+        )
     except ValueError:
-        return json.dumps(_finite(message), separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+        return json.dumps(
+            _finite(message), separators=(",", ":"), allow_nan=False, ensure_ascii=False, default=_default
+        )
 
 
 def error_from_exception(ident: JsonId, exc: BaseException) -> dict[str, Any]:

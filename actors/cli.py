@@ -1,0 +1,1092 @@
+"""`shoal`: one command with sub-commands, speaking to a running swarm through the gateway.
+
+Every read command prints a readable table, or JSON with `--json`. Exit codes scripts can trust:
+
+    0 success                      3 unknown task or worker        6 the gateway refused the token
+    1 a task failed (submit --wait), or another error              5 cannot reach the gateway
+    2 bad input (the message names the field)   4 not allowed now  130 interrupted
+
+The gateway's URL is --url, else $SHOAL_URL, else the one the running server wrote in its state
+directory, else ws://127.0.0.1:8765/. The token is --token, else $SHOAL_TOKEN, else --token-file /
+$SHOAL_TOKEN_FILE, else the server's token file in the state directory (--state-dir /
+$SHOAL_STATE_DIR / the user data directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TextIO
+
+import trio
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..protocols import rpc
+from ..protocols.config import SwarmConfig, load_config, patch_config
+from ..protocols.errors import Conflict, NotFound, ShoalError, ValidationError
+from ..protocols.tasks import TERMINAL_STATES, TaskState
+from ..runtime.client import (
+    AuthError,
+    Client,
+    Gap,
+    GatewayError,
+    Overflow,
+    connect,
+    unwrap_group,
+)
+from ..runtime.eventbus import Event
+from .auth import (
+    DEFAULT_URL,
+    ENV_TOKEN,
+    ENV_TOKEN_FILE,
+    ENV_URL,
+    check_bind,
+    read_endpoint,
+    read_token,
+    resolve_state_dir,
+    token_path,
+)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_CONFLICT = 4
+EXIT_UNREACHABLE = 5
+EXIT_AUTH = 6
+EXIT_INTERRUPTED = 130
+
+ENV_CONFIG = "SHOAL_CONFIG"
+ENV_PREFIX = "SHOAL__"  # SHOAL__scaling__max_workers=4 sets scaling.max_workers for `shoal serve`
+DEFAULT_DETACH_KEY = "^]"
+TERMINAL_VALUES = {str(s) for s in TERMINAL_STATES}
+
+
+class CliError(Exception):
+    """A message for the user and the exit code that goes with it."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
+        self.message = message
+        self.code = code
+        super().__init__(message)
+
+
+# ---- output helpers ------------------------------------------------------------------------------
+
+
+def _console(stream: TextIO | None = None) -> Console:
+    return Console(file=stream or sys.stdout, highlight=False, soft_wrap=False)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _age(ts: float | None, now: float | None = None) -> str:
+    if not ts:
+        return "-"
+    return _duration((now or time.time()) - ts)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f}m{seconds % 60:02.0f}s"
+    if seconds < 86400:
+        return f"{seconds // 3600:.0f}h{(seconds % 3600) // 60:02.0f}m"
+    return f"{seconds // 86400:.0f}d{(seconds % 86400) // 3600:02.0f}h"
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return f"{value:.1f}GiB"
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}%"
+
+
+def _short(text: str | None, width: int = 48) -> str:
+    if not text:
+        return ""
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def _counts(counts: dict[str, int] | None) -> str:
+    if not counts:
+        return "none"
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v) or "none"
+
+
+def status_table(status: dict[str, Any]) -> Table:
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    state = str(status.get("state"))
+    table.add_row("state", state.upper() if state == "halted" else state)
+    if status.get("reason"):
+        table.add_row("reason", str(status["reason"]))
+    table.add_row(
+        "workers", f"{sum((status.get('workers') or {}).values())} ({_counts(status.get('workers'))})"
+    )
+    table.add_row("tasks", _counts(status.get("queue")))
+    breaker = status.get("breaker")
+    if isinstance(breaker, dict) and breaker:
+        table.add_row("breaker", ", ".join(f"{k} {v}" for k, v in breaker.items() if v is not None))
+    if status.get("since"):
+        table.add_row("up", _age(status["since"]))
+    for key in ("version", "gateway_url", "http_url", "state_dir"):
+        if status.get(key):
+            table.add_row(key.replace("_", " "), str(status[key]))
+    return table
+
+
+def workers_table(workers: list[dict[str, Any]]) -> Table:
+    table = Table(box=None, header_style="bold")
+    for name in ("ID", "STATE", "MODEL", "TASK", "CTX", "CPU", "MEM", "UP", "DONE", "CRASHES"):
+        table.add_column(name, no_wrap=True)
+    now = time.time()
+    for w in workers:
+        table.add_row(
+            w["id"],
+            w["state"],
+            w.get("model") or "-",
+            w.get("task_id") or "-",
+            _pct(w.get("context_used_percent")),
+            _pct(w.get("cpu_percent")),
+            _size(w.get("rss_bytes")),
+            _age(w.get("started"), now),
+            str(w.get("tasks_done", 0)),
+            str(w.get("crashes", 0)),
+        )
+    return table
+
+
+def tasks_table(tasks: list[dict[str, Any]]) -> Table:
+    table = Table(box=None, header_style="bold")
+    for name in ("ID", "STATE", "PRI", "CATEGORY", "MODEL", "TRIES", "WORKER", "AGE"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("PROMPT", overflow="ellipsis", no_wrap=True)
+    now = time.time()
+    for t in tasks:
+        table.add_row(
+            t["id"],
+            t["state"],
+            str(t.get("priority", 0)),
+            t.get("category") or "-",
+            t.get("model") or "-",
+            f"{len(t.get('attempts') or ())}/{t.get('max_attempts')}",
+            t.get("worker") or "-",
+            _age(t.get("created"), now),
+            _short(t.get("prompt")),
+        )
+    return table
+
+
+def task_detail(task: dict[str, Any]) -> list[Any]:
+    info = Table(show_header=False, box=None, pad_edge=False)
+    info.add_column(style="bold")
+    info.add_column()
+    for key in ("id", "state", "reason", "priority", "category", "model", "deps", "worker", "max_attempts"):
+        value = task.get(key)
+        if value in (None, [], ()):
+            continue
+        info.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
+    info.add_row("created", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(task.get("created") or 0)))
+    info.add_row("prompt", task.get("prompt") or "")
+    if task.get("result") is not None:
+        info.add_row("result", str(task["result"]))
+    out: list[Any] = [info]
+    attempts = task.get("attempts") or []
+    if attempts:
+        table = Table(box=None, header_style="bold", title="attempts", title_justify="left")
+        for name in ("N", "WORKER", "MODEL", "OUTCOME", "TOOK", "REASON"):
+            table.add_column(name)
+        for a in attempts:
+            took = (a["ended"] - a["started"]) if a.get("ended") else time.time() - a["started"]
+            table.add_row(
+                str(a["n"]),
+                a["worker"],
+                a.get("model") or "-",
+                a.get("outcome") or "running",
+                _duration(took),
+                _short(a.get("reason"), 60),
+            )
+        out.append(table)
+    return out
+
+
+# ---- connection ----------------------------------------------------------------------------------
+
+
+def resolve_url(args: argparse.Namespace) -> str:
+    if getattr(args, "url", None):
+        return str(args.url)
+    if os.environ.get(ENV_URL):
+        return os.environ[ENV_URL]
+    endpoint = read_endpoint(resolve_state_dir(getattr(args, "state_dir", None)))
+    return endpoint or DEFAULT_URL
+
+
+def resolve_token(args: argparse.Namespace) -> str | None:
+    """--token, $SHOAL_TOKEN, --token-file, $SHOAL_TOKEN_FILE, the state directory's token; or None."""
+    if getattr(args, "token", None):
+        return str(args.token)
+    if os.environ.get(ENV_TOKEN):
+        return os.environ[ENV_TOKEN]
+    explicit = getattr(args, "token_file", None) or os.environ.get(ENV_TOKEN_FILE)
+    if explicit:
+        return read_token(explicit)  # asked for by name: a missing file is an error
+    try:
+        return read_token(token_path(resolve_state_dir(getattr(args, "state_dir", None))))
+    except ValidationError:
+        return None  # try without; the gateway will say it wants a token
+
+
+@asynccontextmanager
+async def _client(args: argparse.Namespace) -> Any:
+    url = resolve_url(args)
+    token = resolve_token(args)
+    async with connect(url, token, call_timeout=args.timeout) as client:
+        yield client
+
+
+def _run(args: argparse.Namespace, fn: Callable[[Client], Awaitable[int | None]]) -> int:
+    async def main() -> int | None:
+        async with _client(args) as client:
+            return await fn(client)
+
+    return trio.run(main) or EXIT_OK
+
+
+# ---- commands --------------------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    async def go(c: Client) -> int:
+        status = await c.status()
+        if args.json:
+            _print_json(status)
+        else:
+            _console().print(status_table(status))
+        return EXIT_OK
+
+    return _run(args, go)
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    async def go(c: Client) -> int:
+        workers = (await c.call("workers.list"))["workers"]
+        if args.json:
+            _print_json(workers)
+        elif not workers:
+            _console().print("no workers")
+        else:
+            _console().print(workers_table(workers))
+        return EXIT_OK
+
+    return _run(args, go)
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    async def go(c: Client) -> int:
+        params: dict[str, Any] = {"limit": args.limit}
+        if args.state:
+            params["state"] = args.state
+        if args.cursor:
+            params["cursor"] = args.cursor
+        tasks: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            reply = await c.call("tasks.list", params)
+            tasks += reply["tasks"]
+            cursor = reply.get("cursor")
+            if not args.all or not cursor:
+                break
+            params["cursor"] = cursor
+        if args.json:
+            _print_json({"tasks": tasks, "cursor": cursor})
+            return EXIT_OK
+        console = _console()
+        if not tasks:
+            console.print("no tasks" + (f" in state {args.state}" if args.state else ""))
+        else:
+            console.print(tasks_table(tasks))
+        if cursor and not args.all:
+            console.print(
+                f"more: shoal tasks --cursor {cursor}" + (f" --state {args.state}" if args.state else "")
+            )
+        return EXIT_OK
+
+    return _run(args, go)
+
+
+def cmd_task(args: argparse.Namespace) -> int:
+    async def go(c: Client) -> int:
+        task = await c.call("tasks.get", {"id": args.id})
+        if args.json:
+            _print_json(task)
+        else:
+            console = _console()
+            for part in task_detail(task):
+                console.print(part)
+        return EXIT_OK
+
+    return _run(args, go)
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    async def go(c: Client) -> int:
+        out = sys.stdout.buffer
+        if not args.follow:
+            data = await c.logs(args.worker, args.tail)
+            await trio.to_thread.run_sync(_write_flush, out, data)
+            return EXIT_OK
+        async with c.attach(args.worker) as att:
+            snapshot = att.snapshot if args.tail is None else att.snapshot[-args.tail :] if args.tail else b""
+            await trio.to_thread.run_sync(_write_flush, out, snapshot)
+            async for chunk in att:
+                await trio.to_thread.run_sync(_write_flush, out, chunk)
+        return EXIT_OK
+
+    return _run(args, go)
+
+
+def _write_flush(stream: Any, data: bytes) -> None:
+    stream.write(data)
+    stream.flush()
+
+
+def parse_key(spec: str) -> int:
+    """A detach key: "^]" / "ctrl-]" (control characters) or a single character."""
+    s = spec.strip()
+    low = s.lower()
+    if low.startswith("ctrl-") or low.startswith("ctrl+"):
+        s = "^" + s[5:]
+    if len(s) == 2 and s[0] == "^":
+        code = ord(s[1].upper()) ^ 0x40
+        if 0 <= code < 32 or code == 127:
+            return code
+    if len(s) == 1:
+        return ord(s)
+    raise CliError(f"--detach-key: cannot read {spec!r} (use e.g. ^] or ctrl-q)", EXIT_USAGE)
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    import termios
+    import tty
+
+    detach = parse_key(args.detach_key)
+    fd_in, fd_out = sys.stdin.fileno(), sys.stdout.fileno()
+    if not os.isatty(fd_in):
+        raise CliError(
+            "attach needs a terminal (to watch without one: shoal logs WORKER --follow)", EXIT_USAGE
+        )
+
+    async def go(c: Client) -> int:
+        import signal
+
+        saved = termios.tcgetattr(fd_in)
+        stdin = trio.lowlevel.FdStream(os.dup(fd_in))
+        stdout = trio.lowlevel.FdStream(os.dup(fd_out))
+        ended: list[str] = []
+        try:
+            tty.setraw(fd_in)
+            async with c.attach(args.worker) as att, trio.open_nursery() as nursery:
+                await stdout.send_all(att.snapshot)
+
+                async def output() -> None:
+                    async for chunk in att:
+                        await stdout.send_all(chunk)
+                    ended.append(att.closed_reason or "the worker ended")
+                    nursery.cancel_scope.cancel()
+
+                async def keyboard() -> None:
+                    while True:
+                        data = await stdin.receive_some(4096)
+                        if not data:
+                            break
+                        if detach in data:
+                            data = data[: data.index(detach)]
+                            if data:
+                                await _type(att, data)
+                            break
+                        await _type(att, data)
+                    nursery.cancel_scope.cancel()
+
+                async def _type(att: Any, data: bytes) -> None:
+                    try:
+                        await att.send(data, force=args.force)
+                    except Conflict:
+                        await stdout.send_all(
+                            b"\r\n[shoal] the worker is busy: input refused"
+                            b" (attach --force to type anyway)\r\n"
+                        )
+
+                async def resizes() -> None:
+                    with trio.open_signal_receiver(signal.SIGWINCH) as sigs:
+                        if not args.no_resize:
+                            await _resize(att)
+                        async for _ in sigs:
+                            await _resize(att)
+
+                nursery.start_soon(output)
+                nursery.start_soon(keyboard)
+                nursery.start_soon(resizes)
+        finally:
+            termios.tcsetattr(fd_in, termios.TCSADRAIN, saved)
+            for stream in (stdin, stdout):
+                with trio.CancelScope(shield=True):
+                    await stream.aclose()
+            os.set_blocking(fd_in, True)
+            os.set_blocking(fd_out, True)
+        sys.stderr.write(
+            f"\r\n[shoal] detached from {args.worker}" + (f" ({ended[0]})" if ended else "") + "\n"
+        )
+        return EXIT_OK
+
+    return _run(args, go)
+
+
+async def _resize(att: Any) -> None:
+    size = os.get_terminal_size(sys.stdout.fileno())
+    try:
+        await att.resize(size.lines, size.columns)
+    except ShoalError:
+        pass
+
+
+def parse_assignment(item: str) -> tuple[str, Any]:
+    """KEY=VALUE with a dotted key; the value is JSON when it parses (5, true, [..], "x"), else text."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise CliError(
+            f"expected KEY=VALUE with a dotted key (e.g. scaling.max_workers=4), got {item!r}", EXIT_USAGE
+        )
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return key, value
+
+
+def nest(pairs: Sequence[tuple[str, Any]]) -> dict[str, Any]:
+    """[("a.b", 1), ("a.c", 2)] → {"a": {"b": 1, "c": 2}}."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise CliError(f"{key}: {part} is set to a value and used as a section", EXIT_USAGE)
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def lookup(data: Any, key: str) -> Any:
+    node = data
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise CliError(f"no configuration key {key!r}", EXIT_NOT_FOUND)
+        node = node[part]
+    return node
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    async def go(c: Client) -> int:
+        if args.action == "get":
+            data = await c.call("swarm.config.get")
+            value = lookup(data, args.key) if args.key else data
+            if args.json or isinstance(value, dict | list):
+                _print_json(value)
+            else:
+                sys.stdout.write(("null" if value is None else str(value)) + "\n")
+            return EXIT_OK
+        items = ([args.key] if args.key else []) + list(args.pairs)
+        if not items:
+            raise CliError("config set needs at least one KEY=VALUE", EXIT_USAGE)
+        pairs = [parse_assignment(p) for p in items]
+        data = await c.call("swarm.config.patch", {"partial": nest(pairs)})
+        if args.json:
+            _print_json(data)
+        else:
+            for key, _ in pairs:
+                sys.stdout.write(f"{key} = {json.dumps(lookup(data, key))}\n")
+        return EXIT_OK
+
+    return _run(args, go)
+
+
+def _simple(
+    method: str, params: Callable[[argparse.Namespace], dict[str, Any]], show: str
+) -> Callable[[argparse.Namespace], int]:
+    """A command that makes one call and prints one line (or the reply with --json)."""
+
+    def command(args: argparse.Namespace) -> int:
+        async def go(c: Client) -> int:
+            reply = await c.call(method, params(args))
+            if getattr(args, "json", False):
+                _print_json(reply)
+            else:
+                sys.stdout.write(show.format(args=args, reply=reply) + "\n")
+            return EXIT_OK
+
+        return _run(args, go)
+
+    return command
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    if args.worker:
+        return _simple("workers.resume", lambda a: {"id": a.worker}, "resumed worker {args.worker}")(args)
+    return _simple("swarm.resume", lambda a: {}, "swarm {reply[state]}")(args)
+
+
+def cmd_complete(args: argparse.Namespace) -> int:
+    def params(a: argparse.Namespace) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": a.id, "attempt": a.attempt, "status": a.status}
+        if a.result is not None:
+            out["result"] = sys.stdin.read() if a.result == "-" else a.result
+        if a.reason is not None:
+            out["reason"] = a.reason
+        return out
+
+    return _simple("tasks.complete", params, "task {args.id}: {reply[state]}")(args)
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    async def go(c: Client) -> int:
+        seen = 0
+        console = _console()
+        async with c.events(args.topic or ["*"], since=args.since) as stream:
+            async for item in stream:
+                if isinstance(item, Event):
+                    if args.json:
+                        sys.stdout.write(
+                            json.dumps(
+                                {"seq": item.seq, "ts": item.ts, "topic": item.topic, "data": item.data}
+                            )
+                            + "\n"
+                        )
+                        sys.stdout.flush()
+                    else:
+                        stamp = time.strftime("%H:%M:%S", time.localtime(item.ts))
+                        fields = " ".join(f"{k}={_short(json.dumps(v), 60)}" for k, v in item.data.items())
+                        console.print(
+                            f"{item.seq:>7} {stamp} [bold]{item.topic}[/bold] {fields}", markup=True
+                        )
+                    seen += 1
+                    if args.count and seen >= args.count:
+                        break
+                elif isinstance(item, Gap):
+                    _notice(args, {"gap": True, "since": item.since, "first_seq": item.first_seq})
+                elif isinstance(item, Overflow):
+                    _notice(args, {"overflow": True, "dropped": item.dropped})
+        return EXIT_OK
+
+    return _run(args, go)
+
+
+def _notice(args: argparse.Namespace, data: dict[str, Any]) -> None:
+    if args.json:
+        sys.stdout.write(json.dumps(data) + "\n")
+    else:
+        sys.stderr.write(f"shoal: {'events missed: ' if 'gap' in data else 'events dropped: '}{data}\n")
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    state_dir = args.state_dir
+    token_file = args.token_file or os.environ.get(ENV_TOKEN_FILE)
+    if args.config:
+        cfg = load_config(args.config)
+        state_dir = state_dir or cfg.state_dir
+        token_file = token_file or cfg.gateway.token_file
+    path = token_path(resolve_state_dir(state_dir), token_file)
+    sys.stdout.write(read_token(path) + "\n")
+    return EXIT_OK
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    from .gateway import SHOAL_VERSION
+
+    if args.local:
+        sys.stdout.write(f"shoal {SHOAL_VERSION} (protocol {rpc.PROTOCOL_VERSION})\n")
+        return EXIT_OK
+
+    async def go(c: Client) -> int:
+        reply = await c.version()
+        if args.json:
+            _print_json({"client": SHOAL_VERSION, "server": reply})
+        else:
+            sys.stdout.write(
+                f"client {SHOAL_VERSION} · server {reply['version']} (protocol {reply['protocol']})\n"
+            )
+        return EXIT_OK
+
+    return _run(args, go)
+
+
+# ---- submit ------------------------------------------------------------------------------------------
+
+
+def read_task_file(path: str) -> list[dict[str, Any]]:
+    """Tasks from JSON (one object, a list, or {"tasks": [...]}) or JSON lines; "-" is stdin."""
+    if path == "-":
+        text, name = sys.stdin.read(), "stdin"
+    else:
+        try:
+            text, name = Path(path).read_text(), path
+        except OSError as exc:
+            raise CliError(f"cannot read {path}: {exc.strerror}", EXIT_USAGE) from None
+    stripped = text.strip()
+    if not stripped:
+        raise CliError(f"{name}: no tasks", EXIT_USAGE)
+    try:
+        data = json.loads(stripped)
+    except ValueError:
+        data = None
+        tasks = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                tasks.append(json.loads(line))
+            except ValueError as exc:
+                raise CliError(f"{name}:{n}: not JSON: {exc}", EXIT_USAGE) from None
+        data = tasks
+    if isinstance(data, dict):
+        data = data["tasks"] if isinstance(data.get("tasks"), list) else [data]
+    if not isinstance(data, list) or not all(isinstance(t, dict) for t in data):
+        raise CliError(f"{name}: expected task objects (JSON object, list, or JSON lines)", EXIT_USAGE)
+    return data
+
+
+def build_tasks(args: argparse.Namespace) -> list[dict[str, Any]]:
+    if args.file:
+        if args.prompt:
+            raise CliError("give a prompt or --file, not both", EXIT_USAGE)
+        return read_task_file(args.file)
+    prompt = args.prompt
+    if prompt is None or prompt == "-":
+        if sys.stdin.isatty() and prompt is None:
+            raise CliError(
+                'what should the agent do? shoal submit "PROMPT" (or pipe it on stdin)', EXIT_USAGE
+            )
+        prompt = sys.stdin.read()
+    if not prompt.strip():
+        raise CliError("the prompt is empty", EXIT_USAGE)
+    task: dict[str, Any] = {"prompt": prompt}
+    for key in ("id", "category", "priority", "model", "max_attempts", "timeout_s"):
+        value = getattr(args, key)
+        if value is not None:
+            task[key] = value
+    if args.dep:
+        task["deps"] = list(args.dep)
+    if args.meta:
+        task["metadata"] = dict(parse_assignment(m) for m in args.meta)
+    return [task]
+
+
+def _event_task_id(data: dict[str, Any]) -> str | None:
+    for key in ("task_id", "id"):
+        if isinstance(data.get(key), str):
+            return str(data[key])
+    return None
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    specs = build_tasks(args)
+
+    async def go(c: Client) -> int:
+        if not args.wait:
+            tasks = await _submit(c, specs)
+            if args.json:
+                _print_json(tasks if len(tasks) > 1 or args.file else tasks[0])
+            else:
+                sys.stdout.write("".join(f"{t['id']}\n" for t in tasks))
+            return EXIT_OK
+        return await _submit_and_wait(c, args, specs)
+
+    return _run(args, go)
+
+
+async def _submit(c: Client, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if len(specs) == 1:
+        return [await c.call("tasks.submit", {"task": specs[0]})]
+    reply = await c.call("tasks.submit", {"tasks": specs})
+    tasks: list[dict[str, Any]] = reply["tasks"]
+    return tasks
+
+
+async def _submit_and_wait(c: Client, args: argparse.Namespace, specs: list[dict[str, Any]]) -> int:
+    # subscribe before submitting, so no completion can slip between the two
+    async with c.events(["task.*"]) as stream:
+        tasks = await _submit(c, specs)
+        states = {t["id"]: t["state"] for t in tasks}
+        pending = {tid for tid, st in states.items() if st not in TERMINAL_VALUES}
+        show = not args.json and sys.stderr.isatty()
+        progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            console=Console(file=sys.stderr),
+            disable=not show,
+            transient=False,
+        )
+
+        def detail() -> str:
+            counts: dict[str, int] = {}
+            for st in states.values():
+                counts[st] = counts.get(st, 0) + 1
+            return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+
+        with progress:
+            bar = progress.add_task(
+                "tasks", total=len(states), completed=len(states) - len(pending), detail=detail()
+            )
+            if not show and not args.json:
+                sys.stderr.write(f"submitted {len(states)} task(s), waiting...\n")
+
+            async def refresh(tid: str) -> None:
+                task = await c.call("tasks.get", {"id": tid})
+                states[tid] = task["state"]
+                if task["state"] in TERMINAL_VALUES:
+                    pending.discard(tid)
+
+            while pending:
+                item = await stream.__anext__()
+                if isinstance(item, Gap | Overflow):
+                    for tid in list(pending):  # events were lost: ask for the truth
+                        await refresh(tid)
+                elif isinstance(item, Event):
+                    tid = _event_task_id(item.data)
+                    if tid in states:
+                        state = item.topic.removeprefix("task.")
+                        if state in TERMINAL_VALUES or state in ("running", "failed", "ready", "blocked"):
+                            states[tid] = state
+                        if state in TERMINAL_VALUES:
+                            pending.discard(tid)
+                progress.update(bar, completed=len(states) - len(pending), detail=detail())
+    final = [await c.call("tasks.get", {"id": tid}) for tid in states]
+    failed = [t for t in final if t["state"] != TaskState.DONE]
+    if args.json:
+        _print_json(final if len(final) > 1 or args.file else final[0])
+    else:
+        for t in final:
+            line = f"{t['id']} {t['state']}"
+            if t["state"] == TaskState.DONE and t.get("result"):
+                line += f": {_short(t['result'], 100)}"
+            elif t.get("reason"):
+                line += f": {_short(t['reason'], 100)}"
+            sys.stdout.write(line + "\n")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+# ---- serve -------------------------------------------------------------------------------------------
+
+
+def env_overrides(environ: dict[str, str] | os._Environ[str] | None = None) -> list[tuple[str, Any]]:
+    """SHOAL__section__key=value variables as (dotted key, value) pairs."""
+    env = os.environ if environ is None else environ
+    pairs = []
+    for name, raw in sorted(env.items()):
+        if name.startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX):
+            key = ".".join(part.lower() for part in name[len(ENV_PREFIX) :].split("__"))
+            pairs.append(parse_assignment(f"{key}={raw}"))
+    return pairs
+
+
+def build_serve_config(args: argparse.Namespace, environ: dict[str, str] | None = None) -> SwarmConfig:
+    """Defaults < --config FILE ($SHOAL_CONFIG) < SHOAL__* variables < flags (--set last)."""
+    env = os.environ if environ is None else environ
+    path = args.config or env.get(ENV_CONFIG)
+    config = load_config(path) if path else SwarmConfig()
+    pairs: list[tuple[str, Any]] = env_overrides(env)
+    if env.get("SHOAL_STATE_DIR") and not args.state_dir and not config.state_dir:
+        pairs.append(("state_dir", env["SHOAL_STATE_DIR"]))
+    flags: list[tuple[str, Any]] = [
+        ("state_dir", args.state_dir),
+        ("gateway.host", args.host),
+        ("gateway.port", args.port),
+        ("http.host", args.http_host),
+        ("http.port", args.http_port),
+        ("workers.profile", args.profile),
+        ("scaling.min_workers", args.min_workers),
+        ("scaling.max_workers", args.max_workers),
+        ("gateway.token_file", args.token_file),
+    ]
+    pairs += [(k, v) for k, v in flags if v is not None]
+    if args.allow_remote:
+        pairs += [("gateway.allow_remote", True)]
+    if args.no_dashboard:
+        pairs.append(("http.enabled", False))
+    pairs += [parse_assignment(item) for item in args.set or ()]
+    if pairs:
+        config = patch_config(config, nest(pairs))
+    return config
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    config = build_serve_config(args)
+    warning = check_bind(config.gateway.host, config.gateway.allow_remote, "gateway")
+    http_warning = check_bind(config.http.host, config.gateway.allow_remote, "http")
+    for text in (warning, http_warning):
+        if text:
+            sys.stderr.write(text + "\n")
+    from functools import partial
+
+    from .service import serve
+
+    trio.run(partial(serve, config, drain=args.drain))
+    return EXIT_OK
+
+
+# ---- argument parsing ----------------------------------------------------------------------------------
+
+
+def _connection_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    default: Any = argparse.SUPPRESS if suppress else None
+    group = parser.add_argument_group("connection")
+    group.add_argument("--url", default=default, help=f"gateway URL (${ENV_URL}; default {DEFAULT_URL})")
+    group.add_argument("--token", default=default, help=f"gateway token (${ENV_TOKEN})")
+    group.add_argument("--token-file", default=default, help=f"file holding the token (${ENV_TOKEN_FILE})")
+    group.add_argument("--state-dir", default=default, help="the server's state directory ($SHOAL_STATE_DIR)")
+    group.add_argument(
+        "--timeout",
+        type=float,
+        default=argparse.SUPPRESS if suppress else 60.0,
+        help="seconds to wait per call",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="shoal",
+        description="Run and control a self-healing swarm of terminal agents.",
+        epilog="exit codes: 0 ok, 1 failed, 2 bad input, 3 not found, 4 conflict, 5 unreachable, 6 auth",
+    )
+    _connection_options(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def command(
+        name: str, handler: Callable[[argparse.Namespace], int], help: str, json_out: bool = False
+    ) -> Any:
+        p = sub.add_parser(name, help=help, description=help)
+        _connection_options(p, suppress=True)
+        if json_out:
+            p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        p.set_defaults(handler=handler)
+        return p
+
+    p = sub.add_parser("serve", help="run the swarm as a service (gateway and dashboard on)")
+    p.set_defaults(handler=cmd_serve)
+    p.add_argument("--config", help=f"TOML configuration file (${ENV_CONFIG})")
+    p.add_argument("--state-dir", help="state directory (database, token) ($SHOAL_STATE_DIR)")
+    p.add_argument("--host", help="gateway address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="gateway port (0: any free port)")
+    p.add_argument("--http-host", help="dashboard address")
+    p.add_argument("--http-port", type=int, help="dashboard port (0: any free port)")
+    p.add_argument("--allow-remote", action="store_true", help="allow binding to a non-loopback address")
+    p.add_argument("--profile", help="agent profile of new workers (e.g. fake, claude)")
+    p.add_argument("--min-workers", type=int)
+    p.add_argument("--max-workers", type=int)
+    p.add_argument("--token-file", help="where the gateway token is kept (default <state-dir>/token)")
+    p.add_argument("--no-dashboard", action="store_true", help="do not serve the web dashboard")
+    p.add_argument("--drain", action="store_true", help="on SIGINT/SIGTERM let running tasks finish first")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. scaling.idle_s=30"
+    )
+
+    p = command("submit", cmd_submit, "submit a task (prompt argument or stdin) or a file of tasks", True)
+    p.add_argument("prompt", nargs="?", help='the prompt ("-" or omitted: read stdin)')
+    p.add_argument("-f", "--file", help="JSON or JSON-lines file of tasks (with ids and deps); - for stdin")
+    p.add_argument("--id")
+    p.add_argument("--category")
+    p.add_argument("--priority", type=int)
+    p.add_argument("--model")
+    p.add_argument("--dep", action="append", metavar="TASK", help="a task this one waits for (repeatable)")
+    p.add_argument("--max-attempts", type=int)
+    p.add_argument("--timeout-s", type=float, help="seconds one attempt may take")
+    p.add_argument("--meta", action="append", metavar="KEY=VALUE", help="metadata (repeatable)")
+    p.add_argument(
+        "--wait", action="store_true", help="wait for the tasks with a progress bar; exit 1 if any fails"
+    )
+
+    command("status", cmd_status, "the swarm's state, workers and queue", True)
+    command("workers", cmd_workers, "list workers", True)
+    p = command("tasks", cmd_tasks, "list tasks", True)
+    p.add_argument("--state", choices=[s.value for s in TaskState])
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--cursor", help="continue a listing")
+    p.add_argument("--all", action="store_true", help="follow the cursor to the end")
+    p = command("task", cmd_task, "one task with its attempts", True)
+    p.add_argument("id")
+    p = command("logs", cmd_logs, "a worker's recent output", False)
+    p.add_argument("worker")
+    p.add_argument("--tail", type=int, help="only the last N bytes")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new output (Ctrl-C to stop)")
+    p = command("attach", cmd_attach, "a live terminal session with a worker", False)
+    p.add_argument("worker")
+    p.add_argument("--force", action="store_true", help="allow typing while the worker is busy")
+    p.add_argument("--detach-key", default=DEFAULT_DETACH_KEY, help="key that detaches (default ^])")
+    p.add_argument("--no-resize", action="store_true", help="keep the worker's terminal size")
+    p = command("config", cmd_config, "read or change the live configuration", True)
+    p.add_argument("action", choices=["get", "set"])
+    p.add_argument("key", nargs="?", help="get: a dotted key (default: everything)")
+    p.add_argument("pairs", nargs="*", metavar="KEY=VALUE", help="set: dotted keys and values")
+
+    for name, method, verb in (
+        ("pause", "workers.pause", "paused"),
+        ("restart", "workers.restart", "restarting"),
+        ("kill", "workers.kill", "killed"),
+    ):
+        p = command(
+            name,
+            _simple(method, lambda a: {"id": a.worker}, verb + " worker {args.worker}"),
+            f"{name} a worker",
+            True,
+        )
+        p.add_argument("worker")
+    p = command("resume", cmd_resume, "resume a paused worker, or the halted swarm without WORKER", True)
+    p.add_argument("worker", nargs="?")
+    for name, method in (("cancel", "tasks.cancel"), ("retry", "tasks.retry"), ("skip", "tasks.skip")):
+        p = command(
+            name,
+            _simple(method, lambda a: {"id": a.id}, "task {args.id}: {reply[state]}"),
+            f"{name} a task",
+            True,
+        )
+        p.add_argument("id")
+    p = command(
+        "boost",
+        _simple(
+            "tasks.boost",
+            lambda a: {"id": a.id, "priority": a.priority},
+            "task {args.id}: priority {reply[priority]}",
+        ),
+        "change a task's priority",
+        True,
+    )
+    p.add_argument("id")
+    p.add_argument("priority", type=int)
+    p = command(
+        "assign",
+        _simple("tasks.assign", lambda a: {"id": a.id, "worker": a.worker}, "task {args.id} → {args.worker}"),
+        "run a task on a given worker",
+        True,
+    )
+    p.add_argument("id")
+    p.add_argument("worker")
+    p = command("complete", cmd_complete, "report a task attempt's completion (for agents)", True)
+    p.add_argument("id")
+    p.add_argument("--attempt", type=int, required=True)
+    p.add_argument("--status", choices=["done", "failed"], required=True)
+    p.add_argument("--result", help="the result text (- reads stdin)")
+    p.add_argument("--reason")
+    p = command(
+        "halt",
+        _simple("swarm.halt", lambda a: {"reason": a.reason}, "swarm {reply[state]}: {args.reason}"),
+        "halt the swarm (stop spawning, keep every task)",
+        True,
+    )
+    p.add_argument("reason", nargs="?", default="halted by an operator")
+    p = command(
+        "stop",
+        _simple("swarm.stop", lambda a: {"drain": a.drain}, "swarm {reply[state]}"),
+        "stop taking tasks",
+        True,
+    )
+    p.add_argument("--drain", action="store_true", help="let running tasks finish")
+    command(
+        "start", _simple("swarm.start", lambda a: {}, "swarm {reply[state]}"), "start again after stop", True
+    )
+    p = command("events", cmd_events, "print live events", True)
+    p.add_argument("--topic", action="append", help="topic pattern, e.g. task.* (repeatable; default *)")
+    p.add_argument("--since", type=int, help="first replay the events after this seq")
+    p.add_argument("--count", type=int, help="stop after N events")
+    p = sub.add_parser("token", help="print the gateway token (read from the state directory)")
+    p.set_defaults(handler=cmd_token)
+    p.add_argument("--state-dir")
+    p.add_argument("--token-file")
+    p.add_argument("--config", help="read state_dir / gateway.token_file from this TOML file")
+    p = command("version", cmd_version, "client and server versions", True)
+    p.add_argument("--local", action="store_true", help="only this client's version (no connection)")
+    return parser
+
+
+def _fail(message: str, code: int) -> int:
+    sys.stderr.write(f"shoal: {message}\n")
+    return code
+
+
+def _iter_leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _iter_leaves(inner)
+    else:
+        yield exc
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Parse `argv`, run the command, and map every error to a message and an exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        try:
+            return int(args.handler(args))
+        except BaseExceptionGroup as group:
+            raise unwrap_group(group) from None
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_INTERRUPTED)
+    except CliError as exc:
+        return _fail(exc.message, exc.code)
+    except AuthError as exc:
+        return _fail(str(exc), EXIT_AUTH)
+    except GatewayError as exc:
+        return _fail(str(exc), EXIT_UNREACHABLE)
+    except ValidationError as exc:
+        return _fail(f"invalid input: {exc}", EXIT_USAGE)
+    except NotFound as exc:
+        return _fail(str(exc), EXIT_NOT_FOUND)
+    except Conflict as exc:
+        return _fail(f"not allowed now: {exc}", EXIT_CONFLICT)
+    except rpc.RpcError as exc:
+        if exc.code == rpc.UNAUTHORIZED:
+            return _fail(
+                f"the gateway wants a token ({exc.message}): pass --token / --token-file, set "
+                f"${ENV_TOKEN}, or run on the server's host where `shoal token` prints it",
+                EXIT_AUTH,
+            )
+        return _fail(f"{exc.message} (JSON-RPC error {exc.code})", EXIT_FAILED)
+    except ShoalError as exc:
+        return _fail(str(exc), EXIT_FAILED)
+    except BrokenPipeError:
+        return EXIT_OK  # e.g. `shoal tasks | head`
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The `shoal` console script."""
+    return run(argv)

@@ -1,0 +1,671 @@
+"""GatewayActor: JSON-RPC 2.0 over websocket (trio-websocket) for the CLI, the dashboard and scripts.
+
+Each connection is a trio task with three helpers: a reader that parses frames (protocols/rpc.py) and
+runs requests, a writer that drains a bounded outgoing queue, and pumps that forward event
+subscriptions and attached workers' output into that queue. Nothing here can slow the swarm: the
+event bus never waits for a subscriber (it drops and counts, reported to the client as
+`events.overflow`), and a client that stops reading is closed once one send has waited
+`send_timeout_s`. Every limit answers with a JSON-RPC error or a clean close with a reason.
+
+Authentication happens before anything is served: `Authorization: Bearer <token>` in the handshake,
+or `auth.login {token}` as the first call. A wrong token is refused after a delay (and the
+connection closed). Browsers (which send `Origin`) must come from an allowed origin: the dashboard's
+own, `gateway.allowed_origins`, or `extra_origins`.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.metadata
+import itertools
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+import trio_websocket
+
+from ..protocols import api, rpc
+from ..protocols.config import GatewayConfig, config_to_dict, unstructure
+from ..protocols.errors import Conflict, ShoalError
+from ..runtime.eventbus import Event, Subscription
+from .auth import (
+    bearer_token,
+    check_bind,
+    dashboard_origins,
+    origin_allowed,
+    remove_endpoint,
+    ssl_context,
+    token_matches,
+    write_endpoint,
+)
+
+if TYPE_CHECKING:
+    from .swarm import SwarmHandle
+
+log = logging.getLogger("shoal.gateway")
+
+try:
+    SHOAL_VERSION = importlib.metadata.version("shoal")
+except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+    SHOAL_VERSION = "0+unknown"
+
+MAX_INFLIGHT = 32  # concurrent requests per authenticated connection (the reader waits beyond it)
+EVENT_CACHE = 4096  # serialized events kept so fan-out to many clients encodes each event once
+
+
+@attrs.frozen
+class _Then:
+    """A result whose reply must be queued before `after` starts (so notifications follow it)."""
+
+    result: Any
+    after: Callable[[], Awaitable[None]]
+
+
+class _Closing(Exception):
+    """Raised inside a connection to close it with a websocket code and reason."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(reason)
+
+
+class _Bucket:
+    """Token bucket for requests per second: `rate` per second, bursts up to one second's worth."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.capacity = max(rate, 1.0)
+        self.tokens = self.capacity
+        self.stamp = trio.current_time()
+
+    def take(self) -> float:
+        """0.0 when allowed, else the seconds to wait before the next request would be."""
+        now = trio.current_time()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rate
+
+
+class GatewayActor:
+    """Serve the swarm's JSON-RPC API on a websocket. `run` reports `(host, port)` once bound."""
+
+    def __init__(
+        self,
+        swarm: SwarmHandle,
+        config: GatewayConfig,
+        token: str,
+        extra_origins: Sequence[str] = (),
+    ) -> None:
+        self.swarm = swarm
+        self.config = config
+        self._token = token
+        self.extra_origins = tuple(extra_origins)
+        self.url: str | None = None
+        self.address: tuple[str, int] | None = None
+        self.connections = 0  # open connections, authenticated or not
+        # timings (attributes so tests and embedders can shorten them)
+        self.auth_fail_delay_s = 1.0
+        self.auth_timeout_s = 10.0
+        self.send_timeout_s = 10.0
+        self.ping_interval_s = 30.0
+        self.handshake_timeout_s = 10.0
+        self._conn_ids = itertools.count(1)
+        self._event_json: dict[int, str] = {}
+
+    def allowed_origins(self) -> list[str]:
+        return [*dashboard_origins(self.swarm.http_url), *self.config.allowed_origins, *self.extra_origins]
+
+    async def run(self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.config
+        warning = check_bind(cfg.host, cfg.allow_remote)
+        if warning:
+            log.warning(warning)
+        ctx = await trio.to_thread.run_sync(ssl_context, cfg.tls_cert, cfg.tls_key)
+        async with trio.open_nursery() as nursery:
+            server: trio_websocket.WebSocketServer = await nursery.start(
+                partial(
+                    trio_websocket.serve_websocket,
+                    self._handle,
+                    cfg.host,
+                    cfg.port,
+                    ctx,
+                    max_message_size=cfg.max_message_bytes,
+                    message_queue_size=4,
+                    connect_timeout=self.handshake_timeout_s,
+                    disconnect_timeout=5.0,
+                )
+            )
+            endpoint = server.listeners[0]
+            assert isinstance(endpoint, trio_websocket.Endpoint)
+            host, port = str(endpoint.address), endpoint.port
+            self.address = (host, port)
+            shown = f"[{host}]" if ":" in host else host
+            self.url = f"{'wss' if ctx else 'ws'}://{shown}:{port}/"
+            log.info("gateway listening on %s", self.url)
+            state_dir = getattr(self.swarm, "state_dir", None)
+            if state_dir is not None:
+                await trio.to_thread.run_sync(write_endpoint, state_dir, self.url)
+            try:
+                task_status.started((host, port))
+                await trio.sleep_forever()
+            finally:
+                if state_dir is not None:
+                    with trio.CancelScope(shield=True):
+                        await trio.to_thread.run_sync(remove_endpoint, state_dir, self.url)
+
+    # ---- handshake ---------------------------------------------------------------------------
+
+    async def _handle(self, request: trio_websocket.WebSocketRequest) -> None:
+        """Per-connection entry point; never lets an exception out (it would stop the server)."""
+        try:
+            await self._handshake(request)
+        except Exception:
+            log.exception("gateway connection failed")
+
+    async def _handshake(self, request: trio_websocket.WebSocketRequest) -> None:
+        headers = {name.lower(): value.decode("latin-1") for name, value in request.headers}
+        origin = headers.get(b"origin")
+        if not origin_allowed(origin, self.allowed_origins()):
+            log.warning("gateway: refused Origin %r", origin)
+            await request.reject(403, body=b"origin not allowed")
+            return
+        if self.connections >= self.config.max_connections:
+            await request.reject(503, body=b"too many connections")
+            return
+        self.connections += 1
+        try:
+            authed = False
+            if b"authorization" in headers:
+                if not token_matches(bearer_token(headers[b"authorization"]), self._token):
+                    await trio.sleep(self.auth_fail_delay_s)
+                    await request.reject(401, body=b"wrong token")
+                    return
+                authed = True
+            subprotocol = rpc.SUBPROTOCOL if rpc.SUBPROTOCOL in request.proposed_subprotocols else None
+            ws = await request.accept(
+                subprotocol=subprotocol,
+                extra_headers=[(b"Shoal-Protocol", str(rpc.PROTOCOL_VERSION).encode())],
+            )
+            await _Connection(self, ws, next(self._conn_ids), authed).run()
+        finally:
+            self.connections -= 1
+
+    def event_frame(self, event: Event, subscription: int) -> str:
+        """The notification for `event`; the event's JSON is encoded once for every subscriber."""
+        body = self._event_json.get(event.seq)
+        if body is None:
+            body = rpc.dumps({"seq": event.seq, "ts": event.ts, "topic": event.topic, "data": event.data})
+            if len(self._event_json) >= EVENT_CACHE:
+                del self._event_json[next(iter(self._event_json))]
+            self._event_json[event.seq] = body
+        return f'{{"jsonrpc":"2.0","method":"event","params":{{"subscription":{subscription},{body[1:]}}}'
+
+
+class _Connection:
+    """One websocket client: reader, writer, keep-alive, and the pumps it has started."""
+
+    def __init__(
+        self, gateway: GatewayActor, ws: trio_websocket.WebSocketConnection, ident: int, authed: bool
+    ):
+        self.gw = gateway
+        self.swarm = gateway.swarm
+        self.cfg = gateway.config
+        self.ws = ws
+        self.ident = ident
+        self.authed = authed
+        self._out_send, self._out_recv = trio.open_memory_channel[str | _Closing](self.cfg.client_buffer)
+        self._bucket = _Bucket(self.cfg.max_requests_per_s)
+        self._inflight = trio.Semaphore(MAX_INFLIGHT)
+        self._sub_ids = itertools.count(1)
+        self._subs: dict[int, tuple[Subscription, trio.CancelScope]] = {}
+        self._attached: dict[str, tuple[trio.MemoryReceiveChannel[bytes], trio.CancelScope]] = {}
+        self._close: _Closing | None = None
+        self._nursery: trio.Nursery | None = None
+        self._handlers: dict[str, Callable[[Any], Awaitable[Any]]] = {
+            "auth.login": self._login,
+            "shoal.version": self._version,
+            "swarm.status": self._status,
+            "swarm.start": self._start,
+            "swarm.stop": self._stop,
+            "swarm.halt": self._halt,
+            "swarm.resume": self._resume,
+            "swarm.metrics": self._metrics,
+            "swarm.series": self._series,
+            "swarm.config.get": self._config_get,
+            "swarm.config.patch": self._config_patch,
+            "workers.list": self._workers,
+            "workers.get": self._worker,
+            "workers.logs": self._logs,
+            "workers.pause": self._pause,
+            "workers.resume": self._resume_worker,
+            "workers.restart": self._restart,
+            "workers.kill": self._kill,
+            "workers.set_model": self._set_model,
+            "workers.set_capabilities": self._set_capabilities,
+            "workers.attach": self._attach,
+            "workers.detach": self._detach,
+            "workers.input": self._input,
+            "workers.resize": self._resize,
+            "tasks.submit": self._submit,
+            "tasks.get": self._get,
+            "tasks.list": self._list,
+            "tasks.cancel": self._task_op("cancel"),
+            "tasks.retry": self._task_op("retry"),
+            "tasks.skip": self._task_op("skip"),
+            "tasks.boost": self._boost,
+            "tasks.assign": self._assign,
+            "tasks.complete": self._complete,
+            "events.subscribe": self._subscribe,
+            "events.unsubscribe": self._unsubscribe,
+        }
+        assert set(self._handlers) == set(api.METHODS), "every method in the table has a handler"
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._writer)
+                nursery.start_soon(self._keepalive)
+                if not self.authed:
+                    nursery.start_soon(self._auth_deadline)
+                await self._reader()
+                nursery.cancel_scope.cancel()
+        finally:
+            for sub, _scope in self._subs.values():
+                sub.close()
+            self._subs.clear()
+            for worker, (channel, _scope) in list(self._attached.items()):
+                self._release(worker, channel)
+            self._attached.clear()
+        if self._close is not None:
+            with trio.move_on_after(1.0):
+                await self.ws.aclose(self._close.code, self._close.reason)
+
+    def close(self, code: int, reason: str) -> None:
+        """Close this connection with a websocket close code and reason (first reason wins)."""
+        if self._close is None:
+            self._close = _Closing(code, reason)
+            log.info("gateway: closing connection %d: %s", self.ident, reason)
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    async def _auth_deadline(self) -> None:
+        await trio.sleep(self.gw.auth_timeout_s)
+        if not self.authed:
+            self.close(1008, "authentication timeout: send the token first")
+
+    async def _keepalive(self) -> None:
+        """Ping now and then; a peer that does not answer (half-open TCP) is closed."""
+        while True:
+            await trio.sleep(self.gw.ping_interval_s)
+            with trio.move_on_after(self.gw.ping_interval_s) as scope:
+                try:
+                    await self.ws.ping()
+                except trio_websocket.ConnectionClosed:
+                    return
+            if scope.cancelled_caught:
+                self.close(1001, "keep-alive: no pong")
+                return
+
+    async def _close_after(self, closing: _Closing) -> None:
+        """Close once every frame queued so far is sent."""
+        try:
+            self._out_send.send_nowait(closing)
+        except trio.WouldBlock:
+            self.close(closing.code, closing.reason)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    async def _writer(self) -> None:
+        async for frame in self._out_recv:
+            if isinstance(frame, _Closing):
+                self.close(frame.code, frame.reason)
+                return
+            with trio.move_on_after(self.gw.send_timeout_s) as scope:
+                try:
+                    await self.ws.send_message(frame)
+                except trio_websocket.ConnectionClosed:
+                    self.close(1000, "closed")
+                    return
+            if scope.cancelled_caught:
+                self.close(1008, "overflow: the client is not reading")
+                return
+
+    async def _enqueue(self, message: dict[str, Any] | list[dict[str, Any]] | str) -> None:
+        """Queue a frame for the writer, waiting for room (only this connection waits)."""
+        frame = message if isinstance(message, str) else rpc.dumps(message)
+        try:
+            await self._out_send.send(frame)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    # ---- requests ----------------------------------------------------------------------------
+
+    async def _reader(self) -> None:
+        while True:
+            try:
+                frame = await self.ws.get_message()
+            except trio_websocket.ConnectionClosed:
+                return
+            incoming = rpc.parse(frame, self.cfg.max_message_bytes)
+            if not self.authed or incoming.batch:
+                # before authentication everything is serial (no parallel token guessing); a batch
+                # is one reply frame, so its requests run in order in one task
+                await self._serve_frame(incoming)
+            else:
+                await self._inflight.acquire()
+                assert self._nursery is not None
+                self._nursery.start_soon(self._serve_frame_released, incoming)
+
+    async def _serve_frame_released(self, incoming: rpc.Incoming) -> None:
+        try:
+            await self._serve_frame(incoming)
+        finally:
+            self._inflight.release()
+
+    async def _serve_frame(self, incoming: rpc.Incoming) -> None:
+        replies: list[dict[str, Any]] = []
+        followups: list[Callable[[], Awaitable[None]]] = []
+        for item in incoming.items:
+            if not isinstance(item, rpc.Request):
+                replies.append(item)
+                continue
+            reply, after = await self._serve(item)
+            if reply is not None and not item.notification:
+                replies.append(reply)
+            if after is not None:
+                followups.append(after)
+        frame = rpc.reply_frame(replies, incoming.batch)
+        if frame is not None:
+            await self._enqueue(frame)
+        for after in followups:
+            await after()
+
+    async def _serve(
+        self, req: rpc.Request
+    ) -> tuple[dict[str, Any] | None, Callable[[], Awaitable[None]] | None]:
+        wait = self._bucket.take()
+        if wait:
+            return (
+                rpc.error(
+                    req.id,
+                    rpc.RATE_LIMITED,
+                    f"rate limit: at most {self.cfg.max_requests_per_s:g} requests per second",
+                    {"retry_after_s": round(wait, 3)},
+                ),
+                None,
+            )
+        spec = api.METHODS.get(req.method)
+        if not self.authed and (spec is None or spec.auth):
+            return (
+                rpc.error(
+                    req.id,
+                    rpc.UNAUTHORIZED,
+                    "authentication required: send `Authorization: Bearer <token>` or call auth.login first",
+                ),
+                None,
+            )
+        try:
+            params = api.parse_params(req.method, req.params)
+            value = await self._handlers[req.method](params)
+        except _Closing as closing:
+            # answer first, then close once the writer has flushed the answer
+            return rpc.error(req.id, rpc.UNAUTHORIZED, closing.reason), partial(self._close_after, closing)
+        except Exception as exc:
+            if not isinstance(exc, ShoalError):  # ShoalErrors are answers; anything else is a bug
+                log.exception("gateway: %s failed", req.method)
+            return rpc.error_from_exception(req.id, exc), None
+        if isinstance(value, _Then):
+            return rpc.result(req.id, value.result), value.after
+        return rpc.result(req.id, value), None
+
+    # ---- session -----------------------------------------------------------------------------
+
+    async def _login(self, p: api.LoginParams) -> Any:
+        if not token_matches(p.token, self.gw._token):
+            await trio.sleep(self.gw.auth_fail_delay_s)
+            if not self.authed:
+                raise _Closing(1008, "authentication failed: wrong token")
+            raise rpc.RpcError(rpc.UNAUTHORIZED, "wrong token")
+        self.authed = True
+        return {"ok": True, "protocol": rpc.PROTOCOL_VERSION, "version": SHOAL_VERSION}
+
+    async def _version(self, _p: api.NoParams) -> Any:
+        return {"version": SHOAL_VERSION, "protocol": rpc.PROTOCOL_VERSION, "methods": sorted(api.METHODS)}
+
+    # ---- swarm -------------------------------------------------------------------------------
+
+    async def _status(self, _p: api.NoParams) -> Any:
+        return await self.swarm.status()
+
+    async def _start(self, p: api.StartParams) -> Any:
+        if p.config is not None:
+            await self.swarm.config_patch(p.config)
+        await self.swarm.start()
+        return await self.swarm.status()
+
+    async def _stop(self, p: api.StopParams) -> Any:
+        await self.swarm.stop(drain=p.drain)
+        return await self.swarm.status()
+
+    async def _halt(self, p: api.HaltParams) -> Any:
+        await self.swarm.halt(p.reason)
+        return await self.swarm.status()
+
+    async def _resume(self, _p: api.NoParams) -> Any:
+        await self.swarm.resume()
+        return await self.swarm.status()
+
+    async def _metrics(self, _p: api.NoParams) -> Any:
+        return await self.swarm.metrics_snapshot()
+
+    async def _series(self, p: api.SeriesParams) -> Any:
+        if p.step_s is None:
+            return unstructure(self.swarm.metrics.series(p.window_s))
+        return unstructure(self.swarm.metrics.series(p.window_s, p.step_s))
+
+    async def _config_get(self, _p: api.NoParams) -> Any:
+        return config_to_dict(self.swarm.config)
+
+    async def _config_patch(self, p: api.ConfigPatchParams) -> Any:
+        return config_to_dict(await self.swarm.config_patch(p.partial))
+
+    # ---- workers -----------------------------------------------------------------------------
+
+    async def _workers(self, _p: api.NoParams) -> Any:
+        return {"workers": [unstructure(w) for w in self.swarm.workers()]}
+
+    async def _worker(self, p: api.IdParams) -> Any:
+        return unstructure(self.swarm.worker(p.id))
+
+    async def _logs(self, p: api.LogsParams) -> Any:
+        data = self.swarm.logs(p.id, p.tail)
+        return {"id": p.id, "encoding": "base64", "data": base64.b64encode(data).decode("ascii")}
+
+    async def _pause(self, p: api.IdParams) -> Any:
+        await self.swarm.pause(p.id)
+        return {"ok": True, "id": p.id}
+
+    async def _resume_worker(self, p: api.IdParams) -> Any:
+        await self.swarm.resume_worker(p.id)
+        return {"ok": True, "id": p.id}
+
+    async def _restart(self, p: api.IdParams) -> Any:
+        await self.swarm.restart(p.id)
+        return {"ok": True, "id": p.id}
+
+    async def _kill(self, p: api.IdParams) -> Any:
+        await self.swarm.kill(p.id)
+        return {"ok": True, "id": p.id}
+
+    async def _set_model(self, p: api.SetModelParams) -> Any:
+        await self.swarm.set_model(p.id, p.model)
+        return {"ok": True, "id": p.id, "model": p.model}
+
+    async def _set_capabilities(self, p: api.SetCapabilitiesParams) -> Any:
+        await self.swarm.set_capabilities(p.id, p.capabilities)
+        return {"ok": True, "id": p.id, "capabilities": p.capabilities}
+
+    async def _input(self, p: api.InputParams) -> Any:
+        data = p.decoded()
+        await self.swarm.send_input(p.id, data, force=p.force)
+        return {"ok": True, "id": p.id, "bytes": len(data)}
+
+    async def _resize(self, p: api.ResizeParams) -> Any:
+        await self.swarm.resize(p.id, p.rows, p.cols)
+        return {"ok": True, "id": p.id, "rows": p.rows, "cols": p.cols}
+
+    async def _attach(self, p: api.IdParams) -> Any:
+        if p.id in self._attached:
+            raise Conflict(f"already attached to {p.id} on this connection")
+        snapshot, channel = self.swarm.attach(p.id)
+        scope = trio.CancelScope()
+        self._attached[p.id] = (channel, scope)
+        result = {"id": p.id, "encoding": "base64", "snapshot": base64.b64encode(snapshot).decode("ascii")}
+
+        async def start_pump() -> None:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._attach_pump, p.id, channel, scope)
+
+        return _Then(result, start_pump)
+
+    async def _attach_pump(
+        self, worker: str, channel: trio.MemoryReceiveChannel[bytes], scope: trio.CancelScope
+    ) -> None:
+        """Forward output; chunks that queued up meanwhile go out as one notification."""
+        with scope:
+            try:
+                async for chunk in channel:
+                    parts = [chunk]
+                    while True:
+                        try:
+                            parts.append(channel.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                            break
+                    data = base64.b64encode(b"".join(parts)).decode("ascii")
+                    await self._enqueue(rpc.notification("attach.output", {"id": worker, "data": data}))
+            except trio.ClosedResourceError:
+                pass
+            await self._enqueue(rpc.notification("attach.closed", {"id": worker, "reason": "worker ended"}))
+            if self._attached.get(worker, (None,))[0] is channel:
+                del self._attached[worker]
+                self._release(worker, channel)
+
+    def _release(self, worker: str, channel: trio.MemoryReceiveChannel[bytes]) -> None:
+        try:
+            self.swarm.detach(worker, channel)
+        except Exception:  # the worker may be gone already: nothing to release then
+            log.debug("gateway: detach %s after it ended", worker, exc_info=True)
+        channel.close()
+
+    async def _detach(self, p: api.IdParams) -> Any:
+        entry = self._attached.pop(p.id, None)
+        if entry is None:
+            return {"ok": True, "id": p.id, "attached": False}
+        channel, scope = entry
+        scope.cancel()
+        self._release(p.id, channel)
+        return {"ok": True, "id": p.id, "attached": False}
+
+    # ---- tasks -------------------------------------------------------------------------------
+
+    async def _submit(self, p: api.SubmitParams) -> Any:
+        specs = p.specs()
+        if p.task is not None:
+            return unstructure(await self.swarm.submit(specs[0]))
+        return {"tasks": [unstructure(t) for t in await self.swarm.submit_many(specs)]}
+
+    async def _get(self, p: api.IdParams) -> Any:
+        return unstructure(await self.swarm.get(p.id))
+
+    async def _list(self, p: api.ListTasksParams) -> Any:
+        tasks, cursor = await self.swarm.list(p.state, p.limit, p.cursor)
+        return {"tasks": [unstructure(t) for t in tasks], "cursor": cursor}
+
+    def _task_op(self, name: str) -> Callable[[api.IdParams], Awaitable[Any]]:
+        async def op(p: api.IdParams) -> Any:
+            return unstructure(await getattr(self.swarm, name)(p.id))
+
+        return op
+
+    async def _boost(self, p: api.BoostParams) -> Any:
+        return unstructure(await self.swarm.boost(p.id, p.priority))
+
+    async def _assign(self, p: api.AssignParams) -> Any:
+        return unstructure(await self.swarm.assign(p.id, p.worker))
+
+    async def _complete(self, p: api.CompleteParams) -> Any:
+        task = await self.swarm.complete(p.id, p.attempt, p.status, result=p.result, reason=p.reason)
+        return unstructure(task)
+
+    # ---- events ------------------------------------------------------------------------------
+
+    async def _subscribe(self, p: api.SubscribeParams) -> Any:
+        if len(self._subs) >= self.cfg.max_subscriptions:
+            raise rpc.RpcError(
+                rpc.LIMIT_EXCEEDED,
+                f"at most {self.cfg.max_subscriptions} subscriptions per connection",
+                {"limit": self.cfg.max_subscriptions},
+            )
+        bus = self.swarm.bus
+        topics = tuple(p.topics)
+        # subscribe and read the replay buffer with no await in between: nothing falls in a crack
+        sub = bus.subscribe(topics, size=self.cfg.client_buffer)
+        last = bus.last_seq
+        replay: list[Event] = []
+        gap: dict[str, Any] | None = None
+        if p.since is not None:
+            replay, complete = bus.replay(p.since, topics)
+            if p.since > last:
+                gap = {"since": p.since, "first_seq": None, "last_seq": last, "reason": "reset"}
+            elif not complete:
+                first = replay[0].seq if replay else None
+                gap = {"since": p.since, "first_seq": first, "last_seq": last, "reason": "evicted"}
+        sid = next(self._sub_ids)
+        scope = trio.CancelScope()
+        self._subs[sid] = (sub, scope)
+        result = {"subscription": sid, "seq": last, "replayed": len(replay), "gap": gap is not None}
+
+        async def start_pump() -> None:
+            if gap is not None:
+                await self._enqueue(rpc.notification("events.gap", {"subscription": sid, **gap}))
+            for event in replay:
+                await self._enqueue(self.gw.event_frame(event, sid))
+            assert self._nursery is not None
+            self._nursery.start_soon(self._event_pump, sid, sub, scope, last)
+
+        return _Then(result, start_pump)
+
+    async def _event_pump(self, sid: int, sub: Subscription, scope: trio.CancelScope, after: int) -> None:
+        with scope:
+            async for event in sub:
+                dropped, first = sub.take_dropped()
+                if dropped:
+                    await self._enqueue(
+                        rpc.notification(
+                            "events.overflow",
+                            {"subscription": sid, "dropped": dropped, "first_dropped_seq": first},
+                        )
+                    )
+                if event.seq > after:
+                    await self._enqueue(self.gw.event_frame(event, sid))
+
+    async def _unsubscribe(self, p: api.UnsubscribeParams) -> Any:
+        ids = list(self._subs) if p.subscription is None else [p.subscription]
+        removed = []
+        for sid in ids:
+            entry = self._subs.pop(sid, None)
+            if entry is not None:
+                entry[0].close()
+                entry[1].cancel()
+                removed.append(sid)
+        return {"ok": True, "unsubscribed": removed}
