@@ -1,0 +1,954 @@
+"""The WorkerActor: one agent process, driven through its dialect, reporting to its owner.
+
+The actor owns one process at a time (an *incarnation*: process, dialect, and three small tasks that
+read its output, wait for its exit and write its input). Output is recorded in a ring buffer, fanned
+out to attach subscribers and fed to the dialect *by the reader task*, so the child can always write
+and never blocks on us; the dialect's signals, process exits and mailbox commands all reach one main
+loop through an internal channel, which makes every state decision in one place, in order.
+
+States: starting → idle ⇄ busy → (refreshing → idle) → stopping → stopped | crashed, plus paused.
+An idle worker has no timers: CPU and memory are sampled only while busy, or when `info()` asks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+
+from ..protocols.config import ProfileConfig, WorkersConfig
+from ..protocols.dialects.base import (
+    ContextUsage,
+    Dialect,
+    NeedsInput,
+    ProtocolError,
+    RateLimited,
+    Ready,
+    Signal,
+    TaskDone,
+    TaskFailed,
+)
+from ..protocols.errors import Conflict, ShoalError, ValidationError
+from ..protocols.profiles import placeholders, render_argv
+from ..protocols.tasks import Assignment, Outcome
+from ..protocols.workers import (
+    Assign,
+    ContextReport,
+    NeedsInputReport,
+    Pause,
+    RateLimitReport,
+    Resize,
+    Restart,
+    Resume,
+    SendInput,
+    SetCapabilities,
+    SetModel,
+    StateChanged,
+    Stop,
+    TaskFinished,
+    WorkerCommand,
+    WorkerInfo,
+    WorkerReport,
+    WorkerState,
+)
+from ..runtime.actor import Address, Call, Mailbox
+from .process import AgentProcess, ExitStatus, SpawnError, resolve_command, spawn
+
+log = logging.getLogger("shoal.worker")
+
+TAIL_BYTES = 4096  # output tail attached to a crashed/interrupted attempt (the transcript handoff)
+DRAIN_S = 0.5  # after the child exits, how long to wait for the rest of its output
+SLOT_HOLD_S = 1.0  # a start-up slot is held until Ready, or this long at most
+
+_ANSI = re.compile(
+    rb"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[PX^_][^\x1b]*\x1b\\|\x1b[@-Z\\-_]"
+)
+
+
+def clean_text(data: bytes) -> str:
+    """Terminal output as plain text: escape sequences removed, CRLF folded, invalid UTF-8 replaced."""
+    text = _ANSI.sub(b"", data).decode("utf-8", "replace")
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+@attrs.frozen
+class WorkerExit:
+    """What `WorkerActor.run` returns: why the worker ended and how its last process exited."""
+
+    crashed: bool
+    reason: str | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+
+
+class OutputRing:
+    """The last `cap` bytes of output: a deque of chunks, grown with output and trimmed, never preallocated.
+
+    Small writes are coalesced into the last chunk (up to 4 KiB) so a stream of 1-byte echoes does not
+    cost an object per byte.
+    """
+
+    __slots__ = ("_chunks", "_size", "cap", "total")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self.total = 0  # bytes ever appended (task-relative tails)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def append(self, data: bytes) -> None:
+        if not data:
+            return
+        self.total += len(data)
+        if self._chunks and len(self._chunks[-1]) + len(data) <= 4096:
+            self._chunks[-1] += data
+        else:
+            self._chunks.append(data)
+        self._size += len(data)
+        while self._size > self.cap:
+            extra = self._size - self.cap
+            first = self._chunks[0]
+            if len(first) <= extra:
+                self._chunks.popleft()
+                self._size -= len(first)
+            else:
+                self._chunks[0] = first[extra:]
+                self._size -= extra
+
+    def tail(self, max_bytes: int | None = None) -> bytes:
+        want = self._size if max_bytes is None else max(0, min(max_bytes, self._size))
+        parts: list[bytes] = []
+        got = 0
+        for chunk in reversed(self._chunks):
+            if got >= want:
+                break
+            need = want - got
+            part = chunk[-need:] if len(chunk) > need else chunk
+            parts.append(part)
+            got += len(part)
+        return b"".join(reversed(parts))
+
+
+# ---- internal events --------------------------------------------------------------------------
+
+
+@attrs.frozen
+class _Signals:
+    gen: int
+    signals: list[Signal]
+
+
+@attrs.frozen
+class _Eof:
+    gen: int
+
+
+@attrs.frozen
+class _Exited:
+    gen: int
+    status: ExitStatus
+
+
+class _Finished(Exception):
+    """Raised inside the main loop when the worker has ended (stopped or crashed)."""
+
+    def __init__(self, result: WorkerExit) -> None:
+        super().__init__(result.reason)
+        self.result = result
+
+
+@attrs.define(eq=False)
+class _Incarnation:
+    gen: int
+    proc: AgentProcess
+    dialect: Dialect
+    writes: trio.MemorySendChannel[bytes | None]
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    eof: bool = False
+    status: ExitStatus | None = None
+    drain_deadline: float | None = None
+
+
+def _make_dialect(name: str, options: dict[str, Any]) -> Dialect:
+    from ..protocols.dialects import make_dialect  # the dialect registry lives beside the dialects
+
+    dialect: Dialect = make_dialect(name, options)
+    return dialect
+
+
+class WorkerActor:
+    """One agent process per its profile, driven through its dialect; reports go to `reports`.
+
+    `run()` spawns the process (raising `SpawnError` before `task_status.started` if the command
+    cannot run), reports STARTING, then IDLE once the dialect says Ready, and serves its mailbox of
+    `WorkerCommand`s until it is stopped (returns `WorkerExit(crashed=False)`), its process dies or
+    fails to start (CRASHED, `WorkerExit(crashed=True)`), or it is cancelled (the process is still
+    killed and reaped). `spawn_limiter` paces start-ups across workers (a slot is held from spawn
+    until Ready, at most SLOT_HOLD_S) so a burst of spawns does not starve the event loop of CPU.
+    """
+
+    def __init__(
+        self,
+        worker_id: str,
+        lineage: str,
+        profile_name: str,
+        profile: ProfileConfig,
+        model: str | None,
+        capabilities: frozenset[str] | None,
+        reports: trio.MemorySendChannel[WorkerReport],
+        config: WorkersConfig,
+        clock: Callable[[], float] = time.time,
+        *,
+        history_size: int = 10,
+        spawn_limiter: trio.CapacityLimiter | None = None,
+    ) -> None:
+        self.id = worker_id
+        self.lineage = lineage
+        self.profile_name = profile_name
+        self.profile = profile
+        self._model = model or None
+        self._capabilities = capabilities
+        self._reports = reports
+        self._config = config
+        self._clock = clock
+        self._limiter = spawn_limiter
+
+        self._state = WorkerState.STARTING
+        self._reason: str | None = None
+        self._started_wall = clock()
+        self._inc: _Incarnation | None = None
+        self._gen = 0
+        self._nursery: trio.Nursery | None = None
+        self._events_send, self._events = trio.open_memory_channel[object](math.inf)
+        self._one_process_per_task = profile.dialect == "oneshot"
+        self._transport = profile.transport
+
+        self._task: Assignment | None = None
+        self._task_started = 0.0
+        self._task_out_start = 0
+        self._paused = False
+        self._stop_after: str | None = None  # Stop(drain) while busy
+        self._restart_after: str | None = None  # Restart(wait) while busy
+        self._respawn_reason: str | None = None  # forced fresh process after this task (timeout, ...)
+        self._model_changed = False
+
+        self._awaiting_ready_until: float | None = None
+        self._slot: object | None = None
+        self._slot_release_at: float | None = None
+        self._sample_at: float | None = None
+
+        self._context: float | None = None
+        self._cpu: float | None = None
+        self._rss: int | None = None
+        self._sampled_at = -math.inf
+        self._tasks_done = 0
+        self._crashes = 0
+        self._history: deque[str] = deque(maxlen=max(1, history_size))
+        self._ring = OutputRing(config.ring_buffer_kib * 1024)
+        self._subscribers: dict[trio.MemoryReceiveChannel[bytes], trio.MemorySendChannel[bytes]] = {}
+        self.dropped_chunks = 0  # live-output chunks a slow subscriber did not get
+
+    # ---- read-only accessors (sync: listings of many workers) -----------------------------------
+
+    @property
+    def state(self) -> WorkerState:
+        return self._state
+
+    @property
+    def model(self) -> str | None:
+        return self._model
+
+    @property
+    def pid(self) -> int | None:
+        return self._inc.proc.pid if self._inc is not None else None
+
+    def info(self) -> WorkerInfo:
+        """A snapshot; CPU/RSS are re-sampled from /proc when older than `sample_interval_s`."""
+        if self._inc is not None:
+            now = time.monotonic()
+            if now - self._sampled_at >= self._config.sample_interval_s:
+                self._sample(now)
+        caps = None if self._capabilities is None else tuple(sorted(self._capabilities))
+        return WorkerInfo(
+            id=self.id,
+            lineage=self.lineage,
+            state=self._state,
+            profile=self.profile_name,
+            model=self._model,
+            capabilities=caps,
+            task_id=self._task.task_id if self._task is not None else None,
+            pid=self.pid,
+            started=self._started_wall,
+            context_used_percent=self._context,
+            cpu_percent=self._cpu,
+            rss_bytes=self._rss,
+            tasks_done=self._tasks_done,
+            crashes=self._crashes,
+            history=tuple(self._history),
+            reason=self._reason,
+        )
+
+    def output_tail(self, max_bytes: int | None = None) -> bytes:
+        """The last `max_bytes` of raw output (default: the whole ring, `ring_buffer_kib`)."""
+        return self._ring.tail(max_bytes)
+
+    def subscribe_output(self, size: int = 256) -> trio.MemoryReceiveChannel[bytes]:
+        """Live output chunks from now on (take `output_tail()` first for the screen so far).
+
+        Bounded: a subscriber that falls `size` chunks behind loses chunks (counted in
+        `dropped_chunks`); the worker never waits for it. The channel ends when the worker ends.
+        """
+        send, recv = trio.open_memory_channel[bytes](size)
+        self._subscribers[recv] = send
+        return recv
+
+    def unsubscribe_output(self, channel: trio.MemoryReceiveChannel[bytes]) -> None:
+        send = self._subscribers.pop(channel, None)
+        if send is not None:
+            send.close()
+        channel.close()
+
+    # ---- run ----------------------------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[Address[WorkerCommand]] = trio.TASK_STATUS_IGNORED
+    ) -> WorkerExit:
+        async with Mailbox[WorkerCommand](f"worker:{self.id}") as mailbox:
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    await self._first_start()  # SpawnError / ValidationError: before started
+                    nursery.start_soon(self._forward, mailbox)
+                    task_status.started(mailbox.address)
+                    result = await self._serve()
+                    nursery.cancel_scope.cancel()
+                return result
+            finally:
+                await self._teardown()
+
+    async def _forward(self, mailbox: Mailbox[WorkerCommand]) -> None:
+        async for msg in mailbox:
+            self._post(msg)
+
+    def _post(self, event: object) -> None:
+        try:
+            self._events_send.send_nowait(event)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):  # pragma: no cover - ending
+            pass
+
+    async def _teardown(self) -> None:
+        """Always: kill and reap the process, close its descriptors and the subscribers. Bounded."""
+        with trio.CancelScope(shield=True):
+            inc, self._inc = self._inc, None
+            if inc is not None:
+                inc.scope.cancel()
+                await inc.proc.aclose(grace=min(self.profile.stop_timeout_s, 1.0))
+            self._release_slot()
+            for send in self._subscribers.values():
+                send.close()
+            self._subscribers.clear()
+            self._events_send.close()
+
+    async def _first_start(self) -> None:
+        dialect = _make_dialect(self.profile.dialect, dict(self.profile.options))
+        self._one_process_per_task = dialect.one_process_per_task
+        self._transport = self.profile.transport or dialect.transport
+        if self._one_process_per_task:
+            # no process until a task comes; check now that the command can run at all
+            argv = self._argv(prompt="")
+            env = {**os.environ, **self.profile.env}
+            await trio.to_thread.run_sync(resolve_command, argv[0], env, self.profile.cwd)
+            return
+        await self._start_process(dialect=dialect)
+
+    # ---- the main loop ------------------------------------------------------------------------
+
+    async def _serve(self) -> WorkerExit:
+        try:
+            await self._set_state(WorkerState.STARTING)
+            if self._one_process_per_task:
+                await self._become_available()
+            await self._loop()
+        except _Finished as finished:
+            return finished.result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _loop(self) -> None:
+        while True:
+            event: object = None
+            with trio.move_on_at(self._next_deadline()):
+                event = await self._events.receive()
+            if event is not None:
+                await self._handle(event)
+            await self._on_time(trio.current_time())
+
+    def _next_deadline(self) -> float:
+        candidates = [self._awaiting_ready_until, self._slot_release_at]
+        if self._state is WorkerState.BUSY:
+            candidates.append(self._sample_at)
+        inc = self._inc
+        if inc is not None:
+            candidates.append(inc.drain_deadline)
+            candidates.append(inc.dialect.next_deadline())
+        return min((c for c in candidates if c is not None), default=math.inf)
+
+    async def _handle(self, event: object) -> None:
+        inc = self._inc
+        if isinstance(event, _Signals):
+            if inc is not None and event.gen == inc.gen:
+                await self._on_signals(event.signals)
+        elif isinstance(event, _Eof):
+            if inc is not None and event.gen == inc.gen:
+                inc.eof = True
+                if inc.status is not None:
+                    await self._on_death(inc)
+        elif isinstance(event, _Exited):
+            if inc is not None and event.gen == inc.gen:
+                inc.status = event.status
+                if inc.eof:
+                    await self._on_death(inc)
+                else:
+                    inc.drain_deadline = trio.current_time() + DRAIN_S
+        elif isinstance(event, Call):
+            try:
+                value = await self._command(event.payload)
+            except _Finished as finished:
+                event.reply(finished.result)
+                raise
+            except (ShoalError, TypeError, ValueError) as exc:
+                event.fail(exc)
+            else:
+                event.reply(value)
+        else:
+            try:
+                await self._command(event)
+            except (ShoalError, TypeError) as exc:
+                log.warning("worker %s: %s refused: %s", self.id, type(event).__name__, exc)
+
+    async def _on_time(self, now: float) -> None:
+        inc = self._inc
+        if inc is not None and inc.drain_deadline is not None and now >= inc.drain_deadline:
+            await self._on_death(inc)
+            return
+        if self._awaiting_ready_until is not None and now >= self._awaiting_ready_until:
+            await self._crash(
+                f"start-up timeout: not ready within {self.profile.startup_timeout_s:g} s"
+                + self._last_line_suffix()
+            )
+        if self._slot_release_at is not None and now >= self._slot_release_at:
+            self._release_slot()
+        inc = self._inc
+        if inc is not None:
+            deadline = inc.dialect.next_deadline()
+            if deadline is not None and now >= deadline:
+                signals = self._guard(inc.dialect.tick, now)
+                if signals:
+                    await self._on_signals(signals)
+        if self._state is WorkerState.BUSY and self._sample_at is not None and now >= self._sample_at:
+            self._sample(time.monotonic())
+            self._sample_at = now + self._config.sample_interval_s
+
+    # ---- the process --------------------------------------------------------------------------
+
+    def _argv(self, prompt: str | None = None) -> list[str]:
+        return render_argv(
+            self.profile, model=self._model, prompt=prompt, worker=self.id, cwd=self.profile.cwd
+        )
+
+    async def _start_process(self, *, dialect: Dialect | None = None, prompt: str | None = None) -> None:
+        """Spawn a new incarnation. Raises SpawnError/ValidationError (the caller decides the state)."""
+        assert self._nursery is not None
+        if dialect is None:
+            dialect = _make_dialect(self.profile.dialect, dict(self.profile.options))
+        argv = self._argv(prompt)
+        env = {**self.profile.env, "SHOAL_WORKER": self.id, "SHOAL_LINEAGE": self.lineage}
+        persistent = not self._one_process_per_task
+        if persistent and self._limiter is not None:
+            token = object()
+            await self._limiter.acquire_on_behalf_of(token)
+            self._slot = token
+        try:
+            proc = await spawn(
+                argv,
+                transport=self._transport or dialect.transport,
+                env=env,
+                cwd=self.profile.cwd,
+                rows=self.profile.rows,
+                cols=self.profile.cols,
+            )
+        except BaseException:
+            self._release_slot()
+            raise
+        self._gen += 1
+        writes, write_queue = trio.open_memory_channel[bytes | None](math.inf)
+        inc = _Incarnation(self._gen, proc, dialect, writes)
+        self._inc = inc
+        now = trio.current_time()
+        if self._slot is not None:
+            self._slot_release_at = now + SLOT_HOLD_S
+        if persistent:
+            self._awaiting_ready_until = now + self.profile.startup_timeout_s
+        self._sampled_at = -math.inf
+        self._nursery.start_soon(self._run_incarnation, inc, write_queue)
+        # a dialect may be ready without any output (e.g. JSON lines): give it a first tick
+        signals = self._guard(dialect.tick, now)
+        if signals:
+            self._post(_Signals(inc.gen, signals))
+
+    def _guard(self, method: Callable[..., list[Signal]], *args: Any) -> list[Signal]:
+        """Run a dialect method; a bug in a dialect becomes a ProtocolError, not a dead worker."""
+        try:
+            return method(*args)
+        except Exception as exc:
+            log.exception("worker %s: dialect %s failed", self.id, self.profile.dialect)
+            return [ProtocolError(f"dialect {self.profile.dialect!r} failed: {exc!r}")]
+
+    async def _run_incarnation(
+        self, inc: _Incarnation, write_queue: trio.MemoryReceiveChannel[bytes | None]
+    ) -> None:
+        """The incarnation's I/O tasks, all cancelled by `inc.scope` when it ends."""
+        with inc.scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._read_output, inc)
+                if inc.proc.transport == "pipe":
+                    nursery.start_soon(self._read_stderr, inc)
+                nursery.start_soon(self._wait_exit, inc)
+                nursery.start_soon(self._write_input, inc, write_queue)
+
+    async def _read_output(self, inc: _Incarnation) -> None:
+        if True:
+            while True:
+                data = await inc.proc.read()
+                if not data:
+                    break
+                self._record(data)
+                signals = self._guard(inc.dialect.feed, data, trio.current_time())
+                if signals:
+                    self._post(_Signals(inc.gen, signals))
+            self._post(_Eof(inc.gen))
+
+    async def _read_stderr(self, inc: _Incarnation) -> None:
+        if True:
+            while data := await inc.proc.read_stderr():
+                self._record(data)  # kept for logs and attach, never parsed as protocol
+
+    async def _wait_exit(self, inc: _Incarnation) -> None:
+        if True:
+            status = await inc.proc.wait()
+            self._post(_Exited(inc.gen, status))
+
+    async def _write_input(self, inc: _Incarnation, queue: trio.MemoryReceiveChannel[bytes | None]) -> None:
+        if True:
+            async for data in queue:
+                if data is None:
+                    inc.proc.close_input()
+                elif not await inc.proc.write(data):
+                    break  # input gone: the exit is reported by _wait_exit
+
+    def _record(self, data: bytes) -> None:
+        self._ring.append(data)
+        if self._subscribers:
+            for recv, send in list(self._subscribers.items()):
+                try:
+                    send.send_nowait(data)
+                except trio.WouldBlock:
+                    self.dropped_chunks += 1
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self._subscribers.pop(recv, None)
+
+    async def _stop_process(self, *, ladder: bool) -> tuple[ExitStatus | None, str]:
+        """End the current incarnation (stop ladder, or straight kill) and close everything."""
+        inc, self._inc = self._inc, None
+        self._awaiting_ready_until = None
+        self._release_slot()
+        if inc is None:
+            return None, "none"
+        status, rung = inc.status, "exited"
+        try:
+            if ladder and status is None:
+                quit_bytes = self._guard_bytes(inc)
+                status, rung = await inc.proc.stop(quit_bytes, self.profile.stop_timeout_s)
+        finally:  # even when cancelled mid-ladder: aclose is shielded and bounded
+            final = await inc.proc.aclose()
+            inc.scope.cancel()
+            inc.writes.close()
+        return status or final, rung
+
+    def _guard_bytes(self, inc: _Incarnation) -> bytes | None:
+        try:
+            return inc.dialect.quit_bytes()
+        except Exception:  # pragma: no cover - a dialect bug: skip the polite rung
+            return None
+
+    def _release_slot(self) -> None:
+        token, self._slot = self._slot, None
+        self._slot_release_at = None
+        if token is not None and self._limiter is not None:
+            self._limiter.release_on_behalf_of(token)
+
+    def _sample(self, now: float) -> None:
+        if self._inc is None:
+            return
+        cpu, rss = self._inc.proc.sample(now)
+        self._sampled_at = now
+        if cpu is not None:
+            self._cpu = cpu
+        if rss is not None:
+            self._rss = rss
+
+    def _task_tail(self) -> str:
+        since = self._ring.total - self._task_out_start if self._task is not None else TAIL_BYTES
+        return clean_text(self._ring.tail(min(TAIL_BYTES, since)))
+
+    def _last_line_suffix(self) -> str:
+        lines = [line.strip() for line in clean_text(self._ring.tail(1024)).splitlines() if line.strip()]
+        return f": {lines[-1][:200]}" if lines else ""
+
+    # ---- reports and states -------------------------------------------------------------------
+
+    async def _report(self, report: WorkerReport) -> None:
+        try:
+            await self._reports.send(report)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # nobody listens any more; the owner cancels us when it ends
+
+    async def _set_state(
+        self,
+        state: WorkerState,
+        reason: str | None = None,
+        *,
+        status: ExitStatus | None = None,
+        pid: int | None = None,
+    ) -> None:
+        self._state = state
+        self._reason = reason
+        await self._report(
+            StateChanged(
+                worker=self.id,
+                state=state,
+                reason=reason,
+                model=self._model,
+                pid=pid if pid is not None else self.pid,
+                exit_code=status.exit_code if status else None,
+                signal=status.signal if status else None,
+            )
+        )
+
+    async def _crash(self, reason: str, status: ExitStatus | None = None) -> None:
+        """The worker ends on its own: kill what is left, report CRASHED, end `run`."""
+        pid = self.pid
+        await self._stop_process(ladder=False)  # `status`: how it died by itself (None: we killed it)
+        if self._task is not None:
+            await self._end_attempt(
+                Outcome.CRASHED,
+                reason=reason,
+                exit_code=status.exit_code if status else None,
+                signal=status.signal if status else None,
+                output_tail=self._task_tail(),
+            )
+        self._crashes += 1
+        await self._set_state(WorkerState.CRASHED, reason, status=status, pid=pid)
+        raise _Finished(
+            WorkerExit(True, reason, status.exit_code if status else None, status.signal if status else None)
+        )
+
+    async def _stop(self, reason: str) -> None:
+        await self._set_state(WorkerState.STOPPING, reason)
+        status, rung = await self._stop_process(ladder=True)
+        if rung in ("sigterm", "sigkill"):
+            reason = f"{reason} (after {rung.upper()})"
+        await self._set_state(WorkerState.STOPPED, reason, status=status)
+        raise _Finished(
+            WorkerExit(False, reason, status.exit_code if status else None, status.signal if status else None)
+        )
+
+    async def _respawn(self, reason: str) -> None:
+        """A fresh process between tasks: REFRESHING now, IDLE (or PAUSED) on its Ready."""
+        self._restart_after = None
+        self._respawn_reason = None
+        self._model_changed = False
+        self._context = None
+        if self._one_process_per_task:
+            await self._become_available()
+            return
+        await self._set_state(WorkerState.REFRESHING, reason)
+        await self._stop_process(ladder=True)
+        try:
+            await self._start_process()
+        except (SpawnError, ValidationError) as exc:
+            await self._crash(f"respawn failed: {exc}")
+
+    async def _become_available(self) -> None:
+        """Between tasks: stop, respawn, pause or go idle, whichever is pending."""
+        if self._stop_after is not None:
+            await self._stop(self._stop_after)
+        reason = self._respawn_reason or self._restart_after
+        if reason is None and self._model_changed:
+            reason = f"model changed to {self._model}"
+        if reason is None:
+            reason = self._refresh_reason()
+        if reason is not None:
+            await self._respawn(reason)
+            return
+        self._respawn_reason = self._restart_after = None
+        self._model_changed = False
+        await self._set_state(WorkerState.PAUSED if self._paused else WorkerState.IDLE)
+
+    def _refresh_reason(self) -> str | None:
+        threshold = self.profile.context_refresh_percent
+        if self._one_process_per_task or threshold <= 0 or self._context is None:
+            return None
+        if self._context >= threshold:
+            return f"context refresh: {self._context:g}% used (threshold {threshold:g}%)"
+        return None
+
+    # ---- tasks --------------------------------------------------------------------------------
+
+    async def _assign(self, assignment: Assignment) -> None:
+        if self._state is not WorkerState.IDLE:
+            await self._report(
+                TaskFinished(
+                    worker=self.id,
+                    task_id=assignment.task_id,
+                    attempt=assignment.attempt,
+                    outcome=Outcome.INTERRUPTED,
+                    reason="worker not idle",
+                    model=self._model,
+                )
+            )
+            return
+        now = trio.current_time()
+        self._task = assignment
+        self._task_started = now
+        self._task_out_start = self._ring.total
+        self._state = WorkerState.BUSY
+        self._sample_at = now + self._config.sample_interval_s
+        if assignment.category:
+            self._history.append(assignment.category)
+        if self._one_process_per_task:
+            try:
+                await self._start_process(prompt=assignment.prompt)
+            except (SpawnError, ValidationError) as exc:
+                await self._crash(f"cannot start the task's process: {exc}")
+        inc = self._inc
+        assert inc is not None
+        inc.dialect.start_task(assignment, now)
+        data = inc.dialect.encode(assignment)
+        if data:
+            inc.writes.send_nowait(data)
+        if self._one_process_per_task and inc.proc.transport == "pipe":
+            inc.writes.send_nowait(None)  # end of input: a oneshot agent must not wait on stdin
+        await self._set_state(WorkerState.BUSY)
+
+    async def _end_attempt(self, outcome: Outcome, **fields: Any) -> None:
+        task, self._task = self._task, None
+        if task is None:
+            return
+        if outcome is Outcome.DONE:
+            self._tasks_done += 1
+        self._sample_at = None
+        await self._report(
+            TaskFinished(
+                worker=self.id,
+                task_id=task.task_id,
+                attempt=task.attempt,
+                outcome=outcome,
+                model=self._model,
+                elapsed_s=round(trio.current_time() - self._task_started, 6),
+                **fields,
+            )
+        )
+
+    async def _finish_task(self, outcome: Outcome, *, respawn: str | None = None, **fields: Any) -> None:
+        """End the running attempt, then do what is pending (stop, respawn, pause) or go idle."""
+        await self._end_attempt(outcome, **fields)
+        if respawn is not None:
+            self._respawn_reason = respawn
+        if self._one_process_per_task and self._inc is not None:
+            await self._stop_process(ladder=False)
+        await self._become_available()
+
+    # ---- dialect signals ----------------------------------------------------------------------
+
+    async def _on_signals(self, signals: list[Signal]) -> None:
+        # context first: a TaskDone in the same batch is judged against the newest usage
+        exhausted = False
+        for signal in signals:
+            if isinstance(signal, ContextUsage):
+                exhausted = signal.used_percent >= 100
+                await self._on_context(signal.used_percent)
+        for signal in signals:
+            if not isinstance(signal, ContextUsage):
+                await self._on_signal(signal)
+        if exhausted and self._state is WorkerState.BUSY:
+            await self._finish_task(
+                Outcome.INTERRUPTED,
+                respawn="context exhausted mid-task",
+                reason="interrupted: context",
+                output_tail=self._task_tail(),
+            )
+        elif self._state in (WorkerState.IDLE, WorkerState.PAUSED) and self._refresh_reason():
+            await self._become_available()
+
+    async def _on_context(self, used: float) -> None:
+        if used != self._context:
+            self._context = used
+            await self._report(ContextReport(self.id, used))
+
+    async def _on_signal(self, signal: Signal) -> None:
+        busy = self._state is WorkerState.BUSY
+        if isinstance(signal, Ready):
+            if self._awaiting_ready_until is not None:
+                self._awaiting_ready_until = None
+                self._release_slot()
+                await self._become_available()
+        elif isinstance(signal, TaskDone):
+            if busy:
+                await self._finish_task(Outcome.DONE, result=signal.result, usage=dict(signal.usage))
+        elif isinstance(signal, TaskFailed):
+            if busy:
+                timeout = signal.reason.startswith("timeout")
+                await self._finish_task(
+                    Outcome.TIMEOUT if timeout else Outcome.FAILED,
+                    respawn="task timed out" if timeout else None,
+                    reason=signal.reason,
+                    exit_code=signal.exit_code,
+                    output_tail=self._task_tail(),
+                )
+        elif isinstance(signal, RateLimited):
+            await self._report(RateLimitReport(self.id, self._model, signal.reset_at, signal.message))
+            if busy:
+                await self._finish_task(Outcome.RATE_LIMITED, reason=signal.message, reset_at=signal.reset_at)
+        elif isinstance(signal, NeedsInput):
+            task_id = self._task.task_id if self._task is not None else None
+            await self._report(NeedsInputReport(self.id, task_id, signal.prompt))
+        elif isinstance(signal, ProtocolError):
+            reason = f"protocol error: {signal.message}"
+            if self._awaiting_ready_until is not None:
+                await self._crash(f"{reason} (during start-up)")
+            elif busy:
+                await self._finish_task(
+                    Outcome.FAILED, respawn=reason, reason=reason, output_tail=self._task_tail()
+                )
+            elif self._state in (WorkerState.IDLE, WorkerState.PAUSED):
+                await self._respawn(reason)
+
+    async def _on_death(self, inc: _Incarnation) -> None:
+        """The process exited on its own (all its output has been read, or DRAIN_S passed)."""
+        status = inc.status
+        assert status is not None
+        inc.drain_deadline = None
+        signals = self._guard(inc.dialect.on_exit, status.exit_code, status.signal)
+        if self._one_process_per_task:
+            if self._state is not WorkerState.BUSY:
+                await self._stop_process(ladder=False)
+                return
+            await self._on_signals(signals)
+            if self._state is WorkerState.BUSY and self._inc is inc:
+                await self._finish_task(
+                    Outcome.FAILED,
+                    reason=f"exited without a result ({status.describe()})",
+                    exit_code=status.exit_code,
+                    signal=status.signal,
+                    output_tail=self._task_tail(),
+                )
+            return
+        if self._awaiting_ready_until is not None:
+            reason = f"exited during start-up ({status.describe()}){self._last_line_suffix()}"
+        else:
+            reason = f"agent exited ({status.describe()}){self._last_line_suffix()}"
+        await self._crash(reason, status)
+
+    # ---- commands -----------------------------------------------------------------------------
+
+    async def _command(self, cmd: object) -> object:
+        if isinstance(cmd, Assign):
+            await self._assign(cmd.assignment)
+        elif isinstance(cmd, Pause):
+            self._paused = True
+            if self._state is WorkerState.IDLE:
+                await self._set_state(WorkerState.PAUSED, "paused")
+        elif isinstance(cmd, Resume):
+            self._paused = False
+            if self._state is WorkerState.PAUSED:
+                await self._become_available()
+        elif isinstance(cmd, Restart):
+            await self._restart(cmd)
+        elif isinstance(cmd, Stop):
+            await self._stop_command(cmd)
+        elif isinstance(cmd, SetModel):
+            await self._set_model(cmd.model)
+        elif isinstance(cmd, SetCapabilities):
+            caps = cmd.capabilities
+            self._capabilities = None if caps is None else frozenset(caps)
+        elif isinstance(cmd, SendInput):
+            if not isinstance(cmd.data, bytes | bytearray):
+                raise ValidationError("data", "must be bytes", type(cmd.data).__name__)
+            if self._inc is None:
+                raise Conflict(f"worker {self.id} has no running process to send input to")
+            self._inc.writes.send_nowait(bytes(cmd.data))
+        elif isinstance(cmd, Resize):
+            await self._resize(cmd.rows, cmd.cols)
+        else:
+            raise ValidationError("command", "unknown worker command", type(cmd).__name__)
+        return None
+
+    async def _restart(self, cmd: Restart) -> None:
+        if self._state is WorkerState.BUSY:
+            if cmd.wait:
+                self._restart_after = cmd.reason
+            else:
+                await self._finish_task(
+                    Outcome.INTERRUPTED,
+                    respawn=cmd.reason,
+                    reason=f"interrupted: {cmd.reason}",
+                    output_tail=self._task_tail(),
+                )
+        else:
+            await self._respawn(cmd.reason)
+
+    async def _stop_command(self, cmd: Stop) -> None:
+        if self._state is WorkerState.BUSY:
+            self._stop_after = cmd.reason
+            if not cmd.drain:
+                await self._finish_task(
+                    Outcome.INTERRUPTED, reason=f"interrupted: {cmd.reason}", output_tail=self._task_tail()
+                )
+            return
+        await self._stop(cmd.reason)
+
+    async def _set_model(self, model: str) -> None:
+        if not isinstance(model, str) or not model.strip():
+            raise ValidationError("model", "must be a non-empty string", model)
+        if self.profile.models and model not in self.profile.models:
+            raise ValidationError(
+                "model", f"profile {self.profile_name!r} runs only {list(self.profile.models)}", model
+            )
+        if model == self._model:
+            return
+        self._model = model
+        if self._one_process_per_task or "model" not in placeholders(self.profile):
+            return  # the next process picks it up (oneshot), or the command line has no {model}
+        if self._state in (WorkerState.IDLE, WorkerState.PAUSED):
+            await self._respawn(f"model changed to {model}")
+        else:
+            self._model_changed = True  # after the task, or once the starting process is ready
+
+    async def _resize(self, rows: int, cols: int) -> None:
+        for name, value in (("rows", rows), ("cols", cols)):
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 0xFFFF:
+                raise ValidationError(name, "must be an integer between 1 and 65535", value)
+        self.profile = attrs.evolve(self.profile, rows=rows, cols=cols)  # kept for respawns
+        if self._inc is not None and self._inc.proc.transport == "pty":
+            self._inc.proc.resize(rows, cols)
