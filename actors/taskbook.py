@@ -784,7 +784,9 @@ class TaskBook:
                     nxt = deps[i]
                     if state.get(nxt) == 1:
                         cycle = [*path[path.index(nxt) :], nxt]
-                        raise ValidationError("deps", f"dependency cycle: {' -> '.join(cycle)}")
+                        raise ValidationError(
+                            "deps", f"dependency cycle (-> means depends on): {' -> '.join(cycle)}"
+                        )
                     if not state.get(nxt):
                         stack.append((nxt, 0))
                 else:
