@@ -137,7 +137,8 @@ async def test_migration_from_schema_version_1(tmp_path: Path) -> None:
             "INSERT INTO tasks (id, seq, prompt, category, spec_priority, deps, model, max_attempts,"
             " timeout_s, metadata, run_on_dep_failure, digest, created, state, priority, reason, result,"
             " not_before, worker, updated, failed_models, retry_base)"
-            " VALUES ('old', 1, 'hello', NULL, 0, '[]', NULL, 3, NULL, '{}', 0, 'd', 1.0, 'done', 0, NULL, 'kept', NULL, NULL, 2.0, '{}', 0)"
+            " VALUES ('old', 1, 'hello', NULL, 0, '[]', NULL, 3, NULL, '{}', 0, 'd', 1.0,"
+            " 'done', 0, NULL, 'kept', NULL, NULL, 2.0, '{}', 0)"
         )
         conn.execute(
             "INSERT INTO attempts (task_id, n, worker, model, started, ended, outcome, reason, exit_code,"
