@@ -1,0 +1,264 @@
+// The Shoal dashboard: boot, connection, swarm state and the tab views.
+// Everything goes through the gateway's public JSON-RPC methods; this page has no private API.
+
+import { Rpc } from "./rpc.js";
+import { $, errorText, fmtAgo, throttle, toast } from "./util.js";
+import { WorkersView } from "./workers.js";
+import { TasksView } from "./tasks.js";
+import { ChartsView } from "./charts.js";
+import { SettingsView } from "./settings.js";
+import { AlertsView } from "./alertsview.js";
+
+const TOKEN_KEY = "shoal.token";
+const TAB_KEY = "shoal.tab";
+const TOPICS = ["swarm.*", "worker.*", "task.*", "scale.*", "config.*"]; // alert.* has its own (replayed)
+
+/** Move a token from the URL fragment into sessionStorage, then clear the fragment (as Jupyter). */
+function takeToken() {
+  const hash = new URLSearchParams(location.hash.replace(/^#/, ""));
+  const fromUrl = hash.get("token");
+  if (fromUrl) {
+    sessionStorage.setItem(TOKEN_KEY, fromUrl);
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+class App {
+  constructor() {
+    this.rpc = null;
+    this.status = null;
+    this.config = null;
+    this.lastSeq = 0;
+    this.subscribed = false;
+    this.tab = sessionStorage.getItem(TAB_KEY) || "workers";
+    this.views = {};
+    this.listeners = [];
+    this.refreshStatusSoon = throttle(() => this.refreshStatus(), 500);
+  }
+
+  async boot() {
+    this.bindChrome();
+    let cfg;
+    try {
+      const res = await fetch("/config.json", { cache: "no-store" });
+      cfg = await res.json();
+    } catch (err) {
+      toast(`cannot read /config.json: ${err}`, "error", 10000);
+      return;
+    }
+    if (!cfg.gateway_url) {
+      this.setConn("closed", "the gateway is disabled; the dashboard needs it");
+      return;
+    }
+    this.gatewayUrl = cfg.gateway_url;
+    this.version = cfg.version;
+    this.views = {
+      workers: new WorkersView(this),
+      tasks: new TasksView(this),
+      charts: new ChartsView(this),
+      settings: new SettingsView(this),
+      alerts: new AlertsView(this),
+    };
+    this.showTab(this.tab);
+    const token = takeToken();
+    if (!token) {
+      this.showLogin("");
+      return;
+    }
+    this.connect(token);
+  }
+
+  connect(token) {
+    if (this.rpc) this.rpc.stop();
+    $("#login").hidden = true;
+    this.rpc = new Rpc(this.gatewayUrl, token, {
+      onNotify: (method, params) => this.onNotify(method, params),
+      onState: (state, detail) => this.setConn(state, detail),
+      onReady: () => this.onReady(),
+    });
+    this.rpc.start();
+  }
+
+  showLogin(message) {
+    $("#login").hidden = false;
+    $("#login-error").textContent = message || "";
+    $("#login-token").focus();
+  }
+
+  setConn(state, detail) {
+    const node = $("#conn");
+    node.dataset.state = state;
+    node.textContent = { open: "live", connecting: "connecting", closed: "disconnected", unauthorized: "not signed in" }[state] || state;
+    node.title = detail || "";
+    if (state === "unauthorized") {
+      sessionStorage.removeItem(TOKEN_KEY);
+      this.showLogin(`The gateway refused the token${detail ? `: ${detail}` : ""}.`);
+    }
+  }
+
+  bindChrome() {
+    for (const btn of document.querySelectorAll("#tabs [data-tab]")) {
+      btn.addEventListener("click", () => this.showTab(btn.dataset.tab));
+    }
+    $("#login-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const token = $("#login-token").value.trim();
+      if (!token) return;
+      sessionStorage.setItem(TOKEN_KEY, token);
+      $("#login-token").value = "";
+      this.connect(token);
+    });
+    $("#btn-resume").addEventListener("click", () => this.act("swarm.resume", {}, "swarm resumed"));
+    $("#btn-stop").addEventListener("click", () => {
+      if (confirm("Stop taking tasks? Running tasks finish first (drain).")) this.act("swarm.stop", { drain: true }, "swarm stopping");
+    });
+    $("#btn-start").addEventListener("click", () => this.act("swarm.start", {}, "swarm started"));
+    $("#btn-halt").addEventListener("click", () => {
+      const reason = prompt("Halt the swarm (trip the breaker). Reason:", "halted by an operator");
+      if (reason) this.act("swarm.halt", { reason }, "swarm halted");
+    });
+    document.addEventListener("visibilitychange", () => {
+      if (!document.hidden) this.views[this.tab]?.show?.();
+    });
+  }
+
+  showTab(name) {
+    if (!this.views[name]) name = "workers";
+    this.tab = name;
+    sessionStorage.setItem(TAB_KEY, name);
+    for (const btn of document.querySelectorAll("#tabs [data-tab]")) {
+      btn.setAttribute("aria-selected", String(btn.dataset.tab === name));
+    }
+    for (const view of document.querySelectorAll("main > .view")) view.hidden = view.dataset.view !== name;
+    for (const [key, view] of Object.entries(this.views)) {
+      if (key === name) view.show?.();
+      else view.hide?.();
+    }
+  }
+
+  isVisible(name) {
+    return this.tab === name && !document.hidden;
+  }
+
+  /** Call a method and report the outcome to the operator. Returns the result or undefined. */
+  async act(method, params, okText) {
+    try {
+      const result = await this.rpc.call(method, params);
+      if (okText) toast(okText);
+      this.refreshStatusSoon();
+      return result;
+    } catch (err) {
+      toast(`${method}: ${errorText(err)}`, "error", 8000);
+      return undefined;
+    }
+  }
+
+  async onReady() {
+    try {
+      const params = { topics: TOPICS };
+      if (this.lastSeq > 0) params.since = this.lastSeq;
+      await this.rpc.call("events.subscribe", params);
+    } catch (err) {
+      toast(`events.subscribe: ${errorText(err)}`, "error");
+    }
+    await Promise.all([this.refreshStatus(), this.refreshConfig()]);
+    for (const view of Object.values(this.views)) view.onReady?.();
+    if (!this.statusTimer) this.statusTimer = setInterval(() => this.rpc?.ready && this.refreshStatus(), 3000);
+  }
+
+  async refreshStatus() {
+    try {
+      this.status = await this.rpc.call("swarm.status");
+    } catch {
+      return;
+    }
+    this.renderStatus();
+  }
+
+  async refreshConfig() {
+    try {
+      this.config = await this.rpc.call("swarm.config.get");
+    } catch (err) {
+      toast(`swarm.config.get: ${errorText(err)}`, "error");
+      return;
+    }
+    for (const view of Object.values(this.views)) view.onConfig?.(this.config);
+  }
+
+  renderStatus() {
+    const s = this.status || {};
+    const pill = $("#swarm-state");
+    pill.dataset.state = s.state || "unknown";
+    pill.textContent = s.state || "unknown";
+    const workers = s.workers || {};
+    const queue = s.queue || {};
+    const sum = (o) => Object.values(o).reduce((a, b) => a + (Number(b) || 0), 0);
+    const alive = sum(workers) - (workers.stopped || 0) - (workers.crashed || 0);
+    $("#summary").innerHTML = "";
+    const parts = [
+      ["workers", alive],
+      ["busy", workers.busy || 0],
+      ["ready", queue.ready || 0],
+      ["running", queue.running || 0],
+      ["blocked", queue.blocked || 0],
+      ["done", queue.done || 0],
+      ["dead", queue.dead || 0],
+    ];
+    for (const [label, n] of parts) {
+      const span = document.createElement("span");
+      span.innerHTML = `${label} <b></b>`;
+      span.querySelector("b").textContent = n.toLocaleString();
+      $("#summary").append(span);
+    }
+    $("#tab-count-workers").textContent = alive ? alive.toLocaleString() : "";
+    const open = (queue.ready || 0) + (queue.running || 0) + (queue.blocked || 0) + (queue.failed || 0);
+    $("#tab-count-tasks").textContent = open ? open.toLocaleString() : "";
+    const halted = s.state === "halted";
+    $("#halt-banner").hidden = !halted;
+    if (halted) {
+      $("#halt-reason").textContent = s.reason || "no reason given";
+      $("#halt-since").textContent = s.halted_at ? ` (since ${fmtAgo(s.halted_at)})` : "";
+      $("#halt-evidence").textContent = JSON.stringify(s.evidence ?? s.breaker ?? {}, null, 2);
+    }
+    const stopped = s.state === "stopped" || s.state === "stopping";
+    $("#btn-stop").hidden = stopped;
+    $("#btn-start").hidden = !stopped;
+    $("#btn-halt").hidden = halted || stopped;
+    for (const view of Object.values(this.views)) view.onStatus?.(s);
+  }
+
+  onNotify(method, params) {
+    if (method === "event") {
+      if (params.seq > this.lastSeq) this.lastSeq = params.seq;
+      const topic = params.topic || "";
+      if (topic.startsWith("swarm.") || topic.startsWith("scale.")) this.refreshStatusSoon();
+      if (topic === "config.changed") this.refreshConfig();
+      if (topic.startsWith("worker.")) this.views.workers.onEvent(params);
+      if (topic.startsWith("task.")) {
+        this.views.tasks.onEvent(params);
+        this.refreshStatusSoon();
+      }
+      if (topic.startsWith("alert.")) this.views.alerts.onEvent(params);
+      if (topic.startsWith("scale.") || topic === "swarm.halted" || topic === "swarm.resumed") this.views.charts.onEvent(params);
+      return;
+    }
+    if (method === "events.overflow" || method === "events.gap") {
+      // some events were lost to this page: re-read the state instead of trusting the deltas
+      this.refreshStatusSoon();
+      this.views.workers.reload();
+      this.views.tasks.reload();
+      return;
+    }
+    for (const fn of this.listeners) fn(method, params);
+  }
+
+  /** Views that care about other notifications (the terminal's attach output) register here. */
+  addNotifyListener(fn) {
+    this.listeners.push(fn);
+  }
+}
+
+const app = new App();
+window.shoal = app; // for the browser tests and for poking around from the console
+app.boot();

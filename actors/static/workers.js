@@ -1,0 +1,304 @@
+// The worker panel: a virtualised table of every worker, live from worker.* events plus a periodic
+// workers.list (CPU and memory are sampled by the swarm), and the selected worker's detail, recent
+// output, controls and live terminal.
+
+import { VTable } from "./vtable.js";
+import { TerminalPanel } from "./terminal.js";
+import {
+  $, b64ToBytes, el, errorText, fmtBytes, fmtDuration, fmtPercent, frameThrottle, stateClass,
+  stripAnsi, throttle,
+} from "./util.js";
+
+const GONE = new Set(["stopped", "crashed"]);
+const LIST_EVERY_MS = 3000;
+
+function workerList(result) {
+  if (Array.isArray(result)) return result;
+  return result?.workers || result?.items || [];
+}
+
+export class WorkersView {
+  constructor(app) {
+    this.app = app;
+    this.workers = new Map();
+    this.filter = "";
+    this.selectedId = null;
+    this.detail = null;
+    this.renderSoon = frameThrottle(() => this.render());
+    this.reloadSoon = throttle(() => this.reload(), 1000);
+    this.table = new VTable($("#workers-table"), {
+      rowKey: (w) => w.id,
+      onSelect: (w) => this.select(w.id),
+      emptyText: "No workers yet: they start when tasks arrive (or set min workers).",
+      columns: [
+        { key: "id", title: "Worker", width: "minmax(110px,1.2fr)", text: (w) => w.id, sort: (w) => w.id },
+        { key: "state", title: "State", width: "86px", text: (w) => w.state, cellClass: (w) => stateClass(w.state), sort: (w) => w.state },
+        { key: "task", title: "Task", width: "minmax(90px,1.2fr)", text: (w) => w.task_id || "", sort: (w) => w.task_id || "" },
+        { key: "model", title: "Model", width: "70px", text: (w) => w.model || "–", sort: (w) => w.model || "" },
+        { key: "cpu", title: "CPU", width: "54px", cls: "num", text: (w) => fmtPercent(w.cpu_percent), sort: (w) => w.cpu_percent ?? -1 },
+        { key: "mem", title: "Memory", width: "72px", cls: "num", text: (w) => fmtBytes(w.rss_bytes), sort: (w) => w.rss_bytes ?? -1 },
+        {
+          key: "ctx", title: "Context", width: "92px", sort: (w) => w.context_used_percent ?? -1,
+          html: (w) => {
+            const p = w.context_used_percent;
+            if (p === null || p === undefined) return "–";
+            const v = Math.max(0, Math.min(100, p));
+            return `<span class="bar${v >= 70 ? " hot" : ""}"><i style="width:${v.toFixed(0)}%"></i></span>${v.toFixed(0)}%`;
+          },
+        },
+        { key: "up", title: "Uptime", width: "70px", cls: "num", text: (w) => fmtDuration(w.started ? Date.now() / 1000 - w.started : null), sort: (w) => -(w.started || 0) },
+        { key: "done", title: "Done", width: "52px", cls: "num", text: (w) => String(w.tasks_done ?? 0), sort: (w) => w.tasks_done ?? 0 },
+        { key: "crashes", title: "Crashes", width: "58px", cls: "num", text: (w) => String(w.crashes ?? 0), sort: (w) => w.crashes ?? 0 },
+      ],
+    });
+    $("#worker-filter").addEventListener("input", (ev) => {
+      this.filter = ev.target.value.trim().toLowerCase();
+      this.renderSoon();
+    });
+    this.terminal = new TerminalPanel(app);
+    setInterval(() => {
+      if (this.app.rpc?.ready && (this.app.isVisible("workers") || this.app.isVisible("tasks"))) this.reload();
+      else if (this.app.isVisible("workers")) this.renderSoon();
+    }, LIST_EVERY_MS);
+  }
+
+  onReady() {
+    this.reload();
+  }
+
+  show() {
+    this.renderSoon();
+    this.reload();
+  }
+
+  async reload() {
+    if (!this.app.rpc?.ready) return;
+    let list;
+    try {
+      list = workerList(await this.app.rpc.call("workers.list"));
+    } catch (err) {
+      return;
+    }
+    const seen = new Set();
+    for (const w of list) {
+      seen.add(w.id);
+      this.workers.set(w.id, w);
+    }
+    for (const id of [...this.workers.keys()]) if (!seen.has(id)) this.workers.delete(id);
+    this.renderSoon();
+  }
+
+  /** worker.* events: patch the row at once; unknown workers trigger a (throttled) reload. */
+  onEvent({ topic, data }) {
+    const id = data?.worker ?? data?.id;
+    if (typeof id !== "string") return;
+    let w = this.workers.get(id);
+    if (!w) {
+      if (topic !== "worker.crashed" && !(topic === "worker.state" && GONE.has(data.state))) {
+        this.workers.set(id, { id, state: data.state || "starting", model: data.model ?? null, started: Date.now() / 1000, tasks_done: 0, crashes: 0 });
+        this.reloadSoon();
+      }
+    } else {
+      w = { ...w };
+      if (topic === "worker.state" && data.state) {
+        w.state = data.state;
+        if (data.model) w.model = data.model;
+        if ("task_id" in data) w.task_id = data.task_id;
+        else if (data.state === "idle") w.task_id = null;
+        if (data.pid) w.pid = data.pid;
+        if (data.reason !== undefined) w.reason = data.reason;
+      } else if (topic === "worker.context" && data.used_percent !== undefined) {
+        w.context_used_percent = data.used_percent;
+      } else if (topic === "worker.crashed") {
+        w.state = "crashed";
+        w.crashes = (w.crashes || 0) + 1;
+      } else if (topic === "worker.spawned" && data.model) {
+        w.model = data.model;
+      }
+      if (topic === "worker.state" && GONE.has(data.state)) this.workers.delete(id);
+      else this.workers.set(id, w);
+    }
+    if (this.app.isVisible("workers")) this.renderSoon();
+  }
+
+  onConfig(config) {
+    if (this.detail) this.fillModels(config);
+  }
+
+  rows() {
+    const all = [...this.workers.values()];
+    if (!this.filter) return all;
+    const f = this.filter;
+    return all.filter((w) =>
+      w.id.toLowerCase().includes(f) || (w.state || "").includes(f) || (w.model || "").toLowerCase().includes(f)
+      || (w.task_id || "").toLowerCase().includes(f));
+  }
+
+  render() {
+    const rows = this.rows();
+    this.table.setRows(rows);
+    const counts = {};
+    const models = {};
+    for (const w of this.workers.values()) {
+      counts[w.state] = (counts[w.state] || 0) + 1;
+      if (w.model) models[w.model] = (models[w.model] || 0) + 1;
+    }
+    const chips = $("#worker-counts");
+    const text = Object.entries(counts).sort().map(([s, n]) => `${s} ${n}`).concat(
+      Object.entries(models).sort().map(([m, n]) => `${m} ${n}`)).join(" · ");
+    if (chips._v !== text) {
+      chips._v = text;
+      chips.replaceChildren(
+        ...Object.entries(counts).sort().map(([s, n]) => el("span", { class: `chip ${stateClass(s)}`, onclick: () => this.setFilter(s) }, `${s} ${n}`)),
+        ...Object.entries(models).sort().map(([m, n]) => el("span", { class: "chip", onclick: () => this.setFilter(m) }, `${m} ${n}`)),
+      );
+    }
+    if (this.selectedId) this.updateDetail();
+  }
+
+  setFilter(text) {
+    $("#worker-filter").value = text;
+    this.filter = text.toLowerCase();
+    this.renderSoon();
+  }
+
+  select(id) {
+    if (this.selectedId === id && this.detail) return;
+    this.selectedId = id;
+    this.table.setSelected(id);
+    this.buildDetail();
+  }
+
+  // ---- detail panel ----------------------------------------------------------------------------
+
+  buildDetail() {
+    const pane = $("#worker-detail");
+    const id = this.selectedId;
+    this.terminal.detach();
+    if (!id) {
+      pane.replaceChildren(el("p", { class: "muted empty" }, "Select a worker to see its detail, output and controls."));
+      this.detail = null;
+      return;
+    }
+    const call = (method, params, ok) => this.app.act(method, { id, ...params }, ok);
+    const modelSel = el("select", { "aria-label": "model" });
+    const caps = el("input", { placeholder: "every category", "aria-label": "capabilities", size: 16 });
+    const dl = el("dl", { class: "kv" });
+    const output = el("pre", { class: "output", "aria-label": "recent output" });
+    const termBox = el("div", { class: "term-wrap detached" });
+    const force = el("input", { type: "checkbox", id: "term-force" });
+    const attachBtn = el("button", { class: "btn", id: "btn-attach" }, "Attach");
+    const detachBtn = el("button", { class: "btn", id: "btn-detach", hidden: true }, "Detach");
+    attachBtn.addEventListener("click", async () => {
+      if (await this.terminal.attach(id, termBox, () => force.checked)) {
+        attachBtn.hidden = true;
+        detachBtn.hidden = false;
+      }
+    });
+    detachBtn.addEventListener("click", () => {
+      this.terminal.detach();
+      attachBtn.hidden = false;
+      detachBtn.hidden = true;
+    });
+    this.terminal.onDetached = () => { attachBtn.hidden = false; detachBtn.hidden = true; };
+    pane.replaceChildren(el("div", { class: "detail" },
+      el("h3", {}, id),
+      dl,
+      el("div", { class: "controls" },
+        el("button", { class: "btn", id: "btn-pause", onclick: () => call("workers.pause", {}, `${id} paused`) }, "Pause"),
+        el("button", { class: "btn", id: "btn-resume-worker", onclick: () => call("workers.resume", {}, `${id} resumed`) }, "Resume"),
+        el("button", { class: "btn", id: "btn-restart", onclick: () => call("workers.restart", {}, `${id} restarting`) }, "Restart"),
+        el("button", {
+          class: "btn danger", id: "btn-kill",
+          onclick: () => confirm(`Kill worker ${id}? A running task is retried elsewhere.`) && call("workers.kill", {}, `${id} killed`),
+        }, "Kill"),
+      ),
+      el("div", { class: "controls" },
+        el("label", { class: "muted" }, "Model "), modelSel,
+        el("button", { class: "btn small", onclick: () => call("workers.set_model", { model: modelSel.value }, `${id} → ${modelSel.value}`) }, "Apply"),
+      ),
+      el("div", { class: "controls" },
+        el("label", { class: "muted" }, "Capabilities "), caps,
+        el("button", {
+          class: "btn small",
+          onclick: () => {
+            const list = caps.value.split(",").map((s) => s.trim()).filter(Boolean);
+            call("workers.set_capabilities", { capabilities: list.length ? list : null }, `${id} capabilities set`);
+          },
+        }, "Apply"),
+      ),
+      el("div", { class: "section-title" }, "Recent output ",
+        el("button", { class: "btn small", onclick: () => this.loadLogs() }, "refresh")),
+      output,
+      el("div", { class: "section-title" }, "Terminal"),
+      el("div", { class: "controls" }, attachBtn, detachBtn,
+        el("label", { class: "muted check" }, force, " type into a busy worker")),
+      termBox,
+    ));
+    this.detail = { id, dl, output, modelSel, caps, shown: "" };
+    this.fillModels(this.app.config);
+    const w = this.workers.get(id);
+    caps.value = (w?.capabilities || []).join(", ");
+    this.updateDetail(true);
+    this.loadLogs();
+  }
+
+  fillModels(config) {
+    if (!this.detail) return;
+    const known = config?.models?.known || [];
+    const w = this.workers.get(this.detail.id);
+    const current = w?.model || "";
+    const opts = known.includes(current) || !current ? known : [current, ...known];
+    this.detail.modelSel.replaceChildren(...opts.map((m) => el("option", { value: m, selected: m === current }, m)));
+  }
+
+  updateDetail(force = false) {
+    const d = this.detail;
+    if (!d) return;
+    const w = this.workers.get(d.id);
+    if (!w) {
+      d.dl.replaceChildren(el("dt", {}, "state"), el("dd", { class: "state state-stopped" }, "gone"));
+      return;
+    }
+    const now = Date.now() / 1000;
+    const rows = [
+      ["state", w.state, stateClass(w.state)],
+      ["task", w.task_id || "–"],
+      ["model", w.model || "–"],
+      ["profile", w.profile || "–"],
+      ["capabilities", w.capabilities ? w.capabilities.join(", ") || "none" : "every category"],
+      ["pid", w.pid ?? "–"],
+      ["CPU", fmtPercent(w.cpu_percent)],
+      ["memory", fmtBytes(w.rss_bytes)],
+      ["context", fmtPercent(w.context_used_percent)],
+      ["uptime", fmtDuration(w.started ? now - w.started : null)],
+      ["tasks done", w.tasks_done ?? 0],
+      ["crashes", w.crashes ?? 0],
+      ["lineage", w.lineage || "–"],
+      ["recent", (w.history || []).join(", ") || "–"],
+      ["reason", w.reason || "–"],
+    ];
+    const key = JSON.stringify(rows);
+    if (!force && key === d.shown) return;
+    d.shown = key;
+    d.dl.replaceChildren(...rows.flatMap(([k, v, cls]) => [el("dt", {}, k), el("dd", { class: cls || "" }, String(v))]));
+  }
+
+  async loadLogs() {
+    const d = this.detail;
+    if (!d) return;
+    try {
+      const res = await this.app.rpc.call("workers.logs", { id: d.id, tail: 16384 });
+      const b64 = typeof res === "string" ? res : res?.data ?? "";
+      const text = new TextDecoder().decode(b64ToBytes(b64));
+      if (this.detail === d) {
+        d.output.textContent = stripAnsi(text).split("\n").slice(-200).join("\n") || "(no output yet)";
+        d.output.scrollTop = d.output.scrollHeight;
+      }
+    } catch (err) {
+      if (this.detail === d) d.output.textContent = `(${errorText(err)})`;
+    }
+  }
+
+  hide() {}
+}
