@@ -1,0 +1,427 @@
+"""`open_swarm`: the whole swarm in one `async with`, and the `SwarmHandle` every operator uses.
+
+    async with open_swarm(SwarmConfig()) as swarm:
+        task = await swarm.submit({"prompt": "hello"})
+        print((await swarm.wait(task.id)).result)
+
+The handle is a thin façade: each call goes to the actor that owns the state (tasks → QueueActor,
+workers → SwarmSupervisor, numbers → MetricsActor). The handle owns only the current configuration:
+patches are validated whole, persisted to `<state_dir>/config-overrides.json` (so a restart keeps
+them) and announced as `config.changed`; every actor reads the config through a getter, so a change
+takes effect at its next decision. The gateway, the dashboard and the CLI all go through this handle.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ..protocols.config import SwarmConfig, config_to_dict, patch_config, structure
+from ..protocols.errors import Conflict, NotFound, StoreError, ValidationError
+from ..protocols.tasks import TERMINAL_STATES, Task, TaskSpec, TaskState
+from ..protocols.workers import Resize, SendInput, WorkerInfo, WorkerState
+from ..runtime.actor import Address
+from ..runtime.eventbus import EventBus, Subscription
+from . import queue as q
+from .auth import load_or_create_token, resolve_state_dir, token_path
+from .metrics import MetricsActor
+from .scaler import ScalerActor, ScalerInputs
+from .store import Store, store_path
+from .swarm_supervisor import SwarmSupervisor
+
+VERSION = "0.1.0"
+OVERRIDES_FILE = "config-overrides.json"
+
+
+def _deep_merge(base: dict[str, Any], partial: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in partial.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def prepare_state_dir(config: SwarmConfig) -> Path:
+    """Create the state directory and check it is writable (a clear StoreError otherwise)."""
+    state_dir = resolve_state_dir(config.state_dir)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:
+        raise StoreError(f"state directory {state_dir} cannot be created: {exc.strerror}") from None
+    if not os.access(state_dir, os.W_OK | os.X_OK):
+        raise StoreError(f"state directory {state_dir} is not writable")
+    return state_dir
+
+
+def load_overrides(state_dir: Path, config: SwarmConfig) -> tuple[SwarmConfig, dict[str, Any]]:
+    """Apply the hot patches persisted by an earlier run (a bad file is reported, not ignored)."""
+    path = state_dir / OVERRIDES_FILE
+    if not path.exists():
+        return config, {}
+    try:
+        overrides = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValidationError(str(path), f"cannot read persisted configuration: {exc}") from None
+    if not isinstance(overrides, dict):
+        raise ValidationError(str(path), "persisted configuration must be an object")
+    return patch_config(config, overrides), overrides
+
+
+class SwarmHandle:
+    """What a program, the gateway, the dashboard and the CLI use to drive a running swarm."""
+
+    def __init__(
+        self,
+        *,
+        config: SwarmConfig,
+        overrides: dict[str, Any],
+        state_dir: Path,
+        bus: EventBus,
+        queue: Address[Any],
+        supervisor: SwarmSupervisor,
+        metrics: MetricsActor,
+        token: str,
+    ) -> None:
+        self._config = config
+        self._overrides = overrides
+        self.state_dir = state_dir
+        self.bus = bus
+        self._queue = queue
+        self._supervisor = supervisor
+        self.metrics = metrics
+        self.token = token
+        self.token_file: Path | None = None
+        self.gateway_url: str | None = None
+        self.http_url: str | None = None
+        self.http_address: tuple[str, int] | None = None
+        self.started_at = time.time()
+        self._config_lock = trio.Lock()
+        self._stopped = False
+
+    # ---- configuration ----------------------------------------------------------------------------
+
+    @property
+    def config(self) -> SwarmConfig:
+        return self._config
+
+    def get_config(self) -> SwarmConfig:
+        return self._config
+
+    async def config_patch(self, partial: Mapping[str, Any]) -> SwarmConfig:
+        """Validate and apply a partial config live; persisted so a restart keeps it."""
+        if not isinstance(partial, Mapping):
+            raise ValidationError("partial", "must be an object", partial)
+        async with self._config_lock:  # two clients patching at once: one after the other
+            new = patch_config(self._config, partial)
+            overrides = _deep_merge(self._overrides, partial)
+            await trio.to_thread.run_sync(_write_json_atomic, self.state_dir / OVERRIDES_FILE, overrides)
+            self._config, self._overrides = new, overrides
+            await self._queue.send(q.UpdateConfig(new))
+            self.bus.publish("config.changed", {"partial": dict(partial)})
+            return new
+
+    # ---- tasks ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _spec(task: TaskSpec | Mapping[str, Any], where: str = "task") -> TaskSpec:
+        if isinstance(task, TaskSpec):
+            return task
+        if not isinstance(task, Mapping):
+            raise ValidationError(where, "must be an object", task)
+        spec: TaskSpec = structure(dict(task), TaskSpec, where)
+        return spec
+
+    async def submit(self, task: TaskSpec | Mapping[str, Any]) -> Task:
+        tasks: list[Task] = await self._queue.call(q.Submit((self._spec(task),)))
+        return tasks[0]
+
+    async def submit_many(self, tasks: Sequence[TaskSpec | Mapping[str, Any]]) -> list[Task]:
+        if isinstance(tasks, str | bytes | Mapping) or not isinstance(tasks, Sequence):
+            raise ValidationError("tasks", "must be a list of tasks", tasks)
+        specs = tuple(self._spec(t, f"tasks[{i}]") for i, t in enumerate(tasks))
+        result: list[Task] = await self._queue.call(q.Submit(specs))
+        return result
+
+    async def get(self, task_id: str) -> Task:
+        task: Task = await self._queue.call(q.GetTask(task_id))
+        return task
+
+    async def list(
+        self, state: TaskState | str | None = None, limit: int = 100, cursor: str | None = None
+    ) -> tuple[list[Task], str | None]:
+        if isinstance(state, str) and not isinstance(state, TaskState):
+            try:
+                state = TaskState(state)
+            except ValueError:
+                raise ValidationError(
+                    "state", f"must be one of {[s.value for s in TaskState]}", state
+                ) from None
+        result: tuple[list[Task], str | None] = await self._queue.call(q.ListTasks(state, limit, cursor))
+        return result
+
+    async def cancel(self, task_id: str) -> Task:
+        task: Task = await self._queue.call(q.CancelTask(task_id))
+        return task
+
+    async def retry(self, task_id: str) -> Task:
+        task: Task = await self._queue.call(q.RetryTask(task_id))
+        return task
+
+    async def skip(self, task_id: str) -> Task:
+        task: Task = await self._queue.call(q.SkipTask(task_id))
+        return task
+
+    async def boost(self, task_id: str, priority: int) -> Task:
+        task: Task = await self._queue.call(q.BoostTask(task_id, priority))
+        return task
+
+    async def assign(self, task_id: str, worker_id: str) -> Task:
+        self._supervisor.info(worker_id)  # NotFound for an unknown worker
+        task: Task = await self._queue.call(q.AssignTask(task_id, worker_id))
+        return task
+
+    async def complete(
+        self, task_id: str, attempt: int, status: str, result: str | None = None, reason: str | None = None
+    ) -> Task:
+        if status not in ("done", "failed"):
+            raise ValidationError("status", 'must be "done" or "failed"', status)
+        task: Task = await self._queue.call(q.CompleteTask(task_id, attempt, status, result, reason))
+        return task
+
+    async def wait(self, task_id: str, timeout: float | None = None) -> Task:
+        """The task's snapshot once it is terminal (TimeoutError after `timeout` seconds)."""
+        task: Task = await self._queue.call(
+            q.WaitTask(task_id), timeout=math.inf if timeout is None else timeout
+        )
+        assert task.state in TERMINAL_STATES
+        return task
+
+    async def queue_stats(self) -> Any:
+        return await self._queue.call(q.QueueStats())
+
+    # ---- events -----------------------------------------------------------------------------------
+
+    def events(self, patterns: Sequence[str] = ("*",), size: int = 1000) -> Subscription:
+        return self.bus.subscribe(patterns, size)
+
+    # ---- the swarm --------------------------------------------------------------------------------
+
+    async def status(self) -> dict[str, Any]:
+        sup = self._supervisor
+        stats = await self.queue_stats()
+        state = "stopped" if self._stopped else sup.state
+        return {
+            "state": state,
+            "reason": sup.halt_reason,
+            "evidence": sup.halt_evidence,
+            "halted_at": sup.halted_at,
+            "workers": sup.counts(),
+            "queue": {str(k): v for k, v in stats.counts.items()},
+            "breaker": sup.breaker_status(),
+            "since": self.started_at,
+            "version": VERSION,
+            "gateway_url": self.gateway_url,
+            "http_url": self.http_url,
+            "state_dir": str(self.state_dir),
+        }
+
+    async def metrics_snapshot(self) -> dict[str, Any]:
+        snap: dict[str, Any] = self.metrics.snapshot()
+        return snap
+
+    async def halt(self, reason: str = "halted by operator") -> None:
+        await self._supervisor.halt(reason, {"by": "operator"})
+
+    async def resume(self) -> None:
+        await self._supervisor.resume()
+
+    async def stop(self, drain: bool = False) -> None:
+        """Stop taking tasks; workers stop (after their current task when `drain`)."""
+        self._stopped = True
+        self.bus.publish("swarm.stopping", {"drain": drain})
+        await self._supervisor.stop_all(drain)
+
+    async def start(self) -> None:
+        """Undo `stop`: the scaler spawns workers again."""
+        self._stopped = False
+        self._supervisor.start_again()
+        self.bus.publish("swarm.started", {})
+
+    # ---- workers ----------------------------------------------------------------------------------
+
+    def workers(self, include_ended: bool = False) -> list[WorkerInfo]:
+        return self._supervisor.infos(include_ended)
+
+    def worker(self, worker_id: str) -> WorkerInfo:
+        return self._supervisor.info(worker_id)
+
+    def logs(self, worker_id: str, tail: int | None = None) -> bytes:
+        if tail is not None and (not isinstance(tail, int) or isinstance(tail, bool) or tail < 0):
+            raise ValidationError("tail", "must be a non-negative integer", tail)
+        return self._supervisor.actor_of(worker_id).output_tail(tail)
+
+    async def pause(self, worker_id: str) -> None:
+        await self._supervisor.pause(worker_id)
+
+    async def resume_worker(self, worker_id: str) -> None:
+        await self._supervisor.resume_worker(worker_id)
+
+    async def restart(self, worker_id: str) -> None:
+        await self._supervisor.restart(worker_id)
+
+    async def kill(self, worker_id: str) -> None:
+        await self._supervisor.kill(worker_id)
+
+    async def set_model(self, worker_id: str, model: str) -> None:
+        await self._supervisor.set_model(worker_id, model)
+
+    async def set_capabilities(self, worker_id: str, capabilities: Sequence[str] | None) -> None:
+        await self._supervisor.set_capabilities(worker_id, capabilities)
+
+    def attach(self, worker_id: str) -> tuple[bytes, trio.MemoryReceiveChannel[bytes]]:
+        actor = self._supervisor.actor_of(worker_id)
+        return actor.output_tail(None), actor.subscribe_output()
+
+    def detach(self, worker_id: str, channel: trio.MemoryReceiveChannel[bytes]) -> None:
+        try:
+            self._supervisor.actor_of(worker_id).unsubscribe_output(channel)
+        except NotFound:
+            channel.close()
+
+    async def send_input(self, worker_id: str, data: bytes, force: bool = False) -> None:
+        info = self._supervisor.info(worker_id)
+        if info.state is WorkerState.BUSY and not force:
+            raise Conflict(f"worker {worker_id} is busy with task {info.task_id}; pass force to type anyway")
+        await self._supervisor.address_of(worker_id).send(SendInput(data))
+
+    async def resize(self, worker_id: str, rows: int, cols: int) -> None:
+        for name, value in (("rows", rows), ("cols", cols)):
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1000:
+                raise ValidationError(name, "must be an integer from 1 to 1000", value)
+        await self._supervisor.address_of(worker_id).send(Resize(rows, cols))
+
+    # ---- for the scaler ------------------------------------------------------------------------------
+
+    async def scaler_inputs(self) -> ScalerInputs:
+        stats = await self.queue_stats()
+        return ScalerInputs(
+            ready_by_model=stats.ready_by_model,
+            running_by_model=stats.running_by_model,
+            parked=stats.parked_models,
+            workers=self._supervisor.views(),
+            halted=self._supervisor.halted or self._stopped,
+            now=trio.current_time(),
+        )
+
+    async def _scaler_spawn(self, model: str, reason: str) -> None:
+        if self._stopped:
+            return
+        await self._supervisor.spawn(model, reason)
+
+    async def _scaler_retire(self, worker_id: str, reason: str) -> bool:
+        return await self._supervisor.retire(worker_id, reason)
+
+
+@asynccontextmanager
+async def open_swarm(config: SwarmConfig | None = None, *, serve: bool = False) -> AsyncIterator[SwarmHandle]:
+    """Start a swarm; leaving the block stops it (every worker is stopped and reaped).
+
+    `serve=True` (what `shoal serve` passes) turns the gateway and the dashboard on unless the
+    configuration says `enabled = false`; embedded swarms start them only when configured `true`.
+    """
+    config = config or SwarmConfig()
+    state_dir = await trio.to_thread.run_sync(prepare_state_dir, config)
+    config, overrides = await trio.to_thread.run_sync(load_overrides, state_dir, config)
+    store = await Store.open(
+        store_path(config.store, state_dir), config.store.synchronous, max_batch=config.store.max_batch
+    )
+    tok_path = token_path(state_dir, config.gateway.token_file)
+    token = await trio.to_thread.run_sync(load_or_create_token, tok_path)
+    bus = EventBus(replay_size=config.gateway.replay_buffer)
+    try:
+        async with trio.open_nursery() as nursery:
+            handle_box: list[SwarmHandle] = []
+
+            def current() -> SwarmConfig:
+                return handle_box[0].config if handle_box else config
+
+            queue_actor = q.QueueActor(config, store, bus)
+            queue_addr: Address[Any] = await nursery.start(queue_actor.run)
+            metrics = MetricsActor(bus, current)
+            await nursery.start(metrics.run)
+            supervisor = SwarmSupervisor(current, bus, queue_addr)
+            await nursery.start(supervisor.run)
+            handle = SwarmHandle(
+                config=config,
+                overrides=overrides,
+                state_dir=state_dir,
+                bus=bus,
+                queue=queue_addr,
+                supervisor=supervisor,
+                metrics=metrics,
+                token=token,
+            )
+            handle.token_file = tok_path
+            handle_box.append(handle)
+            metrics.set_sources(queue_depth=handle._queue_depth_sync, workers=supervisor.infos)
+            scaler = ScalerActor(
+                current, bus, handle.scaler_inputs, handle._scaler_spawn, handle._scaler_retire
+            )
+            await nursery.start(scaler.run)
+            await _start_services(nursery, handle, config, serve)
+            bus.publish("swarm.started", {"state_dir": str(state_dir), "version": VERSION})
+            yield handle
+            nursery.cancel_scope.cancel()
+    finally:
+        with trio.CancelScope(shield=True):
+            await store.aclose()
+
+
+async def _start_services(
+    nursery: trio.Nursery, handle: SwarmHandle, config: SwarmConfig, serve: bool
+) -> None:
+    from .alerts import AlertActor
+
+    alerts = AlertActor(handle.get_config, handle.bus, lambda: handle.metrics)
+    await nursery.start(alerts.run)
+    handle.alerts = alerts  # type: ignore[attr-defined]
+    http_on = config.http.enabled if config.http.enabled is not None else serve
+    gateway_on = config.gateway.enabled if config.gateway.enabled is not None else serve
+    if http_on:
+        from .http import HttpActor
+
+        http = HttpActor(handle, config.http, handle.metrics, lambda: handle.gateway_url, handle.token)
+        host, port = await nursery.start(http.run)
+        handle.http_address = (host, port)
+        handle.http_url = f"http://{_url_host(host)}:{port}/"
+    if gateway_on:
+        from .auth import dashboard_origins
+        from .gateway import GatewayActor
+
+        gateway = GatewayActor(handle, config.gateway, handle.token, dashboard_origins(handle.http_url))
+        host, port = await nursery.start(gateway.run)
+        scheme = "wss" if config.gateway.tls_cert else "ws"
+        handle.gateway_url = f"{scheme}://{_url_host(host)}:{port}/"
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+__all__ = ["VERSION", "SwarmHandle", "config_to_dict", "open_swarm"]
