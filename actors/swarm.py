@@ -13,6 +13,7 @@ takes effect at its next decision. The gateway, the dashboard and the CLI all go
 
 from __future__ import annotations
 
+import builtins
 import json
 import math
 import os
@@ -151,11 +152,11 @@ class SwarmHandle:
         tasks: list[Task] = await self._queue.call(q.Submit((self._spec(task),)))
         return tasks[0]
 
-    async def submit_many(self, tasks: Sequence[TaskSpec | Mapping[str, Any]]) -> list[Task]:
+    async def submit_many(self, tasks: Sequence[TaskSpec | Mapping[str, Any]]) -> builtins.list[Task]:
         if isinstance(tasks, str | bytes | Mapping) or not isinstance(tasks, Sequence):
             raise ValidationError("tasks", "must be a list of tasks", tasks)
         specs = tuple(self._spec(t, f"tasks[{i}]") for i, t in enumerate(tasks))
-        result: list[Task] = await self._queue.call(q.Submit(specs))
+        result: builtins.list[Task] = await self._queue.call(q.Submit(specs))
         return result
 
     async def get(self, task_id: str) -> Task:
@@ -164,7 +165,7 @@ class SwarmHandle:
 
     async def list(
         self, state: TaskState | str | None = None, limit: int = 100, cursor: str | None = None
-    ) -> tuple[list[Task], str | None]:
+    ) -> tuple[builtins.list[Task], str | None]:
         if isinstance(state, str) and not isinstance(state, TaskState):
             try:
                 state = TaskState(state)
@@ -172,7 +173,9 @@ class SwarmHandle:
                 raise ValidationError(
                     "state", f"must be one of {[s.value for s in TaskState]}", state
                 ) from None
-        result: tuple[list[Task], str | None] = await self._queue.call(q.ListTasks(state, limit, cursor))
+        result: tuple[builtins.list[Task], str | None] = await self._queue.call(
+            q.ListTasks(state, limit, cursor)
+        )
         return result
 
     async def cancel(self, task_id: str) -> Task:
@@ -199,9 +202,13 @@ class SwarmHandle:
     async def complete(
         self, task_id: str, attempt: int, status: str, result: str | None = None, reason: str | None = None
     ) -> Task:
-        if status not in ("done", "failed"):
+        if status == "done":
+            msg = q.CompleteTask(task_id, attempt, "done", result, reason)
+        elif status == "failed":
+            msg = q.CompleteTask(task_id, attempt, "failed", result, reason)
+        else:
             raise ValidationError("status", 'must be "done" or "failed"', status)
-        task: Task = await self._queue.call(q.CompleteTask(task_id, attempt, status, result, reason))
+        task: Task = await self._queue.call(msg)
         return task
 
     async def wait(self, task_id: str, timeout: float | None = None) -> Task:
@@ -265,7 +272,7 @@ class SwarmHandle:
 
     # ---- workers ----------------------------------------------------------------------------------
 
-    def workers(self, include_ended: bool = False) -> list[WorkerInfo]:
+    def workers(self, include_ended: bool = False) -> builtins.list[WorkerInfo]:
         return self._supervisor.infos(include_ended)
 
     def worker(self, worker_id: str) -> WorkerInfo:
@@ -320,11 +327,16 @@ class SwarmHandle:
 
     async def scaler_inputs(self) -> ScalerInputs:
         stats = await self.queue_stats()
+        views = self._supervisor.views()
+        running: dict[str | None, int] = {}
+        for view in views:
+            if view.state is WorkerState.BUSY:
+                running[view.model] = running.get(view.model, 0) + 1
         return ScalerInputs(
             ready_by_model=stats.ready_by_model,
-            running_by_model=stats.running_by_model,
+            running_by_model=running,
             parked=stats.parked_models,
-            workers=self._supervisor.views(),
+            workers=views,
             halted=self._supervisor.halted or self._stopped,
             now=trio.current_time(),
         )
@@ -345,30 +357,35 @@ async def open_swarm(config: SwarmConfig | None = None, *, serve: bool = False) 
     `serve=True` (what `shoal serve` passes) turns the gateway and the dashboard on unless the
     configuration says `enabled = false`; embedded swarms start them only when configured `true`.
     """
-    config = config or SwarmConfig()
-    state_dir = await trio.to_thread.run_sync(prepare_state_dir, config)
-    config, overrides = await trio.to_thread.run_sync(load_overrides, state_dir, config)
+    base = config or SwarmConfig()
+    state_dir = await trio.to_thread.run_sync(prepare_state_dir, base)
+    cfg, overrides = await trio.to_thread.run_sync(load_overrides, state_dir, base)
     store = await Store.open(
-        store_path(config.store, state_dir), config.store.synchronous, max_batch=config.store.max_batch
+        store_path(cfg.store, state_dir), cfg.store.synchronous, max_batch=cfg.store.max_batch
     )
-    tok_path = token_path(state_dir, config.gateway.token_file)
+    tok_path = token_path(state_dir, cfg.gateway.token_file)
     token = await trio.to_thread.run_sync(load_or_create_token, tok_path)
-    bus = EventBus(replay_size=config.gateway.replay_buffer)
+    bus = EventBus(replay_size=cfg.gateway.replay_buffer)
     try:
         async with trio.open_nursery() as nursery:
             handle_box: list[SwarmHandle] = []
 
             def current() -> SwarmConfig:
-                return handle_box[0].config if handle_box else config
+                return handle_box[0].config if handle_box else cfg
 
-            queue_actor = q.QueueActor(config, store, bus)
+            queue_actor = q.QueueActor(cfg, store, bus)
             queue_addr: Address[Any] = await nursery.start(queue_actor.run)
-            metrics = MetricsActor(bus, current)
+
+            async def queue_depth() -> dict[str, int]:
+                stats = await queue_addr.call(q.QueueStats())
+                return dict(stats.counts)
+
+            metrics = MetricsActor(bus, current, time.time, queue_depth)
             await nursery.start(metrics.run)
             supervisor = SwarmSupervisor(current, bus, queue_addr)
             await nursery.start(supervisor.run)
             handle = SwarmHandle(
-                config=config,
+                config=cfg,
                 overrides=overrides,
                 state_dir=state_dir,
                 bus=bus,
@@ -379,12 +396,11 @@ async def open_swarm(config: SwarmConfig | None = None, *, serve: bool = False) 
             )
             handle.token_file = tok_path
             handle_box.append(handle)
-            metrics.set_sources(queue_depth=handle._queue_depth_sync, workers=supervisor.infos)
             scaler = ScalerActor(
                 current, bus, handle.scaler_inputs, handle._scaler_spawn, handle._scaler_retire
             )
             await nursery.start(scaler.run)
-            await _start_services(nursery, handle, config, serve)
+            await _start_services(nursery, handle, cfg, serve)
             bus.publish("swarm.started", {"state_dir": str(state_dir), "version": VERSION})
             yield handle
             nursery.cancel_scope.cancel()

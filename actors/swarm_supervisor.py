@@ -515,7 +515,7 @@ class SwarmSupervisor:
         """Half-open: after each cool-down while halted, try one canary worker."""
         with trio.CancelScope() as scope:
             self._canary_scope = scope
-            while self.halted:
+            while True:
                 await trio.sleep(cool_down)
                 if not self.halted:
                     break

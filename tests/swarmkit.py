@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import trio
-
 from shoal.protocols.config import SwarmConfig, config_from_dict
 from shoal.runtime.eventbus import Event, Subscription
 
@@ -42,9 +41,7 @@ def fake_profile(*extra: str, dialect: str = "prompt", **fields: Any) -> dict[st
     }
 
 
-async def wait_for(
-    sub: Subscription, pred: Callable[[Event], bool] | str, timeout: float = 20.0
-) -> Event:
+async def wait_for(sub: Subscription, pred: Callable[[Event], bool] | str, timeout: float = 20.0) -> Event:
     """The first event on `sub` matching `pred` (a topic, or a predicate), within `timeout`."""
     match = (lambda e: e.topic == pred) if isinstance(pred, str) else pred
     with trio.fail_after(timeout):
