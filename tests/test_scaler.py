@@ -221,6 +221,15 @@ def test_scale_down_only_after_idle_and_the_stabilisation_window() -> None:
     assert all(not d.spawn for d in ticks.values())
 
 
+def test_a_fresh_scaler_retires_nothing_until_it_has_watched_a_whole_window() -> None:
+    scaling = ScalingConfig(idle_s=60, stabilisation_s=300)
+    memory = ScalerMemory()
+    idle = [w("a", idle_since=0.0), w("b", idle_since=0.0)]  # idle long before the scaler started
+    assert run(scaling, memory=memory, workers=idle, now=1000.0).retire == []
+    assert run(scaling, memory=memory, workers=idle, now=1299.0).retire == []
+    assert run(scaling, memory=memory, workers=idle, now=1300.0).retire == [("a", IDLE)]
+
+
 def test_no_retirement_before_idle_s_even_without_a_window() -> None:
     scaling = ScalingConfig(idle_s=60, stabilisation_s=0)
     workers = [w("a", idle_since=100.0)]
