@@ -279,8 +279,9 @@ def decide(
     utilisation = sum(busy.values()) / total_serving if total_serving else 0.0
     for m, n in serving.items():
         waiting = ready_pinned.get(m, 0) + absorbed.get(m, 0) + share.get(m, 0)
-        if waiting > 0 and n > 0 and busy.get(m, 0) / n > scaling.utilisation_threshold:
-            util_desired[m] = math.ceil(busy.get(m, 0) / scaling.utilisation_threshold)
+        threshold = scaling.utilisation_threshold
+        if waiting > 0 and n > 0 and busy.get(m, 0) / n > threshold:
+            util_desired[m] = math.ceil(busy[m] / threshold) if threshold > 0 else n + 1
 
     desired: dict[str, int] = {}
     for part in (queue_desired, util_desired, pred_desired):

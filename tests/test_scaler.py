@@ -162,6 +162,9 @@ def test_utilisation_above_threshold_adds_capacity() -> None:
     assert d.spawn == []
     d = run(scaling, running_by_model={"sonnet": 2}, workers=two_busy)
     assert d.spawn == []  # all busy but nothing waits: no growth
+    eager = ScalingConfig(tasks_per_worker=4, utilisation_threshold=0.0, max_workers=20)
+    d = run(eager, ready_by_model={None: 1}, running_by_model={"sonnet": 2}, workers=calm)
+    assert d.spawn == [("sonnet", UTILISATION)]  # threshold 0: one more whenever any is busy
 
 
 def test_predictive_prespawn_from_arrival_rate() -> None:
