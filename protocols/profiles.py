@@ -54,6 +54,7 @@ CLAUDE_TUI_SETTINGS: dict[str, object] = {
     }
 }
 
+
 def _literal(text: str) -> str:
     """`text` as an argv template item with no placeholders (braces doubled)."""
     return text.replace("{", "{{").replace("}", "}}")
@@ -65,8 +66,8 @@ _SHELL_ENV = {
     "PS1": "$ ",
     "PS2": "",
     "HISTFILE": "/dev/null",
-    # bash runs PROMPT_COMMAND before each prompt: the marker carries the last command's exit status
-    "PROMPT_COMMAND": f"printf '\\n{DONE_MARKER} %d\\n' $?",
+    # bash runs PROMPT_COMMAND before each prompt: the marker line carries the last command's status
+    "PROMPT_COMMAND": f"printf '\\n{DONE_MARKER} status=%d reason=exit status %d\\n' $? $?",
 }
 
 BUILTIN_PROFILES: dict[str, ProfileConfig] = {
@@ -124,7 +125,8 @@ BUILTIN_PROFILES: dict[str, ProfileConfig] = {
         transport="pty",
         startup_timeout_s=60.0,
         stop_timeout_s=5.0,
-        options={"marker": DONE_MARKER},
+        # type only once the prompt box is drawn; done on the hook's marker line
+        options={"marker": DONE_MARKER, "ready": "prompt"},
     ),
     # bash in a PTY: each task is one command line; PROMPT_COMMAND prints the marker and `$?`.
     "shell": ProfileConfig(
@@ -135,7 +137,8 @@ BUILTIN_PROFILES: dict[str, ProfileConfig] = {
         startup_timeout_s=10.0,
         stop_timeout_s=2.0,
         context_refresh_percent=0.0,
-        options={"marker": DONE_MARKER, "exit_status": True},
+        # ready at the first marker (bash printed its first prompt); status=0 is done, others failed
+        options={"marker": DONE_MARKER, "ready": f"^{DONE_MARKER} status="},
     ),
 }
 
