@@ -1,0 +1,44 @@
+"""The docs keep up with the code: every config key and every gateway method is documented."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import attrs
+
+from shoal.protocols.config import SwarmConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _keys(cls: type, prefix: str = "") -> Iterator[str]:
+    for field in attrs.fields(cls):
+        default = field.default
+        if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+            default = default.factory()
+        if attrs.has(type(default)):
+            yield from _keys(type(default), f"{prefix}{field.name}.")
+        else:
+            yield f"{prefix}{field.name}"
+
+
+def test_every_config_key_is_in_configuration_md() -> None:
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    spans = re.findall(r"`([^`]+)`", text)
+
+    def documented(key: str) -> bool:
+        last = key.rsplit(".", 1)[-1]
+        return any(re.search(rf"(^|[.\s/\[]){re.escape(last)}\b", span) for span in spans)
+
+    missing = [key for key in _keys(SwarmConfig) if not documented(key)]
+    assert not missing, f"undocumented config keys: {missing}"
+
+
+def test_every_gateway_method_is_in_protocol_md() -> None:
+    from shoal.protocols.api import METHODS
+
+    text = (ROOT / "docs" / "protocol.md").read_text()
+    missing = [name for name in METHODS if name not in text]
+    assert not missing, f"undocumented methods: {missing}"
