@@ -75,6 +75,13 @@ class Dialect(Protocol):
     def encode(self, assignment: Assignment) -> bytes:
         """The bytes that submit the task to the agent (empty for oneshot)."""
 
+    def encode_steps(self, assignment: Assignment) -> list[tuple[float, bytes]]:
+        """`encode` split into (delay_s, bytes) writes: sleep delay_s, then write the bytes.
+
+        Same bytes as `encode`. Claude Code can swallow an Enter that arrives in the same read as the
+        end of a bracketed paste, so TUI dialects paste first and send Enter after a short delay.
+        """
+
     def tick(self, now: float) -> list[Signal]:
         """Time passed; signals that depend on silence (idle dialect)."""
 

@@ -1,0 +1,128 @@
+"""Incremental ANSI escape stripping: raw terminal bytes in, plain text out.
+
+A TUI such as Claude Code redraws its screen with cursor moves, so plain deletion of escape sequences
+would glue the old frame's last line to the new frame's first. This stripper turns every sequence that
+moves the cursor to another line (up/down/absolute position/erase display, and a bare carriage return)
+into a line break, forward moves into a space, and drops everything else (colours, modes, titles).
+
+It works on bytes first (escape sequences are ASCII, so a UTF-8 character split across chunks is never
+touched), carries an escape sequence or CR cut at a chunk boundary over to the next call, and decodes
+UTF-8 incrementally, so any split of the same bytes yields the same text. The common case (colour
+codes only) costs one `re.sub` per chunk.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+
+# Every complete escape sequence: CSI, OSC (BEL or ST), DCS/SOS/PM/APC strings, two-byte/nF escapes.
+_ESC_FULL = re.compile(
+    rb"\x1b(?:\[[0-?]*[ -/]*[@-~]"
+    rb"|\][^\x07\x1b]*(?:\x07|\x1b\\)"
+    rb"|[PX^_][^\x1b]*\x1b\\"
+    rb"|[ -/]*[0-~])"
+)
+# CSI sequences that keep the cursor on its line (colours, modes, erase-in-line, ...): deleted in bulk.
+# Finals excluded here (handled by the slow path): A B C E F G H J d f (moves to another line / column).
+_CSI_STAY = re.compile(rb"\x1b\[[0-?]*[ -/]*[@DIK-Z\[-ceg-~]")
+# What remains after the bulk pass, with the meaning of each final byte.
+_ESC_ANY = re.compile(
+    rb"\x1b(?:\[(?P<params>[0-?]*)[ -/]*(?P<final>[@-~])"
+    rb"|\][^\x07\x1b]*(?:\x07|\x1b\\)"
+    rb"|[PX^_][^\x1b]*\x1b\\"
+    rb"|[ -/]*[0-~])"
+)
+_LINE_FINALS = frozenset(b"ABEFHJdf")
+# C0 controls other than TAB and LF (CR is translated before this), and DEL.
+_CONTROLS = bytes(range(0x00, 0x09)) + bytes(range(0x0B, 0x20)) + b"\x7f"
+_MAX_CARRY = 4096  # an "escape sequence" longer than this is garbage: let it through as text
+
+
+# A sequence cut short by the end of the chunk (anchored at the end).
+_INCOMPLETE = re.compile(rb"\x1b(?:\[[0-?]*[ -/]*|[\]PX^_][^\x07\x1b]*\x1b?|[ -/]*)\Z")
+
+
+def _incomplete_tail(data: bytes, esc: int) -> int:
+    """Index where an unfinished escape sequence starts at the end of `data` (len(data) if none)."""
+    lo = max(0, len(data) - _MAX_CARRY)
+    cut = esc if esc >= lo and _INCOMPLETE.match(data, esc) else len(data)
+    # A string sequence (OSC/DCS/APC) may already hold the ESC of its terminator: start at its opener.
+    opener = max(data.rfind(b"\x1b]", lo), data.rfind(b"\x1bP", lo), data.rfind(b"\x1b_", lo))
+    if 0 <= opener < cut and _ESC_FULL.match(data, opener) is None:
+        cut = opener
+    return cut
+
+
+def _replace_slow(m: re.Match[bytes]) -> bytes:
+    final = m.group("final")
+    if final is None:
+        return b""
+    code = final[0]
+    if code in _LINE_FINALS:
+        return b"\n"
+    if code == 0x43:  # C: cursor forward
+        return b" "
+    if code == 0x47:  # G: column absolute; to column 1 behaves like CR
+        params = m.group("params")
+        return b"\n" if params in (b"", b"0", b"1") else b" "
+    return b""
+
+
+class AnsiStripper:
+    """Feed raw bytes, get plain text; state carries partial sequences between calls."""
+
+    def __init__(self) -> None:
+        self._carry = b""
+        self._skip_lf = False  # the previous chunk ended with CR: a leading LF belongs to it
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.bracketed_paste: bool = False  # the application turned on bracketed paste (?2004h)
+
+    def feed(self, data: bytes) -> str:
+        if self._carry:
+            data = self._carry + data
+            self._carry = b""
+        esc = data.rfind(b"\x1b")
+        if esc >= 0:
+            cut = _incomplete_tail(data, esc)
+            if cut < len(data):
+                self._carry = data[cut:]
+                data = data[:cut]
+            if b"?2004" in data:
+                self._note_modes(data)
+            data = _CSI_STAY.sub(b"", data)
+            if b"\x1b" in data:
+                data = _ESC_ANY.sub(_replace_slow, data)
+                data = data.replace(b"\x1b", b"")
+        if not data:
+            return ""
+        if self._skip_lf:
+            self._skip_lf = False
+            if data[0] == 0x0A:
+                data = data[1:]
+        if b"\r" in data:
+            self._skip_lf = data[-1] == 0x0D
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        data = data.translate(None, _CONTROLS)
+        return self._decoder.decode(data)
+
+    def flush(self) -> str:
+        """End of stream: whatever is still held back, as text."""
+        data, self._carry = self._carry, b""
+        text = data.translate(None, _CONTROLS + b"\x1b").decode("utf-8", errors="replace")
+        return text + self._decoder.decode(b"", final=True)
+
+    def _note_modes(self, data: bytes) -> None:
+        on = data.rfind(b"\x1b[?2004h")
+        off = data.rfind(b"\x1b[?2004l")
+        if on > off:
+            self.bracketed_paste = True
+        elif off > on:
+            self.bracketed_paste = False
+
+
+def strip_ansi(data: bytes | str) -> str:
+    """One-shot stripping of a complete byte string or text (tests, result cleaning, logs)."""
+    stripper = AnsiStripper()
+    raw = data.encode("utf-8", errors="surrogateescape") if isinstance(data, str) else data
+    return stripper.feed(raw) + stripper.flush()

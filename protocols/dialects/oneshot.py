@@ -1,0 +1,85 @@
+"""The oneshot dialect: one process per task (`claude -p {prompt}`), the exit status decides.
+
+The worker substitutes `{prompt}` in the profile's argv and starts a process for each task; `encode`
+is empty. On exit: status 0 gives TaskDone with what the process printed (ANSI removed), any other
+status TaskFailed with the exit code and the last line printed, a signal TaskFailed naming it. When
+the output is Claude's `--output-format json` (or stream-json) result object, its `result`,
+`is_error` and usage are used instead (`output_format`: auto, text or json). A usage-limit message in
+the output gives RateLimited (which ends the task) even here. There is no Ready: the worker is ready
+whenever no process runs.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..tasks import Assignment
+from .base import Signal, TaskFailed
+from .common import Options, TextDialect
+from .stream_json import result_usage
+
+
+def _json_result(text: str) -> dict[str, Any] | None:
+    """Claude's result object: the whole output, or its last line (stream-json)."""
+    stripped = text.strip()
+    if not stripped.endswith("}"):
+        return None
+    candidates = [stripped]
+    last_line = stripped.rsplit("\n", 1)[-1]
+    if last_line != stripped:
+        candidates.append(last_line)
+    for candidate in candidates:
+        try:
+            value = json.loads(candidate)
+        except ValueError:
+            continue
+        if isinstance(value, dict) and "result" in value and value.get("type", "result") == "result":
+            return value
+    return None
+
+
+class OneshotDialect(TextDialect):
+    """Exit-status completion; see the module docstring."""
+
+    name = "oneshot"
+    default_transport = "pipe"
+    default_strip_chrome = False
+    one_process_per_task = True
+
+    def _configure(self, opts: Options) -> None:
+        self._format = opts.choice("output_format", "auto", ("auto", "text", "json"))
+
+    def encode(self, assignment: Assignment) -> bytes:
+        return b""
+
+    def encode_steps(self, assignment: Assignment) -> list[tuple[float, bytes]]:
+        return []
+
+    def _exited(self, exit_code: int | None, signal: int | None, out: list[Signal]) -> None:
+        task = self._task
+        if task is None:
+            return
+        text = task.capture.text()
+        parsed = _json_result(text) if self._format != "text" else None
+        if self._format == "json" and parsed is None and exit_code == 0:
+            self._end_task(out, TaskFailed(reason="output is not a JSON result object", exit_code=exit_code))
+            return
+        if signal is not None:
+            self._end_task(out, TaskFailed(reason=f"killed by signal {signal}"))
+            return
+        if parsed is not None:
+            result = parsed.get("result")
+            result_text = result if isinstance(result, str) else ""
+            if parsed.get("is_error") or exit_code not in (0, None):
+                reason = result_text.strip() or f"exit code {exit_code}"
+                self._end_task(out, TaskFailed(reason=reason[:500], exit_code=exit_code))
+            else:
+                self._finish_done(out, result_text, result_usage(parsed))
+            return
+        if exit_code == 0:
+            self._finish_done(out, self._result())
+            return
+        last = next((line.strip() for line in reversed(text.split("\n")) if line.strip()), "")
+        reason = f"exit code {exit_code}" + (f": {last[:300]}" if last else "")
+        self._end_task(out, TaskFailed(reason=reason, exit_code=exit_code))

@@ -1,0 +1,297 @@
+"""Patterns every dialect recognises: context pressure, usage limits, questions that need an answer.
+
+Built-in patterns follow what Claude Code prints (`Context left until auto-compact: 8%`, `Claude AI
+usage limit reached|1732460000`, `5-hour limit reached ∙ resets 3pm (UTC)`, `Do you want to proceed?`
+over a `1. Yes` option); profiles add their own regexes through options. Built-ins are found through
+a cheap literal hint (`str.find`) before any regex runs, so output without those words costs nearly
+nothing: this sits on the hot path of a 50 MB/s parser.
+
+`parse_reset` turns a usage-limit message into an epoch; the wall clock is passed in.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta, tzinfo
+from typing import NamedTuple
+
+from .base import ContextUsage, NeedsInput, RateLimited, Signal
+
+# ----------------------------------------------------------------------------------------------------
+# reset times
+
+_EPOCH = re.compile(r"limit reached\|(\d{9,13})", re.IGNORECASE)
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_AT_TIME = re.compile(
+    r"\b(?:resets?|reset\s+at|try\s+again(?:\s+at)?|available\s+again(?:\s+at)?)\b[^\d\n]{0,12}?"
+    r"(?:(?P<mon>jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?\s+(?P<day>\d{1,2})"
+    r"(?:st|nd|rd|th)?,?(?:\s+(?P<year>\d{4}),?)?\s*(?:at\s+)?)?"
+    r"(?P<h>\d{1,2})(?::(?P<m>\d{2}))?\s*(?P<ampm>[ap]\.?m\.?)?"
+    r"(?:\s*\((?P<tz>[A-Za-z][A-Za-z0-9_+\-/]*)\))?",
+    re.IGNORECASE,
+)
+_IN_DURATION = re.compile(
+    r"\b(?:resets?|try\s+again|available\s+again)\s+in\s+"
+    r"(?:(?P<h>\d+)\s*(?:h|hrs?|hours?)\b)?\s*(?:(?P<m>\d+)\s*(?:m|mins?|minutes?)\b)?",
+    re.IGNORECASE,
+)
+
+
+def _zone(name: str | None) -> tzinfo | None:
+    if not name:
+        return None
+    if name.upper() in ("UTC", "GMT", "Z"):
+        return UTC
+    from zoneinfo import ZoneInfo  # imported only when a message names a zone
+
+    try:
+        return ZoneInfo(name)
+    except (ValueError, KeyError, OSError):  # ZoneInfoNotFoundError is a KeyError
+        return None
+
+
+def parse_reset(text: str, now: float) -> float | None:
+    """The reset time (epoch seconds) a usage-limit message announces, relative to `now` (epoch).
+
+    Understands `...limit reached|<epoch>` (seconds or milliseconds), `resets 3pm`, `reset at 5:30pm
+    (Europe/Paris)`, `resets Feb 3 at 10am`, 24-hour `17:00` and `try again in 3h 41m`. A time of day
+    without a zone is local time; a time already past today means tomorrow. None when none is given.
+    """
+    m = _EPOCH.search(text)
+    if m:
+        value = int(m.group(1))
+        return value / 1000.0 if value >= 10**12 else float(value)
+    d = _IN_DURATION.search(text)
+    if d and (d.group("h") or d.group("m")):
+        return now + int(d.group("h") or 0) * 3600 + int(d.group("m") or 0) * 60
+    for t in _AT_TIME.finditer(text):
+        ampm, minute = t.group("ampm"), t.group("m")
+        if not ampm and minute is None:
+            continue  # a bare number ("resets 3") is not a time
+        hour = int(t.group("h"))
+        if ampm:
+            if not 1 <= hour <= 12:
+                continue
+            hour = hour % 12 + (12 if ampm[0].lower() == "p" else 0)
+        if hour > 23 or (minute is not None and int(minute) > 59):
+            continue
+        zone = _zone(t.group("tz"))
+        now_dt = datetime.fromtimestamp(now, zone) if zone else datetime.fromtimestamp(now).astimezone()
+        tz = now_dt.tzinfo
+        mins = int(minute or 0)
+        if t.group("mon"):
+            month = _MONTHS.index(t.group("mon").lower()[:3]) + 1
+            year = int(t.group("year") or now_dt.year)
+            try:
+                when = datetime(year, month, int(t.group("day")), hour, mins, tzinfo=tz)
+            except ValueError:
+                continue
+            if not t.group("year") and when < now_dt - timedelta(days=1):
+                when = when.replace(year=year + 1)
+        else:
+            when = now_dt.replace(hour=hour, minute=mins, second=0, microsecond=0)
+            if when <= now_dt:
+                when += timedelta(days=1)
+        return when.timestamp()
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------
+# detection
+
+_CONTEXT_LEFT = re.compile(r"Context left until auto-compact:\s*(\d{1,3})\s*%")
+_CONTEXT_LOW = re.compile(r"Context low \((\d{1,3})% remaining\)")
+_EXHAUSTED = re.compile(r"Context limit reached|Prompt is too long|context window exceeded", re.IGNORECASE)
+_LIMIT = re.compile(
+    r"usage limit reached|\blimit reached\b|hit your (?:[\w-]+ )?limit|limit will reset", re.IGNORECASE
+)
+_NOT_LIMIT = re.compile(r"now using|approaching|not your usage limit", re.IGNORECASE)
+_QUESTION = re.compile(r"(?:Do you (?:want|trust)|Would you like)[^\n?]{0,300}\?")
+_YES_OPTION = re.compile(r"(?:^|[\s>❯›])1\.\s+Yes\b")
+_QUESTION_LOOKBACK = 3000
+_MESSAGE_MAX = 500
+
+
+class Hit(NamedTuple):
+    """One finding at `pos` in the scanned text; `kind` is context|exhausted|limit|needs_input."""
+
+    pos: int
+    kind: str
+    signal: Signal
+    detail: str = ""
+
+
+def _line_at(text: str, pos: int) -> tuple[int, int]:
+    start = text.rfind("\n", 0, pos) + 1
+    end = text.find("\n", pos)
+    return start, len(text) if end < 0 else end
+
+
+def _clean(line: str) -> str:
+    return " ".join(line.replace("│", " ").split())[:_MESSAGE_MAX]
+
+
+class PatternScanner:
+    """Finds context/limit/needs-input lines in complete text and de-duplicates repeats.
+
+    TUIs redraw their footer and dialogs on every frame, so each finding is reported once: context
+    usage when the value changes, a usage limit once per task (or per message outside a task), a
+    question until `clear_questions()` (the dialect calls it when the screen moves on).
+    """
+
+    def __init__(
+        self,
+        *,
+        builtin: bool = True,
+        context: Sequence[re.Pattern[str]] = (),
+        exhausted: Sequence[re.Pattern[str]] = (),
+        usage_limit: Sequence[re.Pattern[str]] = (),
+        needs_input: Sequence[re.Pattern[str]] = (),
+    ) -> None:
+        self.builtin = builtin
+        self.context = tuple(context)
+        self.exhausted = tuple(exhausted)
+        self.usage_limit = tuple(usage_limit)
+        self.needs_input = tuple(needs_input)
+        self.last_context: float | None = None
+        self._limits_seen: set[str] = set()
+        self._question: str | None = None
+        self.question_seen = False  # a question (new or repeated) was in the last scanned text
+        self._hits: list[Hit] = []
+
+    def reset_task(self) -> None:
+        self._limits_seen.clear()
+        self._question = None
+
+    def clear_questions(self) -> None:
+        self._question = None
+
+    def scan(self, text: str, lookback: str, now_epoch: float) -> list[Hit]:
+        """Findings in `text` (complete lines), in order; `lookback` is the text just before it."""
+        hits: list[Hit] = []
+        self._hits = hits
+        self.question_seen = False
+        if self.builtin:
+            if "Context " in text:
+                self._hinted(text, "Context ", self._builtin_context)
+            for hint in ("imit", "too long", "exceeded"):
+                if hint in text:
+                    self._hinted(text, hint, lambda line, s: self._builtin_limit(line, s, now_epoch))
+            if "1. Yes" in text:
+                self._hinted(text, "1. Yes", lambda line, s: self._builtin_question(text, lookback, s))
+        for pat in self.context:
+            for m in pat.finditer(text):
+                used = _used_from_match(m)
+                if used is not None:
+                    self._context(hits, m.start(), used)
+        for pat in self.exhausted:
+            for m in pat.finditer(text):
+                self._exhausted(hits, m.start(), m.group(0))
+        for pat in self.usage_limit:
+            for m in pat.finditer(text):
+                start, end = _line_at(text, m.start())
+                self._limit(hits, m.start(), m, text[start:end], text[start : end + 400], now_epoch)
+        for pat in self.needs_input:
+            for m in pat.finditer(text):
+                groups = m.groupdict()
+                prompt = groups.get("prompt") or m.group(0)
+                self._ask(hits, m.start(), _clean(prompt))
+        if len(hits) > 1:
+            hits.sort(key=lambda h: h.pos)
+        return hits
+
+    # -- built-ins ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _hinted(text: str, hint: str, on_line: Callable[[str, int], None]) -> None:
+        """Call `on_line(line, line_start)` for each line holding `hint`."""
+        pos = text.find(hint)
+        while pos >= 0:
+            start, end = _line_at(text, pos)
+            on_line(text[start:end], start)
+            pos = text.find(hint, end)
+
+    def _builtin_context(self, line: str, start: int) -> None:
+        m = _CONTEXT_LEFT.search(line) or _CONTEXT_LOW.search(line)
+        if m:
+            self._context(self._hits, start + m.start(), 100.0 - min(100, int(m.group(1))))
+
+    def _builtin_limit(self, line: str, start: int, now_epoch: float) -> None:
+        e = _EXHAUSTED.search(line)
+        if e:
+            self._exhausted(self._hits, start + e.start(), line)
+            return
+        m = _LIMIT.search(line)
+        if m and not _NOT_LIMIT.search(line):
+            self._limit(self._hits, start + m.start(), None, line, line, now_epoch)
+
+    def _builtin_question(self, text: str, lookback: str, start: int) -> None:
+        end = text.find("\n", start)
+        line = text[start : len(text) if end < 0 else end]
+        if not _YES_OPTION.search(line):
+            return
+        before = text[max(0, start - _QUESTION_LOOKBACK) : start + len(line)]
+        if len(before) < _QUESTION_LOOKBACK:
+            before = lookback[-(_QUESTION_LOOKBACK - len(before)) :] + before
+        question = None
+        for q in _QUESTION.finditer(before):
+            question = q.group(0)
+        if question is not None:
+            self._ask(self._hits, start, _clean(question))
+
+    # -- recording (with de-duplication) -----------------------------------------------------------
+
+    def _context(self, hits: list[Hit], pos: int, used: float) -> None:
+        if used != self.last_context:
+            self.last_context = used
+            hits.append(Hit(pos, "context", ContextUsage(used_percent=used)))
+
+    def _exhausted(self, hits: list[Hit], pos: int, message: str) -> None:
+        self._context(hits, pos, 100.0)
+        key = "exhausted"
+        if key not in self._limits_seen:
+            self._limits_seen.add(key)
+            hits.append(Hit(pos, "exhausted", ContextUsage(used_percent=100.0), _clean(message)))
+
+    def _limit(
+        self, hits: list[Hit], pos: int, m: re.Match[str] | None, line: str, region: str, now_epoch: float
+    ) -> None:
+        reset: float | None = None
+        if m is not None:
+            groups = m.groupdict()
+            if groups.get("epoch"):
+                value = int(groups["epoch"])
+                reset = value / 1000.0 if value >= 10**12 else float(value)
+            elif groups.get("reset"):
+                reset = parse_reset(groups["reset"], now_epoch)
+        if reset is None:
+            reset = parse_reset(region, now_epoch)
+        message = _clean(line)
+        key = f"{message}|{reset}"
+        if key in self._limits_seen:
+            return
+        self._limits_seen.add(key)
+        hits.append(Hit(pos, "limit", RateLimited(reset_at=reset, message=message)))
+
+    def _ask(self, hits: list[Hit], pos: int, question: str) -> None:
+        self.question_seen = True
+        if question != self._question:
+            self._question = question
+            hits.append(Hit(pos, "needs_input", NeedsInput(prompt=question)))
+
+
+def _used_from_match(m: re.Match[str]) -> float | None:
+    """A user context pattern gives `used` or `left` (named groups), else group 1 is percent left."""
+    groups = m.groupdict()
+    try:
+        if groups.get("used") is not None:
+            return max(0.0, min(100.0, float(groups["used"])))
+        left = groups.get("left")
+        if left is None and m.re.groups >= 1:
+            left = m.group(1)
+        if left is None:
+            return None
+        return max(0.0, min(100.0, 100.0 - float(left)))
+    except ValueError:
+        return None
