@@ -381,7 +381,10 @@ class _Job:
 
 class Store:
     """SQLite task store. Create with `await Store.open(path)`; close with `await store.aclose()`
-    (or use `async with`). Every database call runs in the store's own thread."""
+    (or use `async with`). Every call on a file database runs in the store's own thread. A
+    `":memory:"` store (tests, throw-away swarms) has no disk to wait for, so it runs inline on the
+    caller's thread: its tickets are complete when `write` returns, which keeps tests that drive
+    time with trio's autojump clock deterministic (a real thread is invisible to that clock)."""
 
     def __init__(self, path: str, synchronous: Synchronous, max_batch: int) -> None:
         self.path = path
@@ -396,6 +399,7 @@ class Store:
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         self._thread: threading.Thread | None = None
+        self.inline = path == ":memory:"
         # statistics (written by the store thread, read anywhere)
         self.commits = 0
         self.changes_written = 0
@@ -417,6 +421,9 @@ class Store:
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise ValidationError("store.max_batch", "must be a positive integer", max_batch)
         store = cls(os.fspath(path), synchronous, max_batch)
+        if store.inline:
+            store._connect()
+            return store
         opened = Ticket()
         store._thread = threading.Thread(target=store._run, args=(opened,), name="shoal-store", daemon=True)
         store._thread.start()
@@ -444,6 +451,11 @@ class Store:
         if self._broken is not None or self._closing:
             ticket._resolve(None, self._broken or StoreError(f"{self.path}: store is closed"))
             return ticket
+        if self.inline:
+            assert self._conn is not None
+            for done, value, error in self._commit(self._conn, [_Job("write", ticket, changes)]):
+                done._resolve(value, error)
+            return ticket
         with self._cv:
             self._jobs.append(_Job("write", ticket, changes))
             self._cv.notify()
@@ -458,6 +470,12 @@ class Store:
         ticket = Ticket()
         if self._closing:
             raise StoreError(f"{self.path}: store is closed")
+        if self.inline:
+            assert self._conn is not None
+            try:
+                return load_tasks(self._conn)
+            except (sqlite3.Error, ValueError, KeyError) as exc:
+                raise StoreError(f"{self.path}: cannot read stored tasks ({exc})") from None
         with self._cv:
             self._jobs.append(_Job("load", ticket))
             self._cv.notify()
@@ -467,6 +485,11 @@ class Store:
     async def aclose(self) -> None:
         """Commit what is queued, close the database and stop the thread."""
         if self._closed:
+            return
+        if self.inline:
+            self._closing = self._closed = True
+            if self._conn is not None:
+                self._conn.close()
             return
         if not self._closing:
             ticket = Ticket()

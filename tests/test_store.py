@@ -48,9 +48,11 @@ async def db_read(path: Path, sql: str) -> list[tuple[object, ...]]:
     return await trio.to_thread.run_sync(read)
 
 
-async def test_round_trip_in_memory() -> None:
+@pytest.mark.parametrize("where", ["memory", "file"])
+async def test_round_trip(tmp_path: Path, where: str) -> None:
     b, changes = sample_changes()
-    async with await Store.open(":memory:") as store:
+    async with await Store.open(":memory:" if where == "memory" else tmp_path / "s.db") as store:
+        assert store.inline is (where == "memory")
         await store.commit(changes)
         rows = {r.id: r for r in await store.load_all()}
     assert set(rows) == {"a", "b", "c"}
@@ -87,9 +89,9 @@ async def test_file_store_is_wal_and_survives_reopen(tmp_path: Path, no_leaks: N
     assert (await db_read(path, "PRAGMA user_version"))[0][0] == SCHEMA_VERSION
 
 
-async def test_group_commit_batches_queued_writes_and_resolves_in_order() -> None:
+async def test_group_commit_batches_queued_writes_and_resolves_in_order(tmp_path: Path) -> None:
     b = TaskBook()
-    async with await Store.open(":memory:", max_batch=50) as store:
+    async with await Store.open(tmp_path / "s.db", max_batch=50) as store:
         tickets = []
         # hold the store thread off while 200 single-task writes queue up (the lock is reentrant)
         with store._cv:
@@ -111,11 +113,12 @@ async def test_group_commit_batches_queued_writes_and_resolves_in_order() -> Non
     assert sorted(order) == list(range(200))
 
 
-async def test_a_write_failure_stops_writes_but_keeps_committed_data() -> None:
+@pytest.mark.parametrize("where", ["memory", "file"])
+async def test_a_write_failure_stops_writes_but_keeps_committed_data(tmp_path: Path, where: str) -> None:
     b = TaskBook()
     b.submit([TaskSpec("p", id="x")], T0)
     submit = b.drain()[0]
-    async with await Store.open(":memory:") as store:
+    async with await Store.open(":memory:" if where == "memory" else tmp_path / "s.db") as store:
         await store.commit(submit)
         with pytest.raises(StoreError, match="write failed"):
             await store.commit(submit)  # inserting the same task twice violates the key

@@ -1,0 +1,512 @@
+"""The QueueActor: durable acknowledgements, dispatch, outcomes, timers, controls, recovery.
+
+Workers here are real mailboxes driven by the test: the queue's side of the worker protocol
+(`WorkerAvailable` in, `Assign` out, `AttemptEnded` in) is what is under test.
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+from shoal.actors.queue import (
+    AssignTask,
+    AttemptEnded,
+    BoostTask,
+    CancelTask,
+    CompleteTask,
+    GetTask,
+    ListTasks,
+    ModelRateLimited,
+    QueueActor,
+    QueueStats,
+    RetireWorker,
+    RetryTask,
+    SkipTask,
+    Stats,
+    Submit,
+    UpdateConfig,
+    WaitTask,
+    WorkerAvailable,
+    WorkerUnavailable,
+)
+from shoal.actors.store import Store
+from shoal.protocols.config import ModelsConfig, QueueConfig, SwarmConfig
+from shoal.protocols.errors import Conflict, NotFound, ValidationError
+from shoal.protocols.tasks import Assignment, Outcome, Task, TaskSpec, TaskState
+from shoal.protocols.workers import Assign, Restart, TaskFinished
+from shoal.runtime.actor import Address, Mailbox
+from shoal.runtime.eventbus import EventBus, Subscription
+
+
+@attrs.define
+class Q:
+    address: Address[Any]
+    actor: QueueActor
+    bus: EventBus
+    store: Store
+
+    async def submit(self, *specs: TaskSpec) -> list[Task]:
+        result: list[Task] = await self.address.call(Submit(tuple(specs)))
+        return result
+
+    async def call(self, msg: Any) -> Any:
+        return await self.address.call(msg)
+
+    async def stats(self) -> Stats:
+        stats: Stats = await self.address.call(QueueStats())
+        return stats
+
+
+@asynccontextmanager
+async def running_queue(
+    config: SwarmConfig | None = None, path: str | Path = ":memory:", store: Store | None = None
+) -> AsyncIterator[Q]:
+    own = store is None
+    store = store or await Store.open(path)
+    try:
+        bus = EventBus()
+        actor = QueueActor(config or SwarmConfig(), store, bus, rng=random.Random(7))
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(actor.run)
+            yield Q(address, actor, bus, store)
+            nursery.cancel_scope.cancel()
+    finally:
+        if own:
+            await store.aclose()
+
+
+class Bot:
+    """A worker's mailbox, driven by the test."""
+
+    def __init__(
+        self, q: Q, wid: str, model: str | None = "sonnet", caps: frozenset[str] | None = None, size: int = 16
+    ) -> None:
+        self.q = q
+        self.id = wid
+        self.model = model
+        self.caps = caps
+        self.history: tuple[str, ...] = ()
+        self.mailbox: Mailbox[Any] = Mailbox(wid, size)
+
+    async def available(self) -> None:
+        await self.q.address.send(
+            WorkerAvailable(self.id, self.model, self.caps, self.history, self.mailbox.address)
+        )
+
+    async def next(self, within: float = 30) -> Any:
+        with trio.fail_after(within):
+            return await self.mailbox.receive()
+
+    async def assignment(self, within: float = 30) -> Assignment:
+        msg = await self.next(within)
+        assert isinstance(msg, Assign), msg
+        return msg.assignment
+
+    def nothing_yet(self) -> bool:
+        try:
+            msg = self.mailbox.receive_nowait()
+        except trio.WouldBlock:
+            return True
+        raise AssertionError(f"unexpected {msg!r}")
+
+    async def report(self, a: Assignment, outcome: Outcome, **kw: Any) -> None:
+        await self.q.address.send(AttemptEnded(TaskFinished(self.id, a.task_id, a.attempt, outcome, **kw)))
+
+    async def finish(self, a: Assignment, outcome: Outcome = Outcome.DONE, **kw: Any) -> None:
+        await self.report(a, outcome, **kw)
+        await self.available()
+
+
+async def next_event(sub: Subscription, topic: str) -> dict[str, Any]:
+    with trio.fail_after(30):
+        async for event in sub:
+            if event.topic == topic:
+                return event.data
+    raise AssertionError("subscription closed")
+
+
+# ---- submit and dispatch -------------------------------------------------------------------
+
+
+async def test_submit_is_acknowledged_after_commit(tmp_path: Path) -> None:
+    path = tmp_path / "shoal.db"
+    async with running_queue(path=path) as q:
+        (task,) = await q.submit(TaskSpec("hello", id="t1", priority=2))
+        assert task.id == "t1" and task.state is TaskState.READY
+
+        def read() -> list[tuple[Any, ...]]:
+            conn = sqlite3.connect(path)  # another connection only sees committed data
+            try:
+                return conn.execute("SELECT id, state, prompt FROM tasks").fetchall()
+            finally:
+                conn.close()
+
+        assert await trio.to_thread.run_sync(read) == [("t1", "ready", "hello")]
+        # idempotent: same content, same task; different content: a conflict naming the id
+        (again,) = await q.submit(TaskSpec("hello", id="t1", priority=2))
+        assert again.created == task.created
+        with pytest.raises(Conflict, match="'t1'"):
+            await q.submit(TaskSpec("bye", id="t1"))
+        assert (await q.stats()).total == 1
+
+
+async def test_dispatch_runs_a_task_end_to_end() -> None:
+    async with running_queue() as q:
+        sub = q.bus.subscribe(["task.*"])
+        bot = Bot(q, "w1")
+        await bot.available()
+        await q.submit(TaskSpec("do it", id="a", category="code", timeout_s=5))
+        a = await bot.assignment()
+        assert (a.task_id, a.attempt, a.prompt, a.category, a.model, a.timeout_s) == (
+            "a",
+            1,
+            "do it",
+            "code",
+            "sonnet",
+            5.0,
+        )
+        running = await q.call(GetTask("a"))
+        assert running.state is TaskState.RUNNING and running.worker == "w1"
+        await bot.finish(a, result="42", usage={"output_tokens": 3})
+        done = await q.call(WaitTask("a"))
+        assert done.state is TaskState.DONE and done.result == "42" and done.usage == {"output_tokens": 3}
+        topics = []
+        with trio.fail_after(30):
+            async for event in sub:
+                topics.append(event.topic)
+                if event.topic == "task.done":
+                    break
+        assert topics == ["task.submitted", "task.ready", "task.running", "task.done"]
+
+
+async def test_waiting_worker_gets_the_best_task_and_idle_worker_gets_new_ones() -> None:
+    cfg = SwarmConfig(queue=QueueConfig(affinity_bonus=5))
+    async with running_queue(cfg) as q:
+        await q.submit(
+            TaskSpec("x", id="low", priority=1),
+            TaskSpec("y", id="high", priority=4, category="docs"),
+            TaskSpec("z", id="mine", priority=2, category="test"),
+        )
+        tester = Bot(q, "tester")
+        tester.history = ("test",)
+        await tester.available()
+        assert (await tester.assignment()).task_id == "mine"  # 2 + 5 > 4
+        other = Bot(q, "other", caps=frozenset({"code"}))
+        await other.available()
+        assert (await other.assignment()).task_id == "low"  # docs is not in its capabilities
+        # an idle worker takes a new task the moment it is submitted
+        idle = Bot(q, "idle")
+        await idle.available()
+        await q.submit(TaskSpec("w", id="new"))
+        assert (await idle.assignment()).task_id in ("high", "new")
+        stats = await q.stats()
+        assert stats.running == 3 and stats.ready == 1
+
+
+async def test_dependencies_release_through_the_actor() -> None:
+    async with running_queue() as q:
+        bot = Bot(q, "w1")
+        await bot.available()
+        await q.submit(TaskSpec("b", id="b", deps=("a",)), TaskSpec("a", id="a"))
+        a = await bot.assignment()
+        assert a.task_id == "a"
+        assert (await q.call(GetTask("b"))).state is TaskState.BLOCKED
+        await bot.finish(a, result="ok")
+        assert (await bot.assignment()).task_id == "b"
+
+
+async def test_retry_backoff_then_dead_letter(autojump_clock: trio.abc.Clock) -> None:
+    cfg = SwarmConfig(queue=QueueConfig(model_failure_limit=10))
+    async with running_queue(cfg) as q:
+        sub = q.bus.subscribe(["task.failed", "task.dead"])
+        bot = Bot(q, "w1")
+        await bot.available()
+        await q.submit(TaskSpec("flaky", id="f", max_attempts=3))
+        a = await bot.assignment()
+        for n in (1, 2):
+            assert a.attempt == 2 * n - 1
+            failed_at = trio.current_time()
+            await bot.finish(a, Outcome.FAILED, reason=f"no {n}")
+            ev = await next_event(sub, "task.failed")
+            assert ev["will_retry"] is True and ev["reason"] == f"no {n}"
+            t = await q.call(GetTask("f"))
+            assert t.state is TaskState.FAILED
+            a = await bot.assignment()  # the backoff timer fires on the trio clock
+            waited = trio.current_time() - failed_at
+            assert 2 ** (n - 1) <= waited <= 2 ** (n - 1) * 1.1 + 0.01
+            assert a.attempt == 2 * n
+            await bot.report(a, Outcome.INTERRUPTED, reason="context refresh")  # not counted
+            await bot.available()
+            a = await bot.assignment()  # straight back, no backoff
+        await bot.finish(a, Outcome.TIMEOUT, reason="too slow")
+        dead = await q.call(WaitTask("f"))
+        assert dead.state is TaskState.DEAD and "attempts exhausted (3/3)" in (dead.reason or "")
+        assert [x.outcome for x in dead.attempts] == [
+            Outcome.FAILED,
+            Outcome.INTERRUPTED,
+            Outcome.FAILED,
+            Outcome.INTERRUPTED,
+            Outcome.TIMEOUT,
+        ]
+        assert (await next_event(sub, "task.dead"))["task_id"] == "f"
+
+
+async def test_stale_reports_are_ignored_and_counted() -> None:
+    async with running_queue() as q:
+        bot = Bot(q, "w1")
+        await bot.available()
+        await q.submit(TaskSpec("p", id="t"))
+        a = await bot.assignment()
+        await bot.report(attrs.evolve(a, attempt=7), Outcome.DONE, result="wrong attempt")
+        await bot.report(a, Outcome.DONE, result="right")
+        await bot.report(a, Outcome.DONE, result="twice")
+        t = await q.call(WaitTask("t"))
+        assert t.result == "right" and len(t.attempts) == 1
+        assert (await q.stats()).stale_reports == 2
+
+
+async def test_explicit_completion_names_the_open_attempt() -> None:
+    async with running_queue() as q:
+        bot = Bot(q, "w1")
+        await bot.available()
+        await q.submit(TaskSpec("p", id="t"))
+        a = await bot.assignment()
+        with pytest.raises(Conflict, match="attempt 2 of task 't' is not open"):
+            await q.call(CompleteTask("t", 2, "done", "x"))
+        with pytest.raises(ValidationError, match="status"):
+            await q.call(CompleteTask("t", 1, "maybe"))  # type: ignore[arg-type]
+        with pytest.raises(NotFound):
+            await q.call(CompleteTask("nope", 1, "done"))
+        t = await q.call(CompleteTask("t", a.attempt, "done", "via gateway"))
+        assert t.state is TaskState.DONE and t.result == "via gateway"
+        with pytest.raises(Conflict):
+            await q.call(CompleteTask("t", a.attempt, "done", "again"))
+        await bot.report(a, Outcome.DONE, result="late report")  # stale now
+        assert (await q.call(GetTask("t"))).result == "via gateway"
+
+
+# ---- workers coming and going --------------------------------------------------------------
+
+
+async def test_worker_gone_mid_task_returns_it_to_the_queue(autojump_clock: trio.abc.Clock) -> None:
+    async with running_queue() as q:
+        first, second = Bot(q, "w1"), Bot(q, "w2")
+        await first.available()
+        await q.submit(TaskSpec("p", id="t"))
+        a = await first.assignment()
+        await second.available()
+        await q.address.send(WorkerUnavailable("w1", gone=True))
+        b = await second.assignment()  # after the retry backoff
+        assert (b.task_id, b.attempt) == ("t", 2)
+        t = await q.call(GetTask("t"))
+        assert t.attempts[0].outcome is Outcome.CRASHED and t.attempts[0].worker == "w1"
+        await first.report(a, Outcome.DONE, result="ghost")  # stale
+        await second.finish(b, result="real")
+        assert (await q.call(WaitTask("t"))).result == "real"
+
+
+async def test_unreachable_worker_claim_is_undone() -> None:
+    async with running_queue() as q:
+        sub = q.bus.subscribe(["queue.worker_unreachable"])
+        dead = Bot(q, "dead")
+        await dead.available()
+        dead.mailbox.close()  # the worker actor has gone, the queue does not know yet
+        full = Bot(q, "full", size=1)
+        await full.available()
+        await full.mailbox.address.send("filler")  # its mailbox is full
+        good = Bot(q, "good")
+        await good.available()
+        await q.submit(TaskSpec("p", id="t"))
+        a = await good.assignment()
+        t = await q.call(GetTask("t"))
+        assert [(x.worker, x.outcome, x.reason) for x in t.attempts[:-1]] == [
+            ("dead", Outcome.INTERRUPTED, "worker unreachable"),
+            ("full", Outcome.INTERRUPTED, "worker unreachable"),
+        ]
+        assert a.attempt == 3 and t.state is TaskState.RUNNING
+        assert (await next_event(sub, "queue.worker_unreachable"))["gone"] is True
+        stats = await q.stats()
+        assert stats.known_workers == 2 and stats.idle_workers == 0
+
+
+async def test_paused_workers_take_nothing_and_retire_handshake() -> None:
+    async with running_queue() as q:
+        bot = Bot(q, "w1")
+        await bot.available()
+        await q.address.send(WorkerUnavailable("w1", gone=False))
+        await q.submit(TaskSpec("p", id="t"))
+        assert bot.nothing_yet()
+        assert (await q.stats()).ready == 1
+        await bot.available()  # resumed
+        a = await bot.assignment()
+        assert await q.call(RetireWorker("w1")) is False  # it holds a claim
+        await bot.finish(a)
+        assert await q.call(RetireWorker("w1")) is True
+        await q.submit(TaskSpec("p2", id="t2"))
+        assert bot.nothing_yet()  # retired: takes nothing
+        assert await q.call(RetireWorker("never-seen")) is True
+
+
+async def test_available_while_holding_a_claim_requeues_the_attempt() -> None:
+    async with running_queue() as q:
+        bot = Bot(q, "w1")
+        await bot.available()
+        await q.submit(TaskSpec("p", id="t"))
+        a = await bot.assignment()
+        await bot.available()  # it says it is idle: it no longer runs attempt 1
+        b = await bot.assignment()
+        assert (b.task_id, b.attempt) == ("t", 2)
+        t = await q.call(GetTask("t"))
+        assert t.attempts[0].outcome is Outcome.INTERRUPTED
+        await bot.report(a, Outcome.DONE, result="stale")
+        await bot.finish(b, result="fresh")
+        assert (await q.call(WaitTask("t"))).result == "fresh"
+
+
+# ---- models and rate limits ----------------------------------------------------------------
+
+
+async def test_rate_limited_model_is_parked_until_reset(autojump_clock: trio.abc.Clock) -> None:
+    cfg = SwarmConfig(models=ModelsConfig(category_models={"review": "opus"}, fallback={"opus": ("sonnet",)}))
+    async with running_queue(cfg) as q:
+        opus, sonnet = Bot(q, "o", "opus"), Bot(q, "s", "sonnet")
+        await opus.available()
+        await q.submit(
+            TaskSpec("pinned", id="pin", model="opus", priority=9),
+            TaskSpec("soft", id="soft", category="review", priority=5),
+        )
+        a = await opus.assignment()
+        assert a.task_id == "pin"
+        reset = q.actor._now() + 120
+        await opus.report(a, Outcome.RATE_LIMITED, reason="usage limit", reset_at=reset, model="opus")
+        await opus.available()
+        stats = await q.stats()
+        assert stats.parked_models == {"opus": reset} and stats.ready == 2
+        await sonnet.available()
+        assert (await sonnet.assignment()).task_id == "soft"  # soft routing falls back
+        assert opus.nothing_yet()
+        start = trio.current_time()
+        b = await opus.assignment(within=300)  # the pinned task waited for the reset
+        assert (b.task_id, b.attempt) == ("pin", 2)
+        assert trio.current_time() - start == pytest.approx(120, abs=0.5)
+        t = await q.call(GetTask("pin"))
+        assert t.attempts[0].outcome is Outcome.RATE_LIMITED and t.max_attempts == 3
+        await q.address.send(ModelRateLimited("sonnet", None))
+        assert (await q.stats()).parked_models["sonnet"] > 0
+
+
+async def test_unknown_model_is_refused_and_stats_count_demand_per_model() -> None:
+    async with running_queue() as q:
+        with pytest.raises(ValidationError) as err:
+            await q.submit(TaskSpec("p", model="gpt-5"))
+        assert err.value.field == "model"
+        await q.submit(
+            TaskSpec("a", model="opus"), TaskSpec("b", model="opus"), TaskSpec("c"), TaskSpec("d", deps=())
+        )
+        assert (await q.stats()).ready_by_model == {"opus": 2, None: 2}
+        await q.address.send(UpdateConfig(SwarmConfig(models=ModelsConfig(category_models={}))))
+        assert (await q.stats()).ready_by_model == {"opus": 2, None: 2}
+
+
+# ---- operator controls ---------------------------------------------------------------------
+
+
+async def test_cancel_running_task_interrupts_its_worker() -> None:
+    async with running_queue() as q:
+        sub = q.bus.subscribe(["task.cancelled"])
+        bot = Bot(q, "w1")
+        await bot.available()
+        await q.submit(TaskSpec("p", id="t"), TaskSpec("q", id="after", deps=("t",)))
+        a = await bot.assignment()
+        t = await q.call(CancelTask("t"))
+        assert t.state is TaskState.CANCELLED and t.attempts[0].outcome is Outcome.CANCELLED
+        restart = await bot.next()
+        assert isinstance(restart, Restart) and restart.wait is False and "cancelled" in restart.reason
+        assert (await next_event(sub, "task.cancelled"))["task_id"] == "t"
+        after = await q.call(WaitTask("after"))
+        assert after.state is TaskState.DEAD and after.reason == "dependency 't' cancelled"
+        await bot.report(a, Outcome.INTERRUPTED)  # stale
+        with pytest.raises(Conflict):
+            await q.call(CancelTask("t"))
+
+
+async def test_skip_boost_assign_retry() -> None:
+    async with running_queue() as q:
+        busy = Bot(q, "busy")
+        await busy.available()
+        await q.submit(TaskSpec("first", id="first"))
+        first = await busy.assignment()
+        await q.submit(
+            TaskSpec("a", id="a", priority=1), TaskSpec("b", id="b", priority=5), TaskSpec("c", id="c")
+        )
+        assert (await q.call(SkipTask("c"))).state is TaskState.SKIPPED
+        assert (await q.call(BoostTask("a", 9))).priority == 9
+        with pytest.raises(ValidationError):
+            await q.call(BoostTask("a", -1))
+        with pytest.raises(NotFound, match="worker"):
+            await q.call(AssignTask("b", "nobody"))
+        assigned = await q.call(AssignTask("b", "busy"))
+        assert assigned.worker == "busy"
+        other = Bot(q, "other")
+        await other.available()
+        assert (await other.assignment()).task_id == "a"  # b waits for its worker
+        await busy.finish(first)
+        assert (await busy.assignment()).task_id == "b"
+        retried = await q.call(RetryTask("c"))
+        assert retried.state is TaskState.READY
+        with pytest.raises(Conflict, match="cannot retry"):
+            await q.call(RetryTask("a"))
+
+
+async def test_bad_requests_do_not_hurt_the_queue() -> None:
+    async with running_queue() as q:
+        with pytest.raises(NotFound):
+            await q.call(GetTask("missing"))
+        with pytest.raises(ValidationError):
+            await q.call("what is this")
+        await q.address.send(object())  # garbage sends are dropped
+        await q.address.send(WorkerAvailable("", None, None, (), q.address))  # bad worker id
+        with pytest.raises(ValidationError) as err:
+            await q.address.call(Submit(({"prompt": "p", "priority": "high"},)))  # type: ignore[arg-type]
+        assert "priority" in err.value.field
+        (t,) = await q.address.call(Submit(({"prompt": "from a dict", "id": "d"},)))  # type: ignore[arg-type]
+        assert t.id == "d"
+        page, cursor = await q.call(ListTasks(limit=10))
+        assert [x.id for x in page] == ["d"] and cursor is None
+        assert q.actor.unknown_messages == 2
+
+
+# ---- recovery ------------------------------------------------------------------------------
+
+
+async def test_restart_recovers_running_tasks_and_keeps_results(tmp_path: Path) -> None:
+    path = tmp_path / "shoal.db"
+    async with running_queue(path=path) as q:
+        bot = Bot(q, "w1")
+        await bot.available()
+        await q.submit(TaskSpec("one", id="one"), TaskSpec("two", id="two"))
+        a = await bot.assignment()
+        await bot.finish(a, result="first result")
+        b = await bot.assignment()
+        assert b.task_id == "two"
+        await q.call(WaitTask("one"))
+    # the process "restarts": a new store and actor on the same file
+    async with running_queue(path=path) as q2:
+        one = await q2.call(GetTask("one"))
+        assert one.state is TaskState.DONE and one.result == "first result"
+        two = await q2.call(GetTask("two"))
+        assert two.state is TaskState.READY
+        assert two.attempts[0].outcome is Outcome.INTERRUPTED
+        assert two.attempts[0].reason == "shoal restarted while the attempt ran"
+        bot = Bot(q2, "w2")
+        await bot.available()
+        c = await bot.assignment()
+        assert (c.task_id, c.attempt) == ("two", 2)
