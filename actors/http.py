@@ -31,7 +31,7 @@ import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve
 
-from ..protocols.config import HttpConfig
+from ..protocols.config import HttpConfig, SwarmConfig
 from ..protocols.errors import ValidationError
 from .auth import is_loopback
 
@@ -61,6 +61,9 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 class SwarmLike(Protocol):
     """What the HttpActor needs of the SwarmHandle (structural, so there is no import cycle)."""
+
+    @property
+    def config(self) -> SwarmConfig: ...
 
     async def status(self) -> dict[str, Any]: ...
 
@@ -159,7 +162,7 @@ class HttpActor:
         gateway_url_getter: Callable[[], str | None],
         token: str,
         *,
-        allow_remote: bool = False,
+        allow_remote: bool | None = None,
         tls_cert: str | None = None,
         tls_key: str | None = None,
         static_root: Path | None = None,
@@ -198,7 +201,12 @@ class HttpActor:
 
     async def run(self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
         host, port = self._config.host, self._config.port
-        if not is_loopback(host) and not self._allow_remote:
+        allow_remote = self._allow_remote
+        if (
+            allow_remote is None
+        ):  # one switch for both listeners: the dashboard is useless without the gateway
+            allow_remote = self._swarm.config.gateway.allow_remote
+        if not is_loopback(host) and not allow_remote:
             raise ValidationError(
                 "http.host",
                 f"binding the dashboard to the non-loopback address {host!r} exposes it to the network; "
