@@ -1,0 +1,912 @@
+#!/usr/bin/env python3
+"""A fake Claude Code: a faithful, scriptable stand-in for tests, demos and benchmarks.
+
+Modes, chosen like Claude Code chooses them:
+
+* default: the interactive TUI (run it in a PTY): welcome box, prompt between `───` rules (or in a
+  `╭─╮` box with `--tui-style box`) with `>` and a no-break space, `? for shortcuts`, a spinner
+  `✻ Thinking… (3s · esc to interrupt)` while busy, `● reply` lines, `Context left until
+  auto-compact: N%` once little context is left, colours, Ink-style erase-and-redraw, bracketed paste.
+* `--marker`: the same TUI, plus a `SHOAL_DONE` line after each turn (`SHOAL_DONE status=failed
+  reason=...` on failure), as the claude-tui profile's Stop hook prints.
+* `-p/--print --input-format stream-json --output-format stream-json`: JSON lines on stdin/stdout.
+* `-p PROMPT` (or the prompt on stdin): one answer, then exit (`--output-format text|json|stream-json`).
+
+Claude's own flags (--model, --dangerously-skip-permissions, --resume, --verbose, --permission-mode,
+--settings, ...) are accepted and ignored. Shoal's flags: `--marker`, `--startup-delay S`, `--no-ready`
+(never shows the prompt / never answers), `--context-step N` (context % used per task, default 7),
+`--context-start N`, `--ignore-sigterm`, `--tui-style rule|box`.
+
+Directives inside a prompt, any number, `[[name]]` or `[[name:value]]`, script that task:
+`[[think:SECONDS]]`, `[[output:BYTES]]` (reply of exactly that many bytes), `[[crash:CODE]]` (exit with
+CODE mid-task after printing a bit), `[[hang]]` (never finish), `[[ratelimit:EPOCH]]` or
+`[[ratelimit:+SECONDS]]` (Claude's usage-limit message, no answer), `[[ask]]` (a permission prompt;
+"1" then Enter proceeds, "2" or Esc refuses), `[[context:N]]` (context used becomes N%; 100 or more:
+context exhausted mid-task, and every later task too until /clear or /compact), `[[fail:REASON]]`
+(finish with failure), `[[flood:MB]]` (that many MB of ANSI-heavy output, fast), `[[echo]]` (reply
+with the prompt text). Without directives the reply is `Done: <first 40 characters of the prompt>`.
+Invalid directive values are ignored. Standard library only; starts in a few tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import sys
+import time
+
+VERSION = "2.1.20 (fake Claude Code)"
+NBSP = "\xa0"
+ESC = "\x1b"
+RESET, DIM, BOLD = "\x1b[0m", "\x1b[2m", "\x1b[1m"
+GREY, ORANGE, RED, GREEN, BLUE = "\x1b[38;5;244m", "\x1b[38;5;174m", "\x1b[31m", "\x1b[32m", "\x1b[38;5;75m"
+SPINNER = "·✢✳✶✻✽"
+VERBS = ("Thinking", "Pondering", "Computing", "Brewing", "Noodling", "Percolating")
+CONTEXT_FOOTER_BELOW = 40  # percent left at or under which the footer shows it
+MARKER = "SHOAL_DONE"
+CONTEXT_LIMIT = "Context limit reached · /compact or /clear to continue"
+FRAME_S = 0.1  # spinner redraw period
+
+VALUE_FLAGS = {
+    "--model", "--resume", "-r", "--permission-mode", "--output-format", "--input-format",
+    "--allowedTools", "--allowed-tools", "--disallowedTools", "--disallowed-tools",
+    "--append-system-prompt", "--system-prompt", "--mcp-config", "--add-dir", "--settings",
+    "--session-id", "--max-turns", "--fallback-model", "--agents", "--setting-sources",
+    "--max-budget-usd", "--permission-prompt-tool", "--tools", "--betas", "--agent", "--plugin-dir",
+    "--startup-delay", "--context-step", "--context-start", "--tui-style",
+}  # fmt: skip
+DIRECTIVE = re.compile(r"\[\[(\w+)(?::([^\]]*))?\]\]")
+KEY_SEQUENCE = re.compile(rb"\x1b\[[0-?]*[ -/]*[@-~]|\x1bO[ -~]")
+PARTIAL_SEQUENCE = re.compile(rb"\x1b(?:\[[0-?]*[ -/]*|O)?\Z")
+
+
+# ------------------------------------------------------------------------------------------------
+# arguments and directives
+
+
+class Args:
+    def __init__(self, argv: list[str]) -> None:
+        self.values: dict[str, str] = {}
+        self.flags: set[str] = set()
+        self.positional: list[str] = []
+        i = 0
+        while i < len(argv):
+            arg = argv[i]
+            if arg == "--":
+                self.positional.extend(argv[i + 1 :])
+                break
+            if arg.startswith("-") and len(arg) > 1:
+                name, eq, value = arg.partition("=")
+                if eq:
+                    self.values[name] = value
+                elif name in VALUE_FLAGS and i + 1 < len(argv):
+                    self.values[name] = argv[i + 1]
+                    i += 1
+                else:
+                    self.flags.add(name)
+            else:
+                self.positional.append(arg)
+            i += 1
+        self.print_mode = bool(self.flags & {"-p", "--print"})
+        self.marker = "--marker" in self.flags
+        self.no_ready = "--no-ready" in self.flags
+        self.model = self.values.get("--model", "sonnet")
+        self.output_format = self.values.get("--output-format", "text")
+        self.input_format = self.values.get("--input-format", "text")
+        self.startup_delay = _number(self.values.get("--startup-delay"), 0.0)
+        self.context_step = _number(self.values.get("--context-step"), 7.0)
+        self.context_start = _number(self.values.get("--context-start"), 0.0)
+        self.box = self.values.get("--tui-style", "rule") == "box"
+
+
+def _number(text: str | None, default: float) -> float:
+    try:
+        return float(text) if text is not None else default
+    except ValueError:
+        return default
+
+
+class Plan:
+    """What a prompt's directives ask for."""
+
+    def __init__(self, prompt: str, now: float) -> None:
+        self.prompt = prompt
+        self.think = 0.0
+        self.output: int | None = None
+        self.crash: int | None = None
+        self.hang = False
+        self.ratelimit: int | None = None
+        self.ask = False
+        self.context: float | None = None
+        self.fail: str | None = None
+        self.flood_mb = 0.0
+        self.echo = False
+        for name, value in DIRECTIVE.findall(prompt):
+            try:
+                self._set(name.lower(), value, now)
+            except ValueError:
+                continue  # an invalid value: the directive is ignored
+        self.text = " ".join(DIRECTIVE.sub(" ", prompt).split())
+
+    def _set(self, name: str, value: str, now: float) -> None:
+        if name == "think":
+            self.think = max(0.0, float(value))
+        elif name == "output":
+            self.output = max(0, int(value))
+        elif name == "crash":
+            self.crash = int(value) if value else 1
+        elif name == "hang":
+            self.hang = True
+        elif name == "ratelimit":
+            self.ratelimit = int(now + float(value[1:])) if value.startswith("+") else int(float(value))
+        elif name == "ask":
+            self.ask = True
+        elif name == "context":
+            self.context = max(0.0, float(value))
+        elif name == "fail":
+            self.fail = value.strip() or "failed"
+        elif name == "flood":
+            self.flood_mb = max(0.0, float(value))
+        elif name == "echo":
+            self.echo = True
+
+    def reply(self) -> str:
+        if self.output is not None:
+            return filler(self.output)
+        if self.echo:
+            return self.text
+        return "Done: " + self.text[:40]
+
+
+def _partial_suffix(buf: bytes, marker: bytes, start: int) -> int:
+    """How many trailing bytes of `buf` (from `start`) could begin `marker`."""
+    for n in range(min(len(marker) - 1, len(buf) - start), 0, -1):
+        if marker.startswith(buf[len(buf) - n :]):
+            return n
+    return 0
+
+
+def _utf8_incomplete(data: bytes) -> int:
+    """Bytes at the end of `data` that start a UTF-8 character whose rest has not arrived."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 == 0x80:
+            continue  # continuation byte: look further back for the lead byte
+        need = 2 if byte >= 0xC0 else 1
+        need = 3 if byte >= 0xE0 else need
+        need = 4 if byte >= 0xF0 else need
+        return back if need > back else 0
+    return 0
+
+
+def filler(size: int) -> str:
+    """Deterministic ASCII text of exactly `size` bytes, in lines of at most 70 characters."""
+    words = ("lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit", "sed", "do")
+    lines, line = [], ""
+    for n in range(120):
+        word = words[n % len(words)]
+        if len(line) + 1 + len(word) > 70:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    block = "\n".join(lines) + "\n"
+    text = (block * (size // len(block) + 1))[:size]
+    if text and text[-1] in " \n":
+        text = text[:-1] + "."
+    return text
+
+
+def flood_block(seed: int) -> bytes:
+    """About 64 KiB of syntax-highlighted-looking lines: a colour change every few characters."""
+    tokens = ("def", "return", "self", "value", "(", ")", "=", "42", '"text"', "import", "for", "in")
+    colours = ("\x1b[38;5;204m", "\x1b[38;5;75m", "\x1b[38;5;114m", "\x1b[38;5;180m", "\x1b[1m", "\x1b[2m")
+    lines = []
+    n = seed
+    size = 0
+    while size < 65536:
+        parts = []
+        for _ in range(12):
+            n = (n * 1103515245 + 12345) & 0x7FFFFFFF
+            parts.append(colours[n % len(colours)] + tokens[(n >> 8) % len(tokens)] + RESET)
+        line = "    " + " ".join(parts) + "\r\n"
+        lines.append(line)
+        size += len(line)
+    return "".join(lines).encode()
+
+
+# ------------------------------------------------------------------------------------------------
+# output helpers
+
+
+def write(data: str | bytes) -> None:
+    raw = data.encode() if isinstance(data, str) else data
+    view = memoryview(raw)
+    while view:
+        try:
+            n = os.write(1, view)
+        except BlockingIOError:
+            select.select([], [1], [])
+            continue
+        view = view[n:]
+
+
+def write_flood(mb: float, line_end: str = "\r\n") -> None:
+    block = flood_block(7)
+    if line_end != "\r\n":
+        block = block.replace(b"\r\n", line_end.encode())
+    remaining = int(mb * 1_000_000)
+    while remaining > 0:
+        chunk = block if remaining >= len(block) else block[:remaining]
+        write(chunk)
+        remaining -= len(chunk)
+
+
+# ------------------------------------------------------------------------------------------------
+# the interactive TUI
+
+
+class Tui:
+    def __init__(self, args: Args) -> None:
+        self.args = args
+        self.used = min(100.0, max(0.0, args.context_start))
+        self.input = ""
+        self.paste_count = 0
+        self.frame_lines = 0
+        self.cols = self._cols()
+        self.busy = False
+        self.plan: Plan | None = None
+        self.turn_start = 0.0
+        self.deadline: float | None = None
+        self.asking = False
+        self.queue: list[str] = []
+        self.pending = b""  # undecoded input (a split escape or UTF-8 sequence)
+        self.in_paste = False
+        self.paste_buf = b""
+        self.spin = 0
+        self.next_frame = 0.0
+        self.compacting = False
+
+    @staticmethod
+    def _cols() -> int:
+        try:
+            return max(40, os.get_terminal_size(1).columns)
+        except OSError:
+            return 100
+
+    # -- drawing -----------------------------------------------------------------------------------
+
+    def erase(self) -> str:
+        """Ink's eraseLines: clear each line of the dynamic region, moving up, then column 1."""
+        if not self.frame_lines:
+            return ""
+        seq = (ESC + "[2K" + ESC + "[1A") * (self.frame_lines - 1) + ESC + "[2K" + ESC + "[G"
+        self.frame_lines = 0
+        return seq
+
+    def frame(self) -> list[str]:
+        width = self.cols - 1
+        lines: list[str] = []
+        if self.busy and not self.asking:
+            glyph = SPINNER[self.spin % len(SPINNER)]
+            secs = int(time.monotonic() - self.turn_start)
+            verb = "Compacting conversation" if self.compacting else VERBS[self.spin // 12 % len(VERBS)]
+            lines.append(f"{ORANGE}{glyph} {verb}…{RESET} {GREY}({secs}s · esc to interrupt){RESET}")
+            lines.append("")
+        if self.asking:
+            lines.extend(self.dialog())
+            return lines
+        if self.args.no_ready:
+            return lines
+        shown = self.input
+        if "\n" in shown or len(shown) > 800:
+            shown = f"[Pasted text #{max(1, self.paste_count)} +{shown.count(chr(10))} lines]"
+        shown = shown[: max(0, width - 8)]
+        if self.args.box:
+            inner = width - 2
+            lines.append(GREY + "╭" + "─" * inner + "╮" + RESET)
+            body = f" {BOLD}>{RESET}{NBSP}{shown}"
+            pad = inner - 3 - len(shown)
+            lines.append(GREY + "│" + RESET + body + " " * max(0, pad) + GREY + "│" + RESET)
+            lines.append(GREY + "╰" + "─" * inner + "╯" + RESET)
+        else:
+            lines.append(GREY + "─" * width + RESET)
+            lines.append(f"{BOLD}>{RESET}{NBSP}{shown}")
+            lines.append(GREY + "─" * width + RESET)
+        footer = f"  {GREY}? for shortcuts{RESET}"
+        left = max(0, round(100 - self.used))
+        if left <= CONTEXT_FOOTER_BELOW:
+            context = f"Context left until auto-compact: {left}%"
+            gap = max(2, width - 17 - len(context))
+            footer += " " * gap + f"{GREY}{context}{RESET}"
+        lines.append(footer)
+        return lines
+
+    def dialog(self) -> list[str]:
+        width = self.cols - 1
+        return [
+            GREY + "─" * width + RESET,
+            f" {BOLD}Bash command{RESET}",
+            "",
+            "   echo hello",
+            f"   {DIM}Print a greeting{RESET}",
+            "",
+            " Do you want to proceed?",
+            f" {BLUE}❯ 1. Yes{RESET}",
+            "   2. No",
+            "",
+            f" {GREY}Esc to cancel · Tab to amend{RESET}",
+        ]
+
+    def redraw(self, static: list[str] | None = None) -> None:
+        out = self.erase()
+        if static:
+            out += "".join(line + "\r\n" for line in static)
+        lines = self.frame()
+        out += "\r\n".join(lines)
+        self.frame_lines = len(lines)
+        write(out)
+
+    def static(self, lines: list[str]) -> None:
+        self.redraw(lines)
+
+    def welcome(self) -> None:
+        cwd = os.getcwd()
+        inner = max(52, min(self.cols - 2, len(cwd) + 12))
+        rows = [
+            f" {ORANGE}✻{RESET} Welcome to Claude Code!",
+            "",
+            "   /help for help, /status for your current setup",
+            "",
+            f"   cwd: {cwd}",
+            f"   model: {self.args.model}",
+        ]
+        out = [GREY + "╭" + "─" * inner + "╮" + RESET]
+        for row in rows:
+            visible = re.sub(r"\x1b\[[0-9;]*m", "", row)
+            out.append(GREY + "│" + RESET + row + " " * max(0, inner - len(visible)) + GREY + "│" + RESET)
+        out.append(GREY + "╰" + "─" * inner + "╯" + RESET)
+        out += [
+            "",
+            " Tips for getting started:",
+            "",
+            " 1. Run /init to create a CLAUDE.md file with instructions for Claude",
+            " 2. Use Claude to help with file analysis, editing, bash commands and git",
+            "",
+        ]
+        write(ESC + "[?2004h" + ESC + "[?25l")  # bracketed paste on, cursor hidden (as Ink does)
+        self.static(out)
+
+    # -- turns ---------------------------------------------------------------------------------------
+
+    def submit(self, text: str) -> None:
+        if self.busy:
+            self.queue.append(text)
+            return
+        self.input = ""
+        self.paste_count = 0
+        command = text.strip()
+        if command in ("/exit", "/quit"):
+            raise SystemExit(0)
+        echo = [
+            f"{GREY}>{RESET} {line}" if i == 0 else f"  {line}" for i, line in enumerate(text.split("\n"))
+        ]
+        if command == "/clear":
+            self.used = 0.0
+            self.frame_lines = 0
+            write(ESC + "[2J" + ESC + "[H")
+            self.redraw()
+            return
+        if command == "/compact":
+            self.start_turn(Plan("", time.time()), [*echo, ""], compacting=True)
+            return
+        if self.used >= 100:
+            self.static([*echo, "", f"  {RED}⎿  {CONTEXT_LIMIT}{RESET}", ""])
+            return
+        self.start_turn(Plan(text, time.time()), [*echo, ""])
+
+    def start_turn(self, plan: Plan, echo: list[str], compacting: bool = False) -> None:
+        self.busy = True
+        self.compacting = compacting
+        self.plan = plan
+        self.asking = False
+        self.turn_start = time.monotonic()
+        self.deadline = self.turn_start + (0.3 if compacting else plan.think)
+        self.spin = 0
+        self.next_frame = self.turn_start + FRAME_S
+        self.static(echo)
+        if plan.flood_mb:
+            out = self.erase()
+            write(out)
+            write_flood(plan.flood_mb)
+            self.redraw()
+
+    def tick(self, now: float) -> None:
+        if not self.busy:
+            return
+        if self.deadline is not None and now >= self.deadline and not self.asking:
+            self.deadline = None
+            self.finish()
+            return
+        if now >= self.next_frame and not self.asking:
+            self.spin += 1
+            self.next_frame = now + FRAME_S
+            self.redraw()
+
+    def timeout(self, now: float) -> float | None:
+        if not self.busy or self.asking:
+            return None
+        wait = self.next_frame - now
+        if self.deadline is not None:
+            wait = min(wait, self.deadline - now)
+        return max(0.0, wait)
+
+    def finish(self) -> None:
+        plan = self.plan
+        assert plan is not None
+        if self.compacting:
+            self.used = min(self.used, 10.0)
+            self.end_turn(["  ⎿  Compacted (ctrl+o to see full summary)", ""])
+            return
+        if plan.crash is not None:
+            self.static(["● Working on it…", ""])
+            self.restore()
+            os._exit(plan.crash)
+        if plan.hang:
+            return  # busy forever: only Esc or a signal ends this turn
+        if plan.ask and not self.asking:
+            self.asking = True
+            self.redraw()
+            return
+        if plan.ratelimit is not None:
+            self.end_turn([f"  {RED}⎿  Claude AI usage limit reached|{plan.ratelimit}{RESET}", ""])
+            return
+        if plan.context is not None and plan.context >= 100:
+            self.used = 100.0
+            self.end_turn([f"  {RED}⎿  {CONTEXT_LIMIT}{RESET}", ""])
+            return
+        lines = (f"Failed: {plan.fail}" if plan.fail else plan.reply()).split("\n")
+        reply = [f"{BOLD}●{RESET} {lines[0]}", *("  " + line for line in lines[1:]), ""]
+        elapsed = time.monotonic() - self.turn_start
+        if elapsed >= 1.0:
+            reply += [f"{GREY}✻ Worked for {int(elapsed)}s{RESET}", ""]
+        self.grow(plan)
+        marker = f"{MARKER} status=failed reason={plan.fail}" if plan.fail else MARKER
+        self.end_turn(reply, marker)
+
+    def grow(self, plan: Plan) -> None:
+        if plan.context is not None:
+            self.used = min(100.0, plan.context)
+        else:
+            self.used = min(99.0, self.used + self.args.context_step)
+
+    def end_turn(self, lines: list[str], marker: str | None = None) -> None:
+        self.busy = False
+        self.asking = False
+        self.compacting = False
+        self.plan = None
+        if marker is not None and self.args.marker:
+            lines = [*lines, marker]
+        self.static(lines)
+        if self.queue:
+            self.submit(self.queue.pop(0))
+
+    def answer(self, choice: str) -> None:
+        plan = self.plan
+        assert plan is not None
+        self.asking = False
+        if choice == "1":
+            plan.ask = False
+            self.deadline = time.monotonic()
+            self.redraw()
+        else:
+            self.grow(plan)
+            self.end_turn(
+                ["● I need permission to run `echo hello`; you declined, so I did not run it.", ""],
+                f"{MARKER} status=failed reason=permission denied",
+            )
+
+    def interrupt(self) -> None:
+        if self.busy:
+            self.end_turn(["  ⎿  Interrupted by user", ""])
+
+    # -- input ---------------------------------------------------------------------------------------
+
+    def on_input(self, data: bytes) -> None:
+        buf = self.pending + data
+        self.pending = b""
+        i = 0
+        typed = b""
+        while i < len(buf):
+            if self.in_paste:
+                end = buf.find(b"\x1b[201~", i)
+                if end < 0:
+                    hold = _partial_suffix(buf, b"\x1b[201~", i)
+                    self.paste_buf += buf[i : len(buf) - hold]
+                    self.pending = buf[len(buf) - hold :]
+                    break
+                self.paste_buf += buf[i:end]
+                text = self.paste_buf.decode(errors="replace")
+                self.input += text.replace("\r\n", "\n").replace("\r", "\n")
+                self.paste_buf = b""
+                self.in_paste = False
+                self.paste_count += 1
+                i = end + 6
+                continue
+            b = buf[i]
+            if b == 0x1B:
+                rest = buf[i:]
+                if rest.startswith(b"\x1b[200~"):
+                    self.input += typed.decode(errors="replace")
+                    typed = b""
+                    self.in_paste = True
+                    i += 6
+                    continue
+                m = KEY_SEQUENCE.match(rest)
+                if m:
+                    i += m.end()  # arrows, function keys: ignored
+                    continue
+                if PARTIAL_SEQUENCE.match(rest):
+                    self.pending = rest  # completed by the next read, or a lone Esc after a pause
+                    break
+                i += 1
+                self.escape()
+                continue
+            if b in (0x0D, 0x0A):
+                i += 1
+                self.input += typed.decode(errors="replace")
+                typed = b""
+                self.enter()
+                continue
+            if b in (0x7F, 0x08):
+                i += 1
+                if typed:
+                    typed = typed[:-1]
+                else:
+                    self.input = self.input[:-1]
+                continue
+            if b == 0x03:  # Ctrl-C: interrupt, else clear the input, else quit
+                i += 1
+                if self.busy:
+                    self.interrupt()
+                elif self.input or typed:
+                    self.input, typed = "", b""
+                else:
+                    raise SystemExit(0)
+                continue
+            if b == 0x04:  # Ctrl-D on an empty prompt quits
+                i += 1
+                if not self.busy and not self.input and not typed:
+                    raise SystemExit(0)
+                continue
+            j = i
+            while j < len(buf) and buf[j] >= 0x20 and buf[j] != 0x7F:
+                j += 1
+            if j == i:
+                i += 1  # another control byte: ignored
+                continue
+            typed += buf[i:j]
+            i = j
+        if typed:
+            hold = _utf8_incomplete(typed)
+            if hold:
+                self.pending = typed[-hold:] + self.pending
+                typed = typed[:-hold]
+            self.input += typed.decode(errors="replace")
+        if (typed or data) and not self.busy:
+            self.redraw()
+
+    def escape(self) -> None:
+        if self.asking:
+            self.answer("2")
+        elif self.busy:
+            self.interrupt()
+
+    def flush_escape(self) -> None:
+        """A lone ESC that stayed alone: the Esc key."""
+        if self.pending == b"\x1b":
+            self.pending = b""
+            self.escape()
+
+    def enter(self) -> None:
+        if self.asking:
+            choice = self.input.strip() or "1"
+            self.input = ""
+            self.answer(choice)
+            return
+        text = self.input
+        if not text.strip():
+            return
+        self.submit(text)
+
+    # -- life cycle ----------------------------------------------------------------------------------
+
+    def restore(self) -> None:
+        restore_terminal()
+
+    def run(self) -> None:
+        self.welcome()
+        while True:
+            now = time.monotonic()
+            wait = self.timeout(now)
+            if self.pending == b"\x1b":
+                wait = 0.05 if wait is None else min(wait, 0.05)
+            try:
+                ready, _, _ = select.select([0], [], [], wait)
+            except InterruptedError:
+                continue
+            if ready:
+                try:
+                    data = os.read(0, 65536)
+                except OSError:
+                    data = b""
+                if not data:
+                    return  # the terminal closed
+                if not self.args.no_ready:
+                    self.on_input(data)
+            elif self.pending == b"\x1b":
+                self.flush_escape()
+            self.tick(time.monotonic())
+
+    def resize(self) -> None:
+        """SIGWINCH: only note the width (the next redraw uses it); never write from a handler."""
+        self.cols = self._cols()
+
+
+_SAVED_TTY: list[object] = []
+
+
+def raw_terminal() -> None:
+    if not os.isatty(0):
+        return
+    import termios
+    import tty
+
+    _SAVED_TTY.append(termios.tcgetattr(0))
+    tty.setraw(0)
+
+
+def restore_terminal() -> None:
+    if _SAVED_TTY:
+        import termios
+
+        try:
+            termios.tcsetattr(0, termios.TCSANOW, _SAVED_TTY[0])  # type: ignore[arg-type]
+        except (OSError, termios.error):
+            pass
+
+
+# ------------------------------------------------------------------------------------------------
+# headless: -p, stream-json
+
+
+class Headless:
+    def __init__(self, args: Args) -> None:
+        self.args = args
+        self.used = min(100.0, max(0.0, args.context_start))
+        self.session = f"fake-{os.getpid()}"
+        self.inited = False
+        self.turns = 0
+
+    def emit(self, event: dict[str, object]) -> None:
+        import json
+
+        write(json.dumps(event) + "\n")
+
+    def init(self) -> None:
+        if not self.inited:
+            self.inited = True
+            self.emit(
+                {
+                    "type": "system",
+                    "subtype": "init",
+                    "session_id": self.session,
+                    "model": self.args.model,
+                    "cwd": os.getcwd(),
+                    "tools": ["Bash", "Read", "Edit", "Write"],
+                    "permissionMode": self.args.values.get("--permission-mode", "default"),
+                    "apiKeySource": "none",
+                }
+            )
+
+    def usage(self, output_chars: int) -> dict[str, int]:
+        context_tokens = int(self.used * 2000)  # of a 200k window
+        return {
+            "input_tokens": max(1, context_tokens // 10),
+            "cache_read_input_tokens": context_tokens - context_tokens // 10,
+            "cache_creation_input_tokens": 0,
+            "output_tokens": max(1, output_chars // 4),
+        }
+
+    def assistant(self, text: str, **extra: object) -> None:
+        message = {
+            "id": f"msg_{self.turns}",
+            "type": "message",
+            "role": "assistant",
+            "model": self.args.model,
+            "content": [{"type": "text", "text": text}],
+            "usage": self.usage(len(text)),
+        }
+        self.emit({"type": "assistant", "message": message, "session_id": self.session, **extra})
+
+    def result(
+        self, text: str, is_error: bool, started: float, subtype: str = "success", **extra: object
+    ) -> None:
+        self.emit(
+            {
+                "type": "result",
+                "subtype": subtype,
+                "is_error": is_error,
+                "duration_ms": int((time.monotonic() - started) * 1000),
+                "duration_api_ms": int((time.monotonic() - started) * 1000),
+                "num_turns": 1,
+                "result": text,
+                "session_id": self.session,
+                "total_cost_usd": round(0.000015 * len(text) + 0.001, 6),
+                "usage": self.usage(len(text)),
+                **extra,
+            }
+        )
+
+    def turn(self, prompt: str, stream: bool) -> int:
+        """Answer one prompt; `stream`: JSON events, else the caller prints the text. Exit status."""
+        self.turns += 1
+        started = time.monotonic()
+        plan = Plan(prompt, time.time())
+        if stream:
+            self.init()
+        if self.used >= 100 or (plan.context is not None and plan.context >= 100):
+            self.used = 100.0
+            return self.end(stream, "Prompt is too long", True, started, code=1)
+        if plan.think:
+            time.sleep(plan.think)
+        if plan.flood_mb:
+            if stream:
+                block = flood_block(7).decode()
+                remaining = int(plan.flood_mb * 1_000_000)
+                while remaining > 0:
+                    piece = block[: min(len(block), remaining)]
+                    self.assistant(piece)
+                    remaining -= len(piece)
+            else:
+                write_flood(plan.flood_mb, "\n")
+        if plan.crash is not None:
+            if stream:
+                self.assistant("Working on it…")
+            else:
+                write("Working on it…\n")
+            os._exit(plan.crash)
+        if plan.hang:
+            while True:
+                time.sleep(3600)
+        if plan.ratelimit is not None:
+            message = f"Claude AI usage limit reached|{plan.ratelimit}"
+            if stream:
+                info = {"status": "rejected", "resetsAt": plan.ratelimit, "rateLimitType": "five_hour"}
+                self.emit({"type": "rate_limit_event", "rate_limit_info": info, "session_id": self.session})
+                self.assistant(message, error="rate_limit")
+            return self.end(stream, message, True, started, code=1)
+        if plan.ask:
+            text = "I need permission to run `echo hello`, which was denied in non-interactive mode."
+            self.grow(plan)
+            denial = {"tool_name": "Bash", "tool_use_id": "toolu_1", "tool_input": {"command": "echo hello"}}
+            return self.end(stream, text, False, started, permission_denials=[denial])
+        if plan.fail is not None:
+            self.grow(plan)
+            return self.end(stream, plan.fail, True, started, subtype="error_during_execution", code=1)
+        reply = plan.reply()
+        self.grow(plan)
+        return self.end(stream, reply, False, started)
+
+    def grow(self, plan: Plan) -> None:
+        if plan.context is not None:
+            self.used = min(100.0, plan.context)
+        else:
+            self.used = min(99.0, self.used + self.args.context_step)
+
+    def end(
+        self,
+        stream: bool,
+        text: str,
+        is_error: bool,
+        started: float,
+        subtype: str = "success",
+        code: int = 0,
+        **extra: object,
+    ) -> int:
+        if stream:
+            if not is_error:
+                self.assistant(text)
+            self.result(text, is_error, started, subtype, **extra)
+        elif self.args.output_format == "json":
+            self.result(text, is_error, started, subtype, **extra)
+        elif is_error and subtype != "success":
+            sys.stderr.write(f"Error: {text}\n")
+        else:
+            write(text + "\n")
+        return code
+
+    def stream_loop(self) -> int:
+        import json
+
+        for raw in sys.stdin.buffer:
+            line = raw.strip()
+            if not line:
+                continue
+            if self.args.no_ready:
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError as exc:
+                sys.stderr.write(f"Error parsing JSON input: {exc}\n")
+                continue
+            if not isinstance(event, dict) or event.get("type") != "user":
+                continue
+            message = event.get("message") or {}
+            content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(content, str):
+                prompt = content
+            elif isinstance(content, list):
+                prompt = "\n".join(
+                    str(b.get("text", "")) for b in content if isinstance(b, dict) and b.get("type") == "text"
+                )
+            else:
+                continue
+            self.turn(prompt, stream=True)
+        return 0
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str]) -> int:
+    args = Args(argv)
+    if "--version" in args.flags or "-v" in args.flags:
+        write(VERSION + "\n")
+        return 0
+    if "--ignore-sigterm" in args.flags:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    else:
+        signal.signal(signal.SIGTERM, lambda *_: _exit(143))
+    signal.signal(signal.SIGHUP, lambda *_: _exit(129))
+    if args.startup_delay > 0:
+        time.sleep(args.startup_delay)
+    if args.print_mode:
+        headless = Headless(args)
+        if args.input_format == "stream-json":
+            if args.output_format != "stream-json":
+                sys.stderr.write("Error: --input-format=stream-json requires --output-format=stream-json\n")
+                return 1
+            return headless.stream_loop()
+        prompt = " ".join(args.positional) if args.positional else sys.stdin.read()
+        if not prompt.strip():
+            sys.stderr.write("Error: Input must be provided either through stdin or as a prompt argument\n")
+            return 1
+        if args.no_ready:
+            while True:
+                time.sleep(3600)
+        return headless.turn(prompt, stream=args.output_format == "stream-json")
+    tui = Tui(args)
+    signal.signal(signal.SIGWINCH, lambda *_: tui.resize())
+    raw_terminal()
+    try:
+        tui.run()
+    finally:
+        restore_terminal()
+    return 0
+
+
+def _exit(code: int) -> None:
+    restore_terminal()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        os._exit(0)
