@@ -166,15 +166,17 @@ async def test_usage_limit_parks_the_model_and_falls_back_without_tripping(tmp_p
     )
     async with open_swarm(config) as swarm:
         with swarm.events(("worker.rate_limited", "swarm.halted")) as sub:
-            limited = await swarm.submit({"prompt": "hit the limit [[ratelimit:+3600]]"})
+            # pinned: it must wait for sonnet's reset, never fall back
+            limited = await swarm.submit({"prompt": "hit the limit [[ratelimit:+3600]]", "model": "sonnet"})
             event = await wait_for(sub, "worker.rate_limited")
             assert event.data["reset_at"] is not None
             follow = await swarm.submit({"prompt": "after the limit"})
             done = await swarm.wait(follow.id, timeout=30)
             assert done.state is TaskState.DONE
             assert done.attempts[-1].model == "haiku"  # the fallback
-            first = (await swarm.get(limited.id)).attempts[0]
-            assert first.outcome is Outcome.RATE_LIMITED
+            waiting = await swarm.get(limited.id)
+            assert waiting.state is TaskState.READY  # waits for the reset; the attempt did not count
+            assert [a.outcome for a in waiting.attempts] == [Outcome.RATE_LIMITED]
         status = await swarm.status()
         assert status["state"] == "running" and status["breaker"]["crashes_in_window"] == 0
 
