@@ -31,7 +31,7 @@ import trio
 
 from ..protocols.config import AlertRule, BackoffConfig, SwarmConfig, WebhookConfig, unstructure
 from ..protocols.errors import Conflict
-from ..runtime.eventbus import Event, EventBus
+from ..runtime.eventbus import Event, EventBus, Subscription
 
 log = logging.getLogger("shoal.alerts")
 
@@ -129,6 +129,8 @@ class RuleEngine:
             if topic == "worker.crashed":
                 self.crash_times.append((now, wid))
                 self.workers.pop(wid, None)
+            elif topic == "worker.exited":
+                self.workers.pop(wid, None)
             elif topic == "worker.spawned":
                 self.workers.setdefault(wid, str(data.get("state") or "starting"))
             elif topic == "worker.state":
@@ -146,7 +148,7 @@ class RuleEngine:
                     )
                     self.limited[model] = (until if until is not None else -1.0, dict(data))
         elif topic == "task.dead":
-            tid = data.get("id") or data.get("task") or ""
+            tid = data.get("task_id") or data.get("id") or ""
             self.dead_times.append((now, str(tid)))
         elif topic == "swarm.halted":
             self.halted = dict(data)
@@ -316,9 +318,9 @@ class AlertActor:
     """Runs the rule engine on the swarm's events and delivers what it decides.
 
     `config_getter` is read on every evaluation, so rules and webhooks are hot-configurable.
-    `metrics_getter` (optional) returns the MetricsActor or its snapshot dict; when the snapshot lists
-    workers (`{"workers": {"list": [...]}}` or `{"worker_states": {id: state}}`) the engine resyncs its
-    worker view from it on each tick, which heals any event a slow subscription dropped.
+    `metrics_getter` (optional) returns the MetricsActor: when this actor's own subscription had to
+    drop events (it was too slow), the engine's worker view is rebuilt from the MetricsActor's
+    `workers` mapping (id -> (state, model)) on the next tick instead of staying wrong.
     """
 
     def __init__(
@@ -342,6 +344,7 @@ class AlertActor:
         self.engine = RuleEngine()
         self._client: httpx.AsyncClient | None = None
         self._nursery: trio.Nursery | None = None
+        self._sub: Subscription | None = None
         self._in_flight = 0
         self.stats: dict[str, int] = {"fired": 0, "resolved": 0, "delivered": 0, "failed": 0, "retries": 0}
         self.recent: deque[dict[str, Any]] = deque(maxlen=100)  # last alert payloads, newest last
@@ -363,7 +366,7 @@ class AlertActor:
             trio.open_nursery() as nursery,
         ):
             self._client, self._nursery = client, nursery
-            sub = self._bus.subscribe(WATCHED_TOPICS, size=self._sub_size)
+            sub = self._sub = self._bus.subscribe(WATCHED_TOPICS, size=self._sub_size)
             try:
                 nursery.start_soon(self._tick_loop)
                 task_status.started()
@@ -372,7 +375,7 @@ class AlertActor:
                         self.engine.observe(event, trio.current_time())
                         self._evaluate()
             finally:
-                self._client = self._nursery = None
+                self._client = self._nursery = self._sub = None
                 nursery.cancel_scope.cancel()
 
     async def send_test(self) -> dict[str, Any]:
@@ -410,29 +413,23 @@ class AlertActor:
     async def _tick_loop(self) -> None:
         while True:
             await trio.sleep(self._tick_s)
-            self._resync()
+            sub = self._sub
+            if sub is not None and sub.take_dropped()[0]:
+                log.warning("alerts: events were dropped; rebuilding the worker view from the metrics")
+                self._resync()
             self._evaluate()
 
     def _resync(self) -> None:
         if self._metrics_getter is None:
             return
         try:
-            source = self._metrics_getter()
-            snap = source.snapshot() if hasattr(source, "snapshot") else source
-        except Exception:  # metrics are a nicety here; the events stay authoritative
-            log.debug("alerts: metrics snapshot unavailable", exc_info=True)
+            workers = getattr(self._metrics_getter(), "workers", None)
+        except Exception:  # the metrics are a repair source here; the events stay authoritative
+            log.debug("alerts: metrics unavailable for a resync", exc_info=True)
             return
-        if not isinstance(snap, Mapping):
-            return
-        states = snap.get("worker_states")
-        if isinstance(states, Mapping):
-            self.engine.sync_workers({str(k): str(v) for k, v in states.items()})
-            return
-        workers = snap.get("workers")
-        listing = workers.get("list") if isinstance(workers, Mapping) else None
-        if isinstance(listing, list):
+        if isinstance(workers, Mapping):
             self.engine.sync_workers(
-                {str(w["id"]): str(w["state"]) for w in listing if isinstance(w, Mapping) and "id" in w}
+                {str(k): str(v[0] if isinstance(v, tuple | list) else v) for k, v in workers.items()}
             )
 
     def _evaluate(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ from shoal.actors.alerts import (
     sign,
     verify_signature,
 )
+from shoal.actors.metrics import MetricsActor
 from shoal.protocols.config import (
     AlertRule,
     AlertsConfig,
@@ -62,12 +64,12 @@ def test_crash_rate_fires_at_threshold_then_resolves_when_window_passes() -> Non
 def test_cooldown_holds_back_a_second_firing() -> None:
     eng = RuleEngine()
     rule = AlertRule(kind="task_dead", threshold=1, window_s=10, cooldown_s=100)
-    eng.observe(ev("task.dead", id="t1"), 0.0)
+    eng.observe(ev("task.dead", task_id="t1"), 0.0)
     assert [t.topic for t in eng.evaluate([rule], 0.0, 0.0, 8)] == ["alert.fired"]
     assert [t.topic for t in eng.evaluate([rule], 11.0, 11.0, 8)] == ["alert.resolved"]
-    eng.observe(ev("task.dead", id="t2"), 20.0)
+    eng.observe(ev("task.dead", task_id="t2"), 20.0)
     assert eng.evaluate([rule], 20.0, 20.0, 8) == []  # cooling down
-    eng.observe(ev("task.dead", id="t3"), 99.0)
+    eng.observe(ev("task.dead", task_id="t3"), 99.0)
     assert eng.evaluate([rule], 99.0, 99.0, 8) == []
     [again] = eng.evaluate([rule], 100.0, 100.0, 8)  # cool-down over and t3 still in the window
     assert again.topic == "alert.fired"
@@ -108,6 +110,17 @@ def test_all_idle_ignores_paused_workers_and_needs_one_idle() -> None:
     assert eng.evaluate([rule], 0.0, 0.0, 8) == []  # nobody idle, nobody working
     eng.observe(ev("worker.state", worker="b", state="idle"), 1.0)
     assert [t.topic for t in eng.evaluate([rule], 1.0, 1.0, 8)] == ["alert.fired"]
+
+
+def test_exited_workers_leave_the_view() -> None:
+    eng = RuleEngine()
+    rule = AlertRule(kind="all_idle", cooldown_s=0)
+    eng.observe(ev("worker.state", worker="a", state="idle"), 0.0)
+    eng.observe(ev("worker.state", worker="b", state="busy"), 0.0)
+    assert eng.evaluate([rule], 0.0, 0.0, 8) == []
+    eng.observe(ev("worker.exited", worker="b", crashed=False), 1.0)
+    assert [t.topic for t in eng.evaluate([rule], 1.0, 1.0, 8)] == ["alert.fired"]
+    assert eng.workers == {"a": "idle"}
 
 
 def test_breaker_tripped_carries_reason_and_resolves_on_resume() -> None:
@@ -230,6 +243,27 @@ async def test_rules_are_hot_configurable(autojump_clock: trio.abc.Clock) -> Non
         nursery.cancel_scope.cancel()
 
 
+async def test_dropped_events_are_repaired_from_the_metrics(autojump_clock: trio.abc.Clock) -> None:
+    bus = EventBus()
+    holder = Holder(config_with([AlertRule(kind="all_idle", cooldown_s=0)]))
+    metrics = MetricsActor(bus, holder.get, time.time)
+    actor = AlertActor(holder.get, bus, lambda: metrics, subscription_size=1)
+    watch = bus.subscribe(["alert.*"])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(metrics.run)
+        await nursery.start(actor.run)
+        # no checkpoint in between: the alert actor's one-slot subscription keeps "w0 busy" and drops
+        # the rest, so only the repair from the metrics' worker view can see that all are idle
+        for state in ("busy", "idle"):
+            for i in range(5):
+                bus.publish("worker.state", {"worker": f"w{i}", "state": state})
+        with trio.fail_after(10):
+            fired = await next_topic(watch, "alert.fired")
+        assert fired.data["summary"] == "all 5 workers idle"
+        assert actor.engine.workers == {f"w{i}": "idle" for i in range(5)}
+        nursery.cancel_scope.cancel()
+
+
 # ---- webhooks to a real local receiver -------------------------------------------------------------
 
 
@@ -322,7 +356,7 @@ async def test_delivery_failure_is_reported_after_retries(receiver: Receiver) ->
     actor = AlertActor(Holder(config_with([AlertRule(kind="task_dead")], hooks)).get, bus, retry_backoff=FAST)
     async with trio.open_nursery() as nursery:
         await nursery.start(actor.run)
-        bus.publish("task.dead", {"id": "t1"})
+        bus.publish("task.dead", {"task_id": "t1"})
         with trio.fail_after(10):
             failed = await next_topic(watch, "alert.delivery_failed")
         assert failed.data["attempts"] == 3
@@ -341,7 +375,7 @@ async def test_a_client_error_is_not_retried(receiver: Receiver) -> None:
     actor = AlertActor(Holder(config_with([AlertRule(kind="task_dead")], hooks)).get, bus, retry_backoff=FAST)
     async with trio.open_nursery() as nursery:
         await nursery.start(actor.run)
-        bus.publish("task.dead", {"id": "t1"})
+        bus.publish("task.dead", {"task_id": "t1"})
         with trio.fail_after(10):
             failed = await next_topic(watch, "alert.delivery_failed")
         assert failed.data["attempts"] == 1 and failed.data["error"] == "HTTP 404"
@@ -361,7 +395,7 @@ async def test_unreachable_and_invalid_webhooks_are_reported() -> None:
     actor = AlertActor(Holder(config_with([AlertRule(kind="task_dead")], hooks)).get, bus, retry_backoff=FAST)
     async with trio.open_nursery() as nursery:
         await nursery.start(actor.run)
-        bus.publish("task.dead", {"id": "t1"})
+        bus.publish("task.dead", {"task_id": "t1"})
         with trio.fail_after(10):
             got = {e.data["webhook"]: e.data for e in [await watch.receive(), await watch.receive()]}
         assert got[0]["attempts"] == 2 and "ConnectError" in got[0]["error"]
@@ -378,7 +412,7 @@ async def test_a_hanging_receiver_never_blocks_alerts(receiver: Receiver) -> Non
     actor = AlertActor(Holder(config_with(rules, hooks)).get, bus, retry_backoff=FAST)
     async with trio.open_nursery() as nursery:
         await nursery.start(actor.run)
-        bus.publish("task.dead", {"id": "t1"})
+        bus.publish("task.dead", {"task_id": "t1"})
         with trio.fail_after(10):
             await wait_requests(receiver, 1)  # the receiver now holds that delivery
             bus.publish("swarm.halted", {"reason": "storm"})

@@ -237,6 +237,7 @@ class App {
       if (topic.startsWith("worker.")) this.views.workers.onEvent(params);
       if (topic.startsWith("task.")) {
         this.views.tasks.onEvent(params);
+        this.views.workers.onTaskEvent(params);
         this.refreshStatusSoon();
       }
       if (topic.startsWith("alert.")) this.views.alerts.onEvent(params);

@@ -199,7 +199,7 @@ export class ChartsView {
           stroke: PALETTE[i % PALETTE.length],
           width: 1.5,
           spanGaps: false,
-          points: { show: false },
+          points: { size: 4 }, // uPlot shows them only where the data is sparse enough
           value: (u, v) => def.fmt(v),
         })),
       ],

@@ -98,7 +98,7 @@ export class TasksView {
   }
 
   onEvent({ topic, data }) {
-    const id = data?.id ?? data?.task;
+    const id = data?.task_id ?? data?.id;
     if (this.selectedId && id === this.selectedId) this.loadDetailSoon();
     if (this.app.isVisible("tasks") && $("#tasks-live").checked) this.reloadSoon();
     return topic;
@@ -123,6 +123,10 @@ export class TasksView {
       this.tasks = tasks;
       this.nextCursor = next;
       this.table.setRows(tasks);
+      if (!this.marked) {
+        this.marked = true;
+        performance.mark("shoal:tasks-rendered");
+      }
       const n = this.cursors.length;
       $("#tasks-page").textContent = tasks.length
         ? `page ${n} · ${(n - 1) * PAGE + 1}–${(n - 1) * PAGE + tasks.length}`
@@ -138,7 +142,7 @@ export class TasksView {
 
   waitsOn(t) {
     if (!t.deps || !t.deps.length) return "";
-    if (t.state !== "blocked") return `(${t.deps.length} done)`;
+    if (t.state !== "blocked") return `${t.deps.length} dep${t.deps.length > 1 ? "s" : ""} met`;
     return t.deps.join(", ");
   }
 

@@ -59,11 +59,15 @@ export function fmtMoney(v) {
   return v < 1 ? `$${v.toFixed(4)}` : `$${v.toFixed(2)}`;
 }
 
-const ANSI = /\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]|\r(?!\n)/g;
+const ANSI = /\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]/g;
 
-/** Terminal output as plain text for the "recent output" box. */
+/** Terminal output as plain text for the "recent output" box: escapes dropped, and a carriage
+ * return lets the rest of its line overwrite what came before, as on a terminal. */
 export function stripAnsi(text) {
-  return text.replace(ANSI, "");
+  return text.replace(ANSI, "").split("\n").map((line) => {
+    const parts = line.split("\r").filter((part) => part.length);
+    return parts.length ? parts[parts.length - 1] : "";
+  }).join("\n");
 }
 
 export function b64ToBytes(b64) {

@@ -88,14 +88,17 @@ export class WorkersView {
     this.renderSoon();
   }
 
-  /** worker.* events: patch the row at once; unknown workers trigger a (throttled) reload. */
+  /** worker.* events patch the row at once; a worker not seen yet triggers a (throttled) reload. */
   onEvent({ topic, data }) {
     const id = data?.worker ?? data?.id;
     if (typeof id !== "string") return;
+    const gone = topic === "worker.exited" || (topic === "worker.state" && GONE.has(data.state));
     let w = this.workers.get(id);
-    if (!w) {
-      if (topic !== "worker.crashed" && !(topic === "worker.state" && GONE.has(data.state))) {
-        this.workers.set(id, { id, state: data.state || "starting", model: data.model ?? null, started: Date.now() / 1000, tasks_done: 0, crashes: 0 });
+    if (gone) {
+      this.workers.delete(id);
+    } else if (!w) {
+      if (topic === "worker.spawned" || topic === "worker.state") {
+        this.workers.set(id, { id, state: data.state || "starting", model: data.model ?? null, lineage: data.lineage, started: Date.now() / 1000, tasks_done: 0, crashes: 0 });
         this.reloadSoon();
       }
     } else {
@@ -103,21 +106,28 @@ export class WorkersView {
       if (topic === "worker.state" && data.state) {
         w.state = data.state;
         if (data.model) w.model = data.model;
-        if ("task_id" in data) w.task_id = data.task_id;
-        else if (data.state === "idle") w.task_id = null;
         if (data.pid) w.pid = data.pid;
-        if (data.reason !== undefined) w.reason = data.reason;
+        if (data.state === "idle") w.task_id = null;
+        w.reason = data.reason ?? null;
       } else if (topic === "worker.context" && data.used_percent !== undefined) {
         w.context_used_percent = data.used_percent;
       } else if (topic === "worker.crashed") {
-        w.state = "crashed";
         w.crashes = (w.crashes || 0) + 1;
       } else if (topic === "worker.spawned" && data.model) {
         w.model = data.model;
       }
-      if (topic === "worker.state" && GONE.has(data.state)) this.workers.delete(id);
-      else this.workers.set(id, w);
+      this.workers.set(id, w);
     }
+    if (this.app.isVisible("workers")) this.renderSoon();
+  }
+
+  /** task.running / task.done name the worker: keep its current task and count up to date. */
+  onTaskEvent({ topic, data }) {
+    const w = this.workers.get(data?.worker);
+    if (!w) return;
+    if (topic === "task.running") this.workers.set(w.id, { ...w, task_id: data.task_id, state: "busy" });
+    else if (topic === "task.done") this.workers.set(w.id, { ...w, task_id: null, tasks_done: (w.tasks_done || 0) + 1 });
+    else return;
     if (this.app.isVisible("workers")) this.renderSoon();
   }
 
@@ -137,6 +147,10 @@ export class WorkersView {
   render() {
     const rows = this.rows();
     this.table.setRows(rows);
+    if (!this.marked && rows.length) {
+      this.marked = true;
+      performance.mark("shoal:workers-rendered");
+    }
     const counts = {};
     const models = {};
     for (const w of this.workers.values()) {
