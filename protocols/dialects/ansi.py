@@ -21,7 +21,7 @@ _ESC_FULL = re.compile(
     rb"\x1b(?:\[[0-?]*[ -/]*[@-~]"
     rb"|\][^\x07\x1b]*(?:\x07|\x1b\\)"
     rb"|[PX^_][^\x1b]*\x1b\\"
-    rb"|[ -/]*[0-~])"
+    rb"|[ -/]*[0-OQ-WYZ\\`-~])"
 )
 # CSI sequences that keep the cursor on its line (colours, modes, erase-in-line, ...): deleted in bulk.
 # Finals excluded here (handled by the slow path): A B C E F G H J d f (moves to another line / column).
@@ -31,7 +31,7 @@ _ESC_ANY = re.compile(
     rb"\x1b(?:\[(?P<params>[0-?]*)[ -/]*(?P<final>[@-~])"
     rb"|\][^\x07\x1b]*(?:\x07|\x1b\\)"
     rb"|[PX^_][^\x1b]*\x1b\\"
-    rb"|[ -/]*[0-~])"
+    rb"|[ -/]*[0-OQ-WYZ\\`-~])"
 )
 _LINE_FINALS = frozenset(b"ABEFHJdf")
 # C0 controls other than TAB and LF (CR is translated before this), and DEL.

@@ -192,6 +192,9 @@ _RULE_LINE = re.compile(r"^\s*[╭╰├]?[─━═╌]{3,}")
 _BOX_LINE = re.compile(r"^\s*[│┃]")
 _SPINNER_LINE = re.compile(r"^\s*[·✢✳✶✻✽✦*⋆]\s+(?:[^\n…]{1,100}…|\w+ for \d[\dhms .]*$)")
 _CHEVRON = re.compile(r"^\s*[>❯](?:\s|$)")
+_DIALOG_LINE = re.compile(
+    r"^\s*(?:[❯>›]\s*)?\d\.\s+(?:Yes|No)\b|^\s*(?:Do you (?:want|trust)|Would you like)[^?]*\?\s*$"
+)
 _FOOTER_WORDS = (
     "? for shortcuts",
     "Context left until auto-compact",
@@ -204,49 +207,78 @@ _FOOTER_WORDS = (
 )
 
 
-def _is_chrome(line: str) -> bool:
-    if _RULE_LINE.match(line) or _BOX_LINE.match(line) or _SPINNER_LINE.match(line):
-        return True
-    return any(word in line for word in _FOOTER_WORDS)
+def _strip_screen(lines: list[str]) -> list[str]:
+    """Drop what the TUI draws around the text: frames (a rule, the prompt, a rule and the footer
+    below, up to the next blank line), boxes, spinner lines, dialogs and footer words."""
+    kept: list[str] = []
+    in_frame = False
+    for line in lines:
+        if not line.strip():
+            in_frame = False
+            kept.append("")
+        elif _RULE_LINE.match(line):
+            in_frame = True
+        elif in_frame or _BOX_LINE.match(line) or _SPINNER_LINE.match(line) or _DIALOG_LINE.match(line):
+            continue
+        elif not any(word in line for word in _FOOTER_WORDS):
+            kept.append(line)
+    return kept
+
+
+def _echo_piece(line: str, rest: str) -> int | None:
+    """How much of the prompt's remaining echo `rest` this line shows (None: not the echo).
+
+    A line is the echo when it continues the prompt (a wrapped line) or ends with its start after
+    the program's own prompt (`$ echo hi`)."""
+    if not rest:
+        return None
+    if rest.startswith(line):
+        return len(line)
+    start = line.find(rest[:20])
+    if start >= 0 and rest.startswith(line[start:]):
+        return len(line) - start
+    return None
 
 
 def clean_tui(text: str, prompt: str) -> str:
     """The answer inside a captured TUI transcript.
 
     Claude Code prints its answer as `●` bullets with two-space hanging indents, above a dynamic
-    region (spinner, prompt box, footer, dialogs) that is redrawn and erased. When bullets exist,
-    keep only bullet blocks (bullet line and its indented continuation); otherwise drop the chrome
-    lines and the leading echo of the prompt. Erased frames cannot be told apart from printed text
-    without a terminal emulator, so this is a heuristic for display and logs, not an exact transcript.
+    region (spinner, prompt box, footer, dialogs) that is redrawn and erased. The screen's own lines
+    are dropped first; then, when bullets exist, only bullet blocks are kept (a bullet line and its
+    indented continuation, ended by an unindented line such as the echoed prompt); otherwise what
+    remains after the leading echo of the prompt. Erased frames cannot be told apart from printed
+    text without a terminal emulator, so this is a heuristic for results and logs, not a transcript.
     """
-    lines = text.split("\n")
+    lines = _strip_screen([line.rstrip() for line in text.split("\n")])
     out: list[str] = []
     if any(_BULLET.match(line) for line in lines):
         keep = False
-        for raw in lines:
-            line = raw.rstrip()
+        for line in lines:
             m = _BULLET.match(line)
             if m:
                 keep = True
                 out.append(line[m.end() :])
-            elif not line.strip():
+            elif not line:
                 if keep:
                     out.append("")
-            elif line[:1] in (" ", "\t") and keep and not _is_chrome(line):
+            elif line[:1] in (" ", "\t") and keep:
                 out.append(line[2:] if line.startswith("  ") else line.lstrip())
             else:
                 keep = False
     else:
-        flat = " ".join(prompt.split())
+        rest = " ".join(prompt.split())  # what of the prompt's echo is still to come
         leading = True
-        for raw in lines:
-            line = raw.rstrip()
-            if _is_chrome(line):
-                continue
-            core = _CHEVRON.sub("", line).strip()
-            if leading and (not core or (flat and core.strip() and " ".join(core.split()) in flat)):
-                continue
-            leading = False
+        for line in lines:
+            if leading:
+                core = " ".join(_CHEVRON.sub("", line).split())
+                if not core:
+                    continue
+                eaten = _echo_piece(core, rest)
+                if eaten is not None:
+                    rest = rest[eaten:].lstrip()
+                    continue
+                leading = False
             out.append(line)
     # collapse runs of blank lines, trim the ends
     result: list[str] = []

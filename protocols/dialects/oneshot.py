@@ -49,6 +49,17 @@ class OneshotDialect(TextDialect):
 
     def _configure(self, opts: Options) -> None:
         self._format = opts.choice("output_format", "auto", ("auto", "text", "json"))
+        self._early: list[str] = []  # output that arrived before start_task (the worker spawns first)
+
+    def _process(self, complete: str, now: float, out: list[Signal]) -> None:
+        if self._task is None and sum(map(len, self._early)) < 4 * self._max_result:
+            self._early.append(complete)
+        super()._process(complete, now, out)
+
+    def _task_started(self, now: float) -> None:
+        if self._task is not None and self._early:
+            self._task.capture.append("".join(self._early))
+        self._early = []
 
     def encode(self, assignment: Assignment) -> bytes:
         return b""

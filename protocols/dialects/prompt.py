@@ -264,10 +264,15 @@ class PromptDialect(TextDialect):
                     frame_busy = True
                 else:
                     cur_busy = True
-            elif self._rule_open is not None and (found := self._prompt_input(line)) is not None:
+            elif (self._rule_open is not None or not self._use_frame) and (
+                found := self._prompt_input(line)
+            ) is not None:
                 frame_seen, frame_busy, cur_busy, closed = True, cur_busy, False, found[1]
                 frames += 1
-                rule_pos = self._rule_open
+                if self._rule_open is not None:
+                    rule_pos = self._rule_open
+                else:  # no frame line: the result ends where this prompt line starts
+                    rule_pos = task.capture.end if task is not None else 0
             elif state == _BOX and self._is_frame_line(line):
                 closed = True
             if _BULLET.match(line) or _PAST.match(line):

@@ -1,0 +1,113 @@
+"""Patterns common to all dialects: context usage, usage limits with reset times, questions."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+import pytest
+from shoal.protocols.dialects.base import ContextUsage, NeedsInput, RateLimited
+from shoal.protocols.dialects.patterns import PatternScanner, parse_reset
+
+NOW = datetime(2025, 1, 10, 12, 0, tzinfo=UTC).timestamp()  # a Friday, noon UTC
+
+
+def at(text: str) -> float:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("Claude AI usage limit reached|1732460000", 1732460000.0),
+        ("Claude AI usage limit reached|1732460000123", 1732460000.123),  # milliseconds
+        ("Claude usage limit reached. Your limit will reset at 5pm (UTC).", at("2025-01-10T17:00")),
+        ("5-hour limit reached ∙ resets 3pm (UTC)", at("2025-01-10T15:00")),
+        ("You've hit your session limit · resets 11:50am (Asia/Calcutta)", at("2025-01-11T06:20")),
+        ("usage limit reached, resets 11am (UTC)", at("2025-01-11T11:00")),  # already past: tomorrow
+        ("limit reached · resets Feb 3 at 10am (UTC)", at("2025-02-03T10:00")),
+        ("limit reached, try again at Jan 1st, 2027 12:57 AM (UTC)", at("2027-01-01T00:57")),
+        ("limit reached, reset at 17:30 (UTC)", at("2025-01-10T17:30")),
+        ("Too many requests: try again in 3h 41m", NOW + 3 * 3600 + 41 * 60),
+        ("usage limit reached", None),
+        ("limit reached, resets 3 (UTC)", None),  # a bare number is not a time
+    ],
+)
+def test_parse_reset(message: str, expected: float | None) -> None:
+    assert parse_reset(message, NOW) == expected
+
+
+def test_a_time_without_zone_is_local_time() -> None:
+    reset = parse_reset("usage limit reached ∙ resets 3pm", NOW)
+    assert reset is not None
+    local = datetime.fromtimestamp(reset).astimezone()
+    assert (local.hour, local.minute) == (15, 0)
+    assert 0 < reset - NOW <= 24 * 3600
+
+
+def scan(scanner: PatternScanner, text: str, lookback: str = "") -> list[object]:
+    return [hit.signal for hit in scanner.scan(text, lookback, NOW)]
+
+
+def test_context_footer_gives_percent_used_once_per_value() -> None:
+    scanner = PatternScanner()
+    footer = "  ⏵⏵ auto-accept edits on        Context left until auto-compact: 8%\n"
+    assert scan(scanner, footer) == [ContextUsage(used_percent=92.0)]
+    assert scan(scanner, footer * 3) == []  # redrawn footers repeat nothing
+    assert scan(scanner, "Context low (3% remaining) · Run /compact\n") == [ContextUsage(used_percent=97.0)]
+
+
+def test_usage_limit_messages_and_what_is_not_one() -> None:
+    scanner = PatternScanner()
+    signals = scan(scanner, "  ⎿  Claude AI usage limit reached|1732460000\n")
+    assert signals == [RateLimited(reset_at=1732460000.0, message="⎿ Claude AI usage limit reached|1732460000")]
+    assert scan(scanner, "  ⎿  Claude AI usage limit reached|1732460000\n") == []  # a redraw
+    for benign in (
+        "Claude Opus limit reached, now using Sonnet 4\n",
+        "Approaching usage limit · resets at 9pm\n",
+        "API Error: Server is temporarily limiting requests (not your usage limit)\n",
+        "the rate limiter keeps a sliding window\n",
+    ):
+        assert scan(PatternScanner(), benign) == [], benign
+
+
+def test_context_exhausted_is_reported_as_full() -> None:
+    hits = PatternScanner().scan("  ⎿  Context limit reached · /compact or /clear to continue\n", "", NOW)
+    assert [h.kind for h in hits] == ["context", "exhausted"]
+    assert hits[0].signal == ContextUsage(used_percent=100.0)
+    assert "Context limit reached" in hits[1].detail
+
+
+def test_question_needs_its_yes_option_even_above_the_chunk() -> None:
+    scanner = PatternScanner()
+    dialog = " Do you want to proceed?\n ❯ 1. Yes\n   2. No\n"
+    assert scan(scanner, dialog) == [NeedsInput(prompt="Do you want to proceed?")]
+    assert scan(scanner, dialog) == []  # the same dialog redrawn
+    scanner.clear_questions()
+    assert scan(scanner, " ❯ 1. Yes\n   2. No\n", lookback=" Do you want to proceed?\n") == [
+        NeedsInput(prompt="Do you want to proceed?")
+    ]
+    # prose that asks a question, or a numbered list, is no dialog
+    assert scan(PatternScanner(), "Do you want to proceed? Tell me.\n") == []
+    assert scan(PatternScanner(), "1. Yes, this works because...\n") == []
+
+
+def test_custom_patterns_extend_the_builtins() -> None:
+    scanner = PatternScanner(
+        context=[re.compile(r"ctx (?P<used>\d+)% used")],
+        usage_limit=[re.compile(r"QUOTA EXHAUSTED until (?P<epoch>\d+)")],
+        needs_input=[re.compile(r"^(?P<prompt>Continue\? \[y/N\])", re.M)],
+        exhausted=[re.compile(r"TOKENS GONE")],
+    )
+    signals = scan(scanner, "ctx 40% used\nQUOTA EXHAUSTED until 1800000000\nContinue? [y/N]\n")
+    assert signals == [
+        ContextUsage(used_percent=40.0),
+        RateLimited(reset_at=1800000000.0, message="QUOTA EXHAUSTED until 1800000000"),
+        NeedsInput(prompt="Continue? [y/N]"),
+    ]
+    assert [h.kind for h in scanner.scan("TOKENS GONE\n", "", NOW)] == ["context", "exhausted"]
+
+
+def test_builtins_can_be_switched_off() -> None:
+    scanner = PatternScanner(builtin=False)
+    assert scan(scanner, "Context left until auto-compact: 8%\nClaude AI usage limit reached|1\n") == []
