@@ -57,6 +57,10 @@ async def until(sub: Subscription, pred: Callable[[Event], bool], timeout: float
                 return event
 
 
+def topic_for(topic: str, task_id: str) -> Callable[[Event], bool]:
+    return lambda e: e.topic == topic and e.data.get("task_id") == task_id
+
+
 async def wait_idle(swarm: SwarmHandle, n: int, timeout: float = 120) -> None:
     with swarm.events(("worker.state",)) as sub, trio.fail_after(timeout):
         while sum(1 for w in swarm.workers() if w.state.value == "idle") < n:
