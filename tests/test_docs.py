@@ -42,3 +42,11 @@ def test_every_gateway_method_is_in_protocol_md() -> None:
     text = (ROOT / "docs" / "protocol.md").read_text()
     missing = [name for name in METHODS if name not in text]
     assert not missing, f"undocumented methods: {missing}"
+
+
+def test_the_example_config_loads() -> None:
+    from shoal.protocols.config import load_config
+
+    config = load_config(ROOT / "examples" / "shoal.toml")
+    assert config.models.weights == {"haiku": 0.3, "sonnet": 0.5, "opus": 0.2}
+    assert "my-shell" in config.workers.profiles
