@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from conftest import FIXTURES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from shoal.protocols.dialects.ansi import AnsiStripper, strip_ansi
-
-from conftest import FIXTURES
 
 SAMPLE = (
     b"\x1b]0;title\x07\x1b[?2004h\x1b[?25l"  # window title, bracketed paste on, cursor hidden
@@ -42,8 +41,9 @@ def test_strips_colours_titles_links_and_modes() -> None:
 
 
 def test_cursor_moves_become_line_breaks_so_frames_do_not_glue() -> None:
-    text = strip_ansi(b"? for shortcuts\x1b[2K\x1b[1A\x1b[2K\x1b[G\xe2\x97\x8f Done")
-    assert text == "? for shortcuts\n\n● Done"
+    erase4 = b"\x1b[2K\x1b[1A" * 3 + b"\x1b[2K\x1b[G"  # Ink erasing a four-line region
+    text = strip_ansi(b"? for shortcuts" + erase4 + b"\xe2\x97\x8f Done")
+    assert text == "? for shortcuts\n\n\n● Done"
     assert strip_ansi(b"old\x1b[3;1Hnew") == "old\nnew"
     assert strip_ansi(b"top\x1b[2Jclear") == "top\nclear"
 
@@ -51,6 +51,8 @@ def test_cursor_moves_become_line_breaks_so_frames_do_not_glue() -> None:
 def test_cursor_forward_is_a_space_and_cr_a_line_break() -> None:
     assert strip_ansi(b"a\x1b[5Cb") == "a b"
     assert strip_ansi(b"spin 1\rspin 2\r\n") == "spin 1\nspin 2\n"
+    # back to column 1 where a line starts anyway adds no blank line
+    assert strip_ansi(b"one\r\n\x1b[2K\x1b[Gtwo\r\n\rthree") == "one\ntwo\nthree"
     assert strip_ansi(b"x\x1b[40Gy") == "x y"  # a column move within the line
 
 

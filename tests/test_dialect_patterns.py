@@ -60,7 +60,9 @@ def test_context_footer_gives_percent_used_once_per_value() -> None:
 def test_usage_limit_messages_and_what_is_not_one() -> None:
     scanner = PatternScanner()
     signals = scan(scanner, "  ⎿  Claude AI usage limit reached|1732460000\n")
-    assert signals == [RateLimited(reset_at=1732460000.0, message="⎿ Claude AI usage limit reached|1732460000")]
+    assert signals == [
+        RateLimited(reset_at=1732460000.0, message="⎿ Claude AI usage limit reached|1732460000")
+    ]
     assert scan(scanner, "  ⎿  Claude AI usage limit reached|1732460000\n") == []  # a redraw
     for benign in (
         "Claude Opus limit reached, now using Sonnet 4\n",

@@ -44,7 +44,10 @@ EXPECT: dict[str, dict[str, object]] = {
         "ask": ["Do you want to make this edit to python-first_scrpa_conversion_79b5fb6b.plan.md?"],
     },
     "tui-ready-welcome-idle-1.txt": {"ready": True, "done": False},
-    "tui-trust-dialog-then-welcome-1.txt": {"ready": False, "ask": ["Do you trust the files in this folder?"]},
+    "tui-trust-dialog-then-welcome-1.txt": {
+        "ready": False,
+        "ask": ["Do you trust the files in this folder?"],
+    },
 }
 FIXTURE_FILES = sorted(FIXTURES.glob("*.txt"))
 TASK = Assignment(task_id="t1", attempt=1, prompt="Build a snake game")
@@ -182,10 +185,16 @@ class Screen:
         self.height = 0
         self.box = box
 
-    def frame(self, *, spinner: str | None = None, typed: str = "", footer: str = "? for shortcuts") -> list[str]:
+    def frame(
+        self, *, spinner: str | None = None, typed: str = "", footer: str = "? for shortcuts"
+    ) -> list[str]:
         lines = [f"\x1b[38;5;174m{spinner}\x1b[0m", ""] if spinner else []
         if self.box:
-            lines += ["╭" + "─" * 58 + "╮", f"│ \x1b[1m>\x1b[0m {typed}".ljust(59) + "│", "╰" + "─" * 58 + "╯"]
+            lines += [
+                "╭" + "─" * 58 + "╮",
+                f"│ \x1b[1m>\x1b[0m {typed}".ljust(59) + "│",
+                "╰" + "─" * 58 + "╯",
+            ]
         else:
             lines += [RULE, f"\x1b[1m>\x1b[0m\xa0{typed}", RULE]
         return [*lines, f"  \x1b[2m{footer}\x1b[0m"]
@@ -303,7 +312,16 @@ def test_permission_prompt_then_answered_then_done() -> None:
     screen = Screen()
     dialect = new()
     dialect.start_task(TASK, NOW)
-    dialog = [RULE, " Bash command", "", "   echo hi", "", " Do you want to proceed?", " ❯ 1. Yes", "   2. No"]
+    dialog = [
+        RULE,
+        " Bash command",
+        "",
+        "   echo hi",
+        "",
+        " Do you want to proceed?",
+        " ❯ 1. Yes",
+        "   2. No",
+    ]
     asked = session(dialect, [screen.draw(["> Build a snake game", ""], dialog)] * 2)
     assert asked == [NeedsInput(prompt="Do you want to proceed?")]  # once, though redrawn
     working = screen.draw([], screen.frame(spinner="✻ Thinking… (esc to interrupt)"))

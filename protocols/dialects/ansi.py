@@ -36,6 +36,8 @@ _ESC_ANY = re.compile(
 _LINE_FINALS = frozenset(b"ABEFHJdf")
 # C0 controls other than TAB and LF (CR is translated before this), and DEL.
 _CONTROLS = bytes(range(0x00, 0x09)) + bytes(range(0x0B, 0x20)) + b"\x7f"
+_COL1 = b"\x1e"  # internal: "back to column 1" (CR, CSI G); a line break unless already at a line start
+_COL1_RUN = re.compile(rb"\x1e{2,}")
 _MAX_CARRY = 4096  # an "escape sequence" longer than this is garbage: let it through as text
 
 
@@ -65,7 +67,7 @@ def _replace_slow(m: re.Match[bytes]) -> bytes:
         return b" "
     if code == 0x47:  # G: column absolute; to column 1 behaves like CR
         params = m.group("params")
-        return b"\n" if params in (b"", b"0", b"1") else b" "
+        return _COL1 if params in (b"", b"0", b"1") else b" "
     return b""
 
 
@@ -75,6 +77,7 @@ class AnsiStripper:
     def __init__(self) -> None:
         self._carry = b""
         self._skip_lf = False  # the previous chunk ended with CR: a leading LF belongs to it
+        self._at_line_start = True
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.bracketed_paste: bool = False  # the application turned on bracketed paste (?2004h)
 
@@ -82,6 +85,8 @@ class AnsiStripper:
         if self._carry:
             data = self._carry + data
             self._carry = b""
+        if _COL1 in data:
+            data = data.replace(_COL1, b"")
         esc = data.rfind(b"\x1b")
         if esc >= 0:
             cut = _incomplete_tail(data, esc)
@@ -100,11 +105,27 @@ class AnsiStripper:
             self._skip_lf = False
             if data[0] == 0x0A:
                 data = data[1:]
+                if not data:
+                    return ""
+        ends_cr = data[-1] == 0x0D
         if b"\r" in data:
-            self._skip_lf = data[-1] == 0x0D
-            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", _COL1)
+        if _COL1 in data:
+            data = self._column_one(data, ends_cr)
         data = data.translate(None, _CONTROLS)
+        if data:
+            self._at_line_start = data[-1] == 0x0A
         return self._decoder.decode(data)
+
+    def _column_one(self, data: bytes, ends_cr: bool) -> bytes:
+        """Moves to column 1 break the line, except where a line starts anyway (no blank lines)."""
+        data = _COL1_RUN.sub(_COL1, data)
+        data = data.replace(b"\n" + _COL1, b"\n").replace(_COL1 + b"\n", b"\n")
+        if data[:1] == _COL1 and self._at_line_start:
+            data = data[1:]
+        # a CR ending the chunk became a line break: an LF opening the next chunk belongs to it
+        self._skip_lf = ends_cr and data[-1:] == _COL1
+        return data.replace(_COL1, b"\n")
 
     def flush(self) -> str:
         """End of stream: whatever is still held back, as text."""

@@ -84,7 +84,8 @@ class MarkerDialect(PromptDialect):
             self._finish_done(out, self._result(base + event.pos))
         else:
             self._end_task(out, TaskFailed(reason=reason or f"status={status}"))
-        self._report_ready(True, out)
+        if self._ready_mode == "immediate":
+            self._report_ready(True, out)
 
     def _settle(self, now: float, out: list[Signal]) -> None:
         if self._ready_mode == "prompt":

@@ -29,6 +29,7 @@ _OUT, _BOX, _FOOTER = 0, 1, 2
 _RULE = re.compile(r"^[^\S\n]*[╭╰]?─{3,}", re.MULTILINE)
 _PROMPT = re.compile(r"^\s*(?P<box>│)?\s*[>❯](?:\s+(?P<input>.*?))?\s*│?\s*$")
 _MENU = re.compile(r"^\d+\.\s")
+_SPINNER_GLYPH = re.compile(r"[^\S\n]*[·✢✳✶✻✽✦*⋆][^\S\n]")
 _SPINNER = re.compile(r"^\s*[·✢✳✶✻✽✦*⋆]\s+[^\n…]{1,100}…")
 _PAST = re.compile(r"^\s*[·✢✳✶✻✽✦*⋆]\s+\w+ for \d")  # "✻ Worked for 11m 47s": a turn just ended
 _BULLET = re.compile(r"^[ \t]*[●⏺]", re.MULTILINE)
@@ -176,12 +177,14 @@ class PromptDialect(TextDialect):
                 pos = text.find(hint)
                 while pos >= 0:
                     start, end = _line(text, pos)
+                    spinner = _SPINNER_GLYPH.match(text, start) is not None
                     if hint != "…" or _SPINNER.match(text[start:end]):
-                        events.append(Event(start, "busy"))
+                        events.append(Event(start, "busy", spinner))
                     pos = text.find(hint, end)
         for pattern in self._busy_res:
             for m in pattern.finditer(text):
-                events.append(Event(_line(text, m.start())[0], "busy"))
+                start = _line(text, m.start())[0]
+                events.append(Event(start, "busy", _SPINNER_GLYPH.match(text, start) is not None))
 
     @staticmethod
     def _blank_from(text: str, pos: int) -> int | None:
@@ -206,7 +209,7 @@ class PromptDialect(TextDialect):
             _typed, boxed, rule_pos = event.data
             self._new_frame(boxed, rule_pos)
         elif kind == "busy":
-            self._busy()
+            self._busy(event.data)
         elif kind == "bullet" and self._task is not None:
             self._task.activity = True
 
@@ -221,11 +224,12 @@ class PromptDialect(TextDialect):
             self._task.frames += 1
             self._frame_rule = rule_pos
 
-    def _busy(self) -> None:
-        if self._state == _FOOTER:
-            self._frame_busy = True
+    def _busy(self, spinner: bool) -> None:
+        if self._state == _FOOTER and not spinner:
+            self._frame_busy = True  # "esc to interrupt" in this frame's footer
         else:
-            # in _BOX a busy line means the "box" was not one (no bottom rule came): start over
+            # a spinner line starts the next frame (even without a blank line before it); in _BOX
+            # a busy line means the "box" was not one (no bottom rule came): start over
             self._state = _OUT
             self._cur_busy = True
         if self._task is not None:
@@ -260,7 +264,7 @@ class PromptDialect(TextDialect):
         if line.strip() and len(line) <= _MAX_PENDING_EVAL:
             if self._is_busy(line):
                 activity = True
-                if state == _FOOTER:
+                if state == _FOOTER and not _SPINNER_GLYPH.match(line):
                     frame_busy = True
                 else:
                     cur_busy = True

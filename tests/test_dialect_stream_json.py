@@ -1,0 +1,244 @@
+"""The stream-json dialect: Claude Code's JSON lines, as plain bytes, split anywhere."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from shoal.protocols.dialects import make_dialect
+from shoal.protocols.dialects.base import (
+    ContextUsage,
+    ProtocolError,
+    RateLimited,
+    Ready,
+    Signal,
+    TaskDone,
+    TaskFailed,
+)
+from shoal.protocols.dialects.stream_json import StreamJsonDialect, result_usage
+from shoal.protocols.errors import ValidationError
+from shoal.protocols.tasks import Assignment
+
+NOW = 10.0
+WALL = 1_750_000_000.0
+TASK = Assignment(task_id="t1", attempt=1, prompt="write a haiku")
+
+
+def line(event: dict[str, Any]) -> bytes:
+    return (json.dumps(event) + "\n").encode()
+
+
+INIT = line(
+    {"type": "system", "subtype": "init", "session_id": "s-1", "model": "claude-sonnet-4", "tools": []}
+)
+ASSISTANT = line(
+    {
+        "type": "assistant",
+        "message": {
+            "role": "assistant",
+            "content": [{"type": "text", "text": "Autumn moonlight—"}, {"type": "tool_use", "name": "Bash"}],
+            "usage": {"input_tokens": 20, "cache_read_input_tokens": 29_980, "output_tokens": 12},
+        },
+        "session_id": "s-1",
+    }
+)
+TOOL_RESULT = line(
+    {"type": "user", "message": {"role": "user", "content": [{"type": "tool_result", "content": "ok"}]}}
+)
+RESULT = line(
+    {
+        "type": "result",
+        "subtype": "success",
+        "is_error": False,
+        "duration_ms": 2150,
+        "num_turns": 2,
+        "result": "Autumn moonlight—\na worm digs silently\ninto the chestnut.",
+        "session_id": "s-1",
+        "total_cost_usd": 0.0123,
+        "usage": {
+            "input_tokens": 20,
+            "cache_creation_input_tokens": 100,
+            "cache_read_input_tokens": 29_980,
+            "output_tokens": 40,
+            "server_tool_use": {"web_search_requests": 0},
+        },
+    }
+)
+TURN = INIT + ASSISTANT + TOOL_RESULT + RESULT
+DONE = TaskDone(
+    result="Autumn moonlight—\na worm digs silently\ninto the chestnut.",
+    usage={
+        "input_tokens": 20,
+        "output_tokens": 40,
+        "cache_creation_input_tokens": 100,
+        "cache_read_input_tokens": 29_980,
+        "cost_usd": 0.0123,
+        "duration_ms": 2150,
+        "num_turns": 2,
+    },
+)
+
+
+def new(options: dict[str, object] | None = None) -> StreamJsonDialect:
+    dialect = make_dialect("stream-json", options or {}, wall_clock=lambda: WALL)
+    assert isinstance(dialect, StreamJsonDialect)
+    return dialect
+
+
+def started(options: dict[str, object] | None = None, task: Assignment = TASK) -> StreamJsonDialect:
+    dialect = new(options)
+    assert dialect.next_deadline() == 0.0
+    assert dialect.tick(NOW) == [Ready()]
+    dialect.start_task(task, NOW)
+    return dialect
+
+
+def feed_all(dialect: StreamJsonDialect, data: bytes, cuts: Sequence[int] = ()) -> list[Signal]:
+    out: list[Signal] = []
+    prev = 0
+    for cut in [*sorted(cuts), len(data)]:
+        out += dialect.feed(data[prev:cut], NOW)
+        prev = cut
+    return out
+
+
+def test_encode_is_claude_user_message() -> None:
+    data = new().encode(Assignment("t", 1, 'say "hi"\nand \x1b[31mbye'))
+    assert data.endswith(b"\n") and data.count(b"\n") == 1
+    assert json.loads(data) == {
+        "type": "user",
+        "message": {"role": "user", "content": [{"type": "text", "text": 'say "hi"\nand [31mbye'}]},
+    }
+    assert new().encode_steps(TASK) == [(0.0, new().encode(TASK))]
+    assert new().quit_bytes() is None and new().transport == "pipe"
+
+
+def test_a_turn_gives_context_then_task_done_with_usage_then_ready() -> None:
+    dialect = started()
+    assert feed_all(dialect, TURN) == [ContextUsage(used_percent=15.0), DONE, Ready()]
+    assert dialect.session_id == "s-1" and dialect.model == "claude-sonnet-4"
+
+
+@pytest.mark.parametrize("cut", range(1, len(TURN), 7))
+def test_splits_give_the_same_signals(cut: int) -> None:
+    assert feed_all(started(), TURN, [cut]) == feed_all(started(), TURN)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=len(TURN)), max_size=30))
+def test_random_splits_give_the_same_signals(cuts: list[int]) -> None:
+    assert feed_all(started(), TURN, cuts) == [ContextUsage(used_percent=15.0), DONE, Ready()]
+
+
+def test_is_error_fails_the_task() -> None:
+    dialect = started()
+    error = line(
+        {"type": "result", "subtype": "error_during_execution", "is_error": True, "result": "tool broke"}
+    )
+    assert feed_all(dialect, error) == [TaskFailed(reason="tool broke"), Ready()]
+    dialect.start_task(TASK, NOW)
+    max_turns = line({"type": "result", "subtype": "error_max_turns", "is_error": False})
+    assert feed_all(dialect, max_turns) == [TaskFailed(reason="error_max_turns"), Ready()]
+
+
+def test_usage_limit_result_is_a_rate_limit_not_a_failure() -> None:
+    dialect = started()
+    limited = line({"type": "result", "is_error": True, "result": "Claude AI usage limit reached|1750003600"})
+    assert feed_all(dialect, limited) == [
+        RateLimited(reset_at=1750003600.0, message="Claude AI usage limit reached|1750003600"),
+        Ready(),
+    ]
+
+
+def test_api_retry_rate_limit_ends_the_task_and_its_late_result_is_dropped() -> None:
+    dialect = started()
+    retry = line(
+        {
+            "type": "system",
+            "subtype": "api_retry",
+            "attempt": 1,
+            "max_retries": 10,
+            "retry_delay_ms": 30_000,
+            "error_status": 429,
+            "error": "rate_limit",
+        }
+    )
+    assert feed_all(dialect, retry + retry) == [
+        RateLimited(reset_at=WALL + 30.0, message="API retry 1/10: rate_limit")
+    ]
+    other = line({"type": "system", "subtype": "api_retry", "attempt": 2, "error": "server_error"})
+    assert feed_all(dialect, other) == []
+    assert feed_all(dialect, RESULT) == [Ready()]  # the old task's answer is not the next task's
+
+
+def test_rate_limit_event_rejected() -> None:
+    dialect = started()
+    allowed = line({"type": "rate_limit_event", "rate_limit_info": {"status": "allowed", "resetsAt": 1}})
+    rejected = line(
+        {
+            "type": "rate_limit_event",
+            "rate_limit_info": {"status": "rejected", "resetsAt": 1750018000, "rateLimitType": "five_hour"},
+        }
+    )
+    assert feed_all(dialect, allowed) == []
+    assert feed_all(dialect, rejected) == [
+        RateLimited(reset_at=1750018000.0, message="rate limit rejected (five_hour)")
+    ]
+
+
+def test_results_come_in_order_and_stale_ones_are_dropped() -> None:
+    dialect = started({"task_timeout_s": 5})
+    assert dialect.next_deadline() == NOW + 5
+    assert dialect.tick(NOW + 5) == [TaskFailed(reason="timeout after 5s")]
+    second = Assignment("t2", 1, "again")
+    dialect.start_task(second, NOW + 6)
+    first_result = line({"type": "result", "is_error": False, "result": "answer to t1"})
+    second_result = line({"type": "result", "is_error": False, "result": "answer to t2"})
+    assert feed_all(dialect, first_result) == []
+    assert feed_all(dialect, second_result) == [TaskDone(result="answer to t2"), Ready()]
+
+
+def test_bad_lines_are_protocol_errors_and_parsing_goes_on() -> None:
+    dialect = started()
+    garbage = b'not json\n\xff\xfe{}\n[1, 2]\n{"no": "type"}\n\n   \n'
+    signals = feed_all(dialect, garbage + RESULT)
+    errors = [s for s in signals if isinstance(s, ProtocolError)]
+    assert len(errors) == 4
+    assert errors[0].message.startswith("invalid JSON")
+    assert errors[1].message.startswith("invalid UTF-8")
+    assert errors[2].message.startswith("not a JSON object")
+    assert errors[3].message.startswith("event without a type")
+    assert signals[-2:] == [DONE, Ready()]
+
+
+def test_an_over_long_line_is_dropped_and_parsing_resumes() -> None:
+    dialect = started({"max_line_bytes": 1024})
+    signals = dialect.feed(b'{"type":"assistant","x":"' + b"a" * 5000, NOW)
+    assert signals == [ProtocolError(message="line longer than 1024 bytes dropped")]
+    assert dialect.feed(b'aaaa"}\n' + RESULT, NOW) == [DONE, Ready()]
+
+
+def test_a_last_line_without_newline_is_read_on_exit() -> None:
+    dialect = started()
+    assert dialect.feed(RESULT.rstrip(b"\n"), NOW) == []
+    assert dialect.on_exit(0, None) == [DONE, Ready()]
+
+
+def test_result_usage_flattens_known_fields() -> None:
+    assert result_usage({"usage": {"input_tokens": 1, "output_tokens": True}, "total_cost_usd": 0.5}) == {
+        "input_tokens": 1,
+        "cost_usd": 0.5,
+    }
+
+
+def test_bad_options_name_the_field() -> None:
+    with pytest.raises(ValidationError) as info:
+        make_dialect("stream-json", {"context_window_tokens": 0})
+    assert info.value.field == "options.context_window_tokens"
+    with pytest.raises(ValidationError) as info:
+        make_dialect("stream-json", {"idle_ms": 5})
+    assert info.value.field == "options.idle_ms"
