@@ -1,0 +1,316 @@
+"""The dashboard in a real browser: Debian's chromium driven by Playwright, against a real swarm.
+
+Each scenario starts a swarm (real bash workers in real PTYs, the `shell` profile), opens the URL
+`shoal serve` prints, and drives the page like an operator. Playwright's sync API runs in one worker
+thread per test; swarm-side calls hop back to trio with `trio.from_thread.run`. Waits are on page
+conditions (Playwright's auto-waiting), never sleeps. Screenshots of the main views go to
+test-artifacts/ (gitignored).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from shoal.actors.http import dashboard_url
+from swarmkit import swarm_config
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 30_000
+
+if not Path(CHROMIUM).exists():  # scripts/test installs it; a bare checkout may not have it
+    pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+
+sync_api = pytest.importorskip("playwright.sync_api")
+expect = sync_api.expect
+expect.set_options(timeout=TIMEOUT_MS)
+
+
+class Bridge:
+    """Lets the browser thread run swarm calls on the trio loop."""
+
+    def __init__(self, swarm: Any) -> None:
+        self.swarm = swarm
+
+    def run(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        return trio.from_thread.run(fn, *args)
+
+    def sync(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """A synchronous swarm call, made on the trio thread (the swarm's state lives there)."""
+        return trio.from_thread.run_sync(fn, *args)
+
+    def config(self) -> Any:
+        return self.sync(lambda: self.swarm.config)
+
+
+Scenario = Callable[[Any, Bridge], None]
+
+
+async def in_browser(swarm: Any, tmp_path: Path, scenario: Scenario) -> None:
+    """Open the printed dashboard URL in a fresh chromium and run `scenario(page, bridge)`."""
+    url = dashboard_url(*swarm.http_address, swarm.token)
+    token = swarm.token
+    profile_dir = tmp_path / "chromium-profile"
+
+    def body() -> None:
+        with sync_api.sync_playwright() as pw:
+            context = pw.chromium.launch_persistent_context(
+                str(profile_dir),
+                executable_path=CHROMIUM,
+                headless=True,
+                args=ARGS,
+                viewport={"width": 1400, "height": 860},
+            )
+            try:
+                page = context.pages[0] if context.pages else context.new_page()
+                page.set_default_timeout(TIMEOUT_MS)
+                errors: list[str] = []
+                requested: list[str] = []
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                page.on("request", lambda req: requested.append(req.url))
+                page.on("websocket", lambda ws: requested.append(ws.url))
+                page.goto(url)
+                page.wait_for_selector('#conn[data-state="open"]')
+                scenario(page, Bridge(swarm))
+                assert not errors, errors
+                leaked = [u for u in requested if token in u]
+                assert not leaked, f"the token went into a requested URL: {leaked}"
+            finally:
+                context.close()
+
+    await trio.to_thread.run_sync(body)
+
+
+def shot(page: Any, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
+def visible_rows(table: str) -> str:
+    return f"#{table} .vrow:not([hidden])"
+
+
+async def cancel_unless_ended(swarm: Any, task_id: str) -> None:
+    from shoal.protocols.errors import Conflict
+
+    try:
+        await swarm.cancel(task_id)
+    except Conflict:
+        assert (await swarm.get(task_id)).state in ("dead", "cancelled")
+
+
+def config(tmp_path: Path, **sections: dict[str, Any]) -> Any:
+    base: dict[str, dict[str, Any]] = {
+        "http": {"enabled": True, "port": 0},
+        "gateway": {"enabled": True, "port": 0},
+        "workers": {"profile": "shell", "sample_interval_s": 0.5},
+    }
+    for key, value in sections.items():
+        base[key] = {**base.get(key, {}), **value}
+    return swarm_config(tmp_path, **base)
+
+
+# ---- scenarios --------------------------------------------------------------------------------------
+
+
+async def test_open_the_printed_url_and_see_workers_appear(tmp_path: Path) -> None:
+    from shoal.actors.swarm import open_swarm
+
+    async with open_swarm(config(tmp_path, scaling={"max_workers": 3})) as swarm:
+
+        def scenario(page: Any, bridge: Bridge) -> None:
+            # the token moved from the fragment to session storage; the address bar no longer has it
+            assert "#" not in page.url
+            assert page.evaluate("sessionStorage.getItem('shoal.token')") == swarm.token
+            assert page.locator(visible_rows("workers-table")).count() == 0
+            for i in range(3):
+                bridge.run(swarm.submit, {"prompt": f"sleep 1; echo task-{i}", "id": f"t{i}"})
+            expect(page.locator(visible_rows("workers-table"))).to_have_count(3)
+            page.locator(visible_rows("workers-table")).first.click()
+            page.wait_for_selector("#worker-detail h3")
+            shot(page, "dashboard-workers")
+            expect(page.locator("#summary")).to_contain_text("done 3")
+            page.click('#tabs [data-tab="tasks"]')
+            page.wait_for_selector(visible_rows("tasks-table"))
+            assert page.locator(visible_rows("tasks-table")).count() == 3
+            page.click('#tabs [data-tab="charts"]')
+            page.wait_for_selector("#chart-throughput .uplot")
+            shot(page, "dashboard-charts")
+
+        await in_browser(swarm, tmp_path, scenario)
+
+
+async def test_submit_a_task_from_the_page_and_watch_it_finish(tmp_path: Path) -> None:
+    from shoal.actors.swarm import open_swarm
+
+    async with open_swarm(config(tmp_path, scaling={"max_workers": 1})) as swarm:
+
+        def scenario(page: Any, bridge: Bridge) -> None:
+            bridge.run(swarm.submit, {"prompt": "sleep 0.3", "id": "before"})
+            page.click('#tabs [data-tab="tasks"]')
+            page.click("#btn-new-task")
+            page.fill('#submit-form [name="prompt"]', "echo from-the-page")
+            page.fill('#submit-form [name="id"]', "from-page")
+            page.fill('#submit-form [name="priority"]', "5")
+            page.fill('#submit-form [name="deps"]', "before")
+            page.click("#submit-go")
+            page.wait_for_selector("#task-detail h3:text-is('from-page')")
+            page.wait_for_selector("#task-detail .deps >> text=before")
+            page.wait_for_selector("#task-detail dd.state-done", timeout=TIMEOUT_MS)
+            page.wait_for_selector("#task-detail .attempts >> text=done")
+            shot(page, "dashboard-tasks")
+            task = bridge.run(swarm.get, "from-page")
+            assert task.state == "done" and task.priority == 5 and task.deps == ("before",)
+            assert "from-the-page" in (task.result or "")
+            # a bad value is refused by the page with the field named, and nothing is submitted
+            page.click("#btn-new-task")
+            page.fill('#submit-form [name="prompt"]', "x")
+            page.fill('#submit-form [name="max_attempts"]', "0")
+            page.click("#submit-go")
+            page.wait_for_selector("#submit-error:has-text('max attempts')")
+
+        await in_browser(swarm, tmp_path, scenario)
+
+
+async def test_pause_and_resume_a_worker(tmp_path: Path) -> None:
+    from shoal.actors.swarm import open_swarm
+
+    async with open_swarm(config(tmp_path, scaling={"min_workers": 1, "max_workers": 1})) as swarm:
+
+        def scenario(page: Any, bridge: Bridge) -> None:
+            row = page.locator(visible_rows("workers-table")).first
+            row.locator(".state-idle").wait_for()
+            row.click()
+            page.click("#btn-pause")
+            row.locator(".state-paused").wait_for()
+            assert bridge.sync(swarm.workers)[0].state == "paused"
+            page.click("#btn-resume-worker")
+            row.locator(".state-idle").wait_for()
+            assert bridge.sync(swarm.workers)[0].state == "idle"
+
+        await in_browser(swarm, tmp_path, scenario)
+
+
+async def test_change_max_workers_in_the_form_and_see_the_swarm_scale(tmp_path: Path) -> None:
+    from shoal.actors.swarm import open_swarm
+
+    async with open_swarm(config(tmp_path, scaling={"max_workers": 1})) as swarm:
+
+        def scenario(page: Any, bridge: Bridge) -> None:
+            for i in range(4):
+                bridge.run(swarm.submit, {"prompt": "sleep 30", "id": f"long{i}"})
+            expect(page.locator("#workers-table .vrow:not([hidden]) .state-busy")).to_have_count(1)
+            page.click('#tabs [data-tab="settings"]')
+            field = page.locator('[name="scaling.max_workers"]')
+            field.fill("-1")  # checked as you type: the page refuses before the server sees it
+            page.wait_for_selector('[name="scaling.max_workers"].invalid')
+            assert page.locator("#settings-apply").is_disabled()
+            field.fill("3")
+            page.click("#settings-apply")
+            page.wait_for_selector("#toasts >> text=configuration applied")
+            assert bridge.config().scaling.max_workers == 3
+            shot(page, "dashboard-settings")
+            page.click('#tabs [data-tab="workers"]')
+            expect(page.locator("#workers-table .vrow:not([hidden]) .state-busy")).to_have_count(3)
+            # a value the server refuses (min above max) comes back with the field named
+            page.click('#tabs [data-tab="settings"]')
+            page.locator('[name="scaling.min_workers"]').fill("9")
+            page.wait_for_selector('[name="scaling.min_workers"].invalid')
+            assert bridge.config().scaling.min_workers == 0
+
+        await in_browser(swarm, tmp_path, scenario)
+
+
+async def test_halted_banner_after_a_crash_storm_and_resume(tmp_path: Path) -> None:
+    from shoal.actors.swarm import open_swarm
+
+    cfg = config(
+        tmp_path,
+        scaling={"max_workers": 3},
+        supervision={"breaker": {"crash_rate_max": 3, "crash_window_s": 60}},
+    )
+    async with open_swarm(cfg) as swarm:
+
+        def scenario(page: Any, bridge: Bridge) -> None:
+            assert page.locator("#halt-banner").is_hidden()
+            for i in range(3):  # each kills its bash: three crashes trip the breaker
+                bridge.run(swarm.submit, {"prompt": "kill -9 $$", "id": f"crash{i}", "max_attempts": 1})
+            page.wait_for_selector("#halt-banner", state="visible")
+            assert page.locator('#swarm-state[data-state="halted"]').count() == 1
+            reason = page.locator("#halt-reason").inner_text()
+            assert reason and reason == bridge.run(swarm.status)["reason"]
+            shot(page, "dashboard-halted")
+            # the operator removes the poison before resuming (it would crash again); a task may
+            # have died already, which is fine
+            for i in range(3):
+                bridge.run(cancel_unless_ended, swarm, f"crash{i}")
+            page.click("#btn-resume")
+            page.wait_for_selector("#halt-banner", state="hidden")
+            page.wait_for_selector('#swarm-state[data-state="running"]')
+            assert bridge.run(swarm.status)["state"] == "running"
+
+        await in_browser(swarm, tmp_path, scenario)
+
+
+async def test_attach_to_a_worker_and_see_typed_input_echoed(tmp_path: Path) -> None:
+    from shoal.actors.swarm import open_swarm
+
+    async with open_swarm(config(tmp_path, scaling={"min_workers": 1, "max_workers": 1})) as swarm:
+
+        def scenario(page: Any, bridge: Bridge) -> None:
+            row = page.locator(visible_rows("workers-table")).first
+            row.locator(".state-idle").wait_for()
+            row.click()
+            page.click("#btn-attach")
+            page.wait_for_selector(".term-wrap .xterm-rows")
+            page.click(".term-wrap")
+            page.keyboard.type("echo typed-$((6*7))\n")
+            # the shell echoes the keystrokes and runs the line: both come back through the attach stream
+            expect(page.locator(".term-wrap .xterm-rows")).to_contain_text("typed-42")
+            assert "echo typed-$((6*7))" in page.locator(".term-wrap .xterm-rows").inner_text()
+            shot(page, "dashboard-terminal")
+            page.click("#btn-detach")
+            page.wait_for_selector("#btn-attach", state="visible")
+
+        await in_browser(swarm, tmp_path, scenario)
+
+
+async def test_alert_rules_form_and_live_alerts(tmp_path: Path) -> None:
+    from shoal.actors.swarm import open_swarm
+
+    async with open_swarm(config(tmp_path, scaling={"max_workers": 1})) as swarm:
+
+        def scenario(page: Any, bridge: Bridge) -> None:
+            page.click('#tabs [data-tab="alerts"]')
+            page.click("#btn-add-rule")
+            rule = page.locator("#alert-rules .rule-row").last
+            rule.locator('[name="kind"]').select_option("task_dead")
+            rule.locator('[name="cooldown_s"]').fill("0")
+            page.click("#alerts-apply")
+            page.wait_for_selector("#toasts >> text=alert rules applied")
+            assert [r.kind for r in bridge.config().alerts.rules] == ["task_dead"]
+            bridge.run(swarm.submit, {"prompt": "false", "id": "doomed", "max_attempts": 1})
+            page.wait_for_selector("#alert-list .fired")
+            assert "task_dead" in page.locator("#alert-list").inner_text()
+            page.wait_for_selector("#tab-count-alerts:text-is('1')")
+            shot(page, "dashboard-alerts")
+
+        await in_browser(swarm, tmp_path, scenario)
