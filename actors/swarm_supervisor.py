@@ -266,9 +266,13 @@ class SwarmSupervisor:
         async def main(task_status: trio.TaskStatus[Address[WorkerCommand]]) -> None:
             result.append(await actor.run(task_status=task_status))
 
-        try:
-            async with trio.open_nursery() as nursery:
+        spawn_error: SpawnError | None = None
+        async with trio.open_nursery() as nursery:
+            try:
                 worker.address = await nursery.start(main)
+            except SpawnError as exc:  # raised by start() itself, before the nursery owns the task
+                spawn_error = exc
+            else:
                 lineage.backoff.started(trio.current_time())
                 self._bus.publish(
                     "worker.spawned",
@@ -279,10 +283,10 @@ class SwarmSupervisor:
                         "profile": profile_name,
                     },
                 )
-        except SpawnError as exc:
-            result.append(WorkerExit(crashed=True, reason=str(exc), exit_code=None, signal=None))
+        if spawn_error is not None:
+            result.append(WorkerExit(crashed=True, reason=str(spawn_error), exit_code=None, signal=None))
             worker.state = WorkerState.CRASHED
-            await self._spawn_failed(worker, str(exc))
+            await self._spawn_failed(worker, str(spawn_error))
         exit_ = result[0] if result else WorkerExit(crashed=True, reason="worker ended without a result")
         await self._reports_send.send(_WorkerGone(worker_id, exit_))
         if not exit_.crashed:

@@ -248,3 +248,52 @@ async def test_worker_controls_pause_resume_kill(tmp_path: Path) -> None:
             await swarm.resume_worker(wid)
             assert (await swarm.wait(task.id, timeout=30)).state is TaskState.DONE
         assert swarm.worker(wid).state in (WorkerState.IDLE, WorkerState.BUSY)
+
+
+async def test_respawn_backoff_is_exponential_and_the_lineage_budget_retires_it(tmp_path: Path) -> None:
+    config = swarm_config(
+        tmp_path,
+        scaling={"min_workers": 1, "max_workers": 1},
+        workers={"profile": "dies", "profiles": {"dies": {"argv": ["/bin/sh", "-c", "exit 4"]}}},
+        supervision={
+            "backoff": {"min_s": 0.05, "max_s": 10.0, "factor": 2.0, "jitter": 0.0},
+            "lineage_max_restarts": 3,
+            "lineage_period_s": 60.0,
+            "breaker": {"crash_rate_max": 100},
+        },
+    )
+    async with open_swarm(config) as swarm:
+        with swarm.events(
+            ("worker.restarting", "worker.lineage_retired", "worker.exited", "worker.spawned")
+        ) as sub:
+            events = await collect_until(sub, lambda e: e.topic == "worker.lineage_retired", timeout=30)
+        first_lineage = events[-1].data["lineage"]
+        mine = [e for e in events if e.data.get("lineage") == first_lineage]
+        delays = [e.data["delay_s"] for e in mine if e.topic == "worker.restarting"]
+        assert delays == [0.05, 0.1, 0.2]  # min·factor^n, exact with jitter 0
+        # each respawn waited at least its delay after the exit before it
+        exits = [e.ts for e in mine if e.topic == "worker.exited"]
+        spawns = [e.ts for e in mine if e.topic == "worker.spawned"][1:]
+        for exited, spawned, delay in zip(exits, spawns, delays, strict=False):
+            assert spawned - exited >= delay * 0.9
+        assert all(e.data["crashed"] and e.data["exit_code"] == 4 for e in mine if e.topic == "worker.exited")
+        assert events[-1].data["reason"] == "restart budget exhausted"
+
+
+async def test_consecutive_spawn_failures_halt_the_swarm_with_evidence(tmp_path: Path) -> None:
+    missing = str(tmp_path / "no-such-agent")
+    config = swarm_config(
+        tmp_path,
+        scaling={"max_workers": 2},
+        workers={"profile": "missing", "profiles": {"missing": {"argv": [missing]}}},
+        supervision={"breaker": {"consecutive_spawn_failures": 3}},
+    )
+    async with open_swarm(config) as swarm:
+        with swarm.events(("swarm.halted",)) as sub:
+            task = await swarm.submit({"prompt": "never runs"})
+            halted = await wait_for(sub, "swarm.halted", timeout=30)
+        assert halted.data["reason"] == "consecutive spawn failures"
+        assert halted.data["evidence"]["consecutive_spawn_failures"] >= 3
+        assert missing in halted.data["evidence"]["last_error"]
+        assert (await swarm.get(task.id)).state is TaskState.READY
+        assert (await swarm.status())["breaker"]["state"] == "open"
