@@ -190,7 +190,11 @@ class RuleEngine:
             times = self.dead_times if kind == "task_dead" else self.crash_times
             recent = [subject for (t, subject) in times if t >= now - rule.window_s]
             if len(recent) >= rule.threshold:
-                what = "tasks dead-lettered" if kind == "task_dead" else "worker crashes"
+                n = len(recent)
+                if kind == "task_dead":
+                    what = "task dead-lettered" if n == 1 else "tasks dead-lettered"
+                else:
+                    what = "worker crash" if n == 1 else "worker crashes"
                 label = "ids" if kind == "task_dead" else "workers"
                 return {
                     None: (

@@ -125,7 +125,7 @@ export class TasksView {
       this.table.setRows(tasks);
       if (!this.marked) {
         this.marked = true;
-        performance.mark("shoal:tasks-rendered");
+        requestAnimationFrame(() => setTimeout(() => performance.mark("shoal:tasks-rendered"), 0));
       }
       const n = this.cursors.length;
       $("#tasks-page").textContent = tasks.length
