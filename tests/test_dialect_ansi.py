@@ -66,12 +66,11 @@ def test_crlf_split_between_chunks_yields_one_line_break() -> None:
 
 def test_bracketed_paste_mode_is_tracked() -> None:
     stripper = AnsiStripper()
-    stripper.feed(b"hello \x1b[?20")
-    assert not stripper.bracketed_paste
-    stripper.feed(b"04h prompt")
-    assert stripper.bracketed_paste
-    stripper.feed(b"\x1b[?2004l")
-    assert not stripper.bracketed_paste
+    modes = []
+    for chunk in (b"hello \x1b[?20", b"04h prompt", b"\x1b[?2004l"):
+        stripper.feed(chunk)
+        modes.append(stripper.bracketed_paste)
+    assert modes == [False, True, False]
 
 
 def test_garbage_escape_is_not_held_back_forever() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from conftest import FIXTURES
@@ -24,6 +25,7 @@ from shoal.protocols.dialects.prompt import PromptDialect
 from shoal.protocols.errors import ValidationError
 from shoal.protocols.tasks import Assignment
 
+S = TypeVar("S")
 NOW = 1000.0
 WALL = 1_750_000_000.0
 
@@ -88,7 +90,7 @@ def same(a: Sequence[Signal], b: Sequence[Signal]) -> bool:
     return lifecycle and sorted(map(repr, a)) == sorted(map(repr, b))
 
 
-def kinds(signals: Sequence[Signal], kind: type) -> list[Signal]:
+def kinds(signals: Sequence[Signal], kind: type[S]) -> list[S]:
     return [s for s in signals if isinstance(s, kind)]
 
 

@@ -242,3 +242,23 @@ def test_bad_options_name_the_field() -> None:
     with pytest.raises(ValidationError) as info:
         make_dialect("stream-json", {"idle_ms": 5})
     assert info.value.field == "options.idle_ms"
+
+
+def test_events_of_an_abandoned_turn_do_not_touch_the_next_task() -> None:
+    dialect = started()
+    info = {"status": "rejected", "resetsAt": 1750018000, "rateLimitType": "five_hour"}
+    rejected = line({"type": "rate_limit_event", "rate_limit_info": info})
+    assert feed_all(dialect, rejected) == [
+        RateLimited(reset_at=1750018000.0, message="rate limit rejected (five_hour)")
+    ]
+    dialect.start_task(Assignment("t2", 1, "next"), NOW)  # written before the first turn's result came
+    error_text = "Claude AI usage limit reached|1750018000"
+    late = line(
+        {
+            "type": "assistant",
+            "error": "rate_limit",
+            "message": {"content": [{"type": "text", "text": error_text}]},
+        }
+    ) + line({"type": "result", "is_error": True, "result": error_text})
+    assert feed_all(dialect, late) == []  # the first turn's end, already reported
+    assert feed_all(dialect, RESULT) == [DONE, Ready()]  # the second task gets its own answer

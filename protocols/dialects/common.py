@@ -442,6 +442,8 @@ class TextDialect:
             self._process(combined[:cut], now, out)
         else:
             self._pending = combined
+        if self._pending and len(self._pending) <= _MAX_PENDING_EVAL:
+            out.extend(hit.signal for hit in self._scanner.scan_context(self._pending))
         self._settle(now, out)
 
     def _process(self, complete: str, now: float, out: list[Signal]) -> None:

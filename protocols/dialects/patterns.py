@@ -201,6 +201,20 @@ class PatternScanner:
             hits.sort(key=lambda h: h.pos)
         return hits
 
+    def scan_context(self, line: str) -> list[Hit]:
+        """Context usage in a partial last line: a TUI leaves its footer unterminated until the next
+        redraw. Only context is read here; a cut-off limit message could give a wrong reset time."""
+        hits: list[Hit] = []
+        self._hits = hits
+        if self.builtin and "Context " in line:
+            self._builtin_context(line, 0)
+        for pat in self.context:
+            for m in pat.finditer(line):
+                used = _used_from_match(m)
+                if used is not None:
+                    self._context(hits, m.start(), used)
+        return hits
+
     # -- built-ins ---------------------------------------------------------------------------------
 
     @staticmethod

@@ -129,11 +129,12 @@ class StreamJsonDialect:
     def start_task(self, assignment: Assignment, now: float) -> None:
         timeout = assignment.timeout_s if assignment.timeout_s is not None else self._default_timeout
         self._task = TaskRun(assignment, now, timeout, keep=1)
+        if not self._queue:  # a new turn at the head: its own rate-limit report
+            self._limited = False
+            self._scanner.reset_task()
         self._queue.append(self._task)
         self._ready_reported = False
         self._started = True
-        self._limited = False
-        self._scanner.reset_task()
 
     def encode(self, assignment: Assignment) -> bytes:
         message = {
@@ -187,6 +188,10 @@ class StreamJsonDialect:
         """Report how the live task ended; its result, if one still comes, will be dropped."""
         out.append(signal)
         self._task = None
+
+    def _head_is_live(self) -> bool:
+        """Events before a result belong to the oldest unanswered message: is that the live task?"""
+        return self._task is not None and bool(self._queue) and self._queue[0] is self._task
 
     def _line(self, raw: bytes, out: list[Signal]) -> None:
         raw = raw.strip()
@@ -247,7 +252,7 @@ class StreamJsonDialect:
             and block.get("type") == "text"
             and isinstance(block.get("text"), str)
         ]
-        if self._task is not None and texts:
+        if texts and self._head_is_live():
             self._texts.extend(texts)
             if sum(len(t) for t in self._texts) > 4 * self._max_result:
                 self._texts = self._texts[-8:]
@@ -281,7 +286,7 @@ class StreamJsonDialect:
                 return True
             if hit.kind == "exhausted":
                 out.append(hit.signal)
-                if self._task is not None:
+                if self._head_is_live():
                     self._end_task(out, TaskFailed(reason=f"context exhausted: {hit.detail}"))
                 return True
             if hit.kind == "context":
@@ -293,34 +298,33 @@ class StreamJsonDialect:
             return
         self._limited = True
         signal = RateLimited(reset_at=reset_at, message=message)
-        if self._task is not None:
+        if self._head_is_live():
             self._end_task(out, signal)
         else:
-            out.append(signal)
+            out.append(signal)  # an older, abandoned turn hit the limit: still news for the model
 
     def _result(self, event: Mapping[str, Any], out: list[Signal]) -> None:
-        entry = self._queue.popleft() if self._queue else None
+        """The head turn's end: decide its task (if still live), then move on to the next turn."""
         texts, self._texts = self._texts, []
-        limited, self._limited = self._limited, False
-        usage = result_usage(event)
-        live = entry is not None and entry is self._task
-        if live:
-            raw = event.get("result")
+        raw = event.get("result")
+        if self._head_is_live():
             result = raw if isinstance(raw, str) else "\n".join(texts)
             is_error = bool(event.get("is_error")) or event.get("subtype") not in (None, "success")
-            if is_error:
-                if not self._scan_text(result, out):
-                    subtype = event.get("subtype")
-                    reason = result.strip() or (subtype if isinstance(subtype, str) else "error")
-                    self._end_task(out, TaskFailed(reason=_preview(reason)))
-            else:
+            if not is_error:
                 if len(result) > self._max_result:
                     result = "…[truncated]\n" + result[-self._max_result :]
-                self._end_task(out, TaskDone(result=result, usage=usage))
-        elif not limited and event.get("is_error"):
-            raw = event.get("result")
-            if isinstance(raw, str):
-                self._scan_text(raw, out)  # a limit reported after its task ended still parks the model
+                self._end_task(out, TaskDone(result=result, usage=result_usage(event)))
+            elif not self._scan_text(result, out):
+                subtype = event.get("subtype")
+                reason = result.strip() or (subtype if isinstance(subtype, str) else "error")
+                self._end_task(out, TaskFailed(reason=_preview(reason)))
+        elif not self._limited and event.get("is_error") and isinstance(raw, str):
+            self._scan_text(raw, out)  # a limit reported after its task ended still parks the model
+        if self._queue:
+            self._queue.popleft()
+        self._limited = False
+        if self._queue:  # the next turn starts: its own report and question state
+            self._scanner.reset_task()
         if not self._queue and self._task is None and not self._ready_reported:
             self._ready_reported = True
             out.append(Ready())
