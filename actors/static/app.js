@@ -2,7 +2,7 @@
 // Everything goes through the gateway's public JSON-RPC methods; this page has no private API.
 
 import { Rpc } from "./rpc.js";
-import { $, errorText, fmtAgo, throttle, toast } from "./util.js";
+import { $, errorText, fmtAgo, frameThrottle, throttle, toast } from "./util.js";
 import { WorkersView } from "./workers.js";
 import { TasksView } from "./tasks.js";
 import { ChartsView } from "./charts.js";
@@ -35,6 +35,7 @@ class App {
     this.views = {};
     this.listeners = [];
     this.refreshStatusSoon = throttle(() => this.refreshStatus(), 500);
+    this.summarySoon = frameThrottle(() => this.renderSummary());
   }
 
   async boot() {
@@ -191,27 +192,8 @@ class App {
     const pill = $("#swarm-state");
     pill.dataset.state = s.state || "unknown";
     pill.textContent = s.state || "unknown";
-    const workers = s.workers || {};
     const queue = s.queue || {};
-    const sum = (o) => Object.values(o).reduce((a, b) => a + (Number(b) || 0), 0);
-    const alive = sum(workers) - (workers.stopped || 0) - (workers.crashed || 0);
-    $("#summary").innerHTML = "";
-    const parts = [
-      ["workers", alive],
-      ["busy", workers.busy || 0],
-      ["ready", queue.ready || 0],
-      ["running", queue.running || 0],
-      ["blocked", queue.blocked || 0],
-      ["done", queue.done || 0],
-      ["dead", queue.dead || 0],
-    ];
-    for (const [label, n] of parts) {
-      const span = document.createElement("span");
-      span.innerHTML = `${label} <b></b>`;
-      span.querySelector("b").textContent = n.toLocaleString();
-      $("#summary").append(span);
-    }
-    $("#tab-count-workers").textContent = alive ? alive.toLocaleString() : "";
+    this.renderSummary();
     const open = (queue.ready || 0) + (queue.running || 0) + (queue.blocked || 0) + (queue.failed || 0);
     $("#tab-count-tasks").textContent = open ? open.toLocaleString() : "";
     const halted = s.state === "halted";
@@ -226,6 +208,44 @@ class App {
     $("#btn-start").hidden = !stopped;
     $("#btn-halt").hidden = halted || stopped;
     for (const view of Object.values(this.views)) view.onStatus?.(s);
+  }
+
+  /** Header counts: workers from the live worker map (updated per event), tasks from swarm.status. */
+  renderSummary() {
+    const s = this.status || {};
+    const queue = s.queue || {};
+    let alive;
+    let busy;
+    const live = this.views.workers;
+    if (live && live.loaded) {
+      alive = live.workers.size;
+      busy = 0;
+      for (const w of live.workers.values()) if (w.state === "busy") busy += 1;
+    } else {
+      const workers = s.workers || {};
+      alive = Object.entries(workers).reduce((a, [k, v]) => a + (k === "stopped" || k === "crashed" ? 0 : Number(v) || 0), 0);
+      busy = workers.busy || 0;
+    }
+    const parts = [
+      ["workers", alive],
+      ["busy", busy],
+      ["ready", queue.ready || 0],
+      ["running", queue.running || 0],
+      ["blocked", queue.blocked || 0],
+      ["done", queue.done || 0],
+      ["dead", queue.dead || 0],
+    ];
+    const key = parts.map(([, n]) => n).join(",");
+    if (key === this.summaryKey) return;
+    this.summaryKey = key;
+    $("#summary").replaceChildren(...parts.map(([label, n]) => {
+      const span = document.createElement("span");
+      const b = document.createElement("b");
+      b.textContent = n.toLocaleString();
+      span.append(`${label} `, b);
+      return span;
+    }));
+    $("#tab-count-workers").textContent = alive ? alive.toLocaleString() : "";
   }
 
   onNotify(method, params) {

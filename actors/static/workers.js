@@ -85,6 +85,7 @@ export class WorkersView {
       this.workers.set(w.id, w);
     }
     for (const id of [...this.workers.keys()]) if (!seen.has(id)) this.workers.delete(id);
+    this.loaded = true;
     if (!this.marked && list.length) {
       // first full list: render now and mark once it has been painted (the benchmark reads this)
       this.marked = true;
@@ -126,6 +127,7 @@ export class WorkersView {
       this.workers.set(id, w);
     }
     if (this.app.isVisible("workers")) this.renderSoon();
+    else this.app.summarySoon();
   }
 
   /** task.running / task.done name the worker: keep its current task and count up to date. */
@@ -136,6 +138,7 @@ export class WorkersView {
     else if (topic === "task.done") this.workers.set(w.id, { ...w, task_id: null, tasks_done: (w.tasks_done || 0) + 1 });
     else return;
     if (this.app.isVisible("workers")) this.renderSoon();
+    else this.app.summarySoon();
   }
 
   onConfig(config) {
@@ -154,6 +157,7 @@ export class WorkersView {
   render() {
     const rows = this.rows();
     this.table.setRows(rows);
+    this.app.renderSummary();
     const counts = {};
     const models = {};
     for (const w of this.workers.values()) {
