@@ -27,6 +27,7 @@ export class TerminalPanel {
 
   async attach(id, box, forceGetter) {
     this.detach();
+    box.replaceChildren();
     let result;
     try {
       result = await this.app.rpc.call("workers.attach", { id });
@@ -59,6 +60,22 @@ export class TerminalPanel {
     this.refit();
     term.focus();
     return true;
+  }
+
+  /** After a reconnect the gateway has forgotten this attachment: attach again and redraw. */
+  async reattach() {
+    const id = this.workerId;
+    if (!id || !this.term) return;
+    try {
+      const result = await this.app.rpc.call("workers.attach", { id });
+      this.term.reset();
+      if (result?.snapshot) this.term.write(b64ToBytes(result.snapshot));
+      this.lastRows = this.lastCols = undefined;
+      this.refit();
+    } catch (err) {
+      this.term.write(`\r\n\x1b[2m[detached: ${errorText(err)}]\x1b[0m\r\n`);
+      this.cleanup(false);
+    }
   }
 
   refit() {
@@ -97,7 +114,13 @@ export class TerminalPanel {
   }
 
   detach() {
-    if (!this.workerId) return;
+    if (!this.workerId) {
+      if (this.term) {  // an attachment that ended on its own left its terminal on screen
+        this.term.dispose();
+        this.term = null;
+      }
+      return;
+    }
     const id = this.workerId;
     this.app.rpc?.call("workers.detach", { id }).catch(() => {});
     this.cleanup(true);

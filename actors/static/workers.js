@@ -64,6 +64,7 @@ export class WorkersView {
 
   onReady() {
     this.reload();
+    this.terminal.reattach();
   }
 
   show() {
