@@ -110,6 +110,7 @@ class GatewayActor:
         self.url: str | None = None
         self.address: tuple[str, int] | None = None
         self.connections = 0  # open connections, authenticated or not
+        self._closed_total = 0
         # timings (attributes so tests and embedders can shorten them)
         self.auth_fail_delay_s = 1.0
         self.auth_timeout_s = 10.0
@@ -118,6 +119,21 @@ class GatewayActor:
         self.handshake_timeout_s = 10.0
         self._conn_ids = itertools.count(1)
         self._event_json: dict[int, str] = {}
+        self.closed: list[tuple[int, int | None, str | None]] = []  # (connection, code, reason), recent
+        self._closed_changed = trio.Event()
+
+    async def wait_closed(self, count: int) -> list[tuple[int, int | None, str | None]]:
+        """Wait until `count` connections have ended since start (lets callers wait without polling)."""
+        while self._closed_total < count:
+            await self._closed_changed.wait()
+        return list(self.closed)
+
+    def _record_close(self, ident: int, code: int | None, reason: str | None) -> None:
+        self._closed_total += 1
+        self.closed.append((ident, code, reason))
+        del self.closed[:-100]
+        self._closed_changed.set()
+        self._closed_changed = trio.Event()
 
     def allowed_origins(self) -> list[str]:
         return [*dashboard_origins(self.swarm.http_url), *self.config.allowed_origins, *self.extra_origins]
@@ -193,7 +209,16 @@ class GatewayActor:
                 subprotocol=subprotocol,
                 extra_headers=[(b"Shoal-Protocol", str(rpc.PROTOCOL_VERSION).encode())],
             )
-            await _Connection(self, ws, next(self._conn_ids), authed).run()
+            conn = _Connection(self, ws, next(self._conn_ids), authed)
+            try:
+                await conn.run()
+            finally:
+                reason = conn.close_reason or ws.closed
+                self._record_close(
+                    conn.ident,
+                    reason.code if reason else None,
+                    reason.reason if reason else None,
+                )
         finally:
             self.connections -= 1
 
@@ -289,6 +314,13 @@ class _Connection:
         if self._close is not None:
             with trio.move_on_after(1.0):
                 await self.ws.aclose(self._close.code, self._close.reason)
+
+    @property
+    def close_reason(self) -> trio_websocket.CloseReason | None:
+        """Why this server closed the connection (None: the client closed it)."""
+        if self._close is None:
+            return None
+        return trio_websocket.CloseReason(self._close.code, self._close.reason)
 
     def close(self, code: int, reason: str) -> None:
         """Close this connection with a websocket close code and reason (first reason wins)."""
@@ -469,9 +501,7 @@ class _Connection:
         return await self.swarm.metrics_snapshot()
 
     async def _series(self, p: api.SeriesParams) -> Any:
-        if p.step_s is None:
-            return unstructure(self.swarm.metrics.series(p.window_s))
-        return unstructure(self.swarm.metrics.series(p.window_s, p.step_s))
+        return self.swarm.metrics.series(p.window_s, p.step_s)
 
     async def _config_get(self, _p: api.NoParams) -> Any:
         return config_to_dict(self.swarm.config)

@@ -585,8 +585,9 @@ async def connect(
         headers.append((b"Authorization", b"Bearer " + token.encode()))
     if origin is not None:
         headers.append((b"Origin", origin.encode()))
+    entered = False
     try:
-        ws_cm = trio_websocket.open_websocket_url(
+        async with trio_websocket.open_websocket_url(
             url,
             ssl_context=ssl_context,
             subprotocols=[rpc.SUBPROTOCOL],
@@ -595,43 +596,44 @@ async def connect(
             disconnect_timeout=5.0,
             max_message_size=max_message_bytes,
             message_queue_size=64,
-        )
-    except ValueError as exc:
-        raise ConnectError(f"bad gateway URL {url!r}: {exc}") from None
-    try:
-        ws = await ws_cm.__aenter__()
-    except trio_websocket.ConnectionRejected as exc:
-        raise _rejected(url, exc) from None
-    except trio_websocket.ConnectionTimeout:
-        raise ConnectError(
-            f"no answer from {url} within {connect_timeout:g} s: is the address right?"
-        ) from None
-    except (trio_websocket.HandshakeError, OSError) as exc:
-        cause = exc.__cause__ or exc
-        raise ConnectError(
-            f"cannot connect to the gateway at {url} ({cause}): is `shoal serve` running? "
-            "Start it, or point --url / SHOAL_URL at it"
-        ) from None
-    try:
-        async with trio.open_nursery() as nursery:
-            client = Client(ws, url, call_timeout)
-            nursery.start_soon(client._reader)
-            try:
-                if token is not None and auth == "login":
-                    try:
-                        await client.login(token)
-                    except rpc.RpcError as exc:
-                        raise AuthError(
-                            f"the gateway at {url} refused the token ({exc.message}): check `shoal token`"
-                        ) from None
-                yield client
-            finally:
-                nursery.cancel_scope.cancel()
+        ) as ws:
+            entered = True
+            async with trio.open_nursery() as nursery:
+                client = Client(ws, url, call_timeout)
+                nursery.start_soon(client._reader)
+                try:
+                    if token is not None and auth == "login":
+                        try:
+                            await client.login(token)
+                        except rpc.RpcError as exc:
+                            raise AuthError(
+                                f"the gateway at {url} refused the token ({exc.message}): check `shoal token`"
+                            ) from None
+                    yield client
+                finally:
+                    nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         real = unwrap_group(group)
         if real is group:
             raise
         raise real from None
-    finally:
-        with trio.CancelScope(shield=True):
-            await ws_cm.__aexit__(None, None, None)
+    except trio_websocket.ConnectionRejected as exc:
+        if entered:
+            raise
+        raise _rejected(url, exc) from None
+    except trio_websocket.ConnectionTimeout:
+        if entered:
+            raise
+        raise ConnectError(f"no answer from {url} within {connect_timeout:g} s: is the URL right?") from None
+    except (trio_websocket.HandshakeError, OSError) as exc:
+        if entered:
+            raise
+        cause = exc.__cause__ or exc
+        raise ConnectError(
+            f"cannot connect to the gateway at {url} ({cause}): is `shoal serve` running? "
+            "Start it, or point --url / SHOAL_URL at it"
+        ) from None
+    except ValueError as exc:
+        if entered:
+            raise
+        raise ConnectError(f"bad gateway URL {url!r}: {exc}") from None
