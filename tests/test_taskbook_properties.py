@@ -1,0 +1,258 @@
+"""Property-based tests of the task state machine: random operation sequences (including crashes
+and recovery through the real SQLite schema) never lose a task or break an invariant."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from shoal.actors.store import apply_changes, load_tasks, migrate
+from shoal.actors.taskbook import TaskBook, WorkerView
+from shoal.protocols.config import BackoffConfig, ModelsConfig, QueueConfig
+from shoal.protocols.errors import Conflict, ValidationError
+from shoal.protocols.tasks import TERMINAL_STATES, Outcome, Task, TaskSpec, TaskState
+
+CATEGORIES = [None, "code", "test", "docs"]
+MODELS = [None, "haiku", "sonnet", "opus"]
+WORKERS = [
+    WorkerView("w0", "sonnet", None, ("code", "code")),
+    WorkerView("w1", "haiku", frozenset({"test", "docs"}), ("test",)),
+    WorkerView("w2", "opus", frozenset({"code"}), ()),
+    WorkerView("w3", None, frozenset(), ("docs", "code", "docs")),
+]
+QCFG = QueueConfig(
+    affinity_bonus=2,
+    model_failure_limit=2,
+    retry_backoff=BackoffConfig(min_s=1, max_s=8, factor=2, jitter=0.5),
+)
+MCFG = ModelsConfig(category_models={"docs": "haiku"}, fallback={"haiku": ("sonnet",)})
+
+
+def open_db() -> sqlite3.Connection:
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    migrate(conn, ":memory:")
+    return conn
+
+
+class TaskBookMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.book = TaskBook(QCFG, MCFG, rng=random.Random(0))
+        self.db = open_db()
+        self.now = 1000.0
+        self.acked: set[str] = set()
+        self.results: dict[str, str] = {}
+        self.counter = 0
+
+    # ---- helpers -------------------------------------------------------------------------------
+
+    def persist(self) -> None:
+        changes, _events, _ready = self.book.drain()
+        self.db.execute("BEGIN")
+        apply_changes(self.db, changes)
+        self.db.execute("COMMIT")
+
+    def tasks(self, state: TaskState | None = None) -> list[Task]:
+        out: list[Task] = []
+        cursor = None
+        while True:
+            page, cursor = self.book.list_tasks(state, 1000, cursor)
+            out.extend(page)
+            if cursor is None:
+                return out
+
+    def pick(self, data: st.DataObject, state: TaskState | None = None) -> Task | None:
+        tasks = self.tasks(state)
+        return data.draw(st.sampled_from(tasks)) if tasks else None
+
+    # ---- rules ---------------------------------------------------------------------------------
+
+    @rule(data=st.data(), n=st.integers(1, 3))
+    def submit(self, data: st.DataObject, n: int) -> None:
+        existing = list(self.acked)
+        specs = []
+        new_ids = []
+        for _ in range(n):
+            self.counter += 1
+            tid = f"t{self.counter}"
+            pool = existing + new_ids
+            deps = tuple(data.draw(st.lists(st.sampled_from(pool), max_size=2, unique=True))) if pool else ()
+            specs.append(
+                TaskSpec(
+                    prompt=f"p{self.counter}",
+                    id=tid,
+                    category=data.draw(st.sampled_from(CATEGORIES)),
+                    priority=data.draw(st.integers(0, 2)),
+                    deps=deps,
+                    model=data.draw(st.sampled_from(MODELS)),
+                    max_attempts=data.draw(st.integers(1, 3)),
+                    run_on_dep_failure=data.draw(st.booleans()),
+                )
+            )
+            new_ids.append(tid)
+        if data.draw(st.booleans()) and existing:  # sometimes a cycle-free re-submit of an old id
+            old = self.book.get(data.draw(st.sampled_from(existing)))
+            specs.append(TaskSpec(prompt=old.prompt + "!", id=old.id))
+        before = len(self.book)
+        try:
+            tasks = self.book.submit(specs, self.now)
+        except (ValidationError, Conflict):
+            assert len(self.book) == before  # atomic: nothing half-added
+            return
+        self.acked.update(t.id for t in tasks)
+        self.persist()
+
+    @rule(w=st.sampled_from(WORKERS))
+    def worker_takes(self, w: WorkerView) -> None:
+        tid = self.book.select(w)
+        ready = [t for t in self.tasks(TaskState.READY) if self.book.can_take(w, t.id)]
+        for t in self.tasks(TaskState.READY):
+            if self.book.can_take(w, t.id) and t.worker is None:
+                assert t.model is None or t.model == w.model
+                assert w.capabilities is None or t.category is None or t.category in w.capabilities
+        if not ready:
+            assert tid is None
+            return
+        order = {t.id: i for i, t in enumerate(self.tasks())}
+        mine = [t for t in ready if t.worker == w.id]
+        if mine:
+            best = max(mine, key=lambda t: (t.priority, -order[t.id]))
+        else:
+            best = max(ready, key=lambda t: (self.book.score(w, t.id), -order[t.id]))
+        assert tid == best.id, (tid, best.id)
+        a = self.book.claim(tid, w.id, w.model, self.now)
+        assert a.attempt == len(self.book.get(tid).attempts)
+        self.persist()
+
+    @rule(data=st.data(), outcome=st.sampled_from(list(Outcome)))
+    def attempt_ends(self, data: st.DataObject, outcome: Outcome) -> None:
+        t = self.pick(data, TaskState.RUNNING)
+        if t is None:
+            return
+        n = t.attempts[-1].n
+        ok = self.book.finish(t.id, n, outcome, self.now, result=f"r-{t.id}-{n}", reason="x")
+        assert ok
+        if outcome is Outcome.DONE:
+            self.results[t.id] = f"r-{t.id}-{n}"
+        self.persist()
+
+    @rule(data=st.data(), n=st.integers(0, 5))
+    def stale_report(self, data: st.DataObject, n: int) -> None:
+        t = self.pick(data)
+        if t is None:
+            return
+        current = self.book.is_current(t.id, n)
+        before = self.book.get(t.id)
+        ok = self.book.finish(t.id, n, Outcome.DONE, self.now, result="stale?")
+        assert ok == current
+        if not ok:
+            assert self.book.get(t.id) == before
+        else:
+            self.results[t.id] = "stale?"
+        self.persist()
+
+    @rule(data=st.data(), op=st.sampled_from(["cancel", "skip", "retry", "boost", "assign"]))
+    def operator(self, data: st.DataObject, op: str) -> None:
+        t = self.pick(data)
+        if t is None:
+            return
+        try:
+            if op == "cancel":
+                self.book.cancel(t.id, self.now)
+            elif op == "skip":
+                self.book.cancel(t.id, self.now, skip=True)
+            elif op == "retry":
+                self.book.retry(t.id, self.now)
+            elif op == "boost":
+                self.book.boost(t.id, data.draw(st.integers(0, 9)), self.now)
+            else:
+                self.book.assign(t.id, data.draw(st.sampled_from(WORKERS)).id, self.now)
+        except Conflict:
+            assert self.book.get(t.id).state == t.state  # a refused operation changes nothing
+        self.persist()
+
+    @rule(dt=st.floats(0.1, 20))
+    def time_passes(self, dt: float) -> None:
+        self.now += dt
+        released = self.book.release_due(self.now)
+        for tid in released:
+            assert self.book.get(tid).state is TaskState.READY
+        self.book.unpark_due(self.now)
+        nxt = self.book.next_deadline()
+        assert nxt is None or nxt > self.now
+        self.persist()
+
+    @rule(model=st.sampled_from(["haiku", "sonnet", "opus"]), dt=st.floats(1, 30))
+    def rate_limited(self, model: str, dt: float) -> None:
+        self.book.park(model, self.now + dt)
+
+    @rule(w=st.sampled_from(WORKERS))
+    def worker_dies(self, w: WorkerView) -> None:
+        self.book.worker_gone(w.id, self.now)
+        assert self.book.running_on(w.id) == [] and self.book.targets_of(w.id) == []
+        self.persist()
+
+    @precondition(lambda self: len(self.book) > 0)
+    @rule()
+    def crash_and_recover(self) -> None:
+        self.persist()
+        before = {t.id: t for t in self.tasks()}
+        fresh = TaskBook(QCFG, MCFG, rng=random.Random(1))
+        recovered = fresh.restore(load_tasks(self.db), self.now)
+        assert set(recovered) == {tid for tid, t in before.items() if t.state is TaskState.RUNNING}
+        after = {t.id: fresh.get(t.id) for t in before.values()}
+        assert set(after) == set(before)
+        for tid, t in before.items():
+            a = after[tid]
+            assert len(a.attempts) == len(t.attempts) and a.result == t.result
+            if t.state is TaskState.RUNNING:
+                assert a.state is TaskState.READY and a.attempts[-1].outcome is Outcome.INTERRUPTED
+            elif t.worker is None:
+                assert a == t, tid
+            else:  # manual assignments do not survive a restart
+                assert a.state == t.state and a.worker is None
+        self.book = fresh
+        self.persist()
+
+    # ---- invariants ----------------------------------------------------------------------------
+
+    @invariant()
+    def consistent(self) -> None:
+        self.book.check()
+
+    @invariant()
+    def nothing_lost(self) -> None:
+        ids = set(self.book.ids())
+        assert self.acked <= ids
+        assert sum(self.book.counts().values()) == len(ids)
+
+    @invariant()
+    def results_recorded_once(self) -> None:
+        for tid, result in self.results.items():
+            t = self.book.get(tid)
+            if t.state is TaskState.DONE:
+                assert t.result == result
+                assert sum(1 for a in t.attempts if a.outcome is Outcome.DONE) == 1
+            else:  # a done task can only leave DONE through nothing: it stays done
+                raise AssertionError(f"{tid} left done: {t.state}")
+
+    @invariant()
+    def terminal_tasks_have_no_open_attempt(self) -> None:
+        for t in self.tasks():
+            if t.state in TERMINAL_STATES:
+                assert not t.attempts or t.attempts[-1].ended is not None
+
+    def teardown(self) -> None:
+        self.db.close()
+
+
+TaskBookMachine.TestCase.settings = settings(
+    max_examples=60,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+test_task_book_state_machine = TaskBookMachine.TestCase
