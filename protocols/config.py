@@ -20,13 +20,41 @@ from attrs import validators as v
 
 from .errors import ValidationError
 
-_nonneg = v.ge(0)
-_pos = v.gt(0)
+
+class FieldValueError(ValueError):
+    """A validator's complaint about one field; `structure` turns it into the dotted path."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(message)
+
+
+def _nonneg(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
+    if not value >= 0:  # also refuses NaN
+        raise FieldValueError(attr.name, f"must be >= 0, got {value!r}")
+
+
+def _pos(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
+    if not value > 0:
+        raise FieldValueError(attr.name, f"must be > 0, got {value!r}")
+
+
+def _at_most(limit: float) -> Any:
+    def check(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
+        if not value <= limit:
+            raise FieldValueError(attr.name, f"must be <= {limit:g}, got {value!r}")
+
+    return check
+
+
+def _factor_ok(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
+    if not value >= 1.0:
+        raise FieldValueError(attr.name, f"must be >= 1, got {value!r}")
 
 
 def _fraction(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{attr.name} must be between 0 and 1")
+        raise FieldValueError(attr.name, f"must be between 0 and 1, got {value!r}")
 
 
 @attrs.frozen
@@ -35,7 +63,7 @@ class BackoffConfig:
 
     min_s: float = attrs.field(default=0.5, validator=_nonneg)
     max_s: float = attrs.field(default=30.0, validator=_nonneg)
-    factor: float = attrs.field(default=2.0, validator=v.ge(1.0))
+    factor: float = attrs.field(default=2.0, validator=v.and_(_pos, _factor_ok))
     jitter: float = attrs.field(default=0.2, validator=_fraction)
     reset_after_s: float = attrs.field(default=60.0, validator=_nonneg)
 
@@ -70,7 +98,7 @@ class ProfileConfig:
     cols: int = attrs.field(default=120, validator=_pos)
     startup_timeout_s: float = attrs.field(default=30.0, validator=_pos)
     stop_timeout_s: float = attrs.field(default=3.0, validator=_pos)  # per rung of the stop ladder
-    context_refresh_percent: float = attrs.field(default=80.0, validator=v.and_(v.ge(0), v.le(100)))
+    context_refresh_percent: float = attrs.field(default=80.0, validator=v.and_(_nonneg, _at_most(100)))
     options: dict[str, Any] = attrs.field(factory=dict)  # dialect options (patterns, markers, idle_ms)
     models: tuple[str, ...] = ()  # models this profile can run; empty: any
 
@@ -157,7 +185,7 @@ class ModelsConfig:
 class GatewayConfig:
     enabled: bool | None = None  # None: on for `shoal serve`, off for an embedded open_swarm
     host: str = "127.0.0.1"
-    port: int = attrs.field(default=8765, validator=v.and_(_nonneg, v.le(65535)))  # 0: any free port
+    port: int = attrs.field(default=8765, validator=v.and_(_nonneg, _at_most(65535)))  # 0: any free port
     allow_remote: bool = False  # binding to a non-loopback address needs this
     allowed_origins: tuple[str, ...] = ()  # besides the dashboard's own origin
     max_message_bytes: int = attrs.field(default=1 << 20, validator=_pos)
@@ -175,7 +203,7 @@ class GatewayConfig:
 class HttpConfig:
     enabled: bool | None = None  # None: on for `shoal serve`, off for an embedded open_swarm
     host: str = "127.0.0.1"
-    port: int = attrs.field(default=8766, validator=v.and_(_nonneg, v.le(65535)))
+    port: int = attrs.field(default=8766, validator=v.and_(_nonneg, _at_most(65535)))
 
 
 @attrs.frozen
@@ -291,7 +319,11 @@ def structure(data: Any, cls: type[Any], where: str = "") -> Any:
     except (cattrs.BaseValidationError, ValueError, TypeError, KeyError) as exc:
         path, leaf = _path_of(exc, where)
         if isinstance(leaf, cattrs.ForbiddenExtraKeysError):
-            raise ValidationError(path or cls.__name__, f"unknown key(s) {sorted(leaf.extra_fields)}") from None
+            raise ValidationError(
+                path or cls.__name__, f"unknown key(s) {sorted(leaf.extra_fields)}"
+            ) from None
+        if isinstance(leaf, FieldValueError):
+            raise ValidationError(f"{path}.{leaf.field}" if path else leaf.field, str(leaf)) from None
         if isinstance(leaf, KeyError):
             key = str(leaf.args[0])
             field = path if path.endswith(key) else (f"{path}.{key}" if path else key)
