@@ -23,6 +23,7 @@ _ESC_FULL = re.compile(
     rb"|[PX^_][^\x1b]*\x1b\\"
     rb"|[ -/]*[0-OQ-WYZ\\`-~])"
 )
+_SGR = re.compile(rb"\x1b\[[0-9;:]*m")
 # CSI sequences that keep the cursor on its line (colours, modes, erase-in-line, ...): deleted in bulk.
 # Finals excluded here (handled by the slow path): A B C E F G H J d f (moves to another line / column).
 _CSI_STAY = re.compile(rb"\x1b\[[0-?]*[ -/]*[@DIK-Z\[-ceg-~]")
@@ -46,14 +47,19 @@ _INCOMPLETE = re.compile(rb"\x1b(?:\[[0-?]*[ -/]*|[\]PX^_][^\x07\x1b]*\x1b?|[ -/
 
 
 def _incomplete_tail(data: bytes, esc: int) -> int:
-    """Index where an unfinished escape sequence starts at the end of `data` (len(data) if none)."""
+    """Index where an unfinished escape sequence starts at the end of `data` (len(data) if none).
+
+    `esc` is the last ESC. A bare ESC at the very end may open the terminator (ST) of a string
+    sequence (OSC/DCS/APC) before it; then the carry starts at that string's opener.
+    """
     lo = max(0, len(data) - _MAX_CARRY)
-    cut = esc if esc >= lo and _INCOMPLETE.match(data, esc) else len(data)
-    # A string sequence (OSC/DCS/APC) may already hold the ESC of its terminator: start at its opener.
-    opener = max(data.rfind(b"\x1b]", lo), data.rfind(b"\x1bP", lo), data.rfind(b"\x1b_", lo))
-    if 0 <= opener < cut and _ESC_FULL.match(data, opener) is None:
-        cut = opener
-    return cut
+    if esc < lo or not _INCOMPLETE.match(data, esc):
+        return len(data)
+    if esc == len(data) - 1:
+        opener = data.rfind(b"\x1b", lo, esc)
+        if opener >= 0 and _INCOMPLETE.match(data, opener):
+            return opener
+    return esc
 
 
 def _replace_slow(m: re.Match[bytes]) -> bytes:
@@ -95,10 +101,12 @@ class AnsiStripper:
                 data = data[:cut]
             if b"?2004" in data:
                 self._note_modes(data)
-            data = _CSI_STAY.sub(b"", data)
+            data = b"".join(_SGR.split(data))  # colours: nearly all of it (split+join beats sub)
             if b"\x1b" in data:
-                data = _ESC_ANY.sub(_replace_slow, data)
-                data = data.replace(b"\x1b", b"")
+                data = _CSI_STAY.sub(b"", data)
+                if b"\x1b" in data:
+                    data = _ESC_ANY.sub(_replace_slow, data)
+                    data = data.replace(b"\x1b", b"")
         if not data:
             return ""
         if self._skip_lf:

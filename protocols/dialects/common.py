@@ -205,6 +205,8 @@ _FOOTER_WORDS = (
     "Esc to cancel",
     "[Pasted text #",
 )
+_FOOTER = re.compile("|".join(re.escape(word) for word in _FOOTER_WORDS), re.IGNORECASE)
+_CHROME_LINE = re.compile("|".join(f"(?:{p.pattern})" for p in (_BOX_LINE, _SPINNER_LINE, _DIALOG_LINE)))
 
 
 def _strip_screen(lines: list[str]) -> list[str]:
@@ -212,15 +214,15 @@ def _strip_screen(lines: list[str]) -> list[str]:
     below, up to the next blank line), boxes, spinner lines, dialogs and footer words."""
     kept: list[str] = []
     in_frame = False
+    chrome = _CHROME_LINE.match
+    footer = _FOOTER.search
     for line in lines:
-        if not line.strip():
+        if not line or line.isspace():
             in_frame = False
             kept.append("")
         elif _RULE_LINE.match(line):
             in_frame = True
-        elif in_frame or _BOX_LINE.match(line) or _SPINNER_LINE.match(line) or _DIALOG_LINE.match(line):
-            continue
-        elif not any(word in line for word in _FOOTER_WORDS):
+        elif not in_frame and not chrome(line) and not footer(line):
             kept.append(line)
     return kept
 
@@ -240,20 +242,21 @@ def _echo_piece(line: str, rest: str) -> int | None:
     return None
 
 
-def clean_tui(text: str, prompt: str) -> str:
+def clean_tui(text: str, prompt: str, *, truncated: bool = False) -> str:
     """The answer inside a captured TUI transcript.
 
     Claude Code prints its answer as `●` bullets with two-space hanging indents, above a dynamic
     region (spinner, prompt box, footer, dialogs) that is redrawn and erased. The screen's own lines
     are dropped first; then, when bullets exist, only bullet blocks are kept (a bullet line and its
     indented continuation, ended by an unindented line such as the echoed prompt); otherwise what
-    remains after the leading echo of the prompt. Erased frames cannot be told apart from printed
-    text without a terminal emulator, so this is a heuristic for results and logs, not a transcript.
+    remains after the leading echo of the prompt. `truncated`: the text starts mid-output (inside a
+    bullet block, after the echo). Erased frames cannot be told apart from printed text without a
+    terminal emulator, so this is a heuristic for results and logs, not a transcript.
     """
     lines = _strip_screen([line.rstrip() for line in text.split("\n")])
     out: list[str] = []
     if any(_BULLET.match(line) for line in lines):
-        keep = False
+        keep = truncated
         for line in lines:
             m = _BULLET.match(line)
             if m:
@@ -268,7 +271,7 @@ def clean_tui(text: str, prompt: str) -> str:
                 keep = False
     else:
         rest = " ".join(prompt.split())  # what of the prompt's echo is still to come
-        leading = True
+        leading = not truncated
         for line in lines:
             if leading:
                 core = " ".join(_CHEVRON.sub("", line).split())
@@ -312,7 +315,7 @@ class TextDialect:
             usage_limit=opts.regexes("usage_limit_patterns"),
             needs_input=opts.regexes("needs_input_patterns"),
         )
-        self._max_result = opts.integer("max_result_chars", 200_000, minimum=1)
+        self._max_result = opts.integer("max_result_chars", 100_000, minimum=1)
         self._default_timeout = opts.number("task_timeout_s", None, minimum=0.001)
         self._strip_chrome = opts.flag("strip_chrome", self.default_strip_chrome)
         self._paste: bool | str = opts.choice("bracketed_paste", "auto", ("auto", True, False))
@@ -363,7 +366,7 @@ class TextDialect:
 
     def start_task(self, assignment: Assignment, now: float) -> None:
         timeout = assignment.timeout_s if assignment.timeout_s is not None else self._default_timeout
-        self._task = TaskRun(assignment, now, timeout, keep=max(4 * self._max_result, 1 << 20))
+        self._task = TaskRun(assignment, now, timeout, keep=self._window())
         self._ready_reported = False
         self._scanner.reset_task()
         self._task_started(now)
@@ -481,14 +484,22 @@ class TextDialect:
             return
         out.append(hit.signal)
 
+    def _window(self) -> int:
+        """Characters of output a result is cut from: the answer is at the end of long output."""
+        return max(2 * self._max_result, 65536)
+
     def _result(self, upto: int | None = None, *, extra: str = "") -> str:
         task = self._task
         if task is None:
             return ""
         text = task.capture.text(upto) + extra
+        truncated = task.capture.start > 0
+        if len(text) > self._window():
+            text = text[-self._window() :]
+            truncated = True
         prompt = task.assignment.prompt
-        result = clean_tui(text, prompt) if self._strip_chrome else text.strip("\n")
-        if len(result) > self._max_result:
+        result = clean_tui(text, prompt, truncated=truncated) if self._strip_chrome else text.strip("\n")
+        if len(result) > self._max_result or (truncated and result):
             result = "…[truncated]\n" + result[-self._max_result :]
         return result
 
