@@ -86,9 +86,7 @@ def fmt_us(seconds: float) -> str:
 
 def throughput(flood: bytes, total: int) -> None:
     density = flood.count(b"\x1b") * 1000 / len(flood)
-    print(
-        f"\n1. feed() throughput, {total / 1e6:.0f} MB of [[flood]] output ({density:.0f} escapes/KB), task open"
-    )
+    print(f"\n1. feed() throughput, {total / 1e6:.0f} MB of [[flood]] ({density:.0f} escapes/KB), task open")
     data = flood * (total // len(flood) + 1)
     data = data[:total]
     for name in ("prompt", "marker"):
@@ -101,9 +99,7 @@ def throughput(flood: bytes, total: int) -> None:
                 dialect.feed(chunk, 1.0)
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
             rate, wall_rate = total / cpu / 1e6, total / wall / 1e6
-            print(
-                f"   {name:7s} {size // 1024:3d} KiB chunks: {rate:6.1f} MB/s CPU ({wall_rate:6.1f} MB/s wall)"
-            )
+            print(f"   {name:7s} {size // 1024:3d} KiB chunks: {rate:6.1f} MB/s CPU ({wall_rate:.1f} wall)")
 
 
 def memory(flood: bytes, total: int) -> None:
@@ -125,9 +121,7 @@ def memory(flood: bytes, total: int) -> None:
     signals = dialect.feed((ERASE5 + "\r\n\x1b[1m●\x1b[0m the end\r\n\r\n" + frame(None)).encode(), 2.0)
     took = time.perf_counter() - start
     assert any(isinstance(s, TaskDone) for s in signals), signals
-    print(
-        f"   TaskDone after the flood (result cleaned from the last 2 x max_result_chars): {took * 1e3:.1f} ms"
-    )
+    print(f"   TaskDone after the flood (result from the last 2 x max_result_chars): {took * 1e3:.1f} ms")
 
 
 def detection(samples: int) -> None:
@@ -238,7 +232,7 @@ def end_to_end(tasks: int) -> None:
         print(f"   last read -> TaskDone   p50 {fmt_us(pct(delays, 0.5))}  p99 {fmt_us(pct(delays, 0.99))}")
         p50, p99 = pct(rounds, 0.5) * 1e3, pct(rounds, 0.99) * 1e3
         print(
-            f"   submit -> TaskDone      p50 {p50:8.2f} ms  p99 {p99:6.2f} ms (the fake agent's own work included)"
+            f"   submit -> TaskDone      p50 {p50:8.2f} ms  p99 {p99:6.2f} ms (the agent's own work included)"
         )
     finally:
         agent.close()
@@ -272,7 +266,7 @@ def main() -> None:
     flood = load_fake().flood_block(7)
     load = os.getloadavg()[0]
     print(
-        f"Python {sys.version.split()[0]} on {os.uname().machine}, {os.cpu_count()} CPUs, load average {load:.2f}"
+        f"Python {sys.version.split()[0]} on {os.uname().machine}, {os.cpu_count()} CPUs, load avg {load:.2f}"
     )
     throughput(flood, 20_000_000 if args.quick else 100_000_000)
     memory(flood, 20_000_000 if args.quick else 200_000_000)
