@@ -1090,3 +1090,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """The `shoal` console script."""
     return run(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

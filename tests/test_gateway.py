@@ -518,11 +518,10 @@ async def test_attach_round_trip_with_the_fake_agent(tmp_path: Path) -> None:
             await att.send(b"hello from attach\r")
             seen = b""
             with trio.fail_after(20):
-                async for chunk in att:
+                async for chunk in att:  # the agent echoes the line, then answers it
                     seen += chunk
-                    if b"hello from attach" in seen and seen.count(b"\n") >= 2:
+                    if b"Done: hello from attach" in seen:
                         break
-            assert b"hello from attach" in seen
         logs = await c.logs(wid)
         assert b"hello from attach" in logs
         assert len(await c.logs(wid, tail=10)) == 10
@@ -549,7 +548,7 @@ async def test_input_to_a_busy_worker_needs_force(tmp_path: Path) -> None:
     ):
         wid = await _one_idle_worker(c, live)
         with live.swarm.events(["task.running"]) as sub:
-            await c.submit({"id": "slow", "prompt": "[sleep 30] think slowly"})
+            await c.submit({"id": "slow", "prompt": "[[hang]] think forever"})
             with trio.fail_after(20):
                 await sub.receive()
         assert (await c.worker(wid)).state == "busy"
