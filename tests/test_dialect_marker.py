@@ -187,3 +187,17 @@ def test_bad_options_name_the_field(options: dict[str, object], field: str) -> N
     with pytest.raises(ValidationError) as info:
         make_dialect("marker", options)
     assert info.value.field == field
+
+
+def test_bash_with_a_marker_prompt_command() -> None:
+    """Bytes bash 5 wrote for the shell profile: readline redraws the pasted line before running it."""
+    startup = b"\r\nSHOAL_DONE status=0 reason=exit status 0\r\n"
+    after = (
+        b"\x1b[?2004h$ \x1b[7mecho hello\x1b[27m\r\x1b[C\x1b[Cecho hello\r\n\x1b[?2004l\rhello\r\n\r\n"
+        b"SHOAL_DONE status=0 reason=exit status 0\r\n\x1b[?2004h$ "
+    )
+    dialect = new({"ready": "^SHOAL_DONE status="})
+    assert dialect.feed(startup, NOW) == [Ready()]
+    dialect.start_task(Assignment("t1", 1, "echo hello"), NOW)
+    assert dialect.feed(after, NOW) == [TaskDone(result="hello"), Ready()]
+    assert dialect.encode(Assignment("t2", 1, "false")) == b"\x1b[200~false\x1b[201~\r"  # bash enabled pastes

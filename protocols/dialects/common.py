@@ -270,7 +270,8 @@ def clean_tui(text: str, prompt: str, *, truncated: bool = False) -> str:
             else:
                 keep = False
     else:
-        rest = " ".join(prompt.split())  # what of the prompt's echo is still to come
+        full = " ".join(prompt.split())
+        rest = full  # what of the prompt's echo is still to come
         leading = not truncated
         for line in lines:
             if leading:
@@ -281,6 +282,8 @@ def clean_tui(text: str, prompt: str, *, truncated: bool = False) -> str:
                 if eaten is not None:
                     rest = rest[eaten:].lstrip()
                     continue
+                if full and core.endswith(full):
+                    continue  # the echo drawn again (readline redisplays a pasted line)
                 leading = False
             out.append(line)
     # collapse runs of blank lines, trim the ends
