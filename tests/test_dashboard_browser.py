@@ -108,6 +108,15 @@ def visible_rows(table: str) -> str:
     return f"#{table} .vrow:not([hidden])"
 
 
+async def wait_worker_state(swarm: Any, worker_id: str, state: str) -> None:
+    with swarm.events(["worker.state"]) as sub, trio.fail_after(TIMEOUT_MS / 1000):
+        if any(w.id == worker_id and w.state == state for w in swarm.workers()):
+            return
+        async for event in sub:
+            if event.data.get("worker") == worker_id and event.data.get("state") == state:
+                return
+
+
 async def cancel_unless_ended(swarm: Any, task_id: str) -> None:
     from shoal.protocols.errors import Conflict
 
@@ -153,6 +162,9 @@ async def test_open_the_printed_url_and_see_workers_appear(tmp_path: Path) -> No
             assert page.locator(visible_rows("tasks-table")).count() == 3
             page.click('#tabs [data-tab="charts"]')
             page.wait_for_selector("#chart-throughput .uplot")
+            # the charts come from swarm.series, whose annotations (scale events) are drawn on them
+            kinds = page.evaluate("() => window.shoal.views.charts.series.annotations.map(a => a.kind)")
+            assert "scale.up" in kinds
             shot(page, "dashboard-charts")
 
         await in_browser(swarm, tmp_path, scenario)
@@ -186,6 +198,53 @@ async def test_submit_a_task_from_the_page_and_watch_it_finish(tmp_path: Path) -
             page.fill('#submit-form [name="max_attempts"]', "0")
             page.click("#submit-go")
             page.wait_for_selector("#submit-error:has-text('max attempts')")
+
+        await in_browser(swarm, tmp_path, scenario)
+
+
+async def test_task_actions_boost_cancel_retry_assign(tmp_path: Path) -> None:
+    from shoal.actors.swarm import open_swarm
+
+    async with open_swarm(config(tmp_path, scaling={"min_workers": 3, "max_workers": 3})) as swarm:
+
+        def scenario(page: Any, bridge: Bridge) -> None:
+            bridge.run(swarm.submit, {"prompt": "sleep 60", "id": "gate"})
+            bridge.run(swarm.submit, {"prompt": "echo later", "id": "waiter", "deps": ["gate"]})
+            page.click('#tabs [data-tab="tasks"]')
+            page.click("#task-states [data-state='blocked']")
+            row = page.locator(visible_rows("tasks-table")).filter(has_text="waiter")
+            expect(row).to_contain_text("gate")  # "waits on" names the unmet dependency
+            row.click()
+            page.wait_for_selector("#task-detail .deps >> text=gate")
+            page.fill('#task-detail [aria-label="new priority"]', "7")
+            page.click("#btn-task-boost")
+            expect(page.locator("#task-detail .kv")).to_contain_text("priority7")
+            assert bridge.run(swarm.get, "waiter").priority == 7
+            page.click("#btn-task-cancel")
+            page.wait_for_selector("#task-detail dd.state-cancelled")
+            page.click("#btn-task-retry")
+            page.wait_for_selector("#task-detail dd.state-blocked")
+            # assign: every worker is busy; "pick" goes to the worker of "second", and when the
+            # worker of "first" frees up first it must leave "pick" alone
+            bridge.run(swarm.submit, {"prompt": "sleep 60", "id": "first"})
+            bridge.run(swarm.submit, {"prompt": "sleep 60", "id": "second"})
+            page.click("#task-states [data-state='running']")
+            expect(page.locator(visible_rows("tasks-table"))).to_have_count(3)
+            free_first = bridge.run(swarm.get, "first").worker
+            target = bridge.run(swarm.get, "second").worker
+            bridge.run(swarm.submit, {"prompt": "echo assigned", "id": "pick"})
+            page.fill("#task-find-id", "pick")
+            page.click("#task-find button")
+            page.wait_for_selector("#task-detail h3:text-is('pick')")
+            page.select_option('#task-detail [aria-label="worker"]', target)
+            page.click("#btn-task-assign")
+            page.wait_for_selector("#toasts >> text=pick assigned to")
+            bridge.run(swarm.cancel, "first")
+            bridge.run(wait_worker_state, swarm, free_first, "idle")
+            assert bridge.run(swarm.get, "pick").state == "ready"
+            bridge.run(swarm.cancel, "second")
+            page.wait_for_selector("#task-detail dd.state-done")
+            assert bridge.run(swarm.get, "pick").attempts[-1].worker == target
 
         await in_browser(swarm, tmp_path, scenario)
 
