@@ -179,8 +179,8 @@ class HttpActor:
         self._version = "unknown"
         self._shutdown = trio.Event()
         self.bound: tuple[str, int] | None = None
-        self.requests = 0
-        self.scrape_seconds_last = math.nan
+        self.requests = 0  # HTTP requests served (for operators poking at a live process)
+        self.scrape_seconds_last = math.nan  # how long the last /metrics took to render
 
     @property
     def url(self) -> str | None:
@@ -202,9 +202,8 @@ class HttpActor:
     async def run(self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
         host, port = self._config.host, self._config.port
         allow_remote = self._allow_remote
-        if (
-            allow_remote is None
-        ):  # one switch for both listeners: the dashboard is useless without the gateway
+        # one switch for both listeners: the dashboard is useless without the gateway
+        if allow_remote is None:
             allow_remote = self._swarm.config.gateway.allow_remote
         if not is_loopback(host) and not allow_remote:
             raise ValidationError(
