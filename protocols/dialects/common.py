@@ -332,6 +332,7 @@ class TextDialect:
         self._lookback = ""
         self._task: TaskRun | None = None
         self._ready_reported = False
+        self._now = 0.0  # the latest time passed in (on_exit gets none)
 
     # -- hooks for subclasses ----------------------------------------------------------------------
 
@@ -358,6 +359,7 @@ class TextDialect:
 
     def feed(self, data: bytes, now: float) -> list[Signal]:
         out: list[Signal] = []
+        self._now = now
         self._check_timeout(now, out)
         if self._task is not None:
             self._task.bytes += len(data)
@@ -398,6 +400,7 @@ class TextDialect:
 
     def tick(self, now: float) -> list[Signal]:
         out: list[Signal] = []
+        self._now = now
         self._check_timeout(now, out)
         self._dialect_tick(now, out)
         return out
@@ -411,7 +414,7 @@ class TextDialect:
         tail = self._stripper.flush() + self._pending
         self._pending = ""
         if tail:
-            self._process(tail if tail.endswith("\n") else tail + "\n", time.monotonic(), out)
+            self._process(tail if tail.endswith("\n") else tail + "\n", self._now, out)
         self._exited(exit_code, signal, out)
         return out
 

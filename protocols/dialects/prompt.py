@@ -19,7 +19,7 @@ into the box redraws a frame too, and that one must not count). Only lines holdi
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from .base import Signal
 from .common import _MAX_PENDING_EVAL, Event, Options, TextDialect
@@ -116,7 +116,7 @@ class PromptDialect(TextDialect):
                 start, end = _line(text, m.start())
                 found = self._prompt_input(text[start:end])
                 if found is not None:
-                    events.append(Event(start, "prompt", (found[0], True, base + start)))
+                    events.append(Event(start, "prompt", (True, base + start)))
         else:
             if self._rule_open is not None:
                 first = _NONSPACE.search(text)
@@ -124,7 +124,7 @@ class PromptDialect(TextDialect):
                     start, end = _line(text, first.start())
                     found = self._prompt_input(text[start:end])
                     if found is not None:
-                        events.append(Event(start, "prompt", (found[0], found[1], self._rule_open)))
+                        events.append(Event(start, "prompt", (found[1], self._rule_open)))
                     self._rule_open = None
             for start, end in self._frame_lines(text):
                 events.append(Event(start, "rule", end))
@@ -135,7 +135,7 @@ class PromptDialect(TextDialect):
                 cstart, cend = _line(text, after.start())
                 found = self._prompt_input(text[cstart:cend])
                 if found is not None:
-                    events.append(Event(cstart, "prompt", (found[0], found[1], base + start)))
+                    events.append(Event(cstart, "prompt", (found[1], base + start)))
         self._scan_busy(text, events)
         task = self._task
         if task is not None and not task.activity:
@@ -206,7 +206,7 @@ class PromptDialect(TextDialect):
                 self._frame_closed = True
                 self._zone_end = self._blank_from(self._chunk, event.data + 1)
         elif kind == "prompt":
-            _typed, boxed, rule_pos = event.data
+            boxed, rule_pos = event.data
             self._new_frame(boxed, rule_pos)
         elif kind == "busy":
             self._busy(event.data)
@@ -283,13 +283,3 @@ class PromptDialect(TextDialect):
                 activity = True
         ready = frame_seen and closed and not frame_busy and not cur_busy
         return ready, frames, activity, rule_pos
-
-    def describe(self) -> dict[str, Any]:
-        """The screen state as this dialect sees it (for logs and debugging)."""
-        return {
-            "frame_seen": self._frame_seen,
-            "frame_busy": self._frame_busy,
-            "frame_closed": self._frame_closed,
-            "busy_after_frame": self._cur_busy,
-            "state": ("out", "box", "footer")[self._state],
-        }
