@@ -112,7 +112,8 @@ class RuleEngine:
         self.halted: dict[str, Any] | None = None  # swarm.halted data while halted
         self.dead_times: deque[tuple[float, str]] = deque()  # (now, task id) of task.dead
         self.crash_times: deque[tuple[float, str]] = deque()  # (now, worker id) of worker.crashed
-        self.limited: dict[str, tuple[float, dict[str, Any]]] = {}  # model -> (until, data)
+        # model -> (reported at, limited until or None when the report gave no reset time, data)
+        self.limited: dict[str, tuple[float, float | None, dict[str, Any]]] = {}
         self._states: dict[tuple[AlertRule, str | None], _RuleState] = {}
         self._max_window = 0.0
 
@@ -143,10 +144,10 @@ class RuleEngine:
                 model = data.get("model")
                 if isinstance(model, str) and model:
                     reset_at = data.get("reset_at")
-                    until = (
-                        now + max(0.0, float(reset_at) - wall) if isinstance(reset_at, int | float) else None
-                    )
-                    self.limited[model] = (until if until is not None else -1.0, dict(data))
+                    until: float | None = None
+                    if isinstance(reset_at, int | float) and not isinstance(reset_at, bool):
+                        until = now + max(0.0, float(reset_at) - wall)
+                    self.limited[model] = (now, until, dict(data))
         elif topic == "task.dead":
             tid = data.get("task_id") or data.get("id") or ""
             self.dead_times.append((now, str(tid)))
@@ -208,20 +209,18 @@ class RuleEngine:
                 return {None: (f"swarm halted: {reason}", {"halt": self.halted})}
         elif kind == "model_rate_limited":
             out: dict[str | None, tuple[str, dict[str, Any]]] = {}
-            for model, (until, data) in self.limited.items():
-                if until < 0 or now < until:
+            for model, (reported, until, data) in self.limited.items():
+                # a limit without a reset time is taken to last one window of the rule
+                if now < (until if until is not None else reported + rule.window_s):
                     reset = data.get("reset_at")
                     out[model] = (f"model {model} rate-limited", {"model": model, "reset_at": reset})
             return out
         return {}
 
     def _expire_limits(self, now: float, rules: Iterable[AlertRule]) -> None:
-        # a limit without a reset time is taken to last one window of the rule (or 5 minutes)
-        window = max((r.window_s for r in rules if r.kind == "model_rate_limited"), default=300.0)
-        for model, (until, data) in list(self.limited.items()):
-            if until < 0:
-                self.limited[model] = (now + window, data)
-            elif now >= until:
+        window = max((r.window_s for r in rules if r.kind == "model_rate_limited"), default=0.0)
+        for model, (reported, until, _data) in list(self.limited.items()):
+            if now >= (until if until is not None else reported + window):
                 del self.limited[model]
 
     # -- decisions

@@ -147,6 +147,16 @@ def test_model_rate_limited_is_per_model_and_ends_at_reset() -> None:
     assert [t.payload["key"] for t in eng.evaluate([rule], 101.0, 1101.0, 8)] == ["opus"]
 
 
+def test_a_rate_limit_without_reset_time_lasts_one_window() -> None:
+    eng = RuleEngine()
+    rule = AlertRule(kind="model_rate_limited", window_s=60, cooldown_s=0)
+    eng.observe(ev("worker.rate_limited", worker="a", model="haiku", reset_at=None), 0.0, wall=1000.0)
+    assert [t.payload["key"] for t in eng.evaluate([rule], 0.0, 1000.0, 8)] == ["haiku"]
+    assert eng.evaluate([rule], 59.0, 1059.0, 8) == []
+    assert [t.topic for t in eng.evaluate([rule], 60.0, 1060.0, 8)] == ["alert.resolved"]
+    assert eng.limited == {}
+
+
 def test_removed_rule_forgets_its_state_and_identical_rules_fire_once() -> None:
     eng = RuleEngine()
     rule = AlertRule(kind="breaker_tripped", cooldown_s=1000)
