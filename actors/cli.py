@@ -379,7 +379,9 @@ def parse_key(spec: str) -> int:
     """A detach key: "^]" / "ctrl-]" (control characters) or a single character."""
     s = spec.strip()
     low = s.lower()
-    if low.startswith("ctrl-") or low.startswith("ctrl+"):
+    if low.startswith(("ctrl-", "ctrl+")):
+        if len(s) != 6:
+            raise CliError(f"--detach-key: cannot read {spec!r} (use e.g. ^] or ctrl-q)", EXIT_USAGE)
         s = "^" + s[5:]
     if len(s) == 2 and s[0] == "^":
         code = ord(s[1].upper()) ^ 0x40
