@@ -238,13 +238,15 @@ class AgentProcess:
             return False
         try:
             os.killpg(self.pid, sig)
-        except ProcessLookupError:
+            return True
+        except (ProcessLookupError, PermissionError):
+            # No such group yet: the exec helper has not called setsid() (a Stop right after the
+            # spawn). The child itself is alive and unreaped, so signal it directly.
+            pass
+        try:
+            os.kill(self.pid, sig)
+        except OSError:
             return False
-        except PermissionError:  # pragma: no cover - a setuid helper, signal the leader only
-            try:
-                os.kill(self.pid, sig)
-            except OSError:
-                return False
         return True
 
     async def wait(self) -> ExitStatus:

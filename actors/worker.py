@@ -25,6 +25,7 @@ import attrs
 import trio
 
 from ..protocols.config import ProfileConfig, WorkersConfig
+from ..protocols.dialects import make_dialect
 from ..protocols.dialects.base import (
     ContextUsage,
     Dialect,
@@ -168,23 +169,20 @@ class _Finished(Exception):
         self.result = result
 
 
+_Write = tuple[float, bytes] | None  # (delay before writing, data); None: close the input
+
+
 @attrs.define(eq=False)
 class _Incarnation:
     gen: int
     proc: AgentProcess
     dialect: Dialect
-    writes: trio.MemorySendChannel[bytes | None]
+    writes: trio.MemorySendChannel[_Write]
+    write_queue: trio.MemoryReceiveChannel[_Write]
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     eof: bool = False
     status: ExitStatus | None = None
     drain_deadline: float | None = None
-
-
-def _make_dialect(name: str, options: dict[str, Any]) -> Dialect:
-    from ..protocols.dialects import make_dialect  # the dialect registry lives beside the dialects
-
-    dialect: Dialect = make_dialect(name, options)
-    return dialect
 
 
 class WorkerActor:
@@ -232,7 +230,6 @@ class WorkerActor:
         self._nursery: trio.Nursery | None = None
         self._events_send, self._events = trio.open_memory_channel[object](math.inf)
         self._one_process_per_task = profile.dialect == "oneshot"
-        self._transport = profile.transport
 
         self._task: Assignment | None = None
         self._task_started = 0.0
@@ -326,9 +323,11 @@ class WorkerActor:
     ) -> WorkerExit:
         async with Mailbox[WorkerCommand](f"worker:{self.id}") as mailbox:
             try:
+                await self._first_start()  # SpawnError / ValidationError: raised before started
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
-                    await self._first_start()  # SpawnError / ValidationError: before started
+                    if self._inc is not None:
+                        nursery.start_soon(self._run_incarnation, self._inc)
                     nursery.start_soon(self._forward, mailbox)
                     task_status.started(mailbox.address)
                     result = await self._serve()
@@ -360,10 +359,16 @@ class WorkerActor:
             self._subscribers.clear()
             self._events_send.close()
 
+    def _make_dialect(self) -> Dialect:
+        """A fresh dialect for the next process; the profile's `transport` is passed on to it."""
+        options = dict(self.profile.options)
+        if self.profile.transport is not None:
+            options["transport"] = self.profile.transport
+        return make_dialect(self.profile.dialect, options, wall_clock=self._clock)
+
     async def _first_start(self) -> None:
-        dialect = _make_dialect(self.profile.dialect, dict(self.profile.options))
+        dialect = self._make_dialect()
         self._one_process_per_task = dialect.one_process_per_task
-        self._transport = self.profile.transport or dialect.transport
         if self._one_process_per_task:
             # no process until a task comes; check now that the command can run at all
             argv = self._argv(prompt="")
@@ -468,9 +473,8 @@ class WorkerActor:
 
     async def _start_process(self, *, dialect: Dialect | None = None, prompt: str | None = None) -> None:
         """Spawn a new incarnation. Raises SpawnError/ValidationError (the caller decides the state)."""
-        assert self._nursery is not None
         if dialect is None:
-            dialect = _make_dialect(self.profile.dialect, dict(self.profile.options))
+            dialect = self._make_dialect()
         argv = self._argv(prompt)
         env = {**self.profile.env, "SHOAL_WORKER": self.id, "SHOAL_LINEAGE": self.lineage}
         persistent = not self._one_process_per_task
@@ -481,7 +485,7 @@ class WorkerActor:
         try:
             proc = await spawn(
                 argv,
-                transport=self._transport or dialect.transport,
+                transport=dialect.transport,
                 env=env,
                 cwd=self.profile.cwd,
                 rows=self.profile.rows,
@@ -491,8 +495,8 @@ class WorkerActor:
             self._release_slot()
             raise
         self._gen += 1
-        writes, write_queue = trio.open_memory_channel[bytes | None](math.inf)
-        inc = _Incarnation(self._gen, proc, dialect, writes)
+        writes, write_queue = trio.open_memory_channel[_Write](math.inf)
+        inc = _Incarnation(self._gen, proc, dialect, writes, write_queue)
         self._inc = inc
         now = trio.current_time()
         if self._slot is not None:
@@ -500,7 +504,8 @@ class WorkerActor:
         if persistent:
             self._awaiting_ready_until = now + self.profile.startup_timeout_s
         self._sampled_at = -math.inf
-        self._nursery.start_soon(self._run_incarnation, inc, write_queue)
+        if self._nursery is not None:  # else `run` starts it once its nursery is open
+            self._nursery.start_soon(self._run_incarnation, inc)
         # a dialect may be ready without any output (e.g. JSON lines): give it a first tick
         signals = self._guard(dialect.tick, now)
         if signals:
@@ -514,9 +519,7 @@ class WorkerActor:
             log.exception("worker %s: dialect %s failed", self.id, self.profile.dialect)
             return [ProtocolError(f"dialect {self.profile.dialect!r} failed: {exc!r}")]
 
-    async def _run_incarnation(
-        self, inc: _Incarnation, write_queue: trio.MemoryReceiveChannel[bytes | None]
-    ) -> None:
+    async def _run_incarnation(self, inc: _Incarnation) -> None:
         """The incarnation's I/O tasks, all cancelled by `inc.scope` when it ends."""
         with inc.scope:
             async with trio.open_nursery() as nursery:
@@ -524,37 +527,34 @@ class WorkerActor:
                 if inc.proc.transport == "pipe":
                     nursery.start_soon(self._read_stderr, inc)
                 nursery.start_soon(self._wait_exit, inc)
-                nursery.start_soon(self._write_input, inc, write_queue)
+                nursery.start_soon(self._write_input, inc, inc.write_queue)
 
     async def _read_output(self, inc: _Incarnation) -> None:
-        if True:
-            while True:
-                data = await inc.proc.read()
-                if not data:
-                    break
-                self._record(data)
-                signals = self._guard(inc.dialect.feed, data, trio.current_time())
-                if signals:
-                    self._post(_Signals(inc.gen, signals))
-            self._post(_Eof(inc.gen))
+        while data := await inc.proc.read():
+            self._record(data)
+            signals = self._guard(inc.dialect.feed, data, trio.current_time())
+            if signals:
+                self._post(_Signals(inc.gen, signals))
+        self._post(_Eof(inc.gen))
 
     async def _read_stderr(self, inc: _Incarnation) -> None:
-        if True:
-            while data := await inc.proc.read_stderr():
-                self._record(data)  # kept for logs and attach, never parsed as protocol
+        while data := await inc.proc.read_stderr():
+            self._record(data)  # kept for logs and attach, never parsed as protocol
 
     async def _wait_exit(self, inc: _Incarnation) -> None:
-        if True:
-            status = await inc.proc.wait()
-            self._post(_Exited(inc.gen, status))
+        status = await inc.proc.wait()
+        self._post(_Exited(inc.gen, status))
 
-    async def _write_input(self, inc: _Incarnation, queue: trio.MemoryReceiveChannel[bytes | None]) -> None:
-        if True:
-            async for data in queue:
-                if data is None:
-                    inc.proc.close_input()
-                elif not await inc.proc.write(data):
-                    break  # input gone: the exit is reported by _wait_exit
+    async def _write_input(self, inc: _Incarnation, queue: trio.MemoryReceiveChannel[_Write]) -> None:
+        async for item in queue:
+            if item is None:
+                inc.proc.close_input()
+                continue
+            delay, data = item
+            if delay > 0:
+                await trio.sleep(delay)
+            if not await inc.proc.write(data):
+                break  # input gone: the exit is reported by _wait_exit
 
     def _record(self, data: bytes) -> None:
         self._ring.append(data)
@@ -744,12 +744,16 @@ class WorkerActor:
         inc = self._inc
         assert inc is not None
         inc.dialect.start_task(assignment, now)
-        data = inc.dialect.encode(assignment)
-        if data:
-            inc.writes.send_nowait(data)
+        for step in self._encode(inc.dialect, assignment):
+            inc.writes.send_nowait(step)
         if self._one_process_per_task and inc.proc.transport == "pipe":
             inc.writes.send_nowait(None)  # end of input: a oneshot agent must not wait on stdin
         await self._set_state(WorkerState.BUSY)
+
+    @staticmethod
+    def _encode(dialect: Dialect, assignment: Assignment) -> list[tuple[float, bytes]]:
+        """The writes that submit a task, with the dialect's pauses (paste, then Enter)."""
+        return [(delay, data) for delay, data in dialect.encode_steps(assignment) if data]
 
     async def _end_attempt(self, outcome: Outcome, **fields: Any) -> None:
         task, self._task = self._task, None
@@ -782,6 +786,9 @@ class WorkerActor:
     # ---- dialect signals ----------------------------------------------------------------------
 
     async def _on_signals(self, signals: list[Signal]) -> None:
+        # A batch belongs to one process: once a signal made us respawn (e.g. TaskDone, then a
+        # refresh), the rest of the batch (its Ready) must not be taken for the new process's.
+        inc = self._inc
         # context first: a TaskDone in the same batch is judged against the newest usage
         exhausted = False
         for signal in signals:
@@ -789,17 +796,26 @@ class WorkerActor:
                 exhausted = signal.used_percent >= 100
                 await self._on_context(signal.used_percent)
         for signal in signals:
+            if self._inc is not inc:
+                return
             if not isinstance(signal, ContextUsage):
                 await self._on_signal(signal)
+        if self._inc is not inc:
+            return
         if exhausted and self._state is WorkerState.BUSY:
-            await self._finish_task(
-                Outcome.INTERRUPTED,
-                respawn="context exhausted mid-task",
-                reason="interrupted: context",
-                output_tail=self._task_tail(),
-            )
+            await self._interrupt_for_context()
         elif self._state in (WorkerState.IDLE, WorkerState.PAUSED) and self._refresh_reason():
             await self._become_available()
+
+    async def _interrupt_for_context(self) -> None:
+        """Context ran out mid-task: the attempt ends `interrupted: context` with the transcript tail
+        (the queue requeues it, never silently moved), and the worker respawns fresh (seed P5)."""
+        await self._finish_task(
+            Outcome.INTERRUPTED,
+            respawn="context exhausted mid-task",
+            reason="interrupted: context",
+            output_tail=self._task_tail(),
+        )
 
     async def _on_context(self, used: float) -> None:
         if used != self._context:
@@ -817,7 +833,9 @@ class WorkerActor:
             if busy:
                 await self._finish_task(Outcome.DONE, result=signal.result, usage=dict(signal.usage))
         elif isinstance(signal, TaskFailed):
-            if busy:
+            if busy and signal.reason.startswith("context exhausted"):
+                await self._interrupt_for_context()
+            elif busy:
                 timeout = signal.reason.startswith("timeout")
                 await self._finish_task(
                     Outcome.TIMEOUT if timeout else Outcome.FAILED,
@@ -841,8 +859,9 @@ class WorkerActor:
                 await self._finish_task(
                     Outcome.FAILED, respawn=reason, reason=reason, output_tail=self._task_tail()
                 )
-            elif self._state in (WorkerState.IDLE, WorkerState.PAUSED):
-                await self._respawn(reason)
+            else:  # between tasks: nothing is lost; keep the reason visible, do not churn the process
+                self._reason = reason
+                log.warning("worker %s: %s", self.id, reason)
 
     async def _on_death(self, inc: _Incarnation) -> None:
         """The process exited on its own (all its output has been read, or DRAIN_S passed)."""
@@ -897,7 +916,7 @@ class WorkerActor:
                 raise ValidationError("data", "must be bytes", type(cmd.data).__name__)
             if self._inc is None:
                 raise Conflict(f"worker {self.id} has no running process to send input to")
-            self._inc.writes.send_nowait(bytes(cmd.data))
+            self._inc.writes.send_nowait((0.0, bytes(cmd.data)))
         elif isinstance(cmd, Resize):
             await self._resize(cmd.rows, cmd.cols)
         else:

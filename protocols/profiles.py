@@ -87,6 +87,7 @@ BUILTIN_PROFILES: dict[str, ProfileConfig] = {
         transport="pty",
         startup_timeout_s=10.0,
         stop_timeout_s=2.0,
+        options={"ready": "prompt", "quit": "/exit\r"},  # type once the prompt is drawn, as claude-tui
     ),
     # The fake agent speaking Claude Code's stream-json on pipes.
     "fake-stream": ProfileConfig(
@@ -126,7 +127,7 @@ BUILTIN_PROFILES: dict[str, ProfileConfig] = {
         startup_timeout_s=60.0,
         stop_timeout_s=5.0,
         # type only once the prompt box is drawn; done on the hook's marker line
-        options={"marker": DONE_MARKER, "ready": "prompt"},
+        options={"marker": DONE_MARKER, "ready": "prompt", "quit": "/exit\r"},
     ),
     # bash in a PTY: each task is one command line; PROMPT_COMMAND prints the marker and `$?`.
     "shell": ProfileConfig(
@@ -138,7 +139,7 @@ BUILTIN_PROFILES: dict[str, ProfileConfig] = {
         stop_timeout_s=2.0,
         context_refresh_percent=0.0,
         # ready at the first marker (bash printed its first prompt); status=0 is done, others failed
-        options={"marker": DONE_MARKER, "ready": f"^{DONE_MARKER} status="},
+        options={"marker": DONE_MARKER, "ready": f"^{DONE_MARKER} status=", "quit": "exit\r"},
     ),
 }
 
