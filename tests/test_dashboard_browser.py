@@ -9,7 +9,11 @@ test-artifacts/ (gitignored).
 
 from __future__ import annotations
 
+import re
 import shutil
+import signal
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -138,6 +142,54 @@ def config(tmp_path: Path, **sections: dict[str, Any]) -> Any:
 
 
 # ---- scenarios --------------------------------------------------------------------------------------
+
+
+async def test_open_the_url_shoal_serve_prints(tmp_path: Path, no_leaks: None) -> None:
+    """The real service as an operator starts it: read the URL it prints, open it, run a task."""
+    argv = [
+        sys.executable, "-m", "shoal.actors.cli", "serve", "--state-dir", str(tmp_path / "state"),
+        "--port", "0", "--http-port", "0", "--profile", "shell", "--max-workers", "1",
+    ]  # fmt: skip
+    proc = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        printed = b""
+        with trio.fail_after(30):
+            while b"dashboard:" not in printed or not printed.endswith(b"\n"):
+                chunk = await proc.stdout.receive_some()
+                assert chunk, f"shoal serve ended early: {printed!r}"
+                printed += chunk
+        url = re.search(rb"dashboard: (\S+)", printed).group(1).decode()  # type: ignore[union-attr]
+        assert "#token=" in url
+
+        def body() -> None:
+            with sync_api.sync_playwright() as pw:
+                context = pw.chromium.launch_persistent_context(
+                    str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=ARGS
+                )
+                try:
+                    page = context.pages[0] if context.pages else context.new_page()
+                    page.set_default_timeout(TIMEOUT_MS)
+                    page.goto(url)
+                    page.wait_for_selector('#conn[data-state="open"]')
+                    assert "#" not in page.url
+                    page.click('#tabs [data-tab="tasks"]')
+                    page.click("#btn-new-task")
+                    page.fill('#submit-form [name="prompt"]', "echo served")
+                    page.fill('#submit-form [name="id"]', "served-1")
+                    page.click("#submit-go")
+                    page.wait_for_selector("#task-detail dd.state-done")
+                    expect(page.locator("#task-detail")).to_contain_text("served")
+                finally:
+                    context.close()
+
+        await trio.to_thread.run_sync(body)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):
+            assert await proc.wait() == 0
+        if proc.stdout is not None:
+            await proc.stdout.aclose()
 
 
 async def test_open_the_printed_url_and_see_workers_appear(tmp_path: Path) -> None:
