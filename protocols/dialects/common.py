@@ -505,7 +505,7 @@ class TextDialect:
             truncated = True
         prompt = task.assignment.prompt
         result = clean_tui(text, prompt, truncated=truncated) if self._strip_chrome else text.strip("\n")
-        if len(result) > self._max_result or (truncated and result):
+        if len(result) > self._max_result:
             result = "…[truncated]\n" + result[-self._max_result :]
         return result
 
