@@ -116,6 +116,7 @@ def browse(url: str, seconds: float, report: dict[str, Any]) -> None:
                 page.click(f'#tabs [data-tab="{view}"]')
                 page.wait_for_timeout(500)
                 browser.start_tracing(page=page, categories=["devtools.timeline", "toplevel"])
+                page.wait_for_timeout(500)  # switching tracing on stalls the renderer once: not the page
                 page.evaluate(FRAME_RECORDER)
                 page.wait_for_timeout(seconds * 1000)
                 frames: list[float] = page.evaluate(STOP_FRAMES)
