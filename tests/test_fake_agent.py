@@ -354,6 +354,16 @@ async def test_marker_mode(no_leaks: None) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# the TUI read by the idle dialect (the last resort)
+
+
+async def test_idle_dialect_on_the_tui(no_leaks: None) -> None:
+    async with run_agent([], "idle", {"idle_ms": 300}) as agent:
+        await agent.expect(Ready)
+        assert done(await agent.task("[[think:0.5]] slow one")) == "Done: slow one"  # the spinner is output
+
+
+# ------------------------------------------------------------------------------------------------
 # headless: stream-json on pipes, and -p one process per task
 
 
