@@ -83,7 +83,10 @@ class CliError(Exception):
 
 
 def _console(stream: TextIO | None = None) -> Console:
-    return Console(file=stream or sys.stdout, highlight=False, soft_wrap=False)
+    """Terminal width on a terminal; wide lines (nothing cut or wrapped) when piped to a program."""
+    out = stream or sys.stdout
+    width = None if out.isatty() else 250
+    return Console(file=out, highlight=False, soft_wrap=False, width=width)
 
 
 def _print_json(data: Any) -> None:
@@ -149,8 +152,9 @@ def status_table(status: dict[str, Any]) -> Table:
     )
     table.add_row("tasks", _counts(status.get("queue")))
     breaker = status.get("breaker")
-    if isinstance(breaker, dict) and breaker:
-        table.add_row("breaker", ", ".join(f"{k} {v}" for k, v in breaker.items() if v is not None))
+    if isinstance(breaker, dict) and breaker.get("state"):
+        trips = breaker.get("trips")
+        table.add_row("breaker", f"{breaker['state']}" + (f" (tripped {trips}x)" if trips else ""))
     if status.get("since"):
         table.add_row("up", _age(status["since"]))
     for key in ("version", "gateway_url", "http_url", "state_dir"):
@@ -182,9 +186,12 @@ def workers_table(workers: list[dict[str, Any]]) -> Table:
 
 def tasks_table(tasks: list[dict[str, Any]]) -> Table:
     table = Table(box=None, header_style="bold")
-    for name in ("ID", "STATE", "PRI", "CATEGORY", "MODEL", "TRIES", "WORKER", "AGE"):
+    id_width = min(max((len(t["id"]) for t in tasks), default=2), 36)
+    table.add_column("ID", no_wrap=True, min_width=id_width)
+    table.add_column("STATE", no_wrap=True, min_width=9)
+    for name in ("PRI", "CATEGORY", "MODEL", "TRIES", "WORKER", "AGE"):
         table.add_column(name, no_wrap=True)
-    table.add_column("PROMPT", overflow="ellipsis", no_wrap=True)
+    table.add_column("PROMPT", overflow="ellipsis", no_wrap=True, ratio=1)
     now = time.time()
     for t in tasks:
         table.add_row(
