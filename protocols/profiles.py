@@ -70,6 +70,10 @@ _SHELL_ENV = {
     "PROMPT_COMMAND": f"printf '\\n{DONE_MARKER} status=%d reason=exit status %d\\n' $? $?",
 }
 
+# The fake TUI takes a bracketed paste and its Enter in one read; Claude Code can swallow that Enter,
+# so the claude-tui profile keeps the dialect's default pause (submit_delay_ms, 80 ms) between them.
+_FAKE_TUI_OPTIONS = {"submit_delay_ms": 0}
+
 BUILTIN_PROFILES: dict[str, ProfileConfig] = {
     # The fake agent's interactive TUI in a PTY, done when its prompt returns: the most faithful
     # stand-in for interactive Claude Code, and the default.
@@ -79,6 +83,7 @@ BUILTIN_PROFILES: dict[str, ProfileConfig] = {
         transport="pty",
         startup_timeout_s=10.0,
         stop_timeout_s=2.0,
+        options=dict(_FAKE_TUI_OPTIONS),
     ),
     # The fake TUI printing a marker line after each reply (as the claude-tui Stop hook does).
     "fake-marker": ProfileConfig(
@@ -87,7 +92,8 @@ BUILTIN_PROFILES: dict[str, ProfileConfig] = {
         transport="pty",
         startup_timeout_s=10.0,
         stop_timeout_s=2.0,
-        options={"ready": "prompt", "quit": "/exit\r"},  # type once the prompt is drawn, as claude-tui
+        # type once the prompt is drawn, as claude-tui does
+        options={**_FAKE_TUI_OPTIONS, "ready": "prompt", "quit": "/exit\r"},
     ),
     # The fake agent speaking Claude Code's stream-json on pipes.
     "fake-stream": ProfileConfig(
