@@ -402,7 +402,13 @@ class TaskBook:
         return task_id in self._recs
 
     def get(self, task_id: str) -> Task:
-        return self._rec(task_id).snapshot()
+        return self._snap(self._rec(task_id))
+
+    def _snap(self, rec: _Rec) -> Task:
+        task = rec.snapshot()
+        if rec.state is _BLOCKED:  # name the dependencies it still waits for, as of now
+            task = attrs.evolve(task, reason=self._blocked_reason(rec))
+        return task
 
     def state_of(self, task_id: str) -> TaskState:
         return self._rec(task_id).state
@@ -439,7 +445,7 @@ class TaskBook:
         while i < n and len(out) < limit:
             rec = self._recs[self._order[i]]
             if state is None or rec.state is state:
-                out.append(rec.snapshot())
+                out.append(self._snap(rec))
             i += 1
         more = len(out) == limit and i < n
         return out, (str(self._order_seqs[i - 1]) if more else None)
@@ -485,7 +491,8 @@ class TaskBook:
         rec.updated = now
         if state is _READY:
             rec.not_before = None
-            self._index(rec)
+            if rec.bucket is None:
+                self._index(rec)
 
     def _route(self, rec: _Rec) -> tuple[str | None, bool, frozenset[str]]:
         """(effective model, hard pin, models to avoid) following the model rules."""
@@ -747,9 +754,13 @@ class TaskBook:
                     "deps": list(deps),
                 },
             )
-        for tid, _spec, _deps, _d in new:
-            self._settle_deps(self._recs[tid], now)
-        return [self._recs[tid].snapshot() for tid, _s, _deps, _d in checked]
+        fresh = [self._recs[tid] for tid, _spec, _deps, _d in new]
+        for rec in fresh:  # before any settles: a dependency dying below updates these counts
+            rec.unmet = self._dep_status(rec)[0]
+        for rec in fresh:
+            if rec.state is _BLOCKED:  # not already moved on by an earlier task's settling
+                self._settle_deps(rec, now)
+        return [self._snap(self._recs[tid]) for tid, _s, _deps, _d in checked]
 
     def _diff(self, rec: _Rec, spec: TaskSpec, deps: tuple[str, ...]) -> list[str]:
         pairs = [
@@ -821,20 +832,24 @@ class TaskBook:
             unmet += 1
         return unmet, None
 
-    def _settle_deps(self, rec: _Rec, now: float, kind: str | None = None) -> None:
-        """Put a (new, revived or retried) task in BLOCKED, READY or DEAD according to its deps."""
+    def _settle_deps(
+        self, rec: _Rec, now: float, kind: str | None = None, attempt: Attempt | None = None
+    ) -> None:
+        """Put a task that may run (new, revived, retried, or back from an attempt) in BLOCKED, READY
+        or DEAD according to its deps: READY always means every dependency is settled, even after
+        an operator retried a dependency that had failed."""
         unmet, doomed = self._dep_status(rec)
         rec.unmet = unmet
         if doomed is not None:
-            self._dep_dead(rec, doomed, now)
+            self._dep_dead(rec, doomed, now, attempt)
         elif unmet:
             rec.reason = self._blocked_reason(rec)
             self._set_state(rec, _BLOCKED, now)
-            self._change(kind or "block", rec)
+            self._change(kind or "block", rec, attempt)
         else:
             rec.reason = None
             self._set_state(rec, _READY, now)
-            self._change(kind or "ready", rec)
+            self._change(kind or "ready", rec, attempt)
             self._event_ready(rec)
 
     def _blocked_reason(self, rec: _Rec) -> str:
@@ -852,9 +867,11 @@ class TaskBook:
             {"task_id": rec.id, "category": rec.category, "priority": rec.priority, "model": rec.route[0]},
         )
 
-    def _dep_dead(self, rec: _Rec, doomed: tuple[str, str], now: float) -> None:
+    def _dep_dead(
+        self, rec: _Rec, doomed: tuple[str, str], now: float, attempt: Attempt | None = None
+    ) -> None:
         rec.dep_failure = doomed[0]
-        self._terminal(rec, TaskState.DEAD, f"dependency {doomed[0]!r} {doomed[1]}", now, "dead")
+        self._terminal(rec, TaskState.DEAD, f"dependency {doomed[0]!r} {doomed[1]}", now, "dead", attempt)
 
     def _terminal(
         self,
@@ -866,6 +883,8 @@ class TaskBook:
         attempt: Attempt | None = None,
     ) -> None:
         """Move a task into a terminal state and settle its dependants (iteratively)."""
+        # dead -> skipped changes nothing for dependants: they were settled when it died
+        settled_already = rec.state in FAILED_DEP_STATES and state in FAILED_DEP_STATES
         rec.reason = reason
         rec.not_before = None
         self._set_state(rec, state, now)
@@ -876,7 +895,7 @@ class TaskBook:
             data["attempt"] = attempt.n if attempt else None
             data["worker"] = attempt.worker if attempt else None
         self._event(TERMINAL_TOPICS[state], data)
-        stack = [rec]
+        stack = [] if settled_already else [rec]
         while stack:
             r = stack.pop()
             for did in self._dependants.get(r.id, ()):
@@ -890,8 +909,6 @@ class TaskBook:
                         self._set_state(d, _READY, now)
                         self._change("ready", d)
                         self._event_ready(d)
-                    else:
-                        d.reason = self._blocked_reason(d)
                 else:
                     d.dep_failure = r.id
                     d.reason = f"dependency {r.id!r} {r.state.value}"
@@ -918,7 +935,8 @@ class TaskBook:
                     stack.append(d)
                 elif d.state is _BLOCKED:
                     d.unmet, _ = self._dep_status(d)
-                    d.reason = self._blocked_reason(d)
+                elif d.state is _READY and d.run_on_dep_failure:
+                    self._settle_deps(d, now, "block")  # it must wait for the retried dependency
 
     # ---- claims and outcomes -------------------------------------------------------------------
 
@@ -1052,9 +1070,6 @@ class TaskBook:
             )
             return True
         # RATE_LIMITED / INTERRUPTED: not the task's fault; straight back to the queue
-        rec.reason = None
-        self._set_state(rec, _READY, now)
-        self._change("requeue", rec, closed)
         self._event(
             "task.requeued",
             {
@@ -1065,7 +1080,7 @@ class TaskBook:
                 "reason": reason,
             },
         )
-        self._event_ready(rec)
+        self._settle_deps(rec, now, "requeue", closed)
         return True
 
     def release_due(self, now: float) -> list[str]:
@@ -1077,11 +1092,9 @@ class TaskBook:
             rec = self._recs.get(tid)
             if rec is None or rec.state is not _FAILED or rec.not_before != nb:
                 continue
-            rec.reason = None
-            self._set_state(rec, _READY, now)
-            self._change("ready", rec)
-            self._event_ready(rec)
-            out.append(tid)
+            self._settle_deps(rec, now, "ready")
+            if rec.state is _READY:
+                out.append(tid)
         return out
 
     def unpark_due(self, now: float) -> list[str]:
@@ -1156,7 +1169,7 @@ class TaskBook:
         self._settle_deps(rec, now, "retry")
         self._event("task.retried", {"task_id": rec.id, "state": rec.state.value})
         self._revive_dependants(rec, now)
-        return rec.snapshot()
+        return self._snap(rec)
 
     def boost(self, task_id: str, priority: Any, now: float) -> Task:
         priority = check_priority(priority)
@@ -1170,7 +1183,7 @@ class TaskBook:
             self._index(rec)
         self._change("boost", rec)
         self._event("task.boosted", {"task_id": rec.id, "priority": priority})
-        return rec.snapshot()
+        return self._snap(rec)
 
     def assign(self, task_id: str, worker: str, now: float) -> Task:
         """Manual assignment: the task becomes eligible only for `worker` (ahead of its other work),
@@ -1188,13 +1201,13 @@ class TaskBook:
         rec.updated = now
         if was_ready:
             self._index(rec)
+            self._change("assign", rec)
         elif rec.state is _FAILED:
-            rec.reason = None
-            self._set_state(rec, _READY, now)
-            self._event_ready(rec)
-        self._change("assign", rec)
+            self._settle_deps(rec, now, "assign")
+        else:
+            self._change("assign", rec)
         self._event("task.assigned", {"task_id": rec.id, "worker": worker})
-        return rec.snapshot()
+        return self._snap(rec)
 
     def _forget_target(self, rec: _Rec) -> None:
         if rec.worker is None:
@@ -1302,20 +1315,19 @@ class TaskBook:
                 rec.updated = now
                 self._change("unassign", rec)
         for rec in recs:
-            if rec.state is _BLOCKED:
+            if rec.state in (_BLOCKED, _READY):
                 rec.unmet = self._dep_status(rec)[0]
         for rec in recs:
-            if rec.state is _BLOCKED:
+            if rec.state in (_BLOCKED, _READY) and rec.bucket is None:
                 unmet, doomed = self._dep_status(rec)
                 if doomed is not None:
                     self._dep_dead(rec, doomed, now)
-                elif unmet == 0:
-                    rec.reason = None
-                    self._set_state(rec, _READY, now)
-                    self._change("ready", rec)
-                    self._event_ready(rec)
-            elif rec.state is _READY and rec.bucket is None:
-                self._index(rec)
+                elif unmet and rec.state is _READY:
+                    self._settle_deps(rec, now, "block")
+                elif not unmet and rec.state is _BLOCKED:
+                    self._settle_deps(rec, now, "ready")
+                elif rec.state is _READY:
+                    self._index(rec)
             elif rec.state is _FAILED:
                 nb = rec.not_before if rec.not_before is not None else now
                 rec.not_before = nb
@@ -1362,7 +1374,7 @@ class TaskBook:
             assert counted == rec.counted, (tid, counted, rec.counted)
             if rec.state is TaskState.DEAD and rec.dep_failure is None:
                 assert rec.counted == rec.max_attempts, (tid, rec.counted)
-            if rec.state in (_READY, _RUNNING):
+            if rec.state is _READY:
                 unmet, doomed = self._dep_status(rec)
                 assert doomed is None and unmet == 0, (tid, rec.state, unmet)
             if rec.state is _BLOCKED:
