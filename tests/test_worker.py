@@ -619,3 +619,23 @@ async def test_send_input_without_a_process_is_a_conflict(nursery: trio.Nursery,
     h = await started(nursery, "fake-oneshot")
     with pytest.raises(Conflict, match="no running process"):
         await h.address.call(SendInput(b"x"))
+
+
+async def test_stop_during_a_flood_is_prompt_and_bounded(nursery: trio.Nursery, no_leaks: None) -> None:
+    h = await started(nursery, "fake", config=WorkersConfig(ring_buffer_kib=32))
+    live = h.worker.subscribe_output(size=2)
+    await h.assign("[[flood:2000]]")  # 2 GB of ANSI-heavy output: still flooding when Stop comes
+    await h.state(S.BUSY)
+    with trio.fail_after(10):
+        await live.receive()  # the flood is on
+    before = h.worker._ring.total
+    await h.address.send(Stop(reason="enough"))
+    interrupted = await h.expect(TaskFinished)
+    assert interrupted.outcome is Outcome.INTERRUPTED and interrupted.reason == "interrupted: enough"
+    with trio.fail_after(10):
+        stopped = await h.state(S.STOPPED)
+    assert stopped.reason is not None and stopped.reason.startswith("enough")
+    assert h.worker._ring.total > before  # it kept reading while stopping
+    assert len(h.worker.output_tail()) <= 32 * 1024
+    assert h.worker.dropped_chunks > 0
+    assert not (await h.finish()).crashed
