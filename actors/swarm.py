@@ -32,6 +32,7 @@ from ..protocols.workers import Resize, SendInput, WorkerInfo, WorkerState
 from ..runtime.actor import Address
 from ..runtime.eventbus import EventBus, Subscription
 from . import queue as q
+from .alerts import AlertActor
 from .auth import load_or_create_token, resolve_state_dir, token_path
 from .metrics import MetricsActor
 from .scaler import ScalerActor, ScalerInputs
@@ -108,6 +109,7 @@ class SwarmHandle:
         self.metrics = metrics
         self.token = token
         self.token_file: Path | None = None
+        self.alerts: AlertActor | None = None  # set once the AlertActor is up
         self.gateway_url: str | None = None
         self.http_url: str | None = None
         self.http_address: tuple[str, int] | None = None
@@ -247,6 +249,12 @@ class SwarmHandle:
             "http_url": self.http_url,
             "state_dir": str(self.state_dir),
         }
+
+    async def send_test_alert(self) -> dict[str, Any]:
+        """Deliver a test alert to every configured webhook; the per-webhook outcome."""
+        if self.alerts is None:
+            raise Conflict("alerts are not running")
+        return await self.alerts.send_test()
 
     async def metrics_snapshot(self) -> dict[str, Any]:
         snap: dict[str, Any] = self.metrics.snapshot()
@@ -412,11 +420,9 @@ async def open_swarm(config: SwarmConfig | None = None, *, serve: bool = False) 
 async def _start_services(
     nursery: trio.Nursery, handle: SwarmHandle, config: SwarmConfig, serve: bool
 ) -> None:
-    from .alerts import AlertActor
-
     alerts = AlertActor(handle.get_config, handle.bus, lambda: handle.metrics)
     await nursery.start(alerts.run)
-    handle.alerts = alerts  # type: ignore[attr-defined]
+    handle.alerts = alerts
     http_on = config.http.enabled if config.http.enabled is not None else serve
     gateway_on = config.gateway.enabled if config.gateway.enabled is not None else serve
     if http_on:
