@@ -365,7 +365,7 @@ async def test_every_method_against_the_served_gateway(served: Served) -> None:
     async with connect(served.url, served.token) as c:
         assert (await c.version())["protocol"] == 1
         assert (await c.status())["state"] in ("running", "halted")
-        task = await c.submit({"id": "py-1", "prompt": "from python"})
+        task = await c.submit({"id": "py-1", "prompt": "[[hang]] from python"})  # holds py-2 back
         assert (await c.get("py-1")).id == task.id
         assert (await c.submit_many([{"id": "py-2", "prompt": "x", "deps": ["py-1"]}]))[0].id == "py-2"
         tasks, _ = await c.list_tasks(limit=5)
@@ -383,6 +383,7 @@ async def test_every_method_against_the_served_gateway(served: Served) -> None:
             assert first.seq >= 1
         with pytest.raises(Conflict):  # no open attempt 99: refused, nothing recorded
             await c.complete("py-2", attempt=99, status="done")
+        assert (await c.cancel("py-1")).state == "cancelled"
 
 
 async def test_attach_in_a_real_terminal(served: Served) -> None:
