@@ -1,7 +1,7 @@
 """Worker benchmarks: spawning, round trip, idle cost, and the spawn methods compared.
 
     python benchmarks/bench_workers.py                 # spawn + roundtrip (the issue's figures)
-    python benchmarks/bench_workers.py spawn --workers 64 --slots 2
+    python benchmarks/bench_workers.py spawn --workers 64 --slots 2   # default: one per core, and cores-1
     python benchmarks/bench_workers.py roundtrip --tasks 500
     python benchmarks/bench_workers.py idle --workers 1000
     python benchmarks/bench_workers.py methods         # why Popen+setsid on the loop (docs/workers.md)
@@ -326,14 +326,16 @@ def main() -> None:
     )
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument(
-        "--slots", type=int, default=os.cpu_count() or 2, help="start-up slots (0: unlimited)"
+        "--slots", type=int, action="append", help="start-up slots (0: unlimited); repeatable"
     )
     parser.add_argument("--tasks", type=int, default=300)
     parser.add_argument("--profiles", default="fake,fake-marker,fake-stream")
     args = parser.parse_args()
     for what in args.what:
         if what == "spawn":
-            trio.run(bench_spawn, args.workers or 64, args.slots, "fake")
+            cores = os.cpu_count() or 2
+            for slots in args.slots or sorted({cores, max(1, cores - 1)}, reverse=True):
+                trio.run(bench_spawn, args.workers or 64, slots, "fake")
         elif what == "roundtrip":
             for name in args.profiles.split(","):
                 trio.run(bench_roundtrip, args.tasks, name)

@@ -36,6 +36,9 @@ def _fake_agent_path() -> str:
 
 
 FAKE_AGENT = _fake_agent_path()
+# `-S`: the fake agent uses only the standard library; skipping `site` halves its start-up (≈27 ms
+# instead of ≈55 ms here), which matters when dozens start at once.
+_FAKE = (sys.executable, "-S", FAKE_AGENT)
 
 # The Stop hook writes the marker to the controlling terminal: the hook runs as a child of Claude
 # Code in the worker's session, whose controlling terminal is the worker's PTY (see actors/process.py).
@@ -78,7 +81,7 @@ BUILTIN_PROFILES: dict[str, ProfileConfig] = {
     # The fake agent's interactive TUI in a PTY, done when its prompt returns: the most faithful
     # stand-in for interactive Claude Code, and the default.
     "fake": ProfileConfig(
-        argv=(sys.executable, FAKE_AGENT, "--model", "{model}"),
+        argv=(*_FAKE, "--model", "{model}"),
         dialect="prompt",
         transport="pty",
         startup_timeout_s=10.0,
@@ -87,7 +90,7 @@ BUILTIN_PROFILES: dict[str, ProfileConfig] = {
     ),
     # The fake TUI printing a marker line after each reply (as the claude-tui Stop hook does).
     "fake-marker": ProfileConfig(
-        argv=(sys.executable, FAKE_AGENT, "--marker", "--model", "{model}"),
+        argv=(*_FAKE, "--marker", "--model", "{model}"),
         dialect="marker",
         transport="pty",
         startup_timeout_s=10.0,
@@ -97,7 +100,7 @@ BUILTIN_PROFILES: dict[str, ProfileConfig] = {
     ),
     # The fake agent speaking Claude Code's stream-json on pipes.
     "fake-stream": ProfileConfig(
-        argv=(sys.executable, FAKE_AGENT, *_STREAM_JSON, "--model", "{model}"),
+        argv=(*_FAKE, *_STREAM_JSON, "--model", "{model}"),
         dialect="stream-json",
         transport="pipe",
         startup_timeout_s=10.0,
@@ -105,7 +108,7 @@ BUILTIN_PROFILES: dict[str, ProfileConfig] = {
     ),
     # One fake-agent process per task, the prompt in argv; the exit status decides.
     "fake-oneshot": ProfileConfig(
-        argv=(sys.executable, FAKE_AGENT, "--model", "{model}", "-p", "{prompt}"),
+        argv=(*_FAKE, "--model", "{model}", "-p", "{prompt}"),
         dialect="oneshot",
         transport="pipe",
         startup_timeout_s=10.0,

@@ -136,7 +136,7 @@ def test_builtin_command_lines_are_the_documented_ones() -> None:
     assert json.loads(tui[4]) == CLAUDE_TUI_SETTINGS
     assert BUILTIN_PROFILES["claude-tui"].transport == "pty"
     assert argv("shell") == ["bash", "--norc", "--noprofile", "-i"]
-    assert argv("fake", model="haiku") == [sys.executable, FAKE_AGENT, "--model", "haiku"]
+    assert argv("fake", model="haiku") == [sys.executable, "-S", FAKE_AGENT, "--model", "haiku"]
     assert argv("fake-oneshot", prompt="hi there")[-2:] == ["-p", "hi there"]
     assert "--marker" in argv("fake-marker")
     assert BUILTIN_PROFILES["fake"].dialect == "prompt"
@@ -147,6 +147,7 @@ def test_builtin_command_lines_are_the_documented_ones() -> None:
 
 def test_fake_agent_is_found_in_the_checkout() -> None:
     assert Path(FAKE_AGENT) == ROOT / "examples" / "agents" / "fake_agent.py"
+    assert Path(FAKE_AGENT).is_file()
 
 
 def test_shipped_settings_snippet_matches_the_profile() -> None:
