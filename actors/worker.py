@@ -80,6 +80,13 @@ def clean_text(data: bytes) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+def start_up_slots() -> int:
+    """Recommended size of the shared `spawn_limiter`: one agent initialising per core, keeping one
+    core for the event loop (measured in docs/workers.md: more slots start faster but let the
+    starting agents delay the loop's own spawns)."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
 @attrs.frozen
 class WorkerExit:
     """What `WorkerActor.run` returns: why the worker ended and how its last process exited."""
