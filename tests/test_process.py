@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import signal
 import sys
 import textwrap
@@ -220,20 +221,21 @@ async def test_stop_ladder_rungs(no_leaks: None) -> None:
 
 
 async def _gone(pid: int) -> None:
-    """Wait until `pid` is dead (gone, or a zombie waiting for init)."""
-    with trio.fail_after(5):
-        while True:
-            try:
-                stat = await trio.Path(f"/proc/{pid}/stat").read_text()
-            except FileNotFoundError:
-                return
-            if stat.rsplit(")", 1)[1].split()[0] == "Z":
-                return
-            await trio.sleep(0.01)  # polling /proc: there is no event for another's process's death
+    """Wait until `pid` (not our child) has died: a pidfd becomes readable when its process ends."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return  # already gone and reaped
+    try:
+        with trio.fail_after(5):
+            await trio.lowlevel.wait_readable(fd)
+    finally:
+        os.close(fd)
 
 
 async def test_helpers_left_behind_by_an_exiting_agent_are_killed(no_leaks: None) -> None:
-    proc = await spawn(["bash", "-c", "sleep 60 & echo helper $!; exit 0"], transport="pty")
+    # on pipes: no controlling terminal, so no SIGHUP from the kernel when the leader exits either
+    proc = await spawn(["bash", "-c", "sleep 60 & echo helper $!; exit 0"], transport="pipe")
     out = await read_until(proc, b"\n")
     helper = int(out.split()[1])
     assert await proc.wait() == ExitStatus(0, None)
