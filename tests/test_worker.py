@@ -639,3 +639,23 @@ async def test_stop_during_a_flood_is_prompt_and_bounded(nursery: trio.Nursery, 
     assert len(h.worker.output_tail()) <= 32 * 1024
     assert h.worker.dropped_chunks > 0
     assert not (await h.finish()).crashed
+
+
+async def test_idle_dialect_end_to_end_with_the_fake_tui(nursery: trio.Nursery, no_leaks: None) -> None:
+    fake = BUILTIN_PROFILES["fake"]
+    profile = attrs.evolve(fake, dialect="idle", options={"idle_ms": 300, "submit_delay_ms": 0})
+    h = await started(nursery, profile)
+    done = await h.run_task("quiet after [[think:0.2]] [[output:100]]")
+    assert done.outcome is Outcome.DONE and done.elapsed_s >= 0.3  # done only after the silence
+    await h.state(S.IDLE)
+    assert (await h.run_task("again", task_id="t2")).outcome is Outcome.DONE
+
+
+async def test_fake_agent_that_never_gets_ready_times_out(nursery: trio.Nursery, no_leaks: None) -> None:
+    fake = BUILTIN_PROFILES["fake"]
+    profile = attrs.evolve(fake, argv=(*fake.argv, "--no-ready"), startup_timeout_s=0.5)
+    h = Harness(nursery, profile)
+    await h.start()
+    crashed = await h.state(S.CRASHED)
+    assert (crashed.reason or "").startswith("start-up timeout: not ready within 0.5 s")
+    assert (await h.finish()).crashed
