@@ -26,7 +26,7 @@ import attrs
 import trio
 
 from ..protocols.config import SwarmConfig
-from ..protocols.errors import Conflict, NotFound
+from ..protocols.errors import Conflict, NotFound, ShoalError
 from ..protocols.profiles import resolve_profile
 from ..protocols.workers import (
     ContextReport,
@@ -48,10 +48,9 @@ from ..protocols.workers import (
 from ..runtime.actor import ActorGone, Address
 from ..runtime.backoff import BackoffState, RestartIntensity
 from ..runtime.eventbus import EventBus
-from .process import SpawnError
 from .queue import AttemptEnded, ModelRateLimited, RetireWorker, WorkerAvailable, WorkerUnavailable
 from .scaler import WorkerView
-from .worker import WorkerActor, WorkerExit
+from .worker import WorkerActor, WorkerExit, start_up_slots
 
 _ALIVE = frozenset(
     {WorkerState.STARTING, WorkerState.IDLE, WorkerState.BUSY, WorkerState.REFRESHING, WorkerState.PAUSED}
@@ -142,6 +141,8 @@ class SwarmSupervisor:
         self._swarm_intensity = self._new_swarm_intensity()
         self._deficit = 0  # lineages retired for exhausting their budget, not yet refilled
         self._canary_scope: trio.CancelScope | None = None
+        # one agent initialising per spare core: a burst of spawns must not starve the loop
+        self._spawn_limiter = trio.CapacityLimiter(start_up_slots())
         self.total_crashes = 0
         self.total_spawns = 0
         self.total_restarts = 0
@@ -256,6 +257,8 @@ class SwarmSupervisor:
             lineage.capabilities,
             self._reports_send.clone(),
             config.workers,
+            history_size=config.queue.history_size,
+            spawn_limiter=self._spawn_limiter,
         )
         worker = _Worker(worker_id, lineage, actor, lineage.model, lineage.capabilities)
         self._workers[worker_id] = worker
@@ -266,11 +269,11 @@ class SwarmSupervisor:
         async def main(task_status: trio.TaskStatus[Address[WorkerCommand]]) -> None:
             result.append(await actor.run(task_status=task_status))
 
-        spawn_error: SpawnError | None = None
+        spawn_error: ShoalError | None = None
         async with trio.open_nursery() as nursery:
             try:
                 worker.address = await nursery.start(main)
-            except SpawnError as exc:  # raised by start() itself, before the nursery owns the task
+            except ShoalError as exc:  # SpawnError, or a bad argv template/dialect option
                 spawn_error = exc
             else:
                 lineage.backoff.started(trio.current_time())

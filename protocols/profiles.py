@@ -6,9 +6,9 @@ of quotes, `$(...)` or newlines reaches the agent verbatim as one argument. `{{`
 braces. A `{model}` with no model drops its item, and an option right before it (`--model {model}`
 with no model runs the CLI's default model).
 
-The `fake*` profiles run `examples/agents/fake_agent.py` with this interpreter. The script is found
-relative to this package's source folder (a checkout, `pip install -e .`); set `SHOAL_FAKE_AGENT` to
-its path when Shoal is installed elsewhere.
+The `fake*` profiles run the fake agent with this interpreter: `examples/agents/fake_agent.py` in a
+checkout or editable install, the `shoal.agents` package in a regular install; `SHOAL_FAKE_AGENT`
+overrides both.
 """
 
 from __future__ import annotations
@@ -32,7 +32,10 @@ def _fake_agent_path() -> str:
     override = os.environ.get("SHOAL_FAKE_AGENT")
     if override:
         return override
-    return str(Path(__file__).resolve().parent.parent / "examples" / "agents" / "fake_agent.py")
+    here = Path(__file__).resolve().parent.parent
+    checkout = here / "examples" / "agents" / "fake_agent.py"  # a checkout / editable install
+    installed = here / "agents" / "fake_agent.py"  # a regular install: the shoal.agents package
+    return str(checkout if checkout.exists() or not installed.exists() else installed)
 
 
 FAKE_AGENT = _fake_agent_path()
