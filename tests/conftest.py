@@ -11,9 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_AGENT = ROOT / "examples" / "agents" / "fake_agent.py"
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "claude-code"
-if not FIXTURES.exists():  # a checkout may carry its own copy
-    FIXTURES = ROOT / "tests" / "fixtures" / "claude-code"
+# Real Claude Code screens, copied with their provenance (tests/fixtures/claude-code/README.md).
+FIXTURES = ROOT / "tests" / "fixtures" / "claude-code"
 
 
 def open_fds() -> set[int]:
