@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 import trio_websocket
+import wsproto.events
+import wsproto.utilities
 
 from ..protocols import api, rpc
 from ..protocols.config import GatewayConfig, config_to_dict, unstructure
@@ -54,6 +56,7 @@ except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running fr
 
 MAX_INFLIGHT = 32  # concurrent requests per authenticated connection (the reader waits beyond it)
 EVENT_CACHE = 4096  # serialized events kept so fan-out to many clients encodes each event once
+WRITE_BATCH = 256  # frames written to a socket at once at most
 
 
 @attrs.frozen
@@ -245,7 +248,9 @@ class _Connection:
         self.ws = ws
         self.ident = ident
         self.authed = authed
-        self._out_send, self._out_recv = trio.open_memory_channel[str | _Closing](self.cfg.client_buffer)
+        self._out_send, self._out_recv = trio.open_memory_channel[str | _Closing | trio.Event](
+            self.cfg.client_buffer
+        )
         self._bucket = _Bucket(self.cfg.max_requests_per_s)
         self._inflight = trio.Semaphore(MAX_INFLIGHT)
         self._sub_ids = itertools.count(1)
@@ -358,19 +363,52 @@ class _Connection:
             pass
 
     async def _writer(self) -> None:
-        async for frame in self._out_recv:
-            if isinstance(frame, _Closing):
-                self.close(frame.code, frame.reason)
-                return
-            with trio.move_on_after(self.gw.send_timeout_s) as scope:
+        """Send the replies queued by requests; what queued up meanwhile goes out in one write."""
+        async for first in self._out_recv:
+            frames: list[str] = []
+            item: str | _Closing | trio.Event = first
+            while True:
+                if not isinstance(item, str):
+                    break
+                frames.append(item)
+                if len(frames) >= WRITE_BATCH:
+                    break
                 try:
-                    await self.ws.send_message(frame)
-                except trio_websocket.ConnectionClosed:
-                    self.close(1000, "closed")
-                    return
-            if scope.cancelled_caught:
-                self.close(1008, "overflow: the client is not reading")
+                    item = self._out_recv.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    break
+            if frames and not await self._write(frames):
                 return
+            if isinstance(item, trio.Event):  # a flush marker: everything before it is written
+                item.set()
+            elif isinstance(item, _Closing):
+                self.close(item.code, item.reason)
+                return
+
+    async def _write(self, frames: list[str]) -> bool:
+        """Write frames now (replies, and the pumps' notifications); False once the connection ends.
+
+        A client that does not take a write within `send_timeout_s` is not reading: it is closed.
+        """
+        with trio.move_on_after(self.gw.send_timeout_s) as scope:
+            try:
+                await _send_frames(self.ws, frames)
+            except trio_websocket.ConnectionClosed:
+                self.close(1000, "closed")
+                return False
+        if scope.cancelled_caught:
+            self.close(1008, "overflow: the client is not reading")
+            return False
+        return True
+
+    async def _flushed(self) -> None:
+        """Wait until every reply queued so far is written (so notifications cannot overtake it)."""
+        marker = trio.Event()
+        try:
+            await self._out_send.send(marker)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        await marker.wait()
 
     async def _enqueue(self, message: dict[str, Any] | list[dict[str, Any]] | str) -> None:
         """Queue a frame for the writer, waiting for room (only this connection waits)."""
@@ -571,8 +609,9 @@ class _Connection:
     async def _attach_pump(
         self, worker: str, channel: trio.MemoryReceiveChannel[bytes], scope: trio.CancelScope
     ) -> None:
-        """Forward output; chunks that queued up meanwhile go out as one notification."""
+        """Forward output after the attach reply; chunks that queued up go out as one notification."""
         with scope:
+            await self._flushed()
             try:
                 async for chunk in channel:
                     parts = [chunk]
@@ -582,10 +621,13 @@ class _Connection:
                         except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                             break
                     data = base64.b64encode(b"".join(parts)).decode("ascii")
-                    await self._enqueue(rpc.notification("attach.output", {"id": worker, "data": data}))
+                    note = rpc.notification("attach.output", {"id": worker, "data": data})
+                    if not await self._write([rpc.dumps(note)]):
+                        return
             except trio.ClosedResourceError:
                 pass
-            await self._enqueue(rpc.notification("attach.closed", {"id": worker, "reason": "worker ended"}))
+            note = rpc.notification("attach.closed", {"id": worker, "reason": "worker ended"})
+            await self._write([rpc.dumps(note)])
             if self._attached.get(worker, (None,))[0] is channel:
                 del self._attached[worker]
                 self._release(worker, channel)
@@ -666,28 +708,62 @@ class _Connection:
         result = {"subscription": sid, "seq": last, "replayed": len(replay), "gap": gap is not None}
 
         async def start_pump() -> None:
-            if gap is not None:
-                await self._enqueue(rpc.notification("events.gap", {"subscription": sid, **gap}))
-            for event in replay:
-                await self._enqueue(self.gw.event_frame(event, sid))
             assert self._nursery is not None
-            self._nursery.start_soon(self._event_pump, sid, sub, scope, last)
+            self._nursery.start_soon(self._event_pump, sid, sub, scope, last, gap, replay)
 
         return _Then(result, start_pump)
 
-    async def _event_pump(self, sid: int, sub: Subscription, scope: trio.CancelScope, after: int) -> None:
+    async def _event_pump(
+        self,
+        sid: int,
+        sub: Subscription,
+        scope: trio.CancelScope,
+        after: int,
+        gap: dict[str, Any] | None,
+        replay: list[Event],
+    ) -> None:
+        """Write this subscription's events straight to the socket, after its subscribe reply.
+
+        Events that arrived together go out in one write. Only this task waits for a slow client;
+        meanwhile the bus drops for this subscription, reported as `events.overflow` in seq order.
+        """
         with scope:
-            async for event in sub:
-                dropped, first = sub.take_dropped()
+            await self._flushed()
+            frames = (
+                []
+                if gap is None
+                else [rpc.dumps(rpc.notification("events.gap", {"subscription": sid, **gap}))]
+            )
+            frames += [self.gw.event_frame(event, sid) for event in replay]
+            if frames and not await self._write(frames):
+                return
+            while True:
+                try:
+                    events = [await sub.receive()]
+                except (trio.EndOfChannel, trio.ClosedResourceError):
+                    return
+                while len(events) < WRITE_BATCH:
+                    try:
+                        events.append(sub.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                        break
+                dropped, first_dropped = sub.take_dropped()
+                frames = []
+                for event in events:
+                    if dropped and first_dropped is not None and event.seq > first_dropped:
+                        frames.append(self._overflow_frame(sid, dropped, first_dropped))
+                        dropped = 0
+                    if event.seq > after:
+                        frames.append(self.gw.event_frame(event, sid))
                 if dropped:
-                    await self._enqueue(
-                        rpc.notification(
-                            "events.overflow",
-                            {"subscription": sid, "dropped": dropped, "first_dropped_seq": first},
-                        )
-                    )
-                if event.seq > after:
-                    await self._enqueue(self.gw.event_frame(event, sid))
+                    frames.append(self._overflow_frame(sid, dropped, first_dropped))
+                if frames and not await self._write(frames):
+                    return
+
+    @staticmethod
+    def _overflow_frame(sid: int, dropped: int, first: int | None) -> str:
+        params = {"subscription": sid, "dropped": dropped, "first_dropped_seq": first}
+        return rpc.dumps(rpc.notification("events.overflow", params))
 
     async def _unsubscribe(self, p: api.UnsubscribeParams) -> Any:
         ids = list(self._subs) if p.subscription is None else [p.subscription]
@@ -699,3 +775,33 @@ class _Connection:
                 entry[1].cancel()
                 removed.append(sid)
         return {"ok": True, "unsubscribed": removed}
+
+
+async def _send_frames(ws: trio_websocket.WebSocketConnection, frames: list[str]) -> None:
+    """Send text frames with one socket write.
+
+    trio-websocket writes each message with its own `send_all`; under fan-out that per-frame cost
+    dominates. The frames are still made by the connection's own wsproto state machine, and written
+    under its stream lock, so the wire and the library's state stay exactly as `send_message` would
+    leave them. Without those internals (another trio-websocket version) it falls back to
+    `send_message` per frame.
+    """
+    proto = getattr(ws, "_wsproto", None)
+    lock = getattr(ws, "_stream_lock", None)
+    stream = getattr(ws, "_stream", None)
+    if len(frames) == 1 or proto is None or lock is None or stream is None:
+        for frame in frames:
+            await ws.send_message(frame)
+        return
+    if ws.closed is not None:
+        raise trio_websocket.ConnectionClosed(ws.closed)
+    try:
+        data = b"".join(proto.send(wsproto.events.TextMessage(data=frame)) for frame in frames)
+    except wsproto.utilities.LocalProtocolError:  # closing: the library raises ConnectionClosed too
+        raise trio_websocket.ConnectionClosed(ws.closed) from None
+    async with lock:
+        try:
+            await stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await ws._abort_web_socket()
+            raise trio_websocket.ConnectionClosed(ws.closed) from None

@@ -1,0 +1,309 @@
+"""Gateway benchmarks: submit round trip, submit → prompt at a worker, event fan-out.
+
+    python benchmarks/bench_gateway.py                  # all three with the issue's sizes
+    python benchmarks/bench_gateway.py rtt --calls 10000
+    python benchmarks/bench_gateway.py dispatch --tasks 1000
+    python benchmarks/bench_gateway.py fanout --clients 50 --rate 1000 --seconds 5
+
+rtt: `tasks.submit` over the websocket with the durable SQLite store (on disk before the reply),
+one call after the other from `shoal.runtime.connect`: p50/p99 of the round trip (goal p99 ≤ 3 ms).
+dispatch: `tasks.submit` over the gateway → the first byte of the prompt read by an idle worker's
+agent, stamped by the agent itself (a tiny marker-dialect agent on a pipe): p50/p99 (goal p99 ≤ 5 ms).
+fanout: 50 clients (in separate processes) subscribed to `task.*` while tasks are submitted at 1,000
+per second: delivery delay of each event (publish → received by a client) p99 (goal ≤ 20 ms), and
+the swarm's submit throughput flat out with and without those subscribers (goal: within 10 %).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio_websocket
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without install
+
+from shoal.actors.swarm import SwarmHandle, open_swarm
+from shoal.protocols.config import config_from_dict
+from shoal.runtime.client import connect
+from shoal.runtime.eventbus import Event
+
+AGENT = textwrap.dedent(
+    """
+    import os, sys, time
+    buf = b""
+    first = None
+    while True:
+        data = os.read(0, 65536)
+        if not data:
+            break
+        if first is None:
+            first = time.time()
+        buf += data
+        if b"\\r" in buf or b"\\n" in buf:
+            os.write(1, b"recv %.6f\\nSHOAL_DONE\\n" % first)
+            buf, first = b"", None
+    """
+)
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def report(name: str, values_s: list[float], goal_ms: float | None = None) -> None:
+    ms = [v * 1000 for v in values_s]
+    line = (
+        f"{name}: n={len(ms)} p50={pct(ms, 50):.3f} ms p90={pct(ms, 90):.3f} ms "
+        f"p99={pct(ms, 99):.3f} ms max={max(ms):.3f} ms mean={statistics.fmean(ms):.3f} ms"
+    )
+    if goal_ms is not None:
+        line += f"  (goal p99 ≤ {goal_ms:g} ms: {'met' if pct(ms, 99) <= goal_ms else 'NOT met'})"
+    print(line, flush=True)
+
+
+def base_config(state_dir: str, **sections: Any) -> Any:
+    data: dict[str, Any] = {
+        "state_dir": state_dir,
+        "gateway": {"enabled": True, "port": 0, "max_requests_per_s": 1e9},
+        "http": {"enabled": False},
+        "scaling": {"max_workers": 0},
+        "log": {"level": "warning"},
+    }
+    for key, value in sections.items():
+        data[key] = {**data.get(key, {}), **value}
+    return config_from_dict(data)
+
+
+# ---- rtt ---------------------------------------------------------------------------------------------
+
+
+async def bench_rtt(calls: int) -> None:
+    with tempfile.TemporaryDirectory() as state:
+        async with open_swarm(base_config(state)) as swarm:
+            assert swarm.gateway_url
+            async with connect(swarm.gateway_url, swarm.token) as c:
+                for i in range(200):  # warm up (imports, caches, SQLite pages)
+                    await c.call("tasks.submit", {"task": {"prompt": f"warm {i}"}})
+                times: list[float] = []
+                start = time.perf_counter()
+                for i in range(calls):
+                    t0 = time.perf_counter()
+                    await c.call("tasks.submit", {"task": {"prompt": f"task {i}", "category": "bench"}})
+                    times.append(time.perf_counter() - t0)
+                took = time.perf_counter() - start
+    print(f"store: SQLite (WAL, synchronous={swarm.config.store.synchronous}) in a temporary directory")
+    report("tasks.submit round trip", times, goal_ms=3)
+    print(f"  {calls / took:.0f} sequential calls/s")
+
+
+# ---- dispatch ----------------------------------------------------------------------------------------
+
+
+async def bench_dispatch(tasks: int, workers: int) -> None:
+    with tempfile.TemporaryDirectory() as state:
+        agent = Path(state) / "stamp_agent.py"
+        agent.write_text(AGENT)
+        profile = {
+            "argv": [sys.executable, "-u", str(agent)],
+            "dialect": "marker",
+            "transport": "pipe",
+            "startup_timeout_s": 10.0,
+        }
+        config = base_config(
+            state,
+            workers={"profiles": {"stamp": profile}, "profile": "stamp"},
+            scaling={"min_workers": workers, "max_workers": workers, "tick_s": 0.05},
+        )
+        async with open_swarm(config) as swarm:
+            assert swarm.gateway_url
+            await _wait_idle(swarm, workers)
+            async with (
+                connect(swarm.gateway_url, swarm.token) as c,
+                c.events(["task.done", "task.dead"]) as st,
+            ):
+                sent: dict[str, float] = {}
+                for i in range(tasks + 50):
+                    t0 = time.time()
+                    task = await c.submit({"prompt": f"prompt {i}"})
+                    sent[task.id] = t0
+                    while True:  # one at a time: a worker is idle for each submit
+                        item = await st.__anext__()
+                        if isinstance(item, Event) and item.data.get("task_id") == task.id:
+                            break
+                delays = []
+                for n, (tid, t0) in enumerate(sent.items()):
+                    done = await c.get(tid)
+                    assert done.result and done.result.startswith("recv "), done
+                    if n >= 50:  # the first 50 warm up
+                        delays.append(float(done.result.split()[1]) - t0)
+    report(f"submit → prompt read by an idle worker ({workers} workers)", delays, goal_ms=5)
+
+
+async def _wait_idle(swarm: SwarmHandle, n: int) -> None:
+    with swarm.events(["worker.state"]) as sub, trio.fail_after(60):
+        while sum(1 for w in swarm.workers() if w.state == "idle") < n:
+            await sub.receive()
+
+
+# ---- fanout ------------------------------------------------------------------------------------------
+
+
+async def fanout_client(url: str, token: str, clients: int) -> None:
+    """(In a child process) `clients` connections subscribed to task.*; print delays as JSON.
+
+    Kept as light as a client can be (a raw websocket, the seq/ts read without parsing the whole
+    message), so what is measured is the gateway, not this process. Delays are recorded between the
+    `bench.paced` and `bench.flat` marks; `bench.stop` ends.
+    """
+    delays: list[float] = []
+    dropped = 0
+    ready = trio.Event()
+    started = 0
+    headers = [(b"Authorization", f"Bearer {token}".encode())]
+    subscribe = json.dumps(
+        {"jsonrpc": "2.0", "method": "events.subscribe", "params": {"topics": ["task.*", "bench.*"]}, "id": 1}
+    )
+
+    async def one() -> None:
+        nonlocal dropped, started
+        recording = False
+        async with trio_websocket.open_websocket_url(
+            url, extra_headers=headers, message_queue_size=4096
+        ) as ws:
+            await ws.send_message(subscribe)
+            assert '"result"' in await ws.get_message()
+            started += 1
+            if started == clients:
+                ready.set()
+            while True:
+                msg = await ws.get_message()
+                now = time.time()
+                assert isinstance(msg, str)
+                if '"bench.' in msg:
+                    if '"bench.stop"' in msg:
+                        return
+                    recording = '"bench.paced"' in msg
+                elif '"events.overflow"' in msg:
+                    dropped += json.loads(msg)["params"]["dropped"]
+                elif recording:
+                    i = msg.index('"ts":') + 5
+                    delays.append(now - float(msg[i : msg.index(",", i)]))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(clients):
+            nursery.start_soon(one)
+        await ready.wait()
+        print("READY", flush=True)
+    print(json.dumps({"delays": delays, "dropped": dropped}), flush=True)
+
+
+async def _generate(swarm: SwarmHandle, seconds: float, rate: float | None, batch: int = 10) -> int:
+    """Submit tasks for `seconds`, at `rate` per second (None: as fast as the queue takes them)."""
+    n = 0
+    start = trio.current_time()
+    deadline = start + seconds
+    while trio.current_time() < deadline:
+        await swarm.submit_many([{"prompt": f"load {n + i}", "category": "bench"} for i in range(batch)])
+        n += batch
+        if rate:
+            await trio.sleep_until(start + n / rate)
+    return n
+
+
+async def bench_fanout(clients: int, rate: float, seconds: float, procs: int) -> None:
+    with tempfile.TemporaryDirectory() as state:
+        config = base_config(state, gateway={"client_buffer": 10_000, "max_connections": clients + 16})
+        async with open_swarm(config) as swarm:
+            assert swarm.gateway_url
+            base = await _generate(swarm, seconds, None)
+            print(f"submit throughput, no subscribers: {base / seconds:.0f} tasks/s", flush=True)
+
+            per = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
+            children = []
+            for count in per:
+                proc = await trio.lowlevel.open_process(
+                    [sys.executable, __file__, "_client", str(count)],
+                    stdout=subprocess.PIPE,
+                    env={**os.environ, "SHOAL_URL": swarm.gateway_url, "SHOAL_TOKEN": swarm.token},
+                )
+                children.append(proc)
+            outputs: list[bytes] = [b""] * len(children)
+            all_ready = trio.Event()
+
+            async def read_all(i: int, proc: trio.Process) -> None:
+                assert proc.stdout is not None
+                async for chunk in proc.stdout:
+                    outputs[i] += chunk
+                    if sum(o.count(b"READY") for o in outputs) == len(children):
+                        all_ready.set()
+
+            async with trio.open_nursery() as nursery:
+                for i, proc in enumerate(children):
+                    nursery.start_soon(read_all, i, proc)
+                with trio.fail_after(60):
+                    await all_ready.wait()
+                swarm.bus.publish("bench.paced", {})
+                paced = await _generate(swarm, seconds, rate)
+                swarm.bus.publish("bench.flat", {})
+                loaded = await _generate(swarm, seconds, None)
+                swarm.bus.publish("bench.stop", {})
+                print(
+                    f"submit throughput, {clients} subscribers: {loaded / seconds:.0f} tasks/s "
+                    f"({(loaded - base) / base * 100:+.1f} %; goal within 10 %)",
+                    flush=True,
+                )
+            for proc in children:
+                await proc.wait()
+    delays: list[float] = []
+    dropped = 0
+    for out in outputs:
+        result = json.loads(out.decode().splitlines()[-1])
+        delays += result["delays"]
+        dropped += result["dropped"]
+    print(f"paced load: {paced} tasks in {seconds:g} s ({paced / seconds:.0f}/s), {len(delays)} deliveries")
+    report(f"event delivery delay, {clients} clients in {procs} processes", delays, goal_ms=20)
+    if dropped:
+        print(f"  events dropped for slow clients: {dropped}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "which", nargs="?", default="all", choices=["all", "rtt", "dispatch", "fanout", "_client"]
+    )
+    parser.add_argument("args", nargs="*", help=argparse.SUPPRESS)
+    parser.add_argument("--calls", type=int, default=10_000)
+    parser.add_argument("--tasks", type=int, default=1_000)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--rate", type=float, default=1_000)
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--procs", type=int, default=min(4, os.cpu_count() or 1))
+    args = parser.parse_args()
+    if args.which == "_client":
+        (count,) = args.args
+        trio.run(fanout_client, os.environ["SHOAL_URL"], os.environ["SHOAL_TOKEN"], int(count))
+        return
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+    if args.which in ("all", "rtt"):
+        trio.run(bench_rtt, args.calls)
+    if args.which in ("all", "dispatch"):
+        trio.run(bench_dispatch, args.tasks, args.workers)
+    if args.which in ("all", "fanout"):
+        trio.run(bench_fanout, args.clients, args.rate, args.seconds, args.procs)
+
+
+if __name__ == "__main__":
+    main()
