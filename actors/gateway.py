@@ -1,11 +1,13 @@
 """GatewayActor: JSON-RPC 2.0 over websocket (trio-websocket) for the CLI, the dashboard and scripts.
 
-Each connection is a trio task with three helpers: a reader that parses frames (protocols/rpc.py) and
-runs requests, a writer that drains a bounded outgoing queue, and pumps that forward event
-subscriptions and attached workers' output into that queue. Nothing here can slow the swarm: the
-event bus never waits for a subscriber (it drops and counts, reported to the client as
-`events.overflow`), and a client that stops reading is closed once one send has waited
-`send_timeout_s`. Every limit answers with a JSON-RPC error or a clean close with a reason.
+Each connection is a trio task with helpers: a reader that parses frames (protocols/rpc.py) and runs
+requests, a writer that sends their replies from a bounded queue, and one pump per event subscription
+or attached worker that writes its notifications to the socket itself (after a flush barrier, so a
+subscribe or attach reply always comes first; what arrived together goes out in one write). Nothing
+here can slow the swarm: the event bus never waits for a subscriber (it drops and counts, reported to
+the client as `events.overflow`), and a client that stops reading is closed once one write has
+waited `send_timeout_s`. Every limit answers with a JSON-RPC error or a clean close with a reason.
+Settings are read when the gateway starts; changing `gateway.*` live takes effect at the next start.
 
 Authentication happens before anything is served: `Authorization: Bearer <token>` in the handshake,
 or `auth.login {token}` as the first call. A wrong token is refused after a delay (and the
