@@ -624,7 +624,12 @@ async def connect(
     except trio_websocket.ConnectionTimeout:
         if entered:
             raise
-        raise ConnectError(f"no answer from {url} within {connect_timeout:g} s: is the URL right?") from None
+        hint = (
+            " (wss: is the server's certificate trusted? see ssl_context)" if url.startswith("wss:") else ""
+        )
+        raise ConnectError(
+            f"no answer from {url} within {connect_timeout:g} s: is the URL right?{hint}"
+        ) from None
     except (trio_websocket.HandshakeError, OSError) as exc:
         if entered:
             raise

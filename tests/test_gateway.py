@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -584,3 +586,48 @@ async def test_closed_connection_fails_pending_calls(tmp_path: Path) -> None:
         await c.aclose()
         with pytest.raises(GatewayClosed):
             await c.status()
+
+
+async def test_tls(tmp_path: Path) -> None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("needs the openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    await trio.run_process(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        capture_stdout=True,
+        capture_stderr=True,
+    )  # fmt: skip
+    async with serving(tmp_path, gateway={"tls_cert": str(cert), "tls_key": str(key)}) as live:
+        assert live.url.startswith("wss://127.0.0.1:")
+        trusted = ssl.create_default_context(cafile=str(cert))
+        async with connect(live.url, live.token, ssl_context=trusted) as c:
+            assert (await c.status())["state"] == "running"
+        with pytest.raises(ConnectError) as info:  # a client that does not trust the certificate
+            async with connect(live.url, live.token, connect_timeout=0.5):
+                pass
+        assert "certificate" in str(info.value)
+
+
+async def test_explicit_completion_by_the_agent(tmp_path: Path) -> None:
+    """tasks.complete: the open attempt records the result once; a stale attempt is refused."""
+    profiles = {"fake": fake_profile()}
+    async with (
+        serving(tmp_path, workers={"profiles": profiles, "profile": "fake"}) as live,
+        connect(live.url, live.token) as c,
+    ):
+        await _one_idle_worker(c, live)
+        with live.swarm.events(["task.running"]) as sub:
+            await c.submit({"id": "self-report", "prompt": "[[hang]] I will report myself"})
+            running = await wait_for(sub, lambda e: e.data.get("task_id") == "self-report")
+        attempt = running.data["attempt"]
+        with pytest.raises(Conflict):
+            await c.complete("self-report", attempt=attempt + 1, status="done", result="too new")
+        done = await c.complete("self-report", attempt=attempt, status="done", result="reported by the agent")
+        assert done.state == TaskState.DONE and done.result == "reported by the agent"
+        with pytest.raises(Conflict):  # the same completion again: recorded once
+            await c.complete("self-report", attempt=attempt, status="done", result="again")
+        assert (await c.get("self-report")).result == "reported by the agent"
+        with pytest.raises(NotFound):
+            await c.complete("nobody", attempt=1, status="failed", reason="x")
