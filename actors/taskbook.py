@@ -19,6 +19,7 @@ import heapq
 import json
 import math
 import random
+import re
 import uuid
 from bisect import bisect_right
 from collections import Counter
@@ -175,6 +176,7 @@ class _Rec:
         "seq",
         "spec_priority",
         "state",
+        "static_row",
         "timeout_s",
         "token",
         "unmet",
@@ -214,6 +216,7 @@ class _Rec:
         self.token = 0  # bumps on every (un)index: heap entries with an old token are stale
         self.bucket: _Bucket | None = None
         self.route: tuple[str | None, bool, frozenset[str]] = (None, False, frozenset())
+        self.static_row: StaticRow | None = None  # kept from submit until the store has it
 
     def static(self) -> StaticRow:
         return StaticRow(
@@ -311,12 +314,16 @@ def _check_int(field: str, value: Any, lo: int, hi: int) -> int:
     return value
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def check_name(field: str, value: Any, what: str) -> str:
+    """Ids, categories, worker names: non-empty, bounded, printable."""
     if not isinstance(value, str) or not value:
         raise ValidationError(field, f"{what} must be a non-empty string", value)
     if len(value) > MAX_ID_CHARS:
         raise ValidationError(field, f"{what} is longer than {MAX_ID_CHARS} characters", value[:40] + "…")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+    if _CONTROL.search(value):
         raise ValidationError(field, f"{what} contains control characters", value)
     return value
 
@@ -359,6 +366,7 @@ class TaskBook:
         self._changes: list[Change] = []
         self._events: list[Event] = []
         self._newly_ready: list[str] = []
+        self._unsubmitted: set[str] = set()
         self.stale_reports = 0
 
     # ---- output --------------------------------------------------------------------------------
@@ -370,6 +378,8 @@ class TaskBook:
         return out
 
     def _change(self, kind: str, rec: _Rec, attempt: Attempt | None = None, submit: bool = False) -> None:
+        if rec.id in self._unsubmitted:
+            return  # being submitted: its submit change (emitted last) carries the final state
         self._changes.append(
             Change(
                 kind,
@@ -386,7 +396,7 @@ class TaskBook:
                 rec.retry_base,
                 rec.dep_failure,
                 attempt,
-                rec.static() if submit else None,
+                (rec.static_row or rec.static()) if submit else None,
             )
         )
 
@@ -675,7 +685,7 @@ class TaskBook:
         if not isinstance(spec.metadata, dict) or not all(isinstance(k, str) for k in spec.metadata):
             raise ValidationError(f("metadata"), "must be an object with string keys")
         try:
-            blob = json.dumps(spec.metadata, allow_nan=False)
+            blob = json.dumps(spec.metadata, allow_nan=False) if spec.metadata else "{}"
         except (TypeError, ValueError) as exc:
             raise ValidationError(f("metadata"), f"task {tid!r}: is not JSON-serialisable: {exc}") from None
         if len(blob) > limit:
@@ -735,15 +745,16 @@ class TaskBook:
                 spec.model,
                 spec.max_attempts,
                 float(spec.timeout_s) if spec.timeout_s is not None else None,
-                json.loads(json.dumps(spec.metadata)),  # a private copy
+                json.loads(json.dumps(spec.metadata)) if spec.metadata else {},  # a private copy
                 spec.run_on_dep_failure,
                 digest,
                 now,
             )
             self._next_seq += 1
             rec = _Rec(tid, static)
+            rec.static_row = static
             self._add(rec)
-            self._change("submit", rec, submit=True)
+            self._unsubmitted.add(tid)
             self._event(
                 "task.submitted",
                 {
@@ -760,6 +771,10 @@ class TaskBook:
         for rec in fresh:
             if rec.state is _BLOCKED:  # not already moved on by an earlier task's settling
                 self._settle_deps(rec, now)
+        self._unsubmitted.clear()
+        for rec in fresh:  # one change per new task, carrying its settled state
+            self._change("submit", rec, submit=True)
+            rec.static_row = None
         return [self._snap(self._recs[tid]) for tid, _s, _deps, _d in checked]
 
     def _diff(self, rec: _Rec, spec: TaskSpec, deps: tuple[str, ...]) -> list[str]:

@@ -107,8 +107,8 @@ async def test_group_commit_batches_queued_writes_and_resolves_in_order(tmp_path
         async with trio.open_nursery() as nursery:
             for i in reversed(range(200)):
                 nursery.start_soon(waiter, i)
-        # 200 writes of 2 changes each (submit, ready), at most 50 changes per transaction
-        assert store.commits == 8 and store.largest_batch == 50
+        # 200 writes of one change each, at most 50 changes per transaction
+        assert store.commits == 4 and store.largest_batch == 50
         assert len(await store.load_all()) == 200
     assert sorted(order) == list(range(200))
 
