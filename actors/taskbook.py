@@ -660,8 +660,10 @@ class TaskBook:
             raise ValidationError(f("prompt"), "must be a string", type(spec.prompt).__name__)
         if not spec.prompt:
             raise ValidationError(f("prompt"), f"task {tid!r}: must not be empty")
-        size = len(spec.prompt.encode("utf-8", "surrogatepass"))
         limit = self.qcfg.max_prompt_bytes
+        size = len(spec.prompt)
+        if size * 4 > limit:  # only then can the UTF-8 size pass the limit: measure it
+            size = len(spec.prompt.encode("utf-8", "surrogatepass"))
         if size > limit:
             raise ValidationError(
                 f("prompt"),
@@ -704,7 +706,7 @@ class TaskBook:
     def submit(self, specs: Sequence[Any], now: float) -> list[Task]:
         """Add tasks atomically: either every spec is accepted (or matched idempotently) or none is.
         Returns the snapshots in the order given."""
-        if not isinstance(specs, Sequence) or isinstance(specs, str | bytes):
+        if not isinstance(specs, list | tuple):
             raise ValidationError("tasks", "must be a list of task specs")
         multi = len(specs) != 1
         checked: list[tuple[str, TaskSpec, tuple[str, ...], str]] = []
@@ -733,7 +735,8 @@ class TaskBook:
                 raise ValidationError(
                     "deps", f"task {tid!r}: unknown dependency id(s) {unknown}; submit them first or together"
                 )
-        self._check_cycles({tid: deps for tid, _s, deps, _d in new})
+        if any(deps for _t, _s, deps, _d in new):
+            self._check_cycles({tid: deps for tid, _s, deps, _d in new})
         # all checks passed: mutate
         for tid, spec, deps, digest in new:
             static = StaticRow(

@@ -170,7 +170,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="shoal-bench-") as tmp:
         state = Path(tmp)
         trio.run(bench_submit_latency, 10_000 // scale, state)
-        trio.run(bench_throughput, 20_000 // scale, 8, 32, state)
+        trio.run(bench_throughput, 20_000 // scale, 8, 64, state)
     bench_selection(100_000 // scale, 1_000, 5_000 // scale)
 
 
