@@ -431,3 +431,31 @@ async def test_attach_in_a_real_terminal(served: Served) -> None:
 async def test_attach_without_a_terminal_says_so(served: Served) -> None:
     result = await shoal(served, "attach", "w-1")
     assert result.code == cli.EXIT_USAGE and "terminal" in result.err
+
+
+async def test_logs_follow_streams_until_interrupted(served: Served) -> None:
+    await shoal(served, "submit", "warm", "--id", "follow-warm", "--wait")
+    workers = (await shoal(served, "workers", "--json")).json()
+    wid = next(w["id"] for w in workers if w["state"] == "idle")
+    proc = await trio.lowlevel.open_process(
+        [*SHOAL, "logs", wid, "--follow"], stdout=subprocess.PIPE, env=served.env()
+    )
+    assert proc.stdout is not None
+    seen = b""
+    try:
+        with trio.fail_after(30):
+            seen += await proc.stdout.receive_some(65536)  # the screen so far: it is attached now
+        async with connect(served.url, served.token) as c:
+            await c.send_input(wid, b"follow me\r")
+            with trio.fail_after(30):
+                while b"Done: follow me" not in seen:
+                    seen += await proc.stdout.receive_some(65536)
+        proc.send_signal(signal.SIGINT)
+        with trio.fail_after(15):
+            code = await proc.wait()
+        assert code == cli.EXIT_INTERRUPTED
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await proc.stdout.aclose()
