@@ -296,6 +296,7 @@ class _Connection:
             "tasks.complete": self._complete,
             "events.subscribe": self._subscribe,
             "events.unsubscribe": self._unsubscribe,
+            "alerts.test": self._alerts_test,
         }
         assert set(self._handlers) == set(api.METHODS), "every method in the table has a handler"
 
@@ -548,6 +549,9 @@ class _Connection:
 
     async def _config_patch(self, p: api.ConfigPatchParams) -> Any:
         return config_to_dict(await self.swarm.config_patch(p.partial))
+
+    async def _alerts_test(self, _p: api.NoParams) -> Any:
+        return await self.swarm.send_test_alert()
 
     # ---- workers -----------------------------------------------------------------------------
 

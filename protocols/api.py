@@ -236,6 +236,7 @@ METHODS: dict[str, Method] = {
         Method("tasks.complete", CompleteParams, "an agent reports its own completion"),
         Method("events.subscribe", SubscribeParams, "receive events matching topic patterns"),
         Method("events.unsubscribe", UnsubscribeParams, "stop receiving events"),
+        Method("alerts.test", NoParams, "deliver a test alert to every webhook; each one's outcome"),
     )
 }
 

@@ -392,6 +392,11 @@ class Client:
             params["step_s"] = step_s
         return await self.call("swarm.series", params)
 
+    async def alerts_test(self) -> dict[str, Any]:
+        """Deliver a test alert to every configured webhook; the outcome per webhook."""
+        result: dict[str, Any] = await self.call("alerts.test", timeout=None)
+        return result
+
     async def config_get(self) -> SwarmConfig:
         return config_from_dict(await self.call("swarm.config.get"))
 

@@ -148,6 +148,8 @@ async def test_swarm_and_task_methods_end_to_end(tmp_path: Path) -> None:
 
         metrics = await c.metrics()
         assert isinstance(metrics, dict)
+        report = await c.alerts_test()  # no webhooks configured: nothing to deliver
+        assert report["webhooks"] == [] and report["delivered"] == report["failed"] == 0
         series = await c.series(60)
         assert isinstance(series, dict)
 
