@@ -136,7 +136,7 @@ async def next_event(sub: Subscription, topic: str) -> dict[str, Any]:
 # ---- submit and dispatch -------------------------------------------------------------------
 
 
-async def test_submit_is_acknowledged_after_commit(tmp_path: Path) -> None:
+async def test_submit_is_acknowledged_after_commit(tmp_path: Path, no_leaks: None) -> None:
     path = tmp_path / "shoal.db"
     async with running_queue(path=path) as q:
         (task,) = await q.submit(TaskSpec("hello", id="t1", priority=2))
@@ -500,6 +500,11 @@ async def test_restart_recovers_running_tasks_and_keeps_results(tmp_path: Path) 
         await q.call(WaitTask("one"))
     # the process "restarts": a new store and actor on the same file
     async with running_queue(path=path) as q2:
+        await q2.submit()  # a barrier: everything before it is committed and published
+        events, _complete = q2.bus.replay(0, ["task.recovered"])
+        assert [(e.data["task_id"], e.data["attempt"], e.data["worker"]) for e in events] == [
+            ("two", 1, "w1")
+        ]
         one = await q2.call(GetTask("one"))
         assert one.state is TaskState.DONE and one.result == "first result"
         two = await q2.call(GetTask("two"))
@@ -510,3 +515,18 @@ async def test_restart_recovers_running_tasks_and_keeps_results(tmp_path: Path) 
         await bot.available()
         c = await bot.assignment()
         assert (c.task_id, c.attempt) == ("two", 2)
+
+
+async def test_concurrent_submits_share_commits(tmp_path: Path) -> None:
+    async with running_queue(path=tmp_path / "shoal.db") as q:
+        before = q.store.commits
+
+        async def one(i: int) -> None:
+            await q.submit(TaskSpec(f"p{i}", id=f"t{i}"))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(100):
+                nursery.start_soon(one, i)
+        stats = await q.stats()
+        assert stats.total == 100
+        assert q.store.commits - before < 50  # group commit: many submits per transaction
