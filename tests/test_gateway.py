@@ -500,20 +500,21 @@ async def test_slow_subscriber_gets_an_overflow_notice(tmp_path: Path) -> None:
 # ---- workers: logs, attach, input, controls (real fake-agent processes in PTYs) -------------------------
 
 
-async def _one_idle_worker(c: Client, live: Live) -> str:
-    with live.swarm.events(["worker.state"]) as sub:
-        await c.config_patch({"scaling": {"min_workers": 1, "max_workers": 1}})
-        event = await wait_for(sub, lambda e: e.data.get("state") == "idle", timeout=30)
-    return str(event.data["worker"])
+@asynccontextmanager
+async def with_worker(tmp_path: Path) -> AsyncIterator[tuple[Live, Client, str]]:
+    """A gateway, a connected client, and one idle fake-agent worker (its id)."""
+    async with (
+        serving(tmp_path, workers={"profiles": {"fake": fake_profile()}, "profile": "fake"}) as live,
+        connect(live.url, live.token) as c,
+    ):
+        with live.swarm.events(["worker.state"]) as sub:
+            await c.config_patch({"scaling": {"min_workers": 1, "max_workers": 1}})
+            event = await wait_for(sub, lambda e: e.data.get("state") == "idle", timeout=30)
+        yield live, c, str(event.data["worker"])
 
 
 async def test_attach_round_trip_with_the_fake_agent(tmp_path: Path) -> None:
-    profiles = {"fake": fake_profile()}
-    async with (
-        serving(tmp_path, workers={"profiles": profiles, "profile": "fake"}) as live,
-        connect(live.url, live.token) as c,
-    ):
-        wid = await _one_idle_worker(c, live)
+    async with with_worker(tmp_path) as (live, c, wid):
         info = await c.worker(wid)
         assert info.state == "idle" and info.pid
         async with c.attach(wid) as att:
@@ -545,12 +546,7 @@ async def test_attach_round_trip_with_the_fake_agent(tmp_path: Path) -> None:
 
 
 async def test_input_to_a_busy_worker_needs_force(tmp_path: Path) -> None:
-    profiles = {"fake": fake_profile()}
-    async with (
-        serving(tmp_path, workers={"profiles": profiles, "profile": "fake"}) as live,
-        connect(live.url, live.token) as c,
-    ):
-        wid = await _one_idle_worker(c, live)
+    async with with_worker(tmp_path) as (live, c, wid):
         with live.swarm.events(["task.running"]) as sub:
             await c.submit({"id": "slow", "prompt": "[[hang]] think forever"})
             with trio.fail_after(20):
@@ -614,12 +610,7 @@ async def test_tls(tmp_path: Path) -> None:
 
 async def test_explicit_completion_by_the_agent(tmp_path: Path) -> None:
     """tasks.complete: the open attempt records the result once; a stale attempt is refused."""
-    profiles = {"fake": fake_profile()}
-    async with (
-        serving(tmp_path, workers={"profiles": profiles, "profile": "fake"}) as live,
-        connect(live.url, live.token) as c,
-    ):
-        await _one_idle_worker(c, live)
+    async with with_worker(tmp_path) as (live, c, _wid):
         with live.swarm.events(["task.running"]) as sub:
             await c.submit({"id": "self-report", "prompt": "[[hang]] I will report myself"})
             running = await wait_for(sub, lambda e: e.data.get("task_id") == "self-report")
