@@ -575,10 +575,29 @@ class QueueActor:
 
     def _on_available(self, msg: WorkerAvailable, now: float) -> None:
         wid = check_name("worker_id", msg.worker_id, "worker id")
+        if msg.model is not None and not isinstance(msg.model, str):
+            raise ValidationError("model", "must be a model name or null", msg.model)
+        if not isinstance(msg.address, Address):
+            raise ValidationError(
+                "address", "must be the worker's mailbox address", type(msg.address).__name__
+            )
         caps: Any = msg.capabilities
-        if caps is not None and not isinstance(caps, frozenset):
-            caps = frozenset(caps)  # a set or list from a careless sender
-        view = WorkerView(wid, msg.model, caps, tuple(msg.history or ()), self.config.queue.history_size)
+        if caps is not None:
+            if not isinstance(caps, set | frozenset | list | tuple) or not all(
+                isinstance(c, str) for c in caps
+            ):
+                raise ValidationError("capabilities", "must be a set of category names or null", caps)
+            caps = frozenset(caps)
+        history = msg.history or ()
+        if not isinstance(history, list | tuple):
+            raise ValidationError("history", "must be a list of categories", history)
+        view = WorkerView(
+            wid,
+            msg.model,
+            caps,
+            tuple(c for c in history if isinstance(c, str)),
+            self.config.queue.history_size,
+        )
         for tid in self.book.running_on(wid):
             # the worker's own view wins: it is idle, so it no longer runs this attempt
             att = self.book.open_attempt(tid)
@@ -611,6 +630,10 @@ class QueueActor:
         r = msg.report
         if not isinstance(r, TaskFinished):
             raise ValidationError("report", "must be a TaskFinished report", type(r).__name__)
+        try:
+            Outcome(r.outcome)
+        except ValueError:
+            raise ValidationError("report.outcome", "is not an outcome", r.outcome) from None
         att = self.book.open_attempt(r.task_id) if r.task_id in self.book else None
         ok = self.book.finish(
             r.task_id,
@@ -634,16 +657,24 @@ class QueueActor:
             if model is not None:
                 self._park(model, r.reset_at, now)
 
-    def _park(self, model: str, reset_at: float | None, now: float) -> None:
+    def _park(self, model: str, reset_at: Any, now: float) -> None:
+        if isinstance(reset_at, bool) or not isinstance(reset_at, int | float):
+            reset_at = None  # a report from a dialect that could not parse the reset time
         until = reset_at if reset_at is not None and math.isfinite(reset_at) else now + DEFAULT_PARK_S
         self.book.park(model, until)
         self._rematch_idle(now)  # unpinned and fallback work moves to the other models' workers
 
     def _on_rate_limited(self, msg: ModelRateLimited, now: float) -> None:
         check_name("model", msg.model, "model")
+        if msg.reset_at is not None and (
+            isinstance(msg.reset_at, bool) or not isinstance(msg.reset_at, int | float)
+        ):
+            raise ValidationError("reset_at", "must be an epoch time in seconds or null", msg.reset_at)
         self._park(msg.model, msg.reset_at, now)
 
     def _on_config(self, msg: UpdateConfig, now: float) -> None:
+        if not isinstance(msg.config, SwarmConfig):
+            raise ValidationError("config", "must be a SwarmConfig", type(msg.config).__name__)
         self.config = msg.config
         self.book.reconfigure(msg.config.queue, msg.config.models)
         self._rematch_idle(now)

@@ -474,6 +474,10 @@ async def test_bad_requests_do_not_hurt_the_queue() -> None:
             await q.call("what is this")
         await q.address.send(object())  # garbage sends are dropped
         await q.address.send(WorkerAvailable("", None, None, (), q.address))  # bad worker id
+        await q.address.send(WorkerAvailable("w", None, None, (), "not an address"))  # type: ignore[arg-type]
+        await q.address.send(WorkerAvailable("w", ["list"], None, (), q.address))  # type: ignore[arg-type]
+        await q.address.send(ModelRateLimited("sonnet", "soon"))  # type: ignore[arg-type]
+        await q.address.send(AttemptEnded("not a report"))  # type: ignore[arg-type]
         with pytest.raises(ValidationError) as err:
             await q.address.call(Submit(({"prompt": "p", "priority": "high"},)))  # type: ignore[arg-type]
         assert "priority" in err.value.field
@@ -482,6 +486,8 @@ async def test_bad_requests_do_not_hurt_the_queue() -> None:
         page, cursor = await q.call(ListTasks(limit=10))
         assert [x.id for x in page] == ["d"] and cursor is None
         assert q.actor.unknown_messages == 2
+        stats = await q.stats()
+        assert stats.known_workers == 0 and stats.parked_models == {}
 
 
 # ---- recovery ------------------------------------------------------------------------------
