@@ -591,13 +591,17 @@ class QueueActor:
         history = msg.history or ()
         if not isinstance(history, list | tuple):
             raise ValidationError("history", "must be a list of categories", history)
-        view = WorkerView(
-            wid,
+        size = self.config.queue.history_size
+        recent = tuple(c for c in history[-size:] if isinstance(c, str))
+        worker = self._workers.get(wid)
+        if worker is not None and (worker.view.model, worker.view.capabilities, worker.view.history) == (
             msg.model,
             caps,
-            tuple(c for c in history if isinstance(c, str)),
-            self.config.queue.history_size,
-        )
+            recent,
+        ):
+            view = worker.view  # unchanged: skip rebuilding the affinity counts
+        else:
+            view = WorkerView(wid, msg.model, caps, recent, size)
         for tid in self.book.running_on(wid):
             # the worker's own view wins: it is idle, so it no longer runs this attempt
             att = self.book.open_attempt(tid)
@@ -605,7 +609,6 @@ class QueueActor:
                 self.book.finish(
                     tid, att.n, Outcome.INTERRUPTED, now, reason="worker became available without reporting"
                 )
-        worker = self._workers.get(wid)
         if worker is None:
             worker = self._workers[wid] = _Worker(view, msg.address)
         else:

@@ -14,7 +14,6 @@ affinity bonus for the bucket's category and keeps the best (ties: oldest first)
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import json
 import math
@@ -76,7 +75,7 @@ class StaticRow:
     timeout_s: float | None
     metadata: dict[str, Any]
     run_on_dep_failure: bool
-    digest: str
+    digest: str  # unused (content is compared field by field); kept for the schema
     created: float
 
 
@@ -286,24 +285,27 @@ def backoff_delay(cfg: BackoffConfig, n: int, rng: random.Random) -> float:
     return float(min(cfg.max_s, base) * (1.0 + cfg.jitter * rng.random()))
 
 
-def spec_digest(spec: TaskSpec, deps: tuple[str, ...]) -> str:
-    """A fingerprint of a submitted task's content: an idempotent re-submit must match it."""
-    blob = json.dumps(
-        [
-            spec.prompt,
-            spec.category,
-            spec.priority,
-            list(deps),
-            spec.model,
-            spec.max_attempts,
-            spec.timeout_s,
-            spec.metadata,
-            spec.run_on_dep_failure,
-        ],
-        sort_keys=True,
-        separators=(",", ":"),
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()
+_CONTENT_FIELDS = (
+    "prompt",
+    "category",
+    "priority",
+    "deps",
+    "model",
+    "max_attempts",
+    "timeout_s",
+    "metadata",
+    "run_on_dep_failure",
+)
+
+
+def _content(*values: Any) -> tuple[Any, ...]:
+    """What an idempotent re-submit must match (metadata compared as canonical JSON)."""
+    meta = values[7]
+    return (*values[:7], json.dumps(meta, sort_keys=True) if meta else "{}", values[8])
+
+
+def _differs(a: tuple[Any, ...], b: tuple[Any, ...]) -> list[str]:
+    return [name for name, x, y in zip(_CONTENT_FIELDS, a, b, strict=True) if x != y]
 
 
 def _check_int(field: str, value: Any, lo: int, hi: int) -> int:
@@ -710,24 +712,35 @@ class TaskBook:
             raise ValidationError("tasks", "must be a list of task specs")
         multi = len(specs) != 1
         checked: list[tuple[str, TaskSpec, tuple[str, ...], str]] = []
-        batch: dict[str, str] = {}  # id -> digest of new tasks in this batch
+        batch: dict[str, tuple[Any, ...]] = {}  # id -> content of new tasks in this batch
         for i, raw in enumerate(specs):
             tid, spec, deps = self._validate(raw, f"tasks[{i}]" if multi else "", now)
-            digest = spec_digest(spec, deps)
+            content = _content(
+                spec.prompt,
+                spec.category,
+                spec.priority,
+                deps,
+                spec.model,
+                spec.max_attempts,
+                spec.timeout_s,
+                spec.metadata,
+                spec.run_on_dep_failure,
+            )
             existing = self._recs.get(tid)
             if existing is not None:
-                if existing.digest != digest:
+                differs = _differs(self._content_of(existing), content)
+                if differs:
                     raise Conflict(
-                        f"task {tid!r} already exists with different content "
-                        f"(differs in: {', '.join(self._diff(existing, spec, deps))})"
+                        f"task {tid!r} already exists with different content"
+                        f" (differs in: {', '.join(differs)})"
                     )
             elif tid in batch:
-                if batch[tid] != digest:
+                if _differs(batch[tid], content):
                     raise Conflict(f"task {tid!r} appears twice in the batch with different content")
                 continue
             else:
-                batch[tid] = digest
-            checked.append((tid, spec, deps, digest))
+                batch[tid] = content
+            checked.append((tid, spec, deps, ""))
         new = [c for c in checked if c[0] not in self._recs]
         for tid, _spec, deps, _d in new:
             unknown = [d for d in deps if d not in self._recs and d not in batch]
@@ -780,19 +793,19 @@ class TaskBook:
             rec.static_row = None
         return [self._snap(self._recs[tid]) for tid, _s, _deps, _d in checked]
 
-    def _diff(self, rec: _Rec, spec: TaskSpec, deps: tuple[str, ...]) -> list[str]:
-        pairs = [
-            ("prompt", rec.prompt, spec.prompt),
-            ("category", rec.category, spec.category),
-            ("priority", rec.spec_priority, spec.priority),
-            ("deps", rec.deps, deps),
-            ("model", rec.model, spec.model),
-            ("max_attempts", rec.max_attempts, spec.max_attempts),
-            ("timeout_s", rec.timeout_s, spec.timeout_s),
-            ("metadata", rec.metadata, spec.metadata),
-            ("run_on_dep_failure", rec.run_on_dep_failure, spec.run_on_dep_failure),
-        ]
-        return [name for name, a, b in pairs if a != b] or ["content"]
+    @staticmethod
+    def _content_of(rec: _Rec) -> tuple[Any, ...]:
+        return _content(
+            rec.prompt,
+            rec.category,
+            rec.spec_priority,
+            rec.deps,
+            rec.model,
+            rec.max_attempts,
+            rec.timeout_s,
+            rec.metadata,
+            rec.run_on_dep_failure,
+        )
 
     def _check_cycles(self, graph: Mapping[str, tuple[str, ...]]) -> None:
         """Refuse a dependency cycle among new tasks (old tasks cannot depend on new ones)."""
