@@ -515,13 +515,17 @@ class TaskBook:
         failed_out = frozenset(m for m, n in rec.failed_models.items() if n >= limit)
         if failed_out and all(m in failed_out for m in known):
             failed_out = frozenset()  # every model failed it: nobody else could take it, avoid none
+        cm = self.mcfg.category_models.get(rec.category) if rec.category is not None else None
+        if cm is not None and cm in failed_out:
+            cm = None
         if failed_out and self.mcfg.escalate:
             top = max((known.index(m) for m in failed_out if m in known), default=-1)
+            if cm is not None and cm in known and known.index(cm) > top:
+                return cm, False, failed_out  # its category's model is stronger still
             for m in known[top + 1 :]:
                 if m not in failed_out:
                     return m, False, failed_out
-        cm = self.mcfg.category_models.get(rec.category) if rec.category is not None else None
-        if cm is not None and cm not in failed_out:
+        if cm is not None:
             return cm, False, failed_out
         return None, False, failed_out
 

@@ -525,3 +525,21 @@ def test_restore_from_changes_recovers_running_tasks() -> None:
     # the next submit continues the sequence: oldest-first stays right
     fresh.submit([spec("later")], T0 + 11)
     assert [t.id for t in fresh.list_tasks()[0]][-1] == "later"
+
+
+def test_escalation_keeps_a_stronger_category_model() -> None:
+    models = ModelsConfig(category_models={"review": "opus"}, fallback={"opus": ("haiku",)})
+    b = book(models=models, model_failure_limit=1)
+    b.submit([spec("r", category="review", max_attempts=5)], T0)
+    b.park("opus", T0 + 10)
+    b.claim("r", "h", "haiku", T0)  # ran on the fallback model and failed there
+    b.finish("r", 1, Outcome.FAILED, T0)
+    b.release_due(T0 + 100)
+    b.unpark_due(T0 + 100)
+    assert b.ready_by_model() == {"opus": 1}  # back to opus, not merely "one stronger than haiku"
+    b.claim("r", "o", "opus", T0 + 100)
+    b.finish("r", 2, Outcome.FAILED, T0 + 100)
+    b.release_due(T0 + 1000)
+    assert b.ready_by_model() == {None: 1}  # failed on opus too, nothing stronger: anyone but those
+    assert b.select(worker("o", "opus")) is None and b.select(worker("h", "haiku")) is None
+    assert b.select(worker("s", "sonnet")) == "r"
