@@ -364,6 +364,8 @@ class QueueActor:
             self._rematch_idle(now)
 
     def _writable(self) -> None:
+        if self._broken is None and self.store.broken is not None:
+            self._store_failed(self.store.broken)
         if self._broken is not None:
             raise self._broken
 

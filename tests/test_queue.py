@@ -39,7 +39,7 @@ from shoal.actors.queue import (
 )
 from shoal.actors.store import Store
 from shoal.protocols.config import ModelsConfig, QueueConfig, SwarmConfig
-from shoal.protocols.errors import Conflict, NotFound, ValidationError
+from shoal.protocols.errors import Conflict, NotFound, StoreError, ValidationError
 from shoal.protocols.tasks import Assignment, Outcome, Task, TaskSpec, TaskState
 from shoal.protocols.workers import Assign, Restart, TaskFinished
 from shoal.runtime.actor import Address, Mailbox
@@ -536,3 +536,22 @@ async def test_concurrent_submits_share_commits(tmp_path: Path) -> None:
         stats = await q.stats()
         assert stats.total == 100
         assert q.store.commits - before < 50  # group commit: many submits per transaction
+
+
+async def test_a_failing_store_makes_the_queue_read_only(tmp_path: Path) -> None:
+    from shoal.actors.taskbook import TaskBook
+
+    async with running_queue(path=tmp_path / "shoal.db") as q:
+        sub = q.bus.subscribe(["queue.store_failed"])
+        await q.submit(TaskSpec("kept", id="kept"))
+        book = TaskBook()
+        book.submit([TaskSpec("dup", id="kept")], 0.0)
+        with pytest.raises(StoreError):  # the disk "fails": a write the database refuses
+            await q.store.commit(book.drain()[0])
+        with pytest.raises(StoreError, match="store stopped accepting writes"):
+            await q.submit(TaskSpec("new", id="new"))
+        assert "write failed" in (await next_event(sub, "queue.store_failed"))["error"]
+        assert (await q.call(GetTask("kept"))).state is TaskState.READY  # reads still work
+        with pytest.raises(StoreError):
+            await q.call(CancelTask("kept"))
+        assert (await q.stats()).store_broken is not None
