@@ -150,7 +150,7 @@ class AttemptEnded:
 
 @attrs.frozen
 class ModelRateLimited:
-    model: str
+    model: str | None  # None (an agent without a model name) parks nothing
     reset_at: float | None  # epoch seconds; None: DEFAULT_PARK_S from now
 
 
@@ -670,6 +670,8 @@ class QueueActor:
         self._rematch_idle(now)  # unpinned and fallback work moves to the other models' workers
 
     def _on_rate_limited(self, msg: ModelRateLimited, now: float) -> None:
+        if msg.model is None:
+            return  # an agent without a model name: nothing to park
         check_name("model", msg.model, "model")
         if msg.reset_at is not None and (
             isinstance(msg.reset_at, bool) or not isinstance(msg.reset_at, int | float)
