@@ -289,7 +289,10 @@ class QueueActor:
         """Release events and replies once the write holding them has committed (in order)."""
         async for ticket, events, acks in self._ack_recv:
             try:
-                await ticket.wait()
+                if ticket.done():
+                    ticket.result()  # committed with an earlier one: no need to yield again
+                else:
+                    await ticket.wait()
             except StoreError as exc:
                 self._store_failed(exc)
                 for call, _value in acks:

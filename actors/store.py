@@ -363,11 +363,17 @@ class Ticket:
         self._error = error
         self._event.set()
 
-    async def wait(self) -> Any:
-        await self._event.wait()
+    def result(self) -> Any:
+        """The outcome of a completed ticket (raises its error)."""
+        if not self._event.is_set():
+            raise RuntimeError("ticket not completed yet")
         if self._error is not None:
             raise self._error
         return self._value
+
+    async def wait(self) -> Any:
+        await self._event.wait()
+        return self.result()
 
 
 class _Job:
