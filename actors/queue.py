@@ -268,12 +268,16 @@ class QueueActor:
             deadline = math.inf if nxt is None else nxt - self._offset
             msg: Any = None
             got = False
-            with trio.move_on_at(deadline):
-                try:
+            try:
+                if deadline == math.inf:  # no timer pending: skip the cancel scope (hot path)
                     msg = await mailbox.receive()
-                except (trio.EndOfChannel, trio.ClosedResourceError):
-                    return
-                got = True
+                    got = True
+                else:
+                    with trio.move_on_at(deadline):
+                        msg = await mailbox.receive()
+                        got = True
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                return
             if got:
                 self._handle(msg)
                 for _ in range(MAX_BURST):
