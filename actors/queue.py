@@ -219,6 +219,7 @@ class QueueActor:
         self._offset = 0.0
         self._broken: StoreError | None = None
         self.unknown_messages = 0
+        self.stale_announcements = 0  # WorkerAvailable from a worker holding a claim
         self._calls: dict[type, Callable[[Call[Any], Any, float], None]] = {
             Submit: self._on_submit,
             GetTask: self._on_get,
@@ -611,20 +612,20 @@ class QueueActor:
             view = worker.view  # unchanged: skip rebuilding the affinity counts
         else:
             view = WorkerView(wid, msg.model, caps, recent, size)
-        for tid in self.book.running_on(wid):
-            # the worker's own view wins: it is idle, so it no longer runs this attempt
-            att = self.book.open_attempt(tid)
-            if att is not None:
-                self.book.finish(
-                    tid, att.n, Outcome.INTERRUPTED, now, reason="worker became available without reporting"
-                )
         if worker is None:
             worker = self._workers[wid] = _Worker(view, msg.address)
         else:
             worker.view = view
             worker.address = msg.address
-        worker.state = "idle"
         self._idle.pop(wid, None)
+        if self.book.running_on(wid):
+            # Announced before it read the Assign we sent: it still holds that claim and will
+            # report on it (a worker that is not idle answers an Assign with an interrupted
+            # attempt), so it is not idle; a worker that dies instead is WorkerUnavailable(gone).
+            worker.state = "busy"
+            self.stale_announcements += 1
+            return
+        worker.state = "idle"
         self._match_worker(worker, now)
 
     def _on_unavailable(self, msg: WorkerUnavailable, now: float) -> None:

@@ -355,20 +355,20 @@ async def test_paused_workers_take_nothing_and_retire_handshake() -> None:
         assert await q.call(RetireWorker("never-seen")) is True
 
 
-async def test_available_while_holding_a_claim_requeues_the_attempt() -> None:
+async def test_an_announcement_sent_before_the_assign_was_read_keeps_the_claim() -> None:
     async with running_queue() as q:
         bot = Bot(q, "w1")
         await bot.available()
-        await q.submit(TaskSpec("p", id="t"))
+        await q.submit(TaskSpec("p", id="t"), TaskSpec("q", id="u"))
         a = await bot.assignment()
-        await bot.available()  # it says it is idle: it no longer runs attempt 1
-        b = await bot.assignment()
-        assert (b.task_id, b.attempt) == ("t", 2)
+        await bot.available()  # crossed our Assign in flight: the worker still holds the claim
+        assert bot.nothing_yet()  # no second task while it holds one
+        assert q.actor.stale_announcements == 1
         t = await q.call(GetTask("t"))
-        assert t.attempts[0].outcome is Outcome.INTERRUPTED
-        await bot.report(a, Outcome.DONE, result="stale")
-        await bot.finish(b, result="fresh")
-        assert (await q.call(WaitTask("t"))).result == "fresh"
+        assert t.state is TaskState.RUNNING and t.worker == "w1" and len(t.attempts) == 1
+        await bot.finish(a, result="done once")
+        assert (await q.call(WaitTask("t"))).result == "done once"
+        assert (await bot.assignment()).task_id == "u"
 
 
 # ---- models and rate limits ----------------------------------------------------------------
