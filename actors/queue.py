@@ -355,10 +355,12 @@ class QueueActor:
             self._extra_events = []
         for topic, data in events:
             if topic in _TERMINAL_TOPIC_SET:
-                waiters = self._waiters.pop(data["task_id"], None)
+                waiters = self._waiters.get(data["task_id"])
                 if waiters:
                     task = self.book.get(data["task_id"])
-                    self._acks.extend((w, task) for w in waiters)
+                    if task.state in TERMINAL_STATES:  # not retried again within this burst
+                        del self._waiters[task.id]
+                        self._acks.extend((w, task) for w in waiters)
         if not changes and not events and not self._acks:
             return
         ticket = self.store.write(changes)
