@@ -362,9 +362,9 @@ async def test_an_announcement_sent_before_the_assign_was_read_keeps_the_claim()
         await q.submit(TaskSpec("p", id="t"), TaskSpec("q", id="u"))
         a = await bot.assignment()
         await bot.available()  # crossed our Assign in flight: the worker still holds the claim
+        t = await q.call(GetTask("t"))  # handled after the announcement (one mailbox, in order)
         assert bot.nothing_yet()  # no second task while it holds one
         assert q.actor.stale_announcements == 1
-        t = await q.call(GetTask("t"))
         assert t.state is TaskState.RUNNING and t.worker == "w1" and len(t.attempts) == 1
         await bot.finish(a, result="done once")
         assert (await q.call(WaitTask("t"))).result == "done once"
