@@ -660,6 +660,8 @@ class TaskBook:
 
         if not isinstance(spec, TaskSpec):
             raise ValidationError(field or "task", "must be a task spec", type(spec).__name__)
+        if spec.max_attempts is None:  # the task did not say: the queue's default applies
+            spec = attrs.evolve(spec, max_attempts=self.qcfg.default_max_attempts)
         tid = spec.id if spec.id is not None else uuid.uuid4().hex
         check_name(f("id"), tid, "id")
         if not isinstance(spec.prompt, str):
@@ -763,7 +765,7 @@ class TaskBook:
                 spec.priority,
                 deps,
                 spec.model,
-                spec.max_attempts,
+                spec.max_attempts or self.qcfg.default_max_attempts,  # set by _validate
                 float(spec.timeout_s) if spec.timeout_s is not None else None,
                 json.loads(json.dumps(spec.metadata)) if spec.metadata else {},  # a private copy
                 spec.run_on_dep_failure,
@@ -1084,6 +1086,24 @@ class TaskBook:
                     "dead",
                     closed,
                 )
+                return True
+            if outcome is Outcome.CRASHED and rec.counted == 1:
+                # A worker dying once says little about the task: straight back to the queue, so
+                # another idle worker takes it at once (the attempt still counts; repeated crashes
+                # back off like any failure).
+                self._event(
+                    "task.failed",
+                    {
+                        "task_id": rec.id,
+                        "attempt": att.n,
+                        "worker": att.worker,
+                        "outcome": outcome.value,
+                        "reason": why,
+                        "will_retry": True,
+                        "not_before": None,
+                    },
+                )
+                self._settle_deps(rec, now, "requeue", closed)
                 return True
             delay = backoff_delay(self.qcfg.retry_backoff, rec.counted, self.rng)
             rec.reason = f"retrying after {outcome.value}: {why}"

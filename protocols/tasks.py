@@ -51,7 +51,7 @@ class TaskSpec:
     priority: int = 0
     deps: tuple[str, ...] = ()
     model: str | None = None
-    max_attempts: int = 3
+    max_attempts: int | None = None  # None: the queue's default (queue.default_max_attempts)
     timeout_s: float | None = None
     metadata: dict[str, Any] = attrs.field(factory=dict)
     run_on_dep_failure: bool = False  # run even when a dependency ends dead/cancelled/skipped

@@ -359,7 +359,7 @@ def test_retry_backoff_then_dead_letter() -> None:
     now = T0
     for n in (1, 2):
         run_one(b, w, now)
-        b.finish("t", n, Outcome.CRASHED, now, reason="exit 1")
+        b.finish("t", n, Outcome.FAILED, now, reason="exit 1")
         t = b.get("t")
         assert t.state is TaskState.FAILED and t.not_before is not None
         delay = t.not_before - now
@@ -372,10 +372,30 @@ def test_retry_backoff_then_dead_letter() -> None:
     b.finish("t", 3, Outcome.FAILED, now, reason="still broken")
     t = b.get("t")
     assert t.state is TaskState.DEAD and t.reason == "attempts exhausted (3/3): still broken"
-    assert [a.outcome for a in t.attempts] == [Outcome.CRASHED, Outcome.CRASHED, Outcome.FAILED]
+    assert [a.outcome for a in t.attempts] == [Outcome.FAILED, Outcome.FAILED, Outcome.FAILED]
     events = [e for e in b.drain()[1] if e[0] == "task.failed"]
     assert [e[1]["will_retry"] for e in events] == [True, True, False]
     b.check()
+
+
+def test_a_first_crash_runs_again_at_once_and_later_crashes_back_off() -> None:
+    b = book(retry_backoff=BackoffConfig(min_s=1.0, max_s=60.0, factor=2.0, jitter=0.0))
+    b.submit([spec("t", max_attempts=3)], T0)
+    w = worker()
+    run_one(b, w, T0)
+    b.finish("t", 1, Outcome.CRASHED, T0, reason="worker died")
+    assert b.select(w) == "t"  # ready again at once: recovery must not wait a backoff
+    run_one(b, w, T0)
+    b.finish("t", 2, Outcome.CRASHED, T0, reason="worker died again")
+    t = b.get("t")
+    assert t.state is TaskState.FAILED and t.not_before is not None and t.not_before > T0
+    b.check()
+
+
+def test_max_attempts_omitted_takes_the_queue_default() -> None:
+    b = book(default_max_attempts=5)
+    b.submit([TaskSpec(prompt="p", id="d")], T0)
+    assert b.get("d").max_attempts == 5
 
 
 def test_rate_limits_and_interruptions_do_not_count() -> None:
@@ -452,7 +472,8 @@ def test_worker_gone_crashes_its_attempt() -> None:
     assert b.running_on("w9") == ["t"]
     assert b.worker_gone("w9", T0 + 1) == ["t"]
     t = b.get("t")
-    assert t.state is TaskState.FAILED and t.attempts[0].outcome is Outcome.CRASHED
+    # a first crash sends the task straight back to the queue (counted, no backoff)
+    assert t.state is TaskState.READY and t.attempts[0].outcome is Outcome.CRASHED
     assert b.running_on("w9") == []
     b.check()
 
