@@ -420,7 +420,7 @@ async def test_starts_without_heavy_imports() -> None:
     """Start-up stays fast because only a few small stdlib modules are imported (not timed here:
     benchmarks/bench_parsers.py reports the start-up time)."""
     probe = (
-        "import runpy, sys\n"
+        "import pkgutil, runpy, sys\n"  # run_path imports pkgutil (and so typing) on its own
         "before = set(sys.modules)\n"
         "sys.argv = ['fake_agent', '-p', 'hi']\n"
         "try:\n"
@@ -429,7 +429,10 @@ async def test_starts_without_heavy_imports() -> None:
         "    pass\n"
         "print(' '.join(sorted(set(sys.modules) - before)), file=sys.stderr)\n"
     )
-    result = await trio.run_process([sys.executable, "-c", probe], capture_stdout=True, capture_stderr=True)
+    # -S as the fake profiles run it: no site hooks (an editable install's finder imports typing)
+    result = await trio.run_process(
+        [sys.executable, "-S", "-c", probe], capture_stdout=True, capture_stderr=True
+    )
     assert result.stdout == b"Done: hi\n"
     loaded = set(result.stderr.decode().split())
     heavy = {"json", "asyncio", "subprocess", "argparse", "typing", "trio", "shoal", "threading", "logging"}
