@@ -265,7 +265,9 @@ def decide(
     pred_load = dict(load)
     if scaling.predictive and inputs.mean_run_s and rate > 0:
         predicted = rate * inputs.mean_run_s
-        extra = math.ceil(predicted - 1e-9) - sum(load.values()) - unplaced
+        # nearest whole worker: expected work of half a worker or more keeps/pre-spawns one; a
+        # trickle (2 tasks a minute of 0.2 s) does not pin a warm worker for the whole window
+        extra = math.floor(predicted + 0.5) - sum(load.values()) - unplaced
         if extra > 0:
             p_abs, p_share, _ = _place_unpinned(extra, spare, weights, absorb_order)
             for part in (p_abs, p_share):

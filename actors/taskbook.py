@@ -927,10 +927,21 @@ class TaskBook:
         self._set_state(rec, state, now)
         self._clear_target(rec)
         self._change(kind, rec, attempt)
-        data: dict[str, Any] = {"task_id": rec.id, "reason": reason}
+        data: dict[str, Any] = {
+            "task_id": rec.id,
+            "reason": reason,
+            "model": attempt.model if attempt else rec.model,
+            "category": rec.category,
+        }
         if state is TaskState.DONE:
             data["attempt"] = attempt.n if attempt else None
             data["worker"] = attempt.worker if attempt else None
+            if attempt is not None and attempt.ended is not None:
+                data["run_s"] = round(attempt.ended - attempt.started, 6)
+            if rec.usage:  # tokens and cost the agent reported (stream-json): cost per model
+                data["usage"] = dict(rec.usage)
+                if "cost_usd" in rec.usage:
+                    data["cost_usd"] = rec.usage["cost_usd"]
         self._event(TERMINAL_TOPICS[state], data)
         stack = [] if settled_already else [rec]
         while stack:
@@ -990,7 +1001,10 @@ class TaskBook:
         self._set_state(rec, _RUNNING, now)
         self._running.setdefault(worker, set()).add(rec.id)
         self._change("claim", rec, att)
-        self._event("task.running", {"task_id": rec.id, "worker": worker, "attempt": att.n, "model": model})
+        self._event(
+            "task.running",
+            {"task_id": rec.id, "worker": worker, "attempt": att.n, "model": model, "category": rec.category},
+        )
         return Assignment(
             task_id=rec.id,
             attempt=att.n,
@@ -1072,6 +1086,8 @@ class TaskBook:
                         "task_id": rec.id,
                         "attempt": att.n,
                         "worker": att.worker,
+                        "model": att.model,
+                        "category": rec.category,
                         "outcome": outcome.value,
                         "reason": why,
                         "will_retry": False,
@@ -1097,6 +1113,8 @@ class TaskBook:
                         "task_id": rec.id,
                         "attempt": att.n,
                         "worker": att.worker,
+                        "model": att.model,
+                        "category": rec.category,
                         "outcome": outcome.value,
                         "reason": why,
                         "will_retry": True,
@@ -1117,6 +1135,8 @@ class TaskBook:
                     "task_id": rec.id,
                     "attempt": att.n,
                     "worker": att.worker,
+                    "model": att.model,
+                    "category": rec.category,
                     "outcome": outcome.value,
                     "reason": why,
                     "will_retry": True,

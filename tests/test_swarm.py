@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 from shoal.actors.swarm import open_swarm
 from shoal.protocols.errors import ValidationError
 from shoal.protocols.tasks import Outcome, TaskState
@@ -297,3 +298,17 @@ async def test_consecutive_spawn_failures_halt_the_swarm_with_evidence(tmp_path:
         assert missing in halted.data["evidence"]["last_error"]
         assert (await swarm.get(task.id)).state is TaskState.READY
         assert (await swarm.status())["breaker"]["state"] == "open"
+
+
+async def test_cost_is_accounted_per_model_from_the_agents_usage(tmp_path: Path) -> None:
+    config = swarm_config(tmp_path, scaling={"max_workers": 2}, workers={"profile": "fake-stream"})
+    async with open_swarm(config) as swarm:
+        with swarm.events(("task.done",)) as sub:
+            task = await swarm.submit({"prompt": "price me", "model": "opus"})
+            done_event = await wait_for(sub, "task.done")
+        assert done_event.data["model"] == "opus" and done_event.data["cost_usd"] > 0
+        done = await swarm.get(task.id)
+        assert done.usage["output_tokens"] > 0
+        with trio.fail_after(10):
+            await trio.testing.wait_all_tasks_blocked()  # the metrics actor has handled its events
+        assert swarm.metrics.snapshot()["cost_usd"]["by_model"]["opus"] == done_event.data["cost_usd"]
