@@ -29,7 +29,7 @@ import attrs
 import trio
 import trio_websocket
 import wsproto.events
-import wsproto.utilities
+from wsproto.connection import ConnectionState
 
 from ..protocols import api, rpc
 from ..protocols.config import GatewayConfig, config_to_dict, unstructure
@@ -124,6 +124,7 @@ class GatewayActor:
         self.handshake_timeout_s = 10.0
         self._conn_ids = itertools.count(1)
         self._event_json: dict[int, str] = {}
+        self._event_frames: dict[tuple[int, int], _Frame] = {}
         self.closed: list[tuple[int, int | None, str | None]] = []  # (connection, code, reason), recent
         self._closed_changed = trio.Event()
 
@@ -227,15 +228,49 @@ class GatewayActor:
         finally:
             self.connections -= 1
 
-    def event_frame(self, event: Event, subscription: int) -> str:
-        """The notification for `event`; the event's JSON is encoded once for every subscriber."""
-        body = self._event_json.get(event.seq)
-        if body is None:
-            body = rpc.dumps({"seq": event.seq, "ts": event.ts, "topic": event.topic, "data": event.data})
-            if len(self._event_json) >= EVENT_CACHE:
-                del self._event_json[next(iter(self._event_json))]
-            self._event_json[event.seq] = body
-        return f'{{"jsonrpc":"2.0","method":"event","params":{{"subscription":{subscription},{body[1:]}}}'
+    def event_frame(self, event: Event, subscription: int) -> _Frame:
+        """The notification for `event`, encoded (JSON and websocket frame) once for all subscribers.
+
+        Most connections' first subscription has id 1, so one frame usually serves every client.
+        """
+        key = (event.seq, subscription)
+        frame = self._event_frames.get(key)
+        if frame is None:
+            body = self._event_json.get(event.seq)
+            if body is None:
+                body = rpc.dumps({"seq": event.seq, "ts": event.ts, "topic": event.topic, "data": event.data})
+                _remember(self._event_json, event.seq, body)
+            text = f'{{"jsonrpc":"2.0","method":"event","params":{{"subscription":{subscription},{body[1:]}}}'
+            frame = _Frame(text, _text_frame(text))
+            _remember(self._event_frames, key, frame)
+        return frame
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(cache) >= EVENT_CACHE:
+        del cache[next(iter(cache))]  # the oldest: dicts keep insertion order
+    cache[key] = value
+
+
+@attrs.frozen
+class _Frame:
+    """A notification shared by every connection it goes to: its text and its websocket frame."""
+
+    text: str
+    wire: bytes
+
+
+def _text_frame(text: str) -> bytes:
+    """A complete, unmasked websocket text frame (RFC 6455 5.2), as a server sends it."""
+    payload = text.encode("utf-8")
+    n = len(payload)
+    if n < 126:
+        header = bytes((0x81, n))
+    elif n < 1 << 16:
+        header = bytes((0x81, 126)) + n.to_bytes(2, "big")
+    else:
+        header = bytes((0x81, 127)) + n.to_bytes(8, "big")
+    return header + payload
 
 
 class _Connection:
@@ -388,7 +423,7 @@ class _Connection:
                 self.close(item.code, item.reason)
                 return
 
-    async def _write(self, frames: list[str]) -> bool:
+    async def _write(self, frames: Sequence[str | _Frame]) -> bool:
         """Write frames now (replies, and the pumps' notifications); False once the connection ends.
 
         A client that does not take a write within `send_timeout_s` is not reading: it is closed.
@@ -735,11 +770,9 @@ class _Connection:
         """
         with scope:
             await self._flushed()
-            frames = (
-                []
-                if gap is None
-                else [rpc.dumps(rpc.notification("events.gap", {"subscription": sid, **gap}))]
-            )
+            frames: list[str | _Frame] = []
+            if gap is not None:
+                frames.append(rpc.dumps(rpc.notification("events.gap", {"subscription": sid, **gap})))
             frames += [self.gw.event_frame(event, sid) for event in replay]
             if frames and not await self._write(frames):
                 return
@@ -783,28 +816,29 @@ class _Connection:
         return {"ok": True, "unsubscribed": removed}
 
 
-async def _send_frames(ws: trio_websocket.WebSocketConnection, frames: list[str]) -> None:
+async def _send_frames(ws: trio_websocket.WebSocketConnection, frames: Sequence[str | _Frame]) -> None:
     """Send text frames with one socket write.
 
     trio-websocket writes each message with its own `send_all`; under fan-out that per-frame cost
-    dominates. The frames are still made by the connection's own wsproto state machine, and written
-    under its stream lock, so the wire and the library's state stay exactly as `send_message` would
-    leave them. Without those internals (another trio-websocket version) it falls back to
-    `send_message` per frame.
+    dominates. Here replies are framed by the connection's own wsproto state machine, shared event
+    frames are already framed (identical bytes: server frames are unmasked and no extension is
+    negotiated), and everything is written at once under the connection's stream lock, so the wire
+    and the library's state stay as `send_message` would leave them. Without those internals
+    (another trio-websocket version) it falls back to `send_message` per frame.
     """
     proto = getattr(ws, "_wsproto", None)
     lock = getattr(ws, "_stream_lock", None)
     stream = getattr(ws, "_stream", None)
-    if len(frames) == 1 or proto is None or lock is None or stream is None:
+    if proto is None or lock is None or stream is None:
         for frame in frames:
-            await ws.send_message(frame)
+            await ws.send_message(frame if isinstance(frame, str) else frame.text)
         return
-    if ws.closed is not None:
+    if ws.closed is not None or proto.state is not ConnectionState.OPEN:
         raise trio_websocket.ConnectionClosed(ws.closed)
-    try:
-        data = b"".join(proto.send(wsproto.events.TextMessage(data=frame)) for frame in frames)
-    except wsproto.utilities.LocalProtocolError:  # closing: the library raises ConnectionClosed too
-        raise trio_websocket.ConnectionClosed(ws.closed) from None
+    data = b"".join(
+        proto.send(wsproto.events.TextMessage(data=frame)) if isinstance(frame, str) else frame.wire
+        for frame in frames
+    )
     async with lock:
         try:
             await stream.send_all(data)

@@ -624,3 +624,12 @@ async def test_explicit_completion_by_the_agent(tmp_path: Path) -> None:
         assert (await c.get("self-report")).result == "reported by the agent"
         with pytest.raises(NotFound):
             await c.complete("nobody", attempt=1, status="failed", reason="x")
+
+
+def test_shared_event_frames_are_what_wsproto_would_send() -> None:
+    """Event notifications are framed once for every client: the bytes must match wsproto's own."""
+    from shoal.actors.gateway import _text_frame
+    from wsproto.frame_protocol import FrameProtocol
+
+    for text in ("", "x" * 125, "é" * 63, "y" * 126, "z" * 65535, "w" * 65536, '{"a":"ü€😀"}' * 9000):
+        assert _text_frame(text) == FrameProtocol(client=False, extensions=[]).send_data(text, fin=True)
