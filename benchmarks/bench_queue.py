@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+
 from shoal.actors.queue import AttemptEnded, QueueActor, QueueStats, Submit, WorkerAvailable
 from shoal.actors.store import Store
 from shoal.actors.taskbook import TaskBook, WorkerView

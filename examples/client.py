@@ -19,6 +19,7 @@ import tempfile
 from contextlib import AsyncExitStack
 
 import trio
+
 from shoal.actors.auth import DEFAULT_URL, read_endpoint, read_token, resolve_state_dir, token_path
 from shoal.protocols.config import config_from_dict
 from shoal.protocols.tasks import TERMINAL_STATES

@@ -16,6 +16,7 @@ import tempfile
 import time
 
 import trio
+
 from shoal.runtime import config_from_dict, open_swarm
 
 T0 = time.monotonic()

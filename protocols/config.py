@@ -263,6 +263,13 @@ def _strict(kind: type[Any], accepts: tuple[type[Any], ...], name: str) -> None:
     """No silent coercion: "5" is not an int, "false" is not a bool, 1.5 is not an int."""
 
     def hook(value: Any, _type: Any) -> Any:
+        if _type is not kind:  # a StrEnum/IntEnum subclass dispatched here: the enum validates
+            if isinstance(value, _type):
+                return value
+            try:
+                return _type(value)
+            except ValueError:
+                raise ValueError(f"must be one of {[m.value for m in _type]}, got {value!r}") from None
         if isinstance(value, bool) and kind is not bool:
             raise ValueError(f"expected {name}, got a boolean")
         if not isinstance(value, accepts):

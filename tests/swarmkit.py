@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+
 from shoal.protocols.config import SwarmConfig, config_from_dict
 from shoal.runtime.eventbus import Event, Subscription
 

@@ -8,6 +8,7 @@ import attrs
 import pytest
 import trio
 import trio.testing
+
 from shoal.protocols.errors import ValidationError
 from shoal.runtime.actor import ActorGone, Address, Call, CallTimeout, Mailbox
 

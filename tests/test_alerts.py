@@ -12,6 +12,7 @@ import pytest
 import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve
+
 from shoal.actors.alerts import (
     SIGNATURE_HEADER,
     AlertActor,

@@ -7,6 +7,7 @@ import random
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from shoal.protocols.config import BackoffConfig
 from shoal.protocols.errors import ValidationError
 from shoal.runtime.backoff import BackoffState, RestartIntensity, backoff_delay

@@ -21,6 +21,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+
 from shoal.actors import cli
 from shoal.actors.auth import read_endpoint, read_token, token_path
 from shoal.protocols.errors import Conflict, ValidationError

@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 import trio
-from shoal.actors.http import dashboard_url
 from swarmkit import swarm_config
+
+from shoal.actors.http import dashboard_url
 
 pytestmark = pytest.mark.browser
 

@@ -6,6 +6,7 @@ import pytest
 from conftest import FIXTURES
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from shoal.protocols.dialects.ansi import AnsiStripper, strip_ansi
 
 SAMPLE = (

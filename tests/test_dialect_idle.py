@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from shoal.protocols.dialects import make_dialect
 from shoal.protocols.dialects.base import NeedsInput, Ready, TaskDone, TaskFailed
 from shoal.protocols.dialects.idle import IdleDialect

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from shoal.protocols.dialects import make_dialect
 from shoal.protocols.dialects.base import (
     ContextUsage,

@@ -6,6 +6,7 @@ import json
 import signal
 
 import pytest
+
 from shoal.protocols.dialects import make_dialect
 from shoal.protocols.dialects.base import RateLimited, TaskDone, TaskFailed
 from shoal.protocols.dialects.oneshot import OneshotDialect

@@ -6,6 +6,7 @@ import re
 from datetime import UTC, datetime
 
 import pytest
+
 from shoal.protocols.dialects.base import ContextUsage, NeedsInput, RateLimited
 from shoal.protocols.dialects.patterns import PatternScanner, parse_reset
 

@@ -11,6 +11,7 @@ import pytest
 from conftest import FIXTURES
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from shoal.protocols.dialects import make_dialect
 from shoal.protocols.dialects.base import (
     ContextUsage,

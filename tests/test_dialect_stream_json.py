@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from shoal.protocols.dialects import make_dialect
 from shoal.protocols.dialects.base import (
     ContextUsage,

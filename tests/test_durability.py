@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+
 from shoal.actors.queue import GetTask, QueueActor, QueueStats, WorkerAvailable
 from shoal.actors.store import Store
 from shoal.protocols.config import SwarmConfig

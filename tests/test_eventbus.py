@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
+
 from shoal.protocols.errors import ValidationError
 from shoal.runtime.eventbus import Event, EventBus, Subscription
 

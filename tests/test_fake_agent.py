@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import trio
 from conftest import FAKE_AGENT
+
 from shoal.protocols.dialects import make_dialect
 from shoal.protocols.dialects.base import (
     ContextUsage,

@@ -20,6 +20,8 @@ import attrs
 import pytest
 import trio
 import trio_websocket
+from swarmkit import fake_profile, swarm_config, wait_for
+
 from shoal.actors.gateway import GatewayActor
 from shoal.actors.swarm import SwarmHandle, open_swarm
 from shoal.protocols import rpc
@@ -28,7 +30,6 @@ from shoal.protocols.errors import Conflict, NotFound, ValidationError
 from shoal.protocols.tasks import TaskState
 from shoal.runtime.client import AuthError, Client, ConnectError, Gap, GatewayClosed, Overflow, connect
 from shoal.runtime.eventbus import Event
-from swarmkit import fake_profile, swarm_config, wait_for
 
 
 @attrs.frozen
@@ -628,8 +629,9 @@ async def test_explicit_completion_by_the_agent(tmp_path: Path) -> None:
 
 def test_shared_event_frames_are_what_wsproto_would_send() -> None:
     """Event notifications are framed once for every client: the bytes must match wsproto's own."""
-    from shoal.actors.gateway import _text_frame
     from wsproto.frame_protocol import FrameProtocol
+
+    from shoal.actors.gateway import _text_frame
 
     for text in ("", "x" * 125, "é" * 63, "y" * 126, "z" * 65535, "w" * 65536, '{"a":"ü€😀"}' * 9000):
         assert _text_frame(text) == FrameProtocol(client=False, extensions=[]).send_data(text, fin=True)

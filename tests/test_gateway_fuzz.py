@@ -19,9 +19,10 @@ import trio
 import trio_websocket
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_cli import Served, shoal_serve
+
 from shoal.protocols import api, rpc
 from shoal.runtime.client import connect
-from test_cli import Served, shoal_serve
 
 KNOWN_CODES = set(rpc.ERROR_NAMES)
 NOTIFICATIONS = {"event", "events.gap", "events.overflow", "attach.output", "attach.closed"}

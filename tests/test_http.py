@@ -13,10 +13,11 @@ import httpx
 import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
+from swarmkit import swarm_config
+
 from shoal.actors.http import HttpActor, dashboard_url, load_static
 from shoal.protocols.config import HttpConfig
 from shoal.protocols.errors import ValidationError
-from swarmkit import swarm_config
 
 ROOT = Path(__file__).resolve().parent.parent
 STATIC = ROOT / "actors" / "static"

@@ -13,6 +13,7 @@ import pytest
 import trio
 import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
+
 from shoal.actors.metrics import NONE, OTHER, LogHistogram, MetricsActor
 from shoal.protocols.config import ModelPrice, ModelsConfig, SwarmConfig, patch_config
 from shoal.protocols.errors import ValidationError

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import trio
+
 from shoal.actors.process import AgentProcess, ExitStatus, SpawnError, spawn
 from shoal.protocols.errors import ValidationError
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import trio
+
 from shoal.actors.process import AgentProcess, spawn
 from shoal.protocols.config import ProfileConfig, config_from_dict
 from shoal.protocols.errors import NotFound, ValidationError

@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+
 from shoal.actors.queue import (
     AssignTask,
     AttemptEnded,

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from shoal.actors import auth
 from shoal.protocols import api, rpc
 from shoal.protocols.errors import Conflict, NotFound, ValidationError

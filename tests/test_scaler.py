@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 import trio
+
 from shoal.actors.scaler import (
     IDLE,
     MIN_WORKERS,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import trio
+
 from shoal.actors.store import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION, Store, store_path
 from shoal.actors.taskbook import Change, TaskBook, WorkerView
 from shoal.protocols.config import StoreConfig

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
+
 from shoal.protocols.config import BackoffConfig
 from shoal.protocols.errors import Conflict, NotFound, ValidationError
 from shoal.runtime.actor import ActorGone

@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from swarmkit import collect_until, fake_profile, swarm_config, wait_for
+
 from shoal.actors.swarm import open_swarm
 from shoal.protocols.errors import ValidationError
 from shoal.protocols.tasks import Outcome, TaskState
 from shoal.protocols.workers import WorkerState
-from swarmkit import collect_until, fake_profile, swarm_config, wait_for
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 

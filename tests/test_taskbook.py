@@ -6,6 +6,7 @@ import random
 
 import attrs
 import pytest
+
 from shoal.actors.taskbook import TaskBook, WorkerView, backoff_delay
 from shoal.protocols.config import BackoffConfig, ModelsConfig, QueueConfig
 from shoal.protocols.errors import Conflict, NotFound, ValidationError

@@ -9,6 +9,7 @@ import sqlite3
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
 from shoal.actors.store import apply_changes, load_tasks, migrate
 from shoal.actors.taskbook import TaskBook, WorkerView
 from shoal.protocols.config import BackoffConfig, ModelsConfig, QueueConfig

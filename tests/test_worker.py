@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import attrs
 import pytest
 import trio
+
 from shoal.actors.process import SpawnError
 from shoal.actors.worker import OutputRing, WorkerActor, WorkerExit, clean_text
 from shoal.protocols.config import ProfileConfig, WorkersConfig
