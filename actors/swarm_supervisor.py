@@ -317,11 +317,24 @@ class SwarmSupervisor:
     # ---- the report pump ---------------------------------------------------------------------------
 
     async def _pump(self) -> None:
-        async for report in self._reports_recv:
+        recv = self._reports_recv
+        while True:
+            try:  # take buffered reports without a scheduler round trip each
+                report = recv.receive_nowait()
+            except trio.WouldBlock:
+                try:
+                    report = await recv.receive()
+                except (trio.EndOfChannel, trio.ClosedResourceError):
+                    return
             try:
                 await self._handle(report)
             except ActorGone:
                 return  # the queue is gone: the swarm is shutting down
+
+    async def _to_queue(self, message: Any) -> None:
+        """Forward in order; wait for mailbox space only when it is full (no checkpoint otherwise)."""
+        if not self._queue.try_send(message):
+            await self._queue.send(message)
 
     async def _handle(self, report: WorkerReport | _WorkerGone) -> None:
         match report:
@@ -331,7 +344,7 @@ class SwarmSupervisor:
                 worker = self._workers.get(report.worker)
                 if worker is not None:
                     worker.task_id = None
-                await self._queue.send(AttemptEnded(report))
+                await self._to_queue(AttemptEnded(report))
             case ContextReport():
                 self._bus.publish(
                     "worker.context", {"worker": report.worker, "used_percent": report.used_percent}
@@ -347,7 +360,7 @@ class SwarmSupervisor:
                     },
                 )
                 if report.model is not None:
-                    await self._queue.send(ModelRateLimited(report.model, report.reset_at))
+                    await self._to_queue(ModelRateLimited(report.model, report.reset_at))
             case NeedsInputReport():
                 self._bus.publish(
                     "worker.needs_input",
@@ -392,7 +405,7 @@ class SwarmSupervisor:
                 info = worker.actor.info()
                 worker.task_id = info.task_id
             if report.state in (WorkerState.PAUSED, WorkerState.STOPPING, WorkerState.REFRESHING):
-                await self._queue.send(WorkerUnavailable(worker.id, gone=False))
+                await self._to_queue(WorkerUnavailable(worker.id, gone=False))
         if report.state is WorkerState.CRASHED:
             self._record_crash(worker, report)
 
@@ -400,7 +413,7 @@ class SwarmSupervisor:
         if worker.address is None:
             return
         info = worker.actor.info()
-        await self._queue.send(
+        await self._to_queue(
             WorkerAvailable(worker.id, worker.model, worker.capabilities, info.history, worker.address)
         )
 
@@ -438,7 +451,7 @@ class SwarmSupervisor:
 
     async def _on_gone(self, gone: _WorkerGone) -> None:
         worker = self._workers.pop(gone.worker, None)
-        await self._queue.send(WorkerUnavailable(gone.worker, gone=True))
+        await self._to_queue(WorkerUnavailable(gone.worker, gone=True))
         if worker is None:
             return
         info = worker.actor.info()

@@ -158,11 +158,19 @@ class Mailbox(Generic[M]):
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[M | Call[Any]]:
+        # Buffered messages are taken without a scheduler round trip (receive() checkpoints even
+        # when a message is waiting); the actor parks only on an empty mailbox.
         while True:
             try:
-                yield await self.receive()
+                msg = self.receive_nowait()
+            except trio.WouldBlock:
+                try:
+                    msg = await self.receive()
+                except (trio.EndOfChannel, trio.ClosedResourceError):
+                    return
             except (trio.EndOfChannel, trio.ClosedResourceError):
                 return
+            yield msg
 
     def close(self) -> None:
         self._send.close()  # no new messages; the buffered ones are drained below

@@ -47,9 +47,13 @@ class Subscription:
         self._send, self._recv = trio.open_memory_channel[Event](size)
         self.dropped = 0  # events lost because this subscriber was slow
         self.first_dropped_seq: int | None = None
+        self._wants: dict[str, bool] = {}  # topic -> match; topics are a small, fixed vocabulary
 
     def wants(self, topic: str) -> bool:
-        return topic_matches(self.patterns, topic)
+        hit = self._wants.get(topic)
+        if hit is None:
+            hit = self._wants[topic] = topic_matches(self.patterns, topic)
+        return hit
 
     def _offer(self, event: Event) -> None:
         try:
@@ -78,11 +82,21 @@ class Subscription:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Event]:
+        # Take what is already buffered without a trip through the scheduler (trio's receive()
+        # checkpoints even when an item is waiting); park only when the buffer is empty. The
+        # buffer is bounded and filled by other tasks, so this cannot starve anyone.
+        recv = self._recv
         while True:
             try:
-                yield await self._recv.receive()
+                event = recv.receive_nowait()
+            except trio.WouldBlock:
+                try:
+                    event = await recv.receive()
+                except (trio.EndOfChannel, trio.ClosedResourceError):
+                    return
             except (trio.EndOfChannel, trio.ClosedResourceError):
                 return
+            yield event
 
     def close(self) -> None:
         self._bus._subs.discard(self)
