@@ -259,6 +259,14 @@ async def bench_fanout(clients: int, rate: float, seconds: float, procs: int) ->
                 swarm.bus.publish("bench.flat", {})
                 loaded = await _generate(swarm, seconds, None)
                 swarm.bus.publish("bench.stop", {})
+
+                async def stop_until_all_exit() -> None:
+                    # a client whose buffer overflowed may have lost the first stop: repeat it
+                    while any(proc.returncode is None for proc in children):
+                        swarm.bus.publish("bench.stop", {})
+                        await trio.sleep(1)
+
+                nursery.start_soon(stop_until_all_exit)
                 print(
                     f"submit throughput, {clients} subscribers: {loaded / seconds:.0f} tasks/s "
                     f"({(loaded - base) / base * 100:+.1f} %; goal within 10 %)",

@@ -87,20 +87,22 @@ async def bench_cold(state: str) -> str:
 
 
 async def bench_dispatch(state: str, n: int = 1000) -> str:
-    """Submit → written to an already idle worker (the queue's claim, then Assign), p50/p99."""
+    """Submit → written to an already idle worker, p50/p99.
+
+    The moment of writing is the worker's `busy` report (sent as it writes the prompt), not
+    `task.running`, which is published only once the claim is committed to SQLite.
+    """
     cfg = config(state, scaling={"min_workers": 4, "max_workers": 4})
     lat: list[float] = []
     async with open_swarm(cfg) as swarm:
         await wait_idle(swarm, 4)
-        with swarm.events(("task.running", "task.done"), size=10_000) as sub:
+        with swarm.events(("worker.state", "task.done"), size=10_000) as sub:
             for i in range(n):
                 t0 = time.time()
                 task = await swarm.submit({"prompt": f"d{i}"})
-                running = await until(
-                    sub, lambda e, t=task.id: e.topic == "task.running" and e.data["task_id"] == t
-                )
-                lat.append(running.ts - t0)
-                await until(sub, lambda e, t=task.id: e.topic == "task.done" and e.data["task_id"] == t)
+                busy = await until(sub, lambda e: e.topic == "worker.state" and e.data["state"] == "busy")
+                lat.append(busy.ts - t0)
+                await until(sub, topic_for("task.done", task.id))
     return (
         f"dispatch latency ({n} tasks, idle workers): p50 {ms(pct(lat, 50))}, p99 {ms(pct(lat, 99))}"
         f" (goal p99 ≤ 5 ms)"
