@@ -28,6 +28,7 @@ import trio
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from ..protocols import rpc
 from ..protocols.config import SwarmConfig, load_config, patch_config
@@ -139,27 +140,32 @@ def _counts(counts: dict[str, int] | None) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v) or "none"
 
 
+def _row(table: Table, *cells: Any) -> None:
+    """Add a row of plain text: a prompt like "[[think:1]]" or "[bold]" is data, not rich markup."""
+    table.add_row(*(cell if isinstance(cell, Text) else Text(str(cell)) for cell in cells))
+
+
 def status_table(status: dict[str, Any]) -> Table:
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
     state = str(status.get("state"))
-    table.add_row("state", state.upper() if state == "halted" else state)
+    _row(table, "state", state.upper() if state == "halted" else state)
     if status.get("reason"):
-        table.add_row("reason", str(status["reason"]))
-    table.add_row(
-        "workers", f"{sum((status.get('workers') or {}).values())} ({_counts(status.get('workers'))})"
+        _row(table, "reason", str(status["reason"]))
+    _row(
+        table, "workers", f"{sum((status.get('workers') or {}).values())} ({_counts(status.get('workers'))})"
     )
-    table.add_row("tasks", _counts(status.get("queue")))
+    _row(table, "tasks", _counts(status.get("queue")))
     breaker = status.get("breaker")
     if isinstance(breaker, dict) and breaker.get("state"):
         trips = breaker.get("trips")
-        table.add_row("breaker", f"{breaker['state']}" + (f" (tripped {trips}x)" if trips else ""))
+        _row(table, "breaker", f"{breaker['state']}" + (f" (tripped {trips}x)" if trips else ""))
     if status.get("since"):
-        table.add_row("up", _age(status["since"]))
+        _row(table, "up", _age(status["since"]))
     for key in ("version", "gateway_url", "http_url", "state_dir"):
         if status.get(key):
-            table.add_row(key.replace("_", " "), str(status[key]))
+            _row(table, key.replace("_", " "), str(status[key]))
     return table
 
 
@@ -169,7 +175,8 @@ def workers_table(workers: list[dict[str, Any]]) -> Table:
         table.add_column(name, no_wrap=True)
     now = time.time()
     for w in workers:
-        table.add_row(
+        _row(
+            table,
             w["id"],
             w["state"],
             w.get("model") or "-",
@@ -194,7 +201,8 @@ def tasks_table(tasks: list[dict[str, Any]]) -> Table:
     table.add_column("PROMPT", overflow="ellipsis", no_wrap=True, ratio=1)
     now = time.time()
     for t in tasks:
-        table.add_row(
+        _row(
+            table,
             t["id"],
             t["state"],
             str(t.get("priority", 0)),
@@ -216,11 +224,11 @@ def task_detail(task: dict[str, Any]) -> list[Any]:
         value = task.get(key)
         if value in (None, [], ()):
             continue
-        info.add_row(key, ", ".join(value) if isinstance(value, list) else str(value))
-    info.add_row("created", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(task.get("created") or 0)))
-    info.add_row("prompt", task.get("prompt") or "")
+        _row(info, key, ", ".join(value) if isinstance(value, list) else str(value))
+    _row(info, "created", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(task.get("created") or 0)))
+    _row(info, "prompt", task.get("prompt") or "")
     if task.get("result") is not None:
-        info.add_row("result", str(task["result"]))
+        _row(info, "result", str(task["result"]))
     out: list[Any] = [info]
     attempts = task.get("attempts") or []
     if attempts:
@@ -229,7 +237,8 @@ def task_detail(task: dict[str, Any]) -> list[Any]:
             table.add_column(name)
         for a in attempts:
             took = (a["ended"] - a["started"]) if a.get("ended") else time.time() - a["started"]
-            table.add_row(
+            _row(
+                table,
                 str(a["n"]),
                 a["worker"],
                 a.get("model") or "-",

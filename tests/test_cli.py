@@ -460,3 +460,14 @@ async def test_logs_follow_streams_until_interrupted(served: Served) -> None:
             proc.kill()
             await proc.wait()
         await proc.stdout.aclose()
+
+
+def test_tables_show_prompts_verbatim_not_as_rich_markup() -> None:
+    from rich.console import Console
+
+    from shoal.actors.cli import tasks_table
+
+    console = Console(width=160, record=True)
+    task = {"id": "a", "state": "ready", "prompt": "go [[think:1]] then [bold]x[/bold]", "max_attempts": 3}
+    console.print(tasks_table([task]))
+    assert "go [[think:1]] then [bold]x[/bold]" in console.export_text()
