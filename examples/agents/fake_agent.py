@@ -628,15 +628,19 @@ class Tui:
 
     def run(self) -> None:
         self.welcome()
+        wake = _signal_wakeup_fd()
         while True:
             now = time.monotonic()
             wait = self.timeout(now)
             if self.pending == b"\x1b":
                 wait = 0.05 if wait is None else min(wait, 0.05)
             try:
-                ready, _, _ = select.select([0], [], [], wait)
+                ready, _, _ = select.select([0, wake], [], [], wait)
             except InterruptedError:
                 continue
+            if wake in ready:  # a signal arrived: its Python handler runs as this loop goes on
+                _drain(wake)
+                ready.remove(wake)
             if ready:
                 try:
                     data = os.read(0, 65536)
@@ -656,6 +660,27 @@ class Tui:
 
 
 _SAVED_TTY: list[object] = []
+
+
+def _signal_wakeup_fd() -> int:
+    """A pipe the interpreter writes to on every signal, for the main loop's select().
+
+    Without it, a SIGTERM landing just before select() starts (after the interpreter's last check
+    for pending signals) would not run its handler until select() returned: never, for an idle agent.
+    """
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    os.set_blocking(w, False)
+    signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    return r
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
 
 
 def raw_terminal() -> None:
