@@ -154,7 +154,7 @@ async def serve(config: SwarmConfig, *, drain: bool = False, out: TextIO | None 
                 )
                 log.info("stopping", extra={"event": {"signal": name, "drain": drain}})
                 break
-            with trio.move_on_after(math_inf_if(drain)) as scope:
+            with trio.move_on_after(STOP_GRACE_S[drain]) as scope:
                 nursery.start_soon(_second_signal, signals, scope)
                 await swarm.stop(drain=drain)
                 await _wait_workers_gone(swarm)
@@ -162,8 +162,9 @@ async def serve(config: SwarmConfig, *, drain: bool = False, out: TextIO | None 
     print("shoal: stopped", file=out, flush=True)
 
 
-def math_inf_if(drain: bool) -> float:
-    return float("inf") if drain else 30.0
+# How long a stop may take before Shoal cancels what is left: draining waits for the running tasks
+# (a second signal cuts it short); a plain stop gives the workers' stop ladders time to finish.
+STOP_GRACE_S = {True: float("inf"), False: 30.0}
 
 
 async def _second_signal(signals: Any, scope: trio.CancelScope) -> None:

@@ -218,7 +218,8 @@ class SwarmHandle:
         task: Task = await self._queue.call(
             q.WaitTask(task_id), timeout=math.inf if timeout is None else timeout
         )
-        assert task.state in TERMINAL_STATES
+        if task.state not in TERMINAL_STATES:  # the queue's contract; never silently hand back less
+            raise Conflict(f"task {task_id!r} answered wait in state {task.state}")
         return task
 
     async def queue_stats(self) -> Any:
