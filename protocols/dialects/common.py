@@ -120,6 +120,17 @@ class Options:
             )
 
 
+def scanner_from(opts: Options) -> PatternScanner:
+    """The pattern scanner every dialect configures from the same common options."""
+    return PatternScanner(
+        builtin=opts.flag("builtin_patterns", True),
+        context=opts.regexes("context_patterns"),
+        exhausted=opts.regexes("context_exhausted_patterns"),
+        usage_limit=opts.regexes("usage_limit_patterns"),
+        needs_input=opts.regexes("needs_input_patterns"),
+    )
+
+
 class Capture:
     """Text printed since a task was written, keeping the last `keep` characters (bounded memory)."""
 
@@ -311,13 +322,7 @@ class TextDialect:
         opts = Options(self.name, options)
         self._wall = wall_clock
         self.transport: Transport = opts.choice("transport", self.default_transport, ("pty", "pipe"))
-        self._scanner = PatternScanner(
-            builtin=opts.flag("builtin_patterns", True),
-            context=opts.regexes("context_patterns"),
-            exhausted=opts.regexes("context_exhausted_patterns"),
-            usage_limit=opts.regexes("usage_limit_patterns"),
-            needs_input=opts.regexes("needs_input_patterns"),
-        )
+        self._scanner = scanner_from(opts)
         self._max_result = opts.integer("max_result_chars", 100_000, minimum=1)
         self._default_timeout = opts.number("task_timeout_s", None, minimum=0.001)
         self._strip_chrome = opts.flag("strip_chrome", self.default_strip_chrome)

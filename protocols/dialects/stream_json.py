@@ -33,8 +33,7 @@ from .base import (
     TaskFailed,
     Transport,
 )
-from .common import Options, TaskRun, WallClock, sanitize_prompt, timeout_reason
-from .patterns import PatternScanner
+from .common import Options, TaskRun, WallClock, sanitize_prompt, scanner_from, timeout_reason
 
 _PREVIEW = 120
 _USAGE_KEYS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
@@ -77,13 +76,7 @@ class StreamJsonDialect:
         opts = Options(self.name, options)
         self._wall = wall_clock
         self.transport: Transport = opts.choice("transport", "pipe", ("pipe", "pty"))
-        self._scanner = PatternScanner(
-            builtin=opts.flag("builtin_patterns", True),
-            context=opts.regexes("context_patterns"),
-            exhausted=opts.regexes("context_exhausted_patterns"),
-            usage_limit=opts.regexes("usage_limit_patterns"),
-            needs_input=opts.regexes("needs_input_patterns"),
-        )
+        self._scanner = scanner_from(opts)
         self._window = opts.integer("context_window_tokens", 200_000, minimum=1)
         self._max_line = opts.integer("max_line_bytes", 16 << 20, minimum=1024)
         self._max_result = opts.integer("max_result_chars", 200_000, minimum=1)
