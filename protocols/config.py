@@ -194,6 +194,7 @@ class GatewayConfig:
     max_subscriptions: int = attrs.field(default=64, validator=_pos)
     replay_buffer: int = attrs.field(default=10_000, validator=_nonneg)  # events kept for `since`
     client_buffer: int = attrs.field(default=1_000, validator=_pos)  # queued notifications per client
+    coalesce_ms: float = attrs.field(default=5.0, validator=_nonneg)  # events held to go out together
     tls_cert: str | None = None
     tls_key: str | None = None
     token_file: str | None = None  # None: <state_dir>/token
