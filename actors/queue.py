@@ -14,6 +14,12 @@ trio clock (the actor's receive deadline), never polling.
 
 Times recorded in tasks are epoch seconds derived from the trio clock (`offset + current_time()`), so
 tests driven by `autojump_clock` see backoffs elapse, and production sees wall-clock timestamps.
+
+Retention (`queue.keep_finished_s`, `queue.keep_finished`): at most once per `EVICT_TICK_S`, and only
+when something is due, the actor asks the book to evict up to `queue.evict_batch` finished tasks; the
+deletions ride in the same group commit as the burst's other changes. A larger backlog (after a
+restart, or a lowered limit) continues on the next loop turns, each after a checkpoint that lets
+every other task run and with the mailbox served in between, so it never stalls the loop.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ log = logging.getLogger("shoal.queue")
 
 DEFAULT_PARK_S = 60.0  # a rate limit without a reset time parks its model this long
 MAX_BURST = 256  # messages handled before the changes are handed to the store
+EVICT_TICK_S = 1.0  # retention steps at most this often, unless a backlog is being worked off
 
 # ---- calls (address.call(msg)) ------------------------------------------------------------------
 
@@ -178,6 +185,7 @@ class Stats:
     stale_reports: int
     store_commits: int
     store_broken: str | None
+    evicted: int = 0  # finished tasks dropped by retention since the queue started (never goes down)
 
 
 class _Worker:
@@ -218,6 +226,8 @@ class QueueActor:
         ](math.inf)
         self._offset = 0.0
         self._broken: StoreError | None = None
+        self._last_evict = -math.inf  # epoch s of the last retention step
+        self._evict_more = False  # the last step stopped at its bound with more due
         self.unknown_messages = 0
         self.stale_announcements = 0  # WorkerAvailable from a worker holding a claim
         self._calls: dict[type, Callable[[Call[Any], Any, float], None]] = {
@@ -265,14 +275,20 @@ class QueueActor:
 
     async def _serve(self, mailbox: Mailbox[Any]) -> None:
         while True:
-            nxt = self.book.next_deadline()
-            deadline = math.inf if nxt is None else nxt - self._offset
+            deadline = self._wake_at()
             msg: Any = None
             got = False
             try:
                 if deadline == math.inf:  # no timer pending: skip the cancel scope (hot path)
                     msg = await mailbox.receive()
                     got = True
+                elif deadline <= trio.current_time():  # due now: let others run, take what waits
+                    await trio.lowlevel.checkpoint()
+                    try:
+                        msg = mailbox.receive_nowait()
+                        got = True
+                    except trio.WouldBlock:
+                        pass
                 else:
                     with trio.move_on_at(deadline):
                         msg = await mailbox.receive()
@@ -361,11 +377,50 @@ class QueueActor:
                     if task.state in TERMINAL_STATES:  # not retried again within this burst
                         del self._waiters[task.id]
                         self._acks.extend((w, task) for w in waiters)
+        evicted = self._evict(self._now())  # after the waiters took their snapshots
+        if evicted is not None:
+            more_changes, more_events, _ready = self.book.drain()
+            changes.extend(more_changes)
+            events.extend(more_events)
+            events.append(evicted)
         if not changes and not events and not self._acks:
             return
         ticket = self.store.write(changes)
         self._ack_send.send_nowait((ticket, events, self._acks))
         self._acks = []
+
+    def _wake_at(self) -> float:
+        """The trio time of the next timer: a retry backoff, a parking end, or a retention step."""
+        nxt = self.book.next_deadline()
+        evict = self._evict_at()
+        if evict is not None:
+            nxt = evict if nxt is None else min(nxt, evict)
+        return math.inf if nxt is None else nxt - self._offset
+
+    def _evict_at(self) -> float | None:
+        """When the next retention step should run (epoch s), or None."""
+        if self._broken is not None:
+            return None  # read-only: nothing may be deleted either
+        if self._evict_more:
+            return -math.inf
+        due = self.book.eviction_deadline()
+        return None if due is None else max(due, self._last_evict + EVICT_TICK_S)
+
+    def _evict(self, now: float) -> tuple[str, dict[str, Any]] | None:
+        """One bounded retention step if one is due; returns its summary event."""
+        at = self._evict_at()
+        if at is None or at > now:
+            self._evict_more = False
+            return None
+        ids = self.book.evict(now, self.config.queue.evict_batch)
+        self._last_evict = now
+        self._evict_more = self.book.eviction_due(now)
+        if not ids:
+            return None
+        return (
+            "queue.evicted",
+            {"count": len(ids), "kept": self.book.finished_count(), "more": self._evict_more},
+        )
 
     def _timers(self, now: float) -> None:
         self.book.release_due(now)
@@ -562,6 +617,7 @@ class QueueActor:
             stale_reports=self.book.stale_reports,
             store_commits=self.store.commits,
             store_broken=str(self._broken) if self._broken is not None else None,
+            evicted=self.book.evicted,
         )
 
     def _on_wait(self, call: Call[Any], msg: WaitTask, now: float) -> None:

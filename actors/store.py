@@ -10,6 +10,8 @@ before it is durable too.
 The interface speaks in task-state transitions (`Change.kind`: submit, claim, complete, fail,
 requeue, cancel, ...) carrying the task's mutable state after the transition, so another backend (a
 PostgreSQL store shared by several nodes, with row locks on claim) can implement the same calls.
+`evict` (retention dropped a finished task) deletes the task's row and its attempts, in the same
+group commit as the changes around it.
 
 Durability with the default `synchronous=NORMAL` in WAL mode: a committed transaction is in the WAL
 file (written with write(2)) before its ticket completes, so it survives the Shoal process being
@@ -152,6 +154,8 @@ _UPSERT_ATTEMPT = (
     f"INSERT OR REPLACE INTO attempts ({', '.join(_ATTEMPT_COLS)}) "
     f"VALUES ({', '.join('?' * len(_ATTEMPT_COLS))})"
 )
+_DELETE_TASK = "DELETE FROM tasks WHERE id = ?"
+_DELETE_ATTEMPTS = "DELETE FROM attempts WHERE task_id = ?"  # a prefix of the primary key
 
 
 def _mutable_values(c: Change) -> tuple[Any, ...]:
@@ -173,19 +177,33 @@ def _mutable_values(c: Change) -> tuple[Any, ...]:
 def apply_changes(conn: sqlite3.Connection, changes: Iterable[Change]) -> int:
     """Write a batch of transitions (the caller owns the transaction). Coalesces to the last state
     of each task (every change carries the whole mutable state) and the last version of each
-    attempt. Returns the number of rows written."""
+    attempt; an eviction drops what came before it in the batch and deletes the stored rows first,
+    so an id evicted and then submitted anew in one batch ends up as the new task. Returns the
+    number of rows written or deleted."""
     inserts: dict[str, tuple[StaticRow, Change]] = {}
     updates: dict[str, Change] = {}
-    attempts: dict[tuple[str, int], Attempt] = {}
+    attempts: dict[str, dict[int, Attempt]] = {}
+    deletes: dict[str, None] = {}
     for c in changes:
+        tid = c.task_id
+        if c.kind == "evict":
+            inserts.pop(tid, None)
+            updates.pop(tid, None)
+            attempts.pop(tid, None)
+            deletes[tid] = None
+            continue
         if c.static is not None:
-            inserts[c.task_id] = (c.static, c)
-        elif c.task_id in inserts:
-            inserts[c.task_id] = (inserts[c.task_id][0], c)
+            inserts[tid] = (c.static, c)
+        elif tid in inserts:
+            inserts[tid] = (inserts[tid][0], c)
         else:
-            updates[c.task_id] = c
+            updates[tid] = c
         if c.attempt is not None:
-            attempts[(c.task_id, c.attempt.n)] = c.attempt
+            attempts.setdefault(tid, {})[c.attempt.n] = c.attempt
+    if deletes:
+        keys = [(tid,) for tid in deletes]
+        conn.executemany(_DELETE_ATTEMPTS, keys)
+        conn.executemany(_DELETE_TASK, keys)
     if inserts:
         conn.executemany(
             _INSERT_TASK,
@@ -228,10 +246,11 @@ def apply_changes(conn: sqlite3.Connection, changes: Iterable[Change]) -> int:
                     a.signal,
                     a.output_tail,
                 )
-                for (tid, _n), a in attempts.items()
+                for tid, per_task in attempts.items()
+                for a in per_task.values()
             ],
         )
-    return len(inserts) + len(updates) + len(attempts)
+    return len(inserts) + len(updates) + sum(map(len, attempts.values())) + len(deletes)
 
 
 def load_tasks(conn: sqlite3.Connection) -> list[StoredTask]:

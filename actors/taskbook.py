@@ -10,6 +10,12 @@ Selection is indexed so that a pick stays cheap with 100,000 ready tasks: ready 
 ("buckets") keyed by (category, routed model, hard pin, avoided models), ordered by priority then
 submission order. A pick looks only at the top of each bucket the worker may take from, adds the
 affinity bonus for the bucket's category and keeps the best (ties: oldest first).
+
+Retention: finished tasks wait in a heap by finish time and `evict` drops the oldest past
+`queue.keep_finished_s` or beyond `queue.keep_finished`, at most `limit` per call, so the owner can
+spread a large backlog over many loop steps. A finished task is kept while a task that depends on it
+has not succeeded (a retry of that task must still resolve it), so every dependency of a task that
+could still run is in the book and dependency resolution never sees an eviction.
 """
 
 from __future__ import annotations
@@ -20,9 +26,9 @@ import math
 import random
 import re
 import uuid
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -52,6 +58,7 @@ MAX_ID_CHARS = 200
 MAX_PRIORITY = 1_000_000_000
 MAX_ATTEMPTS_LIMIT = 1000
 OUTPUT_TAIL_CHARS = 4000
+ORDER_CHUNK = 512  # ids per chunk of the submission-order index
 _READY = TaskState.READY
 _BLOCKED = TaskState.BLOCKED
 _RUNNING = TaskState.RUNNING
@@ -160,10 +167,13 @@ class _Rec:
         "deps",
         "digest",
         "failed_models",
+        "finished",
+        "held",
         "id",
         "max_attempts",
         "metadata",
         "model",
+        "needed",
         "not_before",
         "priority",
         "prompt",
@@ -216,6 +226,9 @@ class _Rec:
         self.bucket: _Bucket | None = None
         self.route: tuple[str | None, bool, frozenset[str]] = (None, False, frozenset())
         self.static_row: StaticRow | None = None  # kept from submit until the store has it
+        self.finished = 0.0  # when it last entered a terminal state (its retention clock)
+        self.needed = 0  # dependants in the book that have not succeeded: it may not be evicted
+        self.held = False  # taken off the eviction heap while needed; pushed back once it is not
 
     def static(self) -> StaticRow:
         return StaticRow(
@@ -273,6 +286,72 @@ class _Bucket:
         self.worker = worker  # manual-assignment bucket of this worker, else None
         self.heap: list[tuple[int, int, int, str]] = []
         self.live = 0
+
+
+class _Order:
+    """Task ids in submission order, for `tasks.list` paging: sorted chunks of (seq, id), so an
+    eviction removes from the middle in O(chunk) and a cursor seeks in O(log n) (a plain list would
+    cost a memmove of the whole index per eviction). Seqs are appended in increasing order."""
+
+    __slots__ = ("_ids", "_len", "_maxes", "_seqs")
+
+    def __init__(self) -> None:
+        self._seqs: list[list[int]] = []
+        self._ids: list[list[str]] = []
+        self._maxes: list[int] = []  # last seq of each chunk
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def append(self, seq: int, tid: str) -> None:
+        if self._maxes and seq <= self._maxes[-1]:
+            raise ValueError(f"seq {seq} is not after {self._maxes[-1]}")
+        if not self._seqs or len(self._seqs[-1]) >= ORDER_CHUNK:
+            self._seqs.append([])
+            self._ids.append([])
+            self._maxes.append(seq)
+        self._seqs[-1].append(seq)
+        self._ids[-1].append(tid)
+        self._maxes[-1] = seq
+        self._len += 1
+
+    def remove(self, seq: int) -> None:
+        i = bisect_left(self._maxes, seq)
+        chunk = self._seqs[i] if i < len(self._seqs) else []
+        j = bisect_left(chunk, seq)
+        if j >= len(chunk) or chunk[j] != seq:
+            raise KeyError(seq)
+        del chunk[j]
+        del self._ids[i][j]
+        self._len -= 1
+        if not chunk:
+            del self._seqs[i], self._ids[i], self._maxes[i]
+            return
+        self._maxes[i] = chunk[-1]
+        if len(chunk) < ORDER_CHUNK // 8:  # keep chunks from thinning out: merge into a neighbour
+            k = i + 1 if i + 1 < len(self._seqs) else i - 1
+            if k >= 0 and len(self._seqs[k]) + len(chunk) <= ORDER_CHUNK:
+                lo, hi = min(i, k), max(i, k)
+                self._seqs[lo].extend(self._seqs[hi])
+                self._ids[lo].extend(self._ids[hi])
+                self._maxes[lo] = self._maxes[hi]
+                del self._seqs[hi], self._ids[hi], self._maxes[hi]
+
+    def after(self, seq: int | None) -> Iterator[tuple[int, str]]:
+        """(seq, id) in order, starting after `seq` (from the first when None)."""
+        i = 0 if seq is None else bisect_right(self._maxes, seq)
+        for ci in range(i, len(self._seqs)):
+            seqs, ids = self._seqs[ci], self._ids[ci]
+            j = 0 if seq is None or ci > i else bisect_right(seqs, seq)
+            for k in range(j, len(seqs)):
+                yield seqs[k], ids[k]
+
+    def ids(self) -> list[str]:
+        return [tid for chunk in self._ids for tid in chunk]
+
+    def seqs(self) -> list[int]:
+        return [s for chunk in self._seqs for s in chunk]
 
 
 def backoff_delay(cfg: BackoffConfig, n: int, rng: random.Random) -> float:
@@ -351,10 +430,9 @@ class TaskBook:
         self.mcfg = models or ModelsConfig()
         self.rng = rng or random.Random()
         self._recs: dict[str, _Rec] = {}
-        self._order: list[str] = []  # ids in submission order
-        self._order_seqs: list[int] = []
+        self._order = _Order()  # ids in submission order
         self._next_seq = 1
-        self._dependants: dict[str, list[str]] = {}
+        self._dependants: dict[str, dict[str, None]] = {}  # dep id -> dependants (ordered set)
         self._counts: Counter[TaskState] = Counter()
         # ready index
         self._cats: dict[str | None, dict[BucketKey, _Bucket]] = {}
@@ -363,6 +441,7 @@ class TaskBook:
         self._running: dict[str, set[str]] = {}  # worker -> tasks running on it
         self._ready_by_model: Counter[str | None] = Counter()
         self._retry_heap: list[tuple[float, int, str]] = []  # (not_before, seq, id) of FAILED tasks
+        self._finished: list[tuple[float, int, str]] = []  # (finished, seq, id): eviction candidates
         self.parked: dict[str, float] = {}  # model -> rate-limit reset time
         # outputs
         self._changes: list[Change] = []
@@ -370,6 +449,7 @@ class TaskBook:
         self._newly_ready: list[str] = []
         self._unsubmitted: set[str] = set()
         self.stale_reports = 0
+        self.evicted = 0  # finished tasks dropped by retention since this book was created
 
     # ---- output --------------------------------------------------------------------------------
 
@@ -426,7 +506,7 @@ class TaskBook:
         return self._rec(task_id).state
 
     def ids(self) -> list[str]:
-        return list(self._order)
+        return self._order.ids()
 
     def _rec(self, task_id: Any) -> _Rec:
         rec = self._recs.get(task_id) if isinstance(task_id, str) else None
@@ -446,21 +526,23 @@ class TaskBook:
                     "state", f"must be one of {[s.value for s in TaskState]}", state
                 ) from None
         limit = _check_int("limit", limit, 1, 10_000)
-        start = 0
+        after: int | None = None
         if cursor is not None:
             if not isinstance(cursor, str) or not cursor.isdigit():
                 raise ValidationError("cursor", "is not a cursor returned by tasks.list", cursor)
-            start = bisect_right(self._order_seqs, int(cursor))
+            after = int(cursor)  # evicted since? seeking by seq still lands after it
         out: list[Task] = []
-        i = start
-        n = len(self._order)
-        while i < n and len(out) < limit:
-            rec = self._recs[self._order[i]]
+        last = after
+        entries = self._order.after(after)
+        for seq, tid in entries:
+            rec = self._recs[tid]
+            last = seq
             if state is None or rec.state is state:
                 out.append(self._snap(rec))
-            i += 1
-        more = len(out) == limit and i < n
-        return out, (str(self._order_seqs[i - 1]) if more else None)
+                if len(out) == limit:
+                    break
+        more = len(out) == limit and next(entries, None) is not None
+        return out, (str(last) if more else None)
 
     def counts(self) -> dict[TaskState, int]:
         return {s: self._counts.get(s, 0) for s in TaskState}
@@ -505,6 +587,10 @@ class TaskBook:
             rec.not_before = None
             if rec.bucket is None:
                 self._index(rec)
+        elif state in TERMINAL_STATES:  # its retention clock starts (again)
+            rec.finished = now
+            rec.held = False
+            heapq.heappush(self._finished, (now, rec.seq, rec.id))
 
     def _route(self, rec: _Rec) -> tuple[str | None, bool, frozenset[str]]:
         """(effective model, hard pin, models to avoid) following the model rules."""
@@ -752,7 +838,10 @@ class TaskBook:
             unknown = [d for d in deps if d not in self._recs and d not in batch]
             if unknown:
                 raise ValidationError(
-                    "deps", f"task {tid!r}: unknown dependency id(s) {unknown}; submit them first or together"
+                    "deps",
+                    f"task {tid!r}: unknown dependency id(s) {unknown}: never submitted, or finished and"
+                    " evicted by retention (queue.keep_finished_s, queue.keep_finished); submit them"
+                    " first or together",
                 )
         if any(deps for _t, _s, deps, _d in new):
             self._check_cycles({tid: deps for tid, _s, deps, _d in new})
@@ -789,6 +878,7 @@ class TaskBook:
             )
         fresh = [self._recs[tid] for tid, _spec, _deps, _d in new]
         for rec in fresh:  # before any settles: a dependency dying below updates these counts
+            self._link(rec)
             rec.unmet = self._dep_status(rec)[0]
         for rec in fresh:
             if rec.state is _BLOCKED:  # not already moved on by an earlier task's settling
@@ -843,11 +933,31 @@ class TaskBook:
 
     def _add(self, rec: _Rec) -> None:
         self._recs[rec.id] = rec
-        self._order.append(rec.id)
-        self._order_seqs.append(rec.seq)
+        self._order.append(rec.seq, rec.id)
         self._counts[rec.state] += 1
         for d in rec.deps:
-            self._dependants.setdefault(d, []).append(rec.id)
+            self._dependants.setdefault(d, {})[rec.id] = None
+
+    def _link(self, rec: _Rec) -> None:
+        """Count `rec` as needing its dependencies (once all of a batch is added: a task may depend
+        on a later one in the same submit)."""
+        if rec.state is TaskState.DONE:
+            return
+        for d in rec.deps:
+            dep = self._recs.get(d)
+            if dep is not None:
+                dep.needed += 1
+
+    def _unneed(self, rec: _Rec) -> None:
+        """`rec` succeeded or left the book: its dependencies may become evictable."""
+        for d in rec.deps:
+            dep = self._recs.get(d)
+            if dep is None or dep.needed <= 0:
+                continue
+            dep.needed -= 1
+            if dep.needed == 0 and dep.held and dep.state in TERMINAL_STATES:
+                dep.held = False  # it waited for this: back in line, at its own finish time
+                heapq.heappush(self._finished, (dep.finished, dep.seq, dep.id))
 
     # ---- dependencies --------------------------------------------------------------------------
 
@@ -927,6 +1037,8 @@ class TaskBook:
         self._set_state(rec, state, now)
         self._clear_target(rec)
         self._change(kind, rec, attempt)
+        if state is TaskState.DONE:  # done stays done: its dependencies have served it
+            self._unneed(rec)
         data: dict[str, Any] = {
             "task_id": rec.id,
             "reason": reason,
@@ -1354,6 +1466,12 @@ class TaskBook:
             self._add(rec)
             recs.append(rec)
             self._next_seq = max(self._next_seq, rec.seq + 1)
+        for rec in recs:
+            self._link(rec)
+            if rec.state in TERMINAL_STATES:  # its last change was its finish: the retention clock
+                rec.finished = rec.updated
+                self._finished.append((rec.finished, rec.seq, rec.id))
+        heapq.heapify(self._finished)
         recovered: list[str] = []
         for rec in recs:
             att = rec.open_attempt()
@@ -1409,6 +1527,81 @@ class TaskBook:
                 heapq.heappush(self._retry_heap, (nb, rec.seq, rec.id))
         return recovered
 
+    # ---- retention -----------------------------------------------------------------------------
+
+    def finished_count(self) -> int:
+        """Tasks in a terminal state still in the book."""
+        counts = self._counts
+        return sum(counts.get(s, 0) for s in TERMINAL_STATES)
+
+    def _over_count(self) -> bool:
+        keep = self.qcfg.keep_finished
+        return keep > 0 and self.finished_count() > keep
+
+    def eviction_deadline(self) -> float | None:
+        """When an eviction is due next (epoch s): -inf while over `keep_finished`, else the oldest
+        candidate's finish plus `keep_finished_s`; None when none will be. Only peeks (a stale
+        candidate can make it early; `evict` then drops the stale entry)."""
+        if not self._finished:
+            return None
+        if self._over_count():
+            return -math.inf
+        keep_s = self.qcfg.keep_finished_s
+        return self._finished[0][0] + keep_s if keep_s > 0 else None
+
+    def eviction_due(self, now: float) -> bool:
+        at = self.eviction_deadline()
+        return at is not None and at <= now
+
+    def evict(self, now: float, limit: int) -> list[str]:
+        """Drop finished tasks past retention, oldest finish first; returns their ids. Looks at no
+        more than `4·limit` candidates and evicts at most `limit`, so the caller can spread a backlog
+        over loop steps. A task still needed by a dependant is held (kept) until it is not."""
+        out: list[str] = []
+        heap = self._finished
+        recs = self._recs
+        keep_s = self.qcfg.keep_finished_s
+        budget = 4 * limit
+        while heap and len(out) < limit and budget > 0:
+            fin, seq, tid = heap[0]
+            if not self._over_count() and not (keep_s > 0 and fin + keep_s <= now):
+                break  # the same test as eviction_deadline's, so "due" always makes progress
+            heapq.heappop(heap)
+            budget -= 1
+            rec = recs.get(tid)
+            if (
+                rec is None
+                or rec.seq != seq
+                or rec.finished != fin
+                or rec.held
+                or rec.state not in TERMINAL_STATES
+            ):
+                continue  # stale: evicted, held already, retried, or finished again since
+            if rec.needed:
+                rec.held = True  # a dependant could still run: kept until it no longer needs it
+                continue
+            self._evict(rec)
+            out.append(tid)
+        return out
+
+    def _evict(self, rec: _Rec) -> None:
+        """Forget a finished task that nothing needs; the store deletes it with the change."""
+        assert rec.state in TERMINAL_STATES and rec.bucket is None and not rec.needed, rec.id
+        del self._recs[rec.id]
+        self._order.remove(rec.seq)
+        self._counts[rec.state] -= 1
+        for d in rec.deps:
+            dependants = self._dependants.get(d)
+            if dependants is not None:
+                dependants.pop(rec.id, None)
+                if not dependants:
+                    del self._dependants[d]
+        if rec.state is not TaskState.DONE:  # a done task gave its dependencies up when it succeeded
+            self._unneed(rec)
+        self._dependants.pop(rec.id, None)  # only done dependants are left; they never look back
+        self.evicted += 1
+        self._change("evict", rec)
+
     def reconfigure(self, queue: QueueConfig, models: ModelsConfig) -> None:
         """Hot configuration: re-route every ready task under the new model rules."""
         self.qcfg = queue
@@ -1425,6 +1618,7 @@ class TaskBook:
         """Assert the book's invariants (used by the property tests; cheap enough for debugging)."""
         counts: Counter[TaskState] = Counter()
         live: Counter[int] = Counter()
+        candidates = set(self._finished)
         for tid, rec in self._recs.items():
             assert rec.id == tid
             counts[rec.state] += 1
@@ -1459,6 +1653,16 @@ class TaskBook:
                 assert rec.not_before is not None
             if rec.worker is not None and rec.state in (_READY, _BLOCKED):
                 assert tid in self._targets.get(rec.worker, set()), tid
+            if rec.state is not TaskState.DONE:  # whatever may still run resolves its deps here
+                assert all(d in self._recs for d in rec.deps), (tid, rec.deps)
+            deps_of = self._dependants.get(tid, {})
+            needed = sum(1 for did in deps_of if self._recs[did].state is not TaskState.DONE)
+            assert rec.needed == needed, (tid, rec.needed, needed)
+            if rec.state in TERMINAL_STATES:
+                if rec.held:
+                    assert rec.needed > 0, (tid, "held but not needed")
+                else:
+                    assert (rec.finished, rec.seq, tid) in candidates, (tid, "not an eviction candidate")
         for state in TaskState:
             assert counts[state] == self._counts.get(state, 0), (
                 state,
@@ -1470,4 +1674,8 @@ class TaskBook:
             assert b.live == live[id(b)] and b.live > 0, (b.key, b.live, live[id(b)])
         assert sum(b.live for b in buckets) == counts[_READY]
         assert sum(self._ready_by_model.values()) == counts[_READY]
-        assert len(self._order) == len(self._recs) and self._order_seqs == sorted(self._order_seqs)
+        seqs = self._order.seqs()
+        assert len(self._order) == len(self._recs) == len(seqs) and seqs == sorted(seqs)
+        assert self._order.ids() == sorted(self._recs, key=lambda t: self._recs[t].seq)
+        for did_of in self._dependants.values():
+            assert all(did in self._recs for did in did_of), "an evicted task is still a dependant"

@@ -76,6 +76,11 @@ class QueueConfig:
     affinity_bonus: int = attrs.field(default=2, validator=_nonneg)  # added per matching recent category
     history_size: int = attrs.field(default=10, validator=_pos)  # categories remembered per worker
     model_failure_limit: int = attrs.field(default=2, validator=_pos)  # failures before avoiding a model
+    # Retention of finished tasks (done, dead, cancelled, skipped), in memory and in the store; 0: no
+    # limit. A long-lived service would otherwise grow without bound (docs/queue.md, "Retention").
+    keep_finished_s: float = attrs.field(default=604_800.0, validator=_nonneg)  # by finish time (7 days)
+    keep_finished: int = attrs.field(default=100_000, validator=_nonneg)  # the newest this many
+    evict_batch: int = attrs.field(default=2_000, validator=_pos)  # evictions per loop step at most
 
 
 @attrs.frozen
