@@ -91,7 +91,8 @@ class Change:
     """One state transition of one task, for the store. Carries the task's whole mutable state after
     the transition (so a batch can be coalesced to the last change per task) and the attempt it
     opened or closed. `kind` names the transition: submit, claim, complete, fail, requeue, dead,
-    cancel, skip, boost, assign, retry, ready, block, revive, recover, unassign."""
+    cancel, skip, boost, assign, retry, ready, block, revive, recover, unassign, and evict (retention
+    dropped the finished task: the store deletes it; only `task_id` matters)."""
 
     kind: str
     task_id: str
@@ -1600,7 +1601,12 @@ class TaskBook:
             self._unneed(rec)
         self._dependants.pop(rec.id, None)  # only done dependants are left; they never look back
         self.evicted += 1
-        self._change("evict", rec)
+        # the store only needs the id: skip copying the record's dicts (a step makes thousands)
+        self._changes.append(
+            Change(
+                "evict", rec.id, rec.state, rec.priority, None, None, None, None, rec.updated, {}, {}, 0, None
+            )
+        )
 
     def reconfigure(self, queue: QueueConfig, models: ModelsConfig) -> None:
         """Hot configuration: re-route every ready task under the new model rules."""

@@ -1,11 +1,17 @@
 """Property-based tests of the task state machine: random operation sequences (including crashes
-and recovery through the real SQLite schema) never lose a task or break an invariant."""
+and recovery through the real SQLite schema) never lose a task or break an invariant.
+
+Retention runs as one more operation. A shadow book that never evicts gets the same operations: on
+every task the evicting book still holds, the two must agree exactly (an eviction never changes how
+dependencies resolve), and the shadow may hold more only of finished tasks."""
 
 from __future__ import annotations
 
 import random
 import sqlite3
 
+import attrs
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -28,7 +34,10 @@ QCFG = QueueConfig(
     affinity_bonus=2,
     model_failure_limit=2,
     retry_backoff=BackoffConfig(min_s=1, max_s=8, factor=2, jitter=0.5),
+    keep_finished_s=12,
+    keep_finished=3,
 )
+SHADOW_QCFG = attrs.evolve(QCFG, keep_finished_s=0, keep_finished=0)  # keeps every task
 MCFG = ModelsConfig(category_models={"docs": "haiku"}, fallback={"haiku": ("sonnet",)})
 
 
@@ -42,7 +51,10 @@ class TaskBookMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.book = TaskBook(QCFG, MCFG, rng=random.Random(0))
+        self.shadow = TaskBook(SHADOW_QCFG, MCFG, rng=random.Random(0))
         self.db = open_db()
+        self.shadow_db = open_db()
+        self.evicted: set[str] = set()
         self.now = 1000.0
         self.acked: set[str] = set()
         self.results: dict[str, str] = {}
@@ -51,10 +63,11 @@ class TaskBookMachine(RuleBasedStateMachine):
     # ---- helpers -------------------------------------------------------------------------------
 
     def persist(self) -> None:
-        changes, _events, _ready = self.book.drain()
-        self.db.execute("BEGIN")
-        apply_changes(self.db, changes)
-        self.db.execute("COMMIT")
+        for book, db in ((self.book, self.db), (self.shadow, self.shadow_db)):
+            changes, _events, _ready = book.drain()
+            db.execute("BEGIN")
+            apply_changes(db, changes)
+            db.execute("COMMIT")
 
     def tasks(self, state: TaskState | None = None) -> list[Task]:
         out: list[Task] = []
@@ -99,10 +112,17 @@ class TaskBookMachine(RuleBasedStateMachine):
             specs.append(TaskSpec(prompt=old.prompt + "!", id=old.id))
         before = len(self.book)
         try:
+            self.shadow.submit(specs, self.now)
+            shadow_ok = True
+        except (ValidationError, Conflict):
+            shadow_ok = False
+        try:
             tasks = self.book.submit(specs, self.now)
         except (ValidationError, Conflict):
             assert len(self.book) == before  # atomic: nothing half-added
+            assert not shadow_ok
             return
+        assert shadow_ok
         self.acked.update(t.id for t in tasks)
         self.persist()
 
@@ -124,6 +144,8 @@ class TaskBookMachine(RuleBasedStateMachine):
         else:
             best = max(ready, key=lambda t: (self.book.score(w, t.id), -order[t.id]))
         assert tid == best.id, (tid, best.id)
+        assert self.shadow.select(w) == tid
+        self.shadow.claim(tid, w.id, w.model, self.now)
         a = self.book.claim(tid, w.id, w.model, self.now)
         assert a.attempt == len(self.book.get(tid).attempts)
         self.persist()
@@ -134,6 +156,7 @@ class TaskBookMachine(RuleBasedStateMachine):
         if t is None:
             return
         n = t.attempts[-1].n
+        assert self.shadow.finish(t.id, n, outcome, self.now, result=f"r-{t.id}-{n}", reason="x")
         ok = self.book.finish(t.id, n, outcome, self.now, result=f"r-{t.id}-{n}", reason="x")
         assert ok
         if outcome is Outcome.DONE:
@@ -147,6 +170,7 @@ class TaskBookMachine(RuleBasedStateMachine):
             return
         current = self.book.is_current(t.id, n)
         before = self.book.get(t.id)
+        assert self.shadow.finish(t.id, n, Outcome.DONE, self.now, result="stale?") == current
         ok = self.book.finish(t.id, n, Outcome.DONE, self.now, result="stale?")
         assert ok == current
         if not ok:
@@ -160,27 +184,36 @@ class TaskBookMachine(RuleBasedStateMachine):
         t = self.pick(data)
         if t is None:
             return
-        try:
-            if op == "cancel":
-                self.book.cancel(t.id, self.now)
-            elif op == "skip":
-                self.book.cancel(t.id, self.now, skip=True)
-            elif op == "retry":
-                self.book.retry(t.id, self.now)
-            elif op == "boost":
-                self.book.boost(t.id, data.draw(st.integers(0, 9)), self.now)
-            else:
-                self.book.assign(t.id, data.draw(st.sampled_from(WORKERS)).id, self.now)
-        except Conflict:
-            assert self.book.get(t.id).state == t.state  # a refused operation changes nothing
+        priority = data.draw(st.integers(0, 9))
+        worker = data.draw(st.sampled_from(WORKERS)).id
+        refused = []
+        for book in (self.shadow, self.book):
+            try:
+                if op == "cancel":
+                    book.cancel(t.id, self.now)
+                elif op == "skip":
+                    book.cancel(t.id, self.now, skip=True)
+                elif op == "retry":
+                    book.retry(t.id, self.now)
+                elif op == "boost":
+                    book.boost(t.id, priority, self.now)
+                else:
+                    book.assign(t.id, worker, self.now)
+                refused.append(False)
+            except Conflict:
+                assert book.get(t.id).state == t.state  # a refused operation changes nothing
+                refused.append(True)
+        assert refused[0] == refused[1]
         self.persist()
 
     @rule(dt=st.floats(0.1, 20))
     def time_passes(self, dt: float) -> None:
         self.now += dt
         released = self.book.release_due(self.now)
+        assert self.shadow.release_due(self.now) == released
         for tid in released:
             assert self.book.get(tid).state is TaskState.READY
+        self.shadow.unpark_due(self.now)
         self.book.unpark_due(self.now)
         nxt = self.book.next_deadline()
         assert nxt is None or nxt > self.now
@@ -188,11 +221,12 @@ class TaskBookMachine(RuleBasedStateMachine):
 
     @rule(model=st.sampled_from(["haiku", "sonnet", "opus"]), dt=st.floats(1, 30))
     def rate_limited(self, model: str, dt: float) -> None:
+        self.shadow.park(model, self.now + dt)
         self.book.park(model, self.now + dt)
 
     @rule(w=st.sampled_from(WORKERS))
     def worker_dies(self, w: WorkerView) -> None:
-        self.book.worker_gone(w.id, self.now)
+        assert self.shadow.worker_gone(w.id, self.now) == self.book.worker_gone(w.id, self.now)
         assert self.book.running_on(w.id) == [] and self.book.targets_of(w.id) == []
         self.persist()
 
@@ -215,7 +249,35 @@ class TaskBookMachine(RuleBasedStateMachine):
                 assert a == t, tid
             else:  # manual assignments do not survive a restart
                 assert a.state == t.state and a.worker is None
+        assert not self.evicted & set(fresh.ids())  # nothing evicted comes back
         self.book = fresh
+        self.shadow = TaskBook(SHADOW_QCFG, MCFG, rng=random.Random(1))
+        self.shadow.restore(load_tasks(self.shadow_db), self.now)
+        self.persist()
+
+    @rule(limit=st.integers(1, 4), dt=st.sampled_from([0.0, 5.0, 20.0]))
+    def evict(self, limit: int, dt: float) -> None:
+        """One retention step (as the queue runs them), checked against the rules."""
+        self.time_passes(dt)
+        before = {t.id: t for t in self.tasks()}
+        ids = self.book.evict(self.now, limit)
+        assert len(ids) <= limit and len(set(ids)) == len(ids)
+        for tid in ids:
+            assert before[tid].state in TERMINAL_STATES
+            assert tid not in self.book
+        if not self.book.eviction_due(self.now):  # the step finished: the limits hold
+            keep_n, keep_s = QCFG.keep_finished, QCFG.keep_finished_s
+            left = [t for t in self.tasks() if t.state in TERMINAL_STATES]
+            for t in left:
+                needed = any(d.state is not TaskState.DONE and t.id in d.deps for d in self.tasks())
+                assert needed or (len(left) <= keep_n and t.updated + keep_s > self.now), t.id
+        self.evicted.update(ids)
+        self.acked.difference_update(ids)
+        for tid in ids:
+            self.results.pop(tid, None)
+        if ids:
+            with pytest.raises(ValidationError, match=f"'{ids[0]}'.*evicted"):
+                self.book.submit([TaskSpec("late", id="late-dependant", deps=(ids[0],))], self.now)
         self.persist()
 
     # ---- invariants ----------------------------------------------------------------------------
@@ -223,6 +285,17 @@ class TaskBookMachine(RuleBasedStateMachine):
     @invariant()
     def consistent(self) -> None:
         self.book.check()
+        self.shadow.check()
+
+    @invariant()
+    def eviction_changes_nothing_else(self) -> None:
+        mine = {t.id: t for t in self.tasks()}
+        for t in self.shadow.list_tasks(None, 10_000)[0]:
+            if t.id in mine:
+                assert mine[t.id] == t, t.id
+            else:
+                assert t.id in self.evicted and t.state in TERMINAL_STATES, t.id
+        assert set(mine) | self.evicted >= set(self.shadow.ids())
 
     @invariant()
     def nothing_lost(self) -> None:
@@ -248,6 +321,7 @@ class TaskBookMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         self.db.close()
+        self.shadow_db.close()
 
 
 TaskBookMachine.TestCase.settings = settings(
