@@ -1,12 +1,13 @@
 """GatewayActor: JSON-RPC 2.0 over websocket (trio-websocket) for the CLI, the dashboard and scripts.
 
 Each connection is a trio task with helpers: a reader that parses frames (protocols/rpc.py) and runs
-requests, a writer that sends their replies from a bounded queue, and one pump per event subscription
-or attached worker that writes its notifications to the socket itself (after a flush barrier, so a
-subscribe or attach reply always comes first; what arrived together goes out in one write). Nothing
-here can slow the swarm: the event bus never waits for a subscriber (it drops and counts, reported to
-the client as `events.overflow`), and a client that stops reading is closed once one write has
-waited `send_timeout_s`. Every limit answers with a JSON-RPC error or a clean close with a reason.
+requests, and a writer that sends what the connection's outbox holds (replies, and the event
+notifications the gateway's one fan-out task puts there, actors/fanout.py) in one socket write; an
+attached worker's output has a pump of its own (after a flush barrier, so the attach reply comes
+first). Nothing here can slow the swarm: the fan-out never waits for a client (beyond a client's
+buffer events are dropped, counted and reported as `events.overflow`), and a client that stops
+reading is closed once one write has waited `send_timeout_s`. Every limit answers with a JSON-RPC
+error or a clean close with a reason.
 Settings are read when the gateway starts; changing `gateway.*` live takes effect at the next start.
 
 Authentication happens before anything is served: `Authorization: Bearer <token>` in the handshake,
@@ -34,7 +35,7 @@ from wsproto.connection import ConnectionState
 from ..protocols import api, rpc
 from ..protocols.config import GatewayConfig, config_to_dict, unstructure
 from ..protocols.errors import Conflict, ShoalError
-from ..runtime.eventbus import Event, Subscription
+from ..runtime.eventbus import Event
 from .auth import (
     bearer_token,
     check_bind,
@@ -45,6 +46,7 @@ from .auth import (
     token_matches,
     write_endpoint,
 )
+from .fanout import ClientSub, Fanout, Frame, Outbox
 
 if TYPE_CHECKING:
     from .swarm import SwarmHandle
@@ -57,7 +59,6 @@ except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running fr
     SHOAL_VERSION = "0+unknown"
 
 MAX_INFLIGHT = 32  # concurrent requests per authenticated connection (the reader waits beyond it)
-EVENT_CACHE = 4096  # serialized events kept so fan-out to many clients encodes each event once
 WRITE_BATCH = 256  # frames written to a socket at once at most
 
 
@@ -123,8 +124,7 @@ class GatewayActor:
         self.ping_interval_s = 30.0
         self.handshake_timeout_s = 10.0
         self._conn_ids = itertools.count(1)
-        self._event_json: dict[int, str] = {}
-        self._event_frames: dict[tuple[int, int], _Frame] = {}
+        self.fanout = Fanout(swarm.bus, config.coalesce_ms / 1000)
         self.closed: list[tuple[int, int | None, str | None]] = []  # (connection, code, reason), recent
         self._closed_changed = trio.Event()
 
@@ -151,6 +151,7 @@ class GatewayActor:
             log.warning(warning)
         ctx = await trio.to_thread.run_sync(ssl_context, cfg.tls_cert, cfg.tls_key)
         async with trio.open_nursery() as nursery:
+            await nursery.start(self.fanout.run)
             server: trio_websocket.WebSocketServer = await nursery.start(
                 partial(
                     trio_websocket.serve_websocket,
@@ -228,50 +229,6 @@ class GatewayActor:
         finally:
             self.connections -= 1
 
-    def event_frame(self, event: Event, subscription: int) -> _Frame:
-        """The notification for `event`, encoded (JSON and websocket frame) once for all subscribers.
-
-        Most connections' first subscription has id 1, so one frame usually serves every client.
-        """
-        key = (event.seq, subscription)
-        frame = self._event_frames.get(key)
-        if frame is None:
-            body = self._event_json.get(event.seq)
-            if body is None:
-                body = rpc.dumps({"seq": event.seq, "ts": event.ts, "topic": event.topic, "data": event.data})
-                _remember(self._event_json, event.seq, body)
-            text = f'{{"jsonrpc":"2.0","method":"event","params":{{"subscription":{subscription},{body[1:]}}}'
-            frame = _Frame(text, _text_frame(text))
-            _remember(self._event_frames, key, frame)
-        return frame
-
-
-def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
-    if len(cache) >= EVENT_CACHE:
-        del cache[next(iter(cache))]  # the oldest: dicts keep insertion order
-    cache[key] = value
-
-
-@attrs.frozen
-class _Frame:
-    """A notification shared by every connection it goes to: its text and its websocket frame."""
-
-    text: str
-    wire: bytes
-
-
-def _text_frame(text: str) -> bytes:
-    """A complete, unmasked websocket text frame (RFC 6455 5.2), as a server sends it."""
-    payload = text.encode("utf-8")
-    n = len(payload)
-    if n < 126:
-        header = bytes((0x81, n))
-    elif n < 1 << 16:
-        header = bytes((0x81, 126)) + n.to_bytes(2, "big")
-    else:
-        header = bytes((0x81, 127)) + n.to_bytes(8, "big")
-    return header + payload
-
 
 class _Connection:
     """One websocket client: reader, writer, keep-alive, and the pumps it has started."""
@@ -285,13 +242,11 @@ class _Connection:
         self.ws = ws
         self.ident = ident
         self.authed = authed
-        self._out_send, self._out_recv = trio.open_memory_channel[str | _Closing | trio.Event](
-            self.cfg.client_buffer
-        )
+        self.outbox = Outbox(self.cfg.client_buffer)
         self._bucket = _Bucket(self.cfg.max_requests_per_s)
         self._inflight = trio.Semaphore(MAX_INFLIGHT)
         self._sub_ids = itertools.count(1)
-        self._subs: dict[int, tuple[Subscription, trio.CancelScope]] = {}
+        self._subs: dict[int, ClientSub] = {}
         self._attached: dict[str, tuple[trio.MemoryReceiveChannel[bytes], trio.CancelScope]] = {}
         self._close: _Closing | None = None
         self._nursery: trio.Nursery | None = None
@@ -348,9 +303,10 @@ class _Connection:
                 await self._reader()
                 nursery.cancel_scope.cancel()
         finally:
-            for sub, _scope in self._subs.values():
-                sub.close()
+            for sub in self._subs.values():
+                self.gw.fanout.remove(sub)
             self._subs.clear()
+            self.outbox.close()
             for worker, (channel, _scope) in list(self._attached.items()):
                 self._release(worker, channel)
             self._attached.clear()
@@ -393,37 +349,35 @@ class _Connection:
 
     async def _close_after(self, closing: _Closing) -> None:
         """Close once every frame queued so far is sent."""
-        try:
-            self._out_send.send_nowait(closing)
-        except trio.WouldBlock:
-            self.close(closing.code, closing.reason)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        self.outbox.put(closing)
 
     async def _writer(self) -> None:
-        """Send the replies queued by requests; what queued up meanwhile goes out in one write."""
-        async for first in self._out_recv:
-            frames: list[str] = []
-            item: str | _Closing | trio.Event = first
-            while True:
-                if not isinstance(item, str):
-                    break
-                frames.append(item)
-                if len(frames) >= WRITE_BATCH:
-                    break
-                try:
-                    item = self._out_recv.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                    break
+        """Send what the outbox holds (replies and notifications, in order) in one write at a time."""
+        while True:
+            try:
+                items = await self.outbox.take(WRITE_BATCH)
+            except trio.ClosedResourceError:
+                return
+            frames: list[str | Frame] = []
+            for item in items:
+                if isinstance(item, str | Frame):
+                    frames.append(item)
+                    continue
+                if frames and not await self._write(frames):
+                    return
+                frames = []
+                if isinstance(item, trio.Event):  # a flush marker: everything before it is written
+                    item.set()
+                elif isinstance(item, _Closing):
+                    self.close(item.code, item.reason)
+                    return
             if frames and not await self._write(frames):
                 return
-            if isinstance(item, trio.Event):  # a flush marker: everything before it is written
-                item.set()
-            elif isinstance(item, _Closing):
-                self.close(item.code, item.reason)
-                return
+            for sub in self._subs.values():
+                if sub.dropped:  # tell a subscription that lost events even if no more come
+                    sub.report_overflow()
 
-    async def _write(self, frames: Sequence[str | _Frame]) -> bool:
+    async def _write(self, frames: Sequence[str | Frame]) -> bool:
         """Write frames now (replies, and the pumps' notifications); False once the connection ends.
 
         A client that does not take a write within `send_timeout_s` is not reading: it is closed.
@@ -442,19 +396,12 @@ class _Connection:
     async def _flushed(self) -> None:
         """Wait until every reply queued so far is written (so notifications cannot overtake it)."""
         marker = trio.Event()
-        try:
-            await self._out_send.send(marker)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            return
+        self.outbox.put(marker)
         await marker.wait()
 
     async def _enqueue(self, message: dict[str, Any] | list[dict[str, Any]] | str) -> None:
-        """Queue a frame for the writer, waiting for room (only this connection waits)."""
-        frame = message if isinstance(message, str) else rpc.dumps(message)
-        try:
-            await self._out_send.send(frame)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        """Queue a reply for the writer, waiting for room (only this connection waits)."""
+        await self.outbox.put_reply(message if isinstance(message, str) else rpc.dumps(message))
 
     # ---- requests ----------------------------------------------------------------------------
 
@@ -731,92 +678,49 @@ class _Connection:
             )
         bus = self.swarm.bus
         topics = tuple(p.topics)
-        # subscribe and read the replay buffer with no await in between: nothing falls in a crack
-        sub = bus.subscribe(topics, size=self.cfg.client_buffer)
+        # register and read the replay buffer with no await in between: nothing falls in a crack
         last = bus.last_seq
+        sid = next(self._sub_ids)
+        sub = ClientSub(self.outbox, sid, topics, p.batch, last)
+        self.gw.fanout.add(sub)
+        self._subs[sid] = sub
         replay: list[Event] = []
-        gap: dict[str, Any] | None = None
+        preamble: list[str | Frame] = []
         if p.since is not None:
             replay, complete = bus.replay(p.since, topics)
+            gap: dict[str, Any] | None = None
             if p.since > last:
                 gap = {"since": p.since, "first_seq": None, "last_seq": last, "reason": "reset"}
             elif not complete:
                 first = replay[0].seq if replay else None
                 gap = {"since": p.since, "first_seq": first, "last_seq": last, "reason": "evicted"}
-        sid = next(self._sub_ids)
-        scope = trio.CancelScope()
-        self._subs[sid] = (sub, scope)
-        result = {"subscription": sid, "seq": last, "replayed": len(replay), "gap": gap is not None}
-
-        async def start_pump() -> None:
-            assert self._nursery is not None
-            self._nursery.start_soon(self._event_pump, sid, sub, scope, last, gap, replay)
-
-        return _Then(result, start_pump)
-
-    async def _event_pump(
-        self,
-        sid: int,
-        sub: Subscription,
-        scope: trio.CancelScope,
-        after: int,
-        gap: dict[str, Any] | None,
-        replay: list[Event],
-    ) -> None:
-        """Write this subscription's events straight to the socket, after its subscribe reply.
-
-        Events that arrived together go out in one write. Only this task waits for a slow client;
-        meanwhile the bus drops for this subscription, reported as `events.overflow` in seq order.
-        """
-        with scope:
-            await self._flushed()
-            frames: list[str | _Frame] = []
             if gap is not None:
-                frames.append(rpc.dumps(rpc.notification("events.gap", {"subscription": sid, **gap})))
-            frames += [self.gw.event_frame(event, sid) for event in replay]
-            if frames and not await self._write(frames):
-                return
-            while True:
-                try:
-                    events = [await sub.receive()]
-                except (trio.EndOfChannel, trio.ClosedResourceError):
-                    return
-                while len(events) < WRITE_BATCH:
-                    try:
-                        events.append(sub.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                        break
-                dropped, first_dropped = sub.take_dropped()
-                frames = []
-                for event in events:
-                    if dropped and first_dropped is not None and event.seq > first_dropped:
-                        frames.append(self._overflow_frame(sid, dropped, first_dropped))
-                        dropped = 0
-                    if event.seq > after:
-                        frames.append(self.gw.event_frame(event, sid))
-                if dropped:
-                    frames.append(self._overflow_frame(sid, dropped, first_dropped))
-                if frames and not await self._write(frames):
-                    return
+                preamble.append(rpc.dumps(rpc.notification("events.gap", {"subscription": sid, **gap})))
+        result = {
+            "subscription": sid,
+            "seq": last,
+            "replayed": len(replay),
+            "gap": bool(preamble),
+            "batch": p.batch,
+        }
 
-    @staticmethod
-    def _overflow_frame(sid: int, dropped: int, first: int | None) -> str:
-        params = {"subscription": sid, "dropped": dropped, "first_dropped_seq": first}
-        return rpc.dumps(rpc.notification("events.overflow", params))
+        async def go_live() -> None:
+            self.gw.fanout.go_live(sub, preamble, replay)
+
+        return _Then(result, go_live)
 
     async def _unsubscribe(self, p: api.UnsubscribeParams) -> Any:
         ids = list(self._subs) if p.subscription is None else [p.subscription]
         removed = []
         for sid in ids:
-            entry = self._subs.pop(sid, None)
-            if entry is not None:
-                entry[0].close()
-                entry[1].cancel()
+            sub = self._subs.pop(sid, None)
+            if sub is not None:
+                self.gw.fanout.remove(sub)
                 removed.append(sid)
         return {"ok": True, "unsubscribed": removed}
 
 
-async def _send_frames(ws: trio_websocket.WebSocketConnection, frames: Sequence[str | _Frame]) -> None:
+async def _send_frames(ws: trio_websocket.WebSocketConnection, frames: Sequence[str | Frame]) -> None:
     """Send text frames with one socket write.
 
     trio-websocket writes each message with its own `send_all`; under fan-out that per-frame cost

@@ -183,6 +183,7 @@ class SubscribeParams:
         metadata=_range(nonempty=True, max_len=MAX_TOPICS, each=_range(nonempty=True, max_len=200))
     )
     since: int | None = attrs.field(default=None, metadata=_range(lo=0))
+    batch: bool = False  # True: `events.batch` notifications, many events to a frame
 
 
 @attrs.frozen

@@ -478,6 +478,64 @@ async def test_event_notification_shape_and_unsubscribe(tmp_path: Path) -> None:
         assert reply["id"] == 3 and notes == []  # nothing after the unsubscribe reply
 
 
+async def test_batch_subscription_gets_events_many_to_a_frame(tmp_path: Path) -> None:
+    """`batch: true`: `events.batch` frames in seq order; a plain subscription beside it still gets
+    one `event` frame each; a burst published at once goes out in far fewer frames than events."""
+    async with serving(tmp_path) as live, raw(live.url, live.token) as ws:
+        batch = await exchange(ws, req("events.subscribe", {"topics": ["burst.*"], "batch": True}))
+        assert batch["result"]["batch"] is True
+        plain = await exchange(ws, req("events.subscribe", {"topics": ["burst.even"]}, 2))
+        bsid, psid = batch["result"]["subscription"], plain["result"]["subscription"]
+        published = [
+            live.swarm.bus.publish("burst.even" if n % 2 == 0 else "burst.odd", {"n": n}) for n in range(100)
+        ]
+        live.swarm.bus.publish("other.topic", {})
+        batched: list[dict[str, Any]] = []
+        singles: list[dict[str, Any]] = []
+        frames = 0
+        with trio.fail_after(10):
+            while len(batched) < 100 or len(singles) < 50:
+                note = json.loads(await ws.get_message())
+                if note["method"] == "events.batch":
+                    frames += 1
+                    assert note["params"]["subscription"] == bsid
+                    batched += note["params"]["events"]
+                else:
+                    assert note["method"] == "event" and note["params"]["subscription"] == psid
+                    singles.append(note["params"])
+        assert [e["seq"] for e in batched] == [e.seq for e in published]
+        assert {e["topic"] for e in batched} == {"burst.even", "burst.odd"}
+        assert batched[7] == {
+            "seq": published[7].seq,
+            "ts": published[7].ts,
+            "topic": "burst.odd",
+            "data": {"n": 7},
+        }
+        assert frames < 10  # published with no await in between: one delivery, one frame
+        assert [e["seq"] for e in singles] == [e.seq for e in published[::2]]
+
+
+async def test_unsubscribe_drops_what_is_still_queued(tmp_path: Path) -> None:
+    """Events queued for a subscription but not yet written are not sent after it is cancelled."""
+    async with serving(tmp_path, gateway={"coalesce_ms": 60_000}) as live, raw(live.url, live.token) as ws:
+        sub = await exchange(ws, req("events.subscribe", {"topics": ["q.*"], "batch": True}))
+        sid = sub["result"]["subscription"]
+        live.swarm.bus.publish("q.first", {})  # the first delivery goes at once ...
+        note = json.loads(await ws.get_message())
+        assert [e["topic"] for e in note["params"]["events"]] == ["q.first"]
+        live.swarm.bus.publish("q.held", {})  # ... the next waits out coalesce_ms (a minute here)
+        bye = await exchange(ws, req("events.unsubscribe", {"subscription": sid}, 2))
+        assert bye["result"]["unsubscribed"] == [sid]
+        assert live.gateway.fanout.subscription_count == 0
+        reply, notes = await next_reply(await _send(ws, req("shoal.version", None, 3)))
+        assert reply["id"] == 3 and notes == []
+
+
+async def _send(ws: trio_websocket.WebSocketConnection, message: Any) -> trio_websocket.WebSocketConnection:
+    await ws.send_message(json.dumps(message))
+    return ws
+
+
 async def test_slow_subscriber_gets_an_overflow_notice(tmp_path: Path) -> None:
     async with serving(tmp_path, gateway={"client_buffer": 4}) as live, connect(live.url, live.token) as c:
         async with c.events(["burst.*"]) as stream:
@@ -574,8 +632,10 @@ async def test_connection_drop_leaves_no_subscription_behind(tmp_path: Path) -> 
         async with connect(live.url, live.token) as c:
             await c.events(["*"]).start()
             await c.events(["task.*"]).start()
-            assert live.swarm.bus.subscriber_count == before + 2
+            assert live.gateway.fanout.subscription_count == 2
+            assert live.swarm.bus.subscriber_count == before  # one bus subscription serves them all
         await live.gateway.wait_closed(1)
+        assert live.gateway.fanout.subscription_count == 0
         assert live.swarm.bus.subscriber_count == before
         assert live.gateway.connections == 0
 
@@ -631,7 +691,7 @@ def test_shared_event_frames_are_what_wsproto_would_send() -> None:
     """Event notifications are framed once for every client: the bytes must match wsproto's own."""
     from wsproto.frame_protocol import FrameProtocol
 
-    from shoal.actors.gateway import _text_frame
+    from shoal.actors.fanout import text_frame
 
     for text in ("", "x" * 125, "é" * 63, "y" * 126, "z" * 65535, "w" * 65536, '{"a":"ü€😀"}' * 9000):
-        assert _text_frame(text) == FrameProtocol(client=False, extensions=[]).send_data(text, fin=True)
+        assert text_frame(text) == FrameProtocol(client=False, extensions=[]).send_data(text, fin=True)

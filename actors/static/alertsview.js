@@ -26,7 +26,7 @@ export class AlertsView {
 
   async onReady() {
     try {
-      const params = { topics: ["alert.*"] };
+      const params = { topics: ["alert.*"], batch: true };
       params.since = this.maxSeq || 0;
       await this.app.rpc.call("events.subscribe", params);
     } catch (err) {

@@ -157,7 +157,7 @@ class App {
 
   async onReady() {
     try {
-      const params = { topics: TOPICS };
+      const params = { topics: TOPICS, batch: true };
       if (this.lastSeq > 0) params.since = this.lastSeq;
       await this.rpc.call("events.subscribe", params);
     } catch (err) {

@@ -115,13 +115,21 @@ export class Rpc {
         clearTimeout(waiter.timer);
         if (item.error) waiter.reject(new RpcError(item.error.code, item.error.message, item.error.data));
         else waiter.resolve(item.result);
+      } else if (item && item.method === "events.batch") {
+        // a batch subscription's events, many to a frame: handed on one at a time, as `event`
+        const { subscription, events } = item.params || {};
+        for (const ev of events || []) this.notify("event", { subscription, ...ev });
       } else if (item && typeof item.method === "string") {
-        try {
-          this.onNotify(item.method, item.params);
-        } catch (err) {
-          console.error("notification handler failed", err);
-        }
+        this.notify(item.method, item.params);
       }
+    }
+  }
+
+  notify(method, params) {
+    try {
+      this.onNotify(method, params);
+    } catch (err) {
+      console.error("notification handler failed", err);
     }
   }
 
