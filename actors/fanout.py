@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -121,9 +121,14 @@ class Frames:
         return [(self.event(event, sid), 1) for event in events]
 
 
-OutItem = str | Frame | trio.Event | Exception
-"""What a connection's writer sends or acts on: a reply or notification (text), a shared frame, a
-flush marker (set once everything before it is written), or a close (an exception carrying why)."""
+OutItem = str | Frame | bytes | trio.Event | Exception
+"""What a connection's writer sends or acts on: a reply or notification (text), a shared frame,
+bytes already on their way (the rest of a direct write), a flush marker (set once everything before
+it is written), or a close (an exception carrying why)."""
+
+WriteNow = Callable[[Sequence[str | Frame | bytes]], bytes | None]
+"""A connection's direct write: sends the frames at once without waiting and returns the bytes the
+socket did not take (b"" when it took all), or None when it cannot write now (nothing was sent)."""
 
 _REPLY = -1  # the `sid` of a queued reply: counted against the reply limit, never dropped
 
@@ -143,16 +148,41 @@ class Outbox:
         self._reader: trio.Event | None = None
         self._room = trio.Event()
         self.closed = False
+        self.write_now: WriteNow | None = None  # set by the connection when its socket allows it
+        self.subs: dict[int, ClientSub] = {}  # the live subscriptions writing here (by the fan-out)
 
     def room(self) -> int:
         return max(0, self.limit - self.queued_events)
 
-    def put(self, item: OutItem, sid: int = 0, events: int = 0) -> None:
-        """Queue a notification, marker or close now; `events` of them count against the limit."""
+    def put(self, item: OutItem, sid: int = 0, events: int = 0, wake: bool = True) -> None:
+        """Queue a notification, marker or close now; `events` of them count against the limit.
+
+        `wake=False` leaves the writer parked: the caller calls `kick` once it has queued a round.
+        """
         if self.closed:
             return
         self._items.append((sid, item, events))
         self.queued_events += events
+        if wake:
+            self._wake()
+
+    def kick(self) -> None:
+        """Send what was queued: straight to the socket when the writer is idle and the socket takes
+        it now (no task switch, no per-write cost of the writer: the fan-out's hot path), else by
+        waking the writer."""
+        items = self._items
+        if not items or self._reader is None:
+            return  # nothing to send, or the writer is awake and will take it
+        if self.write_now is not None and all(isinstance(e[1], str | Frame | bytes) for e in items):
+            rest = self.write_now([e[1] for e in items])  # type: ignore[misc]  # checked just above
+            if rest is not None:
+                self._drain(len(items))
+                if not rest:
+                    return
+                items.appendleft((0, rest, 0))
+        self._wake()
+
+    def _wake(self) -> None:
         if self._reader is not None:
             self._reader.set()
             self._reader = None
@@ -171,6 +201,9 @@ class Outbox:
                 raise trio.ClosedResourceError("outbox closed")
             self._reader = trio.Event()
             await self._reader.wait()
+        return self._drain(most)
+
+    def _drain(self, most: int) -> list[OutItem]:
         out: list[OutItem] = []
         items = self._items
         while items and len(out) < most:
@@ -181,6 +214,10 @@ class Outbox:
             out.append(item)
         self._room.set()
         self._room = trio.Event()
+        if not items:  # room for all again: tell subscriptions what they lost meanwhile (in order:
+            for sub in self.subs.values():  # everything they had queued came before the drops)
+                if sub.dropped and sub.held is None:
+                    sub.report_overflow()
         return out
 
     def discard(self, sid: int) -> None:
@@ -192,9 +229,7 @@ class Outbox:
     def close(self) -> None:
         self.closed = True
         self._room.set()
-        if self._reader is not None:
-            self._reader.set()
-            self._reader = None
+        self._wake()
 
 
 class ClientSub:
@@ -263,9 +298,11 @@ class Fanout:
     def add(self, sub: ClientSub) -> None:
         """Start collecting for `sub` (held until `go_live`, so its subscribe reply comes first)."""
         self._subs[sub] = None
+        sub.outbox.subs[sub.sid] = sub
 
     def remove(self, sub: ClientSub) -> None:
         self._subs.pop(sub, None)
+        sub.outbox.subs.pop(sub.sid, None)
         sub.outbox.discard(sub.sid)
 
     def go_live(
@@ -275,12 +312,13 @@ class Fanout:
         if sub not in self._subs:
             return
         for item in preamble:
-            sub.outbox.put(item, sub.sid)
+            sub.outbox.put(item, sub.sid, wake=False)
         for frame, _count in self.frames.for_subscription(replay, sub.sid, sub.batch):
-            sub.outbox.put(frame, sub.sid)  # the replay is asked for: it never counts as overflow
+            sub.outbox.put(frame, sub.sid, wake=False)  # asked for: never counted as overflow
         held, sub.held = sub.held or [], None
         if held:
             self._push(sub, held, None)
+        sub.outbox.kick()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with self.bus.subscribe(("*",), size=self.feed_buffer) as feed:
@@ -312,6 +350,7 @@ class Fanout:
         first_seq = chunk[0].seq
         matched: dict[tuple[str, ...], list[Event]] = {}
         shared: dict[tuple[int, tuple[str, ...], bool], list[tuple[Frame, int]]] = {}
+        touched: dict[Outbox, None] = {}
         for sub in self._subs:
             if lost:
                 sub.lose(lost, first_lost)  # an upper bound: the lost events' topics are unknown
@@ -330,6 +369,9 @@ class Fanout:
             if events:
                 key = (sub.sid, sub.patterns, sub.batch)
                 self._push(sub, events, shared if sub.after < first_seq else None, key)
+                touched[sub.outbox] = None
+        for outbox in touched:
+            outbox.kick()
 
     def _push(
         self,
@@ -353,4 +395,4 @@ class Fanout:
         else:
             frames = self.frames.for_subscription(events, sub.sid, sub.batch)
         for frame, count in frames:
-            sub.outbox.put(frame, sub.sid, count)
+            sub.outbox.put(frame, sub.sid, count, wake=False)

@@ -22,6 +22,7 @@ import base64
 import importlib.metadata
 import itertools
 import logging
+import os
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -46,7 +47,7 @@ from .auth import (
     token_matches,
     write_endpoint,
 )
-from .fanout import ClientSub, Fanout, Frame, Outbox
+from .fanout import ClientSub, Fanout, Frame, Outbox, WriteNow
 
 if TYPE_CHECKING:
     from .swarm import SwarmHandle
@@ -243,6 +244,7 @@ class _Connection:
         self.ident = ident
         self.authed = authed
         self.outbox = Outbox(self.cfg.client_buffer)
+        self.outbox.write_now = _direct_writer(ws)
         self._bucket = _Bucket(self.cfg.max_requests_per_s)
         self._inflight = trio.Semaphore(MAX_INFLIGHT)
         self._sub_ids = itertools.count(1)
@@ -358,9 +360,9 @@ class _Connection:
                 items = await self.outbox.take(WRITE_BATCH)
             except trio.ClosedResourceError:
                 return
-            frames: list[str | Frame] = []
+            frames: list[str | Frame | bytes] = []
             for item in items:
-                if isinstance(item, str | Frame):
+                if isinstance(item, str | Frame | bytes):
                     frames.append(item)
                     continue
                 if frames and not await self._write(frames):
@@ -373,11 +375,8 @@ class _Connection:
                     return
             if frames and not await self._write(frames):
                 return
-            for sub in self._subs.values():
-                if sub.dropped:  # tell a subscription that lost events even if no more come
-                    sub.report_overflow()
 
-    async def _write(self, frames: Sequence[str | Frame]) -> bool:
+    async def _write(self, frames: Sequence[str | Frame | bytes]) -> bool:
         """Write frames now (replies, and the pumps' notifications); False once the connection ends.
 
         A client that does not take a write within `send_timeout_s` is not reading: it is closed.
@@ -720,7 +719,49 @@ class _Connection:
         return {"ok": True, "unsubscribed": removed}
 
 
-async def _send_frames(ws: trio_websocket.WebSocketConnection, frames: Sequence[str | Frame]) -> None:
+def _wire(proto: wsproto.WSConnection, frames: Sequence[str | Frame | bytes]) -> bytes:
+    """The bytes for `frames`: replies framed by the connection's own wsproto state machine, shared
+    frames as built, bytes (the rest of a direct write) as they are."""
+    return b"".join(
+        proto.send(wsproto.events.TextMessage(data=frame))
+        if isinstance(frame, str)
+        else frame.wire
+        if isinstance(frame, Frame)
+        else frame
+        for frame in frames
+    )
+
+
+def _direct_writer(ws: trio_websocket.WebSocketConnection) -> WriteNow | None:
+    """A `WriteNow` for a plain TCP connection (None for TLS or another trio-websocket version).
+
+    It writes only while nothing else is writing to the socket (the stream lock is free) and never
+    waits: a non-blocking `write(2)` takes what the kernel buffer has room for and the connection's
+    writer sends the rest, in order.
+    """
+    proto = getattr(ws, "_wsproto", None)
+    lock = getattr(ws, "_stream_lock", None)
+    stream = getattr(ws, "_stream", None)
+    if proto is None or lock is None or not isinstance(stream, trio.SocketStream):
+        return None
+    fd = stream.socket.fileno()
+
+    def write_now(frames: Sequence[str | Frame | bytes]) -> bytes | None:
+        if lock.locked() or ws.closed is not None or proto.state is not ConnectionState.OPEN:
+            return None
+        data = _wire(proto, frames)
+        try:
+            sent = os.write(fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:  # reset or closed: the writer finds out and closes the connection
+            sent = 0
+        return data[sent:]
+
+    return write_now
+
+
+async def _send_frames(ws: trio_websocket.WebSocketConnection, frames: Sequence[str | Frame | bytes]) -> None:
     """Send text frames with one socket write.
 
     trio-websocket writes each message with its own `send_all`; under fan-out that per-frame cost
@@ -735,14 +776,13 @@ async def _send_frames(ws: trio_websocket.WebSocketConnection, frames: Sequence[
     stream = getattr(ws, "_stream", None)
     if proto is None or lock is None or stream is None:
         for frame in frames:
+            if isinstance(frame, bytes):  # pragma: no cover - direct writes need those internals too
+                raise RuntimeError("raw bytes without trio-websocket's internals")
             await ws.send_message(frame if isinstance(frame, str) else frame.text)
         return
     if ws.closed is not None or proto.state is not ConnectionState.OPEN:
         raise trio_websocket.ConnectionClosed(ws.closed)
-    data = b"".join(
-        proto.send(wsproto.events.TextMessage(data=frame)) if isinstance(frame, str) else frame.wire
-        for frame in frames
-    )
+    data = _wire(proto, frames)
     async with lock:
         try:
             await stream.send_all(data)

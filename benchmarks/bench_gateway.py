@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -55,6 +56,9 @@ AGENT = textwrap.dedent(
             buf, first = b"", None
     """
 )
+
+
+TS = re.compile(r'\{"seq":\d+,"ts":([0-9.e+-]+)')  # an event's publish time in a notification's JSON
 
 
 def pct(values: list[float], p: float) -> float:
@@ -160,27 +164,33 @@ async def _wait_idle(swarm: SwarmHandle, n: int) -> None:
 # ---- fanout ------------------------------------------------------------------------------------------
 
 
-async def fanout_client(url: str, token: str, clients: int) -> None:
-    """(In a child process) `clients` connections subscribed to task.*; print delays as JSON.
+async def fanout_client(url: str, token: str, clients: int, topics: list[str]) -> None:
+    """(In a child process) `clients` connections subscribed with `batch`; print delays as JSON.
 
-    Kept as light as a client can be (a raw websocket, the seq/ts read without parsing the whole
-    message), so what is measured is the gateway, not this process. Delays are recorded between the
-    `bench.paced` and `bench.flat` marks; `bench.stop` ends.
+    Kept light (a raw trio-websocket connection; the publish times read with a regex rather than
+    decoding every event), so what is measured is the gateway. Delays (receipt − the event's
+    publish time; one clock, one machine) are recorded between the `bench.paced` and `bench.flat`
+    marks; `bench.stop` ends.
     """
     delays: list[float] = []
     dropped = 0
+    received = 0
+    frames = 0
     ready = trio.Event()
     started = 0
     headers = [(b"Authorization", f"Bearer {token}".encode())]
-    subscribe = json.dumps(
-        {"jsonrpc": "2.0", "method": "events.subscribe", "params": {"topics": ["task.*", "bench.*"]}, "id": 1}
-    )
+    params = {"topics": [*topics, "bench.*"], "batch": True}
+    subscribe = json.dumps({"jsonrpc": "2.0", "method": "events.subscribe", "params": params, "id": 1})
 
     async def one() -> None:
-        nonlocal dropped, started
+        nonlocal dropped, started, received, frames
         recording = False
         async with trio_websocket.open_websocket_url(
-            url, extra_headers=headers, message_queue_size=4096
+            url,
+            extra_headers=headers,
+            message_queue_size=4096,
+            max_message_size=16 << 20,
+            receive_buffer_size=1 << 16,
         ) as ws:
             await ws.send_message(subscribe)
             assert '"result"' in await ws.get_message()
@@ -188,53 +198,116 @@ async def fanout_client(url: str, token: str, clients: int) -> None:
             if started == clients:
                 ready.set()
             while True:
-                msg = await ws.get_message()
+                text = await ws.get_message()
                 now = time.time()
-                assert isinstance(msg, str)
-                if '"bench.' in msg:
-                    if '"bench.stop"' in msg:
-                        return
-                    recording = '"bench.paced"' in msg
-                elif '"events.overflow"' in msg:
-                    dropped += json.loads(msg)["params"]["dropped"]
+                assert isinstance(text, str)
+                if '"bench.' in text or '"events.overflow"' in text:
+                    msg = json.loads(text)
+                    if msg["method"] == "events.overflow":
+                        dropped += msg["params"]["dropped"]
+                        continue
+                    for event in msg["params"]["events"]:
+                        if event["topic"] == "bench.stop":
+                            return
+                        if event["topic"].startswith("bench."):
+                            recording = event["topic"] == "bench.paced"
+                        elif recording:
+                            received += 1
+                            delays.append(now - event["ts"])
                 elif recording:
-                    i = msg.index('"ts":') + 5
-                    delays.append(now - float(msg[i : msg.index(",", i)]))
+                    # every event's publish time without decoding the rest (a regex runs in C)
+                    stamps = TS.findall(text)
+                    frames += 1
+                    received += len(stamps)
+                    delays.extend([now - float(ts) for ts in stamps])
 
     async with trio.open_nursery() as nursery:
         for _ in range(clients):
             nursery.start_soon(one)
         await ready.wait()
         print("READY", flush=True)
-    print(json.dumps({"delays": delays, "dropped": dropped}), flush=True)
+    out = {"delays": delays, "dropped": dropped, "received": received, "frames": frames}
+    print(json.dumps(out), flush=True)
 
 
-async def _generate(swarm: SwarmHandle, seconds: float, rate: float | None, batch: int = 10) -> int:
-    """Submit tasks for `seconds`, at `rate` per second (None: as fast as the queue takes them)."""
-    n = 0
-    start = trio.current_time()
-    deadline = start + seconds
-    while trio.current_time() < deadline:
-        await swarm.submit_many([{"prompt": f"load {n + i}", "category": "bench"} for i in range(batch)])
-        n += batch
-        if rate:
-            await trio.sleep_until(start + n / rate)
-    return n
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def bench_fanout(clients: int, rate: float, seconds: float, procs: int) -> None:
+class _Load:
+    """Submits tasks and counts completions (from the bus, as the swarm sees them)."""
+
+    def __init__(self, swarm: SwarmHandle) -> None:
+        self.swarm = swarm
+        self.submitted = 0
+        self.done = 0
+        self._changed = trio.Event()
+
+    async def count(self) -> None:
+        with self.swarm.events(["task.done", "task.failed", "task.dead"]) as sub:
+            async for _event in sub:
+                self.done += 1
+                self._changed.set()
+                self._changed = trio.Event()
+
+    async def run(self, seconds: float, rate: float | None, batch: int = 10) -> float:
+        """Submit for `seconds` at `rate`/s (None: flat out, keeping ≤ 500 tasks queued); wait for
+        every task to finish; return the completions per second during the window."""
+        start = trio.current_time()
+        done_at_start = self.done
+        deadline = start + seconds
+        n = 0
+        while trio.current_time() < deadline:
+            if rate is None:
+                while self.submitted - self.done >= 500:
+                    await self._changed.wait()
+            await self.swarm.submit_many([{"prompt": f"load {n + i}"} for i in range(batch)])
+            n += batch
+            self.submitted += batch
+            if rate:
+                await trio.sleep_until(start + n / rate)
+        finished = self.done - done_at_start
+        with trio.fail_after(120):
+            while self.done < self.submitted:
+                await self._changed.wait()
+        return finished / seconds
+
+
+async def bench_fanout(
+    clients: int, rate: float, seconds: float, procs: int, workers: int, topics: list[str]
+) -> None:
     with tempfile.TemporaryDirectory() as state:
-        config = base_config(state, gateway={"client_buffer": 10_000, "max_connections": clients + 16})
-        async with open_swarm(config) as swarm:
+        agent = Path(state) / "stamp_agent.py"
+        agent.write_text(AGENT)
+        profile = {"argv": [sys.executable, "-u", str(agent)], "dialect": "marker", "transport": "pipe"}
+        config = base_config(
+            state,
+            gateway={"client_buffer": 10_000, "max_connections": clients + 16},
+            workers={"profiles": {"stamp": profile}, "profile": "stamp"},
+            scaling={"min_workers": workers, "max_workers": workers},
+        )
+        async with open_swarm(config) as swarm, trio.open_nursery() as counting:
             assert swarm.gateway_url
-            base = await _generate(swarm, seconds, None)
-            print(f"submit throughput, no subscribers: {base / seconds:.0f} tasks/s", flush=True)
+            await _wait_idle(swarm, workers)
+            load = _Load(swarm)
+            counting.start_soon(load.count)
+            await load.run(1.0, rate)  # warm up
+            base_paced = await load.run(seconds, rate)
+            base_flat = await load.run(seconds, None)
+            per_event = swarm.bus.published_total / max(load.submitted, 1)
+            print(
+                f"no subscribers: {base_paced:.0f} tasks/s done at {rate:g}/s offered; "
+                f"{base_flat:.0f} tasks/s flat out; ≈{per_event:.1f} events per task",
+                flush=True,
+            )
 
             per = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
             children = []
             for count in per:
                 proc = await trio.lowlevel.open_process(
-                    [sys.executable, __file__, "_client", str(count)],
+                    [sys.executable, __file__, "_client", str(count), *topics],
                     stdout=subprocess.PIPE,
                     env={**os.environ, "SHOAL_URL": swarm.gateway_url, "SHOAL_TOKEN": swarm.token},
                 )
@@ -254,10 +327,16 @@ async def bench_fanout(clients: int, rate: float, seconds: float, procs: int) ->
                     nursery.start_soon(read_all, i, proc)
                 with trio.fail_after(60):
                     await all_ready.wait()
+                cpu0 = os.times()
+                clients_cpu0 = sum(_cpu_s(proc.pid) for proc in children)
+                published0 = swarm.bus.published_total
                 swarm.bus.publish("bench.paced", {})
-                paced = await _generate(swarm, seconds, rate)
+                paced = await load.run(seconds, rate)
+                cpu1 = os.times()
+                clients_cpu = (sum(_cpu_s(proc.pid) for proc in children) - clients_cpu0) / seconds
+                published = swarm.bus.published_total - published0
                 swarm.bus.publish("bench.flat", {})
-                loaded = await _generate(swarm, seconds, None)
+                flat = await load.run(seconds, None)
                 swarm.bus.publish("bench.stop", {})
 
                 async def stop_until_all_exit() -> None:
@@ -267,21 +346,33 @@ async def bench_fanout(clients: int, rate: float, seconds: float, procs: int) ->
                         await trio.sleep(1)
 
                 nursery.start_soon(stop_until_all_exit)
-                print(
-                    f"submit throughput, {clients} subscribers: {loaded / seconds:.0f} tasks/s "
-                    f"({(loaded - base) / base * 100:+.1f} %; goal within 10 %)",
-                    flush=True,
-                )
             for proc in children:
                 await proc.wait()
+            counting.cancel_scope.cancel()
     delays: list[float] = []
-    dropped = 0
+    dropped = received = frames = 0
     for out in outputs:
         result = json.loads(out.decode().splitlines()[-1])
         delays += result["delays"]
         dropped += result["dropped"]
-    print(f"paced load: {paced} tasks in {seconds:g} s ({paced / seconds:.0f}/s), {len(delays)} deliveries")
-    report(f"event delivery delay, {clients} clients in {procs} processes", delays, goal_ms=20)
+        received += result["received"]
+        frames += result["frames"]
+    shoal_cpu = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) / seconds
+    print(f"{clients} subscribers to {topics} (batch), in {procs} client processes, {workers} workers:")
+    print(
+        f"  throughput at {rate:g}/s offered: {paced:.0f} tasks/s done vs {base_paced:.0f} without "
+        f"({(paced - base_paced) / base_paced * 100:+.1f} %; goal within 10 %)"
+    )
+    print(
+        f"  throughput flat out: {flat:.0f} tasks/s done vs {base_flat:.0f} without "
+        f"({(flat - base_flat) / base_flat * 100:+.1f} %)"
+    )
+    print(
+        f"  paced window: {published} events published, {received} delivered to clients "
+        f"({received / seconds:.0f}/s) in {frames} frames; CPU: Shoal's process {shoal_cpu * 100:.0f} % "
+        f"of a core, the client processes {clients_cpu * 100:.0f} %"
+    )
+    report("  event delivery delay (publish → client)", delays, goal_ms=20)
     if dropped:
         print(f"  events dropped for slow clients: {dropped}")
 
@@ -299,10 +390,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1_000)
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--procs", type=int, default=min(4, os.cpu_count() or 1))
+    parser.add_argument("--fanout-workers", type=int, default=8)
+    parser.add_argument("--topics", nargs="+", default=["*"])
     args = parser.parse_args()
     if args.which == "_client":
-        (count,) = args.args
-        trio.run(fanout_client, os.environ["SHOAL_URL"], os.environ["SHOAL_TOKEN"], int(count))
+        count, *topics = args.args
+        trio.run(fanout_client, os.environ["SHOAL_URL"], os.environ["SHOAL_TOKEN"], int(count), topics)
         return
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
     if args.which in ("all", "rtt"):
@@ -310,7 +403,9 @@ def main() -> None:
     if args.which in ("all", "dispatch"):
         trio.run(bench_dispatch, args.tasks, args.workers)
     if args.which in ("all", "fanout"):
-        trio.run(bench_fanout, args.clients, args.rate, args.seconds, args.procs)
+        trio.run(
+            bench_fanout, args.clients, args.rate, args.seconds, args.procs, args.fanout_workers, args.topics
+        )
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from ..protocols.workers import WorkerInfo
 from .eventbus import Event
 
 DEFAULT_URL = "ws://127.0.0.1:8765/"
+RECEIVE_BYTES = 1 << 16  # read from the socket at a time (the library's 4 KiB splits event batches)
 STREAM_BUFFER = 10_000  # notifications buffered per event stream / attachment before dropping
 
 
@@ -608,6 +609,7 @@ async def connect(
             disconnect_timeout=5.0,
             max_message_size=max_message_bytes,
             message_queue_size=64,
+            receive_buffer_size=RECEIVE_BYTES,
         ) as ws:
             entered = True
             async with trio.open_nursery() as nursery:
