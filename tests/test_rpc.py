@@ -223,6 +223,7 @@ def test_every_public_method_is_in_the_table() -> None:
         ("events.subscribe", {"topics": []}, "params.topics"),
         ("events.subscribe", {"topics": ["task.*", ""]}, "params.topics[1]"),
         ("events.subscribe", {"topics": ["*"], "since": -1}, "params.since"),
+        ("events.subscribe", {"topics": ["*"], "batch": "yes"}, "params.batch"),
         ("swarm.config.patch", {"partial": [1]}, "params.partial"),
     ],
 )
