@@ -14,19 +14,21 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from swarmkit import swarm_config, wait_for
 from test_queue import Bot, Q, running_queue
 
 from shoal.actors.metrics import MetricsActor
 from shoal.actors.queue import EVICT_TICK_S, GetTask, ListTasks, UpdateConfig
 from shoal.actors.store import Store, apply_changes, load_tasks, migrate
-from shoal.actors.taskbook import TaskBook, WorkerView
+from shoal.actors.swarm import open_swarm
+from shoal.actors.taskbook import TaskBook
 from shoal.protocols.config import QueueConfig, SwarmConfig, config_from_dict
 from shoal.protocols.errors import NotFound, ValidationError
-from shoal.protocols.tasks import TERMINAL_STATES, Outcome, TaskSpec, TaskState
-from shoal.runtime.eventbus import Event, Subscription
+from shoal.protocols.rpc import NOT_FOUND, error_from_exception
+from shoal.protocols.tasks import Outcome, TaskSpec, TaskState
+from shoal.runtime.eventbus import Subscription
 
 T0 = 1_000_000.0
-W = WorkerView("w1", "sonnet")
 
 
 def book(**queue: Any) -> TaskBook:
@@ -435,13 +437,11 @@ async def test_a_large_backlog_at_start_is_evicted_in_steps_without_blocking(tmp
         await store.commit(b.drain()[0])
     cfg = q_cfg(keep_finished_s=86400, keep_finished=0, evict_batch=batch)
     async with running_queue(cfg, path=path) as q:
-        seen: list[Event] = []
         with q.bus.subscribe(["queue.evicted"], size=1000) as sub:
             stats = await q.stats()  # answered between steps, long before the backlog is gone
             assert 0 < stats.evicted <= 4 * batch
             with trio.fail_after(60):
                 async for event in sub:
-                    seen.append(event)
                     if not event.data["more"]:
                         break
         replayed, _complete = q.bus.replay(0, ["queue.evicted"])
@@ -462,6 +462,23 @@ async def test_a_large_backlog_at_start_is_evicted_in_steps_without_blocking(tmp
     assert await trio.to_thread.run_sync(count) == 1
 
 
-def test_terminal_states_are_the_retained_ones() -> None:
-    # retention speaks of "finished" tasks: exactly the terminal states
-    assert {s.value for s in TERMINAL_STATES} == {"done", "dead", "cancelled", "skipped"}
+async def test_an_evicted_task_is_not_found_through_the_swarm_handle(tmp_path: Path) -> None:
+    """What `tasks.get` / `tasks.list` / `tasks.wait` see over the gateway: `NotFound`, which the
+    JSON-RPC layer answers as `not_found` naming the task, as for an id never submitted."""
+
+    config = swarm_config(tmp_path, scaling={"max_workers": 0}, queue={"keep_finished_s": 0.05})
+    async with open_swarm(config) as swarm:
+        with swarm.events(("queue.evicted",)) as sub:
+            await swarm.submit({"id": "gone", "prompt": "never runs"})
+            await swarm.submit({"id": "kept", "prompt": "never runs either"})
+            await swarm.cancel("gone")
+            assert (await wait_for(sub, "queue.evicted")).data["count"] == 1
+        for call in (swarm.get, swarm.wait, swarm.retry):
+            with pytest.raises(NotFound) as info:
+                await call("gone")
+            reply = error_from_exception(1, info.value)
+            assert reply["error"]["code"] == NOT_FOUND
+            assert reply["error"]["data"] == {"kind": "task", "id": "gone"}
+        tasks, cursor = await swarm.list()
+        assert [t.id for t in tasks] == ["kept"] and cursor is None
+        assert (await swarm.queue_stats()).evicted == 1
