@@ -294,7 +294,10 @@ async def bench_fanout(
             load = _Load(swarm)
             counting.start_soon(load.count)
             await load.run(1.0, rate)  # warm up
+            base0 = os.times()
             base_paced = await load.run(seconds, rate)
+            base1 = os.times()
+            base_cpu = (base1.user + base1.system - base0.user - base0.system) / seconds
             base_flat = await load.run(seconds, None)
             per_event = swarm.bus.published_total / max(load.submitted, 1)
             print(
@@ -370,7 +373,8 @@ async def bench_fanout(
     print(
         f"  paced window: {published} events published, {received} delivered to clients "
         f"({received / seconds:.0f}/s) in {frames} frames; CPU: Shoal's process {shoal_cpu * 100:.0f} % "
-        f"of a core, the client processes {clients_cpu * 100:.0f} %"
+        f"of a core ({base_cpu * 100:.0f} % without subscribers), the client processes "
+        f"{clients_cpu * 100:.0f} %"
     )
     report("  event delivery delay (publish → client)", delays, goal_ms=20)
     if dropped:
