@@ -43,6 +43,14 @@ def test_done_after_silence_with_enough_output() -> None:
     assert dialect.tick(T0 + 1.8) == [TaskDone(result="the answer"), Ready()]
 
 
+def test_a_reply_that_repeats_the_prompt_is_kept() -> None:
+    dialect = new()
+    dialect.tick(T0)
+    dialect.start_task(TASK, T0)
+    assert dialect.feed(b"summarise\r\nsummarise\r\n", T0 + 0.1) == []  # the echo, then the reply
+    assert dialect.tick(T0 + 0.6) == [TaskDone(result="summarise"), Ready()]
+
+
 def test_silence_before_min_bytes_is_not_done() -> None:
     dialect = new({"min_bytes": 1000})
     dialect.tick(T0)

@@ -202,3 +202,45 @@ def test_bash_with_a_marker_prompt_command() -> None:
     dialect.start_task(Assignment("t1", 1, "echo hello"), NOW)
     assert dialect.feed(after, NOW) == [TaskDone(result="hello"), Ready()]
     assert dialect.encode(Assignment("t2", 1, "false")) == b"\x1b[200~false\x1b[201~\r"  # bash enabled pastes
+
+
+@pytest.mark.parametrize(
+    ("startup", "after"),
+    [
+        (  # pasted while readline reads: the paste highlighted, then redisplayed in place
+            b"\r\nSHOAL_DONE status=0 reason=exit status 0\r\n\x1b[?2004h$ ",
+            b'\x1b[7mecho "$BASH_COMMAND"\x1b[27m\r\x1b[C\x1b[Cecho "$BASH_COMMAND"\r\n\x1b[?2004l\r'
+            b'echo "$BASH_COMMAND"\r\n\r\nSHOAL_DONE status=0 reason=exit status 0\r\n\x1b[?2004h$ ',
+        ),
+        (  # typed before readline ran (ready at the marker): the terminal's echo, then readline's
+            b"\r\nSHOAL_DONE status=0 reason=exit status 0\r\n",
+            b'echo "$BASH_COMMAND"\r\n\x1b[?2004h$ echo "$BASH_COMMAND"\r\n\x1b[?2004l\r'
+            b'echo "$BASH_COMMAND"\r\n\r\nSHOAL_DONE status=0 reason=exit status 0\r\n\x1b[?2004h$ ',
+        ),
+    ],
+    ids=["pasted", "typed-early"],
+)
+def test_bash_output_that_repeats_the_command_is_kept(startup: bytes, after: bytes) -> None:
+    """Bytes bash 5 wrote for `echo "$BASH_COMMAND"`: the echoes of the command line are dropped; the
+    output, the same text again on its own line, is the result."""
+    dialect = new({"ready": "^SHOAL_DONE status="})
+    assert dialect.feed(startup, NOW) == [Ready()]
+    dialect.start_task(Assignment("t1", 1, 'echo "$BASH_COMMAND"'), NOW)
+    assert dialect.feed(after, NOW) == [TaskDone(result='echo "$BASH_COMMAND"'), Ready()]
+
+
+@pytest.mark.parametrize(
+    ("output", "result"),
+    [
+        (b"hello world\r\nhello world\r\n", "hello world"),  # a terminal echo, then the reply
+        (b"> hello world\r\n\r\nhello world\r\n", "hello world"),
+        (b"> hello world\r\nYou said: hello world\r\n", "You said: hello world"),
+        (b"> hello world\r\nhello world\r\nhello world\r\n", "hello world\nhello world"),
+        (b"> hello\r\n  world\r\nhello world\r\n", "hello world"),  # a wrapped echo
+        (b"hello world\r\nYou said: hello world\r\n", "You said: hello world"),
+    ],
+)
+def test_a_reply_line_that_repeats_the_prompt_is_kept(output: bytes, result: str) -> None:
+    dialect = started()
+    dialect.start_task(Assignment("t2", 1, "hello world"), NOW)
+    assert feed_all(dialect, output + b"SHOAL_DONE\r\n") == [TaskDone(result=result), Ready()]

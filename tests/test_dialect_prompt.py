@@ -364,6 +364,30 @@ def test_shell_like_prompt_with_custom_patterns() -> None:
     assert dialect.feed(b"$ ", NOW) == [TaskDone(result="hi"), Ready()]
 
 
+def test_a_plain_reply_that_repeats_the_prompt_is_kept() -> None:
+    """Only the echo is dropped: reply lines equal to the prompt or ending with it are the answer."""
+    screen = Screen()
+    dialect = new()
+    task = Assignment("t1", 1, "hello world")
+    dialect.start_task(task, NOW)
+    typed = screen.draw([], screen.frame(typed="hello world"))
+    busy = screen.draw(["> hello world", ""], screen.frame(spinner="✻ Thinking… (esc to interrupt)"))
+    reply = screen.draw(["hello world", "", "You said: hello world", ""], screen.frame())
+    assert session(dialect, [typed, busy, reply]) == [
+        TaskDone(result="hello world\n\nYou said: hello world"),
+        Ready(),
+    ]
+
+
+def test_an_echoing_repl_keeps_its_reply() -> None:
+    """A REPL whose terminal echoes the line, then prints it back (`cat`): the second copy is the reply."""
+    dialect = new({"prompt_pattern": r"^\$ $", "frame_pattern": "", "require_activity": False})
+    assert dialect.feed(b"$ ", NOW) == [Ready()]
+    dialect.start_task(Assignment("t1", 1, "say it twice"), NOW)
+    assert dialect.feed(b"say it twice\r\nsay it twice\r\n", NOW) == []
+    assert dialect.feed(b"$ ", NOW) == [TaskDone(result="say it twice"), Ready()]
+
+
 def test_custom_busy_pattern() -> None:
     dialect = new({"busy_patterns": [r"WORKING"], "builtin_patterns": False})
     dialect.start_task(TASK, NOW)

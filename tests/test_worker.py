@@ -458,6 +458,26 @@ async def test_every_dialect_end_to_end(profile: str, nursery: trio.Nursery, no_
         assert stopped.reason == "stop requested"  # the polite quit was enough
 
 
+@pytest.mark.parametrize("profile", ["fake", "fake-marker"])
+async def test_a_reply_repeating_the_prompt_text_end_to_end(
+    profile: str, nursery: trio.Nursery, no_leaks: None
+) -> None:
+    """The reply repeats the prompt's text (its echo was typed into the box just before): it is kept."""
+    h = await started(nursery, profile)
+    done = await h.run_task("[[echo]] some text")
+    assert done.outcome is Outcome.DONE and done.result == "some text"
+
+
+async def test_shell_output_repeating_the_command_is_kept(nursery: trio.Nursery, no_leaks: None) -> None:
+    """bash echoes the pasted line and readline redraws it; the output, the same text again, is kept."""
+    h = await started(nursery, "shell")
+    done = await h.run_task('echo "$BASH_COMMAND"')
+    assert done.outcome is Outcome.DONE and done.result == 'echo "$BASH_COMMAND"'
+    await h.state(S.IDLE)
+    said = await h.run_task("echo said: hello world", task_id="t2")
+    assert said.outcome is Outcome.DONE and said.result == "said: hello world"
+
+
 @pytest.mark.parametrize("profile", ["fake", "fake-stream"])
 async def test_crash_mid_task_reports_exit_code(profile: str, nursery: trio.Nursery, no_leaks: None) -> None:
     h = await started(nursery, profile)

@@ -203,6 +203,7 @@ _RULE_LINE = re.compile(r"^\s*[╭╰├]?[─━═╌]{3,}")
 _BOX_LINE = re.compile(r"^\s*[│┃]")
 _SPINNER_LINE = re.compile(r"^\s*[·✢✳✶✻✽✦*⋆]\s+(?:[^\n…]{1,100}…|\w+ for \d[\dhms .]*$)")
 _CHEVRON = re.compile(r"^\s*[>❯](?:\s|$)")
+_PROGRAM_PROMPT = re.compile(r"[$#%>❯›»]\s*$")  # how a shell's or a REPL's own prompt ends
 _DIALOG_LINE = re.compile(
     r"^\s*(?:[❯>›]\s*)?\d\.\s+(?:Yes|No)\b|^\s*(?:Do you (?:want|trust)|Would you like)[^?]*\?\s*$"
 )
@@ -253,6 +254,84 @@ def _echo_piece(line: str, rest: str) -> int | None:
     return None
 
 
+def _text_column(line: str, text: str) -> int | None:
+    """Where `text` (whitespace collapsed) starts in `line` if `line` ends with it, else None.
+
+    Matched backwards in one pass: a space in `text` stands for any run of blanks in `line`."""
+    if not text:
+        return None
+    i, j = len(line.rstrip()), len(text)
+    while i > 0 and j > 0:
+        if text[j - 1] == " ":
+            if not line[i - 1].isspace():
+                return None
+            while i > 0 and line[i - 1].isspace():
+                i -= 1
+        elif line[i - 1] == text[j - 1]:
+            i -= 1
+        else:
+            return None
+        j -= 1
+    return i if j == 0 else None
+
+
+def _redrawn(line: str, echo: str, column: int) -> bool:
+    """Whether `line` draws the one-line echo `echo` again in place, as readline redisplays a pasted
+    line: the same text from the same `column`, the program's prompt before it drawn again or stepped
+    over (cursor-forward, blanks). The same text anywhere else is the agent's output."""
+    if line[column:] != echo[column:]:
+        return False
+    head = line[:column]
+    return head == echo[:column] or head.isspace()
+
+
+def _prompted_echo(line: str, full: str, *, shaped: bool) -> tuple[str, int] | None:
+    """(line, text column) when `line` is the whole prompt `full` after the program's own prompt;
+    `shaped`: that prompt must also look like one (end in `$ # % > ❯ › »`), not prose (`You said:`)."""
+    column = _text_column(line, full)
+    if column is None or not line[:column].strip():
+        return None
+    if shaped and (column > 80 or not _PROGRAM_PROMPT.search(line, 0, column)):
+        return None
+    return line, column
+
+
+def _reply_start(lines: list[str], prompt: str) -> int:
+    """Index of the first line after the leading echo of `prompt`: what the agent printed starts there.
+
+    The echo is the prompt's text at the start of the transcript, maybe after the program's own
+    prompt (`$ `, `> `) and wrapped over several lines. Once it is complete, only more echoes of it
+    are skipped: redraws in place (readline redisplays a pasted line) and, after an echo without a
+    program prompt, the same line once more after one (typed before the program read it, the
+    terminal echoed it, then the program's line editor drew it after its prompt). The first other
+    line starts the reply, and from there every line is kept even when it equals or contains the
+    prompt (an agent told to repeat it, a REPL printing a value back, `cat`).
+    """
+    full = " ".join(prompt.split())
+    if not full:
+        return 0
+    rest = full  # what of the prompt's echo is still to come
+    echo: tuple[str, int] | None = None  # a one-line echo after a program prompt, and its text column
+    for i, line in enumerate(lines):
+        core = " ".join(_CHEVRON.sub("", line).split())
+        if not core:
+            continue
+        if rest:
+            eaten = _echo_piece(core, rest)
+            if eaten is None:
+                return i
+            if rest == full and eaten == len(full):
+                echo = _prompted_echo(line, full, shaped=False)
+            rest = rest[eaten:].lstrip()
+            continue
+        if echo is not None:
+            if not _redrawn(line, *echo):
+                return i
+        elif (echo := _prompted_echo(line, full, shaped=True)) is None:
+            return i
+    return len(lines)
+
+
 def clean_tui(text: str, prompt: str, *, truncated: bool = False) -> str:
     """The answer inside a captured TUI transcript.
 
@@ -281,22 +360,7 @@ def clean_tui(text: str, prompt: str, *, truncated: bool = False) -> str:
             else:
                 keep = False
     else:
-        full = " ".join(prompt.split())
-        rest = full  # what of the prompt's echo is still to come
-        leading = not truncated
-        for line in lines:
-            if leading:
-                core = " ".join(_CHEVRON.sub("", line).split())
-                if not core:
-                    continue
-                eaten = _echo_piece(core, rest)
-                if eaten is not None:
-                    rest = rest[eaten:].lstrip()
-                    continue
-                if full and core.endswith(full):
-                    continue  # the echo drawn again (readline redisplays a pasted line)
-                leading = False
-            out.append(line)
+        out = lines if truncated else lines[_reply_start(lines, prompt) :]
     # collapse runs of blank lines, trim the ends
     result: list[str] = []
     for line in out:
