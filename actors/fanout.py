@@ -126,9 +126,10 @@ OutItem = str | Frame | bytes | trio.Event | Exception
 bytes already on their way (the rest of a direct write), a flush marker (set once everything before
 it is written), or a close (an exception carrying why)."""
 
-WriteNow = Callable[[Sequence[str | Frame | bytes]], bytes | None]
-"""A connection's direct write: sends the frames at once without waiting and returns the bytes the
-socket did not take (b"" when it took all), or None when it cannot write now (nothing was sent)."""
+WriteNow = Callable[[Sequence[str | Frame | bytes]], bool | None]
+"""A connection's direct write: sends the frames at once without waiting. True: all written; False:
+partly, the connection's stream holds the rest and sends it before anything else (the next write
+of any kind; an empty write flushes it); None: it cannot write now (nothing was sent)."""
 
 _REPLY = -1  # the `sid` of a queued reply: counted against the reply limit, never dropped
 
@@ -174,12 +175,12 @@ class Outbox:
         if not items or self._reader is None:
             return  # nothing to send, or the writer is awake and will take it
         if self.write_now is not None and all(isinstance(e[1], str | Frame | bytes) for e in items):
-            rest = self.write_now([e[1] for e in items])  # type: ignore[misc]  # checked just above
-            if rest is not None:
+            done = self.write_now([e[1] for e in items])  # type: ignore[misc]  # checked just above
+            if done is not None:
                 self._drain(len(items))
-                if not rest:
+                if done:
                     return
-                items.appendleft((0, rest, 0))
+                self._items.appendleft((0, b"", 0))  # the writer's next write flushes the rest
         self._wake()
 
     def _wake(self) -> None:

@@ -126,6 +126,7 @@ class GatewayActor:
         self.handshake_timeout_s = 10.0
         self._conn_ids = itertools.count(1)
         self.fanout = Fanout(swarm.bus, config.coalesce_ms / 1000)
+        self.write_stats = {"direct": 0, "partial": 0}  # fan-out writes straight to sockets
         self.closed: list[tuple[int, int | None, str | None]] = []  # (connection, code, reason), recent
         self._closed_changed = trio.Event()
 
@@ -244,7 +245,7 @@ class _Connection:
         self.ident = ident
         self.authed = authed
         self.outbox = Outbox(self.cfg.client_buffer)
-        self.outbox.write_now = _direct_writer(ws)
+        self.outbox.write_now = _direct_writer(ws, gateway.write_stats)
         self._bucket = _Bucket(self.cfg.max_requests_per_s)
         self._inflight = trio.Semaphore(MAX_INFLIGHT)
         self._sub_ids = itertools.count(1)
@@ -732,31 +733,69 @@ def _wire(proto: wsproto.WSConnection, frames: Sequence[str | Frame | bytes]) ->
     )
 
 
-def _direct_writer(ws: trio_websocket.WebSocketConnection) -> WriteNow | None:
+class _Spillover(trio.abc.HalfCloseableStream):
+    """A connection's TCP stream that holds the unwritten rest of a direct write and sends it first.
+
+    trio-websocket serialises its own writes (pongs, pings, close) and ours under one lock; a direct
+    write happens only while that lock is free, so if the kernel takes part of it, whoever writes
+    next, whichever task it is, must send the rest before anything else or frames would interleave.
+    """
+
+    def __init__(self, inner: trio.SocketStream) -> None:
+        self.inner = inner
+        self.socket = inner.socket
+        self.rest = b""
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self.rest:
+            data, self.rest = self.rest + bytes(data), b""
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def _direct_writer(ws: trio_websocket.WebSocketConnection, stats: dict[str, int]) -> WriteNow | None:
     """A `WriteNow` for a plain TCP connection (None for TLS or another trio-websocket version).
 
-    It writes only while nothing else is writing to the socket (the stream lock is free) and never
-    waits: a non-blocking `write(2)` takes what the kernel buffer has room for and the connection's
-    writer sends the rest, in order.
+    It writes only while nothing else is writing to the socket (the stream lock is free, no rest of
+    an earlier direct write is pending) and never waits: a non-blocking `write(2)` takes what the
+    kernel buffer has room for, and the stream keeps the rest to send before anything else.
     """
     proto = getattr(ws, "_wsproto", None)
     lock = getattr(ws, "_stream_lock", None)
-    stream = getattr(ws, "_stream", None)
-    if proto is None or lock is None or not isinstance(stream, trio.SocketStream):
+    inner = getattr(ws, "_stream", None)
+    if proto is None or lock is None or not isinstance(inner, trio.SocketStream):
         return None
-    fd = stream.socket.fileno()
+    stream = _Spillover(inner)
+    ws._stream = stream  # every write of the connection now goes through it
+    fd = inner.socket.fileno()
 
-    def write_now(frames: Sequence[str | Frame | bytes]) -> bytes | None:
-        if lock.locked() or ws.closed is not None or proto.state is not ConnectionState.OPEN:
+    def write_now(frames: Sequence[str | Frame | bytes]) -> bool | None:
+        if lock.locked() or stream.rest or ws.closed is not None or proto.state is not ConnectionState.OPEN:
             return None
         data = _wire(proto, frames)
         try:
             sent = os.write(fd, data)
         except BlockingIOError:
             sent = 0
-        except OSError:  # reset or closed: the writer finds out and closes the connection
+        except OSError:  # reset or closed: the writer's flush finds out and closes the connection
             sent = 0
-        return data[sent:]
+        stats["direct"] += 1
+        if sent == len(data):
+            return True
+        stats["partial"] += 1
+        stream.rest = data[sent:]
+        return False
 
     return write_now
 

@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+import trio.testing
 import trio_websocket
 from swarmkit import fake_profile, swarm_config, wait_for
 
@@ -534,6 +535,31 @@ async def test_unsubscribe_drops_what_is_still_queued(tmp_path: Path) -> None:
 async def _send(ws: trio_websocket.WebSocketConnection, message: Any) -> trio_websocket.WebSocketConnection:
     await ws.send_message(json.dumps(message))
     return ws
+
+
+async def test_bursts_to_a_reader_that_lags_arrive_whole_and_in_order(tmp_path: Path) -> None:
+    """Writes the kernel takes only in part (the client lags) must never interleave with other
+    frames, the server's pongs included: every event arrives once, intact, in seq order."""
+    gateway = {"coalesce_ms": 0, "client_buffer": 10_000}
+    async with serving(tmp_path, gateway=gateway) as live, raw(live.url, live.token) as ws:
+        await exchange(ws, req("events.subscribe", {"topics": ["big.*"], "batch": True}))
+        pad = "é" * 50_000
+        published = []
+        for _ in range(40):
+            published += [live.swarm.bus.publish("big.x", {"pad": pad, "n": n}).seq for n in range(5)]
+            await trio.testing.wait_all_tasks_blocked()  # delivered, written as far as the socket takes
+        assert live.gateway.write_stats["partial"] > 0  # the case under test happened
+        got: list[int] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ws.ping)  # the pong goes out between frames, never inside one
+            with trio.fail_after(30):
+                while len(got) < len(published):
+                    note = json.loads(await ws.get_message())
+                    assert note["method"] == "events.batch"
+                    for event in note["params"]["events"]:
+                        assert event["data"]["pad"] == pad
+                        got.append(event["seq"])
+        assert got == published
 
 
 async def test_slow_subscriber_gets_an_overflow_notice(tmp_path: Path) -> None:
