@@ -564,9 +564,9 @@ class TaskBook:
         """The earliest retry backoff or model-parking end (epoch s), for the actor's timer."""
         heap = self._retry_heap
         while heap:
-            nb, _seq, tid = heap[0]
+            nb, seq, tid = heap[0]
             rec = self._recs.get(tid)
-            if rec is not None and rec.state is _FAILED and rec.not_before == nb:
+            if rec is not None and rec.seq == seq and rec.state is _FAILED and rec.not_before == nb:
                 break
             heapq.heappop(heap)
         best = heap[0][0] if heap else None
@@ -660,9 +660,9 @@ class TaskBook:
         heap = bucket.heap
         recs = self._recs
         while heap:
-            _p, _s, token, tid = heap[0]
-            rec = recs[tid]
-            if rec.token == token and rec.bucket is bucket:
+            _p, seq, token, tid = heap[0]
+            rec = recs.get(tid)  # entries are dropped lazily: the task may be evicted, its id reused
+            if rec is not None and rec.token == token and rec.seq == seq and rec.bucket is bucket:
                 return rec
             heapq.heappop(heap)
         return None
@@ -1276,9 +1276,9 @@ class TaskBook:
         out: list[str] = []
         heap = self._retry_heap
         while heap and heap[0][0] <= now:
-            nb, _seq, tid = heapq.heappop(heap)
+            nb, seq, tid = heapq.heappop(heap)
             rec = self._recs.get(tid)
-            if rec is None or rec.state is not _FAILED or rec.not_before != nb:
+            if rec is None or rec.seq != seq or rec.state is not _FAILED or rec.not_before != nb:
                 continue
             self._settle_deps(rec, now, "ready")
             if rec.state is _READY:

@@ -21,7 +21,7 @@ from shoal.actors.metrics import MetricsActor
 from shoal.actors.queue import EVICT_TICK_S, GetTask, ListTasks, UpdateConfig
 from shoal.actors.store import Store, apply_changes, load_tasks, migrate
 from shoal.actors.swarm import open_swarm
-from shoal.actors.taskbook import TaskBook
+from shoal.actors.taskbook import TaskBook, WorkerView
 from shoal.protocols.config import QueueConfig, SwarmConfig, config_from_dict
 from shoal.protocols.errors import NotFound, ValidationError
 from shoal.protocols.rpc import NOT_FOUND, error_from_exception
@@ -29,6 +29,9 @@ from shoal.protocols.tasks import Outcome, TaskSpec, TaskState
 from shoal.runtime.eventbus import Subscription
 
 T0 = 1_000_000.0
+
+
+W = WorkerView("w1", "sonnet")
 
 
 def book(**queue: Any) -> TaskBook:
@@ -170,6 +173,28 @@ def test_evicting_a_dead_dependant_releases_its_dependency_in_the_same_step() ->
     finish(b, "a", T0)
     b.cancel("b", T0 + 1)
     assert b.evict(T0 + 100, 10) == ["b", "a"]
+    b.check()
+
+
+def test_selection_skips_the_stale_index_entries_of_evicted_tasks() -> None:
+    b = book(keep_finished_s=1, keep_finished=0)
+    b.submit([TaskSpec("a", id="a", priority=5), TaskSpec("b", id="b", priority=1)], T0)
+    finish(b, "a", T0)  # a's entry stays in the ready heap (lazy deletion)
+    assert b.evict(T0 + 5, 10) == ["a"]
+    b.submit([TaskSpec("a again", id="a", priority=0)], T0 + 5)  # same id, same index token
+    assert b.select(W) == "b"  # not the new a, ranked by the old a's entry; and no KeyError
+    b.claim("b", "w1", "sonnet", T0 + 6)
+    assert b.select(W) == "a"
+    b.check()
+
+
+def test_a_dead_chain_is_evicted_together() -> None:
+    b = book(keep_finished_s=10, keep_finished=0)
+    b.submit([TaskSpec("a", id="a", max_attempts=1)], T0)
+    b.submit([TaskSpec("b", id="b", deps=("a",)), TaskSpec("c", id="c", deps=("b",))], T0)
+    finish(b, "a", T0 + 1, Outcome.FAILED)
+    assert [b.get(t).state for t in "abc"] == [TaskState.DEAD] * 3
+    assert b.evict(T0 + 20, 10) == ["c", "b", "a"]  # leaves first, each releasing its dependency
     b.check()
 
 

@@ -3,7 +3,9 @@ and recovery through the real SQLite schema) never lose a task or break an invar
 
 Retention runs as one more operation. A shadow book that never evicts gets the same operations: on
 every task the evicting book still holds, the two must agree exactly (an eviction never changes how
-dependencies resolve), and the shadow may hold more only of finished tasks."""
+dependencies resolve), and the shadow may hold more only of finished tasks. One difference is by
+design: a retry revives the dependants its failure killed only while they are kept, so the shadow is
+told not to revive what the other book has evicted."""
 
 from __future__ import annotations
 
@@ -77,6 +79,13 @@ class TaskBookMachine(RuleBasedStateMachine):
             out.extend(page)
             if cursor is None:
                 return out
+
+    def forget_in_shadow(self) -> None:
+        """A retry revives only kept dependants: the shadow must not revive evicted ones either."""
+        for tid in self.evicted:
+            rec = self.shadow._recs.get(tid)
+            if rec is not None and rec.dep_failure is not None:
+                rec.dep_failure = "(evicted)"
 
     def pick(self, data: st.DataObject, state: TaskState | None = None) -> Task | None:
         tasks = self.tasks(state)
@@ -244,7 +253,15 @@ class TaskBookMachine(RuleBasedStateMachine):
             a = after[tid]
             assert len(a.attempts) == len(t.attempts) and a.result == t.result
             if t.state is TaskState.RUNNING:
-                assert a.state is TaskState.READY and a.attempts[-1].outcome is Outcome.INTERRUPTED
+                # READY again, unless a dependency it ran past (run_on_dep_failure) was retried
+                # meanwhile: READY always means every dependency is settled
+                settled = all(
+                    before[d].state is TaskState.DONE
+                    or (t.run_on_dep_failure and before[d].state in TERMINAL_STATES)
+                    for d in t.deps
+                )
+                assert a.state is (TaskState.READY if settled else TaskState.BLOCKED), (tid, a.state)
+                assert a.attempts[-1].outcome is Outcome.INTERRUPTED
             elif t.worker is None:
                 assert a == t, tid
             else:  # manual assignments do not survive a restart
@@ -253,6 +270,7 @@ class TaskBookMachine(RuleBasedStateMachine):
         self.book = fresh
         self.shadow = TaskBook(SHADOW_QCFG, MCFG, rng=random.Random(1))
         self.shadow.restore(load_tasks(self.shadow_db), self.now)
+        self.forget_in_shadow()
         self.persist()
 
     @rule(limit=st.integers(1, 4), dt=st.sampled_from([0.0, 5.0, 20.0]))
@@ -272,6 +290,7 @@ class TaskBookMachine(RuleBasedStateMachine):
                 needed = any(d.state is not TaskState.DONE and t.id in d.deps for d in self.tasks())
                 assert needed or (len(left) <= keep_n and t.updated + keep_s > self.now), t.id
         self.evicted.update(ids)
+        self.forget_in_shadow()
         self.acked.difference_update(ids)
         for tid in ids:
             self.results.pop(tid, None)
