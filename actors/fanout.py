@@ -193,7 +193,8 @@ class Outbox:
         while self._replies >= self.limit and not self.closed:
             await self._room.wait()
         self._replies += 1
-        self.put(text, _REPLY)
+        self.put(text, _REPLY, wake=False)
+        self.kick()  # straight to the socket when it can: one task switch less per reply
 
     async def take(self, most: int) -> list[OutItem]:
         """Wait for something to send; return up to `most` items, oldest first."""
