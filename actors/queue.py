@@ -18,12 +18,15 @@ tests driven by `autojump_clock` see backoffs elapse, and production sees wall-c
 Retention (`queue.keep_finished_s`, `queue.keep_finished`): at most once per `EVICT_TICK_S`, and only
 when something is due, the actor asks the book to evict up to `queue.evict_batch` finished tasks; the
 deletions ride in the same group commit as the burst's other changes. A larger backlog (after a
-restart, or a lowered limit) continues on the next loop turns, each after a checkpoint that lets
-every other task run and with the mailbox served in between, so it never stalls the loop.
+restart, or a lowered limit) continues step by step, each after a checkpoint that lets every other
+task run and with the mailbox served in between, so it never stalls the loop; and a step waits until
+the previous one's deletions are committed (the acker wakes the actor), so the store's queue never
+fills with deletions that a submit would have to wait behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -169,6 +172,11 @@ class UpdateConfig:
 
 
 @attrs.frozen
+class _EvictionCommitted:
+    """Sent by the acker to the actor itself: the last retention step is durable, take the next."""
+
+
+@attrs.frozen
 class Stats:
     counts: dict[str, int]  # per TaskState value
     ready_by_model: dict[str | None, int]  # READY tasks per effective model (None: unpinned)
@@ -228,6 +236,7 @@ class QueueActor:
         self._broken: StoreError | None = None
         self._last_evict = -math.inf  # epoch s of the last retention step
         self._evict_more = False  # the last step stopped at its bound with more due
+        self._evict_ticket: Ticket | None = None  # the write holding the last step's deletions
         self.unknown_messages = 0
         self.stale_announcements = 0  # WorkerAvailable from a worker holding a claim
         self._calls: dict[type, Callable[[Call[Any], Any, float], None]] = {
@@ -250,6 +259,7 @@ class QueueActor:
             AttemptEnded: self._on_attempt_ended,
             ModelRateLimited: self._on_rate_limited,
             UpdateConfig: self._on_config,
+            _EvictionCommitted: self._on_eviction_committed,
         }
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -323,6 +333,16 @@ class QueueActor:
                 self.bus.publish(topic, data)
             for call, value in acks:
                 call.reply(value)
+            if ticket is self._evict_ticket:
+                self._wake_for_eviction()
+
+    def _wake_for_eviction(self) -> None:
+        """The actor holds retention while a step's deletions are in flight: tell it they landed
+        (a full mailbox means it is awake anyway and will look again)."""
+        if self.address is None or self.book.eviction_deadline() is None:
+            return
+        with contextlib.suppress(ActorGone):
+            self.address.try_send(_EvictionCommitted())
 
     def _store_failed(self, exc: StoreError) -> None:
         if self._broken is None:
@@ -386,6 +406,8 @@ class QueueActor:
         if not changes and not events and not self._acks:
             return
         ticket = self.store.write(changes)
+        if evicted is not None:
+            self._evict_ticket = ticket
         self._ack_send.send_nowait((ticket, events, self._acks))
         self._acks = []
 
@@ -401,6 +423,8 @@ class QueueActor:
         """When the next retention step should run (epoch s), or None."""
         if self._broken is not None:
             return None  # read-only: nothing may be deleted either
+        if self._evict_ticket is not None and not self._evict_ticket.done():
+            return None  # the last step's deletions are in flight; the acker wakes us
         if self._evict_more:
             return -math.inf
         due = self.book.eviction_deadline()
@@ -410,7 +434,6 @@ class QueueActor:
         """One bounded retention step if one is due; returns its summary event."""
         at = self._evict_at()
         if at is None or at > now:
-            self._evict_more = False
             return None
         ids = self.book.evict(now, self.config.queue.evict_batch)
         self._last_evict = now
@@ -744,6 +767,9 @@ class QueueActor:
         ):
             raise ValidationError("reset_at", "must be an epoch time in seconds or null", msg.reset_at)
         self._park(msg.model, msg.reset_at, now)
+
+    def _on_eviction_committed(self, msg: _EvictionCommitted, now: float) -> None:
+        pass  # waking up was the point: the loop looks at the retention timer again
 
     def _on_config(self, msg: UpdateConfig, now: float) -> None:
         if not isinstance(msg.config, SwarmConfig):

@@ -10,6 +10,10 @@
    times every task step), the worst lateness of a 1 ms ticker, the latency of `GetTask` calls made
    meanwhile, the steps taken and the wall time until the last row is deleted. Batch 0 is the
    baseline: the same load for 2.5 s with nothing to evict.
+3. steady state: submit + claim + complete cycles through the QueueActor (durable store, 8 workers,
+   64 submitters, the same payload), keeping every task, then with `queue.keep_finished` 5,000 so
+   that, once 5,000 have finished, every finish is followed by an eviction: cycles/s and
+   submit -> acknowledged latency.
 """
 
 from __future__ import annotations
@@ -22,14 +26,25 @@ import tempfile
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import trio
 
-from shoal.actors.queue import GetTask, QueueActor, QueueStats, UpdateConfig
+from shoal.actors.queue import (
+    AttemptEnded,
+    GetTask,
+    QueueActor,
+    QueueStats,
+    Submit,
+    UpdateConfig,
+    WorkerAvailable,
+)
 from shoal.actors.store import Store
 from shoal.actors.taskbook import TaskBook
 from shoal.protocols.config import QueueConfig, SwarmConfig
 from shoal.protocols.tasks import Outcome, TaskSpec
+from shoal.protocols.workers import Assign, TaskFinished
+from shoal.runtime.actor import Address, Mailbox
 from shoal.runtime.eventbus import EventBus
 
 PROMPT = "p" * 200
@@ -176,6 +191,69 @@ async def bench_eviction(template: Path, n: int, batch: int, workdir: Path) -> N
     )
 
 
+async def bench_steady(n: int, keep: int, workdir: Path, workers: int = 8, submitters: int = 64) -> None:
+    """Cycles through the queue with retention at its count limit (keep 0: no retention)."""
+    n -= n % submitters
+    path = workdir / f"steady-{keep}.db"
+    queue_cfg = QueueConfig(keep_finished_s=0, keep_finished=keep)
+    async with await Store.open(path) as store:
+        actor = QueueActor(SwarmConfig(queue=queue_cfg), store, EventBus())
+        done = 0
+        all_done = trio.Event()
+        latency: list[float] = []
+
+        async def worker(queue: Address[Any], wid: str) -> None:
+            nonlocal done
+            async with Mailbox[Any](wid, 64) as mb:
+                await queue.send(WorkerAvailable(wid, "sonnet", None, (), mb.address))
+                async for msg in mb:
+                    if not isinstance(msg, Assign):
+                        continue
+                    a = msg.assignment
+                    report = TaskFinished(
+                        wid,
+                        a.task_id,
+                        a.attempt,
+                        Outcome.DONE,
+                        result=f"{a.task_id} {RESULT}",
+                        output_tail=f"{a.task_id} {TAIL}",
+                        usage=dict(USAGE),
+                    )
+                    await queue.send(AttemptEnded(report))
+                    await queue.send(WorkerAvailable(wid, "sonnet", None, (), mb.address))
+                    done += 1
+                    if done == n:
+                        all_done.set()
+
+        async def submitter(queue: Address[Any], k: int, count: int) -> None:
+            for i in range(count):
+                t0 = time.perf_counter()
+                await queue.call(Submit((TaskSpec(f"s{k}-{i} {PROMPT}", id=f"s{k}-{i}"),)))
+                latency.append(time.perf_counter() - t0)
+
+        async with trio.open_nursery() as nursery:
+            queue: Address[Any] = await nursery.start(actor.run)
+            for w in range(workers):
+                nursery.start_soon(worker, queue, f"w{w}")
+            t0 = time.perf_counter()
+            async with trio.open_nursery() as subs:
+                for k in range(submitters):
+                    subs.start_soon(submitter, queue, k, n // submitters)
+            await all_done.wait()
+            await queue.call(Submit(()))  # every completion before this is committed
+            elapsed = time.perf_counter() - t0
+            stats = await queue.call(QueueStats())
+            nursery.cancel_scope.cancel()
+    path.unlink()
+    lat = sorted(latency)
+    what = f"keep_finished {keep:,} ({stats.evicted:,} evicted)" if keep else "no retention"
+    print(
+        f"steady state, {n:,} cycles, {what}: {n / elapsed:,.0f} cycles/s; submit -> ack "
+        f"p50 {lat[len(lat) // 2] * 1000:.2f} ms, p99 {lat[int(0.99 * len(lat))] * 1000:.2f} ms, "
+        f"max {lat[-1] * 1000:.1f} ms (64 submitters at once)"
+    )
+
+
 async def write_template(path: Path, n: int) -> None:
     """A store holding `n` tasks that finished an hour ago, and one still ready."""
     book = TaskBook(KEEP_ALL)
@@ -195,6 +273,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=100_000)
     parser.add_argument("--batch", type=int, nargs="+", default=[0, 250, 500, 1_000, 2_000])
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--steady", type=int, default=20_000, help="cycles of part 3 (0: skip it)")
     args = parser.parse_args()
     if not args.skip_memory:
         bench_memory(args.tasks)
@@ -213,6 +292,9 @@ def main() -> None:
             f"the file after eviction keeps its size: {size / 2**20:.0f} MiB"
             " (pages reused; VACUUM shrinks it)"
         )
+        if args.steady:
+            trio.run(bench_steady, args.steady, 0, work)
+            trio.run(bench_steady, args.steady, 5_000, work)
 
 
 if __name__ == "__main__":
