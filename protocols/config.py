@@ -80,7 +80,7 @@ class QueueConfig:
     # limit. A long-lived service would otherwise grow without bound (docs/queue.md, "Retention").
     keep_finished_s: float = attrs.field(default=604_800.0, validator=_nonneg)  # by finish time (7 days)
     keep_finished: int = attrs.field(default=100_000, validator=_nonneg)  # the newest this many
-    evict_batch: int = attrs.field(default=500, validator=_pos)  # evictions per loop step at most
+    evict_batch: int = attrs.field(default=250, validator=_pos)  # evictions per loop step at most
 
 
 @attrs.frozen

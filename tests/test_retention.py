@@ -60,7 +60,7 @@ def q_cfg(**queue: Any) -> SwarmConfig:
 
 def test_defaults_and_validation_name_the_dotted_field() -> None:
     q = QueueConfig()
-    assert (q.keep_finished_s, q.keep_finished, q.evict_batch) == (604_800.0, 100_000, 500)
+    assert (q.keep_finished_s, q.keep_finished, q.evict_batch) == (604_800.0, 100_000, 250)
     for bad, field in (
         ({"keep_finished_s": -1}, "queue.keep_finished_s"),
         ({"keep_finished_s": "7d"}, "queue.keep_finished_s"),
