@@ -130,6 +130,7 @@ async def tasks_and_workers(call: Calls, stream: EventStream) -> None:
         assert (await call("tasks.get", {"id": "self"}))["result"] == "ok"
         old_pid = (await call("workers.get", {"id": wid}))["pid"]
         await call("workers.restart", {"id": wid})
+        await until(stream, "worker.state", worker=wid, state="refreshing")
         await until(stream, "worker.state", worker=wid, state="idle")
         assert (await call("workers.get", {"id": wid}))["pid"] != old_pid  # a fresh process
 
