@@ -252,6 +252,22 @@ async def test_worker_controls_pause_resume_kill(tmp_path: Path) -> None:
         assert swarm.worker(wid).state in (WorkerState.IDLE, WorkerState.BUSY)
 
 
+async def test_kill_frees_a_hung_agents_task_for_a_replacement(tmp_path: Path) -> None:
+    """`kill` is the way out for an agent that hangs: the attempt ends interrupted at once, the task
+    goes back to the queue, and the replacement worker (min_workers) runs it."""
+    config = swarm_config(tmp_path, scaling={"min_workers": 1, "max_workers": 1})
+    async with open_swarm(config) as swarm:
+        with swarm.events(("task.running",)) as sub:
+            task = await swarm.submit({"prompt": "[[hang]] never answers"})
+            first = await wait_for(sub, lambda e: e.data["task_id"] == task.id, timeout=30)
+            await swarm.kill(first.data["worker"])
+            second = await wait_for(sub, lambda e: e.data["task_id"] == task.id, timeout=30)
+        assert second.data["worker"] != first.data["worker"] and second.data["attempt"] == 2
+        attempts = (await swarm.get(task.id)).attempts
+        assert attempts[0].outcome is Outcome.INTERRUPTED and attempts[0].worker == first.data["worker"]
+        await swarm.cancel(task.id)
+
+
 async def test_respawn_backoff_is_exponential_and_the_lineage_budget_retires_it(tmp_path: Path) -> None:
     config = swarm_config(
         tmp_path,
