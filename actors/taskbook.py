@@ -1009,6 +1009,32 @@ class TaskBook:
         )
         return f"waiting for dependencies: {shown}"
 
+    def _event_failed(
+        self,
+        rec: _Rec,
+        att: Attempt,
+        outcome: Outcome,
+        why: str,
+        *,
+        will_retry: bool,
+        not_before: float | None,
+    ) -> None:
+        """`task.failed` for attempt `att`: whether the task will be retried, and not before when."""
+        self._event(
+            "task.failed",
+            {
+                "task_id": rec.id,
+                "attempt": att.n,
+                "worker": att.worker,
+                "model": att.model,
+                "category": rec.category,
+                "outcome": outcome.value,
+                "reason": why,
+                "will_retry": will_retry,
+                "not_before": not_before,
+            },
+        )
+
     def _event_ready(self, rec: _Rec) -> None:
         self._event(
             "task.ready",
@@ -1193,20 +1219,7 @@ class TaskBook:
                 rec.failed_models[att.model] = rec.failed_models.get(att.model, 0) + 1
             why = reason or outcome.value
             if rec.counted >= rec.max_attempts:
-                self._event(
-                    "task.failed",
-                    {
-                        "task_id": rec.id,
-                        "attempt": att.n,
-                        "worker": att.worker,
-                        "model": att.model,
-                        "category": rec.category,
-                        "outcome": outcome.value,
-                        "reason": why,
-                        "will_retry": False,
-                        "not_before": None,
-                    },
-                )
+                self._event_failed(rec, att, outcome, why, will_retry=False, not_before=None)
                 self._terminal(
                     rec,
                     TaskState.DEAD,
@@ -1220,20 +1233,7 @@ class TaskBook:
                 # A worker dying once says little about the task: straight back to the queue, so
                 # another idle worker takes it at once (the attempt still counts; repeated crashes
                 # back off like any failure).
-                self._event(
-                    "task.failed",
-                    {
-                        "task_id": rec.id,
-                        "attempt": att.n,
-                        "worker": att.worker,
-                        "model": att.model,
-                        "category": rec.category,
-                        "outcome": outcome.value,
-                        "reason": why,
-                        "will_retry": True,
-                        "not_before": None,
-                    },
-                )
+                self._event_failed(rec, att, outcome, why, will_retry=True, not_before=None)
                 self._settle_deps(rec, now, "requeue", closed)
                 return True
             delay = backoff_delay(self.qcfg.retry_backoff, rec.counted, self.rng)
@@ -1242,20 +1242,7 @@ class TaskBook:
             rec.not_before = now + delay
             heapq.heappush(self._retry_heap, (rec.not_before, rec.seq, rec.id))
             self._change("fail", rec, closed)
-            self._event(
-                "task.failed",
-                {
-                    "task_id": rec.id,
-                    "attempt": att.n,
-                    "worker": att.worker,
-                    "model": att.model,
-                    "category": rec.category,
-                    "outcome": outcome.value,
-                    "reason": why,
-                    "will_retry": True,
-                    "not_before": rec.not_before,
-                },
-            )
+            self._event_failed(rec, att, outcome, why, will_retry=True, not_before=rec.not_before)
             return True
         # RATE_LIMITED / INTERRUPTED: not the task's fault; straight back to the queue
         self._event(
