@@ -18,16 +18,17 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from shoal.actors.queue import AttemptEnded, QueueActor, QueueStats, Submit, WorkerAvailable
+from shoal.actors.queue import AttemptEnded, QueueActor, QueueStats, Stats, Submit, WorkerAvailable
 from shoal.actors.store import Store
 from shoal.actors.taskbook import TaskBook, WorkerView
 from shoal.protocols.config import ModelsConfig, QueueConfig, SwarmConfig
-from shoal.protocols.tasks import Outcome, TaskSpec
+from shoal.protocols.tasks import Assignment, Outcome, TaskSpec
 from shoal.protocols.workers import Assign, TaskFinished
 from shoal.runtime.actor import Address, Mailbox
 from shoal.runtime.eventbus import EventBus
@@ -61,46 +62,64 @@ async def bench_submit_latency(n: int, state: Path) -> None:
     )
 
 
+async def run_cycles(
+    actor: QueueActor,
+    n: int,
+    workers: int,
+    submitters: int,
+    spec: Callable[[str], TaskSpec] = lambda tid: TaskSpec("p", id=tid),
+    finish: Callable[[str, Assignment], TaskFinished] = lambda wid, a: TaskFinished(
+        wid, a.task_id, a.attempt, Outcome.DONE, result="ok"
+    ),
+) -> tuple[float, list[float], Stats]:
+    """`n` submit+claim+complete cycles through `actor` (workers answer at once); returns the
+    seconds they took, every submit's latency, and the queue's stats once all are committed."""
+    done = 0
+    all_done = trio.Event()
+    latency: list[float] = []
+
+    async def worker(queue: Address[Any], wid: str) -> None:
+        nonlocal done
+        async with Mailbox[Any](wid, 64) as mb:
+            await queue.send(WorkerAvailable(wid, "sonnet", None, (), mb.address))
+            async for msg in mb:
+                if not isinstance(msg, Assign):
+                    continue
+                await queue.send(AttemptEnded(finish(wid, msg.assignment)))
+                await queue.send(WorkerAvailable(wid, "sonnet", None, (), mb.address))
+                done += 1
+                if done == n:
+                    all_done.set()
+
+    async def submitter(queue: Address[Any], k: int, count: int) -> None:
+        for i in range(count):
+            t0 = time.perf_counter()
+            await queue.call(Submit((spec(f"s{k}-{i}"),)))
+            latency.append(time.perf_counter() - t0)
+
+    async with trio.open_nursery() as nursery:
+        queue: Address[Any] = await nursery.start(actor.run)
+        for w in range(workers):
+            nursery.start_soon(worker, queue, f"w{w}")
+        t0 = time.perf_counter()
+        async with trio.open_nursery() as subs:
+            for k in range(submitters):
+                subs.start_soon(submitter, queue, k, n // submitters)
+        await all_done.wait()
+        await queue.call(Submit(()))  # every completion before this is committed
+        elapsed = time.perf_counter() - t0
+        stats = await queue.call(QueueStats())
+        nursery.cancel_scope.cancel()
+    return elapsed, latency, stats
+
+
 async def bench_throughput(n: int, workers: int, submitters: int, state: Path) -> None:
     n -= n % submitters  # every submitter sends the same number
     async with await Store.open(state / "throughput.db") as store:
-        actor = QueueActor(SwarmConfig(), store, EventBus())
-        done = 0
-        all_done = trio.Event()
-
-        async def worker(queue: Address[Any], wid: str) -> None:
-            nonlocal done
-            async with Mailbox[Any](wid, 64) as mb:
-                await queue.send(WorkerAvailable(wid, "sonnet", None, (), mb.address))
-                async for msg in mb:
-                    if not isinstance(msg, Assign):
-                        continue
-                    a = msg.assignment
-                    report = TaskFinished(wid, a.task_id, a.attempt, Outcome.DONE, result="ok")
-                    await queue.send(AttemptEnded(report))
-                    await queue.send(WorkerAvailable(wid, "sonnet", None, (), mb.address))
-                    done += 1
-                    if done == n:
-                        all_done.set()
-
-        async def submitter(queue: Address[Any], k: int, count: int) -> None:
-            for i in range(count):
-                await queue.call(Submit((TaskSpec("p", id=f"s{k}-{i}"),)))
-
-        async with trio.open_nursery() as nursery:
-            queue: Address[Any] = await nursery.start(actor.run)
-            for w in range(workers):
-                nursery.start_soon(worker, queue, f"w{w}")
-            t0 = time.perf_counter()
-            async with trio.open_nursery() as subs:
-                for k in range(submitters):
-                    subs.start_soon(submitter, queue, k, n // submitters)
-            await all_done.wait()
-            await queue.call(Submit(()))  # every completion before this is committed
-            elapsed = time.perf_counter() - t0
-            stats = await queue.call(QueueStats())
-            assert stats.done == n, stats
-            nursery.cancel_scope.cancel()
+        elapsed, _latency, stats = await run_cycles(
+            QueueActor(SwarmConfig(), store, EventBus()), n, workers, submitters
+        )
+        assert stats.done == n, stats
         print(
             f"queue throughput (durable, {workers} workers, {submitters} submitters): "
             f"{n / elapsed:,.0f} submit+claim+complete cycles/s ({n} in {elapsed:.2f} s, "

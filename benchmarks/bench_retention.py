@@ -26,25 +26,22 @@ import tempfile
 import time
 import tracemalloc
 from pathlib import Path
-from typing import Any
 
 import trio
+from bench_queue import run_cycles
 
 from shoal.actors.queue import (
-    AttemptEnded,
     GetTask,
     QueueActor,
     QueueStats,
     Submit,
     UpdateConfig,
-    WorkerAvailable,
 )
 from shoal.actors.store import Store
 from shoal.actors.taskbook import TaskBook
 from shoal.protocols.config import QueueConfig, SwarmConfig
 from shoal.protocols.tasks import Outcome, TaskSpec
-from shoal.protocols.workers import Assign, TaskFinished
-from shoal.runtime.actor import Address, Mailbox
+from shoal.protocols.workers import TaskFinished
 from shoal.runtime.eventbus import EventBus
 
 PROMPT = "p" * 200
@@ -207,53 +204,22 @@ async def bench_steady(n: int, keep: int, workdir: Path, workers: int = 8, submi
     path = workdir / f"steady-{keep}.db"
     queue_cfg = QueueConfig(keep_finished_s=0, keep_finished=keep)
     async with await Store.open(path) as store:
-        actor = QueueActor(SwarmConfig(queue=queue_cfg), store, EventBus())
-        done = 0
-        all_done = trio.Event()
-        latency: list[float] = []
-
-        async def worker(queue: Address[Any], wid: str) -> None:
-            nonlocal done
-            async with Mailbox[Any](wid, 64) as mb:
-                await queue.send(WorkerAvailable(wid, "sonnet", None, (), mb.address))
-                async for msg in mb:
-                    if not isinstance(msg, Assign):
-                        continue
-                    a = msg.assignment
-                    report = TaskFinished(
-                        wid,
-                        a.task_id,
-                        a.attempt,
-                        Outcome.DONE,
-                        result=f"{a.task_id} {RESULT}",
-                        output_tail=f"{a.task_id} {TAIL}",
-                        usage=dict(USAGE),
-                    )
-                    await queue.send(AttemptEnded(report))
-                    await queue.send(WorkerAvailable(wid, "sonnet", None, (), mb.address))
-                    done += 1
-                    if done == n:
-                        all_done.set()
-
-        async def submitter(queue: Address[Any], k: int, count: int) -> None:
-            for i in range(count):
-                t0 = time.perf_counter()
-                await queue.call(Submit((TaskSpec(f"s{k}-{i} {PROMPT}", id=f"s{k}-{i}"),)))
-                latency.append(time.perf_counter() - t0)
-
-        async with trio.open_nursery() as nursery:
-            queue: Address[Any] = await nursery.start(actor.run)
-            for w in range(workers):
-                nursery.start_soon(worker, queue, f"w{w}")
-            t0 = time.perf_counter()
-            async with trio.open_nursery() as subs:
-                for k in range(submitters):
-                    subs.start_soon(submitter, queue, k, n // submitters)
-            await all_done.wait()
-            await queue.call(Submit(()))  # every completion before this is committed
-            elapsed = time.perf_counter() - t0
-            stats = await queue.call(QueueStats())
-            nursery.cancel_scope.cancel()
+        elapsed, latency, stats = await run_cycles(
+            QueueActor(SwarmConfig(queue=queue_cfg), store, EventBus()),
+            n,
+            workers,
+            submitters,
+            spec=lambda tid: TaskSpec(f"{tid} {PROMPT}", id=tid),
+            finish=lambda wid, a: TaskFinished(
+                wid,
+                a.task_id,
+                a.attempt,
+                Outcome.DONE,
+                result=f"{a.task_id} {RESULT}",
+                output_tail=f"{a.task_id} {TAIL}",
+                usage=dict(USAGE),
+            ),
+        )
     path.unlink()
     lat = sorted(latency)
     what = f"keep_finished {keep:,} ({stats.evicted:,} evicted)" if keep else "no retention"
