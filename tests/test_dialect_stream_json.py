@@ -12,8 +12,11 @@ from hypothesis import strategies as st
 
 from shoal.protocols.dialects import make_dialect
 from shoal.protocols.dialects.base import (
+    ApiRetry,
     ContextUsage,
+    Notice,
     ProtocolError,
+    QuotaReport,
     RateLimited,
     Ready,
     Signal,
@@ -143,7 +146,7 @@ def test_is_error_fails_the_task() -> None:
     assert feed_all(dialect, error) == [TaskFailed(reason="tool broke"), Ready()]
     dialect.start_task(TASK, NOW)
     max_turns = line({"type": "result", "subtype": "error_max_turns", "is_error": False})
-    assert feed_all(dialect, max_turns) == [TaskFailed(reason="error_max_turns"), Ready()]
+    assert feed_all(dialect, max_turns) == [TaskFailed(reason="reached the maximum number of turns"), Ready()]
 
 
 def test_usage_limit_result_is_a_rate_limit_not_a_failure() -> None:
@@ -168,11 +171,16 @@ def test_api_retry_rate_limit_ends_the_task_and_its_late_result_is_dropped() -> 
             "error": "rate_limit",
         }
     )
+    report = ApiRetry(attempt=1, max_retries=10, delay_s=30.0, status=429, error="rate_limit")
     assert feed_all(dialect, retry + retry) == [
-        RateLimited(reset_at=WALL + 30.0, message="API retry 1/10: rate_limit")
+        report,
+        RateLimited(reset_at=WALL + 30.0, message="API retry 1/10: rate_limit"),
+        report,
     ]
     other = line({"type": "system", "subtype": "api_retry", "attempt": 2, "error": "server_error"})
-    assert feed_all(dialect, other) == []
+    assert feed_all(dialect, other) == [
+        ApiRetry(attempt=2, max_retries=None, delay_s=None, status=None, error="server_error")
+    ]
     assert feed_all(dialect, RESULT) == [Ready()]  # the old task's answer is not the next task's
 
 
@@ -185,9 +193,10 @@ def test_rate_limit_event_rejected() -> None:
             "rate_limit_info": {"status": "rejected", "resetsAt": 1750018000, "rateLimitType": "five_hour"},
         }
     )
-    assert feed_all(dialect, allowed) == []
+    assert feed_all(dialect, allowed) == [QuotaReport("allowed", None, 1.0, None, None)]
     assert feed_all(dialect, rejected) == [
-        RateLimited(reset_at=1750018000.0, message="rate limit rejected (five_hour)")
+        QuotaReport("rejected", "five_hour", 1750018000.0, None, None),
+        RateLimited(reset_at=1750018000.0, message="rate limit rejected (five_hour)"),
     ]
 
 
@@ -205,7 +214,7 @@ def test_results_come_in_order_and_stale_ones_are_dropped() -> None:
 
 def test_bad_lines_are_protocol_errors_and_parsing_goes_on() -> None:
     dialect = started()
-    garbage = b'not json\n\xff\xfe{}\n[1, 2]\n{"no": "type"}\n\n   \n'
+    garbage = b'{"type": oops\n\xff\xfe{}\n[1, 2]\n{"no": "type"}\n\n   \n'
     signals = feed_all(dialect, garbage + RESULT)
     errors = [s for s in signals if isinstance(s, ProtocolError)]
     assert len(errors) == 4
@@ -214,6 +223,28 @@ def test_bad_lines_are_protocol_errors_and_parsing_goes_on() -> None:
     assert errors[2].message.startswith("not a JSON object")
     assert errors[3].message.startswith("event without a type")
     assert signals[-2:] == [DONE, Ready()]
+
+
+def test_plain_text_lines_are_notices_not_errors() -> None:
+    """Claude Code prints warnings on stdout before and between its JSON: skipped, not a failure."""
+    dialect = started()
+    warning = b"Warning: no stdin data received in 3s, proceeding without it.\n"
+    signals = feed_all(dialect, warning + INIT + b"connectors disabled for this session\n" + RESULT)
+    assert signals == [
+        Notice("Warning: no stdin data received in 3s, proceeding without it."),
+        Notice("connectors disabled for this session"),
+        DONE,
+        Ready(),
+    ]
+
+
+def test_a_stream_that_never_becomes_json_is_a_protocol_error() -> None:
+    dialect = started({"max_preamble_lines": 3})
+    signals = feed_all(dialect, b"usage: claude [options]\n" * 5)
+    assert [s for s in signals if isinstance(s, ProtocolError)] == [
+        ProtocolError("no JSON in the first 3 lines: usage: claude [options]")
+    ]
+    assert sum(isinstance(s, Notice) for s in signals) == 5
 
 
 def test_an_over_long_line_is_dropped_and_parsing_resumes() -> None:
@@ -249,7 +280,7 @@ def test_events_of_an_abandoned_turn_do_not_touch_the_next_task() -> None:
     dialect = started()
     info = {"status": "rejected", "resetsAt": 1750018000, "rateLimitType": "five_hour"}
     rejected = line({"type": "rate_limit_event", "rate_limit_info": info})
-    assert feed_all(dialect, rejected) == [
+    assert feed_all(dialect, rejected)[1:] == [
         RateLimited(reset_at=1750018000.0, message="rate limit rejected (five_hour)")
     ]
     dialect.start_task(Assignment("t2", 1, "next"), NOW)  # written before the first turn's result came
@@ -263,3 +294,106 @@ def test_events_of_an_abandoned_turn_do_not_touch_the_next_task() -> None:
     ) + line({"type": "result", "is_error": True, "result": error_text})
     assert feed_all(dialect, late) == []  # the first turn's end, already reported
     assert feed_all(dialect, RESULT) == [DONE, Ready()]  # the second task gets its own answer
+
+
+API_ERROR_USAGE = {"input_tokens": 10, "output_tokens": 0}
+
+
+def api_error(status: int | None, text: str, **extra: Any) -> bytes:
+    """A headless result as Claude Code 2.1 reports an API failure: subtype success, is_error true."""
+    event = {
+        "type": "result",
+        "subtype": "success",
+        "is_error": True,
+        "api_error_status": status,
+        "result": text,
+        "total_cost_usd": 0,
+        "usage": API_ERROR_USAGE,
+        **extra,
+    }
+    return line(event)
+
+
+@pytest.mark.parametrize(
+    ("status", "extra", "park", "message"),
+    [
+        (529, {}, 60.0, "API overloaded (529): API Error: 529 overloaded"),
+        (500, {}, 60.0, "API server error (500): API Error: 529 overloaded"),
+        (401, {}, 300.0, "API authentication failed (401): API Error: 529 overloaded"),
+        (None, {"terminal_reason": "api_error"}, 60.0, "API unreachable: API Error: 529 overloaded"),
+    ],
+)
+def test_an_api_failure_reported_as_success_is_a_back_off_not_a_result(
+    status: int | None, extra: dict[str, Any], park: float, message: str
+) -> None:
+    dialect = started()
+    signals = feed_all(dialect, api_error(status, "API Error: 529 overloaded", **extra))
+    assert signals == [RateLimited(reset_at=WALL + park, message=message), Ready()]
+
+
+def test_a_429_without_a_reset_is_a_rate_limit_and_with_one_waits_for_it() -> None:
+    dialect = started()
+    plain = api_error(429, "API Error: Request rejected (429) · organization rate limit")
+    assert feed_all(dialect, plain) == [
+        RateLimited(
+            None, "API rate limit (429): API Error: Request rejected (429) · organization rate limit"
+        ),
+        Ready(),
+    ]
+    dialect.start_task(TASK, NOW)
+    notice = "You've hit your 5-hour limit · resets 11am (UTC)"
+    signals = feed_all(dialect, api_error(429, notice))
+    assert isinstance(signals[0], RateLimited) and signals[0].reset_at is not None
+    assert signals[0].reset_at > WALL and signals[1:] == [Ready()]
+
+
+def test_a_usage_limit_notice_returned_as_success_is_not_done() -> None:
+    """`is_error: false` with a limit notice as the result: park the model, never record DONE."""
+    dialect = started()
+    notice = "You've hit your session limit · resets 7pm (America/Toronto)"
+    done_looking = line({"type": "result", "subtype": "success", "is_error": False, "result": notice})
+    signals = feed_all(dialect, done_looking)
+    assert len(signals) == 2 and isinstance(signals[0], RateLimited) and signals[1] == Ready()
+    assert signals[0].reset_at is not None and 0 < signals[0].reset_at - WALL <= 86_400
+
+
+def test_a_long_answer_that_mentions_a_limit_is_still_done() -> None:
+    dialect = started()
+    answer = "Here is how rate limits work: when you hit your limit... " + "details " * 60
+    assert feed_all(dialect, line({"type": "result", "is_error": False, "result": answer}))[0] == TaskDone(
+        result=answer
+    )
+
+
+def test_max_turns_fails_with_the_agents_words_and_keeps_its_cost() -> None:
+    dialect = started()
+    event = {
+        "type": "result",
+        "subtype": "error_max_turns",
+        "is_error": True,
+        "num_turns": 41,
+        "total_cost_usd": 0.82,
+        "usage": {"input_tokens": 1200, "output_tokens": 300},
+        "errors": ["Reached maximum number of turns (40)"],
+    }
+    assert feed_all(dialect, line(event)) == [
+        TaskFailed(
+            reason="Reached maximum number of turns (40)",
+            usage={"input_tokens": 1200, "output_tokens": 300, "cost_usd": 0.82, "num_turns": 41},
+        ),
+        Ready(),
+    ]
+
+
+def test_quota_reports_carry_utilization_and_overage() -> None:
+    dialect = started()
+    info = {
+        "status": "allowed_warning",
+        "resetsAt": 1750018000,
+        "rateLimitType": "seven_day",
+        "utilization": 0.91,
+        "overageStatus": "rejected",
+    }
+    assert feed_all(dialect, line({"type": "rate_limit_event", "rate_limit_info": info})) == [
+        QuotaReport("allowed_warning", "seven_day", 1750018000.0, 0.91, "rejected")
+    ]

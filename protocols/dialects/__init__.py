@@ -8,10 +8,13 @@ from typing import Any
 
 from ..errors import ValidationError
 from .base import (
+    ApiRetry,
     ContextUsage,
     Dialect,
     NeedsInput,
+    Notice,
     ProtocolError,
+    QuotaReport,
     RateLimited,
     Ready,
     Signal,
@@ -52,14 +55,17 @@ def make_dialect(
 
 __all__ = [
     "DIALECTS",
+    "ApiRetry",
     "ContextUsage",
     "Dialect",
     "IdleDialect",
     "MarkerDialect",
     "NeedsInput",
+    "Notice",
     "OneshotDialect",
     "PromptDialect",
     "ProtocolError",
+    "QuotaReport",
     "RateLimited",
     "Ready",
     "Signal",

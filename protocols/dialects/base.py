@@ -31,6 +31,7 @@ class TaskDone:
 class TaskFailed:
     reason: str
     exit_code: int | None = None
+    usage: dict[str, Any] = attrs.field(factory=dict)  # a failed run still cost tokens and money
 
 
 @attrs.frozen
@@ -50,13 +51,61 @@ class NeedsInput:
 
 
 @attrs.frozen
+class ApiRetry:
+    """The agent's own client is retrying a failed API request (Claude Code's `system/api_retry`).
+
+    `error` is the agent's category: rate_limit, overloaded, server_error, authentication_failed,
+    network, unknown. Not an outcome: the task is still running, but a storm of these is news.
+    """
+
+    attempt: int | None
+    max_retries: int | None
+    delay_s: float | None
+    status: int | None  # the HTTP status, None for a network failure
+    error: str
+
+
+@attrs.frozen
+class QuotaReport:
+    """Where the account's quota stands (Claude Code's `rate_limit_event`), before it runs out.
+
+    `status` is allowed, allowed_warning or rejected; `window` the limit's kind (five_hour,
+    seven_day, ...); `utilization` 0..1 when reported; `overage` the overage (extra usage) status.
+    """
+
+    status: str
+    window: str | None
+    resets_at: float | None
+    utilization: float | None
+    overage: str | None
+
+
+@attrs.frozen
+class Notice:
+    """A line that is not part of the protocol (a warning printed on stdout): logged and counted."""
+
+    text: str
+
+
+@attrs.frozen
 class ProtocolError:
     """The agent wrote something the dialect cannot accept (e.g. invalid JSON on stream-json)."""
 
     message: str
 
 
-Signal = Ready | TaskDone | TaskFailed | ContextUsage | RateLimited | NeedsInput | ProtocolError
+Signal = (
+    Ready
+    | TaskDone
+    | TaskFailed
+    | ContextUsage
+    | RateLimited
+    | NeedsInput
+    | ApiRetry
+    | QuotaReport
+    | Notice
+    | ProtocolError
+)
 
 
 class Dialect(Protocol):

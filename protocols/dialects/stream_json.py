@@ -2,16 +2,29 @@
 
 Input: one JSON line per task, `{"type":"user","message":{"role":"user","content":[{"type":"text",
 "text": PROMPT}]}}`. Output: JSON lines, one event each (`system` init, `assistant`, `user` tool
-results, `result`). The `result` event ends the turn: `is_error` false gives TaskDone(result, usage)
-with `input_tokens`, `output_tokens`, cache tokens, `cost_usd` (from `total_cost_usd`), `duration_ms`
-and `num_turns` when present; `is_error` true gives TaskFailed, or RateLimited when its text is a
-usage-limit message. `system`/`api_retry` with `error: rate_limit` and a `rate_limit_event` whose
-status is `rejected` give RateLimited (reset from `retry_delay_ms` / `resetsAt`), which ends the task.
+results, `result`). The `result` event ends the turn, and is read whole, never by its `subtype`
+alone (Claude Code reports API failures as `"subtype":"success"` with `is_error: true`):
+
+- no error: TaskDone(result, usage) with `input_tokens`, `output_tokens`, cache tokens, `cost_usd`
+  (from `total_cost_usd`), `duration_ms` and `num_turns` when present; unless the result text is a
+  usage-limit notice ("You've hit your session limit · resets 7pm (America/Toronto)"), which is a
+  RateLimited until that reset, never a task done;
+- `api_error_status` 429, 529, 5xx, 401/403 or a network failure (`terminal_reason: api_error`,
+  status null): RateLimited, so the task goes back to the queue without an attempt counted and the
+  model backs off for a while (`overloaded_park_s`, `auth_park_s`) or until the announced reset;
+- any other error (`error_max_turns`, `error_during_execution`, ...): TaskFailed whose reason is the
+  `errors[]` text ("Reached maximum number of turns (40)"), carrying the usage and cost it ran up.
+
+`system`/`api_retry` events give ApiRetry (attempt, max, delay, status, error); with `error:
+rate_limit` also RateLimited (reset from `retry_delay_ms`), which ends the task. `rate_limit_event`
+gives QuotaReport (status, window, reset, utilization, overage); `rejected` also RateLimited.
 Context usage is the last assistant message's prompt size over `context_window_tokens`.
 
 Every user message gets exactly one result, in order; results of tasks that already ended here (timed
-out, rate-limited) are dropped rather than credited to the next task. Invalid JSON or UTF-8 yields a
-ProtocolError and parsing goes on with the next line.
+out, rate-limited) are dropped rather than credited to the next task. A line that is not JSON and does
+not look like it (a warning Claude Code prints on stdout) is a Notice and skipped; a stream that never
+becomes JSON within `max_preamble_lines` lines, a line that starts like JSON but does not parse, or
+invalid UTF-8 yields a ProtocolError, and parsing goes on with the next line.
 """
 
 from __future__ import annotations
@@ -20,12 +33,15 @@ import json
 import time
 from collections import deque
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 from ..tasks import Assignment
 from .base import (
+    ApiRetry,
     ContextUsage,
+    Notice,
     ProtocolError,
+    QuotaReport,
     RateLimited,
     Ready,
     Signal,
@@ -36,6 +52,8 @@ from .base import (
 from .common import Options, TaskRun, WallClock, sanitize_prompt, scanner_from, timeout_reason
 
 _PREVIEW = 120
+_NOTICE_MAX = 500  # a notice line is cut to this many characters
+_LIMIT_NOTICE_MAX = 400  # a "done" result this short may be a usage-limit notice in disguise
 _USAGE_KEYS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 
 
@@ -81,7 +99,12 @@ class StreamJsonDialect:
         self._max_line = opts.integer("max_line_bytes", 16 << 20, minimum=1024)
         self._max_result = opts.integer("max_result_chars", 200_000, minimum=1)
         self._default_timeout = opts.number("task_timeout_s", None, minimum=0.001)
+        self._max_preamble = opts.integer("max_preamble_lines", 200, minimum=1)
+        self._overloaded_park = opts.number("overloaded_park_s", 60.0, minimum=0.0) or 0.0
+        self._auth_park = opts.number("auth_park_s", 300.0, minimum=0.0) or 0.0
         opts.finish()
+        self._seen_json = False  # at least one JSON event arrived: the stream is what we expect
+        self._preamble = 0  # non-JSON lines before the first JSON event
         self._buf = bytearray()
         self._discarding = False  # inside an over-long line: drop bytes up to its newline
         self._queue: deque[TaskRun | None] = deque()  # one entry per user message awaiting its result
@@ -195,6 +218,9 @@ class StreamJsonDialect:
         except UnicodeDecodeError as exc:
             out.append(ProtocolError(f"invalid UTF-8 at byte {exc.start}: {_preview(repr(raw))}"))
             return
+        if not text.startswith(("{", "[")):
+            self._notice(text, out)
+            return
         try:
             event = json.loads(text)
         except ValueError as exc:
@@ -203,6 +229,7 @@ class StreamJsonDialect:
         if not isinstance(event, dict):
             out.append(ProtocolError(f"not a JSON object: {_preview(text)}"))
             return
+        self._seen_json = True
         kind = event.get("type")
         if kind == "result":
             self._result(event, out)
@@ -211,14 +238,42 @@ class StreamJsonDialect:
         elif kind == "system":
             self._system(event, out)
         elif kind == "rate_limit_event":
-            info = event.get("rate_limit_info")
-            if isinstance(info, Mapping) and info.get("status") == "rejected":
-                reset = info.get("resetsAt")
-                self._rate_limited(
-                    out, _epoch(reset), f"rate limit rejected ({info.get('rateLimitType', '?')})"
-                )
+            self._quota(event, out)
         elif kind is None:
             out.append(ProtocolError(f"event without a type: {_preview(text)}"))
+
+    def _notice(self, text: str, out: list[Signal]) -> None:
+        """A plain-text line (a warning on stdout): skipped, unless the stream never turns to JSON."""
+        out.append(Notice(text if len(text) <= _NOTICE_MAX else text[:_NOTICE_MAX] + "…"))
+        if not self._seen_json:
+            self._preamble += 1
+            if self._preamble == self._max_preamble:
+                out.append(ProtocolError(f"no JSON in the first {self._preamble} lines: {_preview(text)}"))
+
+    def _quota(self, event: Mapping[str, Any], out: list[Signal]) -> None:
+        info = event.get("rate_limit_info")
+        if not isinstance(info, Mapping):
+            return
+        status = info.get("status")
+        if not isinstance(status, str):
+            return
+        window = info.get("rateLimitType")
+        utilization = info.get("utilization")
+        overage = info.get("overageStatus")
+        reset = _epoch(info.get("resetsAt"))
+        out.append(
+            QuotaReport(
+                status=status,
+                window=window if isinstance(window, str) else None,
+                resets_at=reset,
+                utilization=float(utilization) if _is_number(utilization) else None,
+                overage=overage if isinstance(overage, str) else None,
+            )
+        )
+        if status == "rejected":
+            self._rate_limited(
+                out, reset, f"rate limit rejected ({window if isinstance(window, str) else '?'})"
+            )
 
     def _system(self, event: Mapping[str, Any], out: list[Signal]) -> None:
         subtype = event.get("subtype")
@@ -226,13 +281,28 @@ class StreamJsonDialect:
             session, model = event.get("session_id"), event.get("model")
             self.session_id = session if isinstance(session, str) else self.session_id
             self.model = model if isinstance(model, str) else self.model
-        elif subtype == "api_retry" and event.get("error") == "rate_limit":
+        elif subtype == "api_retry":
             delay = event.get("retry_delay_ms")
-            reset = None
-            if isinstance(delay, int | float) and not isinstance(delay, bool):
-                reset = self._wall() + delay / 1000.0
-            attempt, most = event.get("attempt", "?"), event.get("max_retries", "?")
-            self._rate_limited(out, reset, f"API retry {attempt}/{most}: rate_limit")
+            delay_s = delay / 1000.0 if _is_number(delay) else None
+            attempt, most, status, error = (
+                event.get("attempt"),
+                event.get("max_retries"),
+                event.get("error_status"),
+                event.get("error"),
+            )
+            out.append(
+                ApiRetry(
+                    attempt=attempt if _is_int(attempt) else None,
+                    max_retries=most if _is_int(most) else None,
+                    delay_s=delay_s,
+                    status=status if _is_int(status) else None,
+                    error=error if isinstance(error, str) else "unknown",
+                )
+            )
+            if error == "rate_limit":
+                reset = self._wall() + delay_s if delay_s is not None else None
+                shown = (attempt if _is_int(attempt) else "?", most if _is_int(most) else "?")
+                self._rate_limited(out, reset, f"API retry {shown[0]}/{shown[1]}: rate_limit")
 
     def _assistant(self, event: Mapping[str, Any], out: list[Signal]) -> None:
         message = event.get("message")
@@ -304,13 +374,14 @@ class StreamJsonDialect:
             result = raw if isinstance(raw, str) else "\n".join(texts)
             is_error = bool(event.get("is_error")) or event.get("subtype") not in (None, "success")
             if not is_error:
-                if len(result) > self._max_result:
-                    result = "…[truncated]\n" + result[-self._max_result :]
-                self._end_task(out, TaskDone(result=result, usage=result_usage(event)))
-            elif not self._scan_text(result, out):
-                subtype = event.get("subtype")
-                reason = result.strip() or (subtype if isinstance(subtype, str) else "error")
-                self._end_task(out, TaskFailed(reason=_preview(reason)))
+                if not (len(result) <= _LIMIT_NOTICE_MAX and self._limit_notice(result, out)):
+                    if len(result) > self._max_result:
+                        result = "…[truncated]\n" + result[-self._max_result :]
+                    self._end_task(out, TaskDone(result=result, usage=result_usage(event)))
+            elif not self._api_error(event, result, out) and not self._scan_text(result, out):
+                self._end_task(
+                    out, TaskFailed(reason=_failure_reason(event, result), usage=result_usage(event))
+                )
         elif not self._limited and event.get("is_error") and isinstance(raw, str):
             self._scan_text(raw, out)  # a limit reported after its task ended still parks the model
         if self._queue:
@@ -321,6 +392,77 @@ class StreamJsonDialect:
         if not self._queue and self._task is None and not self._ready_reported:
             self._ready_reported = True
             out.append(Ready())
+
+    def _limit_notice(self, text: str, out: list[Signal]) -> bool:
+        """A short "done" result that is a usage-limit notice: the model is parked, the task requeued."""
+        for hit in self._scanner.scan(text + "\n", "", self._wall()):
+            if hit.kind == "limit":
+                assert isinstance(hit.signal, RateLimited)
+                self._rate_limited(out, hit.signal.reset_at, hit.signal.message)
+                return True
+        return False
+
+    def _api_error(self, event: Mapping[str, Any], text: str, out: list[Signal]) -> bool:
+        """An error result caused by the API, not by the task: True when it was reported as such.
+
+        A 429 with a reset in its text waits for that reset; other API failures back the model off
+        for a fixed while (the agent already retried them). Either way no attempt is counted.
+        """
+        status = event.get("api_error_status")
+        network = status is None and event.get("terminal_reason") == "api_error"
+        if not (_is_int(status) and (status in (401, 403, 429) or status >= 500)) and not network:
+            return False
+        now = self._wall()
+        detail = _preview(_first_error(event) or text.strip() or "no detail")
+        if status == 429:
+            if self._scan_text(text, out):
+                return True  # a usage-limit notice with its own reset time
+            self._rate_limited(out, None, f"API rate limit (429): {detail}")
+        elif status in (401, 403):
+            self._rate_limited(out, now + self._auth_park, f"API authentication failed ({status}): {detail}")
+        elif network:
+            self._rate_limited(out, now + self._overloaded_park, f"API unreachable: {detail}")
+        else:
+            kind = "overloaded" if status == 529 else "server error"
+            self._rate_limited(out, now + self._overloaded_park, f"API {kind} ({status}): {detail}")
+        return True
+
+
+def _is_int(value: Any) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == value
+
+
+def _first_error(event: Mapping[str, Any]) -> str | None:
+    """The `errors[]` texts of a result, joined (Claude Code's own words for what went wrong)."""
+    errors = event.get("errors")
+    if isinstance(errors, list):
+        texts = [
+            e if isinstance(e, str) else str(e.get("message", "")) if isinstance(e, Mapping) else ""
+            for e in errors
+        ]
+        joined = "; ".join(t.strip() for t in texts if t and t.strip())
+        return joined or None
+    return None
+
+
+_SUBTYPE_REASONS = {
+    "error_max_turns": "reached the maximum number of turns",
+    "error_during_execution": "error during execution",
+    "error_max_budget_usd": "reached the maximum budget",
+}
+
+
+def _failure_reason(event: Mapping[str, Any], result: str) -> str:
+    """Why a turn failed, in the agent's words: `errors[]`, else the result text, else the subtype."""
+    reason = _first_error(event) or result.strip()
+    if not reason:
+        subtype = event.get("subtype")
+        reason = _SUBTYPE_REASONS.get(subtype, subtype) if isinstance(subtype, str) else "error"
+    return _preview(reason)
 
 
 def _epoch(value: Any) -> float | None:
