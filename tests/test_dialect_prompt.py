@@ -336,6 +336,54 @@ def test_permission_prompt_then_answered_then_done() -> None:
     ]
 
 
+def test_an_api_error_line_fails_the_task_when_the_prompt_returns() -> None:
+    screen = Screen()
+    dialect = new()
+    dialect.start_task(TASK, NOW)
+    busy = screen.draw(["> Build a snake game", ""], screen.frame(spinner="✻ Thinking… (esc to interrupt)"))
+    error = screen.draw(['  ⎿  API Error: 500 {"type":"error","message":"Overloaded"}', ""], screen.frame())
+    assert session(dialect, [busy, error]) == [
+        TaskFailed(reason='API Error: 500 {"type":"error","message":"Overloaded"}'),
+        Ready(),
+    ]
+    # the next task starts clean: a good turn is done
+    dialect.start_task(Assignment("t2", 1, "again"), NOW)
+    good = screen.draw(["> again", ""], screen.frame(spinner="✻ Thinking… (esc to interrupt)"))
+    assert session(dialect, [good, screen.draw(["● Fine.", ""], screen.frame())]) == [
+        TaskDone(result="Fine."),
+        Ready(),
+    ]
+
+
+def test_a_tool_error_or_an_echoed_error_is_no_failure() -> None:
+    screen = Screen()
+    dialect = new()
+    dialect.start_task(Assignment("t1", 1, "why does it say API Error: x?"), NOW)
+    chunks = [
+        screen.draw(
+            ["> why does it say API Error: x?", ""], screen.frame(spinner="✻ Thinking… (esc to interrupt)")
+        ),
+        screen.draw(
+            ["● Bash(make)", "  ⎿  Error: make: *** [all] Error 2", "", "● Fixed it."], screen.frame()
+        ),
+    ]
+    signals = session(dialect, chunks)
+    assert isinstance(signals[0], TaskDone) and "Fixed it." in signals[0].result
+
+
+def test_failure_patterns_option_and_builtin_patterns_off() -> None:
+    screen = Screen()
+    custom = new({"failure_patterns": [r"^FATAL: (?P<reason>.+)$"]})
+    custom.start_task(TASK, NOW)
+    chunk = screen.draw(["● working", "FATAL: disk full", ""], screen.frame())
+    assert session(custom, [chunk]) == [TaskFailed(reason="disk full"), Ready()]
+    off = new({"builtin_patterns": False})
+    off.start_task(TASK, NOW)
+    chunk = screen.draw(["● working", "  ⎿  API Error: 500", ""], screen.frame())
+    signals = session(off, [chunk])
+    assert isinstance(signals[0], TaskDone)
+
+
 def test_task_timeout_from_tick_and_next_deadline() -> None:
     dialect = new()
     dialect.start_task(Assignment("t1", 1, "x", timeout_s=5), NOW)
@@ -434,6 +482,7 @@ def test_encode_steps_paste_then_enter_after_a_delay() -> None:
         ({"nope": 1}, "options.nope"),
         ({"prompt_pattern": "("}, "options.prompt_pattern"),
         ({"busy_patterns": [3]}, "options.busy_patterns"),
+        ({"failure_patterns": "("}, "options.failure_patterns"),
         ({"require_activity": "yes"}, "options.require_activity"),
         ({"task_timeout_s": -1}, "options.task_timeout_s"),
         ({"max_result_chars": 0}, "options.max_result_chars"),

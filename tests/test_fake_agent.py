@@ -255,6 +255,17 @@ async def test_tui_context_exhausted_fails_this_and_later_tasks(no_leaks: None) 
         assert isinstance(again, TaskFailed) and "Context limit reached" in again.reason
 
 
+async def test_tui_fail_prints_an_api_error_line_and_the_prompt_dialect_fails_the_task(
+    no_leaks: None,
+) -> None:
+    async with run_agent([], "prompt") as agent:
+        await agent.expect(Ready)
+        assert await agent.task("[[fail:tests are red]] fix") == TaskFailed(reason="API Error: tests are red")
+        assert "⎿  API Error: tests are red" in agent.raw.decode(errors="replace")
+        await agent.expect(Ready)
+        assert done(await agent.task("and now?")) == "Done: and now?"  # the next task is unaffected
+
+
 async def test_tui_crash_exits_with_the_code(no_leaks: None) -> None:
     async with run_agent([], "prompt") as agent:
         await agent.expect(Ready)

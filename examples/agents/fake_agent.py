@@ -23,9 +23,10 @@ CODE mid-task after printing a bit), `[[hang]]` (never finish), `[[ratelimit:EPO
 `[[ratelimit:+SECONDS]]` (Claude's usage-limit message, no answer), `[[ask]]` (a permission prompt;
 "1" then Enter proceeds, "2" or Esc refuses), `[[context:N]]` (context used becomes N%; 100 or more:
 context exhausted mid-task, and every later task too until /clear or /compact), `[[fail:REASON]]`
-(finish with failure), `[[flood:MB]]` (that many MB of ANSI-heavy output, fast), `[[echo]]` (reply
-with the prompt text). Without directives the reply is `Done: <first 40 characters of the prompt>`.
-Invalid directive values are ignored. Standard library only; starts in a few tens of milliseconds.
+(finish with failure; the TUI prints Claude Code's error line `⎿  API Error: REASON`),
+`[[flood:MB]]` (that many MB of ANSI-heavy output, fast), `[[echo]]` (reply with the prompt text).
+Without directives the reply is `Done: <first 40 characters of the prompt>`. Invalid directive values
+are ignored. Standard library only; starts in a few tens of milliseconds.
 """
 
 from __future__ import annotations
@@ -467,14 +468,20 @@ class Tui:
             self.used = 100.0
             self.end_turn([f"  {RED}⎿  {CONTEXT_LIMIT}{RESET}", ""])
             return
-        lines = (f"Failed: {plan.fail}" if plan.fail else plan.reply()).split("\n")
+        if plan.fail:
+            # Claude Code ends a failed turn with an error line under the prompt's echo, then its
+            # prompt comes back as after any turn
+            self.grow(plan)
+            failed = f"{MARKER} status=failed reason={plan.fail}"
+            self.end_turn([f"  {RED}⎿  API Error: {plan.fail}{RESET}", ""], failed)
+            return
+        lines = plan.reply().split("\n")
         reply = [f"{BOLD}●{RESET} {lines[0]}", *("  " + line for line in lines[1:]), ""]
         elapsed = time.monotonic() - self.turn_start
         if elapsed >= 1.0:
             reply += [f"{GREY}✻ Worked for {int(elapsed)}s{RESET}", ""]
         self.grow(plan)
-        marker = f"{MARKER} status=failed reason={plan.fail}" if plan.fail else MARKER
-        self.end_turn(reply, marker)
+        self.end_turn(reply, MARKER)
 
     def grow(self, plan: Plan) -> None:
         if plan.context is not None:

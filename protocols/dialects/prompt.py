@@ -12,8 +12,12 @@ Ready = the latest frame is closed (box drawn, or bottom rule seen) and neither 
 it is busy. A task is done at the first ready frame drawn after the task was written, once the agent
 showed it worked on it (a busy frame, a `●` reply line or a past-tense spinner line; typing the prompt
 into the box redraws a frame too, and that one must not count). Only lines holding a literal hint
-(`───`, `…`, `to interrupt`, `●`, `✻`) are looked at, so a flood of ordinary output costs one
-`str.find` per hint.
+(`───`, `…`, `to interrupt`, `●`, `✻`, `API Error`) are looked at, so a flood of ordinary output costs
+one `str.find` per hint.
+
+A TUI ends a failed turn the same way as a good one: its prompt comes back. What tells them apart is
+an error line, Claude Code's `⎿  API Error: …` (or a `failure_patterns` match): seen during a task,
+that task ends TaskFailed (with that line as the reason) instead of TaskDone, at the same ready frame.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 import re
 from typing import ClassVar
 
-from .base import Signal
+from .base import Signal, TaskFailed
 from .common import _MAX_PENDING_EVAL, Event, Options, TextDialect
 
 _OUT, _BOX, _FOOTER = 0, 1, 2
@@ -37,6 +41,9 @@ _PROMPT_ANY = re.compile(r"^[^\S\n]*│?[^\S\n]*[>❯](?=[^\S\n]|$)", re.MULTILI
 _NONSPACE = re.compile(r"\S")
 _BLANK_AFTER = re.compile(r"\n[^\S\n]*\n")
 _LEADING_BLANK = re.compile(r"[^\S\n]*\n")
+# Claude Code's turn-ending error line ("  ⎿  API Error: 500 {...}"); a tool's own error ("⎿  Error: ...")
+# is part of a turn that goes on, so it is not one.
+_API_ERROR = re.compile(r"^[^\S\n]*⎿[^\S\n]+(?P<reason>API Error\b[^\n]*?)[^\S\n]*$", re.MULTILINE)
 
 
 def _line(text: str, pos: int) -> tuple[int, int]:
@@ -59,6 +66,11 @@ class PromptDialect(TextDialect):
         self._frame_re = opts.regex("frame_pattern", None) if frame else None
         self._busy_res = opts.regexes("busy_patterns")
         self._require_activity = opts.flag("require_activity", True)
+        # only the prompt dialect decides failure from the screen (the marker dialect's marker line
+        # carries its own status)
+        self._failure_res = opts.regexes("failure_patterns") if self.name == "prompt" else []
+        self._failure_builtin = self.name == "prompt" and self._scanner.builtin
+        self._failure: str | None = None  # the error line seen during the task in flight
         self._state = _OUT
         self._frame_seen = False
         self._frame_busy = False
@@ -100,6 +112,7 @@ class PromptDialect(TextDialect):
     # -- scanning ------------------------------------------------------------------------------------
 
     def _task_started(self, now: float) -> None:
+        self._failure = None
         if self._rule_open is not None:
             self._rule_open = 0
 
@@ -137,6 +150,8 @@ class PromptDialect(TextDialect):
                 if found is not None:
                     events.append(Event(cstart, "prompt", (found[1], base + start)))
         self._scan_busy(text, events)
+        if self._task is not None:
+            self._scan_failure(text, events)
         task = self._task
         if task is not None and not task.activity:
             pos = text.find("✻")
@@ -186,6 +201,18 @@ class PromptDialect(TextDialect):
                 start = _line(text, m.start())[0]
                 events.append(Event(start, "busy", _SPINNER_GLYPH.match(text, start) is not None))
 
+    def _scan_failure(self, text: str, events: list[Event]) -> None:
+        """Error lines that end a turn as failed: Claude Code's `⎿  API Error: …`, `failure_patterns`."""
+        if self._failure_builtin and "API Error" in text:
+            for m in _API_ERROR.finditer(text):
+                events.append(Event(_line(text, m.start())[0], "failure", m.group("reason")))
+        for pattern in self._failure_res:
+            for m in pattern.finditer(text):
+                start, end = _line(text, m.start())
+                groups = m.groupdict()
+                reason = groups.get("reason") or (m.group(1) if pattern.groups else None)
+                events.append(Event(start, "failure", (reason or text[start:end]).strip()))
+
     @staticmethod
     def _blank_from(text: str, pos: int) -> int | None:
         """Start of the first blank line at or after line start `pos`, or None."""
@@ -212,6 +239,10 @@ class PromptDialect(TextDialect):
             self._busy(event.data)
         elif kind == "bullet" and self._task is not None:
             self._task.activity = True
+        elif kind == "failure" and self._task is not None:
+            self._task.activity = True  # the agent answered, with an error
+            if self._failure is None:
+                self._failure = event.data or "failed"
 
     def _new_frame(self, boxed: bool, rule_pos: int) -> None:
         self._frame_seen = True
@@ -240,7 +271,10 @@ class PromptDialect(TextDialect):
         ready, frames, activity, rule_pos = self._evaluate()
         task = self._task
         if task is not None and ready and frames > 0 and (activity or not self._require_activity):
-            self._finish_done(out, self._result(rule_pos))
+            if self._failure is not None:
+                self._end_task(out, TaskFailed(reason=self._failure))
+            else:
+                self._finish_done(out, self._result(rule_pos))
         self._report_ready(ready, out)
 
     def _evaluate(self) -> tuple[bool, int, bool, int]:
