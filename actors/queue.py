@@ -26,6 +26,7 @@ fills with deletions that a submit would have to wait behind.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import math
@@ -44,11 +45,12 @@ from ..protocols.workers import Assign, Restart, TaskFinished
 from ..runtime.actor import ActorGone, Address, Call, Mailbox
 from ..runtime.eventbus import EventBus
 from .store import Store, Ticket
-from .taskbook import TERMINAL_TOPICS, TaskBook, WorkerView, check_name
+from .taskbook import COUNTED_OUTCOMES, TERMINAL_TOPICS, TaskBook, WorkerView, check_name
 
 log = logging.getLogger("shoal.queue")
 
 DEFAULT_PARK_S = 60.0  # a rate limit without a reset time parks its model this long
+MODEL_RECENT = 10  # finished attempts remembered per model (its recent failure rate, for status)
 MAX_BURST = 256  # messages handled before the changes are handed to the store
 EVICT_TICK_S = 1.0  # retention steps at most this often, unless a backlog is being worked off
 
@@ -194,6 +196,9 @@ class Stats:
     store_commits: int
     store_broken: str | None
     evicted: int = 0  # finished tasks dropped by retention since the queue started (never goes down)
+    parked_reasons: dict[str, str] = attrs.field(factory=dict)  # parked model -> the limit's message
+    # model -> (failed, finished) over its last MODEL_RECENT finished attempts (done or counted failure)
+    model_recent: dict[str, tuple[int, int]] = attrs.field(factory=dict)
 
 
 class _Worker:
@@ -239,6 +244,8 @@ class QueueActor:
         self._evict_ticket: Ticket | None = None  # the write holding the last step's deletions
         self.unknown_messages = 0
         self.stale_announcements = 0  # WorkerAvailable from a worker holding a claim
+        self._park_reasons: dict[str, str] = {}  # model -> the message of the limit that parked it
+        self._model_recent: dict[str, collections.deque[bool]] = {}  # model -> recent outcomes (failed?)
         self._calls: dict[type, Callable[[Call[Any], Any, float], None]] = {
             Submit: self._on_submit,
             GetTask: self._on_get,
@@ -641,6 +648,8 @@ class QueueActor:
             store_commits=self.store.commits,
             store_broken=str(self._broken) if self._broken is not None else None,
             evicted=self.book.evicted,
+            parked_reasons={m: r for m, r in self._park_reasons.items() if m in self.book.parked},
+            model_recent={m: (sum(d), len(d)) for m, d in self._model_recent.items()},
         )
 
     def _on_wait(self, call: Call[Any], msg: WaitTask, now: float) -> None:
@@ -746,12 +755,19 @@ class QueueActor:
                 ("task.stale_report", {"task_id": r.task_id, "attempt": r.attempt, "worker": r.worker})
             )
             return
+        model = r.model or (att.model if att is not None else None)
         if r.outcome is Outcome.RATE_LIMITED:
-            model = r.model or (att.model if att is not None else None)
             if model is not None:
-                self._park(model, r.reset_at, now)
+                self._park(model, r.reset_at, now, r.reason)
+        elif model is not None and (r.outcome is Outcome.DONE or r.outcome in COUNTED_OUTCOMES):
+            recent = self._model_recent.get(model)
+            if recent is None:
+                recent = self._model_recent[model] = collections.deque(maxlen=MODEL_RECENT)
+            recent.append(r.outcome is not Outcome.DONE)
 
-    def _park(self, model: str, reset_at: Any, now: float) -> None:
+    def _park(self, model: str, reset_at: Any, now: float, reason: str | None = None) -> None:
+        if reason:
+            self._park_reasons[model] = reason
         if isinstance(reset_at, bool) or not isinstance(reset_at, int | float):
             reset_at = None  # a report from a dialect that could not parse the reset time
         until = reset_at if reset_at is not None and math.isfinite(reset_at) else now + DEFAULT_PARK_S

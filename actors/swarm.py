@@ -40,6 +40,7 @@ from .store import Store, store_path
 from .swarm_supervisor import SwarmSupervisor
 
 VERSION = "0.1.0"
+FAILING_MIN_ATTEMPTS = 3  # a model is `failing` once over half of at least this many recent attempts failed
 OVERRIDES_FILE = "config-overrides.json"
 
 
@@ -244,12 +245,62 @@ class SwarmHandle:
             "workers": sup.counts(),
             "queue": {str(k): v for k, v in stats.counts.items()},
             "breaker": sup.breaker_status(),
+            "models": self._model_states(stats),
+            "needs_input": self._needs_input(),
             "since": self.started_at,
             "version": VERSION,
             "gateway_url": self.gateway_url,
             "http_url": self.http_url,
             "state_dir": str(self.state_dir),
         }
+
+    def _model_states(self, stats: Any) -> builtins.list[dict[str, Any]]:
+        """Each model's state for status: `parked` (rate-limited until `until`, with the limit's
+        message), `failing` (most of its recent attempts failed), else `available`; known models
+        first, then any other a worker runs or the queue parked."""
+        views = self._supervisor.views()
+        names = list(self._config.models.known)
+        for name in [*(v.model for v in views), *stats.parked_models, *stats.model_recent]:
+            if name is not None and name not in names:
+                names.append(name)
+        out = []
+        for name in names:
+            until = stats.parked_models.get(name)
+            failed, finished = stats.model_recent.get(name, (0, 0))
+            if until is not None:
+                state, reason = "parked", stats.parked_reasons.get(name) or "rate limited"
+            elif finished >= FAILING_MIN_ATTEMPTS and failed * 2 > finished:
+                state, reason = "failing", f"{failed} of its last {finished} attempts failed"
+            else:
+                state, reason = "available", None
+            out.append(
+                {
+                    "name": name,
+                    "state": state,
+                    "until": until,
+                    "reason": reason,
+                    "workers": sum(1 for v in views if v.model == name),
+                    "busy": sum(1 for v in views if v.model == name and v.state is WorkerState.BUSY),
+                    "recent_failed": failed,
+                    "recent_finished": finished,
+                }
+            )
+        return out
+
+    def _needs_input(self) -> builtins.list[dict[str, Any]]:
+        """Busy workers whose agent waits on a question (a permission prompt), longest waiting first."""
+        out = []
+        for view in self._supervisor.views():
+            if view.state is not WorkerState.BUSY:
+                continue
+            try:
+                asked = self._supervisor.actor_of(view.id).needs_input
+            except NotFound:
+                continue
+            if asked is not None:
+                prompt, since = asked
+                out.append({"worker": view.id, "task_id": view.task_id, "prompt": prompt, "since": since})
+        return sorted(out, key=lambda w: w["since"])
 
     async def send_test_alert(self) -> dict[str, Any]:
         """Deliver a test alert to every configured webhook; the per-webhook outcome."""
@@ -322,7 +373,7 @@ class SwarmHandle:
 
     async def send_input(self, worker_id: str, data: bytes, force: bool = False) -> None:
         info = self._supervisor.info(worker_id)
-        if info.state is WorkerState.BUSY and not force:
+        if info.state is WorkerState.BUSY and not force and info.needs_input is None:
             raise Conflict(f"worker {worker_id} is busy with task {info.task_id}; pass force to type anyway")
         await self._supervisor.address_of(worker_id).send(SendInput(data))
 

@@ -231,6 +231,7 @@ class WorkerActor:
 
         self._state = WorkerState.STARTING
         self._reason: str | None = None
+        self._question: tuple[str, float] | None = None  # (what the agent asks, since when: wall s)
         self._started_wall = clock()
         self._inc: _Incarnation | None = None
         self._gen = 0
@@ -274,6 +275,11 @@ class WorkerActor:
         return self._model
 
     @property
+    def needs_input(self) -> tuple[str, float] | None:
+        """(question, since: epoch s) while the agent waits on a question; None otherwise."""
+        return self._question
+
+    @property
     def pid(self) -> int | None:
         return self._inc.proc.pid if self._inc is not None else None
 
@@ -301,6 +307,8 @@ class WorkerActor:
             crashes=self._crashes,
             history=tuple(self._history),
             reason=self._reason,
+            needs_input=self._question[0] if self._question is not None else None,
+            needs_input_since=self._question[1] if self._question is not None else None,
         )
 
     def output_tail(self, max_bytes: int | None = None) -> bytes:
@@ -642,6 +650,7 @@ class WorkerActor:
         self._reason = reason
         await self._report(
             StateChanged(
+        self._question = None  # the screen moved on
                 worker=self.id,
                 state=state,
                 reason=reason,
@@ -859,6 +868,7 @@ class WorkerActor:
             task_id = self._task.task_id if self._task is not None else None
             await self._report(NeedsInputReport(self.id, task_id, signal.prompt))
         elif isinstance(signal, ProtocolError):
+            self._question = (signal.prompt, self._clock())
             reason = f"protocol error: {signal.message}"
             if self._awaiting_ready_until is not None:
                 await self._crash(f"{reason} (during start-up)")
@@ -926,6 +936,7 @@ class WorkerActor:
             self._inc.writes.send_nowait((0.0, bytes(cmd.data)))
         elif isinstance(cmd, Resize):
             await self._resize(cmd.rows, cmd.cols)
+            self._question = None  # taken as the answer: Shoal cannot see whether it was one
         else:
             raise ValidationError("command", "unknown worker command", type(cmd).__name__)
         return None

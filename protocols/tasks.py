@@ -95,6 +95,44 @@ class Task:
     worker: str | None = None  # worker of the open attempt, or the manual assignment target
     failed_models: dict[str, int] = attrs.field(factory=dict)  # model -> failures on it
     usage: dict[str, Any] = attrs.field(factory=dict)  # tokens/cost from the last finished attempt
+    retry_base: int = 0  # attempts made before the last manual retry (they no longer count)
+
+    @property
+    def attempt_counts(self) -> AttemptCounts:
+        """How the attempts split: those that use up `max_attempts`, and the ones that do not."""
+        return attempt_counts(self.attempts, self.retry_base)
+
+
+# Outcomes that do not use up one of a task's max_attempts: not the task's fault.
+UNCOUNTED_OUTCOMES = frozenset({Outcome.RATE_LIMITED, Outcome.INTERRUPTED, Outcome.CANCELLED})
+
+
+@attrs.frozen
+class AttemptCounts:
+    """`used` of `max_attempts` (the running attempt included), plus attempts that did not count:
+    `rate_limited`, `interrupted` (Shoal restarted, context ran out, operator kill) and `earlier`
+    (made before a manual retry). `used` never exceeds max_attempts, so `2/3 (+2 rate-limited)`
+    is what a listing shows instead of `4/3`."""
+
+    used: int = 0
+    rate_limited: int = 0
+    interrupted: int = 0
+    earlier: int = 0
+
+
+def attempt_counts(attempts: tuple[Attempt, ...], retry_base: int = 0) -> AttemptCounts:
+    """Split `attempts` as the queue counts them against max_attempts (see AttemptCounts)."""
+    used = rate_limited = interrupted = earlier = 0
+    for a in attempts:
+        if a.n <= retry_base:
+            earlier += 1
+        elif a.outcome is Outcome.RATE_LIMITED:
+            rate_limited += 1
+        elif a.outcome in UNCOUNTED_OUTCOMES:
+            interrupted += 1
+        else:
+            used += 1
+    return AttemptCounts(used, rate_limited, interrupted, earlier)
 
 
 @attrs.frozen

@@ -160,3 +160,8 @@ class WorkerInfo:
     crashes: int = 0
     history: tuple[str, ...] = ()  # recent categories, newest last (affinity)
     reason: str | None = None
+    # The question the agent waits on (a permission prompt), and since when (epoch s). The state stays
+    # `busy` (a task is in flight); listings show "needs input" so nobody reads it as working. Cleared
+    # when the worker changes state or an operator types into it.
+    needs_input: str | None = None
+    needs_input_since: float | None = None
