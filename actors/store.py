@@ -39,6 +39,20 @@ from ..protocols.errors import StoreError, ValidationError
 from ..protocols.tasks import Attempt, Outcome, TaskState
 from .taskbook import Change, StaticRow, StoredTask
 
+
+class WriteRefused(StoreError):
+    """One write held a value SQLite cannot take; only that write failed, the store goes on."""
+
+
+def _is_data_error(exc: BaseException) -> bool:
+    """A failure caused by the values written, not by the disk or the database file."""
+    if isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError) and not isinstance(
+        exc, sqlite3.InterfaceError | sqlite3.ProgrammingError | sqlite3.DataError | sqlite3.IntegrityError
+    ):
+        return False  # disk full, I/O error, read-only file, corrupt database, ...
+    return isinstance(exc, sqlite3.Error | UnicodeError | OverflowError | TypeError | ValueError)
+
+
 APPLICATION_ID = 0x53484F4C  # "SHOL": marks a SQLite file as a Shoal store
 SYNCHRONOUS = ("OFF", "NORMAL", "FULL")
 Synchronous = Literal["OFF", "NORMAL", "FULL"]
@@ -364,6 +378,24 @@ def store_path(config: StoreConfig, state_dir: str | os.PathLike[str] | None) ->
     return str(Path(state_dir) / "shoal.db")
 
 
+def _private_files(path: str) -> None:
+    """Create the database file 0600 before SQLite opens it: SQLite gives its -wal and -shm files
+    the database file's mode, so prompts and results are readable by their owner only."""
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot create the database file ({exc.strerror or exc})") from None
+
+
+def _protect(path: str) -> None:
+    """Take group and other access away from store files an older version created 0644 (called
+    once the file is known to be a Shoal store: a foreign file is never touched)."""
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        with contextlib.suppress(OSError):
+            if os.stat(name).st_mode & 0o077:
+                os.chmod(name, 0o600)
+
+
 # ---- the thread and its tickets -----------------------------------------------------------------
 
 
@@ -402,7 +434,7 @@ class _Job:
     __slots__ = ("changes", "kind", "ticket")
 
     def __init__(self, kind: str, ticket: Ticket, changes: Sequence[Change] = ()) -> None:
-        self.kind = kind  # "write" | "load" | "close"
+        self.kind = kind  # "write" | "load" | "probe" | "close"
         self.ticket = ticket
         self.changes = changes
 
@@ -432,6 +464,9 @@ class Store:
         self.commits = 0
         self.changes_written = 0
         self.largest_batch = 0
+        self.failures = 0  # writes that stopped the store (disk full, I/O error, ...)
+        self.recoveries = 0  # probes that committed after such a failure
+        self.refused_writes = 0  # writes refused for a value SQLite cannot take (the store went on)
 
     @classmethod
     async def open(
@@ -510,6 +545,22 @@ class Store:
         result: list[StoredTask] = await ticket.wait()
         return result
 
+    async def probe(self) -> None:
+        """After a failed write: try one small write; when it commits the store takes writes again.
+        Raises `StoreError` while it still cannot write. Nothing written before the failure is
+        touched (the failed transactions were rolled back; committed ones stay)."""
+        if self._closing:
+            raise StoreError(f"{self.path}: store is closed")
+        if self.inline:
+            assert self._conn is not None
+            self._probe(self._conn)
+            return
+        ticket = Ticket()
+        with self._cv:
+            self._jobs.append(_Job("probe", ticket))
+            self._cv.notify()
+        await ticket.wait()
+
     async def aclose(self) -> None:
         """Commit what is queued, close the database and stop the thread."""
         if self._closed:
@@ -577,6 +628,12 @@ class Store:
                     except (sqlite3.Error, ValueError, KeyError) as exc:
                         err = StoreError(f"{self.path}: cannot read stored tasks ({exc})")
                         results.append((job.ticket, None, err))
+                elif job.kind == "probe":
+                    try:
+                        self._probe(conn)
+                        results.append((job.ticket, None, None))
+                    except StoreError as exc:
+                        results.append((job.ticket, None, exc))
                 elif job.kind == "close":
                     close = job.ticket
             results.extend(self._commit(conn, writes))
@@ -609,22 +666,68 @@ class Store:
         if self._broken is not None:
             return [(j.ticket, None, self._broken) for j in writes]
         changes = [c for j in writes for c in j.changes]
-        if changes:
-            try:
-                conn.execute("BEGIN")
-                apply_changes(conn, changes)
-                conn.execute("COMMIT")
-            except Exception as exc:  # sqlite3.Error, or a value sqlite cannot bind
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                self._broken = StoreError(
-                    f"{self.path}: write failed, store stopped accepting writes ({exc})"
-                )
-                return [(j.ticket, None, self._broken) for j in writes]
-            self.commits += 1
-            self.changes_written += len(changes)
-            self.largest_batch = max(self.largest_batch, len(changes))
-        return [(j.ticket, None, None) for j in writes]
+        if not changes:
+            return [(j.ticket, None, None) for j in writes]
+        error = self._transaction(conn, changes)
+        if error is None:
+            return [(j.ticket, None, None) for j in writes]
+        if not _is_data_error(error):
+            broken = self._break(error)
+            return [(j.ticket, None, broken) for j in writes]
+        # A value SQLite cannot take (a string that is not UTF-8, an integer past 64 bits): the
+        # disk is fine, so only the write holding it fails. Each write again on its own.
+        results: list[tuple[Ticket, Any, BaseException | None]] = []
+        stopped: StoreError | None = None
+        for job in writes:
+            if stopped is not None:
+                results.append((job.ticket, None, stopped))
+                continue
+            error = self._transaction(conn, job.changes) if job.changes else None
+            if error is None:
+                results.append((job.ticket, None, None))
+            elif _is_data_error(error):
+                self.refused_writes += 1
+                refused = WriteRefused(f"{self.path}: write refused, a value cannot be stored ({error})")
+                results.append((job.ticket, None, refused))
+            else:
+                stopped = self._break(error)
+                results.append((job.ticket, None, stopped))
+        return results
+
+    def _transaction(self, conn: sqlite3.Connection, changes: Sequence[Change]) -> BaseException | None:
+        """Apply `changes` in one transaction; the exception that rolled it back, or None."""
+        try:
+            conn.execute("BEGIN")
+            apply_changes(conn, changes)
+            conn.execute("COMMIT")
+        except Exception as exc:  # sqlite3.Error, or a value sqlite cannot bind
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            return exc
+        self.commits += 1
+        self.changes_written += len(changes)
+        self.largest_batch = max(self.largest_batch, len(changes))
+        return None
+
+    def _break(self, error: BaseException) -> StoreError:
+        self.failures += 1
+        self._broken = StoreError(f"{self.path}: write failed, store stopped accepting writes ({error})")
+        return self._broken
+
+    def _probe(self, conn: sqlite3.Connection) -> None:
+        """One small write that must commit for the store to take writes again (raises StoreError)."""
+        if self._broken is None:
+            return
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT OR REPLACE INTO shoal_meta VALUES ('write_probe', ?)", (str(self.failures),))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise StoreError(f"{self.path}: store still cannot write ({exc})") from None
+        self._broken = None
+        self.recoveries += 1
 
     def _connect(self) -> None:
         path = self.path
@@ -633,7 +736,7 @@ class Store:
             p = Path(path)
             directory = p.parent
             try:
-                directory.mkdir(parents=True, exist_ok=True)
+                directory.mkdir(parents=True, exist_ok=True, mode=0o700)  # new ones: owner only
             except OSError as exc:
                 raise StoreError(
                     f"cannot create state directory {directory}: {exc.strerror or exc}"
@@ -658,12 +761,15 @@ class Store:
                 raise StoreError(f"{path}: in use by another Shoal process (locked)") from None
             except OSError as exc:
                 raise StoreError(f"{path}: cannot lock ({exc.strerror or exc})") from None
+            _private_files(path)
         try:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, cached_statements=64)
         except sqlite3.Error as exc:
             raise StoreError(f"{path}: cannot open ({exc})") from None
         try:
             migrate(conn, path)
+            if not memory:
+                _protect(path)
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if not memory and str(mode).lower() != "wal":
                 raise StoreError(f"{path}: cannot switch to WAL mode (journal_mode is {mode})")

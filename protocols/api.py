@@ -3,8 +3,10 @@
 Params are checked strictly against JSON types first (cattrs alone would turn `5` into `"5"` and
 `"false"` into `True`), then structured with `shoal.protocols.config.structure`, so a wrong param
 raises `ValidationError` naming the field as `params.<name>` (`params.tasks[2].priority` for nested
-ones). Results are the runtime's own attrs classes passed through `unstructure`. The method names are
-a public contract: add methods, never rename one.
+ones). Every string (and object key) must be encodable as UTF-8: a lone surrogate anywhere is
+refused first, naming its path (`params.task.prompt`, `params.tasks[2].deps[0]`); a task's prompt may
+not hold a NUL either. Results are the runtime's own attrs classes passed through `unstructure`.
+The method names are a public contract: add methods, never rename one.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from .config import structure
 from .errors import ValidationError
 from .rpc import METHOD_NOT_FOUND, RpcError
 from .tasks import TaskSpec, TaskState
+from .text import check_text
 
 MAX_LIST_LIMIT = 1000
 MAX_TOPICS = 64
@@ -142,10 +145,13 @@ class SubmitParams:
         if (self.task is None) == (self.tasks is None):
             raise ValidationError("params", "give exactly one of task or tasks")
         if self.task is not None:
+            check_text(self.task.prompt, "params.task.prompt", nul=True)  # argv and terminals take no NUL
             return [self.task]
         assert self.tasks is not None
         if not self.tasks:
             raise ValidationError("params.tasks", "must not be empty")
+        for i, spec in enumerate(self.tasks):
+            check_text(spec.prompt, f"params.tasks[{i}].prompt", nul=True)
         return self.tasks
 
 
@@ -247,6 +253,7 @@ def parse_params(method: str, params: Mapping[str, Any]) -> Any:
     spec = METHODS.get(method)
     if spec is None:
         raise RpcError(METHOD_NOT_FOUND, f"method not found: {method[:100]}", {"method": method[:100]})
+    check_text(params, "params")  # before anything else can echo or store a string
     check_json(params, spec.params, "params")
     return structure(dict(params), spec.params, "params")
 

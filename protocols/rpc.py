@@ -19,6 +19,7 @@ from typing import Any, Final
 import attrs
 
 from .errors import Conflict, NotFound, ShoalError, ValidationError
+from .text import bad_char, wire_safe
 
 PROTOCOL_VERSION: Final = 1
 SUBPROTOCOL: Final = f"shoal.v{PROTOCOL_VERSION}"  # offered by the server during the handshake
@@ -153,15 +154,18 @@ def _default(obj: Any) -> Any:
 
 
 def dumps(message: Any) -> str:
-    """Compact, strictly valid JSON (non-finite floats become null)."""
+    """Compact, strictly valid JSON (non-finite floats become null) that always encodes as UTF-8:
+    a lone surrogate that got into a value goes out as its `\\uXXXX` escape instead of making the
+    websocket framing fail (which would drop the connection or stop the event fan-out)."""
     try:
-        return json.dumps(
+        text = json.dumps(
             message, separators=(",", ":"), allow_nan=False, ensure_ascii=False, default=_default
         )
     except ValueError:
-        return json.dumps(
+        text = json.dumps(
             _finite(message), separators=(",", ":"), allow_nan=False, ensure_ascii=False, default=_default
         )
+    return wire_safe(text)
 
 
 def error_from_exception(ident: JsonId, exc: BaseException) -> dict[str, Any]:
@@ -209,6 +213,10 @@ def _parse_one(obj: Any) -> Request | dict[str, Any]:
         or isinstance(raw_id, str)
         or (isinstance(raw_id, int) and not isinstance(raw_id, bool))
     )
+    if isinstance(raw_id, str) and bad_char(raw_id) is not None:
+        return error(
+            None, INVALID_REQUEST, "id is not valid Unicode text (a lone surrogate)", {"field": "id"}
+        )
     ident: JsonId = raw_id if ident_ok else None
     if obj.get("jsonrpc") != "2.0":
         return error(ident, INVALID_REQUEST, 'jsonrpc must be "2.0"', {"field": "jsonrpc"})
@@ -217,6 +225,8 @@ def _parse_one(obj: Any) -> Request | dict[str, Any]:
     method = obj.get("method")
     if not isinstance(method, str) or not method:
         return error(ident, INVALID_REQUEST, "method must be a non-empty string", {"field": "method"})
+    if bad_char(method) is not None:
+        return error(ident, INVALID_REQUEST, "method is not valid Unicode text", {"field": "method"})
     extra = set(obj) - {"jsonrpc", "method", "params", "id"}
     if extra:
         return error(ident, INVALID_REQUEST, f"unknown member(s) {sorted(extra)}", {"field": "request"})

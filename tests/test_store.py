@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
 
-from shoal.actors.store import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION, Store, store_path
+from shoal.actors.store import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION, Store, WriteRefused, store_path
 from shoal.actors.taskbook import Change, TaskBook, WorkerView
 from shoal.protocols.config import StoreConfig
 from shoal.protocols.errors import StoreError, ValidationError
@@ -114,19 +119,140 @@ async def test_group_commit_batches_queued_writes_and_resolves_in_order(tmp_path
     assert sorted(order) == list(range(200))
 
 
-@pytest.mark.parametrize("where", ["memory", "file"])
-async def test_a_write_failure_stops_writes_but_keeps_committed_data(tmp_path: Path, where: str) -> None:
+def _submit_change(tid: str, prompt: str = "p") -> list[Change]:
     b = TaskBook()
-    b.submit([TaskSpec("p", id="x")], T0)
-    submit = b.drain()[0]
+    b.submit([TaskSpec(prompt, id=tid)], T0)
+    return b.drain()[0]
+
+
+def _with_prompt(changes: list[Change], prompt: str) -> list[Change]:
+    """The same submit carrying a prompt the book would refuse (what a bug upstream would write)."""
+    return [attrs.evolve(c, static=attrs.evolve(c.static, prompt=prompt)) for c in changes]
+
+
+@pytest.mark.parametrize("where", ["memory", "file"])
+async def test_a_value_sqlite_cannot_take_fails_only_its_own_write(tmp_path: Path, where: str) -> None:
+    """A lone surrogate (or a duplicate key) in one write: that write fails, the writes committed
+    in the same group commit land, and the store keeps taking writes (it is not the disk)."""
     async with await Store.open(":memory:" if where == "memory" else tmp_path / "s.db") as store:
-        await store.commit(submit)
-        with pytest.raises(StoreError, match="write failed"):
-            await store.commit(submit)  # inserting the same task twice violates the key
-        assert store.broken is not None
-        with pytest.raises(StoreError):
-            await store.commit([])
-        assert [r.id for r in await store.load_all()] == ["x"]
+        await store.commit(_submit_change("x"))
+        with store._cv:  # file store: the three writes go into one group commit
+            good = store.write(_submit_change("a"))
+            bad = store.write(_with_prompt(_submit_change("b"), "bad \ud800"))
+            dup = store.write(_submit_change("x"))
+            later = store.write(_submit_change("c"))
+        await later.wait()
+        await good.wait()
+        with pytest.raises(WriteRefused, match="surrogates not allowed"):
+            await bad.wait()
+        with pytest.raises(WriteRefused, match="UNIQUE"):
+            await dup.wait()
+        assert store.broken is None and store.refused_writes == 2
+        await store.commit(_submit_change("d"))
+        assert sorted(r.id for r in await store.load_all()) == ["a", "c", "d", "x"]
+
+
+async def test_a_failed_store_refuses_writes_until_a_probe_commits() -> None:
+    """A real SQLite write failure (the database turned read-only) stops the store; committed data
+    stays readable; a probe fails while the cause lasts and, once it is gone, commits and the store
+    takes writes again with nothing acknowledged before lost."""
+    async with await Store.open(":memory:") as store:
+        await store.commit(_submit_change("kept"))
+        assert store._conn is not None
+        store._conn.execute("PRAGMA query_only = ON")
+        with pytest.raises(StoreError, match=r"write failed.*readonly"):
+            await store.commit(_submit_change("lost"))
+        assert store.broken is not None and store.failures == 1
+        with pytest.raises(StoreError, match="stopped accepting writes"):
+            await store.commit(_submit_change("refused"))
+        assert [r.id for r in await store.load_all()] == ["kept"]
+        with pytest.raises(StoreError, match="still cannot write"):
+            await store.probe()
+        store._conn.execute("PRAGMA query_only = OFF")
+        await store.probe()
+        assert store.broken is None and store.recoveries == 1
+        await store.commit(_submit_change("after"))
+        assert sorted(r.id for r in await store.load_all()) == ["after", "kept"]
+
+
+_FSIZE_SCRIPT = """
+import json, resource, signal, sys
+import trio
+from shoal.actors.store import Store
+from shoal.actors.taskbook import TaskBook
+from shoal.protocols.errors import StoreError
+from shoal.protocols.tasks import TaskSpec
+
+def change(tid):
+    b = TaskBook()
+    b.submit([TaskSpec("p" * 20000, id=tid)], 1.0)
+    return b.drain()[0]
+
+async def main(path):
+    out = {}
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    async with await Store.open(path) as store:
+        await store.commit(change("kept"))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1, hard))  # no file may grow past 1 byte
+        try:
+            await store.commit(change("lost"))
+        except StoreError as exc:
+            out["failed"] = str(exc)
+        try:
+            await store.probe()
+        except StoreError as exc:
+            out["probe_while_full"] = str(exc)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # space is back
+        await store.probe()
+        out["broken_after_probe"] = store.broken is not None
+        await store.commit(change("after"))
+    async with await Store.open(path) as store:
+        out["ids"] = [r.id for r in await store.load_all()]
+    print(json.dumps(out))
+
+trio.run(main, sys.argv[1])
+"""
+
+
+def test_a_store_that_hit_its_file_size_limit_resumes_once_writes_fit(tmp_path: Path) -> None:
+    """A real disk-full failure (RLIMIT_FSIZE in a child process: writes fail with EFBIG) stops the
+    file store; a probe fails while the limit holds and commits once it is lifted; nothing
+    committed before is lost and the failed write is not half-applied."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _FSIZE_SCRIPT, str(tmp_path / "s.db")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert "write failed" in out["failed"]
+    assert "still cannot write" in out["probe_while_full"]
+    assert out["broken_after_probe"] is False
+    assert sorted(out["ids"]) == ["after", "kept"]
+
+
+async def test_store_files_are_private(tmp_path: Path) -> None:
+    """Prompts and results are readable by their owner only: the state directory is created 0700,
+    the database and its -wal and -shm files 0600, and older 0644 files are tightened on open."""
+    state = tmp_path / "state"
+    async with await Store.open(state / "s.db") as store:
+        await store.commit(_submit_change("a"))
+        names = ["s.db", "s.db-wal", "s.db-shm", "s.db.lock"]
+        assert {n: oct(os.stat(state / n).st_mode & 0o777) for n in names} == dict.fromkeys(names, "0o600")
+        assert oct(os.stat(state).st_mode & 0o777) == "0o700"
+    for name in ("s.db", "s.db-wal", "s.db-shm"):
+        if (state / name).exists():
+            os.chmod(state / name, 0o644)
+    async with await Store.open(state / "s.db") as store:
+        assert [r.id for r in await store.load_all()] == ["a"]
+        assert all(
+            os.stat(state / n).st_mode & 0o077 == 0
+            for n in ("s.db", "s.db-wal", "s.db-shm")
+            if (state / n).exists()
+        )
 
 
 async def test_migration_from_schema_version_1(tmp_path: Path) -> None:
