@@ -269,8 +269,8 @@ class _Rec:
             worker=self.worker,
             failed_models=dict(self.failed_models),
             usage=dict(self.usage),
-        )
             retry_base=self.retry_base,
+        )
 
     def open_attempt(self) -> Attempt | None:
         if self.attempts and self.attempts[-1].ended is None:

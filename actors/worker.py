@@ -648,9 +648,9 @@ class WorkerActor:
     ) -> None:
         self._state = state
         self._reason = reason
+        self._question = None  # the screen moved on
         await self._report(
             StateChanged(
-        self._question = None  # the screen moved on
                 worker=self.id,
                 state=state,
                 reason=reason,
@@ -866,9 +866,9 @@ class WorkerActor:
                 await self._finish_task(Outcome.RATE_LIMITED, reason=signal.message, reset_at=signal.reset_at)
         elif isinstance(signal, NeedsInput):
             task_id = self._task.task_id if self._task is not None else None
+            self._question = (signal.prompt, self._clock())
             await self._report(NeedsInputReport(self.id, task_id, signal.prompt))
         elif isinstance(signal, ProtocolError):
-            self._question = (signal.prompt, self._clock())
             reason = f"protocol error: {signal.message}"
             if self._awaiting_ready_until is not None:
                 await self._crash(f"{reason} (during start-up)")
@@ -934,9 +934,9 @@ class WorkerActor:
             if self._inc is None:
                 raise Conflict(f"worker {self.id} has no running process to send input to")
             self._inc.writes.send_nowait((0.0, bytes(cmd.data)))
+            self._question = None  # taken as the answer: Shoal cannot see whether it was one
         elif isinstance(cmd, Resize):
             await self._resize(cmd.rows, cmd.cols)
-            self._question = None  # taken as the answer: Shoal cannot see whether it was one
         else:
             raise ValidationError("command", "unknown worker command", type(cmd).__name__)
         return None
