@@ -67,7 +67,7 @@ def test_a_question_on_screen_pauses_completion_until_new_output() -> None:
     dialect.tick(T0)
     dialect.start_task(TASK, T0)
     asked = dialect.feed(b"Do you want to proceed?\r\n \xe2\x9d\xaf 1. Yes\r\n   2. No\r\n", T0)
-    assert asked == [NeedsInput(prompt="Do you want to proceed?")]
+    assert asked == [NeedsInput(prompt="Do you want to proceed?", options=("Yes", "No"))]
     assert dialect.next_deadline() is None
     assert dialect.tick(T0 + 30) == []
     assert dialect.feed(b"ran it: hello\r\n", T0 + 31) == []

@@ -157,7 +157,7 @@ def test_ready_prompt_waits_for_the_prompt_box() -> None:
 def test_common_patterns_and_timeout_apply() -> None:
     dialect = started()
     assert feed_all(dialect, b"Do you want to proceed?\r\n \xe2\x9d\xaf 1. Yes\r\n   2. No\r\n") == [
-        NeedsInput(prompt="Do you want to proceed?")
+        NeedsInput(prompt="Do you want to proceed?", options=("Yes", "No"))
     ]
     assert feed_all(dialect, b"Claude AI usage limit reached|1750000600\r\n") == [
         RateLimited(reset_at=1750000600.0, message="Claude AI usage limit reached|1750000600"),

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
-from shoal.protocols.dialects.base import ContextUsage, NeedsInput, RateLimited
+from shoal.protocols.dialects.base import ContextUsage, ExtraUsage, NeedsInput, RateLimited
 from shoal.protocols.dialects.patterns import PatternScanner, parse_reset
 
 NOW = datetime(2025, 1, 10, 12, 0, tzinfo=UTC).timestamp()  # a Friday, noon UTC
@@ -84,11 +85,11 @@ def test_context_exhausted_is_reported_as_full() -> None:
 def test_question_needs_its_yes_option_even_above_the_chunk() -> None:
     scanner = PatternScanner()
     dialog = " Do you want to proceed?\n ❯ 1. Yes\n   2. No\n"
-    assert scan(scanner, dialog) == [NeedsInput(prompt="Do you want to proceed?")]
+    assert scan(scanner, dialog) == [NeedsInput(prompt="Do you want to proceed?", options=("Yes", "No"))]
     assert scan(scanner, dialog) == []  # the same dialog redrawn
     scanner.clear_questions()
     assert scan(scanner, " ❯ 1. Yes\n   2. No\n", lookback=" Do you want to proceed?\n") == [
-        NeedsInput(prompt="Do you want to proceed?")
+        NeedsInput(prompt="Do you want to proceed?", options=("Yes", "No"))
     ]
     # prose that asks a question, or a numbered list, is no dialog
     assert scan(PatternScanner(), "Do you want to proceed? Tell me.\n") == []
@@ -114,3 +115,90 @@ def test_custom_patterns_extend_the_builtins() -> None:
 def test_builtins_can_be_switched_off() -> None:
     scanner = PatternScanner(builtin=False)
     assert scan(scanner, "Context left until auto-compact: 8%\nClaude AI usage limit reached|1\n") == []
+
+
+CORPUS = Path(__file__).parent / "fixtures" / "claude-code" / "corpus"
+
+
+def menu(name: str) -> list[object]:
+    text = (CORPUS / name).read_text()
+    return [h.signal for h in PatternScanner().scan(text + "\n", "", NOW) if h.kind == "needs_input"]
+
+
+@pytest.mark.parametrize(
+    ("name", "question", "options"),
+    [
+        (
+            "tui-usage-limit-menu-weekly-credits-upgrade-vunknown-1.txt",
+            "What do you want to do?",
+            ("Stop and wait for limit to reset", "Switch to usage credits", "Upgrade your plan"),
+        ),
+        (
+            "tui-usage-limit-menu-ask-admin-v2.1.2xx-1.txt",
+            "What do you want to do?",
+            ("Stop and wait for limit to reset", "Ask your admin for more usage"),
+        ),
+        (
+            "tui-trust-dialog-accessing-workspace-v2.1.212-1.txt",
+            "Quick safety check: Is this a project you created or one you trust?",
+            ("Yes, I trust this folder", "No, exit"),
+        ),
+        (
+            "tui-plan-approval-menu-v2.1.212-1.txt",
+            "Would you like to proceed?",
+            (
+                "Yes, and use auto mode",
+                "Yes, manually approve edits",
+                "No, refine with Ultraplan on Claude Code on the web",
+                "Tell Claude what to change",
+            ),
+        ),
+        (
+            "tui-model-picker-v2.1.29-1.txt",
+            "Select model",
+            (
+                "Default (recommended) Sonnet 4.5 · Best for everyday tasks",
+                "Opus Opus 4.5 · Most capable for complex work",
+                "Haiku ✔ Haiku 4.5 · Fastest for quick answers",
+            ),
+        ),
+    ],
+)
+def test_every_numbered_menu_needs_input_with_its_question_and_options(
+    name: str, question: str, options: tuple[str, ...]
+) -> None:
+    """Menus without `1. Yes` (usage limit, trust, plan, model picker) are questions too (real screens)."""
+    assert menu(name) == [NeedsInput(prompt=question, options=options)]
+
+
+def test_a_numbered_list_without_a_cursor_is_no_menu() -> None:
+    reply = "● Here is the plan:\n  1. Install the deps\n  2. Run the tests\n\n> \n"
+    assert scan(PatternScanner(), reply) == []
+    tips = (
+        " Tips for getting started:\n\n 1. Run /init to create a CLAUDE.md file\n 2. Run /terminal-setup\n\n"
+    )
+    assert scan(PatternScanner(), tips) == []
+
+
+def test_a_menu_split_across_reads_is_reported_again_when_its_options_grow() -> None:
+    scanner = PatternScanner()
+    head = "   What do you want to do?\n   ❯ 1. Stop and wait for limit to reset\n"
+    rest = "     2. Switch to usage credits\n   Enter to confirm · Esc to cancel\n"
+    assert scan(scanner, head) == [
+        NeedsInput(prompt="What do you want to do?", options=("Stop and wait for limit to reset",))
+    ]
+    assert scan(scanner, rest, lookback=head) == [
+        NeedsInput(
+            prompt="What do you want to do?",
+            options=("Stop and wait for limit to reset", "Switch to usage credits"),
+        )
+    ]
+    assert scan(scanner, "   Enter to confirm · Esc to cancel\n", lookback=head + rest) == []
+
+
+def test_extra_usage_footer_is_reported_once() -> None:
+    scanner = PatternScanner()
+    footer = "  ⏵⏵ accept edits on (shift+Tab to cycle)          Now using extra usage\n"
+    hits = scanner.scan(footer, "", NOW)
+    assert [h.signal for h in hits] == [ExtraUsage(message="Now using extra usage")]
+    assert scanner.scan(footer, "", NOW) == []

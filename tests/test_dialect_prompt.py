@@ -88,7 +88,25 @@ def same(a: Sequence[Signal], b: Sequence[Signal]) -> bool:
     is read once its line is complete, after the prompt above it was already judged ready.
     """
     lifecycle = [s for s in a if isinstance(s, LIFECYCLE)] == [s for s in b if isinstance(s, LIFECYCLE)]
-    return lifecycle and sorted(map(repr, a)) == sorted(map(repr, b))
+    return lifecycle and sorted(map(repr, _menus_whole(a))) == sorted(map(repr, _menus_whole(b)))
+
+
+def _menus_whole(signals: Sequence[Signal]) -> list[Signal]:
+    """A menu cut by a chunk boundary is reported with the options read so far, then again with all
+    of them: keep the last report of each such run (same question, options growing)."""
+    out: list[Signal] = []
+    for s in signals:
+        prev = out[-1] if out else None
+        if (
+            isinstance(s, NeedsInput)
+            and isinstance(prev, NeedsInput)
+            and prev.prompt == s.prompt
+            and s.options[: len(prev.options)] == prev.options
+        ):
+            out[-1] = s
+        else:
+            out.append(s)
+    return out
 
 
 def kinds(signals: Sequence[Signal], kind: type[S]) -> list[S]:
@@ -324,12 +342,15 @@ def test_permission_prompt_then_answered_then_done() -> None:
         " Do you want to proceed?",
         " ❯ 1. Yes",
         "   2. No",
+        "",
+        " Esc to cancel",  # as every real dialog: a footer under the options
     ]
     asked = session(dialect, [screen.draw(["> Build a snake game", ""], dialog)] * 2)
-    assert asked == [NeedsInput(prompt="Do you want to proceed?")]  # once, though redrawn
+    asked_once = NeedsInput(prompt="Do you want to proceed?", options=("Yes", "No"))
+    assert asked == [asked_once]  # once, though redrawn
     working = screen.draw([], screen.frame(spinner="✻ Thinking… (esc to interrupt)"))
     again = session(dialect, [working, screen.draw([], dialog)])
-    assert again == [NeedsInput(prompt="Do you want to proceed?")]  # a new question after work resumed
+    assert again == [asked_once]  # a new question after work resumed
     assert session(dialect, [screen.draw(["● Ran it.", ""], screen.frame())]) == [
         TaskDone(result="Ran it."),
         Ready(),

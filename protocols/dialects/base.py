@@ -48,6 +48,14 @@ class RateLimited:
 @attrs.frozen
 class NeedsInput:
     prompt: str  # the question/permission text the agent waits on
+    options: tuple[str, ...] = ()  # a numbered menu's choices in order ("Yes, proceed", "No, exit")
+
+
+@attrs.frozen
+class ExtraUsage:
+    """The agent says it now spends beyond the plan ("Now using extra usage"): money, not quota."""
+
+    message: str
 
 
 @attrs.frozen
@@ -101,6 +109,7 @@ Signal = (
     | ContextUsage
     | RateLimited
     | NeedsInput
+    | ExtraUsage
     | ApiRetry
     | QuotaReport
     | Notice

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import NamedTuple
 
-from .base import ContextUsage, NeedsInput, RateLimited, Signal
+from .base import ContextUsage, ExtraUsage, NeedsInput, RateLimited, Signal
 
 # ----------------------------------------------------------------------------------------------------
 # reset times
@@ -109,6 +109,13 @@ _LIMIT = re.compile(
 _NOT_LIMIT = re.compile(r"now using|approaching|not your usage limit", re.IGNORECASE)
 _QUESTION = re.compile(r"(?:Do you (?:want|trust)|Would you like)[^\n?]{0,300}\?")
 _YES_OPTION = re.compile(r"(?:^|[\s>❯›])1\.\s+Yes\b")
+# A menu option line: optional box border, optional cursor, "N. label" (the label ends at a border).
+_OPTION = re.compile(r"^[\s│]*(?P<cur>[❯›>]\s*)?(?P<n>[1-9])\.\s+(?P<label>[^│\n]*?)\s*│?\s*$")
+# ... or the first option on the question's own line ("Do you want to proceed? > 1. Yes").
+_OPTION_INLINE = re.compile(r"(?P<pre>\?\s*|\s)(?P<cur>[❯›>]\s*)?(?P<n>1)\.\s+(?P<label>[^│\n]*?)\s*│?\s*$")
+_MENU_LOOKUP_LINES = 12  # how far above the first option its question may be
+_MENU_TAIL = 1500  # a menu split across chunks: its first options may be this far back in lookback
+_EXTRA_USAGE = re.compile(r"Now using extra usage|using (?:your )?usage credits", re.IGNORECASE)
 _QUESTION_LOOKBACK = 3000
 _MESSAGE_MAX = 500
 
@@ -156,7 +163,8 @@ class PatternScanner:
         self.needs_input = tuple(needs_input)
         self.last_context: float | None = None
         self._limits_seen: set[str] = set()
-        self._question: str | None = None
+        self._question: tuple[str, tuple[str, ...]] | None = None  # the last question asked
+        self._open_menu: tuple[str, ...] | None = None  # options of a menu the last read ended in
         self.question_seen = False  # a question (new or repeated) was in the last scanned text
         self._hits: list[Hit] = []
 
@@ -178,8 +186,10 @@ class PatternScanner:
             for hint in ("imit", "too long", "exceeded"):
                 if hint in text:
                     self._hinted(text, hint, lambda line, s: self._builtin_limit(line, s, now_epoch))
-            if "1. Yes" in text:
-                self._hinted(text, "1. Yes", lambda line, s: self._builtin_question(text, lookback, s))
+            if "1. " in text or "1. " in lookback[-_MENU_TAIL:]:
+                self._builtin_menus(text, lookback[-_MENU_TAIL:])
+            if "usage" in text:
+                self._hinted(text, "usage", self._builtin_extra_usage)
         for pat in self.context:
             for m in pat.finditer(text):
                 used = _used_from_match(m)
@@ -240,19 +250,81 @@ class PatternScanner:
         if m and not _NOT_LIMIT.search(line):
             self._limit(self._hits, start + m.start(), None, line, line, now_epoch)
 
-    def _builtin_question(self, text: str, lookback: str, start: int) -> None:
-        end = text.find("\n", start)
-        line = text[start : len(text) if end < 0 else end]
-        if not _YES_OPTION.search(line):
-            return
-        before = text[max(0, start - _QUESTION_LOOKBACK) : start + len(line)]
-        if len(before) < _QUESTION_LOOKBACK:
-            before = lookback[-(_QUESTION_LOOKBACK - len(before)) :] + before
+    def _builtin_menus(self, text: str, tail: str) -> None:
+        """Numbered menus: the agent waits for a choice (permission, trust, usage limit, picker).
+
+        A menu is reported with the options read so far; when a read ended inside a menu and the
+        next read brings more of its options, it is reported again with all of them (same question,
+        more options). A menu read before is otherwise not news (it is still on screen, or gone).
+        `tail` is the end of the text before `text`.
+        """
+        window = tail + text
+        offset = len(tail)
+        pos = window.find("1. ")
+        while pos >= 0:
+            start, end = _line_at(window, pos)
+            after = self._builtin_menu(window, offset, window[start:end], start)
+            pos = window.find("1. ", max(end, after))
+
+    def _builtin_menu(self, window: str, offset: int, line: str, start: int) -> int:
+        """Read the menu whose first option is `line` (at `start` in `window`); returns where it ends.
+
+        A `1. Yes` line under a known question is one (the permission prompts of every version);
+        otherwise it takes a cursor (`❯ 1.`) on an option and at least two options, so that a
+        numbered list in a reply is not mistaken for a menu. The question is the nearest known
+        question above, else the nearest line above the options ending in `?`, else the nearest text.
+        """
+        first = _OPTION.match(line) or _OPTION_INLINE.search(line)
+        if first is None or first.group("n") != "1":
+            return start + len(line)
+        if first.re is _OPTION_INLINE and "?" not in first.group("pre") and first.group("cur") is None:
+            return start + len(line)  # "see step 1. below": not an option
+        options, cursor = [first.group("label")], first.group("cur") is not None
+        pos = start + len(line) + 1
+        terminated = False
+        while pos < len(window):
+            end = window.find("\n", pos)
+            if end < 0:
+                break  # an incomplete line: wait for the rest
+            nxt = window[pos:end]
+            m = _OPTION.match(nxt)
+            if m is not None and m.group("n") == str(len(options) + 1):
+                options.append(m.group("label"))
+                cursor = cursor or m.group("cur") is not None
+            elif m is not None or nxt.strip(" │\u00a0"):
+                terminated = True  # the footer (or anything that is not the next option) ends it
+                break
+            elif len(options) >= 2 or window[end + 1 : end + 2] == "\n":
+                terminated = True  # a blank line after the options (two blanks for a lone option)
+                break
+            pos = end + 1
+        labels = tuple(_clean(o) for o in options)
+        if start < offset:  # its first line was read before: news only if more options came since
+            was = self._open_menu
+            if was is None or len(labels) <= len(was) or labels[: len(was)] != was:
+                return pos
+        self._open_menu = None if terminated else labels
+        yes_menu = bool(_YES_OPTION.search(line))
+        if not yes_menu and not (cursor and (len(options) >= 2 or not terminated)):
+            return pos
+        inline = line[: first.end("pre")] if first.re is _OPTION_INLINE else ""
+        before = window[max(0, start - _QUESTION_LOOKBACK) : start] + inline
         question = None
         for q in _QUESTION.finditer(before):
             question = q.group(0)
+        if question is None and yes_menu and not cursor:
+            return pos  # "1. Yes" in plain text, with no question above it
+        if question is None or len(before) - before.rfind(question) > 160 * _MENU_LOOKUP_LINES:
+            question = _menu_title(before) or question
         if question is not None:
-            self._ask(self._hits, start, _clean(question))
+            self._ask(self._hits, max(0, start - offset), _clean(question), labels)
+        return pos
+
+    def _builtin_extra_usage(self, line: str, start: int) -> None:
+        m = _EXTRA_USAGE.search(line)
+        if m and "extra" not in self._limits_seen:
+            self._limits_seen.add("extra")
+            self._hits.append(Hit(start + m.start(), "extra_usage", ExtraUsage(message=m.group(0))))
 
     # -- recording (with de-duplication) -----------------------------------------------------------
 
@@ -288,11 +360,38 @@ class PatternScanner:
         self._limits_seen.add(key)
         hits.append(Hit(pos, "limit", RateLimited(reset_at=reset, message=message)))
 
-    def _ask(self, hits: list[Hit], pos: int, question: str) -> None:
+    def _ask(self, hits: list[Hit], pos: int, question: str, options: tuple[str, ...] = ()) -> None:
+        """Report a question once; a menu seen again with more options (its rest arrived) again."""
         self.question_seen = True
-        if question != self._question:
-            self._question = question
-            hits.append(Hit(pos, "needs_input", NeedsInput(prompt=question)))
+        if self._question != (question, options):
+            self._question = (question, options)
+            hits.append(Hit(pos, "needs_input", NeedsInput(prompt=question, options=options)))
+
+
+_RULE_CHARS = "│ \u00a0╭╮╰╯─╌━═"
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def _menu_title(before: str) -> str | None:
+    """The question of a menu from the lines above it: the sentence with a `?` in the nearest
+    paragraph that has one (wrapped lines joined), else the first line of the nearest paragraph
+    ("Select model")."""
+    paragraphs: list[list[str]] = [[]]
+    for raw in reversed(before.splitlines()[-_MENU_LOOKUP_LINES:]):
+        line = _clean(raw.strip(_RULE_CHARS))
+        if line:
+            paragraphs[-1].insert(0, line)
+        elif paragraphs[-1]:
+            paragraphs.append([])
+    paragraphs = [p for p in paragraphs if p]
+    for para in paragraphs:
+        whole = next((x for x in reversed(para) if x.endswith("?") and x[:1].isupper()), None)
+        if whole is not None:
+            return whole  # a question on a line of its own ("What do you want to do?")
+        joined = " ".join(para)
+        if "?" in joined:
+            return next(s for s in _SENTENCE_END.split(joined) if "?" in s)[:_MESSAGE_MAX]
+    return paragraphs[0][0] if paragraphs else None
 
 
 def _used_from_match(m: re.Match[str]) -> float | None:
