@@ -19,11 +19,12 @@ own, `gateway.allowed_origins`, or `extra_origins`.
 from __future__ import annotations
 
 import base64
+import contextlib
 import importlib.metadata
 import itertools
 import logging
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -246,6 +247,7 @@ class _Connection:
         self.authed = authed
         self.outbox = Outbox(self.cfg.client_buffer)
         self.outbox.write_now = _direct_writer(ws, gateway.write_stats)
+        _close_bad_text_with_1007(ws)
         self._bucket = _Bucket(self.cfg.max_requests_per_s)
         self._inflight = trio.Semaphore(MAX_INFLIGHT)
         self._sub_ids = itertools.count(1)
@@ -741,9 +743,9 @@ class _Spillover(trio.abc.HalfCloseableStream):
     next, whichever task it is, must send the rest before anything else or frames would interleave.
     """
 
-    def __init__(self, inner: trio.SocketStream) -> None:
+    def __init__(self, inner: trio.abc.HalfCloseableStream) -> None:
         self.inner = inner
-        self.socket = inner.socket
+        self.socket = getattr(inner, "socket", None)
         self.rest = b""
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -757,11 +759,51 @@ class _Spillover(trio.abc.HalfCloseableStream):
     async def send_eof(self) -> None:
         await self.inner.send_eof()
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         return await self.inner.receive_some(max_bytes)
 
     async def aclose(self) -> None:
+        if self.rest:  # e.g. the close frame for a frame that was not UTF-8: it goes out first
+            data, self.rest = self.rest, b""
+            with (
+                trio.move_on_after(1.0),
+                contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+            ):
+                await self.inner.send_all(data)
         await self.inner.aclose()
+
+
+def _close_bad_text_with_1007(ws: trio_websocket.WebSocketConnection) -> None:
+    """Answer a text frame that is not valid UTF-8 with a close frame 1007 (RFC 6455 8.1).
+
+    wsproto reports such a frame as a close event (code 1007) without sending anything, and
+    trio-websocket then drops the TCP connection: the client never learns why. Here the close frame
+    is framed by the connection's own wsproto (so its state moves to closing as for any close we
+    send) and left for the stream to send before it closes. Needs trio-websocket's internals, like
+    the direct writes; without them the old behaviour stays.
+    """
+    proto = getattr(ws, "_wsproto", None)
+    stream = getattr(ws, "_stream", None)
+    if proto is None or stream is None:
+        return
+    if not isinstance(stream, _Spillover):
+        stream = _Spillover(stream)
+        ws._stream = stream
+    events = proto.events
+
+    def checked_events() -> Iterator[wsproto.events.Event]:
+        for event in events():
+            if (
+                isinstance(event, wsproto.events.CloseConnection)
+                and event.code == 1007
+                and proto.state is ConnectionState.OPEN  # a peer's own close frame arrives in REMOTE_CLOSING
+            ):
+                stream.rest += proto.send(
+                    wsproto.events.CloseConnection(code=1007, reason="invalid UTF-8 in a text frame")
+                )
+            yield event
+
+    proto.events = checked_events
 
 
 def _direct_writer(ws: trio_websocket.WebSocketConnection, stats: dict[str, int]) -> WriteNow | None:

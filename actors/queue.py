@@ -38,13 +38,15 @@ from typing import Any, Literal
 import attrs
 import trio
 
-from ..protocols.config import SwarmConfig, structure
+from ..protocols.config import BackoffConfig, SwarmConfig, structure
 from ..protocols.errors import Conflict, NotFound, ShoalError, StoreError, ValidationError
 from ..protocols.tasks import TERMINAL_STATES, Outcome, TaskSpec, TaskState
+from ..protocols.text import check_text, find_bad_text, wire_safe
 from ..protocols.workers import Assign, Restart, TaskFinished
 from ..runtime.actor import ActorGone, Address, Call, Mailbox
+from ..runtime.backoff import backoff_delay
 from ..runtime.eventbus import EventBus
-from .store import Store, Ticket
+from .store import Store, Ticket, WriteRefused
 from .taskbook import COUNTED_OUTCOMES, TERMINAL_TOPICS, TaskBook, WorkerView, check_name
 
 log = logging.getLogger("shoal.queue")
@@ -53,6 +55,8 @@ DEFAULT_PARK_S = 60.0  # a rate limit without a reset time parks its model this 
 MODEL_RECENT = 10  # finished attempts remembered per model (its recent failure rate, for status)
 MAX_BURST = 256  # messages handled before the changes are handed to the store
 EVICT_TICK_S = 1.0  # retention steps at most this often, unless a backlog is being worked off
+# after a failed write, the store is probed at these delays until a probe write commits
+STORE_RETRY = BackoffConfig(min_s=1.0, max_s=60.0, factor=2.0, jitter=0.1, reset_after_s=0.0)
 
 # ---- calls (address.call(msg)) ------------------------------------------------------------------
 
@@ -179,6 +183,15 @@ class _EvictionCommitted:
 
 
 @attrs.frozen
+class _Resync:
+    """Sent to the actor itself: the book may hold changes the store does not (a write failed, or
+    was refused), so it is rebuilt from the store."""
+
+    reason: str
+    recovered: bool = False  # the store took writes again after failing (a probe committed)
+
+
+@attrs.frozen
 class Stats:
     counts: dict[str, int]  # per TaskState value
     ready_by_model: dict[str | None, int]  # READY tasks per effective model (None: unpinned)
@@ -199,6 +212,8 @@ class Stats:
     parked_reasons: dict[str, str] = attrs.field(factory=dict)  # parked model -> the limit's message
     # model -> (failed, finished) over its last MODEL_RECENT finished attempts (done or counted failure)
     model_recent: dict[str, tuple[int, int]] = attrs.field(factory=dict)
+    store_failures: int = 0  # times the store stopped taking writes
+    store_recoveries: int = 0  # times it took them again by itself (a probe write committed)
 
 
 class _Worker:
@@ -239,6 +254,11 @@ class QueueActor:
         ](math.inf)
         self._offset = 0.0
         self._broken: StoreError | None = None
+        self.store_retry = STORE_RETRY  # probe delays after a failed write (tests shorten them)
+        self.store_failures = 0
+        self.store_recoveries = 0
+        self._resync: _Resync | None = None
+        self._nursery: trio.Nursery | None = None
         self._last_evict = -math.inf  # epoch s of the last retention step
         self._evict_more = False  # the last step stopped at its bound with more due
         self._evict_ticket: Ticket | None = None  # the write holding the last step's deletions
@@ -267,6 +287,7 @@ class QueueActor:
             ModelRateLimited: self._on_rate_limited,
             UpdateConfig: self._on_config,
             _EvictionCommitted: self._on_eviction_committed,
+            _Resync: self._on_resync,
         }
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -282,6 +303,7 @@ class QueueActor:
         if recovered:
             log.info("recovered %d interrupted task(s)", len(recovered))
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self._acker)
             async with Mailbox[Any]("queue", self._mailbox_size) as mailbox:
                 self.address = mailbox.address
@@ -315,6 +337,8 @@ class QueueActor:
             if got:
                 self._handle(msg)
                 for _ in range(MAX_BURST):
+                    if self._resync is not None:  # reload before anything else is answered
+                        break
                     try:
                         msg = mailbox.receive_nowait()
                     except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
@@ -322,6 +346,8 @@ class QueueActor:
                     self._handle(msg)
             self._timers(self._now())
             self._flush()
+            if self._resync is not None:
+                await self._reload()
 
     async def _acker(self) -> None:
         """Release events and replies once the write holding them has committed (in order)."""
@@ -332,9 +358,13 @@ class QueueActor:
                 else:
                     await ticket.wait()
             except StoreError as exc:
-                self._store_failed(exc)
                 for call, _value in acks:
                     call.fail(exc)
+                if isinstance(exc, WriteRefused):  # one bad value: the store goes on
+                    log.error("queue: a write was refused; reloading the task book: %s", exc)
+                    self._ask(_Resync(f"a write was refused: {exc}"))
+                else:
+                    self._store_failed(exc)
                 continue
             for topic, data in events:
                 self.bus.publish(topic, data)
@@ -351,11 +381,108 @@ class QueueActor:
         with contextlib.suppress(ActorGone):
             self.address.try_send(_EvictionCommitted())
 
+    def _ask(self, msg: Any) -> None:
+        """Send a message to the actor itself (a full mailbox: the actor is awake anyway; retry
+        from a task so the message is not lost)."""
+        if self.address is None:
+            return
+        try:
+            if self.address.try_send(msg):
+                return
+        except ActorGone:
+            return
+        if self._nursery is not None:
+            self._nursery.start_soon(self._send_later, msg)
+
+    async def _send_later(self, msg: Any) -> None:
+        assert self.address is not None
+        with contextlib.suppress(ActorGone):
+            await self.address.send(msg)
+
     def _store_failed(self, exc: StoreError) -> None:
-        if self._broken is None:
-            self._broken = exc
-            log.error("task store failed; the queue is read-only until restarted: %s", exc)
-            self.bus.publish("queue.store_failed", {"error": str(exc)})
+        """The store stopped taking writes: refuse changes, and probe it with backoff until a
+        write commits again (then the book is reloaded from it: see `_reload`)."""
+        if self._broken is not None:
+            return
+        self._broken = exc
+        self.store_failures += 1
+        first = backoff_delay(self.store_retry, 0)
+        log.error("task store failed; the queue is read-only until a probe write commits: %s", exc)
+        self.bus.publish("queue.store_failed", {"error": str(exc), "retry_in_s": first})
+        self._ask(_Resync(f"a write failed: {exc}"))  # drop what did not reach the disk
+        if self._nursery is not None:
+            self._nursery.start_soon(self._probe_store)
+
+    async def _probe_store(self) -> None:
+        """Probe the store at backoff delays until a write commits; then ask for the reload."""
+        n = 0
+        while True:
+            await trio.sleep(backoff_delay(self.store_retry, n, self.book.rng.random()))
+            try:
+                await self.store.probe()
+            except StoreError as exc:
+                n += 1
+                log.warning("task store still failing (probe %d): %s", n, exc)
+                continue
+            break
+        self._ask(_Resync("the store takes writes again", recovered=True))
+
+    def _on_resync(self, msg: _Resync, now: float) -> None:
+        if self._resync is None or msg.recovered:  # a recovery is never folded into a plain reload
+            self._resync = msg
+
+    async def _reload(self) -> None:
+        """Rebuild the book from the store, so that nothing whose write failed stays in memory.
+
+        Everything the old book still had to write goes to the store first (in order, before the
+        load), so the reload loses nothing that could be stored. Attempts a live worker still
+        holds stay RUNNING; other attempts the store has open end INTERRUPTED and run again
+        (at-least-once, as after a restart). Waiters of tasks that are gone fail with NotFound."""
+        msg, self._resync = self._resync, None
+        assert msg is not None
+        self._flush()
+        try:
+            stored = await self.store.load_all()
+        except StoreError as exc:
+            log.error("queue: cannot reload the task book from the store: %s", exc)
+            return
+        old = self.book
+        live = {
+            (tid, att.worker, att.n)
+            for wid in self._workers
+            for tid in old.running_on(wid)
+            if (att := old.open_attempt(tid)) is not None
+        }
+        book = TaskBook(self.config.queue, self.config.models, rng=old.rng)
+        book.parked = dict(old.parked)
+        book.stale_reports = old.stale_reports
+        book.evicted = old.evicted
+        now = self._now()
+        recovered = book.restore(stored, now, keep=lambda tid, att: (tid, att.worker, att.n) in live)
+        dropped = len(old) - len(book)
+        self.book = book
+        self._evict_ticket = None
+        self._evict_more = False
+        for tid, calls in list(self._waiters.items()):
+            if tid not in book:
+                del self._waiters[tid]
+                for call in calls:
+                    call.fail(NotFound("task", tid))
+            elif (task := book.get(tid)).state in TERMINAL_STATES:
+                del self._waiters[tid]
+                self._acks.extend((call, task) for call in calls)
+        detail = {"reason": msg.reason, "tasks": len(book), "dropped": dropped, "recovered": len(recovered)}
+        if msg.recovered:
+            self._broken = None
+            self.store_recoveries += 1
+            log.warning("task store takes writes again; task book reloaded (%s)", detail)
+            self._extra_events.append(("queue.store_recovered", detail))
+            if self.store.broken is not None:  # it failed again since the probe: start over
+                self._store_failed(self.store.broken)
+        else:
+            self._extra_events.append(("queue.reloaded", detail))
+        self._rematch_idle(now)
+        self._flush()
 
     # ---- the loop's plumbing ---------------------------------------------------------------------
 
@@ -369,6 +496,7 @@ class QueueActor:
                 call.fail(ValidationError("request", "unknown queue request", type(call.payload).__name__))
                 return
             try:
+                _check_call_text(call.payload)
                 handler(call, call.payload, now)
             except ShoalError as exc:
                 call.fail(exc)
@@ -379,6 +507,8 @@ class QueueActor:
             log.warning("queue ignored an unknown message %r", type(msg).__name__)
             return
         try:
+            if isinstance(msg, AttemptEnded):
+                msg = _safe_report(msg)
             send(msg, now)
         except ShoalError as exc:
             log.warning("queue ignored a bad %s: %s", type(msg).__name__, exc)
@@ -650,6 +780,8 @@ class QueueActor:
             evicted=self.book.evicted,
             parked_reasons={m: r for m, r in self._park_reasons.items() if m in self.book.parked},
             model_recent={m: (sum(d), len(d)) for m, d in self._model_recent.items()},
+            store_failures=self.store_failures,
+            store_recoveries=self.store_recoveries,
         )
 
     def _on_wait(self, call: Call[Any], msg: WaitTask, now: float) -> None:
@@ -793,6 +925,36 @@ class QueueActor:
         self.config = msg.config
         self.book.reconfigure(msg.config.queue, msg.config.models)
         self._rematch_idle(now)
+
+
+def _check_call_text(payload: Any) -> None:
+    """Refuse a request holding a string that cannot be encoded as UTF-8 before the book sees it
+    (the SwarmHandle and the gateway check first; this keeps direct users of the queue from
+    putting such a string in the book, where its write would fail)."""
+    if isinstance(payload, Submit):
+        specs: Any = payload.specs
+        if isinstance(specs, tuple | list):
+            for i, spec in enumerate(specs):
+                check_text(spec, f"tasks[{i}]" if len(specs) != 1 else "task")
+            return
+    check_text(payload, "")
+
+
+def _safe_report(msg: AttemptEnded) -> AttemptEnded:
+    """A worker's report with text that cannot be encoded as UTF-8 is kept, with the bad characters
+    escaped (`\\udcff`): refusing it would leave the attempt open."""
+    r = msg.report
+    if not isinstance(r, TaskFinished) or find_bad_text(r) is None:
+        return msg
+    fixed: dict[str, Any] = {
+        name: wire_safe(value)
+        for name in ("result", "reason", "output_tail", "model", "worker", "task_id")
+        if isinstance(value := getattr(r, name), str)
+    }
+    log.warning(
+        "queue: the report on task %r held text that is not valid UTF-8 (escaped)", fixed.get("task_id")
+    )
+    return AttemptEnded(attrs.evolve(r, **fixed))
 
 
 ConfigChanged = UpdateConfig  # older name

@@ -28,7 +28,7 @@ import re
 import uuid
 from bisect import bisect_left, bisect_right
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -45,6 +45,7 @@ from ..protocols.tasks import (
     TaskSpec,
     TaskState,
 )
+from ..protocols.text import check_text
 
 # Outcomes that use up one of the task's max_attempts; the others (rate limit, interruption) do not.
 COUNTED_OUTCOMES = frozenset({Outcome.FAILED, Outcome.TIMEOUT, Outcome.CRASHED})
@@ -756,6 +757,9 @@ class TaskBook:
             raise ValidationError(f("prompt"), "must be a string", type(spec.prompt).__name__)
         if not spec.prompt:
             raise ValidationError(f("prompt"), f"task {tid!r}: must not be empty")
+        # a prompt goes onto a command line (oneshot) or into a terminal: neither takes a NUL, and
+        # nothing that cannot be encoded as UTF-8 may reach the store or a worker
+        check_text(spec.prompt, f("prompt"), nul=True)
         limit = self.qcfg.max_prompt_bytes
         size = len(spec.prompt)
         if size * 4 > limit:  # only then can the UTF-8 size pass the limit: measure it
@@ -1427,10 +1431,17 @@ class TaskBook:
 
     # ---- recovery and configuration ------------------------------------------------------------
 
-    def restore(self, stored: Iterable[StoredTask], now: float) -> list[str]:
+    def restore(
+        self,
+        stored: Iterable[StoredTask],
+        now: float,
+        keep: Callable[[str, Attempt], bool] | None = None,
+    ) -> list[str]:
         """Rebuild the book from the store after a restart. Attempts that were open when the process
         died end INTERRUPTED (not counted) and their tasks go back to READY; manual assignments are
-        dropped (workers do not survive a restart). Returns the recovered task ids."""
+        dropped (workers do not survive a restart). `keep` (a reload while Shoal runs, after a
+        failed write) names open attempts a live worker still holds: they stay RUNNING. Returns the
+        recovered task ids."""
         if self._recs:
             raise Conflict("restore needs an empty task book")
         rows = sorted(stored, key=lambda s: s.static.seq)
@@ -1464,6 +1475,9 @@ class TaskBook:
         recovered: list[str] = []
         for rec in recs:
             att = rec.open_attempt()
+            if keep is not None and rec.state is _RUNNING and att is not None and keep(rec.id, att):
+                self._running.setdefault(att.worker, set()).add(rec.id)
+                continue
             if rec.state is _RUNNING or att is not None:
                 if att is not None:
                     rec.attempts[-1] = Attempt(

@@ -356,6 +356,37 @@ async def test_huge_frame_closes_with_1009_and_others_go_on(tmp_path: Path) -> N
             assert reply["error"]["code"] == rpc.INVALID_REQUEST and "too large" in reply["error"]["message"]
 
 
+async def test_a_text_frame_that_is_not_utf8_is_closed_with_1007(tmp_path: Path) -> None:
+    """RFC 6455 8.1: the gateway answers invalid UTF-8 in a text frame with a close frame 1007 (it
+    used to drop the TCP connection without one); other clients go on."""
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, CloseConnection, Request
+
+    async with serving(tmp_path) as live, connect(live.url, live.token) as other:
+        assert live.gateway.address is not None
+        host, port = live.gateway.address
+        stream = await trio.open_tcp_stream(host, port)
+        client = WSConnection(ConnectionType.CLIENT)
+        auth = [(b"Authorization", f"Bearer {live.token}".encode())]
+        await stream.send_all(client.send(Request(host=f"{host}:{port}", target="/", extra_headers=auth)))
+        seen: list[Any] = []
+        with trio.fail_after(5):
+            while not any(isinstance(e, CloseConnection) for e in seen):
+                data = await stream.receive_some()
+                client.receive_data(data or None)
+                for event in client.events():
+                    seen.append(event)
+                    if isinstance(event, AcceptConnection):
+                        # a masked text frame (mask 0) whose payload is not UTF-8
+                        await stream.send_all(b"\x81\x82\x00\x00\x00\x00\xff\xfe")
+                if not data:
+                    break
+        closes = [e for e in seen if isinstance(e, CloseConnection)]
+        assert closes and closes[0].code == 1007, seen
+        await stream.aclose()
+        assert (await other.status())["state"] == "running"
+
+
 async def test_rate_limit_and_subscription_limit(tmp_path: Path) -> None:
     async with serving(tmp_path, gateway={"max_requests_per_s": 5, "max_subscriptions": 2}) as live:
         async with raw(live.url, live.token) as ws:

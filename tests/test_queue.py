@@ -39,7 +39,7 @@ from shoal.actors.queue import (
     WorkerUnavailable,
 )
 from shoal.actors.store import Store
-from shoal.protocols.config import ModelsConfig, QueueConfig, SwarmConfig
+from shoal.protocols.config import BackoffConfig, ModelsConfig, QueueConfig, SwarmConfig
 from shoal.protocols.errors import Conflict, NotFound, StoreError, ValidationError
 from shoal.protocols.tasks import Assignment, Outcome, Task, TaskSpec, TaskState
 from shoal.protocols.workers import Assign, Restart, TaskFinished
@@ -539,20 +539,92 @@ async def test_concurrent_submits_share_commits(tmp_path: Path) -> None:
         assert q.store.commits - before < 50  # group commit: many submits per transaction
 
 
-async def test_a_failing_store_makes_the_queue_read_only(tmp_path: Path) -> None:
+async def test_a_failing_store_makes_the_queue_read_only_until_a_probe_commits(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A real write failure (SQLite turned read-only): the failed submit is not in the book, the
+    queue refuses changes and dispatches nothing, probes follow the backoff (1, 2, 4 s, capped at
+    4), and once a probe commits the queue reloads from the store and goes on by itself: nothing
+    acknowledged before is lost, an attempt finished while the disk failed runs again."""
+    async with running_queue() as q:
+        q.actor.store_retry = BackoffConfig(min_s=1.0, max_s=4.0, factor=2.0, jitter=0.0)
+        sub = q.bus.subscribe(["queue.*"])
+        bot = Bot(q, "w1")
+        await bot.available()
+        await q.submit(TaskSpec("run me", id="run"))
+        a = await bot.assignment()
+        await q.submit(TaskSpec("kept", id="kept"))
+        assert q.store._conn is not None
+        q.store._conn.execute("PRAGMA query_only = ON")  # from now on every write fails
+        t0 = trio.current_time()
+        with pytest.raises(StoreError, match="write failed"):
+            await q.submit(TaskSpec("new", id="new"))
+        failed = await next_event(sub, "queue.store_failed")
+        assert "readonly" in failed["error"] and failed["retry_in_s"] == 1.0
+        with pytest.raises(NotFound):  # the submit that failed is not in the book either
+            await q.call(GetTask("new"))
+        with pytest.raises(StoreError, match="stopped accepting writes"):
+            await q.call(CancelTask("kept"))
+        assert (await q.call(GetTask("kept"))).state is TaskState.READY  # reads go on
+        await bot.finish(a)  # the worker finishes while nothing can be written
+        await trio.sleep_until(t0 + 4)  # probes at +1 and +3 failed
+        assert (await q.stats()).store_broken is not None and bot.nothing_yet()
+        q.store._conn.execute("PRAGMA query_only = OFF")  # space is back
+        recovered = await next_event(sub, "queue.store_recovered")
+        assert trio.current_time() - t0 == pytest.approx(7, abs=0.01)  # the probe at +1+2+4
+        assert recovered["dropped"] == 0 and recovered["recovered"] == 1
+        again = await bot.assignment()  # its result never reached the disk: it runs again
+        assert (again.task_id, again.attempt) == ("run", 2)
+        await q.submit(TaskSpec("after", id="after"))
+        stats = await q.stats()
+        assert (stats.store_broken, stats.store_failures, stats.store_recoveries) == (None, 1, 1)
+        assert {t.id for t in (await q.call(ListTasks()))[0]} == {"run", "kept", "after"}
+
+
+async def test_a_refused_write_fails_only_its_request_and_leaves_the_book_as_stored() -> None:
+    """A write the database refuses for its content (here the task's row is already there, put in
+    behind the queue's back) fails that request only: the store is not broken, the queue reloads
+    its book from the store (so the refused submit is not in it) and keeps taking writes."""
+    from shoal.actors.store import apply_changes
     from shoal.actors.taskbook import TaskBook
 
-    async with running_queue(path=tmp_path / "shoal.db") as q:
-        sub = q.bus.subscribe(["queue.store_failed"])
+    async with running_queue() as q:
+        sub = q.bus.subscribe(["queue.*"])
         await q.submit(TaskSpec("kept", id="kept"))
         book = TaskBook()
-        book.submit([TaskSpec("dup", id="kept")], 0.0)
-        with pytest.raises(StoreError):  # the disk "fails": a write the database refuses
-            await q.store.commit(book.drain()[0])
-        with pytest.raises(StoreError, match="store stopped accepting writes"):
-            await q.submit(TaskSpec("new", id="new"))
-        assert "write failed" in (await next_event(sub, "queue.store_failed"))["error"]
-        assert (await q.call(GetTask("kept"))).state is TaskState.READY  # reads still work
-        with pytest.raises(StoreError):
-            await q.call(CancelTask("kept"))
-        assert (await q.stats()).store_broken is not None
+        book._next_seq = 50  # after the queue's own
+        book.submit([TaskSpec("stored elsewhere", id="new")], 0.0)
+        assert q.store._conn is not None
+        apply_changes(q.store._conn, book.drain()[0])  # autocommit: the row is on disk
+        with pytest.raises(StoreError, match=r"write refused.*UNIQUE"):
+            await q.submit(TaskSpec("mine", id="new"))
+        reloaded = await next_event(sub, "queue.reloaded")
+        assert "refused" in reloaded["reason"] and reloaded["tasks"] == 2
+        assert (await q.call(GetTask("new"))).prompt == "stored elsewhere"
+        await q.submit(TaskSpec("later", id="later"))
+        assert (await q.stats()).store_broken is None
+
+
+async def test_text_that_is_not_utf8_never_reaches_the_book_or_the_store() -> None:
+    """Direct users of the queue (below the SwarmHandle's own check) get a ValidationError naming
+    the field; a worker report with such text is kept, escaped; the store never breaks."""
+    async with running_queue() as q:
+        with pytest.raises(ValidationError, match=r"^task\.prompt: is not valid Unicode"):
+            await q.submit(TaskSpec("bad \ud800", id="a"))
+        with pytest.raises(ValidationError, match=r"^tasks\[1\]\.deps\[0\]"):
+            await q.submit(TaskSpec("ok", id="b"), TaskSpec("ok", id="c", deps=("\udcff",)))
+        with pytest.raises(ValidationError, match=r"^task\.metadata"):
+            await q.submit(TaskSpec("ok", id="d", metadata={"k": ["\ud800"]}))
+        with pytest.raises(ValidationError, match=r"prompt: contains a NUL"):
+            await q.submit(TaskSpec("nul \x00", id="e"))
+        bot = Bot(q, "w1")
+        await bot.available()
+        await q.submit(TaskSpec("ok", id="f"))
+        a = await bot.assignment()
+        with pytest.raises(ValidationError, match=r"^result: is not valid Unicode"):
+            await q.call(CompleteTask("f", a.attempt, "done", result="\ud800"))
+        await bot.finish(a, result="out \udcff")  # e.g. bytes decoded with surrogateescape
+        done = await q.call(WaitTask("f"))
+        assert done.state is TaskState.DONE and done.result == "out \\udcff"
+        stats = await q.stats()
+        assert stats.store_broken is None and stats.total == 1
