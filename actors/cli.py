@@ -145,6 +145,72 @@ def _row(table: Table, *cells: Any) -> None:
     table.add_row(*(cell if isinstance(cell, Text) else Text(str(cell)) for cell in cells))
 
 
+def attempts_text(task: dict[str, Any]) -> str:
+    """`used/max`, plus the attempts that did not count: `2/3 (+2 rate-limited)`, never `4/3`.
+
+    Same split as `shoal.protocols.tasks.attempt_counts`: rate-limited, interrupted or cancelled
+    attempts, and those before the last manual retry (`retry_base`), do not use up max_attempts."""
+    base = task.get("retry_base") or 0
+    used = limited = interrupted = earlier = 0
+    for a in task.get("attempts") or ():
+        outcome = a.get("outcome")
+        if a.get("n", 0) <= base:
+            earlier += 1
+        elif outcome == "rate_limited":
+            limited += 1
+        elif outcome in ("interrupted", "cancelled"):
+            interrupted += 1
+        else:
+            used += 1
+    extra = [
+        f"+{n} {label}"
+        for n, label in ((limited, "rate-limited"), (interrupted, "interrupted"), (earlier, "before retry"))
+        if n
+    ]
+    text = f"{used}/{task.get('max_attempts')}"
+    return f"{text} ({', '.join(extra)})" if extra else text
+
+
+def model_text(model: dict[str, Any], now: float | None = None) -> str:
+    """A model's state in words: `parked until 14:05 (in 58s): <why>`, `failing: …`, `available`."""
+    state = str(model.get("state"))
+    if state == "parked" and model.get("until"):
+        until = float(model["until"])
+        when = time.strftime("%H:%M:%S", time.localtime(until))
+        text = f"parked until {when} (in {_duration(until - (now or time.time()))})"
+    else:
+        text = state
+    return f"{text}: {model['reason']}" if model.get("reason") else text
+
+
+def needs_input_text(worker: dict[str, Any], now: float | None = None) -> str:
+    """`waiting 1m05s: Do you want to proceed?` for a worker whose agent waits on a question."""
+    waited = _age(worker.get("needs_input_since") or worker.get("since"), now)
+    question = worker.get("needs_input") or worker.get("prompt") or ""
+    return f"waiting {waited}: {_short(question, 60)}"
+
+
+def models_table(models: list[dict[str, Any]]) -> Table:
+    table = Table(box=None, header_style="bold")
+    for name in ("MODEL", "STATE", "WORKERS", "BUSY", "RECENT FAILED"):
+        table.add_column(name, no_wrap=True)
+    table.add_column("DETAIL", overflow="fold")
+    now = time.time()
+    for m in models:
+        state = str(m.get("state"))
+        detail = model_text(m, now)[len(state) :].lstrip(": ")  # "until 14:05:00 (in 58s): why"
+        _row(
+            table,
+            m["name"],
+            Text(state, style={"parked": "yellow", "failing": "red"}.get(state, "")),
+            str(m.get("workers", 0)),
+            str(m.get("busy", 0)),
+            f"{m.get('recent_failed', 0)}/{m.get('recent_finished', 0)}",
+            detail,
+        )
+    return table
+
+
 def status_table(status: dict[str, Any]) -> Table:
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
@@ -157,6 +223,13 @@ def status_table(status: dict[str, Any]) -> Table:
         table, "workers", f"{sum((status.get('workers') or {}).values())} ({_counts(status.get('workers'))})"
     )
     _row(table, "tasks", _counts(status.get("queue")))
+    now = time.time()
+    waiting = status.get("needs_input") or []
+    for w in waiting:
+        task = f" (task {w['task_id']})" if w.get("task_id") else ""
+        _row(table, "needs input", f"{w['worker']}{task} {needs_input_text(w, now)}")
+    for m in status.get("models") or []:
+        _row(table, f"model {m['name']}", model_text(m, now))
     breaker = status.get("breaker")
     if isinstance(breaker, dict) and breaker.get("state"):
         trips = breaker.get("trips")
@@ -175,10 +248,13 @@ def workers_table(workers: list[dict[str, Any]]) -> Table:
         table.add_column(name, no_wrap=True)
     now = time.time()
     for w in workers:
+        state = w["state"]
+        if w.get("needs_input"):  # busy, but waiting on a question, not working
+            state = Text(f"needs input ({_age(w.get('needs_input_since'), now)})", style="yellow")
         _row(
             table,
             w["id"],
-            w["state"],
+            state,
             w.get("model") or "-",
             w.get("task_id") or "-",
             _pct(w.get("context_used_percent")),
@@ -208,7 +284,7 @@ def tasks_table(tasks: list[dict[str, Any]]) -> Table:
             str(t.get("priority", 0)),
             t.get("category") or "-",
             t.get("model") or "-",
-            f"{len(t.get('attempts') or ())}/{t.get('max_attempts')}",
+            attempts_text(t),
             t.get("worker") or "-",
             _age(t.get("created"), now),
             _short(t.get("prompt")),
@@ -220,11 +296,12 @@ def task_detail(task: dict[str, Any]) -> list[Any]:
     info = Table(show_header=False, box=None, pad_edge=False)
     info.add_column(style="bold")
     info.add_column()
-    for key in ("id", "state", "reason", "priority", "category", "model", "deps", "worker", "max_attempts"):
+    for key in ("id", "state", "reason", "priority", "category", "model", "deps", "worker"):
         value = task.get(key)
         if value in (None, [], ()):
             continue
         _row(info, key, ", ".join(value) if isinstance(value, list) else str(value))
+    _row(info, "attempts", attempts_text(task))
     _row(info, "created", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(task.get("created") or 0)))
     _row(info, "prompt", task.get("prompt") or "")
     if task.get("result") is not None:
@@ -303,6 +380,18 @@ def cmd_status(args: argparse.Namespace) -> int:
             _print_json(status)
         else:
             _console().print(status_table(status))
+        return EXIT_OK
+
+    return _run(args, go)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    async def go(c: Client) -> int:
+        models = (await c.status()).get("models") or []
+        if args.json:
+            _print_json(models)
+        else:
+            _console().print(models_table(models))
         return EXIT_OK
 
     return _run(args, go)
@@ -956,6 +1045,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("status", cmd_status, "the swarm's state, workers and queue", True)
     command("workers", cmd_workers, "list workers", True)
+    command("models", cmd_models, "each model's state: available, parked (until when, why) or failing", True)
     p = command("tasks", cmd_tasks, "list tasks", True)
     p.add_argument("--state", choices=[s.value for s in TaskState])
     p.add_argument("--limit", type=int, default=50)
