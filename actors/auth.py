@@ -11,6 +11,7 @@ These functions do blocking file I/O: call them at start-up or through `trio.to_
 
 from __future__ import annotations
 
+import errno
 import hmac
 import ipaddress
 import json
@@ -24,7 +25,7 @@ from urllib.parse import urlsplit
 
 import platformdirs
 
-from ..protocols.errors import ValidationError
+from ..protocols.errors import ShoalError, ValidationError
 
 TOKEN_FILENAME = "token"
 ENDPOINT_FILENAME = "gateway.json"
@@ -71,21 +72,69 @@ def read_token(path: str | os.PathLike[str]) -> str:
 def load_or_create_token(path: str | os.PathLike[str]) -> str:
     """Return the token stored at `path`, creating a new random one (mode 0600) on first start.
 
-    An existing file readable by others is tightened to 0600 rather than trusted as is.
+    An existing file readable by others is tightened to 0600 rather than trusted as is. A file that
+    cannot be made or read is a `ValidationError` naming it (one line at start-up, not a traceback).
     """
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except FileExistsError:
+        raise ValidationError("gateway.token_file", f"{p.parent} is not a directory") from None
+    except OSError as exc:
+        raise ValidationError(
+            "gateway.token_file", f"cannot create the directory of the token file {p}: {exc.strerror}"
+        ) from None
     try:
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     except FileExistsError:
-        mode = stat.S_IMODE(p.stat().st_mode)
-        if mode & 0o077:
-            os.chmod(p, 0o600)
+        try:
+            mode = stat.S_IMODE(p.stat().st_mode)
+            if mode & 0o077:
+                os.chmod(p, 0o600)
+        except OSError as exc:
+            raise ValidationError("gateway.token_file", f"cannot use {p}: {exc.strerror}") from None
         return read_token(p)
+    except OSError as exc:
+        raise ValidationError(
+            "gateway.token_file", f"cannot create the token file {p}: {exc.strerror}"
+        ) from None
     token = secrets.token_urlsafe(32)
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
     return token
+
+
+class BindError(ShoalError):
+    """A listener could not bind its address: the message names which one and what to do."""
+
+
+def bind_failure(exc: BaseException) -> OSError | None:
+    """The `OSError` a failed bind raised, alone or as the only leaf of (nested) exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, OSError) else None
+
+
+def bind_error(exc: OSError, what: str, host: str, port: int, flag: str) -> BindError:
+    """Turn a bind `OSError` into a message naming the listener, the address and the flag to change.
+
+    `what` is "gateway" or "dashboard"; `flag` the `shoal serve` option that sets its port.
+    """
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return BindError(
+            f"the {what} port {port} is already in use ({where}; another shoal serve?): "
+            f"choose another with {flag} PORT, or {flag} 0 for any free port"
+        )
+    if exc.errno == errno.EACCES:
+        return BindError(
+            f"no permission to bind the {what} to {where} (ports below 1024 need privileges): "
+            f"choose another with {flag} PORT, or {flag} 0 for any free port"
+        )
+    host_flag = "--host" if what == "gateway" else "--http-host"
+    return BindError(
+        f"cannot bind the {what} to {where}: {exc.strerror or exc} (check {host_flag} and {flag})"
+    )
 
 
 def write_endpoint(state_dir: str | os.PathLike[str], url: str) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -34,6 +35,7 @@ from ..protocols import rpc
 from ..protocols.config import SwarmConfig, load_config, patch_config
 from ..protocols.errors import Conflict, NotFound, ShoalError, ValidationError
 from ..protocols.tasks import TERMINAL_STATES, TaskState
+from ..protocols.text import find_bad_text
 from ..runtime.client import (
     AuthError,
     Client,
@@ -581,13 +583,22 @@ async def _resize(att: Any) -> None:
         pass
 
 
-def parse_assignment(item: str) -> tuple[str, Any]:
-    """KEY=VALUE with a dotted key; the value is JSON when it parses (5, true, [..], "x"), else text."""
+def parse_assignment(item: str, option: str | None = None) -> tuple[str, Any]:
+    """KEY=VALUE with a dotted key; the value is JSON when it parses (5, true, [..], "x"), else text.
+
+    `option` names where the text came from: "--meta" (a metadata key, not a config key) or a
+    config option ("--set", "config set"), so the message says what that option wants.
+    """
     key, sep, raw = item.partition("=")
     key = key.strip()
-    if not sep or not key or any(not part for part in key.split(".")):
+    if option == "--meta":
+        if not sep or not key:
+            raise CliError(f"--meta wants KEY=VALUE (e.g. --meta ticket=1234), got {item!r}", EXIT_USAGE)
+    elif not sep or not key or any(not part for part in key.split(".")):
+        example = "scaling.max_workers=4"
+        wants = f"{option} wants" if option else "expected"
         raise CliError(
-            f"expected KEY=VALUE with a dotted key (e.g. scaling.max_workers=4), got {item!r}", EXIT_USAGE
+            f"{wants} KEY=VALUE with a dotted config key (e.g. {example}), got {item!r}", EXIT_USAGE
         )
     try:
         value = json.loads(raw)
@@ -633,7 +644,7 @@ def cmd_config(args: argparse.Namespace) -> int:
         items = ([args.key] if args.key else []) + list(args.pairs)
         if not items:
             raise CliError("config set needs at least one KEY=VALUE", EXIT_USAGE)
-        pairs = [parse_assignment(p) for p in items]
+        pairs = [parse_assignment(p, "config set") for p in items]
         data = await c.call("swarm.config.patch", {"partial": nest(pairs)})
         if args.json:
             _print_json(data)
@@ -757,7 +768,71 @@ def cmd_version(args: argparse.Namespace) -> int:
 # ---- submit ------------------------------------------------------------------------------------------
 
 
-def read_task_file(path: str) -> list[dict[str, Any]]:
+class TaskFile(list[dict[str, Any]]):
+    """The tasks read from a file, with where each one starts, so errors can say `file:line`."""
+
+    def __init__(self, tasks: list[dict[str, Any]], name: str, lines: list[int | None]) -> None:
+        super().__init__(tasks)
+        self.name = name
+        self.lines = lines
+
+    def locate(self, exc: ValidationError) -> ValidationError:
+        """The server names a bad task `params.tasks[2].deps` (or `params.task`, or by its id in the
+        message): say `tasks.jsonl:3: deps: ...` instead."""
+        found = re.match(r"^params\.tasks\[(\d+)\]\.?(.*)$", exc.field) or re.match(
+            r"^params\.task()\.?(.*)$", exc.field
+        )
+        index: int | None = None
+        field = exc.field
+        if found:
+            index, field = int(found.group(1) or 0), found.group(2)
+        else:
+            named = re.search(r"task '([^']*)'", exc.message)
+            ids = [t.get("id") for t in self]
+            if named and named.group(1) in ids:
+                index = ids.index(named.group(1))
+        if index is None or index >= len(self):
+            return exc
+        line = self.lines[index]
+        where = f"{self.name}:{line}" if line else f"{self.name} (task {index + 1})"
+        shown = "" if exc.value is None else f" (got {exc.value!r})"
+        located = ValidationError(exc.field, exc.message, exc.value)
+        located.args = (f"{where}: {field + ': ' if field else ''}{exc.message}{shown}",)
+        return located
+
+
+def _line_at(text: str, pos: int) -> int:
+    return text.count("\n", 0, pos) + 1
+
+
+def _element_lines(text: str, start: int) -> list[int | None]:
+    """The line of each element of the JSON array whose `[` is at `start`."""
+    decoder = json.JSONDecoder()
+    lines: list[int | None] = []
+    pos = start + 1
+    while True:
+        while pos < len(text) and text[pos] in " \t\r\n,":
+            pos += 1
+        if pos >= len(text) or text[pos] == "]":
+            return lines
+        lines.append(_line_at(text, pos))
+        try:
+            _, pos = decoder.raw_decode(text, pos)
+        except ValueError:
+            return lines
+
+
+def _json_task_lines(text: str, data: Any) -> list[int | None]:
+    first = len(text) - len(text.lstrip())
+    if isinstance(data, list):
+        return _element_lines(text, first)
+    if isinstance(data, dict) and isinstance(data.get("tasks"), list):
+        array = re.search(r'"tasks"\s*:\s*\[', text)
+        return _element_lines(text, array.end() - 1) if array else [None] * len(data["tasks"])
+    return [_line_at(text, first)]
+
+
+def read_task_file(path: str) -> TaskFile:
     """Tasks from JSON (one object, a list, or {"tasks": [...]}) or JSON lines; "-" is stdin."""
     if path == "-":
         text, name = sys.stdin.read(), "stdin"
@@ -769,11 +844,14 @@ def read_task_file(path: str) -> list[dict[str, Any]]:
     stripped = text.strip()
     if not stripped:
         raise CliError(f"{name}: no tasks", EXIT_USAGE)
+    lines: list[int | None]
     try:
         data = json.loads(stripped)
+        lines = _json_task_lines(text, data)
     except ValueError:
         data = None
         tasks = []
+        lines = []
         for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
@@ -781,12 +859,13 @@ def read_task_file(path: str) -> list[dict[str, Any]]:
                 tasks.append(json.loads(line))
             except ValueError as exc:
                 raise CliError(f"{name}:{n}: not JSON: {exc}", EXIT_USAGE) from None
+            lines.append(n)
         data = tasks
     if isinstance(data, dict):
         data = data["tasks"] if isinstance(data.get("tasks"), list) else [data]
     if not isinstance(data, list) or not all(isinstance(t, dict) for t in data):
         raise CliError(f"{name}: expected task objects (JSON object, list, or JSON lines)", EXIT_USAGE)
-    return data
+    return TaskFile(data, name, lines)
 
 
 def build_tasks(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -811,7 +890,7 @@ def build_tasks(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.dep:
         task["deps"] = list(args.dep)
     if args.meta:
-        task["metadata"] = dict(parse_assignment(m) for m in args.meta)
+        task["metadata"] = dict(parse_assignment(m, "--meta") for m in args.meta)
     return [task]
 
 
@@ -824,6 +903,10 @@ def _event_task_id(data: dict[str, Any]) -> str | None:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     specs = build_tasks(args)
+    for i, spec in enumerate(specs):  # argv and stdin carry undecodable bytes as lone surrogates
+        bad = find_bad_text(spec, "task" if len(specs) == 1 else f"tasks[{i}]")
+        if bad is not None:
+            raise CliError(f"{bad[0]}: {bad[1]} (the input holds bytes that are not UTF-8)", EXIT_USAGE)
 
     async def go(c: Client) -> int:
         if not args.wait:
@@ -835,7 +918,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
             return EXIT_OK
         return await _submit_and_wait(c, args, specs)
 
-    return _run(args, go)
+    try:
+        return _run(args, go)
+    except ValidationError as exc:
+        raise specs.locate(exc) if isinstance(specs, TaskFile) else exc from None
 
 
 async def _submit(c: Client, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -950,7 +1036,9 @@ def build_serve_config(args: argparse.Namespace, environ: dict[str, str] | None 
         pairs += [("gateway.allow_remote", True)]
     if args.no_dashboard:
         pairs.append(("http.enabled", False))
-    pairs += [parse_assignment(item) for item in args.set or ()]
+    if args.log_format:
+        pairs.append(("log.format", args.log_format))
+    pairs += [parse_assignment(item, "--set") for item in args.set or ()]
     if pairs:
         config = patch_config(config, nest(pairs))
     return config
@@ -1024,6 +1112,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token-file", help="where the gateway token is kept (default <state-dir>/token)")
     p.add_argument("--no-dashboard", action="store_true", help="do not serve the web dashboard")
     p.add_argument("--drain", action="store_true", help="on SIGINT/SIGTERM let running tasks finish first")
+    p.add_argument(
+        "--log-format",
+        choices=["auto", "text", "json"],
+        help="log lines: readable text or JSON (default auto: text on a terminal, JSON otherwise)",
+    )
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. scaling.idle_s=30"
     )

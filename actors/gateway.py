@@ -40,6 +40,7 @@ from ..protocols.errors import Conflict, ShoalError
 from ..runtime.eventbus import Event
 from .auth import (
     bearer_token,
+    bind_error,
     check_bind,
     dashboard_origins,
     origin_allowed,
@@ -155,19 +156,22 @@ class GatewayActor:
         ctx = await trio.to_thread.run_sync(ssl_context, cfg.tls_cert, cfg.tls_key)
         async with trio.open_nursery() as nursery:
             await nursery.start(self.fanout.run)
-            server: trio_websocket.WebSocketServer = await nursery.start(
-                partial(
-                    trio_websocket.serve_websocket,
-                    self._handle,
-                    cfg.host,
-                    cfg.port,
-                    ctx,
-                    max_message_size=cfg.max_message_bytes,
-                    message_queue_size=4,
-                    connect_timeout=self.handshake_timeout_s,
-                    disconnect_timeout=5.0,
+            try:
+                server: trio_websocket.WebSocketServer = await nursery.start(
+                    partial(
+                        trio_websocket.serve_websocket,
+                        self._handle,
+                        cfg.host,
+                        cfg.port,
+                        ctx,
+                        max_message_size=cfg.max_message_bytes,
+                        message_queue_size=4,
+                        connect_timeout=self.handshake_timeout_s,
+                        disconnect_timeout=5.0,
+                    )
                 )
-            )
+            except OSError as exc:  # port taken, no permission, no such address: say so in one line
+                raise bind_error(exc, "gateway", cfg.host, cfg.port, "--port") from None
             endpoint = server.listeners[0]
             assert isinstance(endpoint, trio_websocket.Endpoint)
             host, port = str(endpoint.address), endpoint.port

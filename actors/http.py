@@ -33,9 +33,13 @@ from hypercorn.trio import serve
 
 from ..protocols.config import HttpConfig, SwarmConfig
 from ..protocols.errors import ValidationError
-from .auth import is_loopback
+from .auth import bind_error, bind_failure, is_loopback
 
 log = logging.getLogger("shoal.http")
+# hypercorn's own messages; its "Running on ... (CTRL + C to quit)" repeats the `serving` log record
+# (and the banner) with advice that does not fit a service, so it is left out
+_server_log = logging.getLogger("shoal.http.server")
+_server_log.addFilter(lambda record: not record.getMessage().startswith("Running on "))
 
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STATUS_TIMEOUT_S = 2.0
@@ -217,19 +221,26 @@ class HttpActor:
             raise ValidationError("http", "the dashboard's static files are missing from the installation")
         hc = HyperConfig()
         hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-        hc.errorlog = log
+        hc.errorlog = _server_log
         hc.accesslog = None
         hc.include_server_header = False
         hc.graceful_timeout = 1.0
         if self._tls is not None:
             hc.certfile, hc.keyfile = self._tls
         async with trio.open_nursery() as nursery:
-            binds: list[str] = await nursery.start(
-                partial(serve, cast(Any, self.app), hc, shutdown_trigger=self._shutdown.wait)
-            )
+            try:
+                binds: list[str] = await nursery.start(
+                    partial(serve, cast(Any, self.app), hc, shutdown_trigger=self._shutdown.wait)
+                )
+            except (OSError, BaseExceptionGroup) as exc:  # hypercorn binds inside its own nurseries
+                failed = bind_failure(exc)
+                if failed is None:
+                    raise
+                # port taken, no permission, no such address: one line naming the dashboard's port
+                raise bind_error(failed, "dashboard", host, port, "--http-port") from None
             parts = urlsplit(binds[0])
             self.bound = (parts.hostname or host, parts.port or port)
-            log.info("dashboard on %s", self.url)
+            log.debug("dashboard on %s", self.url)  # `shoal serve` logs both URLs once it is up
             task_status.started(self.bound)
 
     # ---- the ASGI app ---------------------------------------------------------------------------

@@ -9,6 +9,8 @@ error.
 
 from __future__ import annotations
 
+import difflib
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +21,7 @@ import cattrs
 from attrs import validators as v
 
 from .errors import ValidationError
+from .text import check_text
 
 
 class FieldValueError(ValueError):
@@ -215,7 +218,13 @@ class HttpConfig:
 @attrs.frozen
 class AlertRule:
     kind: Literal[
-        "at_max_workers", "all_idle", "task_dead", "crash_rate", "breaker_tripped", "model_rate_limited"
+        "at_max_workers",
+        "all_idle",
+        "task_dead",
+        "crash_rate",
+        "breaker_tripped",
+        "model_rate_limited",
+        "store_failed",
     ]
     name: str | None = None
     for_s: float = attrs.field(default=0.0, validator=_nonneg)  # condition must hold this long
@@ -241,7 +250,8 @@ class AlertsConfig:
 @attrs.frozen
 class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = "info"
-    json: bool = True
+    format: Literal["auto", "json", "text"] = "auto"  # auto: text on a terminal, else JSON lines
+    json: bool | None = None  # the older switch: true/false choose json/text when format is "auto"
     file: str | None = None  # None: stderr
 
 
@@ -323,25 +333,44 @@ def _path_of(exc: BaseException, path: str) -> tuple[str, BaseException]:
     return path, exc
 
 
+_LITERAL = re.compile(r"^(.*) not in literal typing\.Literal\[(.*)\]$", re.S)
+
+
+def _unknown_keys(path: str, exc: cattrs.ForbiddenExtraKeysError) -> ValidationError:
+    """Name the unknown key itself (`scalling`, not the class) and suggest the close match."""
+    extra = sorted(exc.extra_fields)
+    known = [a.name for a in attrs.fields(exc.cl)] if attrs.has(exc.cl) else []
+    field = f"{path}.{extra[0]}" if path else extra[0]
+    close = difflib.get_close_matches(extra[0], known, n=1)
+    if close:
+        hint = f" (did you mean {close[0]!r}?)"
+    else:
+        hint = f" (known keys: {', '.join(known)})" if known else ""
+    more = f"; also unknown: {', '.join(extra[1:])}" if len(extra) > 1 else ""
+    return ValidationError(field, f"unknown key{hint}{more}")
+
+
 def structure(data: Any, cls: type[Any], where: str = "") -> Any:
     """Structure `data` into `cls`, raising `ValidationError` naming the field on failure."""
     try:
         return _converter.structure(data, cls)
     except cattrs.ForbiddenExtraKeysError as exc:
-        raise ValidationError(where or cls.__name__, f"unknown key(s) {sorted(exc.extra_fields)}") from None
+        raise _unknown_keys(where, exc) from None
     except (cattrs.BaseValidationError, ValueError, TypeError, KeyError) as exc:
         path, leaf = _path_of(exc, where)
         if isinstance(leaf, cattrs.ForbiddenExtraKeysError):
-            raise ValidationError(
-                path or cls.__name__, f"unknown key(s) {sorted(leaf.extra_fields)}"
-            ) from None
+            raise _unknown_keys(path, leaf) from None
         if isinstance(leaf, FieldValueError):
             raise ValidationError(f"{path}.{leaf.field}" if path else leaf.field, str(leaf)) from None
         if isinstance(leaf, KeyError):
             key = str(leaf.args[0])
             field = path if path.endswith(key) else (f"{path}.{key}" if path else key)
             raise ValidationError(field, "is required") from None
-        raise ValidationError(path or cls.__name__, str(leaf) or type(leaf).__name__) from None
+        text = str(leaf) or type(leaf).__name__
+        literal = _LITERAL.match(text)  # cattrs' "x not in literal typing.Literal['a', 'b']"
+        if literal:
+            text = f"must be one of {literal.group(2)}, got {literal.group(1)!r}"
+        raise ValidationError(path or cls.__name__, text) from None
 
 
 def unstructure(obj: Any) -> Any:
@@ -349,12 +378,67 @@ def unstructure(obj: Any) -> Any:
 
 
 def config_from_dict(data: Mapping[str, Any]) -> SwarmConfig:
+    # every string goes to a process (argv, env), a regex, a URL or the store: none takes a lone
+    # surrogate or a NUL, so they are refused here naming the key (TOML, flags, env, patches)
+    check_text(data, nul=True)
     result: SwarmConfig = structure(dict(data), SwarmConfig)
     return result
 
 
+class ConfigFileError(ValidationError):
+    """A bad value in a configuration file: the message starts with `file:line:` (an editor's jump)."""
+
+    def __init__(self, file: str | Path, line: int | None, error: ValidationError) -> None:
+        super().__init__(error.field, error.message, error.value)
+        self.file = str(file)
+        self.line = line
+        self.args = (f"{file}:{line}: {error}" if line else f"{file}: {error}",)
+
+
+_TABLE = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(?:#.*)?$")
+_KEY = re.compile(r"^\s*([A-Za-z0-9_\-\.\"' ]+?)\s*=")
+
+
+def _dotted(key: str) -> str:
+    return ".".join(part.strip().strip("\"'") for part in key.split("."))
+
+
+def toml_line(text: str, field: str) -> int | None:
+    """The line of `text` that sets `field` ("scaling.max_workers", "alerts.rules[1].kind"), or of the
+    nearest enclosing table or key that is written out; None when nothing matches."""
+    arrays: dict[str, int] = {}
+    lines: dict[str, int] = {}
+    table = ""
+    for n, line in enumerate(text.splitlines(), 1):
+        head = _TABLE.match(line)
+        if head:
+            name = _dotted(head.group(2))
+            if head.group(1) == "[[":
+                arrays[name] = arrays.get(name, -1) + 1
+                name = f"{name}[{arrays[name]}]"
+            else:  # a sub-table of the latest array entry: [alerts.rules.x] after [[alerts.rules]]
+                for array, index in arrays.items():
+                    if name.startswith(array + "."):
+                        name = f"{array}[{index}]{name[len(array) :]}"
+            table = name
+            lines.setdefault(table, n)
+            continue
+        key = _KEY.match(line)
+        if key and not line.lstrip().startswith("#"):
+            full = f"{table}.{_dotted(key.group(1))}" if table else _dotted(key.group(1))
+            lines.setdefault(full, n)
+    probe = re.sub(r"\['([^']*)'\]", r".\1", field)  # map keys: workers.profiles['x'] is [workers.profiles.x]
+    while probe:
+        if probe in lines:
+            return lines[probe]
+        cut = max(probe.rfind("."), probe.rfind("["))
+        probe = probe[:cut] if cut > 0 else ""
+    return None
+
+
 def load_config(path: str | Path) -> SwarmConfig:
-    """Read a TOML file. A syntax error names the file and line."""
+    """Read a TOML file. Errors name the file and the line: a syntax error, an unknown key (with the
+    close match), a value of the wrong type."""
     try:
         text = Path(path).read_text()
     except OSError as exc:
@@ -363,7 +447,10 @@ def load_config(path: str | Path) -> SwarmConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ValidationError("config", f"{path}: {exc}") from None
-    return config_from_dict(data)
+    try:
+        return config_from_dict(data)
+    except ValidationError as exc:
+        raise ConfigFileError(path, toml_line(text, exc.field), exc) from None
 
 
 def _merge(base: dict[str, Any], partial: Mapping[str, Any]) -> dict[str, Any]:

@@ -143,6 +143,9 @@ def test_parse_assignment_and_nest() -> None:
             cli.parse_assignment(bad)
         assert info.value.code == cli.EXIT_USAGE
     assert cli.nest([("a.b", 1), ("a.c", 2), ("d", 3)]) == {"a": {"b": 1, "c": 2}, "d": 3}
+    with pytest.raises(cli.CliError) as info:
+        cli.parse_assignment("novalue", "--set")
+    assert info.value.message.startswith("--set wants KEY=VALUE with a dotted config key")
     with pytest.raises(cli.CliError):
         cli.nest([("a", 1), ("a.b", 2)])
 
@@ -219,6 +222,32 @@ def test_submit_flags_build_a_task() -> None:
     assert cli.build_tasks(args) == [
         {"prompt": "fix it", "id": "t1", "priority": 5, "deps": ["a", "b"], "metadata": {"n": 42}}
     ]
+
+
+def test_meta_without_a_value_says_what_meta_wants() -> None:
+    """--meta takes metadata, not a config key: its error must not suggest `scaling.max_workers=4`."""
+    args = cli.build_parser().parse_args(["submit", "x", "--meta", "novalue"])
+    with pytest.raises(cli.CliError) as info:
+        cli.build_tasks(args)
+    assert info.value.code == cli.EXIT_USAGE
+    assert info.value.message == "--meta wants KEY=VALUE (e.g. --meta ticket=1234), got 'novalue'"
+    ok = cli.build_parser().parse_args(["submit", "x", "--meta", "team.name=core"])
+    assert cli.build_tasks(ok)[0]["metadata"] == {"team.name": "core"}
+
+
+def test_task_file_lines(tmp_path: Path) -> None:
+    listed = tmp_path / "tasks.json"
+    listed.write_text('[\n  {"id": "a", "prompt": "x"},\n\n  {"id": "b",\n   "prompt": "y"}\n]\n')
+    assert cli.read_task_file(str(listed)).lines == [2, 4]
+    wrapped = tmp_path / "wrapped.json"
+    wrapped.write_text('{"tasks": [\n {"prompt": "x"},\n {"prompt": "y"}]}')
+    assert cli.read_task_file(str(wrapped)).lines == [2, 3]
+    lines = tmp_path / "tasks.jsonl"
+    lines.write_text('{"prompt": "x"}\n\n{"prompt": "y"}\n')
+    found = cli.read_task_file(str(lines))
+    assert found.lines == [1, 3]
+    located = found.locate(ValidationError("params.tasks[1].priority", "must be an integer", "high"))
+    assert str(located) == f"{lines}:3: priority: must be an integer (got 'high')"
 
 
 def test_token_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -316,6 +345,27 @@ async def test_config_get_and_set(served: Served) -> None:
     assert bad.code == cli.EXIT_USAGE and "max_workers" in bad.err
     unknown = await shoal(served, "config", "get", "scaling.nope")
     assert unknown.code == cli.EXIT_NOT_FOUND
+    # setting a key that does not exist is bad input (docs/cli.md: exit 2), with the close match
+    typo = await shoal(served, "config", "set", "scaling.max_workrs=3")
+    assert typo.code == cli.EXIT_USAGE
+    assert "scaling.max_workrs: unknown key (did you mean 'max_workers'?)" in typo.err
+
+
+async def test_task_file_errors_name_the_file_and_line(served: Served, tmp_path: Path) -> None:
+    lines = tmp_path / "bad.jsonl"
+    lines.write_text('{"id": "fl-a", "prompt": "x"}\n\n{"id": "fl-b", "prompt": "y", "priority": "high"}\n')
+    result = await shoal(served, "submit", "-f", str(lines))
+    assert result.code == cli.EXIT_USAGE
+    assert f"{lines}:3: priority:" in result.err and "params.tasks" not in result.err
+    listed = tmp_path / "bad.json"
+    listed.write_text('[\n  {"id": "fl-c", "prompt": "x"},\n  {"id": "fl-d",\n   "promt": "y"}\n]\n')
+    result = await shoal(served, "submit", "-f", str(listed))
+    assert result.code == cli.EXIT_USAGE
+    assert f"{listed}:3:" in result.err and "promt" in result.err and "params.tasks" not in result.err
+    deps = tmp_path / "deps.jsonl"
+    deps.write_text('{"id": "fl-e", "prompt": "x"}\n{"id": "fl-f", "prompt": "y", "deps": ["fl-nobody"]}\n')
+    result = await shoal(served, "submit", "-f", str(deps))
+    assert result.code == cli.EXIT_USAGE and f"{deps}:2:" in result.err and "fl-nobody" in result.err
 
 
 async def test_halt_and_resume(served: Served) -> None:
