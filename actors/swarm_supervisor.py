@@ -48,6 +48,7 @@ from ..protocols.workers import (
 from ..runtime.actor import ActorGone, Address
 from ..runtime.backoff import BackoffState, RestartIntensity
 from ..runtime.eventbus import EventBus
+from .auth import resolve_state_dir
 from .queue import AttemptEnded, ModelRateLimited, RetireWorker, WorkerAvailable, WorkerUnavailable
 from .scaler import WorkerView
 from .worker import WorkerActor, WorkerExit, start_up_slots
@@ -259,6 +260,7 @@ class SwarmSupervisor:
             config.workers,
             history_size=config.queue.history_size,
             spawn_limiter=self._spawn_limiter,
+            state_dir=resolve_state_dir(config.state_dir),  # Claude profiles' prepared configuration
         )
         worker = _Worker(worker_id, lineage, actor, lineage.model, lineage.capabilities)
         self._workers[worker_id] = worker

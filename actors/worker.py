@@ -19,6 +19,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -61,6 +62,7 @@ from ..protocols.workers import (
     WorkerState,
 )
 from ..runtime.actor import Address, Call, Mailbox
+from . import hooks
 from .process import AgentProcess, ExitStatus, SpawnError, resolve_command, spawn
 
 log = logging.getLogger("shoal.worker")
@@ -187,6 +189,7 @@ class _Incarnation:
     writes: trio.MemorySendChannel[_Write]
     write_queue: trio.MemoryReceiveChannel[_Write]
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    hook: hooks.HookChannel | None = None  # Claude Code's Stop hook reports here (actors/hooks.py)
     eof: bool = False
     status: ExitStatus | None = None
     drain_deadline: float | None = None
@@ -217,6 +220,7 @@ class WorkerActor:
         *,
         history_size: int = 10,
         spawn_limiter: trio.CapacityLimiter | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         self.id = worker_id
         self.lineage = lineage
@@ -228,6 +232,7 @@ class WorkerActor:
         self._config = config
         self._clock = clock
         self._limiter = spawn_limiter
+        self._state_dir = state_dir  # Claude profiles keep their prepared configuration there
 
         self._state = WorkerState.STARTING
         self._reason: str | None = None
@@ -368,6 +373,8 @@ class WorkerActor:
             if inc is not None:
                 inc.scope.cancel()
                 await inc.proc.aclose(grace=min(self.profile.stop_timeout_s, 1.0))
+                if inc.hook is not None:
+                    inc.hook.close()
             self._release_slot()
             for send in self._subscribers.values():
                 send.close()
@@ -492,6 +499,13 @@ class WorkerActor:
             dialect = self._make_dialect()
         argv = self._argv(prompt)
         env = {**self.profile.env, "SHOAL_WORKER": self.id, "SHOAL_LINEAGE": self.lineage}
+        try:  # Claude Code: its prepared CLAUDE_CONFIG_DIR and Stop-hook FIFO
+            extra, hook = await hooks.prepare(
+                self.profile_name, self.profile, self.id, dialect.transport, self._state_dir
+            )
+        except OSError as exc:
+            raise SpawnError(argv[0], exc.errno or 0, f"cannot prepare its configuration: {exc}") from None
+        env.update(extra)
         persistent = not self._one_process_per_task
         if persistent and self._limiter is not None:
             token = object()
@@ -508,10 +522,12 @@ class WorkerActor:
             )
         except BaseException:
             self._release_slot()
+            if hook is not None:
+                hook.close()
             raise
         self._gen += 1
         writes, write_queue = trio.open_memory_channel[_Write](math.inf)
-        inc = _Incarnation(self._gen, proc, dialect, writes, write_queue)
+        inc = _Incarnation(self._gen, proc, dialect, writes, write_queue, hook=hook)
         self._inc = inc
         now = trio.current_time()
         if self._slot is not None:
@@ -543,6 +559,11 @@ class WorkerActor:
                     nursery.start_soon(self._read_stderr, inc)
                 nursery.start_soon(self._wait_exit, inc)
                 nursery.start_soon(self._write_input, inc, inc.write_queue)
+                if inc.hook is not None:
+                    gen = inc.gen
+                    nursery.start_soon(
+                        hooks.listen, inc.hook, inc.dialect, lambda s: self._post(_Signals(gen, s))
+                    )
 
     async def _read_output(self, inc: _Incarnation) -> None:
         while data := await inc.proc.read():
@@ -598,6 +619,8 @@ class WorkerActor:
             final = await inc.proc.aclose()
             inc.scope.cancel()
             inc.writes.close()
+            if inc.hook is not None:
+                inc.hook.close()
         return status or final, rung
 
     def _guard_bytes(self, inc: _Incarnation) -> bytes | None:

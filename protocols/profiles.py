@@ -43,21 +43,18 @@ FAKE_AGENT = _fake_agent_path()
 # instead of ≈55 ms here), which matters when dozens start at once.
 _FAKE = (sys.executable, "-S", FAKE_AGENT)
 
-# The Stop hook writes the marker to the controlling terminal: the hook runs as a child of Claude
-# Code in the worker's session, whose controlling terminal is the worker's PTY (see actors/process.py).
+# Environment variable naming the worker's Stop-hook FIFO (actors/hooks.py creates it per process).
+HOOK_FIFO_ENV = "SHOAL_HOOK_FIFO"
+
+# The claude-tui Stop hook hands its JSON input (session_id, transcript_path, last_assistant_message)
+# to Shoal and exits 0 at once. Hooks have no controlling terminal (/dev/tty cannot be opened), and a
+# failing Stop hook makes Claude Code send the model back to work: it must never fail nor block. The
+# FIFO is held open by Shoal; `timeout` bounds the write should the worker be gone mid-write.
+STOP_HOOK_COMMAND = (
+    f'[ -p "${HOOK_FIFO_ENV}" ] && timeout 5 sh -c \'{{ cat; echo; }} > "${HOOK_FIFO_ENV}"\'; exit 0'
+)
 CLAUDE_TUI_SETTINGS: dict[str, object] = {
-    "hooks": {
-        "Stop": [
-            {
-                "hooks": [
-                    {
-                        "type": "command",
-                        "command": f"printf '\\n{DONE_MARKER}\\n' > /dev/tty",
-                    }
-                ]
-            }
-        ]
-    }
+    "hooks": {"Stop": [{"hooks": [{"type": "command", "command": STOP_HOOK_COMMAND}]}]}
 }
 
 
@@ -125,7 +122,8 @@ BUILTIN_PROFILES: dict[str, ProfileConfig] = {
         startup_timeout_s=60.0,
         stop_timeout_s=5.0,
     ),
-    # Interactive Claude Code in a PTY; a Stop hook (inline --settings JSON) prints the done marker.
+    # Interactive Claude Code in a PTY; its Stop hook (inline --settings JSON) hands the turn's end to
+    # Shoal through SHOAL_HOOK_FIFO (actors/hooks.py); a SHOAL_DONE marker line still ends a task too.
     "claude-tui": ProfileConfig(
         argv=(
             "claude",
@@ -138,7 +136,7 @@ BUILTIN_PROFILES: dict[str, ProfileConfig] = {
         transport="pty",
         startup_timeout_s=60.0,
         stop_timeout_s=5.0,
-        # type only once the prompt box is drawn; done on the hook's marker line
+        # type only once the prompt box is drawn; done when the Stop hook reports (or on a marker line)
         options={"marker": DONE_MARKER, "ready": "prompt", "quit": "/exit\r"},
     ),
     # bash in a PTY: each task is one command line; PROMPT_COMMAND prints the marker and `$?`.

@@ -59,3 +59,28 @@ def no_leaks() -> Iterator[None]:
         except OSError:
             continue
     assert not details, f"descriptors left open: {details}"
+
+
+def claude_bin_path() -> str | None:
+    """The real Claude Code CLI: $SHOAL_CLAUDE_BIN (scripts/test sets it), else the newest one that
+    scripts/test installed into .cache/claude-code/, else None."""
+    configured = os.environ.get("SHOAL_CLAUDE_BIN")
+    if configured:
+        return configured if os.access(configured, os.X_OK) else None
+    found = sorted((ROOT / ".cache" / "claude-code").glob("*/node_modules/.bin/claude"), reverse=True)
+    return next((str(p) for p in found if os.access(p, os.X_OK)), None)
+
+
+@pytest.fixture
+def claude_bin() -> str:
+    """Path of the real Claude Code CLI. Missing: the test fails under CI=true, and skips elsewhere."""
+    path = claude_bin_path()
+    if path is None:
+        message = (
+            "the real Claude Code CLI is missing: scripts/test installs @anthropic-ai/claude-code into "
+            ".cache/claude-code/ (needs npm), or set SHOAL_CLAUDE_BIN to a claude binary"
+        )
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path

@@ -1,4 +1,5 @@
-"""Built-in profiles and argv template rendering; the claude-tui hook and shell marker on a real PTY."""
+"""Built-in profiles and argv template rendering; the shell marker on a real PTY (the claude-tui Stop
+hook is tested in test_hooks.py)."""
 
 from __future__ import annotations
 
@@ -164,26 +165,6 @@ async def _read_until(proc: AgentProcess, needle: bytes) -> bytes:
             assert chunk, f"EOF before {needle!r}: {out!r}"
             out += chunk
     return out
-
-
-async def test_claude_tui_stop_hook_writes_the_marker_to_the_workers_pty(no_leaks: None) -> None:
-    """The hook runs as a grandchild of the worker's process: /dev/tty must be the worker's PTY."""
-    command = CLAUDE_TUI_SETTINGS["hooks"]["Stop"][0]["hooks"][0]["command"]  # type: ignore[index]
-    # stand-in for Claude Code: a parent that runs the hook command through a shell, as Claude does,
-    # with its stdout/stderr elsewhere (Claude captures hook output)
-    agent = [
-        sys.executable,
-        "-c",
-        "import subprocess, sys; subprocess.run(['bash', '-c', sys.argv[1]], stdout=subprocess.DEVNULL, "
-        "stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, check=True); input()",
-        command,
-    ]
-    proc = await spawn(agent, transport="pty")
-    out = await _read_until(proc, DONE_MARKER.encode())
-    assert f"\r\n{DONE_MARKER}\r\n".encode() in out
-    await proc.write(b"\r")
-    assert (await proc.wait()).exit_code == 0
-    await proc.aclose()
 
 
 async def test_shell_profile_prints_the_marker_with_the_exit_status(no_leaks: None) -> None:

@@ -7,6 +7,9 @@ is what the agent printed after the task was written, up to the marker line (TUI
 unless `strip_chrome` is false). The line may be decorated by a TUI (`● SHOAL_DONE`, `⎿ SHOAL_DONE`,
 inside a box); an echoed prompt that merely contains the word does not match.
 
+A task also ends when the agent's own hook says so: `hook_done` (called by the worker when the
+claude-tui Stop hook reports through its FIFO, see actors/hooks.py) ends it with the hook's text.
+
 Readiness (`ready` option): "immediate" (default: ready at once and after each marker), "prompt"
 (Claude Code's prompt box, the prompt dialect's frame detection and its options) or a regex that a
 line of output must match.
@@ -15,6 +18,7 @@ line of output must match.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from .base import Signal, TaskFailed
@@ -106,6 +110,17 @@ class MarkerDialect(PromptDialect):
             self._marker_deadline = now + _SETTLE_S
         else:
             self._marker_deadline = None
+
+    def hook_done(self, result: str, usage: Mapping[str, Any], now: float) -> list[Signal]:
+        """The agent's Stop hook reported the end of its turn: end the running task with `result`
+        (the screen's text when empty) and `usage`. Nothing when no task runs (a stale hook)."""
+        out: list[Signal] = []
+        if self._task is None:
+            return out
+        self._finish_done(out, result or self._result(), dict(usage))
+        if self._ready_mode == "immediate":
+            self._report_ready(True, out)
+        return out
 
     # -- time: immediate readiness, a marker without its newline ------------------------------------------
 

@@ -1,0 +1,326 @@
+"""Claude Code as a worker: its prepared configuration directory and the Stop-hook channel.
+
+Measured with the real CLI (docs/workers.md, "Real Claude Code"): an interactive Claude Code started
+in a fresh HOME checks connectivity to api.anthropic.com and exits 1, asks whether to use a custom
+API key ("No" preselected) and shows the trust dialog for a new directory ("No, exit" preselected).
+So each worker of a Claude profile (argv[0] named `claude`) gets `CLAUDE_CONFIG_DIR=<state
+dir>/claude/<profile>`, seeded here with onboarding done, the API key approved (the CLI keeps the
+key's last 20 characters in `customApiKeyResponses.approved`) and trust for the worker's directory
+only, with the user's `claude login` credentials linked in. A profile whose `env` sets
+`CLAUDE_CONFIG_DIR` itself is left alone.
+
+Hooks run without a controlling terminal, and a failing Stop hook makes Claude Code send the model
+back to work (up to 9 times). The claude-tui profile's Stop hook therefore only hands its JSON input
+to Shoal through a per-process FIFO (`SHOAL_HOOK_FIFO`) and exits 0 at once; `listen` reads it
+without blocking the loop and ends the task with the hook's `last_assistant_message` (else the
+transcript's last reply) and the turn's token usage from the transcript.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ..protocols.config import ProfileConfig
+from ..protocols.dialects.base import Signal
+from ..protocols.profiles import HOOK_FIFO_ENV
+from .auth import resolve_state_dir
+
+log = logging.getLogger("shoal.hooks")
+
+CLAUDE_COMMANDS = frozenset({"claude", "claude.exe"})
+MAX_EVENT = 1 << 20  # a hook input larger than this is dropped (Claude's are a few hundred bytes)
+
+
+def is_claude(profile: ProfileConfig) -> bool:
+    """Whether the profile runs Claude Code (its command is named `claude`)."""
+    return bool(profile.argv) and Path(profile.argv[0]).name in CLAUDE_COMMANDS
+
+
+# ---- the configuration directory -----------------------------------------------------------------
+
+
+def user_config_dir(environ: Mapping[str, str]) -> Path:
+    """Where the user's own Claude Code keeps its state (`claude login` credentials)."""
+    configured = environ.get("CLAUDE_CONFIG_DIR")
+    if configured:
+        return Path(configured).expanduser()
+    return Path(environ.get("HOME") or Path.home()) / ".claude"
+
+
+def prepare_config_dir(
+    config_dir: Path,
+    *,
+    api_key: str | None,
+    trusted: Iterable[str],
+    user_dir: Path | None = None,
+) -> None:
+    """Seed `config_dir/.claude.json` so the CLI starts without a first-run screen (idempotent).
+
+    Onboarding is marked done, `api_key` (if any) approved, each `trusted` directory's trust dialog
+    accepted. The user's `claude login` credentials (`user_dir/.credentials.json`) are linked in, so a
+    subscription keeps working and its token refreshes are shared; their `oauthAccount` entry (from
+    `.claude.json` beside the credentials, or `~/.claude.json`) is copied.
+    """
+    config_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = config_dir / ".claude.json"
+    try:
+        state = json.loads(path.read_text())
+        if not isinstance(state, dict):
+            state = {}
+    except (OSError, ValueError):
+        state = {}
+    changed = not path.exists()
+    if state.get("hasCompletedOnboarding") is not True:
+        state["hasCompletedOnboarding"] = True
+        changed = True
+    if api_key:
+        responses = state.setdefault("customApiKeyResponses", {"approved": [], "rejected": []})
+        approved = responses.setdefault("approved", [])
+        tail = api_key[-20:]
+        if tail not in approved:
+            approved.append(tail)
+            rejected = responses.setdefault("rejected", [])
+            if tail in rejected:
+                rejected.remove(tail)
+            changed = True
+    projects = state.setdefault("projects", {})
+    for directory in trusted:
+        entry = projects.setdefault(str(directory), {})
+        if entry.get("hasTrustDialogAccepted") is not True:
+            entry["hasTrustDialogAccepted"] = True
+            changed = True
+    if user_dir is not None:
+        changed |= _link_login(config_dir, user_dir, state)
+    if changed:
+        tmp = path.with_name(f".claude.json.shoal-{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(state, f, indent=2)
+        os.replace(tmp, path)
+
+
+def _link_login(config_dir: Path, user_dir: Path, state: dict[str, Any]) -> bool:
+    credentials = user_dir / ".credentials.json"
+    target = config_dir / ".credentials.json"
+    if user_dir.resolve() == config_dir.resolve() or not credentials.is_file():
+        return False
+    if not target.exists() and not target.is_symlink():
+        target.symlink_to(credentials)
+    if "oauthAccount" in state:
+        return False
+    for candidate in (user_dir / ".claude.json", user_dir.parent / ".claude.json"):
+        try:
+            account = json.loads(candidate.read_text()).get("oauthAccount")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if account:
+            state["oauthAccount"] = account
+            return True
+    return False
+
+
+def claude_config_dir(state_dir: Path | None, profile_name: str) -> Path:
+    """`<state dir>/claude/<profile>`: one prepared configuration per Claude profile."""
+    base = state_dir if state_dir is not None else resolve_state_dir(None)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in profile_name) or "claude"
+    return base / "claude" / safe
+
+
+# ---- the Stop-hook channel -----------------------------------------------------------------------
+
+
+class HookChannel:
+    """A FIFO the Stop hook writes its JSON input to; Shoal holds both ends open, so a hook's write
+    never blocks (nobody-reading) and Shoal's read never sees end-of-file between hooks."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.path = directory / "stop-hook.fifo"
+        os.mkfifo(self.path, 0o600)
+        read_fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+        self._keep_fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+        self._stream = trio.lowlevel.FdStream(read_fd)
+        self._closed = False
+
+    @classmethod
+    async def create(cls, worker_id: str) -> HookChannel:
+        def make() -> HookChannel:
+            directory = Path(tempfile.mkdtemp(prefix=f"shoal-hook-{worker_id}-"))
+            try:
+                return cls(directory)
+            except BaseException:
+                shutil.rmtree(directory, ignore_errors=True)
+                raise
+
+        return await trio.to_thread.run_sync(make)
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        """Each JSON object the hook wrote, one per line; ends when the channel is closed."""
+        buffer = b""
+        while True:
+            try:
+                data = await self._stream.receive_some(65536)
+            except (trio.ClosedResourceError, OSError):
+                return
+            if not data:
+                return
+            buffer += data
+            *lines, buffer = buffer.split(b"\n")
+            if len(buffer) > MAX_EVENT:
+                log.warning("stop hook input over %d bytes dropped", MAX_EVENT)
+                buffer = b""
+            for line in lines:
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except ValueError:
+                    log.warning("stop hook wrote invalid JSON: %r", line[:200])
+                    continue
+                if isinstance(obj, dict):
+                    yield obj
+
+    def close(self) -> None:
+        """Close both ends and remove the FIFO (a late hook then finds no FIFO and exits 0)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            os.close(self._keep_fd)
+        except OSError:  # pragma: no cover
+            pass
+        try:
+            self._stream.close()
+        except OSError:  # pragma: no cover
+            pass
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def transcript_turn(path: str | os.PathLike[str]) -> tuple[str | None, dict[str, Any]]:
+    """(last reply text, usage) of the newest turn in a Claude Code transcript (JSON lines).
+
+    The turn starts at the newest user prompt (a user entry that is not a tool result); usage is
+    summed over its assistant messages (each message id once, its last line counting).
+    """
+    per_message: dict[str, dict[str, Any]] = {}
+    text: str | None = None
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(entry, dict) or entry.get("isSidechain"):
+                continue
+            message = entry.get("message")
+            if not isinstance(message, dict):
+                continue
+            content = message.get("content")
+            if entry.get("type") == "user" and not _is_tool_result(content):
+                per_message, text = {}, None  # a new prompt: a new turn
+            elif entry.get("type") == "assistant":
+                if isinstance(message.get("usage"), dict):
+                    per_message[str(message.get("id"))] = message["usage"]
+                said = _text_of(content)
+                if said:
+                    text = said
+    usage: dict[str, Any] = {}
+    for item in per_message.values():
+        for key in (
+            "input_tokens",
+            "output_tokens",
+            "cache_creation_input_tokens",
+            "cache_read_input_tokens",
+        ):
+            value = item.get(key)
+            if isinstance(value, int):
+                usage[key] = usage.get(key, 0) + value
+    if per_message:
+        usage["api_requests"] = len(per_message)
+    return text, usage
+
+
+def _is_tool_result(content: Any) -> bool:
+    return isinstance(content, list) and any(
+        isinstance(b, dict) and b.get("type") == "tool_result" for b in content
+    )
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(b["text"] for b in content if isinstance(b, dict) and isinstance(b.get("text"), str))
+    return ""
+
+
+async def stop_result(event: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The result text and usage one Stop hook input stands for (the transcript read in a thread)."""
+    text = event.get("last_assistant_message")
+    usage: dict[str, Any] = {}
+    path = event.get("transcript_path")
+    if isinstance(path, str) and path:
+        try:
+            said, usage = await trio.to_thread.run_sync(transcript_turn, path)
+        except OSError as exc:
+            log.warning("cannot read the transcript %s: %s", path, exc)
+            said = None
+        if not isinstance(text, str) or not text:
+            text = said
+    if isinstance(event.get("session_id"), str):
+        usage["session_id"] = event["session_id"]
+    return (text if isinstance(text, str) else ""), usage
+
+
+# ---- what the worker calls -----------------------------------------------------------------------
+
+
+def _prepare_for(config_dir: Path, api_key: str | None, cwd: str | None) -> None:
+    here = os.path.abspath(cwd or os.getcwd())
+    trusted = sorted({here, os.path.realpath(here)})  # the CLI keys its projects by its cwd
+    prepare_config_dir(config_dir, api_key=api_key, trusted=trusted, user_dir=user_config_dir(os.environ))
+
+
+async def prepare(
+    profile_name: str,
+    profile: ProfileConfig,
+    worker_id: str,
+    transport: str,
+    state_dir: Path | None,
+) -> tuple[dict[str, str], HookChannel | None]:
+    """Extra environment for one process of `profile` and its hook channel (None: not Claude, or not
+    a TUI). Raises OSError when the configuration directory cannot be prepared."""
+    if not is_claude(profile):
+        return {}, None
+    env: dict[str, str] = {}
+    if "CLAUDE_CONFIG_DIR" not in profile.env:
+        config_dir = claude_config_dir(state_dir, profile_name)
+        api_key = profile.env.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_API_KEY")
+        await trio.to_thread.run_sync(_prepare_for, config_dir, api_key, profile.cwd)
+        env["CLAUDE_CONFIG_DIR"] = str(config_dir)
+    channel = None
+    if transport == "pty":
+        channel = await HookChannel.create(worker_id)
+        env[HOOK_FIFO_ENV] = str(channel.path)
+    return env, channel
+
+
+async def listen(channel: HookChannel, dialect: object, post: Callable[[list[Signal]], None]) -> None:
+    """Turn each Stop hook input into the dialect's end of the running task (`hook_done`)."""
+    done = getattr(dialect, "hook_done", None)
+    async for event in channel.events():
+        if event.get("hook_event_name", "Stop") != "Stop" or done is None:
+            continue
+        text, usage = await stop_result(event)
+        signals = done(text, usage, trio.current_time())
+        if signals:
+            post(signals)

@@ -1,0 +1,140 @@
+"""actors/hooks.py without the real CLI: the Stop hook command through a real shell and FIFO, the
+prepared Claude configuration, the transcript reading, and the marker dialect's hook_done."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import trio
+import trio.testing
+
+from shoal.actors.hooks import HookChannel, prepare_config_dir, stop_result, transcript_turn
+from shoal.protocols.dialects import make_dialect
+from shoal.protocols.dialects.base import TaskDone
+from shoal.protocols.profiles import HOOK_FIFO_ENV, STOP_HOOK_COMMAND
+from shoal.protocols.tasks import Assignment
+
+HOOK_INPUT = {
+    "session_id": "s1",
+    "transcript_path": "/nonexistent/t.jsonl",
+    "hook_event_name": "Stop",
+    "stop_hook_active": False,
+    "last_assistant_message": "the reply",
+}
+
+
+async def run_hook(env: dict[str, str], data: bytes) -> subprocess.CompletedProcess[bytes]:
+    """The hook as Claude Code runs it: a shell in a new session (no controlling terminal), its
+    JSON input on stdin, its output captured."""
+    return await trio.run_process(
+        ["setsid", "sh", "-c", STOP_HOOK_COMMAND],
+        stdin=data,
+        capture_stdout=True,
+        capture_stderr=True,
+        env={**os.environ, **env},
+        check=False,
+    )
+
+
+async def test_stop_hook_hands_its_input_to_the_channel_and_exits_0(no_leaks: None) -> None:
+    channel = await HookChannel.create("w1")
+    try:
+        events = channel.events()
+        for n in range(2):  # the FIFO stays usable: Shoal keeps a writer open between hooks
+            proc = await run_hook(
+                {HOOK_FIFO_ENV: str(channel.path)}, json.dumps({**HOOK_INPUT, "n": n}).encode()
+            )
+            assert proc.returncode == 0 and proc.stdout == b"" and proc.stderr == b""
+            with trio.fail_after(5):
+                event = await events.__anext__()
+            assert event["n"] == n and event["last_assistant_message"] == "the reply"
+    finally:
+        channel.close()
+    assert not channel.directory.exists()
+
+
+async def test_stop_hook_without_a_channel_exits_0_at_once(tmp_path: Path) -> None:
+    for env in ({}, {HOOK_FIFO_ENV: str(tmp_path / "gone.fifo")}):
+        proc = await run_hook(env, b"{}")
+        assert proc.returncode == 0, proc
+
+
+async def test_closing_the_channel_ends_its_reader() -> None:
+    channel = await HookChannel.create("w2")
+    got: list[object] = []
+
+    async def read() -> None:
+        async for event in channel.events():
+            got.append(event)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read)
+        await trio.testing.wait_all_tasks_blocked()
+        channel.close()
+    assert got == []
+
+
+def test_prepare_config_dir_seeds_first_start_and_keeps_what_is_there(tmp_path: Path) -> None:
+    config, user = tmp_path / "cfg", tmp_path / "home" / ".claude"
+    user.mkdir(parents=True)
+    (user / ".credentials.json").write_text('{"claudeAiOauth": {}}')
+    (tmp_path / "home" / ".claude.json").write_text(json.dumps({"oauthAccount": {"emailAddress": "a@b"}}))
+    key = "sk-ant-api03-" + "x" * 20 + "0123456789abcdefghij"
+    prepare_config_dir(config, api_key=key, trusted=["/w/one"], user_dir=user)
+    state = json.loads((config / ".claude.json").read_text())
+    assert state["hasCompletedOnboarding"] is True
+    assert state["customApiKeyResponses"]["approved"] == ["0123456789abcdefghij"]
+    assert state["projects"] == {"/w/one": {"hasTrustDialogAccepted": True}}
+    assert state["oauthAccount"] == {"emailAddress": "a@b"}
+    assert (config / ".credentials.json").resolve() == (user / ".credentials.json").resolve()
+    assert (config / ".claude.json").stat().st_mode & 0o777 == 0o600
+    # what the CLI wrote since is kept; a second directory is added, nothing doubled
+    state["numStartups"] = 7
+    (config / ".claude.json").write_text(json.dumps(state))
+    prepare_config_dir(config, api_key=key, trusted=["/w/one", "/w/two"], user_dir=user)
+    again = json.loads((config / ".claude.json").read_text())
+    assert again["numStartups"] == 7
+    assert again["customApiKeyResponses"]["approved"] == ["0123456789abcdefghij"]
+    assert set(again["projects"]) == {"/w/one", "/w/two"}
+
+
+def test_transcript_turn_reads_the_newest_turn(tmp_path: Path) -> None:
+    def assistant(mid: str, text: str | None, tokens: int) -> dict[str, object]:
+        content = (
+            [{"type": "text", "text": text}] if text else [{"type": "tool_use", "id": "t", "name": "Bash"}]
+        )
+        usage = {"input_tokens": tokens, "output_tokens": 1}
+        return {"type": "assistant", "message": {"id": mid, "content": content, "usage": usage}}
+
+    lines = [
+        {"type": "user", "message": {"role": "user", "content": "old prompt"}},
+        assistant("m0", "old reply", 1000),
+        {"type": "user", "message": {"role": "user", "content": "new prompt"}},
+        assistant("m1", None, 10),
+        {"type": "user", "message": {"role": "user", "content": [{"type": "tool_result", "content": "ok"}]}},
+        assistant("m2", "partial", 20),
+        assistant("m2", "final reply", 20),  # the same message, a later line
+        {"type": "system", "subtype": "stop_hook_summary"},
+    ]
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\nnot json\n")
+    text, usage = transcript_turn(path)
+    assert text == "final reply"
+    assert usage == {"input_tokens": 30, "output_tokens": 2, "api_requests": 2}
+
+
+async def test_stop_result_prefers_the_hooks_message_and_survives_a_missing_transcript() -> None:
+    text, usage = await stop_result(HOOK_INPUT)
+    assert text == "the reply" and usage == {"session_id": "s1"}
+
+
+def test_marker_dialect_hook_done_ends_the_running_task_once() -> None:
+    dialect = make_dialect("marker", {"ready": "prompt"})
+    assert dialect.hook_done("early", {}, 0.0) == []  # type: ignore[attr-defined]  # no task: stale
+    dialect.start_task(Assignment(task_id="t1", attempt=1, prompt="hi"), 1.0)
+    signals = dialect.hook_done("the reply", {"input_tokens": 3}, 2.0)  # type: ignore[attr-defined]
+    assert signals == [TaskDone(result="the reply", usage={"input_tokens": 3})]
+    assert dialect.hook_done("again", {}, 3.0) == []  # type: ignore[attr-defined]

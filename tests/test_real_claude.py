@@ -1,0 +1,197 @@
+"""The real Claude Code CLI (npm @anthropic-ai/claude-code, pinned by scripts/_claude.sh) as a Shoal
+worker, offline against the local Messages API stand-in (shoal.agents.fake_anthropic).
+
+Every test starts from a fresh HOME and a fresh working directory, as a new user would; the API
+requests the CLI made are counted on the stand-in. `CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1`
+keeps the CLI's side traffic (titles, quota checks) off so a one-turn task is exactly one request.
+Under CI=true a missing CLI fails these tests (tests/conftest.py::claude_bin).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from swarmkit import swarm_config
+
+from shoal.actors.swarm import SwarmHandle, open_swarm
+from shoal.agents.fake_anthropic import FakeAnthropic, open_fake_anthropic
+from shoal.protocols.profiles import BUILTIN_PROFILES
+from shoal.protocols.tasks import Outcome, TaskState
+from shoal.protocols.workers import WorkerState
+from shoal.runtime.eventbus import Event
+
+pytestmark = [pytest.mark.real_claude, pytest.mark.usefixtures("no_leaks")]
+
+API_KEY = "sk-ant-api03-shoal-test-key-0123456789abcdef"
+
+
+def real_profile(
+    name: str, claude_bin: str, fake: FakeAnthropic, tmp_path: Path, *args: str, **env: str
+) -> dict[str, Any]:
+    """The built-in profile `name` with the real CLI, a fresh HOME and working directory."""
+    base = BUILTIN_PROFILES[name]
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir(exist_ok=True)
+    work.mkdir(exist_ok=True)
+    return {
+        "argv": [claude_bin, *base.argv[1:], *args],
+        "dialect": base.dialect,
+        "transport": base.transport,
+        "cwd": str(work),
+        "startup_timeout_s": 30.0,
+        "stop_timeout_s": 2.0,
+        "options": dict(base.options),
+        "env": {
+            "HOME": str(home),
+            "ANTHROPIC_BASE_URL": fake.url,
+            "ANTHROPIC_API_KEY": API_KEY,
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            "CLAUDE_CODE_MAX_RETRIES": "2",
+            "DISABLE_AUTOUPDATER": "1",
+            **env,
+        },
+    }
+
+
+@asynccontextmanager
+async def real_swarm(
+    tmp_path: Path, profile: dict[str, Any], **sections: dict[str, Any]
+) -> AsyncIterator[SwarmHandle]:
+    config = swarm_config(
+        tmp_path,
+        workers={"profile": "real", "profiles": {"real": profile}},
+        scaling={"max_workers": 1, **sections.pop("scaling", {})},
+        **sections,
+    )
+    async with open_swarm(config) as swarm:
+        yield swarm
+
+
+def busy_pid(swarm: SwarmHandle, task_id: str) -> int:
+    [info] = [w for w in swarm.workers() if w.task_id == task_id]
+    assert info.pid is not None
+    return info.pid
+
+
+# ---- claude: headless, stream-json on pipes --------------------------------------------------------
+
+
+async def test_headless_one_turn_is_one_request(tmp_path: Path, claude_bin: str) -> None:
+    async with open_fake_anthropic() as fake:
+        profile = real_profile("claude", claude_bin, fake, tmp_path)
+        async with real_swarm(tmp_path, profile) as swarm:
+            task = await swarm.submit({"prompt": "Say hello [[reply:Hello from the stand-in]]"})
+            done = await swarm.wait(task.id, timeout=60)
+        assert done.state is TaskState.DONE, done
+        assert done.result == "Hello from the stand-in"
+        [request] = fake.messages()
+        assert request.query == {"beta": "true"} and request.stream
+        assert fake.messages(side=True) == []  # nonessential traffic off: nothing else
+        usage = done.usage
+        assert usage.get("input_tokens", 0) > 0 and usage.get("cost_usd", 0) > 0
+
+
+async def test_headless_write_tool_creates_a_real_file(tmp_path: Path, claude_bin: str) -> None:
+    async with open_fake_anthropic() as fake:
+        profile = real_profile("claude", claude_bin, fake, tmp_path, "--permission-mode", "acceptEdits")
+        async with real_swarm(tmp_path, profile) as swarm:
+            prompt = "Make notes [[tool:Write:notes.txt:first line\\nsecond line]][[reply:Wrote notes.txt]]"
+            task = await swarm.submit({"prompt": prompt})
+            done = await swarm.wait(task.id, timeout=60)
+        assert done.state is TaskState.DONE and done.result == "Wrote notes.txt", done
+        assert (tmp_path / "work" / "notes.txt").read_text() == "first line\nsecond line"
+        assert len(fake.messages()) == 2  # the tool_use turn, then the reply after its result
+
+
+async def test_headless_crash_reruns_the_task(tmp_path: Path, claude_bin: str) -> None:
+    async with open_fake_anthropic() as fake:
+        profile = real_profile("claude", claude_bin, fake, tmp_path)
+        async with real_swarm(tmp_path, profile) as swarm:
+            task = await swarm.submit({"prompt": "Slow one [[think:1.5]][[reply:survived]]"})
+            with trio.fail_after(60):
+                await fake.wait_for(1)
+            os.kill(busy_pid(swarm, task.id), signal.SIGKILL)
+            done = await swarm.wait(task.id, timeout=60)
+        assert done.state is TaskState.DONE and done.result == "survived", done
+        assert [a.outcome for a in done.attempts] == [Outcome.CRASHED, Outcome.DONE]
+        assert len(fake.messages()) == 2
+
+
+async def test_headless_cancel_stops_the_turn_and_the_worker_goes_on(tmp_path: Path, claude_bin: str) -> None:
+    async with open_fake_anthropic() as fake:
+        profile = real_profile("claude", claude_bin, fake, tmp_path)
+        async with real_swarm(tmp_path, profile) as swarm:
+            task = await swarm.submit({"prompt": "Never mind [[think:30]]"})
+            with trio.fail_after(60):
+                await fake.wait_for(1)
+            cancelled = await swarm.cancel(task.id)
+            assert cancelled.state is TaskState.CANCELLED
+            after = await swarm.submit({"prompt": "Next one [[reply:next done]]"})
+            done = await swarm.wait(after.id, timeout=60)
+        assert done.state is TaskState.DONE and done.result == "next done", done
+
+
+@pytest.mark.parametrize(
+    ("directive", "requests"),
+    [("[[error:529]]", 2), ("[[error:429]][[retry_after:0]][[reset:+900]]", 1)],
+    ids=["529-storm", "429-usage-limit"],
+)
+async def test_headless_api_errors_park_the_model_without_a_retry_storm(
+    tmp_path: Path, claude_bin: str, directive: str, requests: int
+) -> None:
+    """Every request fails (overloaded, or rate limited with the unified headers): the CLI retries
+    (529: CLAUDE_CODE_MAX_RETRIES times) and gives up; Shoal takes the API failure as a rate limit (the model
+    parked, the task back in the queue, no attempt burnt), not as a crash or a tight retry loop."""
+    async with open_fake_anthropic() as fake:
+        profile = real_profile("claude", claude_bin, fake, tmp_path, CLAUDE_CODE_MAX_RETRIES="1")
+        async with real_swarm(tmp_path, profile) as swarm:
+            with swarm.events(("task.requeued", "model.parked")) as sub:
+                task = await swarm.submit({"prompt": f"Storm {directive}"})
+                seen: dict[str, Event] = {}
+                with trio.fail_after(60):
+                    while len(seen) < 2:
+                        event = await sub.receive()
+                        seen[event.topic] = event
+                requeued, parked = seen["task.requeued"], seen["model.parked"]
+            state = await swarm.get(task.id)
+            assert [w.state for w in swarm.workers()] == [WorkerState.IDLE]  # no crash, no respawn
+        assert requeued.data["outcome"] == "rate_limited"
+        assert parked.data["model"] == state.attempts[-1].model
+        assert state.state is TaskState.READY and [a.outcome for a in state.attempts] == [
+            Outcome.RATE_LIMITED
+        ]
+        # 529: the first try and the CLI's one retry; 429 whose limit resets in 15 minutes: no retry
+        assert len(fake.messages()) == requests
+
+
+# ---- claude-tui: the interactive TUI in a PTY, the Stop hook through its FIFO -----------------------
+
+
+async def test_tui_first_start_and_one_turn_is_one_request(tmp_path: Path, claude_bin: str) -> None:
+    """From a fresh HOME and directory the TUI starts (no connectivity check, API key question or
+    trust dialog: Shoal prepared its CLAUDE_CONFIG_DIR) and a one-turn task is one API request: the
+    Stop hook hands the turn's end to Shoal and exits 0, so Claude Code never sends the model back."""
+    async with open_fake_anthropic() as fake:
+        profile = real_profile("claude-tui", claude_bin, fake, tmp_path)
+        async with real_swarm(tmp_path, profile) as swarm:
+            task = await swarm.submit({"prompt": "Say hello [[reply:Hello from the TUI]]"})
+            done = await swarm.wait(task.id, timeout=60)
+            second = await swarm.submit({"prompt": "Again [[reply:Second reply]]"})
+            again = await swarm.wait(second.id, timeout=60)
+            [worker] = swarm.workers()
+        assert done.state is TaskState.DONE and done.result == "Hello from the TUI", done
+        assert again.state is TaskState.DONE and again.result == "Second reply", again
+        assert done.usage["input_tokens"] > 0 and done.usage["api_requests"] == 1
+        assert len(fake.messages()) == 2  # one per task
+        assert worker.crashes == 0
+        config = json.loads((tmp_path / "state" / "claude" / "real" / ".claude.json").read_text())
+        assert config["projects"][str(tmp_path / "work")]["hasTrustDialogAccepted"] is True
+        assert API_KEY[-20:] in config["customApiKeyResponses"]["approved"]
