@@ -499,19 +499,21 @@ class WorkerActor:
             dialect = self._make_dialect()
         argv = self._argv(prompt)
         env = {**self.profile.env, "SHOAL_WORKER": self.id, "SHOAL_LINEAGE": self.lineage}
-        try:  # Claude Code: its prepared CLAUDE_CONFIG_DIR and Stop-hook FIFO
-            extra, hook = await hooks.prepare(
-                self.profile_name, self.profile, self.id, dialect.transport, self._state_dir
-            )
-        except OSError as exc:
-            raise SpawnError(argv[0], exc.errno or 0, f"cannot prepare its configuration: {exc}") from None
-        env.update(extra)
         persistent = not self._one_process_per_task
         if persistent and self._limiter is not None:
             token = object()
             await self._limiter.acquire_on_behalf_of(token)
             self._slot = token
+        hook: hooks.HookChannel | None = None
         try:
+            try:  # Claude Code: its prepared CLAUDE_CONFIG_DIR and Stop-hook FIFO
+                extra, hook = await hooks.prepare(
+                    self.profile_name, self.profile, self.id, dialect.transport, self._state_dir
+                )
+            except OSError as exc:
+                detail = f"cannot prepare its configuration: {exc}"
+                raise SpawnError(argv[0], exc.errno or 0, detail) from None
+            env.update(extra)
             proc = await spawn(
                 argv,
                 transport=dialect.transport,

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import trio
-from swarmkit import swarm_config
+from swarmkit import swarm_config, wait_for
 
 from shoal.actors.swarm import SwarmHandle, open_swarm
 from shoal.agents.fake_anthropic import FakeAnthropic, open_fake_anthropic
@@ -195,3 +195,42 @@ async def test_tui_first_start_and_one_turn_is_one_request(tmp_path: Path, claud
         config = json.loads((tmp_path / "state" / "claude" / "real" / ".claude.json").read_text())
         assert config["projects"][str(tmp_path / "work")]["hasTrustDialogAccepted"] is True
         assert API_KEY[-20:] in config["customApiKeyResponses"]["approved"]
+
+
+async def test_tui_permission_prompt_is_reported_and_answered(tmp_path: Path, claude_bin: str) -> None:
+    """`--permission-mode default`: a Bash tool_use stops at Claude Code's permission question; Shoal
+    reports it (worker.needs_input), an operator's answer through send_input lets the command run."""
+    async with open_fake_anthropic() as fake:
+        profile = real_profile("claude-tui", claude_bin, fake, tmp_path, "--permission-mode", "default")
+        async with real_swarm(tmp_path, profile) as swarm:
+            with swarm.events(("worker.needs_input",)) as sub:
+                prompt = "Run it [[tool:Bash:echo ran > made.txt]][[reply:The command ran]]"
+                task = await swarm.submit({"prompt": prompt})
+                asked = await wait_for(sub, "worker.needs_input", timeout=60)
+            assert not (tmp_path / "work" / "made.txt").exists()  # it waits for the answer
+            # Enter picks the preselected "1. Yes". Claude Code ignores keys for a moment after it
+            # shows the question (measured: ~0.2 s), so the answer is repeated until the command ran.
+            with trio.fail_after(30):
+                while len(fake.messages()) < 2:
+                    await swarm.send_input(asked.data["worker"], b"\r", force=True)
+                    with trio.move_on_after(0.2):
+                        await fake.wait_for(2)
+            done = await swarm.wait(task.id, timeout=60)
+        assert asked.data["prompt"] == "Do you want to proceed?" and asked.data["task_id"] == task.id
+        assert done.state is TaskState.DONE and done.result == "The command ran", done
+        assert (tmp_path / "work" / "made.txt").read_text() == "ran\n"
+        assert len(fake.messages()) == 2
+
+
+async def test_tui_crash_reruns_the_task_on_a_fresh_worker(tmp_path: Path, claude_bin: str) -> None:
+    async with open_fake_anthropic() as fake:
+        profile = real_profile("claude-tui", claude_bin, fake, tmp_path)
+        async with real_swarm(tmp_path, profile) as swarm:
+            task = await swarm.submit({"prompt": "Slow one [[think:1.5]][[reply:survived]]"})
+            with trio.fail_after(60):
+                await fake.wait_for(1)
+            os.kill(busy_pid(swarm, task.id), signal.SIGKILL)
+            done = await swarm.wait(task.id, timeout=60)
+        assert done.state is TaskState.DONE and done.result == "survived", done
+        assert [a.outcome for a in done.attempts] == [Outcome.CRASHED, Outcome.DONE]
+        assert done.attempts[0].worker != done.attempts[1].worker
