@@ -284,10 +284,10 @@ async def stop_result(event: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
 # ---- what the worker calls -----------------------------------------------------------------------
 
 
-def _prepare_for(config_dir: Path, api_key: str | None, cwd: str | None) -> None:
+def _prepare_for(config_dir: Path, api_key: str | None, cwd: str | None, environ: Mapping[str, str]) -> None:
     here = os.path.abspath(cwd or os.getcwd())
     trusted = sorted({here, os.path.realpath(here)})  # the CLI keys its projects by its cwd
-    prepare_config_dir(config_dir, api_key=api_key, trusted=trusted, user_dir=user_config_dir(os.environ))
+    prepare_config_dir(config_dir, api_key=api_key, trusted=trusted, user_dir=user_config_dir(environ))
 
 
 async def prepare(
@@ -305,7 +305,8 @@ async def prepare(
     if "CLAUDE_CONFIG_DIR" not in profile.env:
         config_dir = claude_config_dir(state_dir, profile_name)
         api_key = profile.env.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_API_KEY")
-        await trio.to_thread.run_sync(_prepare_for, config_dir, api_key, profile.cwd)
+        environ = {**os.environ, **profile.env}  # the agent's HOME: where its `claude login` lives
+        await trio.to_thread.run_sync(_prepare_for, config_dir, api_key, profile.cwd, environ)
         env["CLAUDE_CONFIG_DIR"] = str(config_dir)
     channel = None
     if transport == "pty":

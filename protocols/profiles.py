@@ -136,8 +136,15 @@ BUILTIN_PROFILES: dict[str, ProfileConfig] = {
         transport="pty",
         startup_timeout_s=60.0,
         stop_timeout_s=5.0,
-        # type only once the prompt box is drawn; done when the Stop hook reports (or on a marker line)
-        options={"marker": DONE_MARKER, "ready": "prompt", "quit": "/exit\r"},
+        # type only once the prompt box is drawn; done when the Stop hook reports (or on a marker line);
+        # CLI 2.1.x shows context pressure as "1% until auto-compact" (older: "Context left until
+        # auto-compact: 1%", a built-in pattern)
+        options={
+            "marker": DONE_MARKER,
+            "ready": "prompt",
+            "quit": "/exit\r",
+            "context_patterns": [r"(?P<left>\d{1,3})%\s+until auto-compact"],
+        },
     ),
     # bash in a PTY: each task is one command line; PROMPT_COMMAND prints the marker and `$?`.
     "shell": ProfileConfig(

@@ -8,13 +8,15 @@ import os
 import subprocess
 from pathlib import Path
 
+import attrs
 import trio
 import trio.testing
 
-from shoal.actors.hooks import HookChannel, prepare_config_dir, stop_result, transcript_turn
+from shoal.actors.hooks import HookChannel, prepare, prepare_config_dir, stop_result, transcript_turn
+from shoal.protocols.config import ProfileConfig
 from shoal.protocols.dialects import make_dialect
-from shoal.protocols.dialects.base import TaskDone
-from shoal.protocols.profiles import HOOK_FIFO_ENV, STOP_HOOK_COMMAND
+from shoal.protocols.dialects.base import ContextUsage, TaskDone
+from shoal.protocols.profiles import BUILTIN_PROFILES, HOOK_FIFO_ENV, STOP_HOOK_COMMAND
 from shoal.protocols.tasks import Assignment
 
 HOOK_INPUT = {
@@ -138,3 +140,31 @@ def test_marker_dialect_hook_done_ends_the_running_task_once() -> None:
     signals = dialect.hook_done("the reply", {"input_tokens": 3}, 2.0)  # type: ignore[attr-defined]
     assert signals == [TaskDone(result="the reply", usage={"input_tokens": 3})]
     assert dialect.hook_done("again", {}, 3.0) == []  # type: ignore[attr-defined]
+
+
+def test_claude_tui_reads_the_new_context_footer() -> None:
+    """CLI 2.1.x prints "1% until auto-compact" at the right of its footer (seen on the real CLI)."""
+    options = dict(BUILTIN_PROFILES["claude-tui"].options)
+    dialect = make_dialect("marker", options)
+    signals = dialect.feed(("  " * 40 + "1% until auto-compact\r\n").encode(), 0.0)
+    assert ContextUsage(used_percent=99.0) in signals
+
+
+async def test_prepare_gives_claude_profiles_their_config_dir_and_a_tui_its_fifo(tmp_path: Path) -> None:
+    home, work = tmp_path / "home", tmp_path / "work"
+    (home / ".claude").mkdir(parents=True)
+    (home / ".claude" / ".credentials.json").write_text("{}")
+    work.mkdir()
+    profile = ProfileConfig(argv=("/opt/bin/claude", "-p"), env={"HOME": str(home)}, cwd=str(work))
+    env, channel = await prepare("my tui", profile, "w1", "pipe", tmp_path / "state")
+    assert channel is None and env == {"CLAUDE_CONFIG_DIR": str(tmp_path / "state" / "claude" / "my_tui")}
+    config = Path(env["CLAUDE_CONFIG_DIR"])
+    assert (config / ".credentials.json").resolve() == (home / ".claude" / ".credentials.json").resolve()
+    assert json.loads((config / ".claude.json").read_text())["projects"][str(work)]["hasTrustDialogAccepted"]
+    env, channel = await prepare("my tui", profile, "w1", "pty", tmp_path / "state")
+    assert channel is not None and env[HOOK_FIFO_ENV] == str(channel.path)
+    channel.close()
+    # the user's own CLAUDE_CONFIG_DIR is left alone; other agents get nothing
+    own = attrs.evolve(profile, env={"CLAUDE_CONFIG_DIR": str(tmp_path / "mine")})
+    assert await prepare("x", own, "w1", "pipe", tmp_path / "state") == ({}, None)
+    assert await prepare("x", ProfileConfig(argv=("bash",)), "w1", "pty", tmp_path / "state") == ({}, None)

@@ -21,6 +21,8 @@ a tool result), as the fake agent takes them:
   N requests of this prompt. A 429 carries `retry-after` (`[[retry_after:S]]`, default 30) and the
   `anthropic-ratelimit-unified-*` headers of an exhausted 5-hour limit (reset `[[reset:+S]]` from
   now or `[[reset:EPOCH]]`, default +3600).
+* `[[usage:N]]` report N input tokens (a nearly full context window makes the CLI show
+  "Context left until auto-compact: N%").
 * `[[cut]]` / `[[cut:N]]` the connection is reset mid-stream (every time / the first N times).
 * `[[limit:UTILIZATION]]` success with the unified headers of a limit nearly reached
   (`allowed_warning`, e.g. `[[limit:0.9]]`); without it success carries `allowed` and utilization 0.1.
@@ -111,6 +113,7 @@ class Script:
     reset: float | None = None  # epoch seconds
     cut_times: int | None = 0  # 0: never; None: every time
     limit: float | None = None
+    input_tokens: int | None = None
 
     @classmethod
     def parse(cls, text: str, now: float) -> Script:
@@ -146,6 +149,8 @@ class Script:
             self.reset = now + _finite(value[1:]) if value.startswith("+") else _finite(value)
         elif name == "cut":
             self.cut_times = int(value) if value else None
+        elif name == "usage":
+            self.input_tokens = max(1, int(value))
         elif name == "limit":
             self.limit = min(1.0, max(0.0, _finite(value)))
 
@@ -362,7 +367,7 @@ class FakeAnthropic:
         await trio.sleep(script.think)
         blocks = self._blocks(script, messages, body, prompt)
         usage = {
-            "input_tokens": max(1, size // 4),
+            "input_tokens": script.input_tokens or max(1, size // 4),
             "cache_creation_input_tokens": 0,
             "cache_read_input_tokens": 0,
             "output_tokens": sum(_tokens(json.dumps(b)) for b in blocks),
