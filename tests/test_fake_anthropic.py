@@ -205,3 +205,16 @@ async def test_subprocess_prints_its_url_and_serves_the_request_log() -> None:
     assert r.json()["content"][0]["text"] == "Done: hi"
     assert [(e["path"], e["status"]) for e in log] == [("/v1/messages", 200)]
     assert after == []
+
+
+async def test_relative_tool_paths_are_taken_under_the_clis_working_directory() -> None:
+    env = "# Environment\n - Primary working directory: /srv/project\n - Is a git repository: false"
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": env}, {"type": "text", "text": "[[tool:Read:a.txt]]"}],
+        }
+    ]
+    async with open_fake_anthropic() as fake:
+        msg = (await post(fake, body(messages, stream=False))).json()
+    assert msg["content"][0]["input"] == {"file_path": "/srv/project/a.txt"}

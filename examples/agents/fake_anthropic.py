@@ -205,9 +205,15 @@ def _turn(messages: list[Any]) -> int:
     return sum(1 for m in messages[i + 1 :] if isinstance(m, dict) and m.get("role") == "assistant")
 
 
-def _system_text(body: dict[str, Any]) -> str:
+def _context_text(body: dict[str, Any]) -> str:
+    """The system prompt and the user messages' text, where Claude Code names its working directory
+    ("Primary working directory: /path", in a `# Environment` block of 2.1.x)."""
     system = body.get("system")
-    return system if isinstance(system, str) else "\n".join(_texts(system))
+    parts = [system] if isinstance(system, str) else _texts(system)
+    for msg in body.get("messages") or []:
+        if isinstance(msg, dict) and msg.get("role") == "user":
+            parts.extend(_texts(msg.get("content")))
+    return "\n".join(parts)
 
 
 def _tokens(text: str) -> int:
@@ -396,7 +402,7 @@ class FakeAnthropic:
         turn = _turn(messages)
         if turn < len(script.tools):
             name, raw = script.tools[turn]
-            tool_input = _tool_input(name, raw, _system_text(body))
+            tool_input = _tool_input(name, raw, _context_text(body))
             return [
                 {
                     "type": "tool_use",
@@ -583,7 +589,7 @@ def _default_reply(prompt: str) -> str:
 
 
 def _tool_input(name: str, raw: str, system: str) -> dict[str, Any]:
-    m = re.search(r"Working directory: (\S[^\n]*)", system)
+    m = re.search(r"[Ww]orking directory: (\S[^\n]*)", system)
     cwd = m.group(1).strip() if m else ""
 
     def path(p: str) -> str:
