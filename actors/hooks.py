@@ -37,6 +37,8 @@ from .auth import resolve_state_dir
 log = logging.getLogger("shoal.hooks")
 
 CLAUDE_COMMANDS = frozenset({"claude", "claude.exe"})
+TRANSCRIPT_WAIT_S = 2.0  # how long the turn's usage may lag behind the Stop hook in the transcript
+TRANSCRIPT_STEP_S = 0.02
 MAX_EVENT = 1 << 20  # a hook input larger than this is dropped (Claude's are a few hundred bytes)
 
 
@@ -205,14 +207,21 @@ class HookChannel:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def transcript_turn(path: str | os.PathLike[str]) -> tuple[str | None, dict[str, Any]]:
-    """(last reply text, usage) of the newest turn in a Claude Code transcript (JSON lines).
+def transcript_turn(
+    path: str | os.PathLike[str], prompt_id: str | None = None
+) -> tuple[str | None, dict[str, Any], bool]:
+    """(last reply text, usage, found) of one turn in a Claude Code transcript (JSON lines).
 
-    The turn starts at the newest user prompt (a user entry that is not a tool result); usage is
-    summed over its assistant messages (each message id once, its last line counting).
+    The turn starts at the user prompt (a user entry that is not a tool result) whose `promptId` is
+    `prompt_id`, or at the newest prompt when `prompt_id` is None; it ends at the next prompt. Usage
+    is summed over its assistant messages (each message id once, its last line counting). `found`:
+    the turn and at least one of its assistant messages are in the file (the CLI may write them a
+    moment after the Stop hook started).
     """
     per_message: dict[str, dict[str, Any]] = {}
     text: str | None = None
+    in_turn = prompt_id is None
+    started = False
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             try:
@@ -226,8 +235,12 @@ def transcript_turn(path: str | os.PathLike[str]) -> tuple[str | None, dict[str,
                 continue
             content = message.get("content")
             if entry.get("type") == "user" and not _is_tool_result(content):
-                per_message, text = {}, None  # a new prompt: a new turn
-            elif entry.get("type") == "assistant":
+                if prompt_id is None:
+                    per_message, text, started = {}, None, True  # a new prompt: a new turn
+                else:
+                    in_turn = entry.get("promptId") == prompt_id
+                    started = started or in_turn
+            elif entry.get("type") == "assistant" and in_turn:
                 if isinstance(message.get("usage"), dict):
                     per_message[str(message.get("id"))] = message["usage"]
                 said = _text_of(content)
@@ -246,7 +259,7 @@ def transcript_turn(path: str | os.PathLike[str]) -> tuple[str | None, dict[str,
                 usage[key] = usage.get(key, 0) + value
     if per_message:
         usage["api_requests"] = len(per_message)
-    return text, usage
+    return text, usage, started and bool(per_message)
 
 
 def _is_tool_result(content: Any) -> bool:
@@ -264,16 +277,28 @@ def _text_of(content: Any) -> str:
 
 
 async def stop_result(event: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The result text and usage one Stop hook input stands for (the transcript read in a thread)."""
+    """The result text and usage one Stop hook input stands for (the transcript read in a thread).
+
+    Claude Code may append the turn's last lines to the transcript just after the hook started: the
+    transcript is read again, every TRANSCRIPT_STEP_S for at most TRANSCRIPT_WAIT_S, until the turn
+    is there (there is no event for a file being written to; the reply text never waits for it).
+    """
     text = event.get("last_assistant_message")
     usage: dict[str, Any] = {}
     path = event.get("transcript_path")
+    prompt_id = event.get("prompt_id") if isinstance(event.get("prompt_id"), str) else None
     if isinstance(path, str) and path:
-        try:
-            said, usage = await trio.to_thread.run_sync(transcript_turn, path)
-        except OSError as exc:
-            log.warning("cannot read the transcript %s: %s", path, exc)
-            said = None
+        said = None
+        deadline = trio.current_time() + TRANSCRIPT_WAIT_S
+        while True:
+            try:
+                said, usage, found = await trio.to_thread.run_sync(transcript_turn, path, prompt_id)
+            except OSError as exc:
+                log.warning("cannot read the transcript %s: %s", path, exc)
+                break
+            if found or trio.current_time() >= deadline:
+                break
+            await trio.sleep(TRANSCRIPT_STEP_S)
         if not isinstance(text, str) or not text:
             text = said
     if isinstance(event.get("session_id"), str):

@@ -123,8 +123,8 @@ def test_transcript_turn_reads_the_newest_turn(tmp_path: Path) -> None:
     ]
     path = tmp_path / "t.jsonl"
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\nnot json\n")
-    text, usage = transcript_turn(path)
-    assert text == "final reply"
+    text, usage, found = transcript_turn(path)
+    assert found and text == "final reply"
     assert usage == {"input_tokens": 30, "output_tokens": 2, "api_requests": 2}
 
 
@@ -168,3 +168,50 @@ async def test_prepare_gives_claude_profiles_their_config_dir_and_a_tui_its_fifo
     own = attrs.evolve(profile, env={"CLAUDE_CONFIG_DIR": str(tmp_path / "mine")})
     assert await prepare("x", own, "w1", "pipe", tmp_path / "state") == ({}, None)
     assert await prepare("x", ProfileConfig(argv=("bash",)), "w1", "pty", tmp_path / "state") == ({}, None)
+
+
+def _line(entry: dict[str, object]) -> str:
+    return json.dumps(entry) + "\n"
+
+
+def _prompt(pid: str) -> dict[str, object]:
+    return {"type": "user", "promptId": pid, "message": {"role": "user", "content": f"prompt {pid}"}}
+
+
+def _reply(mid: str, text: str, tokens: int) -> dict[str, object]:
+    usage = {"input_tokens": tokens, "output_tokens": 1}
+    return {
+        "type": "assistant",
+        "message": {"id": mid, "content": [{"type": "text", "text": text}], "usage": usage},
+    }
+
+
+def test_transcript_turn_by_prompt_id_is_not_the_previous_one(tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    path.write_text(_line(_prompt("p1")) + _line(_reply("m1", "one", 10)) + _line(_prompt("p2")))
+    assert transcript_turn(path, "p2") == (None, {}, False)  # its reply is not written yet
+    assert transcript_turn(path, "p1") == (
+        "one",
+        {"input_tokens": 10, "output_tokens": 1, "api_requests": 1},
+        True,
+    )
+    assert transcript_turn(path, "p3")[2] is False
+
+
+async def test_stop_result_waits_for_a_transcript_written_after_the_hook(tmp_path: Path) -> None:
+    """The CLI may append the turn's reply a moment after the Stop hook started (seen with 2.1.332:
+    one task in five had no usage): the usage must still be the turn's own."""
+    path = tmp_path / "t.jsonl"
+    path.write_text(_line(_prompt("p1")) + _line(_reply("m1", "one", 10)) + _line(_prompt("p2")))
+    event = {**HOOK_INPUT, "transcript_path": str(path), "prompt_id": "p2", "last_assistant_message": "two"}
+    got: list[tuple[str, dict[str, object]]] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: _collect(got, event))
+        await trio.sleep(0.1)  # the CLI writing late (what is tested is the result, not the time)
+        with path.open("a") as f:
+            f.write(_line(_reply("m2", "two", 20)))
+    assert got == [("two", {"input_tokens": 20, "output_tokens": 1, "api_requests": 1, "session_id": "s1"})]
+
+
+async def _collect(got: list[tuple[str, dict[str, object]]], event: dict[str, object]) -> None:
+    got.append(await stop_result(event))

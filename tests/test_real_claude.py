@@ -189,7 +189,8 @@ async def test_tui_first_start_and_one_turn_is_one_request(tmp_path: Path, claud
             [worker] = swarm.workers()
         assert done.state is TaskState.DONE and done.result == "Hello from the TUI", done
         assert again.state is TaskState.DONE and again.result == "Second reply", again
-        assert done.usage["input_tokens"] > 0 and done.usage["api_requests"] == 1
+        for task_done in (done, again):  # each task's own turn, read from the transcript
+            assert task_done.usage["input_tokens"] > 0 and task_done.usage["api_requests"] == 1
         assert len(fake.messages()) == 2  # one per task
         assert worker.crashes == 0
         config = json.loads((tmp_path / "state" / "claude" / "real" / ".claude.json").read_text())
