@@ -92,6 +92,10 @@ class _Worker:
     task_id: str | None = None
     paused_by_halt: bool = False
     paused_by_operator: bool = False
+    # a command for a worker whose mailbox is not open yet (still spawning): delivered at once when
+    # it opens, so a Stop sent during the spawn is never lost
+    pending_stop: Stop | None = None
+    start_scope: trio.CancelScope | None = None  # the spawn itself; cancelled by stop_all
 
 
 @attrs.frozen
@@ -245,6 +249,8 @@ class SwarmSupervisor:
 
     async def _run_one(self, lineage: _Lineage) -> WorkerExit | None:
         """Run one worker of `lineage` to its end; None means it ended on purpose (no respawn)."""
+        if lineage.retired or self.state == "stopping":
+            return None  # stopped between `spawn` and here: start nothing
         config = self._config()
         profile_name = config.workers.profile
         profile = resolve_profile(profile_name, config.workers.profiles)
@@ -274,10 +280,14 @@ class SwarmSupervisor:
         spawn_error: ShoalError | None = None
         async with trio.open_nursery() as nursery:
             try:
-                worker.address = await nursery.start(main)
+                # stop_all cancels a spawn still in progress (e.g. one waiting for a start-up slot):
+                # the worker holds no task yet, so nothing is lost, and its process is reaped
+                with trio.CancelScope() as worker.start_scope:
+                    worker.address = await nursery.start(main)
             except ShoalError as exc:  # SpawnError, or a bad argv template/dialect option
                 spawn_error = exc
-            else:
+            worker.start_scope = None
+            if worker.address is not None:
                 lineage.backoff.started(trio.current_time())
                 self._bus.publish(
                     "worker.spawned",
@@ -288,6 +298,10 @@ class SwarmSupervisor:
                         "profile": profile_name,
                     },
                 )
+                if worker.pending_stop is not None:  # stop_all ran while it was spawning
+                    await self._command(worker, worker.pending_stop)
+            elif spawn_error is None:
+                result.append(WorkerExit(crashed=False, reason="swarm stopping (while starting)"))
         if spawn_error is not None:
             result.append(WorkerExit(crashed=True, reason=str(spawn_error), exit_code=None, signal=None))
             worker.state = WorkerState.CRASHED
@@ -394,6 +408,8 @@ class SwarmSupervisor:
         if report.state is WorkerState.IDLE:
             worker.idle_since = trio.current_time()
             self._consecutive_spawn_failures = 0
+            if self.state == "stopping":
+                return  # never announced: a worker that comes up while the swarm stops takes nothing
             if worker.lineage.canary and self.halted:
                 worker.lineage.canary = False
                 await self.resume(reason="canary worker is healthy")
@@ -573,12 +589,29 @@ class SwarmSupervisor:
         return True
 
     async def stop_all(self, drain: bool) -> None:
-        """Stop every worker (after their current task when `drain`) and spawn nothing more."""
+        """Stop every worker (after their current task when `drain`) and spawn nothing more.
+
+        Whatever state a worker is in: one still spawning (no mailbox yet) has its spawn cancelled
+        and, should it open its mailbox anyway, gets the Stop at once; lineages between two workers
+        (spawn requested, or waiting out a restart backoff) start nothing more. The queue is told
+        first that no worker takes tasks, so nothing is dispatched while the workers stop.
+        """
         self.state = "stopping"
         self._resumed.set()
-        for worker in list(self._workers.values()):
+        for lineage in self._between.values():
+            lineage.retired = True
+        workers = list(self._workers.values())
+        for worker in workers:
             worker.lineage.retired = True
-            await self._command(worker, Stop(reason="swarm stopping", drain=drain))
+            await self._to_queue(WorkerUnavailable(worker.id, gone=False))
+        for worker in workers:
+            stop = Stop(reason="swarm stopping", drain=drain)
+            if worker.address is None:
+                worker.pending_stop = stop
+                if worker.start_scope is not None:
+                    worker.start_scope.cancel()
+            else:
+                await self._command(worker, stop)
 
     def start_again(self) -> None:
         if self.state == "stopping":

@@ -608,6 +608,7 @@ class WorkerActor:
     async def _stop_process(self, *, ladder: bool) -> tuple[ExitStatus | None, str]:
         """End the current incarnation (stop ladder, or straight kill) and close everything."""
         inc, self._inc = self._inc, None
+        starting = self._awaiting_ready_until is not None
         self._awaiting_ready_until = None
         self._release_slot()
         if inc is None:
@@ -615,7 +616,8 @@ class WorkerActor:
         status, rung = inc.status, "exited"
         try:
             if ladder and status is None:
-                quit_bytes = self._guard_bytes(inc)
+                # an agent still starting up reads no input yet: the polite rung would only wait
+                quit_bytes = None if starting else self._guard_bytes(inc)
                 status, rung = await inc.proc.stop(quit_bytes, self.profile.stop_timeout_s)
         finally:  # even when cancelled mid-ladder: aclose is shielded and bounded
             final = await inc.proc.aclose()
