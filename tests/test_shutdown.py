@@ -33,6 +33,7 @@ from shoal.runtime.client import EventStream, connect
 from shoal.runtime.eventbus import Event
 
 SHOAL = [sys.executable, "-m", "shoal.actors.cli"]
+PORTS = ["--port", "0", "--no-dashboard"]
 TASKS = [{"id": f"t{i}", "prompt": f"task {i} [[think:0.3]]"} for i in range(3)]
 
 
@@ -74,8 +75,7 @@ def serve(state: Path, *extra: str) -> Iterator[Served]:
     config.write_text(config_text())
     log = open(state.parent / "serve.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [*SHOAL, "serve", "--config", str(config), "--state-dir", str(state), "--port", "0"]
-        + ["--no-dashboard", *extra],
+        [*SHOAL, "serve", "--config", str(config), "--state-dir", str(state), *PORTS, *extra],
         stdout=subprocess.PIPE,
         stderr=log,
         text=True,
