@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -106,6 +107,32 @@ class CrashEvidence:
     reason: str | None
     exit_code: int | None
     signal: int | None
+
+
+_STARTUP_EXIT = re.compile(r"exited during start-up \((?P<how>[^)]*)\)(?:: (?P<words>.*))?\Z", re.DOTALL)
+
+
+def crash_summary(crashes: Sequence[CrashEvidence]) -> str | None:
+    """A halt reason that names the cause when every crash in the window is the same one.
+
+    Why: "crash rate" alone sends the operator to the logs; when every worker dies at start the
+    same way (no network, a bad API key), the agent's own words are the diagnosis. None when the
+    crashes differ (the breaker then says "crash rate").
+    """
+    reasons = {c.reason or "" for c in crashes}
+    if len(reasons) != 1 or not crashes:
+        return None
+    reason = reasons.pop()
+    m = _STARTUP_EXIT.match(reason)
+    if m is None:
+        if reason.startswith("start-up timeout"):
+            return f"every worker fails to start: {reason}"
+        return f"every worker crashes the same way: {reason}" if reason else None
+    how = m["how"]
+    code = how.removeprefix("exit code ")
+    verb = f"exits {code}" if code != how else f"is {how}"  # "is killed by SIGKILL"
+    words = m["words"]
+    return f"every worker {verb} at start" + (f": {words}" if words else "")
 
 
 class SwarmSupervisor:
@@ -326,7 +353,7 @@ class SwarmSupervisor:
         )
         if self._consecutive_spawn_failures >= limit and not self.halted:
             await self.halt(
-                "consecutive spawn failures",
+                f"consecutive spawn failures: {reason}",
                 {"consecutive_spawn_failures": self._consecutive_spawn_failures, "last_error": reason},
             )
 
@@ -459,7 +486,7 @@ class SwarmSupervisor:
         if len(recent) >= breaker.crash_rate_max and not self.halted and self._nursery is not None:
             self._nursery.start_soon(
                 self.halt,
-                "crash rate",
+                crash_summary(recent) or "crash rate",
                 {
                     "crashes": [attrs.asdict(c) for c in recent[-20:]],
                     "count": len(recent),

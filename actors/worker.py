@@ -38,6 +38,7 @@ from ..protocols.dialects.base import (
     TaskDone,
     TaskFailed,
 )
+from ..protocols.dialects.common import last_words
 from ..protocols.errors import Conflict, ShoalError, ValidationError
 from ..protocols.profiles import placeholders, render_argv
 from ..protocols.tasks import Assignment, Outcome
@@ -69,6 +70,7 @@ log = logging.getLogger("shoal.worker")
 
 TAIL_BYTES = 4096  # output tail attached to a crashed/interrupted attempt (the transcript handoff)
 DRAIN_S = 0.5  # after the child exits, how long to wait for the rest of its output
+LAST_WORDS_BYTES = 8192  # output searched for a crash reason's last words (a TUI frame is mostly escapes)
 SLOT_HOLD_S = 1.0  # a start-up slot is held until Ready, or this long at most
 
 _ANSI = re.compile(
@@ -654,8 +656,13 @@ class WorkerActor:
         return clean_text(self._ring.tail(min(TAIL_BYTES, since)))
 
     def _last_line_suffix(self) -> str:
-        lines = [line.strip() for line in clean_text(self._ring.tail(1024)).splitlines() if line.strip()]
-        return f": {lines[-1][:200]}" if lines else ""
+        """A crash reason's end: ": " and the agent's last meaningful lines, without escape bytes or
+        the TUI's chrome (footer, prompt, boxes); empty when it said nothing readable."""
+        size = LAST_WORDS_BYTES
+        if self._task is not None:  # mid-task: what the agent said for this task, not its welcome
+            size = min(size, self._ring.total - self._task_out_start)
+        words = last_words(self._ring.tail(size))
+        return f": {words}" if words else ""
 
     # ---- reports and states -------------------------------------------------------------------
 

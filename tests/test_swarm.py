@@ -145,7 +145,8 @@ async def test_crash_storm_trips_the_breaker_keeps_tasks_and_resume_works(tmp_pa
             tasks = await swarm.submit_many([{"prompt": f"t{i}"} for i in range(5)])
             events = await collect_until(sub, lambda e: e.topic == "swarm.halted", timeout=30)
             halted = events[-1]
-            assert halted.data["reason"] == "crash rate"
+            # every worker died the same way at start: the halt says so (issue 14)
+            assert halted.data["reason"] == "every worker exits 7 at start"
             assert halted.data["evidence"]["count"] >= 4
             spawned_before_halt = sum(1 for e in events if e.topic == "worker.spawned")
         status = await swarm.status()
@@ -298,6 +299,32 @@ async def test_respawn_backoff_is_exponential_and_the_lineage_budget_retires_it(
         assert events[-1].data["reason"] == "restart budget exhausted"
 
 
+async def test_every_worker_failing_at_start_halts_with_the_agents_own_words(tmp_path: Path) -> None:
+    """Issue 14: not only "crash rate", and no escape bytes or TUI footer in the reason."""
+    screen = (
+        r"\x1b[31mUnable to connect to Anthropic services\x1b[0m\r\n\r\n"
+        r"\x1b[2m  ? for shortcuts\x1b(B\x0f\x1b7\x1b8"
+    )
+    config = swarm_config(
+        tmp_path,
+        scaling={"max_workers": 2},
+        workers={
+            "profile": "offline",
+            "profiles": {"offline": {"argv": ["bash", "-c", f"printf '{screen}'; exit 1"]}},
+        },
+        supervision={"breaker": {"crash_rate_max": 3, "crash_window_s": 60}},
+    )
+    async with open_swarm(config) as swarm:
+        with swarm.events(("swarm.halted",)) as sub:
+            task = await swarm.submit({"prompt": "never runs"})
+            halted = await wait_for(sub, "swarm.halted", timeout=30)
+        reason = "every worker exits 1 at start: Unable to connect to Anthropic services"
+        assert halted.data["reason"] == reason
+        assert halted.data["evidence"]["count"] >= 3
+        assert (await swarm.status())["reason"] == reason
+        assert (await swarm.get(task.id)).state is TaskState.READY
+
+
 async def test_consecutive_spawn_failures_halt_the_swarm_with_evidence(tmp_path: Path) -> None:
     missing = str(tmp_path / "no-such-agent")
     config = swarm_config(
@@ -310,7 +337,7 @@ async def test_consecutive_spawn_failures_halt_the_swarm_with_evidence(tmp_path:
         with swarm.events(("swarm.halted",)) as sub:
             task = await swarm.submit({"prompt": "never runs"})
             halted = await wait_for(sub, "swarm.halted", timeout=30)
-        assert halted.data["reason"] == "consecutive spawn failures"
+        assert halted.data["reason"].startswith(f"consecutive spawn failures: cannot start '{missing}'")
         assert halted.data["evidence"]["consecutive_spawn_failures"] >= 3
         assert missing in halted.data["evidence"]["last_error"]
         assert (await swarm.get(task.id)).state is TaskState.READY

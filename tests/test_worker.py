@@ -680,3 +680,37 @@ async def test_fake_agent_that_never_gets_ready_times_out(nursery: trio.Nursery,
     crashed = await h.state(S.CRASHED)
     assert (crashed.reason or "").startswith("start-up timeout: not ready within 0.5 s")
     assert (await h.finish()).crashed
+
+
+async def test_crash_reason_is_the_last_words_without_escapes_or_tui_chrome(
+    nursery: trio.Nursery, no_leaks: None
+) -> None:
+    """Issue 14: a start-up exit read `exited during start-up (exit code 1): \\x1b(B\\x0f\\x1b7\\x1b8`."""
+    screen = (
+        r"\x1b[?25l\x1b[31mUnable to connect to Anthropic services\x1b[39m\r\n\r\n"
+        r"Failed to connect to api.anthropic.com: ERR_BAD_REQUEST\r\n"
+        r"\x1b[2m\xe2\x95\xad\xe2\x94\x80\xe2\x94\x80\xe2\x94\x80\xe2\x95\xae\r\n"  # a box border
+        r"  ? for shortcuts\r\n\x1b(B\x0f\x1b7\x1b8"
+    )
+    profile = ProfileConfig(
+        argv=("bash", "-c", f"printf '{screen}'; exit 1"), dialect="prompt", startup_timeout_s=10
+    )
+    h = Harness(nursery, profile)
+    await h.start()
+    crashed = await h.state(S.CRASHED)
+    assert crashed.reason == (
+        "exited during start-up (exit code 1): Unable to connect to Anthropic services"
+        " · Failed to connect to api.anthropic.com: ERR_BAD_REQUEST"
+    )
+    await h.finish()
+
+
+async def test_crash_mid_task_reason_is_not_the_footer(nursery: trio.Nursery, no_leaks: None) -> None:
+    """Issue 13 item 10: `agent exited (exit code 3): ? for shortcuts` named the screen's footer."""
+    h = await started(nursery, "fake")
+    await h.run_task("work then [[crash:3]]")
+    state = await h.state(S.CRASHED)
+    reason = state.reason or ""
+    assert reason.startswith("agent exited (exit code 3)")
+    assert "for shortcuts" not in reason and "\x1b" not in reason and "│" not in reason
+    await h.finish()

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, NamedTuple
 
 from ..errors import ValidationError
 from ..tasks import Assignment
-from .ansi import AnsiStripper
+from .ansi import AnsiStripper, strip_ansi
 from .base import Ready, Signal, TaskDone, TaskFailed, Transport
 from .patterns import Hit, PatternScanner
 
@@ -369,6 +369,53 @@ def clean_tui(text: str, prompt: str, *, truncated: bool = False) -> str:
     while result and not result[-1]:
         result.pop()
     return "\n".join(result)
+
+
+# ----------------------------------------------------------------------------------------------------
+# last words: the readable end of an agent's output, for crash reasons
+
+_PROMPT_ONLY = re.compile(r"^\s*[$#%>❯›»]?[\s\xa0]*$")
+_ERRORISH = re.compile(
+    r"\b(?:error|unable|failed|fail|cannot|can't|could not|denied|not found|invalid|refused|"
+    r"unauthori[sz]ed|forbidden|exception|fatal|panic|abort(?:ed)?|timed? ?out)\b",
+    re.IGNORECASE,
+)
+
+
+def last_words(data: bytes | str, *, max_lines: int = 4, max_chars: int = 240) -> str:
+    """The last meaningful lines of terminal output, as one line (empty when there are none).
+
+    Why: a crash reason must say what the agent said, not echo its screen. Escape sequences and
+    control characters are stripped (cursor moves become line breaks), the TUI's chrome is dropped
+    (frames and boxes, the prompt line, spinner lines, dialogs, footers such as "? for shortcuts"),
+    and so are lines with no letter or digit. Of the last `max_lines` lines left, an error-looking
+    line (with the error lines right above it) and what follows are preferred (an agent often prints
+    hints after its error); lines are joined with " · " and cut to `max_chars`.
+    """
+    meaningful: list[str] = []
+    in_footer = False
+    for line in strip_ansi(data).split("\n"):
+        if _FOOTER.search(line) or (in_footer and line.startswith("  ")):
+            in_footer = True  # a footer, or its wrapped continuation
+            continue
+        in_footer = False
+        if (
+            not _PROMPT_ONLY.match(line)
+            and any(ch.isalnum() for ch in line)
+            and not _RULE_LINE.match(line)  # line by line: text right below a frame is kept
+            and not _CHEVRON.match(line)  # the prompt line (and the echo of a prompt)
+            and not _CHROME_LINE.match(line)
+        ):
+            meaningful.append(" ".join(line.split()))
+    tail = meaningful[-max_lines:]
+    errors = [i for i, line in enumerate(tail) if _ERRORISH.search(line)]
+    if errors:  # the last run of error lines, and what follows it
+        start = errors[-1]
+        while start > 0 and start - 1 in errors:
+            start -= 1
+        tail = tail[start:]
+    text = " · ".join(tail)
+    return text if len(text) <= max_chars else text[: max_chars - 1].rstrip() + "…"
 
 
 class TextDialect:
