@@ -25,8 +25,10 @@ The rules (docs/scaling.md has the long form):
   the last `stabilisation_s`, and only workers idle for `idle_s`, longest-idle first, at most
   `max_retire_per_tick`, never below `min_workers`, never a busy, starting, refreshing, paused or
   stopping worker. Before the scaler has watched a full window it retires nothing.
-* Rebalance: at `max_workers` with unmet demand for one model, an idle (≥ `idle_s`) worker of a
-  model with more workers than it needs now is retired to make room.
+* Rebalance: at `max_workers` with unmet demand for one model, an idle worker of a model with more
+  workers than it needs now is retired to make room: at once for ready work no live worker can
+  take, after `idle_s` for a predicted or utilisation gap; never more than unmet minus the workers
+  already stopping.
 """
 
 from __future__ import annotations
@@ -340,20 +342,40 @@ def decide(
     )
     retire: list[tuple[str, str]] = []
     taken: dict[str, int] = {}
+    taken_ids: set[str] = set()
     budget = scaling.max_retire_per_tick
 
     def room_above_floor() -> bool:
         return len(live) - len(retire) > scaling.min_workers
 
+    # slots already on their way out (a retired worker runs its stop ladder): a later decision must
+    # not free the same slot twice while the first retiree is still stopping
+    freeing = by_state.get(WorkerState.STOPPING.value, 0)
     if unmet > 0 and not inputs.halted and room - len(spawn) <= 0:
-        # at max_workers with work waiting for another model: free the slots held by idle surplus
-        for w in candidates:
-            m = _model_of(w.model, models)
-            if len(retire) >= min(budget, unmet) or not room_above_floor():
-                break
-            if serving.get(m, 0) - taken.get(m, 0) > desired.get(m, 0):
-                retire.append((w.id, REBALANCE))
-                taken[m] = taken.get(m, 0) + 1
+        # At max_workers with work waiting for another model: free the slots held by idle surplus,
+        # i.e. idle workers of a model with nothing waiting for it. Ready work that no live worker
+        # can take (pinned or escalated to a model with no worker) frees a slot at once; a gap that
+        # is only predicted or utilisation-driven waits for `idle_s`. Two models cannot thrash: a
+        # worker is taken only from a model whose desired count its serving workers exceed, so no
+        # retirement removes capacity that waiting work needs, and never more than are unmet.
+        stranded = sum(
+            max(0, n - serving.get(m, 0))
+            for m, n in queue_desired.items()
+            if m not in parked and ready_pinned.get(m, 0) + absorbed.get(m, 0) + share.get(m, 0) > 0
+        )
+        idle_now = sorted(
+            (w for w in present if w.state is WorkerState.IDLE and w.task_id is None),
+            key=lambda w: (w.idle_since if w.idle_since is not None else now, w.id),
+        )
+        for pool, need in ((idle_now, min(stranded, unmet)), (candidates, unmet)):
+            for w in pool:
+                m = _model_of(w.model, models)
+                if len(retire) >= min(budget, need - freeing) or not room_above_floor():
+                    break
+                if w.id not in taken_ids and serving.get(m, 0) - taken.get(m, 0) > desired.get(m, 0):
+                    retire.append((w.id, REBALANCE))
+                    taken_ids.add(w.id)
+                    taken[m] = taken.get(m, 0) + 1
     if covered:
         chosen = {wid for wid, _ in retire}
         for w in candidates:

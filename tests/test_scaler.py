@@ -279,7 +279,40 @@ def test_rebalance_at_max_workers_makes_room_for_waiting_model() -> None:
     assert d.spawn == []
     assert d.retire == [("h0", REBALANCE), ("h1", REBALANCE)]  # window not covered: only rebalance
     d = run(scaling, ready_by_model={"opus": 3}, workers=haiku, now=20.0)
-    assert d.retire == []  # not idle long enough yet
+    assert d.retire == [("h0", REBALANCE), ("h1", REBALANCE)]  # ready work waits: at once, not after idle_s
+
+
+def test_work_no_live_worker_can_take_frees_a_slot_at_once_and_only_one() -> None:
+    """Issue 13 item 3: a task escalated to opus waited idle_s (60 s) behind 4 idle sonnet workers."""
+    scaling = ScalingConfig(max_workers=4, idle_s=60, stabilisation_s=300, max_retire_per_tick=4)
+    sonnet = [w(f"s{i}", idle_since=10.0) for i in range(4)]  # idle for no time at all
+    d = run(scaling, ready_by_model={"opus": 1}, workers=sonnet, now=10.0)
+    assert d.retire == [("s0", REBALANCE)] and d.spawn == []
+    assert d.summary["limited_by"] == ["max_workers"]
+    # the next decisions, while s0 runs its stop ladder: its slot is already on the way, no second one
+    leaving = [w("s0", S.STOPPING), *sonnet[1:]]
+    d = run(scaling, ready_by_model={"opus": 1}, workers=leaving, now=10.5)
+    assert d.retire == [] and d.spawn == []
+    # s0 gone: the opus worker is spawned into its slot, and nothing else is retired
+    d = run(scaling, ready_by_model={"opus": 1}, workers=sonnet[1:], now=11.0)
+    assert d.spawn == [("opus", QUEUE)] and d.retire == []
+
+
+def test_rebalance_never_takes_a_worker_whose_model_has_work_waiting() -> None:
+    """No thrash: each side keeps the workers its own waiting work needs."""
+    scaling = ScalingConfig(max_workers=2, idle_s=60, max_retire_per_tick=2)
+    # a sonnet task waits too (its idle worker is about to take it): sonnet is not surplus
+    workers = [w("s0", idle_since=5.0), w("s1", S.BUSY)]
+    ready = {"opus": 1, "sonnet": 1}
+    d = run(scaling, ready_by_model=ready, running_by_model={"sonnet": 1}, workers=workers, now=5.0)
+    assert d.retire == []
+    # one worker of each model, work for both: nothing moves
+    workers = [w("s0", idle_since=5.0), w("o0", model="opus", idle_since=5.0)]
+    d = run(scaling, ready_by_model=ready, workers=workers, now=5.0)
+    assert d.retire == [] and d.spawn == []
+    # only opus work waits: the idle sonnet goes, the idle opus worker stays
+    d = run(scaling, ready_by_model={"opus": 2}, workers=workers, now=5.0)
+    assert d.retire == [("s0", REBALANCE)]
 
 
 def test_scale_up_is_immediate_whatever_the_window_remembers() -> None:
@@ -524,4 +557,39 @@ async def test_worker_output_does_not_wake_the_scaler(autojump_clock: trio.abc.C
         with trio.fail_after(200):
             await world.until(lambda: len(world.spawned) == 1)
         assert trio.current_time() - t0 >= 100  # only the tick found the work
+        nursery.cancel_scope.cancel()
+
+
+async def test_escalated_task_gets_its_worker_at_once_at_the_cap(autojump_clock: trio.abc.Clock) -> None:
+    """Issue 13 item 3 end to end: 4 idle sonnet workers hold every slot; a task escalated to opus
+    gets an opus worker after one sonnet worker's stop ladder (2 s here), not after `idle_s`."""
+    bus, world = EventBus(), World()
+    config = Config(tick_s=1, max_workers=4, idle_s=60, stabilisation_s=300, max_retire_per_tick=4)
+    world.workers = {f"s{i}": WorkerView(f"s{i}", "sonnet", S.IDLE, idle_since=0.0) for i in range(4)}
+
+    async def retire(wid: str, reason: str) -> bool:  # the worker stops for 2 s, then it is gone
+        world.workers[wid] = WorkerView(wid, "sonnet", S.STOPPING)
+        world.retired.append((wid, reason))
+
+        async def gone() -> None:
+            await trio.sleep(2)
+            del world.workers[wid]
+            bus.publish("worker.exited", {"worker": wid})
+
+        nursery.start_soon(gone)
+        return True
+
+    world.retire = retire  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        await start(nursery, config, bus, world)
+        t0 = trio.current_time()
+        world.ready = {"opus": 1}  # failed twice on sonnet: the queue routes it to opus now
+        bus.publish("task.ready", {"task_id": "poison", "model": "opus"})
+        with trio.fail_after(120):
+            await world.until(lambda: ("opus", QUEUE) in world.spawned)
+        assert trio.current_time() - t0 < 3  # the stop ladder, not idle_s (60 s)
+        assert world.retired == [("s0", REBALANCE)]  # one slot for one task, however many decisions
+        for _ in range(5):  # later decisions (ticks) take nothing more
+            await trio.sleep(1)
+        assert world.retired == [("s0", REBALANCE)] and world.spawned == [("opus", QUEUE)]
         nursery.cancel_scope.cancel()
