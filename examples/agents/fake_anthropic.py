@@ -27,8 +27,8 @@ a tool result), as the fake agent takes them:
 * `[[limit:UTILIZATION]]` success with the unified headers of a limit nearly reached
   (`allowed_warning`, e.g. `[[limit:0.9]]`); without it success carries `allowed` and utilization 0.1.
 
-Requests without `tools` are the CLI's side requests (title generation, quota checks): they get a
-short plain reply, ignore directives and are recorded with `side=True`. Unknown paths get a 404 in the
+Requests without `tools` (title generation, quota checks) and CLI 2.0.x's `Warmup` requests are the
+CLI's side requests: they get a short plain reply, ignore directives and are recorded with `side=True`. Unknown paths get a 404 in the
 API's error shape and are recorded too.
 
 In-process: `async with open_fake_anthropic() as fake: fake.url ...`. As a program:
@@ -354,7 +354,8 @@ class FakeAnthropic:
         messages = body.get("messages") if isinstance(body.get("messages"), list) else []
         assert isinstance(messages, list)
         rec.stream = body.get("stream") is True
-        rec.side = not body.get("tools")
+        # side traffic: no tools (titles, quota checks), or 2.0.x's subagent "Warmup" requests
+        rec.side = not body.get("tools") or prompt_text(messages).strip() == "Warmup"
         model = str(body.get("model") or self.model)
         now = time.time()
         prompt = prompt_text(messages)
