@@ -137,6 +137,12 @@ class RetireWorker:
     worker_id: str
 
 
+@attrs.frozen
+class Barrier:
+    """Replies None once everything the queue received before it is committed and its events are
+    published, so events a sender publishes after the reply follow the queue's (cause before effect)."""
+
+
 # ---- sends (address.send(msg)), from the swarm side ---------------------------------------------
 
 
@@ -279,6 +285,7 @@ class QueueActor:
             QueueStats: self._on_stats,
             WaitTask: self._on_wait,
             RetireWorker: self._on_retire,
+            Barrier: self._on_barrier,
         }
         self._sends: dict[type, Callable[[Any, float], None]] = {
             WorkerAvailable: self._on_available,
@@ -790,6 +797,9 @@ class QueueActor:
             self._acks.append((call, task))  # after the next commit: the state is durable
         else:
             self._waiters.setdefault(task.id, []).append(call)
+
+    def _on_barrier(self, call: Call[Any], msg: Barrier, now: float) -> None:
+        self._acks.append((call, None))  # released by the acker after the next commit, in order
 
     def _on_retire(self, call: Call[Any], msg: RetireWorker, now: float) -> None:
         wid = msg.worker_id

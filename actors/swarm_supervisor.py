@@ -16,6 +16,7 @@ never orphan a task) and publishes it on the event bus.
 from __future__ import annotations
 
 import itertools
+import math
 import random
 import re
 import time
@@ -46,11 +47,11 @@ from ..protocols.workers import (
     WorkerReport,
     WorkerState,
 )
-from ..runtime.actor import ActorGone, Address
+from ..runtime.actor import ActorGone, Address, CallTimeout
 from ..runtime.backoff import BackoffState, RestartIntensity
 from ..runtime.eventbus import EventBus
 from .auth import resolve_state_dir
-from .queue import AttemptEnded, ModelRateLimited, RetireWorker, WorkerAvailable, WorkerUnavailable
+from .queue import AttemptEnded, Barrier, ModelRateLimited, RetireWorker, WorkerAvailable, WorkerUnavailable
 from .scaler import WorkerView
 from .worker import WorkerActor, WorkerExit, start_up_slots
 
@@ -160,6 +161,11 @@ class SwarmSupervisor:
         self._ids = itertools.count(1)
         self._lineage_ids = itertools.count(1)
         self._reports_send, self._reports_recv = trio.open_memory_channel[WorkerReport | _WorkerGone](4096)
+        # events derived from worker reports, published once the queue has committed (and published)
+        # what it received before them: see _publisher
+        self._ordered_send, self._ordered_recv = trio.open_memory_channel[tuple[str, dict[str, Any]]](
+            math.inf
+        )
         self._nursery: trio.Nursery | None = None
         # breaker state
         self.state = "running"  # running | halted | stopping
@@ -185,6 +191,7 @@ class SwarmSupervisor:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._pump)
+            nursery.start_soon(self._publisher)
             task_status.started(self)
             await trio.sleep_forever()
 
@@ -374,6 +381,34 @@ class SwarmSupervisor:
             except ActorGone:
                 return  # the queue is gone: the swarm is shutting down
 
+    def _publish_ordered(self, topic: str, data: dict[str, Any]) -> None:
+        """Publish a worker event after the queue's events that came before it.
+
+        Why: the queue publishes `task.running`/`task.done` only after their group commit, while a
+        worker reacts at once (it gets its Assign before the claim is committed), so a directly
+        published `worker.context` or `worker.state refreshing` could carry an earlier sequence
+        number than the task event that caused it. Every event derived from a worker report goes
+        through one FIFO; `_publisher` releases it behind a queue `Barrier`.
+        """
+        self._ordered_send.send_nowait((topic, data))
+
+    async def _publisher(self) -> None:
+        """Release ordered events in batches, each after one Barrier round trip to the queue."""
+        recv = self._ordered_recv
+        async for first in recv:
+            batch = [first]
+            while True:
+                try:
+                    batch.append(recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            try:  # the queue's events for everything sent to it before now are published first
+                await self._queue.call(Barrier())
+            except (ActorGone, ShoalError, CallTimeout):
+                pass  # the queue is gone or its store is broken: publish anyway, late beats lost
+            for topic, data in batch:
+                self._bus.publish(topic, data)
+
     async def _to_queue(self, message: Any) -> None:
         """Forward in order; wait for mailbox space only when it is full (no checkpoint otherwise)."""
         if not self._queue.try_send(message):
@@ -389,11 +424,11 @@ class SwarmSupervisor:
                     worker.task_id = None
                 await self._to_queue(AttemptEnded(report))
             case ContextReport():
-                self._bus.publish(
+                self._publish_ordered(
                     "worker.context", {"worker": report.worker, "used_percent": report.used_percent}
                 )
             case RateLimitReport():
-                self._bus.publish(
+                self._publish_ordered(
                     "worker.rate_limited",
                     {
                         "worker": report.worker,
@@ -405,7 +440,7 @@ class SwarmSupervisor:
                 if report.model is not None:
                     await self._to_queue(ModelRateLimited(report.model, report.reset_at))
             case NeedsInputReport():
-                self._bus.publish(
+                self._publish_ordered(
                     "worker.needs_input",
                     {"worker": report.worker, "task_id": report.task_id, "prompt": report.prompt},
                 )
@@ -419,7 +454,7 @@ class SwarmSupervisor:
         worker.state = report.state
         if report.model is not None:
             worker.model = report.model
-        self._bus.publish(
+        self._publish_ordered(
             "worker.state",
             {
                 "worker": worker.id,
@@ -469,7 +504,7 @@ class SwarmSupervisor:
             worker.id, worker.lineage.id, self._clock(), report.reason, report.exit_code, report.signal
         )
         self._crashes.append(evidence)
-        self._bus.publish(
+        self._publish_ordered(
             "worker.crashed",
             {
                 "worker": worker.id,
@@ -507,7 +542,7 @@ class SwarmSupervisor:
                 reason=gone.exit.reason,
             )
         )
-        self._bus.publish(
+        self._publish_ordered(
             "worker.exited",
             {
                 "worker": worker.id,

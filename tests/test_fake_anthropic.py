@@ -222,5 +222,5 @@ async def test_relative_tool_paths_are_taken_under_the_clis_working_directory() 
 
 async def test_warmup_requests_of_cli_2_0_are_side_traffic() -> None:
     async with open_fake_anthropic() as fake:
-        r = await post(fake, body("Warmup [[error:529]]".split(" ")[0], stream=False))
+        r = await post(fake, body("Warmup", stream=False))
     assert r.status_code == 200 and fake.requests[0].side and fake.messages() == []

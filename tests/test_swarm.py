@@ -20,6 +20,7 @@ from shoal.actors.swarm import open_swarm
 from shoal.protocols.errors import ValidationError
 from shoal.protocols.tasks import Outcome, TaskState
 from shoal.protocols.workers import WorkerState
+from shoal.runtime.eventbus import Event
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -356,3 +357,33 @@ async def test_cost_is_accounted_per_model_from_the_agents_usage(tmp_path: Path)
         with trio.fail_after(10):
             await trio.testing.wait_all_tasks_blocked()  # the metrics actor has handled its events
         assert swarm.metrics.snapshot()["cost_usd"]["by_model"]["opus"] == done_event.data["cost_usd"]
+
+
+async def test_worker_events_never_precede_the_task_events_that_caused_them(tmp_path: Path) -> None:
+    """Issue 13 item 12: the queue publishes task.running/task.done after their commit while the
+    worker reacts at once, so worker.context and worker.state refreshing came with lower seqs."""
+    config = swarm_config(
+        tmp_path,
+        scaling={"max_workers": 1},
+        workers={"profile": "ctx", "profiles": {"ctx": fake_profile(context_refresh_percent=50.0)}},
+    )
+    refreshed: list[Event] = []
+
+    def third_refresh_over(event: Event) -> bool:
+        if event.topic == "worker.state" and event.data["state"] == "refreshing":
+            refreshed.append(event)
+        return len(refreshed) == 3 and event.topic == "worker.state" and event.data["state"] == "idle"
+
+    async with open_swarm(config) as swarm:
+        with swarm.events(("task.*", "worker.*")) as sub:
+            await swarm.submit_many(
+                [{"id": f"c{i}", "prompt": f"fill [[context:{60 + i}]]"} for i in range(3)]
+            )
+            seen = await collect_until(sub, third_refresh_over, timeout=60)
+    running = {e.data["task_id"]: e.seq for e in seen if e.topic == "task.running"}
+    done = {e.data["task_id"]: e.seq for e in seen if e.topic == "task.done"}
+    context = {e.data["used_percent"]: e.seq for e in seen if e.topic == "worker.context"}
+    for i in range(3):
+        task = f"c{i}"
+        assert running[task] < context[60 + i], (task, running, context)  # cause, then effect
+        assert done[task] < refreshed[i].seq, (task, done, [e.seq for e in refreshed])

@@ -28,8 +28,8 @@ a tool result), as the fake agent takes them:
   (`allowed_warning`, e.g. `[[limit:0.9]]`); without it success carries `allowed` and utilization 0.1.
 
 Requests without `tools` (title generation, quota checks) and CLI 2.0.x's `Warmup` requests are the
-CLI's side requests: they get a short plain reply, ignore directives and are recorded with `side=True`. Unknown paths get a 404 in the
-API's error shape and are recorded too.
+CLI's side requests: they get a short plain reply, ignore directives and are recorded with
+`side=True`. Unknown paths get a 404 in the API's error shape and are recorded too.
 
 In-process: `async with open_fake_anthropic() as fake: fake.url ...`. As a program:
 `python -m shoal.agents.fake_anthropic --port 0` prints its URL on the first line of stdout.
