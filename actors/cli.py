@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -460,7 +461,21 @@ def cmd_task(args: argparse.Namespace) -> int:
     return _run(args, go)
 
 
+def _stop_on_sigint() -> None:
+    """A command that runs until Ctrl-C must stop on SIGINT even when it was started ignoring it.
+
+    A shell script's `shoal logs W --follow &` (a background job without job control), or a test
+    suite run that way, starts it with SIGINT set to "ignore"; Python and trio then leave it ignored,
+    so `kill -INT` and Ctrl-C never stop it (it used to hang until killed).
+    """
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
+    if args.follow:
+        _stop_on_sigint()
+
     async def go(c: Client) -> int:
         out = sys.stdout.buffer
         if not args.follow:
@@ -694,6 +709,8 @@ def cmd_complete(args: argparse.Namespace) -> int:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
+    _stop_on_sigint()  # without --count it runs until interrupted
+
     async def go(c: Client) -> int:
         seen = 0
         console = _console()

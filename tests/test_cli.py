@@ -484,12 +484,22 @@ async def test_attach_without_a_terminal_says_so(served: Served) -> None:
     assert result.code == cli.EXIT_USAGE and "terminal" in result.err
 
 
-async def test_logs_follow_streams_until_interrupted(served: Served) -> None:
-    await shoal(served, "submit", "warm", "--id", "follow-warm", "--wait")
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("sigint", ["default", "inherited-ignored"])
+async def test_logs_follow_streams_until_interrupted(served: Served, sigint: str) -> None:
+    """SIGINT stops `logs --follow`, also when it starts with SIGINT ignored, as a script's `cmd &`
+    (and a test suite started that way) starts it: it used to ignore the signal and never exit."""
+    await shoal(served, "submit", "warm", "--id", f"follow-warm-{sigint}", "--wait")
     workers = (await shoal(served, "workers", "--json")).json()
     wid = next(w["id"] for w in workers if w["state"] == "idle")
     proc = await trio.lowlevel.open_process(
-        [*SHOAL, "logs", wid, "--follow"], stdout=subprocess.PIPE, env=served.env()
+        [*SHOAL, "logs", wid, "--follow"],
+        stdout=subprocess.PIPE,
+        env=served.env(),
+        preexec_fn=_ignore_sigint if sigint == "inherited-ignored" else None,
     )
     assert proc.stdout is not None
     seen = b""
@@ -497,9 +507,9 @@ async def test_logs_follow_streams_until_interrupted(served: Served) -> None:
         with trio.fail_after(30):
             seen += await proc.stdout.receive_some(65536)  # the screen so far: it is attached now
         async with connect(served.url, served.token) as c:
-            await c.send_input(wid, b"follow me\r")
+            await c.send_input(wid, f"follow me {sigint}\r".encode())
             with trio.fail_after(30):
-                while b"Done: follow me" not in seen:
+                while f"Done: follow me {sigint}".encode() not in seen:
                     seen += await proc.stdout.receive_some(65536)
         proc.send_signal(signal.SIGINT)
         with trio.fail_after(15):
