@@ -1,23 +1,55 @@
 """A 20-second tour of Shoal, embedded in a trio program:
 
-    python examples/demo.py
+    python3 examples/demo.py
 
 It submits a dependency graph of fake-agent tasks (plan → 8 builds → 8 tests → release), watches the
 swarm scale up in one batch, kills a worker in the middle of a task to show the task come back and
 finish on another worker, and waits for the idle workers to be retired. State goes to a temporary
 directory; nothing is left behind.
+
+Run by a Python that does not have Shoal installed (the system's `python3`, outside the virtualenv),
+it runs itself again with the checkout's `.venv/bin/python`, creating that virtualenv first the way
+`scripts/serve` does when it does not exist yet.
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import tempfile
-import time
+import subprocess
+import sys
+from pathlib import Path
 
-import trio
+ROOT = Path(__file__).resolve().parent.parent
 
-from shoal.runtime import config_from_dict, open_swarm
+
+def _in_the_venv() -> None:
+    """Re-run this file with the checkout's virtualenv when this Python cannot import Shoal."""
+    try:
+        import trio  # noqa: F401
+
+        import shoal.runtime  # noqa: F401
+    except ModuleNotFoundError as exc:
+        venv = Path(os.environ.get("SHOAL_VENV") or ROOT / ".venv")
+        python = venv / "bin" / "python"
+        if Path(sys.executable).absolute() == python.absolute() or os.environ.get("SHOAL_DEMO_REEXEC"):
+            sys.exit(f"demo: {exc.name} is not installed in {sys.executable}: run scripts/serve once")
+        if not python.exists():
+            print(f"demo: no Shoal in this Python; creating {venv} (first run only)", file=sys.stderr)
+            subprocess.run(["bash", str(ROOT / "scripts" / "_bootstrap.sh")], check=True)
+        os.environ["SHOAL_DEMO_REEXEC"] = "1"
+        os.execv(python, [str(python), __file__, *sys.argv[1:]])
+
+
+if __name__ == "__main__":
+    _in_the_venv()
+
+import signal  # noqa: E402  (after the switch to the virtualenv)
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import trio  # noqa: E402
+
+from shoal.runtime import config_from_dict, open_swarm  # noqa: E402
 
 T0 = time.monotonic()
 
