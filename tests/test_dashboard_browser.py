@@ -426,3 +426,56 @@ async def test_alert_rules_form_and_live_alerts(tmp_path: Path) -> None:
             shot(page, "dashboard-alerts")
 
         await in_browser(swarm, tmp_path, scenario)
+
+
+async def test_model_states_needs_input_attempts_and_the_cancelled_count(tmp_path: Path) -> None:
+    """The fake agent (the default demo profile): a usage limit parks haiku, a permission prompt
+    makes a worker wait for input; the page shows both, counts attempts apart, and integer ticks."""
+    from shoal.actors.swarm import open_swarm
+
+    cfg = config(tmp_path, workers={"profile": "fake"}, scaling={"max_workers": 3})
+    async with open_swarm(cfg) as swarm:
+
+        def scenario(page: Any, bridge: Bridge) -> None:
+            bridge.run(
+                swarm.submit, {"id": "lim", "prompt": "[[ratelimit:+60]] over quota", "model": "haiku"}
+            )
+            bridge.run(swarm.submit, {"id": "ask", "prompt": "[[ask]] may I?"})
+            # the header: one chip per model; haiku parked, the limit's message on hover
+            chip = page.locator('#model-states [data-model="haiku"]')
+            expect(chip).to_have_attribute("data-state", "parked")
+            expect(chip).to_contain_text("haiku parked until")
+            assert "usage limit reached" in (chip.get_attribute("title") or "")
+            expect(page.locator('#model-states [data-model="sonnet"]')).to_have_attribute(
+                "data-state", "available"
+            )
+            # the worker waiting on the permission prompt reads "needs input", not busy
+            row = page.locator(visible_rows("workers-table")).filter(has_text="ask")
+            expect(row.locator(".state-needs_input")).to_have_text("needs input")
+            expect(page.locator("#summary")).to_contain_text("needs input 1")
+            row.click()
+            expect(page.locator("#worker-detail .kv")).to_contain_text("Do you want to proceed? (waiting")
+            shot(page, "dashboard-needs-input")
+            # tasks: the rate-limited attempt does not count; the waiting task's ETA says why it waits
+            page.click('#tabs [data-tab="tasks"]')
+            page.click("#task-states [data-state='']")
+            lim = page.locator(visible_rows("tasks-table")).filter(has_text=re.compile(r"^lim"))
+            expect(lim).to_contain_text("0/3 (+1 rate-limited)")
+            asking = page.locator(visible_rows("tasks-table")).filter(has_text=re.compile(r"^ask"))
+            expect(asking).to_contain_text("needs input")
+            assert "0 ms" not in asking.inner_text()
+            page.fill("#task-find-id", "ask")
+            page.click("#task-find button")
+            page.wait_for_selector("#task-detail h3:text-is('ask')")
+            expect(page.locator("#task-detail .kv")).to_contain_text("Do you want to proceed?")
+            # the header counts cancelled tasks
+            bridge.run(swarm.cancel, "lim")
+            expect(page.locator("#summary")).to_contain_text("cancelled 1")
+            # the queue-depth chart counts in whole, distinct ticks (it read 0, 1, 1, 1, 2)
+            page.click('#tabs [data-tab="charts"]')
+            page.wait_for_selector("#chart-queue .uplot")
+            page.wait_for_function("() => (window.shoal.views.charts.ticks.queue || []).length >= 2")
+            ticks = page.evaluate("() => window.shoal.views.charts.ticks.queue")
+            assert len(set(ticks)) == len(ticks) and all(re.fullmatch(r"[\d,]+", t) for t in ticks), ticks
+
+        await in_browser(swarm, tmp_path, scenario)

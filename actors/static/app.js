@@ -2,7 +2,7 @@
 // Everything goes through the gateway's public JSON-RPC methods; this page has no private API.
 
 import { Rpc } from "./rpc.js";
-import { $, errorText, fmtAgo, frameThrottle, throttle, toast } from "./util.js";
+import { $, el, errorText, fmtAgo, fmtTime, frameThrottle, throttle, toast } from "./util.js";
 import { WorkersView } from "./workers.js";
 import { TasksView } from "./tasks.js";
 import { ChartsView } from "./charts.js";
@@ -11,7 +11,7 @@ import { AlertsView } from "./alertsview.js";
 
 const TOKEN_KEY = "shoal.token";
 const TAB_KEY = "shoal.tab";
-const TOPICS = ["swarm.*", "worker.*", "task.*", "scale.*", "config.*"]; // alert.* has its own (replayed)
+const TOPICS = ["swarm.*", "worker.*", "task.*", "scale.*", "config.*", "model.*"]; // alert.* has its own (replayed)
 
 /** Move a token from the URL fragment into sessionStorage, then clear the fragment (as Jupyter). */
 function takeToken() {
@@ -203,11 +203,27 @@ class App {
       $("#halt-since").textContent = s.halted_at ? ` (since ${fmtAgo(s.halted_at)})` : "";
       $("#halt-evidence").textContent = JSON.stringify(s.evidence ?? s.breaker ?? {}, null, 2);
     }
+    this.renderModels(s.models || []);
     const stopped = s.state === "stopped" || s.state === "stopping";
     $("#btn-stop").hidden = stopped;
     $("#btn-start").hidden = !stopped;
     $("#btn-halt").hidden = halted || stopped;
     for (const view of Object.values(this.views)) view.onStatus?.(s);
+  }
+
+  /** Header chips, one per model: available, parked until when (hover: the limit's message), failing. */
+  renderModels(models) {
+    const key = JSON.stringify(models.map((m) => [m.name, m.state, m.until, m.reason]));
+    const box = $("#model-states");
+    if (box._v === key) return;
+    box._v = key;
+    box.replaceChildren(...models.map((m) => {
+      let text = `${m.name} ${m.state}`;
+      if (m.state === "parked" && m.until) text += ` until ${fmtTime(m.until)}`;
+      const chip = el("span", { class: `chip model model-${m.state}`, dataset: { model: m.name, state: m.state } }, text);
+      chip.title = m.reason || `${m.name} takes work`;
+      return chip;
+    }));
   }
 
   /** Header counts: workers from the live worker map (updated per event), tasks from swarm.status. */
@@ -216,26 +232,34 @@ class App {
     const queue = s.queue || {};
     let alive;
     let busy;
+    let asking;
     const live = this.views.workers;
     if (live && live.loaded) {
       alive = live.workers.size;
       busy = 0;
-      for (const w of live.workers.values()) if (w.state === "busy") busy += 1;
+      asking = 0;
+      for (const w of live.workers.values()) {
+        if (w.state === "busy" && w.needs_input) asking += 1;
+        else if (w.state === "busy") busy += 1;
+      }
     } else {
       const workers = s.workers || {};
       alive = Object.entries(workers).reduce((a, [k, v]) => a + (k === "stopped" || k === "crashed" ? 0 : Number(v) || 0), 0);
-      busy = workers.busy || 0;
+      asking = (s.needs_input || []).length;
+      busy = Math.max(0, (workers.busy || 0) - asking);
     }
     const parts = [
       ["workers", alive],
       ["busy", busy],
+      ...(asking ? [["needs input", asking]] : []),
       ["ready", queue.ready || 0],
       ["running", queue.running || 0],
       ["blocked", queue.blocked || 0],
       ["done", queue.done || 0],
       ["dead", queue.dead || 0],
+      ["cancelled", queue.cancelled || 0],
     ];
-    const key = parts.map(([, n]) => n).join(",");
+    const key = parts.map(([label, n]) => `${label}${n}`).join(",");
     if (key === this.summaryKey) return;
     this.summaryKey = key;
     $("#summary").replaceChildren(...parts.map(([label, n]) => {
@@ -252,7 +276,7 @@ class App {
     if (method === "event") {
       if (params.seq > this.lastSeq) this.lastSeq = params.seq;
       const topic = params.topic || "";
-      if (topic.startsWith("swarm.") || topic.startsWith("scale.")) this.refreshStatusSoon();
+      if (topic.startsWith("swarm.") || topic.startsWith("scale.") || topic.startsWith("model.")) this.refreshStatusSoon();
       if (topic === "config.changed") this.refreshConfig();
       if (topic.startsWith("worker.")) this.views.workers.onEvent(params);
       if (topic.startsWith("task.")) {

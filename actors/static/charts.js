@@ -8,6 +8,9 @@ import { $, el, errorText, fmtDuration, fmtMoney } from "./util.js";
 const PALETTE = ["#4aa3ff", "#3fb950", "#d29922", "#f85149", "#a371f7", "#39c5cf", "#ff7b72", "#e3b341", "#8b949e"];
 const MARK = { "scale.up": "#a371f7", "scale.down": "#a371f7", "swarm.halted": "#f85149", "swarm.resumed": "#3fb950", "swarm.half_open": "#d29922", "swarm.canary": "#d29922" };
 const ESTIMATE_EVERY_MS = 5000;
+// tick steps for charts of counts: whole numbers only (uPlot's default steps include 0.2 and 0.5, which
+// rounded to integers read 0, 1, 1, 1, 2)
+const INTEGER_STEPS = [1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1e3, 2e3, 2500, 5e3, 1e4, 2e4, 25e3, 5e4, 1e5, 2e5, 25e4, 5e5, 1e6, 2e6, 5e6, 1e7];
 
 function annotationsPlugin(getAnnotations) {
   return {
@@ -47,7 +50,7 @@ const CHARTS = [
     fmt: (v) => (v == null ? "–" : v.toFixed(2)),
   },
   {
-    id: "queue", title: "Queue depth by state",
+    id: "queue", title: "Queue depth by state", integer: true,
     build: (s) => Object.entries(s.queue || {}).filter(([k]) => !["done", "dead", "cancelled", "skipped"].includes(k)),
     fmt: (v) => (v == null ? "–" : Math.round(v).toLocaleString()),
   },
@@ -82,6 +85,7 @@ export class ChartsView {
   constructor(app) {
     this.app = app;
     this.plots = new Map();
+    this.ticks = {}; // chart id -> the y-axis labels last drawn (the browser tests read them)
     this.series = null;
     this.estimates = {};
     this.timer = null;
@@ -182,15 +186,25 @@ export class ChartsView {
 
   options(def, cols) {
     const width = Math.max(300, def.box.clientWidth - 16);
+    const yAxis = {
+      stroke: "#8793a0", grid: { stroke: "#222b35" }, ticks: { stroke: "#2a333e" }, size: 60,
+      values: (u, vals) => (this.ticks[def.id] = vals.map((v) => def.fmt(v))),
+    };
+    const scales = { x: { time: true } };
+    if (def.integer) {
+      yAxis.incrs = INTEGER_STEPS;
+      // counts start at 0 and reach at least 1, so an empty queue still gets the ticks 0 and 1
+      scales.y = { range: (u, min, max) => [0, Math.max(1, Math.ceil(max ?? 0))] };
+    }
     return {
       width,
       height: 190,
       cursor: { drag: { x: false, y: false } },
       legend: { live: true },
-      scales: { x: { time: true } },
+      scales,
       axes: [
         { stroke: "#8793a0", grid: { stroke: "#222b35" }, ticks: { stroke: "#2a333e" } },
-        { stroke: "#8793a0", grid: { stroke: "#222b35" }, ticks: { stroke: "#2a333e" }, size: 60, values: (u, vals) => vals.map((v) => def.fmt(v)) },
+        yAxis,
       ],
       series: [
         {},

@@ -9,6 +9,27 @@ const PAGE = 100;
 const STATES = ["ready", "blocked", "running", "failed", "done", "dead", "cancelled", "skipped"];
 const OPEN = new Set(["ready", "blocked", "running", "failed"]);
 
+/** `used/max`, plus the attempts that did not count: `2/3 (+2 rate-limited)`, never `4/3`.
+ * As the queue counts: rate-limited, interrupted or cancelled attempts, and those before the last
+ * manual retry (`retry_base`), do not use up max_attempts. */
+export function attemptsText(t) {
+  const base = t.retry_base || 0;
+  let used = 0;
+  let limited = 0;
+  let interrupted = 0;
+  let earlier = 0;
+  for (const a of t.attempts || []) {
+    if ((a.n || 0) <= base) earlier += 1;
+    else if (a.outcome === "rate_limited") limited += 1;
+    else if (a.outcome === "interrupted" || a.outcome === "cancelled") interrupted += 1;
+    else used += 1;
+  }
+  const extra = [[limited, "rate-limited"], [interrupted, "interrupted"], [earlier, "before retry"]]
+    .filter(([n]) => n).map(([n, label]) => `+${n} ${label}`);
+  const text = `${used}/${t.max_attempts ?? "?"}`;
+  return extra.length ? `${text} (${extra.join(", ")})` : text;
+}
+
 function taskPage(result) {
   if (Array.isArray(result)) return { tasks: result, cursor: null };
   return {
@@ -39,7 +60,7 @@ export class TasksView {
         { key: "category", title: "Category", width: "80px", text: (t) => t.category || "–" },
         { key: "model", title: "Model", width: "64px", text: (t) => t.model || "any" },
         { key: "deps", title: "Waits on", width: "minmax(80px,1fr)", text: (t) => this.waitsOn(t), tip: "dependencies not yet done" },
-        { key: "attempts", title: "Att.", width: "44px", cls: "num", text: (t) => `${(t.attempts || []).length}/${t.max_attempts ?? "?"}`, tip: "attempts / max" },
+        { key: "attempts", title: "Attempts", width: "minmax(44px,130px)", cls: "num", text: attemptsText, tip: "attempts used / max, and those that did not count (rate-limited, interrupted)" },
         { key: "worker", title: "Worker", width: "minmax(70px,.8fr)", text: (t) => t.worker || "" },
         { key: "eta", title: "ETA", width: "64px", cls: "num", text: (t) => this.eta(t) },
         { key: "updated", title: "Updated", width: "84px", text: (t) => fmtTime(t.updated || t.created) },
@@ -150,6 +171,7 @@ export class TasksView {
   eta(t) {
     const est = this.app.views.charts?.estimates || {};
     const p50 = est.run_p50;
+    if (t.state === "running" && this.waitingWorker(t)) return "needs input";
     if (!p50 || !OPEN.has(t.state)) return "";
     const now = Date.now() / 1000;
     if (t.state === "running") {
@@ -163,6 +185,12 @@ export class TasksView {
       return `~${fmtDuration((Math.floor(Math.max(0, ahead) / workers) + 1) * p50)}`;
     }
     return "after deps";
+  }
+
+  /** The worker running `t` when its agent waits on a question (a permission prompt), else null. */
+  waitingWorker(t) {
+    const w = t.worker ? this.app.views.workers?.workers.get(t.worker) : null;
+    return w && w.state === "busy" && w.needs_input && w.task_id === t.id ? w : null;
   }
 
   // ---- detail --------------------------------------------------------------------------------
@@ -224,7 +252,8 @@ export class TasksView {
       ["category", t.category || "–"],
       ["model", t.model || "any"],
       ["worker", t.worker || "–"],
-      ["attempts", `${(t.attempts || []).length} of ${t.max_attempts}`],
+      ["attempts", attemptsText(t)],
+      ...(this.waitingWorker(t) ? [["needs input", this.waitingWorker(t).needs_input, "needs-input"]] : []),
       ["timeout", t.timeout_s ? fmtDuration(t.timeout_s) : "none"],
       ["created", t.created ? `${fmtTime(t.created)} (${fmtAgo(t.created)})` : "–"],
       ["updated", t.updated ? fmtTime(t.updated) : "–"],

@@ -15,6 +15,15 @@ const GONE = new Set(["stopped", "crashed"]);
 const LIST_EVERY_MS = 3000;
 const LIST_MS_PER_WORKER = 8;
 
+/** What a worker is doing, for people: "needs input" while its agent waits on a question. */
+export function shownState(w) {
+  return w.state === "busy" && w.needs_input ? "needs input" : w.state;
+}
+
+function shownClass(w) {
+  return stateClass(w.state === "busy" && w.needs_input ? "needs_input" : w.state);
+}
+
 function workerList(result) {
   if (Array.isArray(result)) return result;
   return result?.workers || result?.items || [];
@@ -35,7 +44,10 @@ export class WorkersView {
       emptyText: "No workers yet: they start when tasks arrive (or set min workers).",
       columns: [
         { key: "id", title: "Worker", width: "minmax(110px,1.2fr)", text: (w) => w.id, sort: (w) => w.id },
-        { key: "state", title: "State", width: "86px", text: (w) => w.state, cellClass: (w) => stateClass(w.state), sort: (w) => w.state },
+        {
+          key: "state", title: "State", width: "96px", text: shownState, cellClass: shownClass, sort: shownState,
+          tip: "needs input: busy, but the agent waits on a question (see the detail)",
+        },
         { key: "task", title: "Task", width: "minmax(90px,1.2fr)", text: (w) => w.task_id || "", sort: (w) => w.task_id || "" },
         { key: "model", title: "Model", width: "70px", text: (w) => w.model || "–", sort: (w) => w.model || "" },
         { key: "cpu", title: "CPU", width: "54px", cls: "num", text: (w) => fmtPercent(w.cpu_percent), sort: (w) => w.cpu_percent ?? -1 },
@@ -105,7 +117,7 @@ export class WorkersView {
   }
 
   /** worker.* events patch the row at once; a worker not seen yet triggers a (throttled) reload. */
-  onEvent({ topic, data }) {
+  onEvent({ topic, data, ts }) {
     const id = data?.worker ?? data?.id;
     if (typeof id !== "string") return;
     const gone = topic === "worker.exited" || (topic === "worker.state" && GONE.has(data.state));
@@ -121,10 +133,15 @@ export class WorkersView {
       w = { ...w };
       if (topic === "worker.state" && data.state) {
         w.state = data.state;
+        w.needs_input = null; // the worker clears it on every state change
+        w.needs_input_since = null;
         if (data.model) w.model = data.model;
         if (data.pid) w.pid = data.pid;
         if (data.state === "idle") w.task_id = null;
         w.reason = data.reason ?? null;
+      } else if (topic === "worker.needs_input") {
+        w.needs_input = data.prompt || "a question";
+        w.needs_input_since = ts || Date.now() / 1000;
       } else if (topic === "worker.context" && data.used_percent !== undefined) {
         w.context_used_percent = data.used_percent;
       } else if (topic === "worker.crashed") {
@@ -142,8 +159,10 @@ export class WorkersView {
   onTaskEvent({ topic, data }) {
     const w = this.workers.get(data?.worker);
     if (!w) return;
-    if (topic === "task.running") this.workers.set(w.id, { ...w, task_id: data.task_id, state: "busy" });
-    else if (topic === "task.done") this.workers.set(w.id, { ...w, task_id: null, tasks_done: (w.tasks_done || 0) + 1 });
+    const asked = { needs_input: null, needs_input_since: null }; // a new or finished attempt asks nothing yet
+    if (topic === "task.running") this.workers.set(w.id, { ...w, ...asked, task_id: data.task_id, state: "busy" });
+    else if (topic === "task.done") this.workers.set(w.id, { ...w, ...asked, task_id: null, tasks_done: (w.tasks_done || 0) + 1 });
+    else if (topic === "task.failed" || topic === "task.requeued") this.workers.set(w.id, { ...w, ...asked });
     else return;
     if (this.app.isVisible("workers")) this.renderSoon();
     else this.app.summarySoon();
@@ -158,7 +177,7 @@ export class WorkersView {
     if (!this.filter) return all;
     const f = this.filter;
     return all.filter((w) =>
-      w.id.toLowerCase().includes(f) || (w.state || "").includes(f) || (w.model || "").toLowerCase().includes(f)
+      w.id.toLowerCase().includes(f) || shownState(w).includes(f) || (w.model || "").toLowerCase().includes(f)
       || (w.task_id || "").toLowerCase().includes(f));
   }
 
@@ -169,7 +188,8 @@ export class WorkersView {
     const counts = {};
     const models = {};
     for (const w of this.workers.values()) {
-      counts[w.state] = (counts[w.state] || 0) + 1;
+      const state = shownState(w);
+      counts[state] = (counts[state] || 0) + 1;
       if (w.model) models[w.model] = (models[w.model] || 0) + 1;
     }
     const chips = $("#worker-counts");
@@ -178,7 +198,7 @@ export class WorkersView {
     if (chips._v !== text) {
       chips._v = text;
       chips.replaceChildren(
-        ...Object.entries(counts).sort().map(([s, n]) => el("span", { class: `chip ${stateClass(s)}`, onclick: () => this.setFilter(s) }, `${s} ${n}`)),
+        ...Object.entries(counts).sort().map(([s, n]) => el("span", { class: `chip ${stateClass(s.replace(" ", "_"))}`, onclick: () => this.setFilter(s) }, `${s} ${n}`)),
         ...Object.entries(models).sort().map(([m, n]) => el("span", { class: "chip", onclick: () => this.setFilter(m) }, `${m} ${n}`)),
       );
     }
@@ -291,7 +311,10 @@ export class WorkersView {
     }
     const now = Date.now() / 1000;
     const rows = [
-      ["state", w.state, stateClass(w.state)],
+      ["state", shownState(w), shownClass(w)],
+      ...(w.state === "busy" && w.needs_input
+        ? [["needs input", `${w.needs_input} (waiting ${fmtDuration(now - (w.needs_input_since || now))})`, "needs-input"]]
+        : []),
       ["task", w.task_id || "–"],
       ["model", w.model || "–"],
       ["profile", w.profile || "–"],
