@@ -39,18 +39,18 @@ async def test_every_readme_directive_behaves_as_documented(tmp_path: Path, no_l
             swarm.events(["worker.state"]) as states,
         ):
             submitted_at = time.time()
-            await swarm.submit_many(
-                [
-                    {"id": "think", "prompt": "[[think:2]] take your time"},
-                    {"id": "crash", "prompt": "[[crash:3]] die", "max_attempts": 2},
-                    {"id": "hang", "prompt": "[[hang]] never end", "timeout_s": 1, "max_attempts": 1},
-                    # pinned, so only haiku is parked and the other tasks run on
-                    {"id": "limit", "prompt": "[[ratelimit:+60]] over quota", "model": "haiku"},
-                    {"id": "ask", "prompt": "[[ask]] may I?"},
-                    {"id": "context", "prompt": "[[context:95]] fill it up"},
-                    {"id": "fail", "prompt": "[[fail:reason]] no luck", "max_attempts": 1},
-                ]
-            )
+            # the rate limit is pinned to haiku, so only haiku is parked; the rest is pinned to sonnet,
+            # so no haiku worker started for it takes one before the limit parks it
+            on_sonnet = [
+                {"id": "think", "prompt": "[[think:2]] take your time"},
+                {"id": "crash", "prompt": "[[crash:3]] die", "max_attempts": 2},
+                {"id": "hang", "prompt": "[[hang]] never end", "timeout_s": 1, "max_attempts": 1},
+                {"id": "ask", "prompt": "[[ask]] may I?"},
+                {"id": "context", "prompt": "[[context:95]] fill it up"},
+                {"id": "fail", "prompt": "[[fail:reason]] no luck", "max_attempts": 1},
+            ]
+            limit_spec = {"id": "limit", "prompt": "[[ratelimit:+60]] over quota", "model": "haiku"}
+            await swarm.submit_many([limit_spec, *({**t, "model": "sonnet"} for t in on_sonnet)])
 
             # [[think:2]]: done, after 2 s of thinking
             think = await swarm.wait("think", timeout=WAIT_S)
@@ -115,7 +115,7 @@ async def test_every_readme_directive_behaves_as_documented(tmp_path: Path, no_l
             assert models["haiku"]["until"] == park.data["until"]
             assert "usage limit reached" in models["haiku"]["reason"]
             # sonnet ran the rest: 3 done, 4 failed (2 crashes, a timeout, a failure) of its last 7
-            assert models["sonnet"]["state"] == "failing"
+            assert models["sonnet"]["state"] == "failing", models["sonnet"]
             assert (models["sonnet"]["recent_failed"], models["sonnet"]["recent_finished"]) == (4, 7)
             assert models["opus"]["state"] == "available" and models["opus"]["reason"] is None
             await swarm.cancel("limit")
