@@ -41,7 +41,7 @@ DELIVERY_HEADER = "X-Shoal-Delivery"
 USER_AGENT = "shoal-alerts/0.1"
 
 # topics the engine needs; alert.* is left out so the actor never reacts to its own events
-WATCHED_TOPICS = ("worker.*", "task.dead", "swarm.*", "scale.*")
+WATCHED_TOPICS = ("worker.*", "task.dead", "swarm.*", "scale.*", "queue.store_*")
 
 _GONE_STATES = frozenset({"stopped", "crashed"})
 _NOT_COUNTED_AT_MAX = frozenset({"stopped", "crashed", "stopping"})
@@ -110,6 +110,7 @@ class RuleEngine:
     def __init__(self) -> None:
         self.workers: dict[str, str] = {}  # live worker id -> state
         self.halted: dict[str, Any] | None = None  # swarm.halted data while halted
+        self.store_failed: dict[str, Any] | None = None  # queue.store_failed data until recovered
         self.dead_times: deque[tuple[float, str]] = deque()  # (now, task id) of task.dead
         self.crash_times: deque[tuple[float, str]] = deque()  # (now, worker id) of worker.crashed
         # model -> (reported at, limited until or None when the report gave no reset time, data)
@@ -155,6 +156,10 @@ class RuleEngine:
             self.halted = dict(data)
         elif topic in ("swarm.resumed", "swarm.started"):
             self.halted = None
+        elif topic == "queue.store_failed":
+            self.store_failed = dict(data)
+        elif topic == "queue.store_recovered":
+            self.store_failed = None
 
     def sync_workers(self, workers: Mapping[str, str]) -> None:
         """Replace the worker view with an authoritative one (id -> state), e.g. after dropped events."""
@@ -207,6 +212,10 @@ class RuleEngine:
             if self.halted is not None:
                 reason = self.halted.get("reason") or "unknown reason"
                 return {None: (f"swarm halted: {reason}", {"halt": self.halted})}
+        elif kind == "store_failed":
+            if self.store_failed is not None:
+                error = self.store_failed.get("error") or "unknown error"
+                return {None: (f"task store cannot write: {error}", {"store": self.store_failed})}
         elif kind == "model_rate_limited":
             out: dict[str | None, tuple[str, dict[str, Any]]] = {}
             for model, (reported, until, data) in self.limited.items():

@@ -36,6 +36,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from ..protocols.config import SwarmConfig
 from ..protocols.errors import ValidationError
 from ..protocols.tasks import Outcome
+from ..protocols.text import wire_safe
 from ..protocols.workers import WorkerState
 from ..runtime.eventbus import Event, EventBus
 
@@ -210,7 +211,7 @@ class _Bounded:
     def __call__(self, value: Any) -> str:
         if value is None or value == "":
             return NONE
-        text = str(value)[:64]
+        text = wire_safe(str(value)[:64])  # the exposition is UTF-8: a lone surrogate would fail it
         if text in self.seen:
             return text
         if len(self.seen) >= self.cap:

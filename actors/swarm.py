@@ -28,6 +28,7 @@ import trio
 from ..protocols.config import SwarmConfig, config_to_dict, patch_config, structure
 from ..protocols.errors import Conflict, NotFound, StoreError, ValidationError
 from ..protocols.tasks import TERMINAL_STATES, Task, TaskSpec, TaskState
+from ..protocols.text import check_text
 from ..protocols.workers import Resize, SendInput, WorkerInfo, WorkerState
 from ..runtime.actor import Address
 from ..runtime.eventbus import EventBus, Subscription
@@ -131,6 +132,7 @@ class SwarmHandle:
         """Validate and apply a partial config live; persisted so a restart keeps it."""
         if not isinstance(partial, Mapping):
             raise ValidationError("partial", "must be an object", partial)
+        check_text(partial, "partial")
         async with self._config_lock:  # two clients patching at once: one after the other
             new = patch_config(self._config, partial)
             overrides = _deep_merge(self._overrides, partial)
@@ -144,11 +146,15 @@ class SwarmHandle:
 
     @staticmethod
     def _spec(task: TaskSpec | Mapping[str, Any], where: str = "task") -> TaskSpec:
+        check_text(task, where)  # text the store, the wire and a terminal can all encode
         if isinstance(task, TaskSpec):
-            return task
-        if not isinstance(task, Mapping):
+            spec = task
+        elif not isinstance(task, Mapping):
             raise ValidationError(where, "must be an object", task)
-        spec: TaskSpec = structure(dict(task), TaskSpec, where)
+        else:
+            spec = structure(dict(task), TaskSpec, where)
+        if isinstance(spec.prompt, str):  # argv (oneshot) and terminals take no NUL
+            check_text(spec.prompt, f"{where}.prompt", nul=True)
         return spec
 
     async def submit(self, task: TaskSpec | Mapping[str, Any]) -> Task:
@@ -163,6 +169,7 @@ class SwarmHandle:
         return result
 
     async def get(self, task_id: str) -> Task:
+        check_text(task_id, "id")
         task: Task = await self._queue.call(q.GetTask(task_id))
         return task
 
@@ -182,22 +189,27 @@ class SwarmHandle:
         return result
 
     async def cancel(self, task_id: str) -> Task:
+        check_text(task_id, "id")
         task: Task = await self._queue.call(q.CancelTask(task_id))
         return task
 
     async def retry(self, task_id: str) -> Task:
+        check_text(task_id, "id")
         task: Task = await self._queue.call(q.RetryTask(task_id))
         return task
 
     async def skip(self, task_id: str) -> Task:
+        check_text(task_id, "id")
         task: Task = await self._queue.call(q.SkipTask(task_id))
         return task
 
     async def boost(self, task_id: str, priority: int) -> Task:
+        check_text(task_id, "id")
         task: Task = await self._queue.call(q.BoostTask(task_id, priority))
         return task
 
     async def assign(self, task_id: str, worker_id: str) -> Task:
+        check_text({"id": task_id, "worker": worker_id})
         self._supervisor.info(worker_id)  # NotFound for an unknown worker
         task: Task = await self._queue.call(q.AssignTask(task_id, worker_id))
         return task
@@ -205,6 +217,7 @@ class SwarmHandle:
     async def complete(
         self, task_id: str, attempt: int, status: str, result: str | None = None, reason: str | None = None
     ) -> Task:
+        check_text({"id": task_id, "result": result, "reason": reason})
         if status == "done":
             msg = q.CompleteTask(task_id, attempt, "done", result, reason)
         elif status == "failed":
@@ -313,6 +326,7 @@ class SwarmHandle:
         return snap
 
     async def halt(self, reason: str = "halted by operator") -> None:
+        check_text(reason, "reason")
         await self._supervisor.halt(reason, {"by": "operator"})
 
     async def resume(self) -> None:
@@ -356,9 +370,11 @@ class SwarmHandle:
         await self._supervisor.kill(worker_id)
 
     async def set_model(self, worker_id: str, model: str) -> None:
+        check_text({"id": worker_id, "model": model}, nul=True)
         await self._supervisor.set_model(worker_id, model)
 
     async def set_capabilities(self, worker_id: str, capabilities: Sequence[str] | None) -> None:
+        check_text({"id": worker_id, "capabilities": capabilities})
         await self._supervisor.set_capabilities(worker_id, capabilities)
 
     def attach(self, worker_id: str) -> tuple[bytes, trio.MemoryReceiveChannel[bytes]]:

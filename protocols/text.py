@@ -29,7 +29,7 @@ def bad_char(text: str, nul: bool = False) -> tuple[int, str] | None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        return exc.start, f"is not valid Unicode text (lone surrogate U+{ord(text[exc.start]):04X})"
+        return exc.start, f"is not valid Unicode text: lone surrogate U+{ord(text[exc.start]):04X}"
     if nul and "\x00" in text:
         return text.index("\x00"), "contains a NUL character"
     return None
