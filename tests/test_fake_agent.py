@@ -219,12 +219,16 @@ async def test_tui_permission_prompt_yes_and_no(no_leaks: None) -> None:
     async with run_agent([], "prompt") as agent:
         await agent.expect(Ready)
         await agent.submit("[[ask]] run it")
-        assert await agent.expect(NeedsInput, *TERMINAL) == NeedsInput(prompt="Do you want to proceed?")
+        assert await agent.expect(NeedsInput, *TERMINAL) == NeedsInput(
+            prompt="Do you want to proceed?", options=("Yes", "No")
+        )
         await agent.write(b"1\r")
         assert done(await agent.expect(*TERMINAL)) == "Done: run it"
         await agent.expect(Ready)
         await agent.submit("[[ask]] again")
-        assert await agent.expect(NeedsInput, *TERMINAL) == NeedsInput(prompt="Do you want to proceed?")
+        assert await agent.expect(NeedsInput, *TERMINAL) == NeedsInput(
+            prompt="Do you want to proceed?", options=("Yes", "No")
+        )
         await agent.write(b"2\r")
         assert "you declined" in done(await agent.expect(*TERMINAL))
 
@@ -386,7 +390,9 @@ async def test_stream_json_mode(no_leaks: None) -> None:
         assert isinstance(first, TaskDone) and first.result == "Done: hello"
         assert first.usage["cost_usd"] > 0 and first.usage["input_tokens"] > 0
         assert ContextUsage(used_percent=10.0) in agent.seen
-        assert await agent.task("[[fail:no luck]]") == TaskFailed(reason="no luck")
+        failed = await agent.task("[[fail:no luck]]")
+        assert isinstance(failed, TaskFailed) and failed.reason == "no luck"
+        assert failed.usage["cost_usd"] > 0, "a failed attempt's cost is recorded too"
         limited = await agent.task("[[ratelimit:1800000000]]")
         assert limited == RateLimited(reset_at=1800000000.0, message="rate limit rejected (five_hour)")
         exhausted = await agent.task("[[context:100]]")
