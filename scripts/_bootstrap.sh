@@ -11,8 +11,14 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 if [ ! -f "$stamp" ] || [ "$root/pyproject.toml" -nt "$stamp" ]; then
   echo "shoal: installing shoal${extras:+[$extras]} into $venv" >&2
-  "$venv/bin/python" -m pip install --quiet --upgrade pip >&2
-  "$venv/bin/python" -m pip install --quiet -e "$root${extras:+[$extras]}" >&2
+  # pip's and setuptools' chatter (editable-install notices) goes to a log shown only on failure
+  log="$venv/install.log"
+  if ! { "$venv/bin/python" -m pip install --quiet --upgrade pip \
+         && "$venv/bin/python" -m pip install --quiet -e "$root${extras:+[$extras]}"; } >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "shoal: installing into $venv failed (log: $log)" >&2
+    exit 1
+  fi
   touch "$stamp"
 fi
 export PATH="$venv/bin:$PATH"
