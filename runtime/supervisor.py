@@ -7,7 +7,9 @@ Children start in order through `nursery.start` (each reports readiness with `ta
 and stop in reverse order, one at a time, each given `shutdown_s` after its cancellation. A child
 exit is restarted per its `restart` type (permanent: always, transient: only after an exception,
 temporary: never) and the supervisor's strategy (one_for_one: that child; one_for_all: every child,
-the others stopped first in reverse order). More than `max_restarts` restarts within `period_s`
+the others stopped first in reverse order; rest_for_one: that child and every child started after
+it, those stopped first in reverse order: for children that depend on the ones before them).
+More than `max_restarts` restarts within `period_s`
 stops every child and raises `SupervisorEscalation` into the parent nursery.
 
 Each running child sits in its own shielded cancel scope, so cancelling the parent does not hit all
@@ -16,8 +18,10 @@ task; a child that is still running `shutdown_s` after its cancellation (a shiel
 blocking call) is recorded as abandoned and the shutdown moves on, but `run` only returns once it
 has finally exited.
 
-The supervisor is itself an actor: `start_child`, `terminate_child`, `which_children` and `stop`
-are calls into its mailbox, processed one at a time with child exits and restart timers.
+The supervisor is itself an actor: `start_child`, `terminate_child`, `kill_child`, `which_children`
+and `stop` are calls into its mailbox, processed one at a time with child exits and restart timers.
+`kill_child` is OTP's `exit(Pid, Reason)`: the child is cancelled and its exit counts as a crash
+(`ChildKilled`), so an operator or a test can see the restart policy act on a running tree.
 """
 
 from __future__ import annotations
@@ -41,8 +45,10 @@ from .eventbus import EventBus
 
 __all__ = [
     "ChildInfo",
+    "ChildKilled",
     "ChildSpec",
     "ChildStartFailed",
+    "KillChild",
     "RestartRecord",
     "StartChild",
     "Stop",
@@ -56,9 +62,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Restart = Literal["permanent", "transient", "temporary"]
-Strategy = Literal["one_for_one", "one_for_all"]
+Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
 RESTART_TYPES: tuple[str, ...] = ("permanent", "transient", "temporary")
-STRATEGIES: tuple[str, ...] = ("one_for_one", "one_for_all")
+STRATEGIES: tuple[str, ...] = ("one_for_one", "one_for_all", "rest_for_one")
 
 
 def _check_id(_inst: object, _attr: attrs.Attribute[str], value: str) -> None:
@@ -128,6 +134,9 @@ class ChildInfo:
     value: Any  # what the child passed to task_status.started(), e.g. its Address
     restarts: int
     started_at: float | None
+    restart: str = "permanent"  # the spec's restart type
+    last_error: str | None = None  # repr of the last crash's exception
+    last_crash_at: float | None = None  # trio time of the last crash
 
 
 class SupervisorEscalation(ShoalError):
@@ -162,6 +171,15 @@ class ChildStartFailed(ShoalError):
         super().__init__(f"supervisor {supervisor!r}: child {child_id!r} failed to start: {error!r}")
 
 
+class ChildKilled(ShoalError):
+    """The exit reason of a child ended by `kill_child`: a crash, with the reason given."""
+
+    def __init__(self, child_id: str, reason: str) -> None:
+        self.child_id = child_id
+        self.reason = reason
+        super().__init__(f"child {child_id!r} killed: {reason}")
+
+
 # Public messages: send them as calls to the supervisor's address (the methods below do).
 @attrs.frozen
 class StartChild:
@@ -171,6 +189,12 @@ class StartChild:
 @attrs.frozen
 class TerminateChild:
     id: str
+
+
+@attrs.frozen
+class KillChild:
+    id: str
+    reason: str
 
 
 @attrs.frozen
@@ -191,6 +215,7 @@ class _Run:
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     done: trio.Event = attrs.field(factory=trio.Event)
     stopping: bool = False  # the supervisor cancelled it: its exit is not a crash
+    killed: ChildKilled | None = None  # kill_child cancelled it: its exit is this crash
 
 
 @attrs.define(eq=False)
@@ -204,6 +229,8 @@ class _Child:
     restarts: int = 0
     started_at: float | None = None
     due_token: int = -1  # the pending restart timer that may still restart it
+    last_error: BaseException | None = None
+    last_crash_at: float | None = None
 
 
 @attrs.frozen
@@ -289,6 +316,10 @@ class Supervisor:
         """Stop the child (cancellation, then up to shutdown_s) and forget its spec. NotFound."""
         await self._call(TerminateChild(child_id), timeout)
 
+    async def kill_child(self, child_id: str, reason: str = "killed", timeout: float | None = None) -> None:
+        """End a running child as a crash (`ChildKilled(reason)`); its restart policy then acts."""
+        await self._call(KillChild(child_id, reason), timeout)
+
     async def which_children(self, timeout: float | None = 10.0) -> list[ChildInfo]:
         result: list[ChildInfo] = await self._call(WhichChildren(), timeout)
         return result
@@ -343,6 +374,9 @@ class Supervisor:
                     self._reply(call, await self._start_new(payload.spec))
                 elif isinstance(payload, TerminateChild):
                     await self._terminate(payload.id)
+                    self._reply(call, None)
+                elif isinstance(payload, KillChild):
+                    self._kill(payload.id, payload.reason)
                     self._reply(call, None)
                 elif isinstance(payload, WhichChildren):
                     self._reply(call, self._info())
@@ -423,6 +457,8 @@ class Supervisor:
             error = exc
         finally:
             run.done.set()
+        if run.killed is not None:
+            error = run.killed
         if status.called and not run.stopping and self.address is not None:
             try:
                 await self.address.send(_Exited(child, run.generation, error))
@@ -455,6 +491,15 @@ class Supervisor:
             if child.status == "running":
                 await self._stop(child)
 
+    def _kill(self, child_id: str, reason: str) -> None:
+        child = self._children.get(child_id)
+        if child is None:
+            raise NotFound("child", child_id)
+        if child.status != "running" or child.run is None:
+            raise Conflict(f"child {child_id!r} of supervisor {self.name!r} is not running")
+        child.run.killed = ChildKilled(child_id, reason)
+        child.run.scope.cancel()
+
     async def _terminate(self, child_id: str) -> None:
         child = self._children.get(child_id)
         if child is None:
@@ -473,6 +518,7 @@ class Supervisor:
         child.status = "waiting"
         now = trio.current_time()
         if exited.error is not None:
+            child.last_error, child.last_crash_at = exited.error, now
             log.warning("supervisor %r: child %r crashed: %r", self.name, spec.id, exited.error)
         self._emit("exited", spec.id, error=exited.error)
         if spec.restart == "temporary" or (spec.restart == "transient" and exited.error is None):
@@ -484,8 +530,8 @@ class Supervisor:
             log.error("supervisor %r: restart intensity exceeded by child %r", self.name, spec.id)
             self._emit("escalated", spec.id, error=exited.error)
             return SupervisorEscalation(self.name, spec.id, history, self.max_restarts, self.period_s)
-        if self.strategy == "one_for_all":
-            for other in reversed(list(self._children.values())):
+        if self.strategy != "one_for_one":
+            for other in reversed(self._siblings_to_restart(child)):
                 if other is not child and other.status == "running":
                     await self._stop(other)
                     if other.spec.restart == "temporary":
@@ -493,7 +539,7 @@ class Supervisor:
         delay = child.backoff.next_delay(now) if child.backoff is not None else 0.0
         self._emit("restarting", spec.id, delay=delay)
         token = next(self._tokens)
-        if self.strategy == "one_for_all":
+        if self.strategy != "one_for_one":
             self._all_token = token
             due = _RestartDue(None, token)
         else:
@@ -505,6 +551,13 @@ class Supervisor:
         else:
             await self._restart_due(due)
         return None
+
+    def _siblings_to_restart(self, child: _Child) -> list[_Child]:
+        """one_for_all: every child; rest_for_one: this child and those started after it."""
+        children = list(self._children.values())
+        if self.strategy == "rest_for_one":
+            return children[children.index(child) :]
+        return children
 
     async def _timer(self, delay: float, due: _RestartDue) -> None:
         await trio.sleep(delay)
@@ -541,6 +594,9 @@ class Supervisor:
                 c.value,
                 c.restarts,
                 c.started_at,
+                c.spec.restart,
+                None if c.last_error is None else repr(c.last_error),
+                c.last_crash_at,
             )
             for c in self._children.values()
         ]

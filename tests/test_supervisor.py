@@ -15,6 +15,7 @@ from shoal.runtime.actor import ActorGone
 from shoal.runtime.backoff import backoff_delay
 from shoal.runtime.eventbus import EventBus
 from shoal.runtime.supervisor import (
+    ChildKilled,
     ChildSpec,
     ChildStartFailed,
     Supervisor,
@@ -271,6 +272,65 @@ async def test_one_for_all_stops_the_others_in_reverse_and_restarts_all_in_order
             await sup.stop()
 
 
+async def test_rest_for_one_restarts_the_crashed_child_and_those_started_after_it() -> None:
+    log: list[tuple[str, str]] = []
+    ks = kids("abcd", log)
+    rec = Recorder()
+    specs = [ChildSpec(n, k.run) for n, k in ks.items()]
+    sup = Supervisor("s", specs, strategy="rest_for_one", on_event=rec)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sup.run)
+            ks["b"].order("raise")
+            await rec.until(lambda: rec.count("started") == 7)
+            # a (started before b) keeps running; d and c stop in reverse, then b, c, d start in order
+            assert log[4:] == [
+                ("stop", "d"),
+                ("stop", "c"),
+                ("start", "b"),
+                ("start", "c"),
+                ("start", "d"),
+            ]
+            values = [c.value for c in await sup.which_children()]
+            assert values == ["a#1", "b#2", "c#2", "d#2"]
+            ks["d"].order("raise")  # the last child: nothing after it to restart
+            await rec.until(lambda: rec.count("started") == 8)
+            assert log[9:] == [("start", "d")]
+            await sup.stop()
+
+
+async def test_kill_child_is_a_crash_its_policy_acts_on_and_which_children_tells_it() -> None:
+    log: list[tuple[str, str]] = []
+    ks = kids("ab", log)
+    rec = Recorder()
+    sup = Supervisor("s", [ChildSpec(n, k.run) for n, k in ks.items()], on_event=rec, max_restarts=1)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sup.run)
+            await sup.kill_child("b", "injected by the test")
+            await rec.until(lambda: rec.count("started") == 3)
+            exited = [e for e in rec.events if e.kind == "exited"]
+            assert isinstance(exited[0].error, ChildKilled)
+            assert exited[0].error.reason == "injected by the test"
+            info = {c.id: c for c in await sup.which_children()}
+            assert info["b"].restarts == 1 and info["b"].last_error is not None
+            assert "injected by the test" in info["b"].last_error and info["b"].last_crash_at is not None
+            assert info["a"].restarts == 0 and info["a"].last_error is None
+            with pytest.raises(NotFound):
+                await sup.kill_child("nope")
+            await sup.stop()
+    # a second kill within the period exceeds max_restarts=1: escalation names the killed child
+    sup2 = Supervisor("s2", [ChildSpec("a", kids("a", [])["a"].run)], max_restarts=0)
+    escalation = pytest.RaisesExc(
+        SupervisorEscalation, check=lambda e: e.child_id == "a" and isinstance(e.error, ChildKilled)
+    )
+    with trio.fail_after(5), pytest.RaisesGroup(escalation):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sup2.run)
+            await sup2.kill_child("a", "gone")
+            await trio.sleep_forever()
+
+
 async def test_one_for_all_drops_temporary_siblings_and_ignores_unrestarted_exits() -> None:
     log: list[tuple[str, str]] = []
     ks = kids("atbx", log)
@@ -515,7 +575,7 @@ def test_bad_specs_and_settings_name_the_field() -> None:
         (lambda: ChildSpec("x", noop, restart="sometimes"), "child_spec.restart"),  # type: ignore[arg-type]
         (lambda: ChildSpec("x", noop, shutdown_s=-1), "child_spec.shutdown_s"),
         (lambda: ChildSpec("x", noop, backoff={"min_s": 1}), "child_spec.backoff"),  # type: ignore[arg-type]
-        (lambda: Supervisor("s", strategy="rest_for_one"), "strategy"),  # type: ignore[arg-type]
+        (lambda: Supervisor("s", strategy="simple_one_for_one"), "strategy"),  # type: ignore[arg-type]
         (lambda: Supervisor("s", max_restarts=-1), "max_restarts"),
         (lambda: Supervisor("s", period_s=0), "period_s"),
     ]
