@@ -31,6 +31,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
+from rich.tree import Tree
 
 from ..protocols import rpc
 from ..protocols.config import SwarmConfig, load_config, patch_config
@@ -214,6 +215,36 @@ def models_table(models: list[dict[str, Any]]) -> Table:
     return table
 
 
+def tree_view(nodes: list[dict[str, Any]], title: str = "swarm") -> Tree:
+    """The supervision tree as `swarm.status` reports it, one line per child."""
+    root = Tree(Text(f"{title} (rest_for_one, a crash halts the swarm)", style="bold"))
+    _tree_children(root, nodes)
+    return root
+
+
+def _tree_children(parent: Tree, nodes: list[dict[str, Any]]) -> None:
+    for node in nodes:
+        line = Text(str(node.get("id")), style="bold")
+        state = str(node.get("state"))
+        line.append(f"  {state}", style="green" if state == "running" else "yellow")
+        if "strategy" in node:
+            intensity = node.get("intensity") or {}
+            line.append(
+                f"  {node['strategy']}, {intensity.get('max_restarts')} restarts in "
+                f"{intensity.get('period_s', 0):g} s",
+                style="dim",
+            )
+        restarts = int(node.get("restarts") or 0)
+        if restarts:
+            line.append(f"  restarts {restarts}", style="yellow")
+        if node.get("last_crash"):
+            ago = node.get("last_crash_ago_s")
+            when = f" {_duration(ago)} ago" if isinstance(ago, int | float) else ""
+            line.append(f"  last crash{when}: {node['last_crash']}", style="red")
+        branch = parent.add(line)
+        _tree_children(branch, node.get("children") or [])
+
+
 def status_table(status: dict[str, Any]) -> Table:
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
@@ -380,7 +411,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     async def go(c: Client) -> int:
         status = await c.status()
         if args.json:
-            _print_json(status)
+            _print_json(status["tree"] if args.tree else status)
+        elif args.tree:
+            _console().print(tree_view(status.get("tree") or []))
         else:
             _console().print(status_table(status))
         return EXIT_OK
@@ -1153,7 +1186,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait", action="store_true", help="wait for the tasks with a progress bar; exit 1 if any fails"
     )
 
-    command("status", cmd_status, "the swarm's state, workers and queue", True)
+    p = command("status", cmd_status, "the swarm's state, workers and queue", True)
+    p.add_argument(
+        "--tree", action="store_true", help="the supervision tree: each child's state, restarts, last crash"
+    )
     command("workers", cmd_workers, "list workers", True)
     command("models", cmd_models, "each model's state: available, parked (until when, why) or failing", True)
     p = command("tasks", cmd_tasks, "list tasks", True)

@@ -26,12 +26,13 @@ from ..protocols.config import LogConfig, SwarmConfig
 from ..protocols.errors import NotFound, ValidationError
 from ..protocols.profiles import BUILTIN_PROFILES, resolve_profile
 from ..runtime.eventbus import Event
-from .swarm import VERSION, SwarmHandle, open_swarm
+from .swarm import VERSION, SwarmHandle
+from .tree import open_swarm
 
 log = logging.getLogger("shoal")
 _QUIET_TOPICS = ("worker.output", "worker.context")
 # JSON lines: every event, these at warning. Text: only these and _TEXT_INFO are shown at info.
-_WARNING_TOPICS = frozenset({"swarm.halted", "worker.crashed", "task.dead"})
+_WARNING_TOPICS = frozenset({"swarm.halted", "worker.crashed", "task.dead", "supervisor.escalated"})
 _TEXT_WARNING_TOPICS = _WARNING_TOPICS | {
     "worker.spawn_failed",
     "worker.lineage_retired",

@@ -18,10 +18,9 @@ import json
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -34,10 +33,9 @@ from ..runtime.actor import Address
 from ..runtime.eventbus import EventBus, Subscription
 from . import queue as q
 from .alerts import AlertActor
-from .auth import load_or_create_token, resolve_state_dir, token_path
+from .auth import resolve_state_dir
 from .metrics import MetricsActor
-from .scaler import ScalerActor, ScalerInputs
-from .store import Store, store_path
+from .scaler import ScalerInputs
 from .swarm_supervisor import SwarmSupervisor
 
 VERSION = "0.1.0"
@@ -87,6 +85,14 @@ def load_overrides(state_dir: Path, config: SwarmConfig) -> tuple[SwarmConfig, d
     return patch_config(config, overrides), overrides
 
 
+class SwarmTreeView(Protocol):
+    """What the handle needs of the supervision tree (actors/tree.py builds it)."""
+
+    async def view(self) -> builtins.list[dict[str, Any]]: ...
+
+    async def kill(self, path: str, reason: str) -> None: ...
+
+
 class SwarmHandle:
     """What a program, the gateway, the dashboard and the CLI use to drive a running swarm."""
 
@@ -100,6 +106,8 @@ class SwarmHandle:
         queue: Address[Any],
         supervisor: SwarmSupervisor,
         metrics: MetricsActor,
+        alerts: AlertActor,
+        tree: SwarmTreeView,
         token: str,
     ) -> None:
         self._config = config
@@ -111,7 +119,9 @@ class SwarmHandle:
         self.metrics = metrics
         self.token = token
         self.token_file: Path | None = None
-        self.alerts: AlertActor | None = None  # set once the AlertActor is up
+        self.alerts = alerts
+        self._tree = tree
+        # the servers report where they listen each time they (re)start: a restart may get a new port
         self.gateway_url: str | None = None
         self.http_url: str | None = None
         self.http_address: tuple[str, int] | None = None
@@ -265,7 +275,14 @@ class SwarmHandle:
             "gateway_url": self.gateway_url,
             "http_url": self.http_url,
             "state_dir": str(self.state_dir),
+            "tree": await self._tree.view(),
         }
+
+    async def kill_child(self, path: str, reason: str = "killed by operator") -> None:
+        """End a child of the supervision tree as a crash (`observers/metrics`, `services/gateway`,
+        `queue`, ...): its restart policy acts, as on a real crash. NotFound for an unknown path."""
+        check_text({"path": path, "reason": reason})
+        await self._tree.kill(path, reason)
 
     def _model_states(self, stats: Any) -> builtins.list[dict[str, Any]]:
         """Each model's state for status: `parked` (rate-limited until `until`, with the limit's
@@ -317,8 +334,6 @@ class SwarmHandle:
 
     async def send_test_alert(self) -> dict[str, Any]:
         """Deliver a test alert to every configured webhook; the per-webhook outcome."""
-        if self.alerts is None:
-            raise Conflict("alerts are not running")
         return await self.alerts.send_test()
 
     async def metrics_snapshot(self) -> dict[str, Any]:
@@ -426,92 +441,4 @@ class SwarmHandle:
         return await self._supervisor.retire(worker_id, reason)
 
 
-@asynccontextmanager
-async def open_swarm(config: SwarmConfig | None = None, *, serve: bool = False) -> AsyncIterator[SwarmHandle]:
-    """Start a swarm; leaving the block stops it (every worker is stopped and reaped).
-
-    `serve=True` (what `shoal serve` passes) turns the gateway and the dashboard on unless the
-    configuration says `enabled = false`; embedded swarms start them only when configured `true`.
-    """
-    base = config or SwarmConfig()
-    state_dir = await trio.to_thread.run_sync(prepare_state_dir, base)
-    cfg, overrides = await trio.to_thread.run_sync(load_overrides, state_dir, base)
-    store = await Store.open(
-        store_path(cfg.store, state_dir), cfg.store.synchronous, max_batch=cfg.store.max_batch
-    )
-    tok_path = token_path(state_dir, cfg.gateway.token_file)
-    token = await trio.to_thread.run_sync(load_or_create_token, tok_path)
-    bus = EventBus(replay_size=cfg.gateway.replay_buffer)
-    try:
-        async with trio.open_nursery() as nursery:
-            handle_box: list[SwarmHandle] = []
-
-            def current() -> SwarmConfig:
-                return handle_box[0].config if handle_box else cfg
-
-            queue_actor = q.QueueActor(cfg, store, bus)
-            queue_addr: Address[Any] = await nursery.start(queue_actor.run)
-
-            async def queue_depth() -> dict[str, int]:
-                stats = await queue_addr.call(q.QueueStats())
-                return dict(stats.counts)
-
-            metrics = MetricsActor(bus, current, time.time, queue_depth)
-            await nursery.start(metrics.run)
-            supervisor = SwarmSupervisor(current, bus, queue_addr)
-            await nursery.start(supervisor.run)
-            handle = SwarmHandle(
-                config=cfg,
-                overrides=overrides,
-                state_dir=state_dir,
-                bus=bus,
-                queue=queue_addr,
-                supervisor=supervisor,
-                metrics=metrics,
-                token=token,
-            )
-            handle.token_file = tok_path
-            handle_box.append(handle)
-            scaler = ScalerActor(
-                current, bus, handle.scaler_inputs, handle._scaler_spawn, handle._scaler_retire
-            )
-            await nursery.start(scaler.run)
-            await _start_services(nursery, handle, cfg, serve)
-            bus.publish("swarm.started", {"state_dir": str(state_dir), "version": VERSION})
-            yield handle
-            nursery.cancel_scope.cancel()
-    finally:
-        with trio.CancelScope(shield=True):
-            await store.aclose()
-
-
-async def _start_services(
-    nursery: trio.Nursery, handle: SwarmHandle, config: SwarmConfig, serve: bool
-) -> None:
-    alerts = AlertActor(handle.get_config, handle.bus, lambda: handle.metrics)
-    await nursery.start(alerts.run)
-    handle.alerts = alerts
-    http_on = config.http.enabled if config.http.enabled is not None else serve
-    gateway_on = config.gateway.enabled if config.gateway.enabled is not None else serve
-    if http_on:
-        from .http import HttpActor
-
-        http = HttpActor(handle, config.http, handle.metrics, lambda: handle.gateway_url, handle.token)
-        host, port = await nursery.start(http.run)
-        handle.http_address = (host, port)
-        handle.http_url = f"http://{_url_host(host)}:{port}/"
-    if gateway_on:
-        from .auth import dashboard_origins
-        from .gateway import GatewayActor
-
-        gateway = GatewayActor(handle, config.gateway, handle.token, dashboard_origins(handle.http_url))
-        host, port = await nursery.start(gateway.run)
-        scheme = "wss" if config.gateway.tls_cert else "ws"
-        handle.gateway_url = f"{scheme}://{_url_host(host)}:{port}/"
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
-__all__ = ["VERSION", "SwarmHandle", "config_to_dict", "open_swarm"]
+__all__ = ["VERSION", "SwarmHandle", "config_to_dict"]

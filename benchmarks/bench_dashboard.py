@@ -139,7 +139,7 @@ def browse(url: str, seconds: float, report: dict[str, Any]) -> None:
 
 async def main(args: argparse.Namespace) -> None:
     from shoal.actors.http import dashboard_url
-    from shoal.actors.swarm import open_swarm
+    from shoal.actors.tree import open_swarm
     from shoal.protocols.config import config_from_dict
 
     state = Path(tempfile.mkdtemp(prefix="shoal-bench-"))

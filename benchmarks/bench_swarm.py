@@ -22,7 +22,8 @@ from typing import Any
 
 import trio
 
-from shoal.actors.swarm import SwarmHandle, open_swarm
+from shoal.actors.swarm import SwarmHandle
+from shoal.actors.tree import open_swarm
 from shoal.protocols.config import SwarmConfig, config_from_dict
 from shoal.runtime.eventbus import Event, Subscription
 

@@ -20,7 +20,8 @@ from .actor import ActorGone, Address, Call, CallTimeout, Mailbox
 from .eventbus import Event, EventBus, Subscription
 
 if TYPE_CHECKING:
-    from ..actors.swarm import SwarmHandle, open_swarm
+    from ..actors.swarm import SwarmHandle
+    from ..actors.tree import open_swarm
     from .client import Client, connect
 
 __all__ = [
@@ -52,10 +53,14 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("open_swarm", "SwarmHandle"):
+    if name == "open_swarm":
+        from ..actors import tree
+
+        return tree.open_swarm
+    if name == "SwarmHandle":
         from ..actors import swarm
 
-        return getattr(swarm, name)
+        return swarm.SwarmHandle
     if name in ("connect", "Client"):
         from . import client
 

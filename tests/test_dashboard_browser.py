@@ -194,7 +194,7 @@ async def test_open_the_url_shoal_serve_prints(tmp_path: Path, no_leaks: None) -
 
 
 async def test_open_the_printed_url_and_see_workers_appear(tmp_path: Path) -> None:
-    from shoal.actors.swarm import open_swarm
+    from shoal.actors.tree import open_swarm
 
     async with open_swarm(config(tmp_path, scaling={"max_workers": 3})) as swarm:
 
@@ -224,7 +224,7 @@ async def test_open_the_printed_url_and_see_workers_appear(tmp_path: Path) -> No
 
 
 async def test_submit_a_task_from_the_page_and_watch_it_finish(tmp_path: Path) -> None:
-    from shoal.actors.swarm import open_swarm
+    from shoal.actors.tree import open_swarm
 
     async with open_swarm(config(tmp_path, scaling={"max_workers": 1})) as swarm:
 
@@ -256,7 +256,7 @@ async def test_submit_a_task_from_the_page_and_watch_it_finish(tmp_path: Path) -
 
 
 async def test_task_actions_boost_cancel_retry_assign(tmp_path: Path) -> None:
-    from shoal.actors.swarm import open_swarm
+    from shoal.actors.tree import open_swarm
 
     async with open_swarm(config(tmp_path, scaling={"min_workers": 3, "max_workers": 3})) as swarm:
 
@@ -303,7 +303,7 @@ async def test_task_actions_boost_cancel_retry_assign(tmp_path: Path) -> None:
 
 
 async def test_pause_and_resume_a_worker(tmp_path: Path) -> None:
-    from shoal.actors.swarm import open_swarm
+    from shoal.actors.tree import open_swarm
 
     async with open_swarm(config(tmp_path, scaling={"min_workers": 1, "max_workers": 1})) as swarm:
 
@@ -322,7 +322,7 @@ async def test_pause_and_resume_a_worker(tmp_path: Path) -> None:
 
 
 async def test_change_max_workers_in_the_form_and_see_the_swarm_scale(tmp_path: Path) -> None:
-    from shoal.actors.swarm import open_swarm
+    from shoal.actors.tree import open_swarm
 
     async with open_swarm(config(tmp_path, scaling={"max_workers": 1})) as swarm:
 
@@ -352,7 +352,7 @@ async def test_change_max_workers_in_the_form_and_see_the_swarm_scale(tmp_path: 
 
 
 async def test_halted_banner_after_a_crash_storm_and_resume(tmp_path: Path) -> None:
-    from shoal.actors.swarm import open_swarm
+    from shoal.actors.tree import open_swarm
 
     cfg = config(
         tmp_path,
@@ -383,7 +383,7 @@ async def test_halted_banner_after_a_crash_storm_and_resume(tmp_path: Path) -> N
 
 
 async def test_attach_to_a_worker_and_see_typed_input_echoed(tmp_path: Path) -> None:
-    from shoal.actors.swarm import open_swarm
+    from shoal.actors.tree import open_swarm
 
     async with open_swarm(config(tmp_path, scaling={"min_workers": 1, "max_workers": 1})) as swarm:
 
@@ -406,7 +406,7 @@ async def test_attach_to_a_worker_and_see_typed_input_echoed(tmp_path: Path) -> 
 
 
 async def test_alert_rules_form_and_live_alerts(tmp_path: Path) -> None:
-    from shoal.actors.swarm import open_swarm
+    from shoal.actors.tree import open_swarm
 
     async with open_swarm(config(tmp_path, scaling={"max_workers": 1})) as swarm:
 
@@ -431,7 +431,7 @@ async def test_alert_rules_form_and_live_alerts(tmp_path: Path) -> None:
 async def test_model_states_needs_input_attempts_and_the_cancelled_count(tmp_path: Path) -> None:
     """The fake agent (the default demo profile): a usage limit parks haiku, a permission prompt
     makes a worker wait for input; the page shows both, counts attempts apart, and integer ticks."""
-    from shoal.actors.swarm import open_swarm
+    from shoal.actors.tree import open_swarm
 
     cfg = config(tmp_path, workers={"profile": "fake"}, scaling={"max_workers": 3})
     async with open_swarm(cfg) as swarm:

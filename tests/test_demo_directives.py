@@ -14,7 +14,7 @@ from pathlib import Path
 
 from swarmkit import swarm_config, wait_for
 
-from shoal.actors.swarm import open_swarm
+from shoal.actors.tree import open_swarm
 from shoal.protocols.config import SwarmConfig
 from shoal.protocols.tasks import AttemptCounts
 

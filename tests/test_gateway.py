@@ -24,7 +24,8 @@ import trio_websocket
 from swarmkit import fake_profile, swarm_config, wait_for
 
 from shoal.actors.gateway import GatewayActor
-from shoal.actors.swarm import SwarmHandle, open_swarm
+from shoal.actors.swarm import SwarmHandle
+from shoal.actors.tree import open_swarm
 from shoal.protocols import rpc
 from shoal.protocols.config import GatewayConfig
 from shoal.protocols.errors import Conflict, NotFound, ValidationError

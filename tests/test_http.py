@@ -25,7 +25,7 @@ STATIC = ROOT / "actors" / "static"
 
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
-    from shoal.actors.swarm import open_swarm
+    from shoal.actors.tree import open_swarm
 
     config = swarm_config(tmp_path, http={"enabled": True, "port": 0}, gateway={"enabled": True, "port": 0})
     async with open_swarm(config) as swarm:
@@ -205,7 +205,7 @@ def test_static_files_are_compressed_only_when_it_helps() -> None:
 
 
 async def test_leaving_the_swarm_closes_the_listener_and_connections(tmp_path: Path, no_leaks: None) -> None:
-    from shoal.actors.swarm import open_swarm
+    from shoal.actors.tree import open_swarm
 
     config = swarm_config(tmp_path, http={"enabled": True, "port": 0}, gateway={"enabled": True, "port": 0})
     async with httpx.AsyncClient(trust_env=False) as client:

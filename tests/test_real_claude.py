@@ -21,7 +21,8 @@ import pytest
 import trio
 from swarmkit import swarm_config, wait_for
 
-from shoal.actors.swarm import SwarmHandle, open_swarm
+from shoal.actors.swarm import SwarmHandle
+from shoal.actors.tree import open_swarm
 from shoal.agents.fake_anthropic import FakeAnthropic, open_fake_anthropic
 from shoal.protocols.profiles import BUILTIN_PROFILES
 from shoal.protocols.tasks import Outcome, TaskState

@@ -20,8 +20,8 @@ from test_queue import Bot, Q, running_queue
 from shoal.actors.metrics import MetricsActor
 from shoal.actors.queue import EVICT_TICK_S, GetTask, ListTasks, UpdateConfig
 from shoal.actors.store import Store, apply_changes, load_tasks, migrate
-from shoal.actors.swarm import open_swarm
 from shoal.actors.taskbook import TaskBook, WorkerView
+from shoal.actors.tree import open_swarm
 from shoal.protocols.config import QueueConfig, SwarmConfig, config_from_dict
 from shoal.protocols.errors import NotFound, ValidationError
 from shoal.protocols.rpc import NOT_FOUND, error_from_exception

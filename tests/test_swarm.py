@@ -16,7 +16,7 @@ import trio
 import trio.testing
 from swarmkit import collect_until, fake_profile, swarm_config, wait_for
 
-from shoal.actors.swarm import open_swarm
+from shoal.actors.tree import open_swarm
 from shoal.protocols.errors import ValidationError
 from shoal.protocols.tasks import Outcome, TaskState
 from shoal.protocols.workers import WorkerState

@@ -16,7 +16,7 @@ from swarmkit import swarm_config
 
 from shoal.actors.alerts import RuleEngine
 from shoal.actors.metrics import MetricsActor
-from shoal.actors.swarm import open_swarm
+from shoal.actors.tree import open_swarm
 from shoal.protocols import rpc
 from shoal.protocols.config import AlertRule, SwarmConfig, config_from_dict, patch_config
 from shoal.protocols.errors import ValidationError
