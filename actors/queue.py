@@ -46,8 +46,9 @@ from ..protocols.workers import Assign, Restart, TaskFinished
 from ..runtime.actor import ActorGone, Address, Call, Mailbox
 from ..runtime.backoff import backoff_delay
 from ..runtime.eventbus import EventBus
-from .store import Store, Ticket, WriteRefused
+from .store import Ticket, WriteRefused
 from .taskbook import COUNTED_OUTCOMES, TERMINAL_TOPICS, TaskBook, WorkerView, check_name
+from .taskstore import TaskStore
 
 log = logging.getLogger("shoal.queue")
 
@@ -238,7 +239,7 @@ class QueueActor:
     def __init__(
         self,
         config: SwarmConfig,
-        store: Store,
+        store: TaskStore,
         bus: EventBus,
         *,
         rng: random.Random | None = None,

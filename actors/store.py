@@ -34,7 +34,6 @@ from typing import Any, Literal
 
 import trio
 
-from ..protocols.config import StoreConfig
 from ..protocols.errors import StoreError, ValidationError
 from ..protocols.tasks import Attempt, Outcome, TaskState
 from .taskbook import Change, StaticRow, StoredTask
@@ -367,15 +366,6 @@ def migrate(conn: sqlite3.Connection, where: str, upto: int = SCHEMA_VERSION) ->
                 conn.execute("ROLLBACK")
             raise StoreError(f"{where}: migration to schema version {step + 1} failed ({exc})") from None
     return int(version)
-
-
-def store_path(config: StoreConfig, state_dir: str | os.PathLike[str] | None) -> str:
-    """Where the store lives: `store.path`, else `<state_dir>/shoal.db`."""
-    if config.path is not None:
-        return config.path
-    if state_dir is None:
-        raise ValidationError("state_dir", "is needed when store.path is not set")
-    return str(Path(state_dir) / "shoal.db")
 
 
 def _private_files(path: str) -> None:

@@ -45,9 +45,9 @@ from .alerts import AlertActor
 from .auth import load_or_create_token, token_path
 from .metrics import MetricsActor
 from .scaler import ScalerActor
-from .store import Store, store_path
 from .swarm import VERSION, SwarmHandle, load_overrides, prepare_state_dir
 from .swarm_supervisor import SwarmSupervisor
+from .taskstore import TaskStore, open_store
 
 log = logging.getLogger(__name__)
 
@@ -141,10 +141,8 @@ async def open_swarm(config: SwarmConfig | None = None, *, serve: bool = False) 
 
     got: dict[str, Any] = {}
 
-    async def run_store(*, task_status: trio.TaskStatus[Store]) -> None:
-        store = await Store.open(
-            store_path(cfg.store, state_dir), cfg.store.synchronous, max_batch=cfg.store.max_batch
-        )
+    async def run_store(*, task_status: trio.TaskStatus[TaskStore]) -> None:
+        store = await open_store(cfg.store, state_dir)
         try:
             got["store"] = store
             task_status.started(store)

@@ -86,11 +86,52 @@ class QueueConfig:
     evict_batch: int = attrs.field(default=250, validator=_pos)  # evictions per loop step at most
 
 
+STORE_BACKENDS = ("sqlite",)  # postgresql: the scale-out issue
+
+
+def parse_store_url(url: str) -> tuple[str, str]:
+    """`(backend, location)` of a store URL, SQLAlchemy's spelling: `sqlite:///rel.db` (relative),
+    `sqlite:////abs/path.db` (absolute), `sqlite://` (in memory). A bad URL is a FieldValueError
+    saying what is wrong and what would be right."""
+    if not isinstance(url, str):
+        raise FieldValueError("url", f"must be a string like sqlite:////path/to/shoal.db, got {url!r}")
+    scheme, sep, rest = url.partition("://")
+    if not sep or not scheme:
+        raise FieldValueError("url", f"must look like sqlite:////path/to/shoal.db, got {url!r}")
+    backend = scheme.lower().split("+")[0]
+    if backend not in STORE_BACKENDS:
+        raise FieldValueError(
+            "url", f"backend {scheme!r} is not available in this build (known: {', '.join(STORE_BACKENDS)})"
+        )
+    if rest == "":
+        return backend, ":memory:"
+    if not rest.startswith("/") or rest == "/":
+        raise FieldValueError(
+            "url", f"{url!r}: a SQLite URL is sqlite:///relative.db, sqlite:////absolute.db or sqlite://"
+        )
+    location = rest[1:]
+    if "?" in location or "#" in location:
+        raise FieldValueError("url", f"{url!r}: query strings and fragments are not supported")
+    return backend, location
+
+
+def _store_url_ok(value: str | None) -> None:
+    if value is not None:
+        parse_store_url(value)
+
+
 @attrs.frozen
 class StoreConfig:
+    # where the tasks live: a URL naming the backend (sqlite:///relative.db, sqlite:////abs.db, sqlite://
+    # for memory); None: $SHOAL_STORE_URL, else `path`, else <state_dir>/shoal.db (see actors/taskstore.py)
+    url: str | None = attrs.field(default=None, validator=lambda _i, _a, v: _store_url_ok(v))
     path: str | None = None  # None: <state_dir>/shoal.db; ":memory:" for tests
     synchronous: Literal["OFF", "NORMAL", "FULL"] = "NORMAL"
     max_batch: int = attrs.field(default=1024, validator=_pos)  # changes per group commit at most
+
+    def __attrs_post_init__(self) -> None:
+        if self.url is not None and self.path is not None:
+            raise FieldValueError("url", "set store.url or store.path, not both (path is the older spelling)")
 
 
 @attrs.frozen

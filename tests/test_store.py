@@ -14,9 +14,8 @@ import attrs
 import pytest
 import trio
 
-from shoal.actors.store import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION, Store, WriteRefused, store_path
+from shoal.actors.store import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION, Store, WriteRefused
 from shoal.actors.taskbook import Change, TaskBook, WorkerView
-from shoal.protocols.config import StoreConfig
 from shoal.protocols.errors import StoreError, ValidationError
 from shoal.protocols.tasks import Outcome, TaskSpec, TaskState
 
@@ -369,10 +368,3 @@ async def test_bad_options() -> None:
     assert err.value.field == "store.synchronous"
     with pytest.raises(ValidationError):
         await Store.open(":memory:", max_batch=0)
-
-
-def test_store_path() -> None:
-    assert store_path(StoreConfig(), "/var/lib/shoal") == "/var/lib/shoal/shoal.db"
-    assert store_path(StoreConfig(path=":memory:"), None) == ":memory:"
-    with pytest.raises(ValidationError):
-        store_path(StoreConfig(), None)
