@@ -98,9 +98,19 @@ def load_or_create_token(path: str | os.PathLike[str]) -> str:
         raise ValidationError(
             "gateway.token_file", f"cannot create the token file {p}: {exc.strerror}"
         ) from None
-    token = secrets.token_urlsafe(32)
+    token = new_token()
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
+    return token
+
+
+def new_token() -> str:
+    """A fresh gateway token: 256 random bits, URL-safe, never starting with '-'.
+
+    `shoal status --token -x…` would read such a token as an option (one token in 64 did).
+    """
+    while (token := secrets.token_urlsafe(32)).startswith("-"):
+        pass
     return token
 
 

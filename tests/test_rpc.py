@@ -278,6 +278,13 @@ def test_token_created_once_with_mode_0600(tmp_path: Path) -> None:
     assert auth.load_or_create_token(path) == token  # stable across restarts
 
 
+def test_new_tokens_never_start_with_a_dash() -> None:
+    """`shoal status --token -x…` would take such a token for an option (one in 64 did)."""
+    tokens = [auth.new_token() for _ in range(2000)]
+    assert not [t for t in tokens if t.startswith("-")]
+    assert len(set(tokens)) == len(tokens) and min(map(len, tokens)) >= 43
+
+
 def test_token_file_readable_by_others_is_tightened(tmp_path: Path) -> None:
     path = tmp_path / "token"
     path.write_text("s3cret\n")

@@ -179,7 +179,7 @@ async def test_shoal_status_tree_shows_each_child_its_restarts_and_last_crash(tm
         with swarm.events(("supervisor.*",)) as sub:
             await swarm.kill_child("services/scaler", "injected by the test")
             await wait_for(sub, _restarted("services/scaler"), timeout=10)
-        conn = ("--url", str(swarm.gateway_url), "--token", swarm.token)
+        conn = ("--url", str(swarm.gateway_url), f"--token={swarm.token}")
         shown = await shoal(None, *conn, "status", "--tree", COLUMNS="200")
         assert shown.code == 0, shown.err
         lines = {line.strip("│├└─ ").split()[0]: line for line in shown.out.splitlines() if line.strip()}
