@@ -42,7 +42,7 @@ from ..protocols.config import BackoffConfig, SwarmConfig, structure
 from ..protocols.errors import Conflict, NotFound, ShoalError, StoreError, ValidationError
 from ..protocols.tasks import TERMINAL_STATES, Outcome, TaskSpec, TaskState
 from ..protocols.text import check_text, find_bad_text, wire_safe
-from ..protocols.workers import Assign, Restart, TaskFinished
+from ..protocols.workers import Assign, Restart, TaskFinished, WorkerCommand
 from ..runtime.actor import ActorGone, Address, Call, Mailbox
 from ..runtime.backoff import backoff_delay
 from ..runtime.eventbus import EventBus
@@ -155,7 +155,7 @@ class WorkerAvailable:
     model: str | None
     capabilities: frozenset[str] | None
     history: tuple[str, ...]
-    address: Address[Any]
+    address: Address[WorkerCommand]
 
 
 @attrs.frozen
@@ -198,6 +198,28 @@ class _Resync:
     recovered: bool = False  # the store took writes again after failing (a probe committed)
 
 
+QueueRequest = (
+    Submit
+    | GetTask
+    | ListTasks
+    | CancelTask
+    | RetryTask
+    | SkipTask
+    | BoostTask
+    | AssignTask
+    | CompleteTask
+    | QueueStats
+    | WaitTask
+    | RetireWorker
+    | Barrier
+)
+"""What others `call` the queue with (the reply types are in each message's docstring)."""
+QueueSend = WorkerAvailable | WorkerUnavailable | AttemptEnded | ModelRateLimited | UpdateConfig
+"""What others `send` the queue (fire-and-forget)."""
+QueueMsg = Call[QueueRequest] | QueueSend | _EvictionCommitted | _Resync
+"""Everything the queue's mailbox carries: its address is an `Address[QueueMsg]`."""
+
+
 @attrs.frozen
 class Stats:
     counts: dict[str, int]  # per TaskState value
@@ -226,7 +248,7 @@ class Stats:
 class _Worker:
     __slots__ = ("address", "id", "state", "view")
 
-    def __init__(self, view: WorkerView, address: Address[Any]) -> None:
+    def __init__(self, view: WorkerView, address: Address[WorkerCommand]) -> None:
         self.id = view.id
         self.view = view
         self.address = address
@@ -249,7 +271,7 @@ class QueueActor:
         self.store = store
         self.bus = bus
         self.book = TaskBook(config.queue, config.models, rng=rng)
-        self.address: Address[Any] | None = None
+        self.address: Address[QueueMsg] | None = None
         self._mailbox_size = mailbox_size
         self._workers: dict[str, _Worker] = {}
         self._idle: dict[str, _Worker] = {}  # insertion order = longest idle first
@@ -303,7 +325,9 @@ class QueueActor:
     def _now(self) -> float:
         return self._offset + trio.current_time()
 
-    async def run(self, *, task_status: trio.TaskStatus[Address[Any]] = trio.TASK_STATUS_IGNORED) -> None:
+    async def run(
+        self, *, task_status: trio.TaskStatus[Address[QueueMsg]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Recover from the store, then serve. `task_status.started(address)` once recovered."""
         self._offset = time.time() - trio.current_time()
         stored = await self.store.load_all()
@@ -313,14 +337,14 @@ class QueueActor:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._acker)
-            async with Mailbox[Any]("queue", self._mailbox_size) as mailbox:
+            async with Mailbox[QueueMsg]("queue", self._mailbox_size) as mailbox:
                 self.address = mailbox.address
                 self._flush()
                 task_status.started(mailbox.address)
                 await self._serve(mailbox)
             nursery.cancel_scope.cancel()
 
-    async def _serve(self, mailbox: Mailbox[Any]) -> None:
+    async def _serve(self, mailbox: Mailbox[QueueMsg]) -> None:
         while True:
             deadline = self._wake_at()
             msg: Any = None

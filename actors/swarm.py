@@ -103,7 +103,7 @@ class SwarmHandle:
         overrides: dict[str, Any],
         state_dir: Path,
         bus: EventBus,
-        queue: Address[Any],
+        queue: Address[q.QueueMsg],
         supervisor: SwarmSupervisor,
         metrics: MetricsActor,
         alerts: AlertActor,

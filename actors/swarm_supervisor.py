@@ -51,7 +51,16 @@ from ..runtime.actor import ActorGone, Address, CallTimeout
 from ..runtime.backoff import BackoffState, RestartIntensity
 from ..runtime.eventbus import EventBus
 from .auth import resolve_state_dir
-from .queue import AttemptEnded, Barrier, ModelRateLimited, RetireWorker, WorkerAvailable, WorkerUnavailable
+from .queue import (
+    AttemptEnded,
+    Barrier,
+    ModelRateLimited,
+    QueueMsg,
+    QueueSend,
+    RetireWorker,
+    WorkerAvailable,
+    WorkerUnavailable,
+)
 from .scaler import WorkerView
 from .worker import WorkerActor, WorkerExit, start_up_slots
 
@@ -143,7 +152,7 @@ class SwarmSupervisor:
         self,
         config_getter: Callable[[], SwarmConfig],
         bus: EventBus,
-        queue: Address[Any],
+        queue: Address[QueueMsg],
         *,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
@@ -409,7 +418,7 @@ class SwarmSupervisor:
             for topic, data in batch:
                 self._bus.publish(topic, data)
 
-    async def _to_queue(self, message: Any) -> None:
+    async def _to_queue(self, message: QueueSend) -> None:
         """Forward in order; wait for mailbox space only when it is full (no checkpoint otherwise)."""
         if not self._queue.try_send(message):
             await self._queue.send(message)

@@ -151,7 +151,7 @@ async def open_swarm(config: SwarmConfig | None = None, *, serve: bool = False) 
             with trio.CancelScope(shield=True):
                 await store.aclose()
 
-    async def run_queue(*, task_status: trio.TaskStatus[Address[Any]]) -> None:
+    async def run_queue(*, task_status: trio.TaskStatus[Address[q.QueueMsg]]) -> None:
         queue = q.QueueActor(cfg, got["store"], bus)
         got["queue_actor"] = queue
         await queue.run(task_status=_Keep(task_status, got, "queue"))
