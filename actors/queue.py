@@ -243,6 +243,8 @@ class Stats:
     model_recent: dict[str, tuple[int, int]] = attrs.field(factory=dict)
     store_failures: int = 0  # times the store stopped taking writes
     store_recoveries: int = 0  # times it took them again by itself (a probe write committed)
+    # READY categorised tasks by (category, effective model), manual assignments aside (the scaler)
+    ready_by_category: dict[tuple[str, str | None], int] = attrs.field(factory=dict)
 
 
 class _Worker:
@@ -796,6 +798,7 @@ class QueueActor:
         return Stats(
             counts={s.value: n for s, n in counts.items()},
             ready_by_model=self.book.ready_by_model(),
+            ready_by_category=self.book.ready_by_category(),
             total=len(self.book),
             ready=counts[TaskState.READY],
             running=counts[TaskState.RUNNING],

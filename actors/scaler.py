@@ -56,6 +56,7 @@ PREDICTIVE = "predictive"  # the arrival rate says more work is coming
 MIN_WORKERS = "min_workers"  # keep the floor
 IDLE = "idle"  # idle for idle_s, above the stabilised desired count
 REBALANCE = "rebalance"  # at max_workers: make room for a model whose work waits
+CATEGORY = "category"  # ready work of a category no live worker takes: one worker that takes every category
 
 SERVING = frozenset({WorkerState.STARTING, WorkerState.IDLE, WorkerState.BUSY, WorkerState.REFRESHING})
 GONE = frozenset({WorkerState.STOPPED, WorkerState.CRASHED})
@@ -71,6 +72,7 @@ class WorkerView:
     state: WorkerState
     idle_since: float | None = None
     task_id: str | None = None
+    capabilities: frozenset[str] | None = None  # categories it takes; None: every category
 
 
 @attrs.frozen
@@ -80,10 +82,13 @@ class ScalerInputs:
     `ready_by_model` holds claimable tasks by effective model (None: unpinned, any model may take
     it); `running_by_model` running tasks by the model they run on; `parked` the models rate-limited
     right now (model -> reset epoch, shown in summaries only); `arrivals` recent submit times,
-    ascending; `mean_run_s` the recent mean run time (the actor fills it in when None).
+    ascending; `mean_run_s` the recent mean run time (the actor fills it in when None);
+    `ready_by_category` the categorised claimable tasks by (category, effective model), so work of a
+    category no live worker takes (capabilities) is seen.
     """
 
     ready_by_model: Mapping[str | None, int] = attrs.field(factory=dict)
+    ready_by_category: Mapping[tuple[str, str | None], int] = attrs.field(factory=dict)
     running_by_model: Mapping[str | None, int] = attrs.field(factory=dict)
     parked: Mapping[str, float] = attrs.field(factory=dict)
     workers: Sequence[WorkerView] = ()
@@ -316,7 +321,33 @@ def decide(
         for k in range(1, grant[m] + 1):
             target = have + k
             spawn.append((m, next((name for name, n in levels if n >= target), QUEUE)))
-    unmet = wanted - len(spawn)
+    unmet_model = wanted - len(spawn)
+
+    # -- categories no serving worker takes (capabilities): a new worker takes every category, so one
+    # per model is enough to get such work going; none when this decision already spawns that model
+    serving_views = [w for w in present if w.state in SERVING]
+    stranded_cats: dict[str, list[str]] = {}
+    for (cat, key), n in sorted(inputs.ready_by_category.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")):
+        if n <= 0 or (key is not None and key in parked):
+            continue
+        takers = [
+            w
+            for w in serving_views
+            if (wm := _model_of(w.model, models)) == key or (key is None and wm not in parked)
+        ]
+        if not takers or any(w.capabilities is None or cat in w.capabilities for w in takers):
+            continue  # no worker of its model at all (the model demand spawns one), or one takes it
+        to = key if key is not None else max(weights, key=lambda k: weights[k], default=None)
+        if to is None or (grant.get(to, 0) if key is not None else len(spawn)) > 0:
+            continue
+        stranded_cats.setdefault(to, []).append(cat)
+    cat_unmet = 0
+    for m in sorted(stranded_cats):
+        if len(spawn) < slots:
+            spawn.append((m, CATEGORY))
+        else:
+            cat_unmet += 1
+    unmet = unmet_model + cat_unmet
 
     # -- the floor
     floor_need = scaling.min_workers - (len(live) + len(spawn))
@@ -351,7 +382,7 @@ def decide(
     # slots already on their way out (a retired worker runs its stop ladder): a later decision must
     # not free the same slot twice while the first retiree is still stopping
     freeing = by_state.get(WorkerState.STOPPING.value, 0)
-    if unmet > 0 and not inputs.halted and room - len(spawn) <= 0:
+    if unmet_model > 0 and not inputs.halted and room - len(spawn) <= 0:
         # At max_workers with work waiting for another model: free the slots held by idle surplus,
         # i.e. idle workers of a model with nothing waiting for it. Ready work that no live worker
         # can take (pinned or escalated to a model with no worker) frees a slot at once; a gap that
@@ -367,7 +398,7 @@ def decide(
             (w for w in present if w.state is WorkerState.IDLE and w.task_id is None),
             key=lambda w: (w.idle_since if w.idle_since is not None else now, w.id),
         )
-        for pool, need in ((idle_now, min(stranded, unmet)), (candidates, unmet)):
+        for pool, need in ((idle_now, min(stranded, unmet_model)), (candidates, unmet_model)):
             for w in pool:
                 m = _model_of(w.model, models)
                 if len(retire) >= min(budget, need - freeing) or not room_above_floor():
@@ -376,6 +407,57 @@ def decide(
                     retire.append((w.id, REBALANCE))
                     taken_ids.add(w.id)
                     taken[m] = taken.get(m, 0) + 1
+    if cat_unmet > 0 and not inputs.halted and room - len(spawn) <= 0:
+        # At the cap with work of a category no serving worker takes: retire at once an idle worker
+        # that can take none of the ready work (it holds a slot it does not use), its slot going to
+        # a new worker that takes every category. Workers of the stranded work's own model first
+        # (the model mix stays); another model's only while it has more serving than it needs. This
+        # cannot thrash: a new worker has no capability limit, so every such retirement replaces a
+        # limited worker by an unlimited one, and never more than are unmet minus those stopping.
+        ready_uncat: dict[str | None, int] = {}
+        for key, n in inputs.ready_by_model.items():
+            ready_uncat[key] = ready_uncat.get(key, 0) + n
+        for (_cat, key), n in inputs.ready_by_category.items():
+            ready_uncat[key] = ready_uncat.get(key, 0) - n
+
+        def takes_any(w: WorkerView) -> bool:
+            wm = _model_of(w.model, models)
+            if wm in parked:
+                return False
+            if any(n > 0 and (k is None or k == wm) for k, n in ready_uncat.items()):
+                return True
+            return any(
+                n > 0 and (k is None or k == wm) and (w.capabilities is None or c in w.capabilities)
+                for (c, k), n in inputs.ready_by_category.items()
+            )
+
+        chosen = {wid for wid, _ in retire}
+        idle_useless = sorted(
+            (
+                w
+                for w in present
+                if w.state is WorkerState.IDLE
+                and w.task_id is None
+                and w.id not in chosen
+                and not takes_any(w)
+            ),
+            key=lambda w: (
+                _model_of(w.model, models) not in stranded_cats,
+                w.idle_since if w.idle_since is not None else now,
+                w.id,
+            ),
+        )
+        cat_retired = 0
+        for w in idle_useless:
+            limit = min(budget, unmet - freeing)
+            if cat_retired >= cat_unmet or len(retire) >= limit or not room_above_floor():
+                break
+            m = _model_of(w.model, models)
+            if m in stranded_cats or serving.get(m, 0) - taken.get(m, 0) > desired.get(m, 0):
+                retire.append((w.id, REBALANCE))
+                taken_ids.add(w.id)
+                taken[m] = taken.get(m, 0) + 1
+                cat_retired += 1
     if covered:
         chosen = {wid for wid, _ in retire}
         for w in candidates:
@@ -418,6 +500,7 @@ def decide(
         "deficit": dict(sorted(deficit.items())),
         "slots": slots,
         "unmet": unmet,
+        "categories": {"stranded": stranded_cats, "unmet": cat_unmet},
         "limited_by": limited_by,
         "limits": {
             "min_workers": scaling.min_workers,

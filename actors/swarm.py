@@ -425,6 +425,7 @@ class SwarmHandle:
                 running[view.model] = running.get(view.model, 0) + 1
         return ScalerInputs(
             ready_by_model=stats.ready_by_model,
+            ready_by_category=stats.ready_by_category,
             running_by_model=running,
             parked=stats.parked_models,
             workers=views,

@@ -782,10 +782,11 @@ class SwarmSupervisor:
                 state=w.state,
                 idle_since=w.idle_since,
                 task_id=w.task_id,
+                capabilities=w.capabilities,
             )
             for w in self._workers.values()
         ] + [
-            WorkerView(id=lineage.id, model=lineage.model, state=WorkerState.STARTING)
+            WorkerView(lineage.id, lineage.model, WorkerState.STARTING, capabilities=lineage.capabilities)
             for lineage in self._between.values()
             if not lineage.retired
         ]

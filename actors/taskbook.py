@@ -553,6 +553,18 @@ class TaskBook:
     def ready_by_model(self) -> dict[str | None, int]:
         return {m: n for m, n in self._ready_by_model.items() if n > 0}
 
+    def ready_by_category(self) -> dict[tuple[str, str | None], int]:
+        """READY categorised tasks by (category, effective model), manual assignments aside: what the
+        scaler needs to see work of a category no live worker takes. O(buckets), not O(tasks)."""
+        out: dict[tuple[str, str | None], int] = {}
+        for cat, buckets in self._cats.items():
+            if cat is None:
+                continue
+            for key, bucket in buckets.items():
+                if bucket.live > 0:
+                    out[(cat, key[1])] = out.get((cat, key[1]), 0) + bucket.live
+        return out
+
     def running_on(self, worker: str) -> list[str]:
         return sorted(self._running.get(worker, ()))
 

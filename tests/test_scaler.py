@@ -9,6 +9,7 @@ import pytest
 import trio
 
 from shoal.actors.scaler import (
+    CATEGORY,
     IDLE,
     MIN_WORKERS,
     PREDICTIVE,
@@ -31,11 +32,15 @@ MIXED = ModelsConfig(weights={"haiku": 0.3, "sonnet": 0.5, "opus": 0.2})
 
 
 def w(
-    wid: str, state: S = S.IDLE, model: str | None = "sonnet", idle_since: float | None = None
+    wid: str,
+    state: S = S.IDLE,
+    model: str | None = "sonnet",
+    idle_since: float | None = None,
+    caps: frozenset[str] | None = None,
 ) -> WorkerView:
     if state is S.IDLE and idle_since is None:
         idle_since = 0.0
-    return WorkerView(wid, model, state, idle_since)
+    return WorkerView(wid, model, state, idle_since, capabilities=caps)
 
 
 def run(
@@ -315,6 +320,81 @@ def test_rebalance_never_takes_a_worker_whose_model_has_work_waiting() -> None:
     assert d.retire == [("s0", REBALANCE)]
 
 
+A, B = frozenset({"a"}), frozenset({"b"})
+
+
+def test_work_of_a_category_no_worker_takes_frees_a_slot_at_once_and_only_one() -> None:
+    """Issue 13 item 3, capabilities: 4 idle workers that take only `a` hold every slot; a `b` task
+    gets one slot at once (not after idle_s), and a worker that takes every category."""
+    scaling = ScalingConfig(max_workers=4, idle_s=60, stabilisation_s=300, max_retire_per_tick=4)
+    limited = [w(f"a{i}", idle_since=10.0, caps=A) for i in range(4)]
+    ready = {"ready_by_model": {None: 1}, "ready_by_category": {("b", None): 1}}
+    d = run(scaling, workers=limited, now=10.0, **ready)
+    assert d.retire == [("a0", REBALANCE)] and d.spawn == []
+    assert d.summary["categories"] == {"stranded": {"sonnet": ["b"]}, "unmet": 1}
+    assert d.summary["limited_by"] == ["max_workers"]
+    # while a0 runs its stop ladder: no second slot
+    leaving = [w("a0", S.STOPPING, caps=A), *limited[1:]]
+    d = run(scaling, workers=leaving, now=10.5, **ready)
+    assert d.retire == [] and d.spawn == []
+    # a0 gone: one worker that takes every category, nothing else retired
+    d = run(scaling, workers=limited[1:], now=11.0, **ready)
+    assert d.spawn == [("sonnet", CATEGORY)] and d.retire == []
+    # it is starting: it will take `b`, so nothing more happens
+    fresh = [*limited[1:], w("w9", S.STARTING)]
+    d = run(scaling, workers=fresh, now=11.5, **ready)
+    assert d.spawn == [] and d.retire == []
+
+
+def test_category_rebalance_cannot_thrash_between_two_categories() -> None:
+    """Two categories taking turns: each retirement replaces a limited worker by an unlimited one,
+    so the second category finds a taker and nothing is retired again."""
+    scaling = ScalingConfig(max_workers=2, idle_s=60, max_retire_per_tick=2)
+    workers = [w("a0", idle_since=5.0, caps=A), w("b0", idle_since=5.0, caps=B)]
+    # a `c` task: one of them goes (the longest idle, then by id), not both
+    d = run(scaling, workers=workers, now=5.0, ready_by_model={None: 1}, ready_by_category={("c", None): 1})
+    assert d.retire == [("a0", REBALANCE)]
+    # the new worker took `c`; now `a` work waits: the new, unlimited worker takes it; nothing moves
+    workers = [w("w1", S.BUSY), w("b0", idle_since=5.0, caps=B)]
+    d = run(
+        scaling,
+        workers=workers,
+        now=6.0,
+        ready_by_model={None: 1},
+        running_by_model={"sonnet": 1},
+        ready_by_category={("a", None): 1},
+    )
+    assert d.retire == [] and d.spawn == []
+    # a worker that can take ready work is never retired for another category's work
+    workers = [w("a0", idle_since=5.0, caps=A), w("b0", idle_since=5.0, caps=B)]
+    ready_cat = {("a", None): 1, ("c", None): 1}
+    d = run(scaling, workers=workers, now=7.0, ready_by_model={None: 2}, ready_by_category=ready_cat)
+    assert d.retire == [("b0", REBALANCE)]
+
+
+def test_category_work_below_the_cap_spawns_at_once_and_covered_work_spawns_nothing() -> None:
+    scaling = ScalingConfig(max_workers=4)
+    limited = [w("a0", caps=A)]
+    d = run(scaling, workers=limited, ready_by_model={None: 1}, ready_by_category={("b", None): 1})
+    assert d.spawn == [("sonnet", CATEGORY)] and d.retire == []
+    # a busy worker that takes `b` will take it when done: that is the queue's job, not a stranding
+    busy_b = [w("a0", caps=A), w("b0", S.BUSY, caps=B)]
+    d = run(
+        scaling,
+        workers=busy_b,
+        ready_by_model={None: 1},
+        running_by_model={"sonnet": 1},
+        ready_by_category={("b", None): 1},
+    )
+    assert d.spawn == []
+    # pinned to opus, no opus worker at all: the model demand spawns it (once, reason queue)
+    d = run(scaling, workers=limited, ready_by_model={"opus": 1}, ready_by_category={("b", "opus"): 1})
+    assert d.spawn == [("opus", QUEUE)]
+    # pinned to sonnet, the only sonnet worker takes `a` only: a sonnet worker for it
+    d = run(scaling, workers=limited, ready_by_model={"sonnet": 1}, ready_by_category={("b", "sonnet"): 1})
+    assert d.spawn == [("sonnet", CATEGORY)]
+
+
 def test_scale_up_is_immediate_whatever_the_window_remembers() -> None:
     memory = ScalerMemory()
     scaling = ScalingConfig(max_workers=10, max_spawn_per_tick=10, stabilisation_s=300)
@@ -350,6 +430,7 @@ class World:
 
     def __init__(self) -> None:
         self.ready: dict[str | None, int] = {}
+        self.ready_cat: dict[tuple[str, str | None], int] = {}
         self.running: dict[str | None, int] = {}
         self.workers: dict[str, WorkerView] = {}
         self.spawned: list[tuple[str, str]] = []
@@ -380,6 +461,7 @@ class World:
             raise RuntimeError("queue busy")
         return ScalerInputs(
             ready_by_model=dict(self.ready),
+            ready_by_category=dict(self.ready_cat),
             running_by_model=dict(self.running),
             workers=list(self.workers.values()),
             now=trio.current_time(),
@@ -592,4 +674,39 @@ async def test_escalated_task_gets_its_worker_at_once_at_the_cap(autojump_clock:
         for _ in range(5):  # later decisions (ticks) take nothing more
             await trio.sleep(1)
         assert world.retired == [("s0", REBALANCE)] and world.spawned == [("opus", QUEUE)]
+        nursery.cancel_scope.cancel()
+
+
+async def test_category_work_gets_its_worker_at_once_at_the_cap(autojump_clock: trio.abc.Clock) -> None:
+    """Issue 13 item 3, capabilities, on the actor: 2 idle workers that take only `a` hold both slots;
+    a `b` task gets a worker after one stop ladder (2 s), and ticks after that retire nothing."""
+    bus, world = EventBus(), World()
+    config = Config(tick_s=1, max_workers=2, idle_s=60, stabilisation_s=300, max_retire_per_tick=2)
+    world.workers = {f"a{i}": w(f"a{i}", idle_since=0.0, caps=A) for i in range(2)}
+
+    async def retire(wid: str, reason: str) -> bool:
+        world.workers[wid] = w(wid, S.STOPPING, caps=A)
+        world.retired.append((wid, reason))
+
+        async def gone() -> None:
+            await trio.sleep(2)
+            del world.workers[wid]
+            bus.publish("worker.exited", {"worker": wid})
+
+        nursery.start_soon(gone)
+        return True
+
+    world.retire = retire  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        await start(nursery, config, bus, world)
+        t0 = trio.current_time()
+        world.ready, world.ready_cat = {None: 1}, {("b", None): 1}
+        bus.publish("task.ready", {"task_id": "t-b", "category": "b"})
+        with trio.fail_after(120):
+            await world.until(lambda: ("sonnet", CATEGORY) in world.spawned)
+        assert trio.current_time() - t0 < 3
+        assert world.retired == [("a0", REBALANCE)]
+        for _ in range(5):
+            await trio.sleep(1)
+        assert world.retired == [("a0", REBALANCE)] and world.spawned == [("sonnet", CATEGORY)]
         nursery.cancel_scope.cancel()
