@@ -27,7 +27,7 @@ from typing import Any
 import attrs
 import trio
 
-from ..protocols.config import SwarmConfig
+from ..protocols.config import ProfileConfig, SwarmConfig
 from ..protocols.errors import Conflict, NotFound, ShoalError
 from ..protocols.profiles import resolve_profile
 from ..protocols.workers import (
@@ -63,6 +63,16 @@ from .queue import (
 )
 from .scaler import WorkerView
 from .worker import WorkerActor, WorkerExit, start_up_slots
+from .workspace import SharedDirectory, Workspace
+
+WorkspaceFactory = Callable[[str, ProfileConfig, str], Workspace]
+"""(profile name, profile, worker id) -> the worker's Workspace (actors/workspace.py)."""
+
+
+def shared_directory(profile_name: str, profile: ProfileConfig, worker_id: str) -> Workspace:
+    """Today's workspace: every worker of the profile in `profile.cwd`."""
+    return SharedDirectory(profile.cwd)
+
 
 _ALIVE = frozenset(
     {WorkerState.STARTING, WorkerState.IDLE, WorkerState.BUSY, WorkerState.REFRESHING, WorkerState.PAUSED}
@@ -156,8 +166,10 @@ class SwarmSupervisor:
         *,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        workspaces: WorkspaceFactory = shared_directory,
     ) -> None:
         self._config = config_getter
+        self._workspaces = workspaces
         self._bus = bus
         self._queue = queue
         self._clock = clock
@@ -310,6 +322,7 @@ class SwarmSupervisor:
             history_size=config.queue.history_size,
             spawn_limiter=self._spawn_limiter,
             state_dir=resolve_state_dir(config.state_dir),  # Claude profiles' prepared configuration
+            workspace=self._workspaces(profile_name, profile, worker_id),
         )
         worker = _Worker(worker_id, lineage, actor, lineage.model, lineage.capabilities)
         self._workers[worker_id] = worker

@@ -65,8 +65,10 @@ from ..protocols.workers import (
 from ..runtime.actor import Address, Call, Mailbox
 from . import hooks
 from .process import AgentProcess, ExitStatus, SpawnError, resolve_command, spawn
+from .workspace import SharedDirectory, Workspace, WorkspaceError
 
 log = logging.getLogger("shoal.worker")
+WORKSPACE_TIMEOUT_S = 60.0  # a workspace's finish/aclose (a git commit, a reset) is given this long
 
 TAIL_BYTES = 4096  # output tail attached to a crashed/interrupted attempt (the transcript handoff)
 DRAIN_S = 0.5  # after the child exits, how long to wait for the rest of its output
@@ -223,6 +225,7 @@ class WorkerActor:
         history_size: int = 10,
         spawn_limiter: trio.CapacityLimiter | None = None,
         state_dir: Path | None = None,
+        workspace: Workspace | None = None,
     ) -> None:
         self.id = worker_id
         self.lineage = lineage
@@ -235,6 +238,9 @@ class WorkerActor:
         self._clock = clock
         self._limiter = spawn_limiter
         self._state_dir = state_dir  # Claude profiles keep their prepared configuration there
+        # where the agent works: asked before each spawn, told of each task (actors/workspace.py)
+        self._workspace: Workspace = workspace if workspace is not None else SharedDirectory(profile.cwd)
+        self._cwd = profile.cwd
 
         self._state = WorkerState.STARTING
         self._reason: str | None = None
@@ -382,6 +388,11 @@ class WorkerActor:
                 send.close()
             self._subscribers.clear()
             self._events_send.close()
+            with trio.move_on_after(WORKSPACE_TIMEOUT_S):
+                try:
+                    await self._workspace.aclose()
+                except Exception:
+                    log.exception("worker %s: closing its workspace failed", self.id)
 
     def _make_dialect(self) -> Dialect:
         """A fresh dialect for the next process; the profile's `transport` is passed on to it."""
@@ -395,9 +406,10 @@ class WorkerActor:
         self._one_process_per_task = dialect.one_process_per_task
         if self._one_process_per_task:
             # no process until a task comes; check now that the command can run at all
+            self._cwd = await self._workspace.directory()
             argv = self._argv(prompt="")
             env = {**os.environ, **self.profile.env}
-            await trio.to_thread.run_sync(resolve_command, argv[0], env, self.profile.cwd)
+            await trio.to_thread.run_sync(resolve_command, argv[0], env, self._cwd)
             return
         await self._start_process(dialect=dialect)
 
@@ -491,14 +503,13 @@ class WorkerActor:
     # ---- the process --------------------------------------------------------------------------
 
     def _argv(self, prompt: str | None = None) -> list[str]:
-        return render_argv(
-            self.profile, model=self._model, prompt=prompt, worker=self.id, cwd=self.profile.cwd
-        )
+        return render_argv(self.profile, model=self._model, prompt=prompt, worker=self.id, cwd=self._cwd)
 
     async def _start_process(self, *, dialect: Dialect | None = None, prompt: str | None = None) -> None:
         """Spawn a new incarnation. Raises SpawnError/ValidationError (the caller decides the state)."""
         if dialect is None:
             dialect = self._make_dialect()
+        self._cwd = await self._workspace.directory()
         argv = self._argv(prompt)
         env = {**self.profile.env, "SHOAL_WORKER": self.id, "SHOAL_LINEAGE": self.lineage}
         persistent = not self._one_process_per_task
@@ -520,7 +531,7 @@ class WorkerActor:
                 argv,
                 transport=dialect.transport,
                 env=env,
-                cwd=self.profile.cwd,
+                cwd=self._cwd,
                 rows=self.profile.rows,
                 cols=self.profile.cols,
             )
@@ -786,6 +797,11 @@ class WorkerActor:
         self._sample_at = now + self._config.sample_interval_s
         if assignment.category:
             self._history.append(assignment.category)
+        try:
+            await self._workspace.prepare(assignment)
+        except WorkspaceError as exc:  # the task cannot run here; the worker can run the next one
+            await self._finish_task(Outcome.FAILED, reason=f"workspace: {exc}")
+            return
         if self._one_process_per_task:
             try:
                 await self._start_process(prompt=assignment.prompt)
@@ -823,6 +839,14 @@ class WorkerActor:
                 **fields,
             )
         )
+        with trio.CancelScope(shield=True), trio.move_on_after(WORKSPACE_TIMEOUT_S) as scope:
+            try:
+                await self._workspace.finish(task, outcome)
+            except Exception as exc:  # its next task would start in an unknown tree: start afresh
+                log.warning("worker %s: finishing task %s's workspace failed: %s", self.id, task.task_id, exc)
+                self._respawn_reason = f"its workspace could not be finished: {exc}"
+        if scope.cancelled_caught:
+            self._respawn_reason = "its workspace did not finish in time"
 
     async def _finish_task(self, outcome: Outcome, *, respawn: str | None = None, **fields: Any) -> None:
         """End the running attempt, then do what is pending (stop, respawn, pause) or go idle."""

@@ -1,0 +1,65 @@
+"""Where a worker's agent works: the `Workspace` seam of the WorkerActor.
+
+A worker asks its workspace for the directory its processes run in (`directory`, before every
+spawn), lets it `prepare` each task before the prompt is written (e.g. check out a fresh branch)
+and `finish` it once the attempt has ended and been reported (e.g. commit what the agent left,
+reset the tree). Implementations do their file, git or network work off the trio loop
+(`trio.to_thread.run_sync`, `trio.run_process`); the worker shields `finish` so a cancelled worker
+still leaves its directory clean.
+
+`SharedDirectory` is today's behaviour: every worker of a profile runs in `profile.cwd` (or the
+service's own directory) and nothing happens per task. Per-worker git worktrees (a branch per task)
+are the next implementation; see docs/architecture.md, "Workspaces".
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import attrs
+
+from ..protocols.errors import ShoalError
+from ..protocols.tasks import Assignment, Outcome
+
+
+class WorkspaceError(ShoalError):
+    """A task's workspace could not be prepared: the attempt fails with this reason, the worker lives."""
+
+
+class Workspace(Protocol):
+    """What a worker needs of the place its agent works in."""
+
+    async def directory(self) -> str | None:
+        """The working directory for the worker's next process (None: the service's own)."""
+        ...
+
+    async def prepare(self, task: Assignment) -> None:
+        """Make the directory ready for `task` before its prompt is written. Raises WorkspaceError."""
+        ...
+
+    async def finish(self, task: Assignment, outcome: Outcome) -> None:
+        """The attempt ended with `outcome` (already reported): keep its work, clean for the next."""
+        ...
+
+    async def aclose(self) -> None:
+        """The worker is gone for good: release what `directory` set up."""
+        ...
+
+
+@attrs.define
+class SharedDirectory:
+    """Every task of every worker of the profile runs in one directory (`profile.cwd`)."""
+
+    cwd: str | None = None
+
+    async def directory(self) -> str | None:
+        return self.cwd
+
+    async def prepare(self, task: Assignment) -> None:
+        return None
+
+    async def finish(self, task: Assignment, outcome: Outcome) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
