@@ -30,7 +30,7 @@ from typing import Any
 import trio
 
 from ..protocols.config import ProfileConfig
-from ..protocols.dialects.base import Signal
+from ..protocols.dialects.base import ContextUsage, Signal
 from ..protocols.profiles import HOOK_FIFO_ENV
 from .auth import resolve_state_dir
 
@@ -39,6 +39,11 @@ log = logging.getLogger("shoal.hooks")
 CLAUDE_COMMANDS = frozenset({"claude", "claude.exe"})
 TRANSCRIPT_WAIT_S = 2.0  # how long the turn's usage may lag behind the Stop hook in the transcript
 TRANSCRIPT_STEP_S = 0.02
+# Context use of a claude-tui worker: the turn's last prompt size over the model's window. The TUI's
+# own footer ("N% until auto-compact") is drawn only from a session's second turn on, too late to
+# refresh before a task is written into a nearly full context.
+CONTEXT_WINDOW_TOKENS = 200_000
+CONTEXT_KEYS = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 MAX_EVENT = 1 << 20  # a hook input larger than this is dropped (Claude's are a few hundred bytes)
 
 
@@ -214,7 +219,8 @@ def transcript_turn(
 
     The turn starts at the user prompt (a user entry that is not a tool result) whose `promptId` is
     `prompt_id`, or at the newest prompt when `prompt_id` is None; it ends at the next prompt. Usage
-    is summed over its assistant messages (each message id once, its last line counting). `found`:
+    is summed over its assistant messages (each message id once, its last line counting);
+    `context_tokens` is the prompt size of the last one (what the context holds now). `found`:
     the turn and at least one of its assistant messages are in the file (the CLI may write them a
     moment after the Stop hook started).
     """
@@ -259,6 +265,10 @@ def transcript_turn(
                 usage[key] = usage.get(key, 0) + value
     if per_message:
         usage["api_requests"] = len(per_message)
+        last = list(per_message.values())[-1]
+        usage["context_tokens"] = sum(
+            value for key in CONTEXT_KEYS if isinstance(value := last.get(key), int)
+        )
     return text, usage, started and bool(per_message)
 
 
@@ -341,12 +351,30 @@ async def prepare(
 
 
 async def listen(channel: HookChannel, dialect: object, post: Callable[[list[Signal]], None]) -> None:
-    """Turn each Stop hook input into the dialect's end of the running task (`hook_done`)."""
+    """Turn each Stop hook input into the dialect's end of the running task (`hook_done`), with the
+    context use the turn left (the worker judges the task's end against it: a refresh between tasks);
+    a StopFailure (an API error ended the turn) into `hook_failed`."""
     done = getattr(dialect, "hook_done", None)
+    failed = getattr(dialect, "hook_failed", None)
     async for event in channel.events():
-        if event.get("hook_event_name", "Stop") != "Stop" or done is None:
+        kind = event.get("hook_event_name", "Stop")
+        if kind == "StopFailure" and failed is not None:
+            error, message = event.get("error"), event.get("last_assistant_message")
+            details = event.get("error_details")
+            if not isinstance(message, str) or not message:
+                message = details if isinstance(details, str) else ""
+            ended = failed(error if isinstance(error, str) else "", message, trio.current_time())
+            if ended:
+                post(ended)
+            continue
+        if kind != "Stop" or done is None:
             continue
         text, usage = await stop_result(event)
-        signals = done(text, usage, trio.current_time())
+        signals: list[Signal] = []
+        context = usage.get("context_tokens")
+        if isinstance(context, int) and context > 0:
+            used = round(min(100.0, 100.0 * context / CONTEXT_WINDOW_TOKENS), 1)
+            signals.append(ContextUsage(used_percent=used))
+        signals.extend(done(text, usage, trio.current_time()))
         if signals:
             post(signals)

@@ -53,8 +53,13 @@ HOOK_FIFO_ENV = "SHOAL_HOOK_FIFO"
 STOP_HOOK_COMMAND = (
     f'[ -p "${HOOK_FIFO_ENV}" ] && timeout 5 sh -c \'{{ cat; echo; }} > "${HOOK_FIFO_ENV}"\'; exit 0'
 )
+# StopFailure (2.1.x): the turn ended on an API error (rate limit, overloaded, auth, ...) after the
+# CLI's own retries; Stop does not run then. The same command hands its input to Shoal.
 CLAUDE_TUI_SETTINGS: dict[str, object] = {
-    "hooks": {"Stop": [{"hooks": [{"type": "command", "command": STOP_HOOK_COMMAND}]}]}
+    "hooks": {
+        event: [{"hooks": [{"type": "command", "command": STOP_HOOK_COMMAND}]}]
+        for event in ("Stop", "StopFailure")
+    }
 }
 
 

@@ -15,7 +15,7 @@ import trio.testing
 from shoal.actors.hooks import HookChannel, prepare, prepare_config_dir, stop_result, transcript_turn
 from shoal.protocols.config import ProfileConfig
 from shoal.protocols.dialects import make_dialect
-from shoal.protocols.dialects.base import ContextUsage, TaskDone
+from shoal.protocols.dialects.base import ContextUsage, RateLimited, TaskDone, TaskFailed
 from shoal.protocols.profiles import BUILTIN_PROFILES, HOOK_FIFO_ENV, STOP_HOOK_COMMAND
 from shoal.protocols.tasks import Assignment
 
@@ -125,7 +125,7 @@ def test_transcript_turn_reads_the_newest_turn(tmp_path: Path) -> None:
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\nnot json\n")
     text, usage, found = transcript_turn(path)
     assert found and text == "final reply"
-    assert usage == {"input_tokens": 30, "output_tokens": 2, "api_requests": 2}
+    assert usage == {"input_tokens": 30, "output_tokens": 2, "api_requests": 2, "context_tokens": 20}
 
 
 async def test_stop_result_prefers_the_hooks_message_and_survives_a_missing_transcript() -> None:
@@ -140,6 +140,30 @@ def test_marker_dialect_hook_done_ends_the_running_task_once() -> None:
     signals = dialect.hook_done("the reply", {"input_tokens": 3}, 2.0)  # type: ignore[attr-defined]
     assert signals == [TaskDone(result="the reply", usage={"input_tokens": 3})]
     assert dialect.hook_done("again", {}, 3.0) == []  # type: ignore[attr-defined]
+
+
+def test_marker_dialect_hook_failed_backs_off_api_errors_and_fails_the_rest() -> None:
+    """Claude Code's StopFailure hook: an API error ended the turn after the CLI's retries. The API's
+    fault (overloaded, rate limit, auth) is a RateLimited (task requeued, model parked), as on the
+    headless profile; an error of the request itself fails the attempt."""
+
+    def dialect_with_task() -> object:
+        dialect = make_dialect("marker", {"ready": "prompt", "auth_park_s": 120}, wall_clock=lambda: 1000.0)
+        assert dialect.hook_failed("overloaded", "x", 0.0) == []  # type: ignore[attr-defined]  # no task
+        dialect.start_task(Assignment(task_id="t1", attempt=1, prompt="hi"), 1.0)
+        return dialect
+
+    message = "API Error: 529 Overloaded. This is a server-side issue, usually temporary"
+    assert dialect_with_task().hook_failed("overloaded", message, 2.0) == [  # type: ignore[attr-defined]
+        RateLimited(reset_at=1060.0, message=f"API overloaded: {message}")
+    ]
+    assert dialect_with_task().hook_failed("authentication_failed", "bad key", 2.0) == [  # type: ignore[attr-defined]
+        RateLimited(reset_at=1120.0, message="API authentication_failed: bad key")
+    ]
+    [limited] = dialect_with_task().hook_failed("rate_limit", "Request rejected (429)", 2.0)  # type: ignore[attr-defined]
+    assert limited == RateLimited(reset_at=None, message="API rate limit: Request rejected (429)")
+    [failed] = dialect_with_task().hook_failed("invalid_request", "prompt is malformed", 2.0)  # type: ignore[attr-defined]
+    assert failed == TaskFailed(reason="API error (invalid_request): prompt is malformed")
 
 
 def test_claude_tui_reads_the_new_context_footer() -> None:
@@ -192,7 +216,7 @@ def test_transcript_turn_by_prompt_id_is_not_the_previous_one(tmp_path: Path) ->
     assert transcript_turn(path, "p2") == (None, {}, False)  # its reply is not written yet
     assert transcript_turn(path, "p1") == (
         "one",
-        {"input_tokens": 10, "output_tokens": 1, "api_requests": 1},
+        {"input_tokens": 10, "output_tokens": 1, "api_requests": 1, "context_tokens": 10},
         True,
     )
     assert transcript_turn(path, "p3")[2] is False
@@ -210,7 +234,8 @@ async def test_stop_result_waits_for_a_transcript_written_after_the_hook(tmp_pat
         await trio.sleep(0.1)  # the CLI writing late (what is tested is the result, not the time)
         with path.open("a") as f:
             f.write(_line(_reply("m2", "two", 20)))
-    assert got == [("two", {"input_tokens": 20, "output_tokens": 1, "api_requests": 1, "session_id": "s1"})]
+    usage = {"input_tokens": 20, "output_tokens": 1, "api_requests": 1, "context_tokens": 20}
+    assert got == [("two", {**usage, "session_id": "s1"})]
 
 
 async def _collect(got: list[tuple[str, dict[str, object]]], event: dict[str, object]) -> None:

@@ -126,53 +126,6 @@ async def test_headless_crash_reruns_the_task(tmp_path: Path, claude_bin: str) -
         assert len(fake.messages()) == 2
 
 
-async def test_headless_cancel_stops_the_turn_and_the_worker_goes_on(tmp_path: Path, claude_bin: str) -> None:
-    async with open_fake_anthropic() as fake:
-        profile = real_profile("claude", claude_bin, fake, tmp_path)
-        async with real_swarm(tmp_path, profile) as swarm:
-            task = await swarm.submit({"prompt": "Never mind [[think:30]]"})
-            with trio.fail_after(60):
-                await fake.wait_for(1)
-            cancelled = await swarm.cancel(task.id)
-            assert cancelled.state is TaskState.CANCELLED
-            after = await swarm.submit({"prompt": "Next one [[reply:next done]]"})
-            done = await swarm.wait(after.id, timeout=60)
-        assert done.state is TaskState.DONE and done.result == "next done", done
-
-
-@pytest.mark.parametrize(
-    ("directive", "requests"),
-    [("[[error:529]]", 2), ("[[error:429]][[retry_after:0]][[reset:+900]]", 1)],
-    ids=["529-storm", "429-usage-limit"],
-)
-async def test_headless_api_errors_park_the_model_without_a_retry_storm(
-    tmp_path: Path, claude_bin: str, directive: str, requests: int
-) -> None:
-    """Every request fails (overloaded, or rate limited with the unified headers): the CLI retries
-    (529: CLAUDE_CODE_MAX_RETRIES times) and gives up; Shoal takes the API failure as a rate limit (the model
-    parked, the task back in the queue, no attempt burnt), not as a crash or a tight retry loop."""
-    async with open_fake_anthropic() as fake:
-        profile = real_profile("claude", claude_bin, fake, tmp_path, CLAUDE_CODE_MAX_RETRIES="1")
-        async with real_swarm(tmp_path, profile) as swarm:
-            with swarm.events(("task.requeued", "model.parked")) as sub:
-                task = await swarm.submit({"prompt": f"Storm {directive}"})
-                seen: dict[str, Event] = {}
-                with trio.fail_after(60):
-                    while len(seen) < 2:
-                        event = await sub.receive()
-                        seen[event.topic] = event
-                requeued, parked = seen["task.requeued"], seen["model.parked"]
-            state = await swarm.get(task.id)
-            assert [w.state for w in swarm.workers()] == [WorkerState.IDLE]  # no crash, no respawn
-        assert requeued.data["outcome"] == "rate_limited"
-        assert parked.data["model"] == state.attempts[-1].model
-        assert state.state is TaskState.READY and [a.outcome for a in state.attempts] == [
-            Outcome.RATE_LIMITED
-        ]
-        # 529: the first try and the CLI's one retry; 429 whose limit resets in 15 minutes: no retry
-        assert len(fake.messages()) == requests
-
-
 # ---- claude-tui: the interactive TUI in a PTY, the Stop hook through its FIFO -----------------------
 
 
@@ -236,3 +189,122 @@ async def test_tui_crash_reruns_the_task_on_a_fresh_worker(tmp_path: Path, claud
         assert done.state is TaskState.DONE and done.result == "survived", done
         assert [a.outcome for a in done.attempts] == [Outcome.CRASHED, Outcome.DONE]
         assert done.attempts[0].worker != done.attempts[1].worker
+
+
+# ---- both profiles: the gaps of issue 14's list ------------------------------------------------------
+
+PROFILES = pytest.mark.parametrize("name", ["claude", "claude-tui"])
+
+
+@PROFILES
+async def test_context_refresh_gives_a_fresh_session(tmp_path: Path, claude_bin: str, name: str) -> None:
+    """The stand-in reports a nearly full context window; Shoal sees the context cross the refresh
+    threshold (stream-json: the usage; TUI: the turn's usage from the transcript), replaces the process
+    between tasks, and the next task runs in the fresh session, one request each."""
+    async with open_fake_anthropic() as fake:
+        profile = real_profile(name, claude_bin, fake, tmp_path)
+        async with real_swarm(tmp_path, profile) as swarm:
+            with swarm.events(("worker.state", "worker.context")) as sub:
+                task = await swarm.submit({"prompt": "Big one [[usage:190000]][[reply:big reply]]"})
+                done = await swarm.wait(task.id, timeout=60)
+                context = await wait_for(sub, "worker.context", timeout=30)
+                await wait_for(
+                    sub, lambda e: e.topic == "worker.state" and e.data["state"] == "refreshing", timeout=30
+                )
+                await wait_for(sub, lambda e: e.topic == "worker.state" and e.data["state"] == "idle", 60)
+            after = await swarm.submit({"prompt": "Next one [[reply:fresh reply]]"})
+            fresh = await swarm.wait(after.id, timeout=60)
+            [worker] = swarm.workers()
+        assert done.state is TaskState.DONE and done.result == "big reply", done
+        assert fresh.state is TaskState.DONE and fresh.result == "fresh reply", fresh
+        assert context.data["used_percent"] >= 80
+        assert worker.crashes == 0 and (worker.context_used_percent or 0) < 80
+        first, second = fake.messages()
+        # a fresh session: the second request carries only the new prompt, not the big turn before it
+        assert "assistant" not in [m["role"] for m in second.body["messages"]]
+        assert "Big one" not in json.dumps(second.body["messages"]) and "Big one" in first.prompt()
+
+
+@PROFILES
+async def test_cancel_stops_the_turn_and_the_worker_goes_on(
+    tmp_path: Path, claude_bin: str, name: str
+) -> None:
+    """A cancel mid-turn interrupts the worker (a fresh process: the turn may not run on into the
+    next task); the next task is done and the cancelled one is never re-run."""
+    async with open_fake_anthropic() as fake:
+        profile = real_profile(name, claude_bin, fake, tmp_path)
+        async with real_swarm(tmp_path, profile) as swarm:
+            task = await swarm.submit({"prompt": "Never mind [[think:30]]"})
+            with trio.fail_after(60):
+                await fake.wait_for(1)
+            cancelled = await swarm.cancel(task.id)
+            assert cancelled.state is TaskState.CANCELLED
+            after = await swarm.submit({"prompt": "Next one [[reply:next done]]"})
+            done = await swarm.wait(after.id, timeout=60)
+            final = await swarm.get(task.id)
+        assert done.state is TaskState.DONE and done.result == "next done", done
+        assert final.state is TaskState.CANCELLED
+        assert [r.prompt().split(" [[")[0] for r in fake.messages()] == ["Never mind", "Next one"]
+
+
+@PROFILES
+@pytest.mark.parametrize(
+    ("directive", "requests"),
+    [("[[error:529]]", 2), ("[[error:429]][[retry_after:0]][[reset:+900]]", 1)],
+    ids=["529-storm", "429-usage-limit"],
+)
+async def test_api_errors_park_the_model_without_a_retry_storm(
+    tmp_path: Path, claude_bin: str, name: str, directive: str, requests: int
+) -> None:
+    """Every request fails (overloaded, or rate limited with the unified headers): the CLI retries
+    (529: CLAUDE_CODE_MAX_RETRIES times, each a `system/api_retry`) and gives up; Shoal takes the API
+    failure as a rate limit (the model parked, the task back in the queue, no attempt burnt), not as
+    a crash or a tight retry loop."""
+    async with open_fake_anthropic() as fake:
+        profile = real_profile(name, claude_bin, fake, tmp_path, CLAUDE_CODE_MAX_RETRIES="1")
+        async with real_swarm(tmp_path, profile) as swarm:
+            with swarm.events(("task.requeued", "model.parked")) as sub:
+                task = await swarm.submit({"prompt": f"Storm {directive}"})
+                seen: dict[str, Event] = {}
+                with trio.fail_after(60):
+                    while len(seen) < 2:
+                        event = await sub.receive()
+                        seen[event.topic] = event
+                requeued, parked = seen["task.requeued"], seen["model.parked"]
+            state = await swarm.get(task.id)
+            assert [w.state for w in swarm.workers()] == [WorkerState.IDLE]  # no crash, no respawn
+        assert requeued.data["outcome"] == "rate_limited"
+        assert parked.data["model"] == state.attempts[-1].model
+        assert state.state is TaskState.READY and [a.outcome for a in state.attempts] == [
+            Outcome.RATE_LIMITED
+        ]
+        # 529: the first try and the CLI's one retry; 429 whose limit resets in 15 minutes: no retry
+        assert len(fake.messages()) == requests
+
+
+@pytest.mark.parametrize("allowed", [False, True], ids=["not-allowed", "allowed"])
+async def test_headless_permission_is_answered_by_the_profile_not_a_hang(
+    tmp_path: Path, claude_bin: str, allowed: bool
+) -> None:
+    """Headless Claude Code cannot ask: with `--permission-mode default` its answer is the profile's
+    allow-list. A command outside it is refused at once (the model is told, the task ends, nothing
+    waits); `--allowedTools Bash` answers yes and the command runs."""
+    args = ["--permission-mode", "default", *(["--allowedTools", "Bash"] if allowed else [])]
+    async with open_fake_anthropic() as fake:
+        profile = real_profile("claude", claude_bin, fake, tmp_path, *args)
+        async with real_swarm(tmp_path, profile) as swarm:
+            prompt = "Run it [[tool:Bash:echo ran > made.txt]][[reply:Finished]]"
+            task = await swarm.submit({"prompt": prompt})
+            done = await swarm.wait(task.id, timeout=60)
+        assert done.state is TaskState.DONE and done.result == "Finished", done
+        _, second = fake.messages()
+        [result] = [
+            block
+            for block in second.body["messages"][-1]["content"]
+            if isinstance(block, dict) and block.get("type") == "tool_result"
+        ]
+        made = tmp_path / "work" / "made.txt"
+        if allowed:
+            assert made.read_text() == "ran\n" and not result.get("is_error")
+        else:
+            assert not made.exists() and result.get("is_error"), result

@@ -8,7 +8,11 @@ unless `strip_chrome` is false). The line may be decorated by a TUI (`● SHOAL_
 inside a box); an echoed prompt that merely contains the word does not match.
 
 A task also ends when the agent's own hook says so: `hook_done` (called by the worker when the
-claude-tui Stop hook reports through its FIFO, see actors/hooks.py) ends it with the hook's text.
+claude-tui Stop hook reports through its FIFO, see actors/hooks.py) ends it with the hook's text, and
+`hook_failed` (Claude Code's StopFailure hook: an API error ended the turn, after the CLI's own
+retries) ends it as the stream-json dialect ends an API failure: RateLimited, so the task goes back
+to the queue without an attempt counted and the model backs off (until the reset the message names,
+or `overloaded_park_s` / `auth_park_s`); `invalid_request`, `max_output_tokens`, ... are TaskFailed.
 
 Readiness (`ready` option): "immediate" (default: ready at once and after each marker), "prompt"
 (Claude Code's prompt box, the prompt dialect's frame detection and its options) or a regex that a
@@ -21,12 +25,24 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from .base import Signal, TaskFailed
+from .base import RateLimited, Signal, TaskFailed
 from .common import _MAX_PENDING_EVAL, Event, Options
 from .prompt import PromptDialect
 
 _DONE_STATUSES = frozenset({"ok", "done", "success", "succeeded", "passed", "pass", "0"})
 _SETTLE_S = 0.05  # a marker line without a newline counts once the agent stayed quiet this long
+# StopFailure `error` values (Claude Code 2.1.x) that are the API's fault, not the task's
+_API_BACK_OFF = frozenset({"rate_limit", "overloaded", "server_error", "unknown"})
+_API_AUTH = frozenset(
+    {
+        "authentication_failed",
+        "oauth_org_not_allowed",
+        "account_on_hold",
+        "verification_required",
+        "billing_error",
+        "cloud_credential_error",
+    }
+)
 
 
 def marker_regex(marker: str) -> re.Pattern[str]:
@@ -61,6 +77,8 @@ class MarkerDialect(PromptDialect):
         self._ready_line_seen = False
         self._clock_started = False
         self._marker_deadline: float | None = None
+        self._overloaded_park = opts.number("overloaded_park_s", 60.0, minimum=0.0) or 0.0
+        self._auth_park = opts.number("auth_park_s", 300.0, minimum=0.0) or 0.0
 
     # -- scanning ------------------------------------------------------------------------------------
 
@@ -118,6 +136,33 @@ class MarkerDialect(PromptDialect):
         if self._task is None:
             return out
         self._finish_done(out, result or self._result(), dict(usage))
+        if self._ready_mode == "immediate":
+            self._report_ready(True, out)
+        return out
+
+    def hook_failed(self, error: str, message: str, now: float) -> list[Signal]:
+        """An API error ended the agent's turn (its StopFailure hook; `error` is Claude Code's kind,
+        `message` its text): end the running task, see the module docstring. Nothing when no task
+        runs (the screen's usage-limit text may have ended it first)."""
+        out: list[Signal] = []
+        if self._task is None:
+            return out
+        detail = " ".join(message.split())[:200] or "no detail"
+        wall = self._wall()
+        if error == "rate_limit":
+            for hit in self._scanner.scan(message + "\n", "", wall):
+                if hit.kind == "limit":  # a usage-limit notice with its own reset time
+                    self._end_task(out, hit.signal)
+                    return out
+            self._end_task(out, RateLimited(reset_at=None, message=f"API rate limit: {detail}"))
+        elif error in _API_BACK_OFF:
+            reset = wall + self._overloaded_park
+            self._end_task(out, RateLimited(reset_at=reset, message=f"API {error}: {detail}"))
+        elif error in _API_AUTH:
+            reset = wall + self._auth_park
+            self._end_task(out, RateLimited(reset_at=reset, message=f"API {error}: {detail}"))
+        else:
+            self._end_task(out, TaskFailed(reason=f"API error ({error or 'unknown'}): {detail}"))
         if self._ready_mode == "immediate":
             self._report_ready(True, out)
         return out
