@@ -264,6 +264,10 @@ def status_table(status: dict[str, Any]) -> Table:
         _row(table, "needs input", f"{w['worker']}{task} {needs_input_text(w, now)}")
     for m in status.get("models") or []:
         _row(table, f"model {m['name']}", model_text(m, now))
+    cap = status.get("capacity")
+    if isinstance(cap, dict):
+        _row(table, "capacity", capacity_text(cap))
+        _row(table, "held back by", held_back_text(cap))
     breaker = status.get("breaker")
     if isinstance(breaker, dict) and breaker.get("state"):
         trips = breaker.get("trips")
@@ -274,6 +278,45 @@ def status_table(status: dict[str, Any]) -> Table:
         if status.get(key):
             _row(table, key.replace("_", " "), str(status[key]))
     return table
+
+
+def _mib(value: float | None) -> str:
+    return "?" if value is None else _size(int(value * 1024 * 1024))
+
+
+def capacity_text(cap: dict[str, Any]) -> str:
+    """`4/8 workers · 1.2GiB free (floor 512.0MiB) · 258.0MiB a worker (claude, measured) · 3 more fit`."""
+    parts = [f"{cap.get('workers', 0)}/{cap.get('max_workers', '?')} workers"]
+    if cap.get("free_memory_mb") is None:
+        parts.append(f"free memory unknown ({cap.get('memory_error') or 'not read'})")
+    else:
+        parts.append(f"{_mib(cap['free_memory_mb'])} free (floor {_mib(cap.get('min_free_memory_mb'))})")
+    source = f"{cap.get('profile')}, {cap.get('worker_memory_source')}"
+    parts.append(f"{_mib(cap.get('worker_memory_mb'))} a worker ({source})")
+    parts.append(f"{cap.get('can_start', 0)} more fit")
+    return " · ".join(parts)
+
+
+_HELD = {
+    "max_workers": "max_workers (scaling.max_workers)",
+    "memory": "memory (node.min_free_memory_mb would be crossed)",
+    "max_spawn_per_tick": "max_spawn_per_tick (more next decision)",
+    "parked": "a parked model (its tasks wait for its reset)",
+    "halted": "the breaker (the swarm is halted)",
+}
+
+
+def held_back_text(cap: dict[str, Any]) -> str:
+    """What keeps the swarm from starting the workers its queue wants, or `nothing`."""
+    held = cap.get("held_back_by")
+    if not held:
+        return "nothing"
+    text = _HELD.get(held, str(held))
+    unmet = cap.get("unmet") or 0
+    if unmet:
+        text += f": {unmet} more worker{'s' if unmet != 1 else ''} wanted"
+    more = [_HELD.get(x, x).split(" (")[0] for x in cap.get("limited_by") or [] if x != held]
+    return text + (f"; also {', '.join(more)}" if more else "")
 
 
 def workers_table(workers: list[dict[str, Any]]) -> Table:

@@ -46,6 +46,7 @@ import trio
 from ..protocols.config import ModelsConfig, ScalingConfig, SwarmConfig
 from ..protocols.workers import WorkerState
 from ..runtime.eventbus import EventBus, Subscription
+from .capacity import MemoryView, memory_fit
 
 log = logging.getLogger("shoal.scaler")
 
@@ -96,6 +97,7 @@ class ScalerInputs:
     halted: bool = False
     now: float = 0.0
     mean_run_s: float | None = None
+    node: MemoryView | None = None  # free memory and worker costs; None: memory limits nothing
 
 
 @attrs.frozen
@@ -303,7 +305,10 @@ def decide(
     parked_waiting = {m: n for m, n in deficit.items() if m in parked}
     spawnable = {m: n for m, n in deficit.items() if m not in parked}
     room = max(0, scaling.max_workers - len(present))
-    slots = 0 if inputs.halted else min(scaling.max_spawn_per_tick, room)
+    # memory: how many more workers fit above node.min_free_memory_mb (None: unknown, no limit)
+    fit, reserved = memory_fit(inputs.node, present) if inputs.node is not None else (None, 0.0)
+    cap_room = room if fit is None else min(room, fit)
+    slots = 0 if inputs.halted else min(scaling.max_spawn_per_tick, cap_room)
     wanted = sum(spawnable.values())
     if wanted <= slots:
         grant = dict(spawnable)
@@ -382,7 +387,7 @@ def decide(
     # slots already on their way out (a retired worker runs its stop ladder): a later decision must
     # not free the same slot twice while the first retiree is still stopping
     freeing = by_state.get(WorkerState.STOPPING.value, 0)
-    if unmet_model > 0 and not inputs.halted and room - len(spawn) <= 0:
+    if unmet_model > 0 and not inputs.halted and cap_room - len(spawn) <= 0:
         # At max_workers with work waiting for another model: free the slots held by idle surplus,
         # i.e. idle workers of a model with nothing waiting for it. Ready work that no live worker
         # can take (pinned or escalated to a model with no worker) frees a slot at once; a gap that
@@ -407,7 +412,7 @@ def decide(
                     retire.append((w.id, REBALANCE))
                     taken_ids.add(w.id)
                     taken[m] = taken.get(m, 0) + 1
-    if cat_unmet > 0 and not inputs.halted and room - len(spawn) <= 0:
+    if cat_unmet > 0 and not inputs.halted and cap_room - len(spawn) <= 0:
         # At the cap with work of a category no serving worker takes: retire at once an idle worker
         # that can take none of the ready work (it holds a slot it does not use), its slot going to
         # a new worker that takes every category. Workers of the stranded work's own model first
@@ -472,9 +477,13 @@ def decide(
     if inputs.halted and wanted:
         limited_by.append("halted")
     elif unmet > 0:
-        limited_by.append("max_workers" if room <= scaling.max_spawn_per_tick else "max_spawn_per_tick")
+        caps = [
+            name for name, cap in (("max_workers", room), ("memory", fit)) if cap is not None and cap <= slots
+        ]
+        limited_by.extend(caps or ["max_spawn_per_tick"])
     if parked_waiting:
         limited_by.append("parked")
+    node = inputs.node
     summary: dict[str, Any] = {
         "now": now,
         "ready": {(UNPINNED_KEY if k is None else k): n for k, n in inputs.ready_by_model.items() if n},
@@ -501,7 +510,19 @@ def decide(
         "slots": slots,
         "unmet": unmet,
         "categories": {"stranded": stranded_cats, "unmet": cat_unmet},
+        "memory": None
+        if node is None
+        else {
+            "free_mb": node.free_mb,
+            "floor_mb": node.floor_mb,
+            "worker_mb": node.cost_mb,
+            "source": node.source,
+            "profile": node.profile,
+            "reserved_mb": round(reserved, 1),
+            "fit": fit,
+        },
         "limited_by": limited_by,
+        "held_back_by": limited_by[0] if limited_by else None,
         "limits": {
             "min_workers": scaling.min_workers,
             "max_workers": scaling.max_workers,
@@ -574,8 +595,15 @@ class ScalerActor:
         self.mean_run_s: float | None = None  # EWMA of run_s from task.done
         self.last_decision: Decision | None = None
         self.decisions = 0
+        self._decided = trio.Event()
         self._wake = trio.Event()
         self._last_published: Any = None
+
+    async def next_decision(self) -> Decision:
+        """The next decision made from now on (tests and tools wait on it instead of polling)."""
+        await self._decided.wait()
+        assert self.last_decision is not None
+        return self.last_decision
 
     def wake(self) -> None:
         """Ask for a decision now (also done by any subscribed event)."""
@@ -631,6 +659,8 @@ class ScalerActor:
         decision = decide(inputs, scaling, models, self.memory)
         self.last_decision = decision
         self.decisions += 1
+        self._decided.set()
+        self._decided = trio.Event()
         key = (decision.desired, tuple(decision.summary["limited_by"]), decision.summary["unmet"])
         if decision.changes or key != self._last_published:
             self._last_published = key

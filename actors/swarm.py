@@ -34,8 +34,9 @@ from ..runtime.eventbus import EventBus, Subscription
 from . import queue as q
 from .alerts import AlertActor
 from .auth import resolve_state_dir
+from .capacity import CapacityMeter, memory_fit
 from .metrics import MetricsActor
-from .scaler import ScalerInputs
+from .scaler import ScalerActor, ScalerInputs
 from .swarm_supervisor import SwarmSupervisor
 
 VERSION = "0.1.0"
@@ -128,6 +129,8 @@ class SwarmHandle:
         self.started_at = time.time()
         self._config_lock = trio.Lock()
         self._stopped = False
+        self.capacity = CapacityMeter(self.get_config, supervisor.processes)
+        self.scaler: ScalerActor | None = None  # set by the tree once the services start
 
     # ---- configuration ----------------------------------------------------------------------------
 
@@ -270,12 +273,44 @@ class SwarmHandle:
             "breaker": sup.breaker_status(),
             "models": self._model_states(stats),
             "needs_input": self._needs_input(),
+            "capacity": await self._capacity(),
             "since": self.started_at,
             "version": VERSION,
             "gateway_url": self.gateway_url,
             "http_url": self.http_url,
             "state_dir": str(self.state_dir),
             "tree": await self._tree.view(),
+        }
+
+    async def _capacity(self) -> dict[str, Any]:
+        """How many more workers the swarm may start and what holds it back: max_workers, free memory
+        above node.min_free_memory_mb (each worker costing its profile's memory_mb, measured peak or
+        estimate), a parked model, the breaker. `held_back_by` is the scaler's latest decision's."""
+        config = self._config
+        view = await self.capacity.view()
+        workers = self._supervisor.views()
+        fit, reserved = memory_fit(view, workers)
+        present = sum(1 for w in workers if w.state not in (WorkerState.STOPPED, WorkerState.CRASHED))
+        room = max(0, config.scaling.max_workers - present)
+        decision = self.scaler.last_decision if self.scaler is not None else None
+        summary = decision.summary if decision is not None else {}
+        return {
+            "free_memory_mb": view.free_mb,
+            "min_free_memory_mb": view.floor_mb,
+            "memory_error": view.error,
+            "profile": view.profile,
+            "worker_memory_mb": view.cost_mb,
+            "worker_memory_source": view.source,
+            "reserved_mb": round(reserved, 1),
+            "profiles": self.capacity.snapshot(),
+            "workers": present,
+            "max_workers": config.scaling.max_workers,
+            "room": room,
+            "memory_fit": fit,
+            "can_start": room if fit is None else min(room, fit),
+            "held_back_by": summary.get("held_back_by"),
+            "limited_by": summary.get("limited_by", []),
+            "unmet": summary.get("unmet", 0),
         }
 
     async def kill_child(self, path: str, reason: str = "killed by operator") -> None:
@@ -431,6 +466,7 @@ class SwarmHandle:
             workers=views,
             halted=self._supervisor.halted or self._stopped,
             now=trio.current_time(),
+            node=await self.capacity.view(),
         )
 
     async def _scaler_spawn(self, model: str, reason: str) -> None:

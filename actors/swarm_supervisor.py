@@ -51,6 +51,7 @@ from ..runtime.actor import ActorGone, Address, CallTimeout
 from ..runtime.backoff import BackoffState, RestartIntensity
 from ..runtime.eventbus import EventBus
 from .auth import resolve_state_dir
+from .capacity import ProcessView
 from .queue import (
     AttemptEnded,
     Barrier,
@@ -802,6 +803,14 @@ class SwarmSupervisor:
             WorkerView(lineage.id, lineage.model, WorkerState.STARTING, capabilities=lineage.capabilities)
             for lineage in self._between.values()
             if not lineage.retired
+        ]
+
+    def processes(self) -> list[ProcessView]:
+        """Each live worker's process (id, profile, pid, state): what the capacity meter samples."""
+        return [
+            ProcessView(w.id, w.actor.profile_name, w.actor.pid, w.state)
+            for w in self._workers.values()
+            if w.state is not WorkerState.STOPPED
         ]
 
     def counts(self) -> dict[str, int]:

@@ -281,7 +281,16 @@ def _services(handle: SwarmHandle, config: SwarmConfig, serve: bool) -> Supervis
     scaler = ScalerActor(
         handle.get_config, handle.bus, handle.scaler_inputs, handle._scaler_spawn, handle._scaler_retire
     )
-    children = [_leaf("scaler", scaler.run)]
+    handle.scaler = scaler
+
+    async def run_scaler(*, task_status: trio.TaskStatus[None]) -> None:
+        # the capacity meter samples workers' memory for the scaler's inputs: one child with it
+        async with trio.open_nursery() as nursery:
+            await nursery.start(handle.capacity.run)
+            await nursery.start(scaler.run)
+            task_status.started()
+
+    children = [_leaf("scaler", run_scaler)]
     http_on = config.http.enabled if config.http.enabled is not None else serve
     gateway_on = config.gateway.enabled if config.gateway.enabled is not None else serve
     if http_on:

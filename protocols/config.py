@@ -150,6 +150,9 @@ class ProfileConfig:
     context_refresh_percent: float = attrs.field(default=80.0, validator=v.and_(_nonneg, _at_most(100)))
     options: dict[str, Any] = attrs.field(factory=dict)  # dialect options (patterns, markers, idle_ms)
     models: tuple[str, ...] = ()  # models this profile can run; empty: any
+    # what one worker of this profile costs in memory (MiB), for the scaler's free-memory floor; None:
+    # the peak RSS measured on this profile's workers, else an estimate (docs/scaling.md, "Memory")
+    memory_mb: int | None = attrs.field(default=None, validator=v.optional(_pos))
 
 
 @attrs.frozen
@@ -177,6 +180,18 @@ class ScalingConfig:
     def __attrs_post_init__(self) -> None:
         if self.min_workers > self.max_workers:
             raise ValueError("min_workers must not exceed max_workers")
+
+
+@attrs.frozen
+class NodeConfig:
+    """This machine's limits: the scaler never spawns a worker that would take free memory below
+    `min_free_memory_mb` (docs/scaling.md, "Memory")."""
+
+    min_free_memory_mb: int = attrs.field(default=512, validator=_nonneg)
+    # what a worker of a profile with no `memory_mb`, no measurement and no built-in estimate costs
+    worker_memory_mb: int = attrs.field(default=256, validator=_pos)
+    # where free memory is read: a /proc/meminfo-style file whose MemAvailable (kB) is the free memory
+    meminfo_path: str = "/proc/meminfo"
 
 
 @attrs.frozen
@@ -303,6 +318,7 @@ class SwarmConfig:
     store: StoreConfig = StoreConfig()
     workers: WorkersConfig = WorkersConfig()
     scaling: ScalingConfig = ScalingConfig()
+    node: NodeConfig = NodeConfig()
     supervision: SupervisionConfig = SupervisionConfig()
     models: ModelsConfig = ModelsConfig()
     gateway: GatewayConfig = GatewayConfig()

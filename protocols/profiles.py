@@ -166,6 +166,19 @@ BUILTIN_PROFILES: dict[str, ProfileConfig] = {
 }
 
 
+# What a worker of a built-in profile is assumed to cost (MiB) until one has been measured: the fake
+# agent is a small Python process (≈12 MiB), Claude Code ≈258 MiB (measured, CLI 2.1.x), bash ≈4 MiB.
+MEMORY_ESTIMATE_MB: dict[str, int] = {
+    "fake": 16,
+    "fake-marker": 16,
+    "fake-stream": 16,
+    "fake-oneshot": 16,
+    "claude": 300,
+    "claude-tui": 300,
+    "shell": 8,
+}
+
+
 def resolve_profile(name: str, user_profiles: Mapping[str, ProfileConfig] | None = None) -> ProfileConfig:
     """The user's profile called `name`, else the built-in one; NotFound naming it otherwise."""
     if user_profiles and name in user_profiles:

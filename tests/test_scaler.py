@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import trio
 
+from shoal.actors.capacity import MemoryView
 from shoal.actors.scaler import (
     CATEGORY,
     IDLE,
@@ -393,6 +394,63 @@ def test_category_work_below_the_cap_spawns_at_once_and_covered_work_spawns_noth
     # pinned to sonnet, the only sonnet worker takes `a` only: a sonnet worker for it
     d = run(scaling, workers=limited, ready_by_model={"sonnet": 1}, ready_by_category={("b", "sonnet"): 1})
     assert d.spawn == [("sonnet", CATEGORY)]
+
+
+def mem(free: float | None, cost: float = 300.0, floor: float = 512.0, **kw: Any) -> MemoryView:
+    return MemoryView(free_mb=free, floor_mb=floor, cost_mb=cost, source="measured", profile="fake", **kw)
+
+
+def test_spawns_stop_at_the_free_memory_floor() -> None:
+    """Issue 14 item 4: 1512 MiB free, a 512 MiB floor, 300 MiB a worker: 3 fit, not the 10 wanted."""
+    scaling = ScalingConfig(max_workers=32, max_spawn_per_tick=32)
+    d = run(scaling, ready_by_model={None: 10}, node=mem(1512))
+    assert len(d.spawn) == 3
+    assert d.summary["limited_by"] == ["memory"] and d.summary["held_back_by"] == "memory"
+    assert d.summary["memory"]["fit"] == 3 and d.summary["unmet"] == 7
+    # the 3 are starting: they will grow to 300 each, which free memory does not show yet
+    starting = [w(f"n{i}", S.STARTING) for i in range(3)]
+    d = run(scaling, ready_by_model={None: 10}, workers=starting, node=mem(1512))
+    assert d.spawn == [] and d.summary["memory"]["reserved_mb"] == 900
+    # started, at 280 of their 300 MiB, and free memory fell by what they use: still nothing
+    up = [w(f"n{i}", S.BUSY) for i in range(3)]
+    rss = {f"n{i}": 280.0 for i in range(3)}
+    d = run(
+        scaling,
+        ready_by_model={None: 7},
+        running_by_model={"sonnet": 3},
+        workers=up,
+        node=mem(1512 - 840, rss_mb=rss),
+    )
+    assert d.spawn == [] and d.summary["memory"]["fit"] == 0 and d.summary["held_back_by"] == "memory"
+    # memory freed elsewhere on the machine: the next decision spawns into it
+    d = run(
+        scaling,
+        ready_by_model={None: 7},
+        running_by_model={"sonnet": 3},
+        workers=up,
+        node=mem(1512 - 840 + 700, rss_mb=rss),
+    )
+    assert len(d.spawn) == 2
+
+
+def test_memory_bounds_the_floor_too_and_unknown_memory_limits_nothing() -> None:
+    scaling = ScalingConfig(min_workers=4, max_workers=8)
+    d = run(scaling, node=mem(1200))  # 688 above the floor: 2 workers of 300
+    assert [r for _, r in d.spawn] == [MIN_WORKERS, MIN_WORKERS]
+    d = run(scaling, node=mem(None))  # /proc/meminfo unreadable: memory is not a limit
+    assert len(d.spawn) == 4
+    # both caps bind: both are named, max_workers first
+    d = run(ScalingConfig(max_workers=2), ready_by_model={None: 5}, node=mem(512 + 600))
+    assert d.summary["limited_by"] == ["max_workers", "memory"] and len(d.spawn) == 2
+
+
+def test_at_the_memory_cap_ready_work_for_another_model_frees_an_idle_workers_memory() -> None:
+    scaling = ScalingConfig(max_workers=8, idle_s=60)
+    sonnet = [w("s0", idle_since=10.0), w("s1", idle_since=10.0)]
+    rss = {"s0": 300.0, "s1": 300.0}
+    d = run(scaling, ready_by_model={"opus": 1}, workers=sonnet, now=10.0, node=mem(700, rss_mb=rss))
+    assert d.spawn == [] and d.retire == [("s0", REBALANCE)]
+    assert d.summary["limited_by"] == ["memory"]
 
 
 def test_scale_up_is_immediate_whatever_the_window_remembers() -> None:
