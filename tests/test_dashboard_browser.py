@@ -479,3 +479,40 @@ async def test_model_states_needs_input_attempts_and_the_cancelled_count(tmp_pat
             assert len(set(ticks)) == len(ticks) and all(re.fullmatch(r"[\d,]+", t) for t in ticks), ticks
 
         await in_browser(swarm, tmp_path, scenario)
+
+
+async def test_the_capacity_chip_names_the_limit_that_holds_the_swarm_back(tmp_path: Path) -> None:
+    """Issue 14 item 4: workers costing 200 MiB, 450 MiB above the free-memory floor (a meminfo file
+    the test writes): the header says memory holds the swarm back, with the figures on hover; once
+    memory is freed, max_workers does."""
+    from swarmkit import fake_profile
+
+    from shoal.actors.tree import open_swarm
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(f"MemAvailable: {(512 + 450) * 1024} kB\n")
+    cfg = config(
+        tmp_path,
+        workers={"profile": "big", "profiles": {"big": fake_profile(memory_mb=200)}},
+        scaling={"max_workers": 4, "predictive": False},
+        node={"min_free_memory_mb": 512, "meminfo_path": str(meminfo)},
+    )
+    async with open_swarm(cfg) as swarm:
+
+        def scenario(page: Any, bridge: Bridge) -> None:
+            bridge.run(swarm.submit_many, [{"id": f"h{i}", "prompt": "[[hang]]"} for i in range(8)])
+            chip = page.locator("#capacity")
+            expect(chip).to_have_attribute("data-held", "memory")
+            expect(chip).to_have_text("held back by memory")
+            title = chip.get_attribute("title") or ""
+            assert "962 MiB free, floor 512 MiB" in title and "a big worker: 200 MiB (config)" in title, title
+            assert "6 more workers wanted" in title, title
+            shot(page, "dashboard-capacity")
+            tmp = meminfo.with_suffix(".tmp")
+            tmp.write_text(f"MemAvailable: {(512 + 4000) * 1024} kB\n")
+            tmp.replace(meminfo)
+            expect(chip).to_have_attribute("data-held", "max_workers")
+            expect(chip).to_have_text("held back by max_workers")
+            expect(page.locator("#summary")).to_contain_text("workers 4")
+
+        await in_browser(swarm, tmp_path, scenario)

@@ -489,6 +489,7 @@ class World:
     def __init__(self) -> None:
         self.ready: dict[str | None, int] = {}
         self.ready_cat: dict[tuple[str, str | None], int] = {}
+        self.node: MemoryView | None = None
         self.running: dict[str | None, int] = {}
         self.workers: dict[str, WorkerView] = {}
         self.spawned: list[tuple[str, str]] = []
@@ -523,6 +524,7 @@ class World:
             running_by_model=dict(self.running),
             workers=list(self.workers.values()),
             now=trio.current_time(),
+            node=self.node,
         )
 
     async def spawn(self, model: str, reason: str) -> None:
@@ -767,4 +769,30 @@ async def test_category_work_gets_its_worker_at_once_at_the_cap(autojump_clock: 
         for _ in range(5):
             await trio.sleep(1)
         assert world.retired == [("a0", REBALANCE)] and world.spawned == [("sonnet", CATEGORY)]
+        nursery.cancel_scope.cancel()
+
+
+async def test_actor_stops_at_the_memory_floor_and_spawns_when_memory_frees(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Issue 14 item 4 on the actor: starting workers reserve their cost, so repeated decisions never
+    spawn past the floor; memory freed on the machine is used at the next tick, no event needed."""
+    bus, world = EventBus(), World()
+    config = Config(tick_s=1, max_workers=32, max_spawn_per_tick=32)
+    world.node = mem(512 + 650)  # 2 workers of 300 fit
+    async with trio.open_nursery() as nursery:
+        actor = await start(nursery, config, bus, world)
+        world.ready = {None: 10}
+        bus.publish("task.submitted", {"count": 10})
+        with trio.fail_after(5):
+            await world.until(lambda: len(world.spawned) == 2)
+        for _ in range(3):  # ticks: the two are still starting and reserve 600 MiB
+            d = await actor.next_decision()
+            assert d.spawn == [] and d.summary["held_back_by"] == "memory"
+        assert len(world.spawned) == 2
+        world.node = mem(512 + 650 + 900)  # memory freed elsewhere: 3 more fit
+        d = await actor.next_decision()  # the tick finds it
+        assert len(d.spawn) == 3 and d.summary["held_back_by"] == "memory"
+        with trio.fail_after(1):
+            await world.until(lambda: len(world.spawned) == 5)
         nursery.cancel_scope.cancel()

@@ -2,7 +2,7 @@
 // Everything goes through the gateway's public JSON-RPC methods; this page has no private API.
 
 import { Rpc } from "./rpc.js";
-import { $, el, errorText, fmtAgo, fmtTime, frameThrottle, throttle, toast } from "./util.js";
+import { $, el, errorText, fmtAgo, fmtBytes, fmtTime, frameThrottle, throttle, toast } from "./util.js";
 import { WorkersView } from "./workers.js";
 import { TasksView } from "./tasks.js";
 import { ChartsView } from "./charts.js";
@@ -204,6 +204,7 @@ class App {
       $("#halt-evidence").textContent = JSON.stringify(s.evidence ?? s.breaker ?? {}, null, 2);
     }
     this.renderModels(s.models || []);
+    this.renderCapacity(s.capacity);
     const stopped = s.state === "stopped" || s.state === "stopping";
     $("#btn-stop").hidden = stopped;
     $("#btn-start").hidden = !stopped;
@@ -224,6 +225,34 @@ class App {
       chip.title = m.reason || `${m.name} takes work`;
       return chip;
     }));
+  }
+
+  /** Header chip: the limit that holds the swarm back now (max_workers, memory, a parked model, the
+   *  breaker), or how many more workers fit; hover: free memory, the floor, what a worker costs. */
+  renderCapacity(cap) {
+    const chip = $("#capacity");
+    if (!cap) { chip.hidden = true; return; }
+    const held = cap.held_back_by || "";
+    const mib = (v) => (v === null || v === undefined ? "?" : fmtBytes(v * 1024 * 1024));
+    const text = held ? `held back by ${held === "parked" ? "a parked model" : held}` : `${cap.can_start} more fit`;
+    const free = cap.free_memory_mb === null || cap.free_memory_mb === undefined
+      ? `free memory unknown (${cap.memory_error || "not read"})`
+      : `${mib(cap.free_memory_mb)} free, floor ${mib(cap.min_free_memory_mb)}`;
+    const title = [
+      held ? `${cap.unmet} more worker${cap.unmet === 1 ? "" : "s"} wanted; limits: ${(cap.limited_by || []).join(", ")}` : "nothing holds the swarm back",
+      `workers ${cap.workers}/${cap.max_workers}`,
+      `memory: ${free}`,
+      `a ${cap.profile} worker: ${mib(cap.worker_memory_mb)} (${cap.worker_memory_source})`,
+      `${cap.memory_fit ?? "any number"} more fit in memory`,
+    ].join("\n");
+    const key = `${held}|${text}|${title}`;
+    chip.hidden = false;
+    if (chip._v === key) return;
+    chip._v = key;
+    chip.dataset.held = held || "none";
+    chip.className = `chip capacity${held ? " held" : ""}`;
+    chip.textContent = text;
+    chip.title = title;
   }
 
   /** Header counts: workers from the live worker map (updated per event), tasks from swarm.status. */
