@@ -1,25 +1,28 @@
-"""The real-capture corpus of issue 16: every file is listed, well formed, and readable by its dialect.
+"""The real-capture corpus of issue 16: every file is listed, well formed, and read right by its dialect.
 
 tests/fixtures/claude-code/manifest.json lists each capture (where it came from is in SOURCES.md
-beside it) with what a correct parser should conclude. These tests check the corpus itself and that
-feeding each file through the existing dialect raises nothing, whole and split into small chunks.
-They do not assert the conclusions yet: `mismatches()` compares what the dialects conclude today with
-the manifest, and `test_report_mismatches` prints that list (`pytest -s`, or run this file as a
-script). The parser work of issue 16 turns that list into assertions.
+beside it) with what a correct parser concludes from it. Each capture is fed to its dialect whole and
+in 7-byte chunks (splitting UTF-8 sequences, escape sequences and JSON lines), and what the dialect
+concludes must match the manifest: `mismatches()` names every difference, `test_corpus_conclusions`
+asserts there is none. Run this file as a script to print the list.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from conftest import FIXTURES
 
 from shoal.protocols.dialects import make_dialect
+from shoal.protocols.dialects.ansi import strip_ansi
 from shoal.protocols.dialects.base import (
     NeedsInput,
     ProtocolError,
@@ -35,7 +38,7 @@ from shoal.protocols.tasks import Assignment
 MANIFEST = FIXTURES / "manifest.json"
 CORPUS = FIXTURES / "corpus"
 KINDS = {"headless-result", "headless-stream", "headless-text", "tui-screen"}
-FORMATS = {"json", "jsonl", "text"}
+FORMATS = {"json", "jsonl", "text", "ansi"}  # ansi: raw PTY output, escape sequences and all
 EXPECTS = {"done", "failed", "rate_limited", "retrying", "quota", "needs_input", "busy", "ready", "info"}
 PROVENANCE = {"real", "partly-edited", "quoted"}
 NOW = 1000.0
@@ -85,7 +88,7 @@ def test_entry_is_well_formed(entry: dict[str, Any]) -> None:
     assert entry["provenance"] in PROVENANCE
     assert entry["dialect"] in {"stream-json", "prompt", "oneshot"}
     text = path.read_bytes().decode("utf-8")  # every capture is UTF-8
-    if entry["format"] == "text":
+    if entry["format"] in ("text", "ansi"):
         assert "non_json_lines" not in entry
         return
     non_json = set(entry.get("non_json_lines", []))
@@ -136,7 +139,7 @@ def run_screen(entry: dict[str, Any], *, task: bool, chunk: int | None = None) -
 
 def scan_patterns(entry: dict[str, Any]) -> list[Signal]:
     """The shared pattern scanner over the whole text (what every text dialect runs)."""
-    text = (FIXTURES / entry["file"]).read_text(encoding="utf-8")
+    text = strip_ansi((FIXTURES / entry["file"]).read_bytes())
     scanner = PatternScanner()
     return [hit.signal for hit in scanner.scan(text if text.endswith("\n") else text + "\n", "", WALL)]
 
@@ -155,7 +158,7 @@ def test_dialect_reads_it_without_raising(entry: dict[str, Any]) -> None:
         assert all(isinstance(s, Signal) for s in whole)
 
 
-# -- what the dialects conclude today, against the manifest ---------------------------------------------
+# -- what the dialects conclude, against the manifest ---------------------------------------------
 
 
 def _terminal(signals: Sequence[Signal]) -> Signal | None:
@@ -179,11 +182,11 @@ def _text_of(s: Signal | None) -> str:
     return ""
 
 
-def conclude(entry: dict[str, Any]) -> dict[str, Any]:
-    """What the current dialects make of one capture."""
+def conclude(entry: dict[str, Any], chunk: int | None = None) -> dict[str, Any]:
+    """What the dialects make of one capture, fed whole or in `chunk`-byte pieces."""
     if entry["kind"] == "tui-screen":
-        idle = run_screen(entry, task=False)
-        busy = run_screen(entry, task=True)
+        idle = run_screen(entry, task=False, chunk=chunk)
+        busy = run_screen(entry, task=True, chunk=chunk)
         end = _terminal(busy)
         return {
             "outcome": _outcome(end),
@@ -195,7 +198,7 @@ def conclude(entry: dict[str, Any]) -> dict[str, Any]:
             "protocol_errors": 0,
             "other": _by_name(idle + busy),
         }
-    signals = run_headless(entry)
+    signals = run_headless(entry, chunk)
     end = _terminal(signals)
     return {
         "outcome": _outcome(end),
@@ -218,9 +221,9 @@ def _by_name(signals: Sequence[Signal]) -> dict[str, list[Any]]:
     return out
 
 
-def mismatches(entry: dict[str, Any]) -> list[str]:
-    """How today's conclusion differs from the manifest's, one sentence per difference."""
-    got = conclude(entry)
+def mismatches(entry: dict[str, Any], chunk: int | None = None) -> list[str]:
+    """How the dialects' conclusion differs from the manifest's, one sentence per difference."""
+    got = conclude(entry, chunk)
     want = entry["expect"]
     out: list[str] = []
     outcome, text = got["outcome"], got["text"]
@@ -233,7 +236,7 @@ def mismatches(entry: dict[str, Any]) -> list[str]:
         )
     # headless captures decide done/failed/rate_limited; a TUI screen decides failed (limits are
     # checked below), unless it is a snippet cut before its prompt frame
-    judged = want == "failed" or (want in ("done", "rate_limited") and entry["kind"] != "tui-screen")
+    judged = want in ("done", "failed", "rate_limited")
     if judged and not entry.get("decided_at_prompt"):
         if outcome != want:
             out.append(f"concluded {outcome or 'nothing'}, expected {want}")
@@ -250,8 +253,12 @@ def mismatches(entry: dict[str, Any]) -> list[str]:
         out.append(f"RateLimited where none is: {got['limits'][0].message[:80]!r}")
     if entry.get("reset_at") and got["limits"] and got["limits"][0].reset_at != entry["reset_at"]:
         out.append(f"reset_at {got['limits'][0].reset_at} != {entry['reset_at']}")
-    if entry.get("reset_tz") and got["limits"] and got["limits"][0].reset_at is None:
-        out.append(f"reset time ({entry.get('reset_text')} {entry['reset_tz']}) not read")
+    if entry.get("reset_tz") and got["limits"]:
+        reset = got["limits"][0].reset_at
+        if reset is None:
+            out.append(f"reset time ({entry.get('reset_text')} {entry['reset_tz']}) not read")
+        elif (wall := _wall_time(reset, entry["reset_tz"])) != _clock(entry["reset_text"]):
+            out.append(f"reset at {wall} in {entry['reset_tz']}, expected {entry['reset_text']}")
     if want == "retrying" or entry.get("retry"):
         if want == "retrying" and outcome is not None:
             out.append(f"ended the task as {outcome} while the CLI still retries")
@@ -263,6 +270,12 @@ def mismatches(entry: dict[str, Any]) -> list[str]:
             seen = (getattr(last, "attempt", None), getattr(last, "max_retries", None))
             if seen != (retry["attempt"], retry["max_retries"]):
                 out.append(f"ApiRetry attempt/max {seen} != {(retry['attempt'], retry['max_retries'])}")
+            if "error" in retry and last.error != retry["error"]:
+                out.append(f"ApiRetry error {last.error!r} != {retry['error']!r}")
+            if "error_status" in retry and last.status != retry["error_status"]:
+                out.append(f"ApiRetry status {last.status} != {retry['error_status']}")
+            if "retry_delay_ms" in retry and last.delay_s != retry["retry_delay_ms"] / 1000:
+                out.append(f"ApiRetry delay {last.delay_s} s != {retry['retry_delay_ms']} ms")
     if want == "quota":
         reports = other.get("QuotaReport", [])
         quota = entry["quota"]
@@ -292,24 +305,38 @@ def mismatches(entry: dict[str, Any]) -> list[str]:
     return out
 
 
+def _clock(text: str) -> tuple[int, int]:
+    """(hour, minute) of a wall-clock time as Claude Code prints it ("7:50pm", "Aug 3 at 12am")."""
+    m = re.search(r"(\d{1,2})(?::(\d{2}))?\s*([ap])m", text)
+    assert m, f"no time in reset_text {text!r}"
+    return int(m.group(1)) % 12 + (12 if m.group(3) == "p" else 0), int(m.group(2) or 0)
+
+
+def _wall_time(epoch: float, zone: str) -> tuple[int, int]:
+    when = datetime.fromtimestamp(epoch, ZoneInfo(zone))
+    return when.hour, when.minute
+
+
 def report() -> list[str]:
     lines = []
     for entry in ENTRIES:
-        for problem in mismatches(entry):
-            lines.append(f"{entry['file']}: {problem}")
+        for chunk in (None, CHUNK):
+            for problem in mismatches(entry, chunk):
+                how = "whole" if chunk is None else f"{chunk}-byte chunks"
+                lines.append(f"{entry['file']} ({how}): {problem}")
     return lines
 
 
-def test_report_mismatches() -> None:
-    """Prints what today's parsers get wrong on the corpus; asserts only that the report runs."""
-    lines = report()
-    print(f"\n{len(lines)} mismatch(es) between today's dialects and manifest.json:")
-    for line in lines:
-        print("  " + line)
-    assert all(isinstance(line, str) for line in lines)
+@pytest.mark.parametrize("chunk", [None, CHUNK], ids=["whole", f"chunks-of-{CHUNK}"])
+@pytest.mark.parametrize("entry", ENTRIES, ids=entry_id)
+def test_corpus_conclusions(entry: dict[str, Any], chunk: int | None) -> None:
+    """What the dialect concludes from a capture is what the manifest says a correct parser does."""
+    assert mismatches(entry, chunk) == []
 
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).parent))
-    for line in report():
+    problems = report()
+    for line in problems:
         print(line)
+    print(f"{len(problems)} mismatch(es)")

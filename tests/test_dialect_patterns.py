@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -202,3 +205,41 @@ def test_extra_usage_footer_is_reported_once() -> None:
     hits = scanner.scan(footer, "", NOW)
     assert [h.signal for h in hits] == [ExtraUsage(message="Now using extra usage")]
     assert scanner.scan(footer, "", NOW) == []
+
+
+def test_a_reset_zone_is_read_without_system_zoneinfo(tmp_path: Path) -> None:
+    """The `tzdata` dependency: with the system zoneinfo hidden (PYTHONTZPATH at an empty folder),
+    "resets 7pm (America/Toronto)" is still 7 pm in Toronto, not a time with the zone dropped."""
+    empty = tmp_path / "no-zoneinfo"
+    empty.mkdir()
+    code = (
+        "import zoneinfo, sys\n"
+        "from shoal.protocols.dialects.patterns import parse_reset\n"
+        f"assert zoneinfo.TZPATH == ({str(empty)!r},), zoneinfo.TZPATH\n"
+        f'print(parse_reset("You\'ve hit your session limit · resets 7pm (America/Toronto)", {NOW!r}))\n'
+    )
+    env = {**os.environ, "PYTHONTZPATH": str(empty), "TZ": "UTC"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout) == at("2025-01-11T00:00")  # 7 pm EST is midnight UTC
+
+
+def test_a_reset_time_wrapped_onto_the_next_line_is_read_across_reads() -> None:
+    """Claude Code wraps "· resets" / "7:50pm (Asia/Tokyo)" at the terminal's width; the two lines may
+    arrive in different reads: the limit line is held until the next one comes."""
+    first = "  ⎿  You've hit your session limit · resets\n"
+    second = "     7:50pm (Asia/Tokyo)\n"
+    expected = RateLimited(
+        reset_at=at("2025-01-11T10:50"),  # 19:50 in Tokyo (UTC+9), already past today: tomorrow
+        message="⎿ You've hit your session limit · resets 7:50pm (Asia/Tokyo)",
+    )
+    whole = PatternScanner()
+    assert scan(whole, first + second + "\n") == [expected]
+    split = PatternScanner()
+    assert scan(split, first) == []
+    assert scan(split, second, first) == [expected]
+    ended = PatternScanner()  # nothing follows: read as it stands when the output ends
+    assert scan(ended, first) == []
+    assert [hit.signal for hit in ended.flush(NOW)] == [
+        RateLimited(reset_at=None, message="⎿ You've hit your session limit · resets")
+    ]

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from shoal.protocols.dialects import make_dialect
 from shoal.protocols.dialects.base import (
+    ApiRetry,
     ContextUsage,
     NeedsInput,
     RateLimited,
@@ -358,13 +359,14 @@ def test_permission_prompt_then_answered_then_done() -> None:
 
 
 def test_an_api_error_line_fails_the_task_when_the_prompt_returns() -> None:
+    """An API error that is the request's own fault (400) fails the task, at the ready frame."""
     screen = Screen()
     dialect = new()
     dialect.start_task(TASK, NOW)
     busy = screen.draw(["> Build a snake game", ""], screen.frame(spinner="✻ Thinking… (esc to interrupt)"))
-    error = screen.draw(['  ⎿  API Error: 500 {"type":"error","message":"Overloaded"}', ""], screen.frame())
+    error = screen.draw(['  ⎿  API Error: 400 {"type":"error","message":"bad request"}', ""], screen.frame())
     assert session(dialect, [busy, error]) == [
-        TaskFailed(reason='API Error: 500 {"type":"error","message":"Overloaded"}'),
+        TaskFailed(reason='API Error: 400 {"type":"error","message":"bad request"}'),
         Ready(),
     ]
     # the next task starts clean: a good turn is done
@@ -523,3 +525,101 @@ def test_unknown_dialect_names_the_field() -> None:
     assert info.value.field == "dialect"
     assert re.search(r"prompt.*marker.*idle.*stream-json.*oneshot", str(info.value))
     assert make_dialect("stream_json", {}).name == "stream-json"
+
+
+@pytest.mark.parametrize(
+    ("line", "options", "expected"),
+    [
+        (
+            '  ⎿  API Error: 500 {"type":"error","message":"Internal"}',
+            {},
+            RateLimited(
+                WALL + 60, 'API server error (500): API Error: 500 {"type":"error","message":"Internal"}'
+            ),
+        ),
+        (
+            "● API Error: 529 Overloaded. This is a server-side issue, usually",
+            {"overloaded_park_s": 90},
+            RateLimited(
+                WALL + 90,
+                "API overloaded (529): API Error: 529 Overloaded. This is a server-side issue, usually",
+            ),
+        ),
+        (
+            "  ⎿  Invalid API key · Please run /login",
+            {"auth_park_s": 1200},
+            RateLimited(WALL + 1200, "API authentication failed: Invalid API key · Please run /login"),
+        ),
+        (
+            '  ⎿  API Error: 401 {"type":"error","error":{"type":"authentication_error"}}',
+            {},
+            RateLimited(
+                WALL + 300,
+                "API authentication failed (401): "
+                'API Error: 401 {"type":"error","error":{"type":"authentication_error"}}',
+            ),
+        ),
+    ],
+    ids=["500", "529-overloaded_park_s", "invalid-key-auth_park_s", "401"],
+)
+def test_an_api_failure_line_is_a_back_off_not_a_failed_attempt(
+    line: str, options: dict[str, object], expected: RateLimited
+) -> None:
+    """Overloaded, server errors and auth failures are not the task's fault: RateLimited (the task goes
+    back without an attempt counted, the model waits), as soon as the line is read, whole or cut."""
+    screen = Screen()
+    busy = screen.draw(["> Build a snake game", ""], screen.frame(spinner="✻ Thinking… (esc to interrupt)"))
+    data = busy + screen.draw([line, ""], screen.frame())
+    for cuts in ([], list(range(1, len(data), 7))):
+        dialect = new(options)
+        dialect.start_task(TASK, NOW)
+        out: list[Signal] = []
+        prev = 0
+        for cut in [*cuts, len(data)]:
+            out += dialect.feed(data[prev:cut], NOW)
+            prev = cut
+        assert out == [expected, Ready()]
+
+
+@pytest.mark.parametrize(
+    ("lines", "retry"),
+    [
+        (
+            ['API Error (529 {"type":"error"}) · Retrying in 4 seconds… (attempt 4/10)'],
+            ApiRetry(attempt=4, max_retries=10, delay_s=4.0, status=529, error="overloaded"),
+        ),
+        (
+            [
+                '  ⎿  529 {"type":"error","error":{"type":"overloaded_error"}}',
+                "     Retrying in 19 seconds… (attempt 10/10)",
+            ],
+            ApiRetry(attempt=10, max_retries=10, delay_s=19.0, status=529, error="overloaded"),
+        ),
+        (
+            ["✻ 529 Overloaded · retrying in 3s · attempt 3/3"],
+            ApiRetry(attempt=3, max_retries=3, delay_s=3.0, status=529, error="overloaded"),
+        ),
+        (
+            ["✻ API error · retrying in 1s · attempt 1/3"],
+            ApiRetry(attempt=1, max_retries=3, delay_s=1.0, status=None, error="unknown"),
+        ),
+        (
+            ["✻ 401 invalid x-api-key · retrying in 1s · attempt 1/1"],
+            ApiRetry(attempt=1, max_retries=1, delay_s=1.0, status=401, error="authentication_failed"),
+        ),
+    ],
+    ids=["1.0.x", "2.0.x", "2.1.x", "2.1.x-no-status", "2.1.x-401"],
+)
+def test_retry_lines_are_api_retries_and_the_task_goes_on(lines: list[str], retry: ApiRetry) -> None:
+    screen = Screen()
+    busy = screen.draw(["> Build a snake game", ""], screen.frame(spinner="✻ Thinking… (esc to interrupt)"))
+    data = busy + screen.draw([*lines, ""], [])
+    for cuts in ([], list(range(1, len(data), 7))):
+        dialect = new()
+        dialect.start_task(TASK, NOW)
+        out: list[Signal] = []
+        prev = 0
+        for cut in [*cuts, len(data)]:
+            out += dialect.feed(data[prev:cut], NOW)
+            prev = cut
+        assert out == [retry]  # once, and no outcome: the CLI is still trying

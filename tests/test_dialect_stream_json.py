@@ -320,14 +320,22 @@ def api_error(status: int | None, text: str, **extra: Any) -> bytes:
         (529, {}, 60.0, "API overloaded (529): API Error: 529 overloaded"),
         (500, {}, 60.0, "API server error (500): API Error: 529 overloaded"),
         (401, {}, 300.0, "API authentication failed (401): API Error: 529 overloaded"),
-        (None, {"terminal_reason": "api_error"}, 60.0, "API unreachable: API Error: 529 overloaded"),
+        # status null with terminal_reason api_error: the status in the text, else a network failure
+        (None, {"terminal_reason": "api_error"}, 60.0, "API overloaded (529): API Error: 529 overloaded"),
+        (
+            None,
+            {"terminal_reason": "api_error", "result": "API Error: Connection refused (ConnectionRefused)"},
+            60.0,
+            "API unreachable: API Error: Connection refused (ConnectionRefused)",
+        ),
     ],
 )
 def test_an_api_failure_reported_as_success_is_a_back_off_not_a_result(
     status: int | None, extra: dict[str, Any], park: float, message: str
 ) -> None:
     dialect = started()
-    signals = feed_all(dialect, api_error(status, "API Error: 529 overloaded", **extra))
+    text = extra.pop("result", "API Error: 529 overloaded")
+    signals = feed_all(dialect, api_error(status, text, **extra))
     assert signals == [RateLimited(reset_at=WALL + park, message=message), Ready()]
 
 
@@ -397,3 +405,85 @@ def test_quota_reports_carry_utilization_and_overage() -> None:
     assert feed_all(dialect, line({"type": "rate_limit_event", "rate_limit_info": info})) == [
         QuotaReport("allowed_warning", "seven_day", 1750018000.0, 0.91, "rejected")
     ]
+
+
+def synthetic(text: str, **extra: Any) -> bytes:
+    """Claude Code's synthetic assistant message for an API failure (2.1.332 as captured)."""
+    message = {"model": "<synthetic>", "role": "assistant", "content": [{"type": "text", "text": text}]}
+    return line({"type": "assistant", "message": message, "is_api_error_message": True, **extra})
+
+
+@pytest.mark.parametrize(
+    ("event", "park", "message"),
+    [
+        (
+            {"error": "authentication_failed", "api_error_status": 401},
+            300.0,
+            "API authentication failed (401): Invalid API key · Please run /login",
+        ),
+        (
+            {"error": "oauth_org_not_allowed"},
+            300.0,
+            "API authentication failed: Invalid API key · Please run /login",
+        ),
+        (
+            {"isApiErrorMessage": True},
+            300.0,
+            "API authentication failed: Invalid API key · Please run /login",
+        ),
+    ],
+    ids=["is_api_error_message-401", "error-name-only", "isApiErrorMessage-2.0.x"],
+)
+def test_an_api_error_message_then_a_success_result_is_an_auth_back_off_not_done(
+    event: dict[str, Any], park: float, message: str
+) -> None:
+    """Both spellings of the flag (is_api_error_message, isApiErrorMessage), and a result that still
+    says `is_error: false`: the model waits auth_park_s, the task is not DONE."""
+    dialect = started()
+    text = "Invalid API key · Please run /login"
+    result = line({"type": "result", "subtype": "success", "is_error": False, "result": text})
+    signals = feed_all(dialect, synthetic(text, **event) + result)
+    assert signals == [RateLimited(reset_at=WALL + park, message=message), Ready()]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('API Error: 401 {"type":"error","error":{"type":"authentication_error"}}', "auth"),
+        ("Invalid API key · Please run /login", "auth"),
+        ("API Error: 529 Overloaded. This is a server-side issue", "overloaded"),
+        ("API Error: 400 prompt is too long for this model", "failed"),
+    ],
+)
+def test_a_success_result_that_is_an_api_error_line_is_never_done(text: str, expected: str) -> None:
+    dialect = started()
+    signals = feed_all(
+        dialect, line({"type": "result", "subtype": "success", "is_error": False, "result": text})
+    )
+    if expected == "failed":
+        assert signals == [TaskFailed(reason=text), Ready()]
+    else:
+        assert isinstance(signals[0], RateLimited) and signals[1:] == [Ready()]
+        assert signals[0].message.startswith(
+            "API authentication failed" if expected == "auth" else "API overloaded"
+        )
+
+
+def test_an_api_error_message_for_the_request_itself_fails_even_if_the_result_says_success() -> None:
+    dialect = started()
+    error = synthetic("API Error: 400 invalid_request_error", api_error_status=400, error="invalid_request")
+    result = line(
+        {"type": "result", "subtype": "success", "is_error": False, "result": "ok", "total_cost_usd": 0.5}
+    )
+    assert feed_all(dialect, error + result) == [
+        TaskFailed(reason="API Error: 400 invalid_request_error", usage={"cost_usd": 0.5}),
+        Ready(),
+    ]
+
+
+def test_park_options_set_the_back_off() -> None:
+    dialect = started({"overloaded_park_s": 5, "auth_park_s": 7})
+    signals = feed_all(dialect, api_error(529, "API Error: 529 Overloaded"))
+    assert signals[0] == RateLimited(
+        reset_at=WALL + 5, message="API overloaded (529): API Error: 529 Overloaded"
+    )

@@ -123,6 +123,8 @@ class Options:
 def scanner_from(opts: Options) -> PatternScanner:
     """The pattern scanner every dialect configures from the same common options."""
     return PatternScanner(
+        overloaded_park_s=opts.number("overloaded_park_s", 60.0) or 0.0,
+        auth_park_s=opts.number("auth_park_s", 300.0) or 0.0,
         builtin=opts.flag("builtin_patterns", True),
         context=opts.regexes("context_patterns"),
         exhausted=opts.regexes("context_exhausted_patterns"),
@@ -531,6 +533,8 @@ class TextDialect:
         self._pending = ""
         if tail:
             self._process(tail if tail.endswith("\n") else tail + "\n", self._now, out)
+        for hit in self._scanner.flush(self._wall()):  # a held last line: nothing more will come
+            self._on_hit(hit, out)
         self._exited(exit_code, signal, out)
         return out
 
@@ -601,10 +605,16 @@ class TextDialect:
             if self._task is not None:
                 self._end_task(out, TaskFailed(reason=f"context exhausted: {hit.detail}"))
             return
-        if hit.kind == "limit" and self._task is not None:
+        if hit.kind in ("limit", "api_backoff") and self._task is not None:
             self._end_task(out, hit.signal)  # the agent will not answer this task
             return
+        if hit.kind == "api_failure":
+            self._on_failure_line(hit.detail)  # decided when the turn ends (prompt dialect)
+            return
         out.append(hit.signal)
+
+    def _on_failure_line(self, reason: str) -> None:
+        """An error line that ends the turn as failed (the API refused the request itself)."""
 
     def _window(self) -> int:
         """Characters of output a result is cut from: the answer is at the end of long output."""

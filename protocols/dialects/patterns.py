@@ -2,7 +2,8 @@
 
 Built-in patterns follow what Claude Code prints (`Context left until auto-compact: 8%`, `Claude AI
 usage limit reached|1732460000`, `5-hour limit reached ∙ resets 3pm (UTC)`, `Do you want to proceed?`
-over a `1. Yes` option); profiles add their own regexes through options. Built-ins are found through
+over a `1. Yes` option, `API Error: 529 Overloaded`, `Retrying in 4 seconds… (attempt 4/10)`); profiles
+add their own regexes through options. Built-ins are found through
 a cheap literal hint (`str.find`) before any regex runs, so output without those words costs nearly
 nothing: this sits on the hot path of a 50 MB/s parser.
 
@@ -16,7 +17,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import NamedTuple
 
-from .base import ContextUsage, ExtraUsage, NeedsInput, RateLimited, Signal
+from .base import ApiRetry, ContextUsage, ExtraUsage, NeedsInput, RateLimited, Signal, TaskFailed
 
 # ----------------------------------------------------------------------------------------------------
 # reset times
@@ -98,6 +99,128 @@ def parse_reset(text: str, now: float) -> float | None:
 
 
 # ----------------------------------------------------------------------------------------------------
+# API failures: one rule for headless results (stream-json) and the lines a TUI prints
+
+BACKOFF_KINDS = ("rate_limit", "overloaded", "server_error", "auth", "network")
+_ERROR_CATEGORIES = {  # Claude Code's own names (api_retry `error`, an error message's `error`)
+    "rate_limit": "rate_limit",
+    "overloaded": "overloaded",
+    "server_error": "server_error",
+    "authentication_failed": "auth",
+    "oauth_org_not_allowed": "auth",
+    "billing_error": "auth",
+    "network": "network",
+    "connection_error": "network",
+    "timeout": "network",
+}
+# "API Error: 529 ...", "API Error (529 {...", "Request rejected (429)", 2.0.x's bare `529 {"type":"error"`,
+# 2.1.x's retry spinner `✻ 529 Overloaded · retrying in 3s`
+_STATUS_IN_TEXT = re.compile(
+    r"API Error:?\s*\(?(\d{3})\b|Request rejected \((\d{3})\)"
+    r"|^[^\S\n]*(?:[⎿✻✽✶✳✢·*⋆✦][^\S\n]+)?(\d{3})(?= \{\"type\":\"error\"| [A-Za-z])",
+    re.MULTILINE,
+)
+_AUTH_TEXT = re.compile(
+    r"Invalid API key|Please run /login|OAuth token (?:has expired|revoked)|authentication_error|"
+    r"permission_error|disabled Claude subscription access|Credit balance is too low",
+    re.IGNORECASE,
+)
+_OVERLOADED_TEXT = re.compile(r"\bOverloaded\b|overloaded_error", re.IGNORECASE)
+_NETWORK_TEXT = re.compile(
+    r"Connection (?:refused|error|reset)|ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENOTFOUND|fetch failed|"
+    r"socket hang up|Request timed out|Unable to connect",
+    re.IGNORECASE,
+)
+_RATE_TEXT = re.compile(r"rate_limit_error|\brate limit\b|\blimit reached\b", re.IGNORECASE)
+# A TUI line that ends a turn with an API failure: at the start of a line (plain, or after Claude
+# Code's `⎿` / `●` / `⏺`). Indented text is the model's reply and does not count.
+API_ERROR_LINE = re.compile(
+    r"^(?:[^\S\n]*[⎿●⏺][^\S\n]+)?(?P<reason>(?:API Error\b|Invalid API key\b"
+    r"|OAuth token (?:has expired|revoked)|Your organization has disabled Claude)[^\n]*?)[^\S\n]*$",
+    re.MULTILINE,
+)
+
+
+def _api_hint(text: str) -> bool:
+    """Cheap check for the API error lines that do not say "API Error"."""
+    return "Invalid API key" in text or "OAuth token" in text or "has disabled Claude" in text
+
+
+# The CLI's retry line: 1.0.x `API Error (529 ...) · Retrying in 4 seconds… (attempt 4/10)`, 2.0.x
+# `Retrying in 19 seconds… (attempt 10/10)` under `⎿  529 {...}`, 2.1.x `✻ 529 Overloaded · retrying in
+# 3s · attempt 3/3` (`✻ API error · retrying in 1s · attempt 1/3` when it names no status).
+_RETRY_LINE = re.compile(
+    r"[Rr]etrying in (?P<delay>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|secs?|seconds?|m|mins?|minutes?)?\b…?"
+    r"[^\n]{0,40}?\battempt (?P<attempt>\d+)\s*/\s*(?P<max>\d+)"
+)
+_DANGLING_RESET = re.compile(
+    r"(?:\bresets?|\breset at|\btry again(?: at)?|\bavailable again(?: at)?)[^\S\n]*[│]?[^\S\n]*$",
+    re.IGNORECASE,
+)
+
+
+def api_error_status(text: str) -> int | None:
+    """The HTTP status an API error message names, else None."""
+    m = _STATUS_IN_TEXT.search(text)
+    if m is None:
+        return None
+    return int(m.group(1) or m.group(2) or m.group(3))
+
+
+def api_error_kind(status: int | None, error: str | None, text: str) -> str | None:
+    """Which back-off an API failure calls for (one of BACKOFF_KINDS), or None when it is the
+    request's own fault (400, 404, 413: the task failed). `error` is Claude Code's category when it
+    gives one; `text` the message, read when neither says."""
+    if status is not None:
+        if status == 429:
+            return "rate_limit"
+        if status in (401, 403):
+            return "auth"
+        if status == 529:
+            return "overloaded"
+        if status >= 500 or status == 408:
+            return "server_error" if status != 408 else "network"
+        return None
+    if error and error in _ERROR_CATEGORIES:
+        return _ERROR_CATEGORIES[error]
+    if _AUTH_TEXT.search(text):
+        return "auth"
+    if _OVERLOADED_TEXT.search(text):
+        return "overloaded"
+    if _RATE_TEXT.search(text):
+        return "rate_limit"
+    if _NETWORK_TEXT.search(text):
+        return "network"
+    return None
+
+
+def api_backoff(
+    kind: str, status: int | None, detail: str, now: float, *, overloaded_park_s: float, auth_park_s: float
+) -> RateLimited:
+    """The RateLimited an API failure of `kind` gives: the model waits, the task goes back without an
+    attempt counted. A rate limit waits for the reset its text names (else the queue's default park);
+    an auth failure `auth_park_s` (a human must act); the rest `overloaded_park_s` (the agent already
+    retried them)."""
+    shown = f" ({status})" if status is not None else ""
+    if kind == "rate_limit":
+        return RateLimited(reset_at=parse_reset(detail, now), message=f"API rate limit{shown}: {detail}")
+    if kind == "auth":
+        return RateLimited(reset_at=now + auth_park_s, message=f"API authentication failed{shown}: {detail}")
+    if kind == "network":
+        return RateLimited(reset_at=now + overloaded_park_s, message=f"API unreachable{shown}: {detail}")
+    label = "overloaded" if kind == "overloaded" else "server error"
+    return RateLimited(reset_at=now + overloaded_park_s, message=f"API {label}{shown}: {detail}")
+
+
+def _retry_category(status: int | None, text: str) -> str:
+    """api_retry's `error` for a TUI retry line (rate_limit, overloaded, server_error, ...)."""
+    kind = api_error_kind(status, None, text)
+    if kind == "auth":
+        return "authentication_failed"
+    return kind or "unknown"
+
+
+# ----------------------------------------------------------------------------------------------------
 # detection
 
 _CONTEXT_LEFT = re.compile(r"Context left until auto-compact:\s*(\d{1,3})\s*%")
@@ -121,7 +244,9 @@ _MESSAGE_MAX = 500
 
 
 class Hit(NamedTuple):
-    """One finding at `pos` in the scanned text; `kind` is context|exhausted|limit|needs_input."""
+    """One finding at `pos` in the scanned text; `kind` is context, exhausted, limit, needs_input,
+    extra_usage, retry (ApiRetry), api_backoff (RateLimited: an API failure that is not the task's)
+    or api_failure (TaskFailed: the API refused the request itself)."""
 
     pos: int
     kind: str
@@ -155,8 +280,13 @@ class PatternScanner:
         exhausted: Sequence[re.Pattern[str]] = (),
         usage_limit: Sequence[re.Pattern[str]] = (),
         needs_input: Sequence[re.Pattern[str]] = (),
+        overloaded_park_s: float = 60.0,
+        auth_park_s: float = 300.0,
     ) -> None:
         self.builtin = builtin
+        self.overloaded_park_s = overloaded_park_s
+        self.auth_park_s = auth_park_s
+        self._held: str | None = None  # a last line whose meaning depends on the next one
         self.context = tuple(context)
         self.exhausted = tuple(exhausted)
         self.usage_limit = tuple(usage_limit)
@@ -172,20 +302,40 @@ class PatternScanner:
         self._limits_seen.clear()
         self._question = None
 
+    def flush(self, now_epoch: float) -> list[Hit]:
+        """Decide a held line as it stands (the output ended, no continuation will come)."""
+        if self._held is None:
+            return []
+        held, self._held = self._held, None
+        hits: list[Hit] = []
+        self._hits = hits
+        self._builtin_api(held, 0, now_epoch, final=True)
+        return hits
+
     def clear_questions(self) -> None:
         self._question = None
 
-    def scan(self, text: str, lookback: str, now_epoch: float) -> list[Hit]:
-        """Findings in `text` (complete lines), in order; `lookback` is the text just before it."""
+    def scan(self, text: str, lookback: str, now_epoch: float, *, final: bool = False) -> list[Hit]:
+        """Findings in `text` (complete lines), in order; `lookback` is the text just before it.
+
+        A usage-limit line that ends in "resets" (its time wrapped onto the next line) or an API
+        error line (the next line may say "Retrying in ...") that is the last line of `text` is held
+        and read with the next call's text; `final`: nothing follows, hold nothing.
+        """
         hits: list[Hit] = []
         self._hits = hits
         self.question_seen = False
         if self.builtin:
             if "Context " in text:
                 self._hinted(text, "Context ", self._builtin_context)
-            for hint in ("imit", "too long", "exceeded"):
+            if self._held is not None:
+                held, self._held = self._held, None
+                self._builtin_api(held + text, len(held), now_epoch, final=final, lookback=lookback)
+            elif "imit" in text or "API Error" in text or "etrying in" in text or _api_hint(text):
+                self._builtin_api(text, 0, now_epoch, final=final, lookback=lookback)
+            for hint in ("too long", "exceeded"):
                 if hint in text:
-                    self._hinted(text, hint, lambda line, s: self._builtin_limit(line, s, now_epoch))
+                    self._hinted(text, hint, lambda line, s: self._builtin_exhausted(line, s))
             if "1. " in text or "1. " in lookback[-_MENU_TAIL:]:
                 self._builtin_menus(text, lookback[-_MENU_TAIL:])
             if "usage" in text:
@@ -241,14 +391,97 @@ class PatternScanner:
         if m:
             self._context(self._hits, start + m.start(), 100.0 - min(100, int(m.group(1))))
 
-    def _builtin_limit(self, line: str, start: int, now_epoch: float) -> None:
+    def _builtin_exhausted(self, line: str, start: int) -> None:
         e = _EXHAUSTED.search(line)
         if e:
             self._exhausted(self._hits, start + e.start(), line)
+
+    def _builtin_api(
+        self, text: str, shift: int, now_epoch: float, *, final: bool, lookback: str = ""
+    ) -> None:
+        """Usage limits, context exhaustion, API error lines and retry lines, line by line.
+
+        `text` may start with a held line (`shift` characters) read again with what followed it;
+        findings in it are placed at the start of the new text.
+        """
+        hits = self._hits
+        pos, size = 0, len(text)
+        while pos < size:
+            end = text.find("\n", pos)
+            if end < 0:
+                end = size
+            line = text[pos:end]
+            nxt_end = text.find("\n", end + 1) if end < size else -1
+            last = end + 1 >= size  # no line after this one (yet)
+            nxt = None if last else text[end + 1 : size if nxt_end < 0 else nxt_end]
+            at = max(0, pos - shift)
+            if "imit" in line:
+                e = _EXHAUSTED.search(line)
+                if e:
+                    self._exhausted(hits, at + e.start(), line)
+                else:
+                    m = _LIMIT.search(line)
+                    if m and not _NOT_LIMIT.search(line):
+                        if _DANGLING_RESET.search(line):
+                            if last and not final:
+                                self._held = line + "\n"
+                                return
+                            region = line if nxt is None else line + " " + nxt.strip(_RULE_CHARS)
+                        else:
+                            region = line
+                        self._limit(hits, at + m.start(), None, region, region, now_epoch)
+            if "etrying in" in line:
+                before = text[max(0, pos - 400) : pos] if pos >= 400 else lookback[-400:] + text[:pos]
+                self._retry(line, before, at)
+            elif ("API Error" in line or _api_hint(line)) and (a := API_ERROR_LINE.match(line)):
+                if last and not final:
+                    self._held = line + "\n"
+                    return
+                if nxt is None or "etrying in" not in nxt:
+                    self._api_line(a.group("reason"), at, now_epoch)
+            pos = end + 1
+
+    def _retry(self, line: str, before: str, at: int) -> None:
+        """A TUI retry line: ApiRetry, once per attempt (the screen redraws it)."""
+        m = _RETRY_LINE.search(line)
+        if m is None:
             return
-        m = _LIMIT.search(line)
-        if m and not _NOT_LIMIT.search(line):
-            self._limit(self._hits, start + m.start(), None, line, line, now_epoch)
+        status = api_error_status(line[: m.start()])
+        if status is None:  # 2.0.x: the status is on the line above
+            above = before.rstrip("\n").rsplit("\n", 1)[-1]
+            status = api_error_status(above)
+        attempt, most = int(m.group("attempt")), int(m.group("max"))
+        key = f"retry|{attempt}|{most}|{status}"
+        if key in self._limits_seen:
+            return
+        self._limits_seen.add(key)
+        unit = (m.group("unit") or "s").lower()
+        delay = float(m.group("delay")) * (0.001 if unit == "ms" else 60.0 if unit.startswith("m") else 1.0)
+        error = _retry_category(status, line)
+        signal = ApiRetry(attempt=attempt, max_retries=most, delay_s=delay, status=status, error=error)
+        self._hits.append(Hit(at, "retry", signal))
+
+    def _api_line(self, reason: str, at: int, now_epoch: float) -> None:
+        """A turn-ending API error line: a back-off (RateLimited) or the task's own failure."""
+        reason = _clean(reason)
+        status = api_error_status(reason)
+        kind = api_error_kind(status, None, reason)
+        key = f"api|{reason}"
+        if key in self._limits_seen:
+            return
+        self._limits_seen.add(key)
+        if kind is None:
+            self._hits.append(Hit(at, "api_failure", TaskFailed(reason=reason), reason))
+            return
+        signal = api_backoff(
+            kind,
+            status,
+            reason,
+            now_epoch,
+            overloaded_park_s=self.overloaded_park_s,
+            auth_park_s=self.auth_park_s,
+        )
+        self._hits.append(Hit(at, "api_backoff", signal, reason))
 
     def _builtin_menus(self, text: str, tail: str) -> None:
         """Numbered menus: the agent waits for a choice (permission, trust, usage limit, picker).

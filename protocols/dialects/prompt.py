@@ -12,12 +12,17 @@ Ready = the latest frame is closed (box drawn, or bottom rule seen) and neither 
 it is busy. A task is done at the first ready frame drawn after the task was written, once the agent
 showed it worked on it (a busy frame, a `●` reply line or a past-tense spinner line; typing the prompt
 into the box redraws a frame too, and that one must not count). Only lines holding a literal hint
-(`───`, `…`, `to interrupt`, `●`, `✻`, `API Error`) are looked at, so a flood of ordinary output costs
+(`───`, `…`, `to interrupt`, `●`, `✻`) are looked at, so a flood of ordinary output costs
 one `str.find` per hint.
 
 A TUI ends a failed turn the same way as a good one: its prompt comes back. What tells them apart is
-an error line, Claude Code's `⎿  API Error: …` (or a `failure_patterns` match): seen during a task,
-that task ends TaskFailed (with that line as the reason) instead of TaskDone, at the same ready frame.
+an error line, Claude Code's `⎿  API Error: …` (or a `failure_patterns` match). patterns.py reads
+it (one rule for every dialect): an API failure that is not the task's fault (429, 529, 5xx, 401/403,
+"Invalid API key", a network failure) is a RateLimited at once (the model waits `overloaded_park_s`
+or `auth_park_s`, the task goes back without an attempt counted); the request's own fault (400,
+"Operation aborted") ends the task TaskFailed with that line as the reason, at the ready frame.
+Retry lines (`Retrying in 4 seconds… (attempt 4/10)`, 2.1.x `✻ 529 Overloaded · retrying in 3s ·
+attempt 3/3`) are ApiRetry: the turn goes on.
 """
 
 from __future__ import annotations
@@ -41,9 +46,6 @@ _PROMPT_ANY = re.compile(r"^[^\S\n]*│?[^\S\n]*[>❯](?=[^\S\n]|$)", re.MULTILI
 _NONSPACE = re.compile(r"\S")
 _BLANK_AFTER = re.compile(r"\n[^\S\n]*\n")
 _LEADING_BLANK = re.compile(r"[^\S\n]*\n")
-# Claude Code's turn-ending error line ("  ⎿  API Error: 500 {...}"); a tool's own error ("⎿  Error: ...")
-# is part of a turn that goes on, so it is not one.
-_API_ERROR = re.compile(r"^[^\S\n]*⎿[^\S\n]+(?P<reason>API Error\b[^\n]*?)[^\S\n]*$", re.MULTILINE)
 
 
 def _line(text: str, pos: int) -> tuple[int, int]:
@@ -150,7 +152,7 @@ class PromptDialect(TextDialect):
                 if found is not None:
                     events.append(Event(cstart, "prompt", (found[1], base + start)))
         self._scan_busy(text, events)
-        if self._task is not None:
+        if self._task is not None and self._failure_res:
             self._scan_failure(text, events)
         task = self._task
         if task is not None and not task.activity:
@@ -201,11 +203,15 @@ class PromptDialect(TextDialect):
                 start = _line(text, m.start())[0]
                 events.append(Event(start, "busy", _SPINNER_GLYPH.match(text, start) is not None))
 
+    def _on_failure_line(self, reason: str) -> None:
+        """Claude Code's `⎿  API Error: 400 …` (patterns.py decides which API errors are the task's)."""
+        if self._failure_builtin and self._task is not None:
+            self._task.activity = True  # the agent answered, with an error
+            if self._failure is None:
+                self._failure = reason or "failed"
+
     def _scan_failure(self, text: str, events: list[Event]) -> None:
-        """Error lines that end a turn as failed: Claude Code's `⎿  API Error: …`, `failure_patterns`."""
-        if self._failure_builtin and "API Error" in text:
-            for m in _API_ERROR.finditer(text):
-                events.append(Event(_line(text, m.start())[0], "failure", m.group("reason")))
+        """`failure_patterns` lines: they end a turn as failed."""
         for pattern in self._failure_res:
             for m in pattern.finditer(text):
                 start, end = _line(text, m.start())

@@ -12,6 +12,10 @@ alone (Claude Code reports API failures as `"subtype":"success"` with `is_error:
 - `api_error_status` 429, 529, 5xx, 401/403 or a network failure (`terminal_reason: api_error`,
   status null): RateLimited, so the task goes back to the queue without an attempt counted and the
   model backs off for a while (`overloaded_park_s`, `auth_park_s`) or until the announced reset;
+  the same when the turn's synthetic assistant message says so (`is_api_error_message`, 2.0.x
+  `isApiErrorMessage`, `error`: it ends the task at once) or when a result claiming success is an
+  API error line ("API Error: 401 …", "Invalid API key · Please run /login"): never TaskDone. Which
+  failure is which back-off is patterns.api_error_kind, the rule the TUI dialects use too;
 - any other error (`error_max_turns`, `error_during_execution`, ...): TaskFailed whose reason is the
   `errors[]` text ("Reached maximum number of turns (40)"), carrying the usage and cost it ran up.
 
@@ -50,6 +54,7 @@ from .base import (
     Transport,
 )
 from .common import Options, TaskRun, WallClock, sanitize_prompt, scanner_from, timeout_reason
+from .patterns import API_ERROR_LINE, api_backoff, api_error_kind, api_error_status
 
 _PREVIEW = 120
 _NOTICE_MAX = 500  # a notice line is cut to this many characters
@@ -100,8 +105,6 @@ class StreamJsonDialect:
         self._max_result = opts.integer("max_result_chars", 200_000, minimum=1)
         self._default_timeout = opts.number("task_timeout_s", None, minimum=0.001)
         self._max_preamble = opts.integer("max_preamble_lines", 200, minimum=1)
-        self._overloaded_park = opts.number("overloaded_park_s", 60.0, minimum=0.0) or 0.0
-        self._auth_park = opts.number("auth_park_s", 300.0, minimum=0.0) or 0.0
         opts.finish()
         self._seen_json = False  # at least one JSON event arrived: the stream is what we expect
         self._preamble = 0  # non-JSON lines before the first JSON event
@@ -111,6 +114,7 @@ class StreamJsonDialect:
         self._task: TaskRun | None = None
         self._texts: list[str] = []  # assistant text of the current turn (fallback result)
         self._limited = False  # a rate limit was reported for the current turn
+        self._turn_error: str | None = None  # the head turn's API error message (the request's fault)
         self._ready_reported = False
         self._started = False
         self.session_id: str | None = None
@@ -147,6 +151,7 @@ class StreamJsonDialect:
         self._task = TaskRun(assignment, now, timeout, keep=1)
         if not self._queue:  # a new turn at the head: its own rate-limit report
             self._limited = False
+            self._turn_error = None
             self._scanner.reset_task()
         self._queue.append(self._task)
         self._ready_reported = False
@@ -322,10 +327,24 @@ class StreamJsonDialect:
         usage = message.get("usage")
         if isinstance(usage, Mapping):
             self._context(usage, out)
-        if texts and (
-            event.get("error") or event.get("isApiErrorMessage") or message.get("isApiErrorMessage")
-        ):
-            self._scan_text("\n".join(texts), out)
+        if texts and _is_api_error_message(event, message):
+            self._api_error_message(event, "\n".join(texts), out)
+
+    def _api_error_message(self, event: Mapping[str, Any], text: str, out: list[Signal]) -> None:
+        """Claude Code's synthetic assistant message for an API failure (`is_api_error_message`,
+        2.0.x `isApiErrorMessage`, `error`): the turn ends with it. A back-off ends the task now
+        (the result that follows is dropped); the request's own fault is left to the result, which
+        may claim success (`is_error: false`) and still must fail."""
+        if self._scan_text(text, out):
+            return  # a usage-limit notice with its reset time
+        status = event.get("api_error_status")
+        status = status if _is_int(status) else api_error_status(text)
+        error = event.get("error")
+        kind = api_error_kind(status, error if isinstance(error, str) else None, text)
+        if kind is not None:
+            self._backoff(kind, status, _preview(text.strip() or "no detail"), out)
+        elif self._head_is_live():
+            self._turn_error = text.strip() or "API error"
 
     def _context(self, usage: Mapping[str, Any], out: list[Signal]) -> None:
         tokens = 0
@@ -342,7 +361,7 @@ class StreamJsonDialect:
 
     def _scan_text(self, text: str, out: list[Signal]) -> bool:
         """Usage-limit / context-exhausted text: report it; True when it ended the task."""
-        for hit in self._scanner.scan(text + "\n", "", self._wall()):
+        for hit in self._scanner.scan(text + "\n", "", self._wall(), final=True):
             if hit.kind == "limit":
                 assert isinstance(hit.signal, RateLimited)
                 self._rate_limited(out, hit.signal.reset_at, hit.signal.message)
@@ -374,7 +393,15 @@ class StreamJsonDialect:
             result = raw if isinstance(raw, str) else "\n".join(texts)
             is_error = bool(event.get("is_error")) or event.get("subtype") not in (None, "success")
             if not is_error:
-                if not (len(result) <= _LIMIT_NOTICE_MAX and self._limit_notice(result, out)):
+                short = len(result) <= _LIMIT_NOTICE_MAX
+                if short and self._limit_notice(result, out):
+                    pass  # a usage-limit notice: the model is parked, the task requeued
+                elif short and self._api_error_result(result, out):
+                    pass  # "API Error: 401 ..." / "Invalid API key · Please run /login" as the result
+                elif self._turn_error is not None:
+                    reason = _preview(self._turn_error)
+                    self._end_task(out, TaskFailed(reason=reason, usage=result_usage(event)))
+                else:
                     if len(result) > self._max_result:
                         result = "…[truncated]\n" + result[-self._max_result :]
                     self._end_task(out, TaskDone(result=result, usage=result_usage(event)))
@@ -387,15 +414,30 @@ class StreamJsonDialect:
         if self._queue:
             self._queue.popleft()
         self._limited = False
+        self._turn_error = None
         if self._queue:  # the next turn starts: its own report and question state
             self._scanner.reset_task()
         if not self._queue and self._task is None and not self._ready_reported:
             self._ready_reported = True
             out.append(Ready())
 
+    def _api_error_result(self, text: str, out: list[Signal]) -> bool:
+        """A "successful" result whose text is an API error line (older CLIs): never DONE."""
+        m = API_ERROR_LINE.match(text.strip())
+        if m is None:
+            return False
+        reason = m.group("reason")
+        status = api_error_status(reason)
+        kind = api_error_kind(status, None, reason)
+        if kind is not None:
+            self._backoff(kind, status, _preview(reason), out)
+        else:
+            self._end_task(out, TaskFailed(reason=_preview(reason)))
+        return True
+
     def _limit_notice(self, text: str, out: list[Signal]) -> bool:
         """A short "done" result that is a usage-limit notice: the model is parked, the task requeued."""
-        for hit in self._scanner.scan(text + "\n", "", self._wall()):
+        for hit in self._scanner.scan(text + "\n", "", self._wall(), final=True):
             if hit.kind == "limit":
                 assert isinstance(hit.signal, RateLimited)
                 self._rate_limited(out, hit.signal.reset_at, hit.signal.message)
@@ -406,26 +448,43 @@ class StreamJsonDialect:
         """An error result caused by the API, not by the task: True when it was reported as such.
 
         A 429 with a reset in its text waits for that reset; other API failures back the model off
-        for a fixed while (the agent already retried them). Either way no attempt is counted.
+        for a fixed while (the agent already retried them). Either way no attempt is counted. The
+        rule (which status or text is which back-off) is patterns.api_error_kind, shared with the
+        TUI dialects.
         """
         status = event.get("api_error_status")
         network = status is None and event.get("terminal_reason") == "api_error"
-        if not (_is_int(status) and (status in (401, 403, 429) or status >= 500)) and not network:
+        if not _is_int(status):
+            status = api_error_status(text) if network else None
+        kind = api_error_kind(status, None, text) if status is not None else None
+        if kind is None and network:
+            kind = api_error_kind(None, None, text) or "network"
+        if kind is None:
             return False
-        now = self._wall()
-        detail = _preview(_first_error(event) or text.strip() or "no detail")
-        if status == 429:
-            if self._scan_text(text, out):
-                return True  # a usage-limit notice with its own reset time
-            self._rate_limited(out, None, f"API rate limit (429): {detail}")
-        elif status in (401, 403):
-            self._rate_limited(out, now + self._auth_park, f"API authentication failed ({status}): {detail}")
-        elif network:
-            self._rate_limited(out, now + self._overloaded_park, f"API unreachable: {detail}")
-        else:
-            kind = "overloaded" if status == 529 else "server error"
-            self._rate_limited(out, now + self._overloaded_park, f"API {kind} ({status}): {detail}")
+        if kind == "rate_limit" and self._scan_text(text, out):
+            return True  # a usage-limit notice with its own reset time
+        self._backoff(kind, status, _preview(_first_error(event) or text.strip() or "no detail"), out)
         return True
+
+    def _backoff(self, kind: str, status: int | None, detail: str, out: list[Signal]) -> None:
+        signal = api_backoff(
+            kind,
+            status,
+            detail,
+            self._wall(),
+            overloaded_park_s=self._scanner.overloaded_park_s,
+            auth_park_s=self._scanner.auth_park_s,
+        )
+        self._rate_limited(out, signal.reset_at, signal.message)
+
+
+def _is_api_error_message(event: Mapping[str, Any], message: Mapping[str, Any]) -> bool:
+    return bool(
+        event.get("is_api_error_message")
+        or event.get("isApiErrorMessage")
+        or message.get("isApiErrorMessage")
+        or isinstance(event.get("error"), str)
+    )
 
 
 def _is_int(value: Any) -> TypeGuard[int]:
