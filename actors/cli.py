@@ -191,7 +191,9 @@ def needs_input_text(worker: dict[str, Any], now: float | None = None) -> str:
     """`waiting 1m05s: Do you want to proceed?` for a worker whose agent waits on a question."""
     waited = _age(worker.get("needs_input_since") or worker.get("since"), now)
     question = worker.get("needs_input") or worker.get("prompt") or ""
-    return f"waiting {waited}: {_short(question, 60)}"
+    options = worker.get("needs_input_options") or worker.get("options") or []
+    menu = " ".join(f"[{i}] {_short(str(o), 30)}" for i, o in enumerate(options, 1))
+    return f"waiting {waited}: {_short(question, 60)}" + (f" {menu}" if menu else "")
 
 
 def models_table(models: list[dict[str, Any]]) -> Table:
@@ -262,6 +264,8 @@ def status_table(status: dict[str, Any]) -> Table:
     for w in waiting:
         task = f" (task {w['task_id']})" if w.get("task_id") else ""
         _row(table, "needs input", f"{w['worker']}{task} {needs_input_text(w, now)}")
+    if waiting:
+        _row(table, "", "answer with: shoal answer WORKER N (or the option's text)")
     for m in status.get("models") or []:
         _row(table, f"model {m['name']}", model_text(m, now))
     cap = status.get("capacity")
@@ -772,6 +776,30 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return _simple("swarm.resume", lambda a: {}, "swarm {reply[state]}")(args)
 
 
+def answer_choice(words: Sequence[str]) -> int | str:
+    """`shoal answer W 2` picks option 2; any other words are an option's label or free text."""
+    text = " ".join(words).strip()
+    if not text:
+        raise CliError("answer needs a CHOICE: an option number or text", EXIT_USAGE)
+    return int(text) if text.isdigit() else text
+
+
+def cmd_answer(args: argparse.Namespace) -> int:
+    def show(reply: dict[str, Any]) -> str:
+        chosen = f"{reply['choice']}. {reply['label']}" if reply.get("choice") is not None else reply["label"]
+        return f"{reply['id']}: {reply['question']} → {chosen}"
+
+    async def go(c: Client) -> int:
+        reply = await c.answer(args.worker, answer_choice(args.choice))
+        if args.json:
+            _print_json(reply)
+        else:
+            sys.stdout.write(show(reply) + "\n")
+        return EXIT_OK
+
+    return _run(args, go)
+
+
 def cmd_complete(args: argparse.Namespace) -> int:
     def params(a: argparse.Namespace) -> dict[str, Any]:
         out: dict[str, Any] = {"id": a.id, "attempt": a.attempt, "status": a.status}
@@ -1268,6 +1296,9 @@ def build_parser() -> argparse.ArgumentParser:
             True,
         )
         p.add_argument("worker")
+    p = command("answer", cmd_answer, "answer the question a worker's agent waits on (a menu)", True)
+    p.add_argument("worker")
+    p.add_argument("choice", nargs="+", help="an option number (1-based), an option's label, or text")
     p = command("resume", cmd_resume, "resume a paused worker, or the halted swarm without WORKER", True)
     p.add_argument("worker", nargs="?")
     for name, method in (("cancel", "tasks.cancel"), ("retry", "tasks.retry"), ("skip", "tasks.skip")):

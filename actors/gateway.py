@@ -36,7 +36,7 @@ from wsproto.connection import ConnectionState
 
 from ..protocols import api, rpc
 from ..protocols.config import GatewayConfig, config_to_dict, unstructure
-from ..protocols.errors import Conflict, ShoalError
+from ..protocols.errors import Conflict, ShoalError, ValidationError
 from ..runtime.eventbus import Event
 from .auth import (
     bearer_token,
@@ -284,6 +284,7 @@ class _Connection:
             "workers.detach": self._detach,
             "workers.input": self._input,
             "workers.resize": self._resize,
+            "workers.answer": self._answer,
             "tasks.submit": self._submit,
             "tasks.get": self._get,
             "tasks.list": self._list,
@@ -581,6 +582,14 @@ class _Connection:
         data = p.decoded()
         await self.swarm.send_input(p.id, data, force=p.force)
         return {"ok": True, "id": p.id, "bytes": len(data)}
+
+    async def _answer(self, p: api.AnswerParams) -> Any:
+        try:
+            return await self.swarm.answer(p.id, p.checked_choice())
+        except ValidationError as exc:
+            if exc.field == "choice":  # name it as the client sent it
+                raise ValidationError("params.choice", exc.message, exc.value) from None
+            raise
 
     async def _resize(self, p: api.ResizeParams) -> Any:
         await self.swarm.resize(p.id, p.rows, p.cols)

@@ -28,8 +28,8 @@ from ..protocols.config import SwarmConfig, config_to_dict, patch_config, struct
 from ..protocols.errors import Conflict, NotFound, StoreError, ValidationError
 from ..protocols.tasks import TERMINAL_STATES, Task, TaskSpec, TaskState
 from ..protocols.text import check_text
-from ..protocols.workers import Resize, SendInput, WorkerInfo, WorkerState
-from ..runtime.actor import Address
+from ..protocols.workers import AnswerQuestion, Resize, SendInput, WorkerInfo, WorkerState
+from ..runtime.actor import ActorGone, Address
 from ..runtime.eventbus import EventBus, Subscription
 from . import queue as q
 from .alerts import AlertActor
@@ -353,18 +353,27 @@ class SwarmHandle:
         return out
 
     def _needs_input(self) -> builtins.list[dict[str, Any]]:
-        """Busy workers whose agent waits on a question (a permission prompt), longest waiting first."""
+        """Workers whose agent waits on a question for a human (a permission prompt, a menu, the trust
+        dialog at start-up), longest waiting first."""
         out = []
         for view in self._supervisor.views():
-            if view.state is not WorkerState.BUSY:
-                continue
             try:
-                asked = self._supervisor.actor_of(view.id).needs_input
+                actor = self._supervisor.actor_of(view.id)
             except NotFound:
                 continue
+            asked = actor.needs_input
             if asked is not None:
                 prompt, since = asked
-                out.append({"worker": view.id, "task_id": view.task_id, "prompt": prompt, "since": since})
+                options = list(actor.info().needs_input_options)
+                out.append(
+                    {
+                        "worker": view.id,
+                        "task_id": view.task_id,
+                        "prompt": prompt,
+                        "options": options,
+                        "since": since,
+                    }
+                )
         return sorted(out, key=lambda w: w["since"])
 
     async def send_test_alert(self) -> dict[str, Any]:
@@ -442,6 +451,21 @@ class SwarmHandle:
         if info.state is WorkerState.BUSY and not force and info.needs_input is None:
             raise Conflict(f"worker {worker_id} is busy with task {info.task_id}; pass force to type anyway")
         await self._supervisor.address_of(worker_id).send(SendInput(data))
+
+    async def answer(self, worker_id: str, choice: int | str) -> dict[str, Any]:
+        """Answer the question worker `worker_id` waits on: an option number (1-based) or text (an
+        option's label, or free text for a question without options). Returns `{id, question,
+        choice, label}`; Conflict when the worker waits on nothing, ValidationError naming `choice`
+        when it is out of range or names no option."""
+        check_text({"id": worker_id, "choice": choice}, nul=True)
+        if isinstance(choice, bool) or not isinstance(choice, int | str):
+            raise ValidationError("choice", "must be an option number or text", choice)
+        address = self._supervisor.address_of(worker_id)
+        try:
+            result: dict[str, Any] = await address.call(AnswerQuestion(choice))
+        except ActorGone:
+            raise Conflict(f"worker {worker_id} is not waiting on a question (it ended)") from None
+        return result
 
     async def resize(self, worker_id: str, rows: int, cols: int) -> None:
         for name, value in (("rows", rows), ("cols", cols)):

@@ -31,6 +31,7 @@ from ..protocols.config import ProfileConfig, SwarmConfig
 from ..protocols.errors import Conflict, NotFound, ShoalError
 from ..protocols.profiles import resolve_profile
 from ..protocols.workers import (
+    AnsweredReport,
     ContextReport,
     NeedsInputReport,
     Pause,
@@ -465,7 +466,27 @@ class SwarmSupervisor:
             case NeedsInputReport():
                 self._publish_ordered(
                     "worker.needs_input",
-                    {"worker": report.worker, "task_id": report.task_id, "prompt": report.prompt},
+                    {
+                        "worker": report.worker,
+                        "task_id": report.task_id,
+                        "prompt": report.prompt,
+                        "options": list(report.options),
+                        "kind": report.kind,
+                        "why": report.why,
+                    },
+                )
+            case AnsweredReport():
+                self._publish_ordered(
+                    "worker.answered",
+                    {
+                        "worker": report.worker,
+                        "task_id": report.task_id,
+                        "question": report.question,
+                        "choice": report.choice,
+                        "label": report.label,
+                        "by": report.by,
+                        "kind": report.kind,
+                    },
                 )
             case _WorkerGone():
                 await self._on_gone(report)

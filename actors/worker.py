@@ -25,6 +25,7 @@ from typing import Any
 import attrs
 import trio
 
+from ..protocols import menus
 from ..protocols.config import ProfileConfig, WorkersConfig
 from ..protocols.dialects import make_dialect
 from ..protocols.dialects.base import (
@@ -43,6 +44,8 @@ from ..protocols.errors import Conflict, ShoalError, ValidationError
 from ..protocols.profiles import placeholders, render_argv
 from ..protocols.tasks import Assignment, Outcome
 from ..protocols.workers import (
+    AnsweredReport,
+    AnswerQuestion,
     Assign,
     ContextReport,
     NeedsInputReport,
@@ -64,6 +67,7 @@ from ..protocols.workers import (
 )
 from ..runtime.actor import Address, Call, Mailbox
 from . import hooks
+from .auth import resolve_state_dir
 from .process import AgentProcess, ExitStatus, SpawnError, resolve_command, spawn
 from .workspace import SharedDirectory, Workspace, WorkspaceError
 
@@ -74,6 +78,7 @@ TAIL_BYTES = 4096  # output tail attached to a crashed/interrupted attempt (the 
 DRAIN_S = 0.5  # after the child exits, how long to wait for the rest of its output
 LAST_WORDS_BYTES = 8192  # output searched for a crash reason's last words (a TUI frame is mostly escapes)
 SLOT_HOLD_S = 1.0  # a start-up slot is held until Ready, or this long at most
+LIMIT_RECENT_S = 60.0  # a usage-limit menu this soon after a usage-limit message: already parked
 
 _ANSI = re.compile(
     rb"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[PX^_][^\x1b]*\x1b\\|\x1b[@-Z\\-_]"
@@ -186,6 +191,22 @@ _Write = tuple[float, bytes] | None  # (delay before writing, data); None: close
 
 
 @attrs.define(eq=False)
+class _Typing:
+    """An answer to a menu being typed: written at `at`, typed again if nothing moved on screen.
+
+    Claude Code ignores keys for ~0.2 s after it draws a menu, so the keys go out ANSWER_DELAY_S
+    after the menu appeared; if the agent writes nothing within RETYPE_AFTER_S of a write, the keys
+    were swallowed and are written again (at most RETYPES times)."""
+
+    gen: int
+    keys: bytes
+    at: float
+    check_at: float | None = None
+    mark: int = 0  # output bytes seen when the keys were written
+    tries: int = 0
+
+
+@attrs.define(eq=False)
 class _Incarnation:
     gen: int
     proc: AgentProcess
@@ -245,6 +266,12 @@ class WorkerActor:
         self._state = WorkerState.STARTING
         self._reason: str | None = None
         self._question: tuple[str, float] | None = None  # (what the agent asks, since when: wall s)
+        self._asked: NeedsInput | None = None  # the question a human must answer (its options)
+        self._asked_at = 0.0  # when it appeared (trio time)
+        self._menu_context: menus.MenuContext | None = None  # where the agent runs (computed once)
+        self._typing: _Typing | None = None
+        self._last_limit: tuple[float, float | None] | None = None  # (wall s, reset_at) of the last limit
+        self._limited_task: str | None = None  # the task the last usage limit ended
         self._started_wall = clock()
         self._inc: _Incarnation | None = None
         self._gen = 0
@@ -322,6 +349,7 @@ class WorkerActor:
             reason=self._reason,
             needs_input=self._question[0] if self._question is not None else None,
             needs_input_since=self._question[1] if self._question is not None else None,
+            needs_input_options=self._asked.options if self._asked is not None else (),
         )
 
     def output_tail(self, max_bytes: int | None = None) -> bytes:
@@ -436,6 +464,8 @@ class WorkerActor:
 
     def _next_deadline(self) -> float:
         candidates = [self._awaiting_ready_until, self._slot_release_at]
+        if self._typing is not None:
+            candidates.append(self._typing.at if self._typing.check_at is None else self._typing.check_at)
         if self._state is WorkerState.BUSY:
             candidates.append(self._sample_at)
         inc = self._inc
@@ -489,6 +519,8 @@ class WorkerActor:
             )
         if self._slot_release_at is not None and now >= self._slot_release_at:
             self._release_slot()
+        if self._typing is not None:
+            self._type_due(now)
         inc = self._inc
         if inc is not None:
             deadline = inc.dialect.next_deadline()
@@ -693,7 +725,7 @@ class WorkerActor:
     ) -> None:
         self._state = state
         self._reason = reason
-        self._question = None  # the screen moved on
+        self._question = self._asked = None  # the screen moved on
         await self._report(
             StateChanged(
                 worker=self.id,
@@ -777,14 +809,14 @@ class WorkerActor:
     # ---- tasks --------------------------------------------------------------------------------
 
     async def _assign(self, assignment: Assignment) -> None:
-        if self._state is not WorkerState.IDLE:
+        if self._state is not WorkerState.IDLE or self._asked is not None:
             await self._report(
                 TaskFinished(
                     worker=self.id,
                     task_id=assignment.task_id,
                     attempt=assignment.attempt,
                     outcome=Outcome.INTERRUPTED,
-                    reason="worker not idle",
+                    reason="worker not idle" if self._asked is None else "worker waiting on a question",
                     model=self._model,
                 )
             )
@@ -825,6 +857,7 @@ class WorkerActor:
         task, self._task = self._task, None
         if task is None:
             return
+        self._limited_task = task.task_id if outcome is Outcome.RATE_LIMITED else None
         if outcome is Outcome.DONE:
             self._tasks_done += 1
         self._sample_at = None
@@ -919,13 +952,12 @@ class WorkerActor:
                     output_tail=self._task_tail(),
                 )
         elif isinstance(signal, RateLimited):
+            self._last_limit = (self._clock(), signal.reset_at)
             await self._report(RateLimitReport(self.id, self._model, signal.reset_at, signal.message))
             if busy:
                 await self._finish_task(Outcome.RATE_LIMITED, reason=signal.message, reset_at=signal.reset_at)
         elif isinstance(signal, NeedsInput):
-            task_id = self._task.task_id if self._task is not None else None
-            self._question = (signal.prompt, self._clock())
-            await self._report(NeedsInputReport(self.id, task_id, signal.prompt))
+            await self._on_question(signal)
         elif isinstance(signal, ProtocolError):
             reason = f"protocol error: {signal.message}"
             if self._awaiting_ready_until is not None:
@@ -992,12 +1024,124 @@ class WorkerActor:
             if self._inc is None:
                 raise Conflict(f"worker {self.id} has no running process to send input to")
             self._inc.writes.send_nowait((0.0, bytes(cmd.data)))
-            self._question = None  # taken as the answer: Shoal cannot see whether it was one
+            if self._asked is not None:  # taken as the answer: Shoal cannot see whether it was one
+                self._question_answered()
+        elif isinstance(cmd, AnswerQuestion):
+            return await self._answer(cmd.choice)
         elif isinstance(cmd, Resize):
             await self._resize(cmd.rows, cmd.cols)
         else:
             raise ValidationError("command", "unknown worker command", type(cmd).__name__)
         return None
+
+    # ---- questions (protocols/menus.py) -------------------------------------------------------
+
+    def _context_now(self) -> menus.MenuContext:
+        """Where the agent runs and which directories Shoal manages (resolved: runs in a thread)."""
+        cwd = os.path.realpath(self.profile.cwd or os.getcwd())
+        state_dir = self._state_dir if self._state_dir is not None else resolve_state_dir(None)
+        managed = [os.path.realpath(state_dir / "workspaces")]
+        if hooks.is_claude(self.profile) and "CLAUDE_CONFIG_DIR" not in self.profile.env:
+            managed.append(cwd)  # Shoal prepared the agent's configuration and trusted this directory
+        return menus.MenuContext(cwd=cwd, managed=tuple(managed))
+
+    async def _on_question(self, asked: NeedsInput) -> None:
+        """The agent asks: the policy answers what it knows; anything else waits for a human."""
+        if self._menu_context is None:
+            self._menu_context = await trio.to_thread.run_sync(self._context_now)
+        decision = menus.decide(asked, self._menu_context)
+        task_id = self._task.task_id if self._task is not None else None
+        if task_id is None and isinstance(decision, menus.Answer) and decision.park:
+            task_id = self._limited_task  # the limit's message ended it a moment ago
+        if isinstance(decision, menus.Answer):
+            if self._asked is not None:
+                self._question_answered()
+            self._type_answer(menus.keys_for(decision.choice, decision.label, asked), menus.ANSWER_DELAY_S)
+            log.info("worker %s: %r answered %d. %s (%s)", self.id, asked.prompt, decision.choice,
+                     decision.label, decision.why)  # fmt: skip
+            await self._report(
+                AnsweredReport(
+                    self.id, task_id, asked.prompt, decision.choice, decision.label, "policy", decision.kind
+                )
+            )
+            if decision.park:
+                await self._park_for_menu(asked)
+            return
+        self._question = (asked.prompt, self._clock())
+        self._asked, self._asked_at = asked, trio.current_time()
+        if self._awaiting_ready_until is not None:
+            self._awaiting_ready_until = math.inf  # a start-up question: no timeout while a human decides
+        await self._report(
+            NeedsInputReport(self.id, task_id, asked.prompt, asked.options, decision.kind, decision.why)
+        )
+
+    async def _park_for_menu(self, asked: NeedsInput) -> None:
+        """The usage-limit menu: park the model (unless the limit's message just did) and requeue the
+        task without counting an attempt."""
+        last = self._last_limit
+        recent = last is not None and self._clock() - last[0] < LIMIT_RECENT_S
+        reset_at = last[1] if last is not None and recent else None
+        if not recent:
+            self._last_limit = (self._clock(), None)
+            await self._report(
+                RateLimitReport(self.id, self._model, None, f"usage-limit menu: {asked.prompt}")
+            )
+        if self._state is WorkerState.BUSY:
+            await self._finish_task(Outcome.RATE_LIMITED, reason="usage limit (menu)", reset_at=reset_at)
+
+    async def _answer(self, choice: int | str) -> dict[str, Any]:
+        """A human's answer to the pending question; Conflict when nothing is asked."""
+        asked = self._asked
+        if asked is None or self._inc is None:
+            raise Conflict(f"worker {self.id} is not waiting on a question")
+        number, label = menus.parse_choice(choice, asked)
+        delay = max(0.0, self._asked_at + menus.ANSWER_DELAY_S - trio.current_time())
+        self._type_answer(menus.keys_for(number, label, asked), delay)
+        self._question_answered()
+        task_id = self._task.task_id if self._task is not None else None
+        await self._report(
+            AnsweredReport(self.id, task_id, asked.prompt, number, label, "human", menus.kind_of(asked))
+        )
+        return {"id": self.id, "question": asked.prompt, "choice": number, "label": label}
+
+    def _question_answered(self) -> None:
+        self._question = self._asked = None
+        if self._awaiting_ready_until == math.inf:  # start-up goes on: its timeout runs again
+            self._awaiting_ready_until = trio.current_time() + self.profile.startup_timeout_s
+
+    def _type_answer(self, keys: bytes, delay: float) -> None:
+        inc = self._inc
+        if inc is None:
+            return
+        typing = self._typing
+        if (
+            typing is not None
+            and typing.gen == inc.gen
+            and typing.keys == keys
+            and typing.check_at is not None
+        ):
+            return  # the same menu reported again while its answer is on the way
+        self._typing = _Typing(inc.gen, keys, trio.current_time() + delay)
+
+    def _type_due(self, now: float) -> None:
+        typing, inc = self._typing, self._inc
+        if typing is None:
+            return
+        if inc is None or inc.gen != typing.gen:
+            self._typing = None
+            return
+        if typing.check_at is None:
+            if now < typing.at:
+                return
+        elif now < typing.check_at:
+            return
+        elif self._ring.total != typing.mark or typing.tries > menus.RETYPES:
+            self._typing = None  # the agent reacted (or never will): done
+            return
+        inc.writes.send_nowait((0.0, typing.keys))
+        typing.mark = self._ring.total
+        typing.check_at = now + menus.RETYPE_AFTER_S
+        typing.tries += 1
 
     async def _restart(self, cmd: Restart) -> None:
         if self._state is WorkerState.BUSY:

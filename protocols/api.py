@@ -128,6 +128,18 @@ class InputParams:
 
 
 @attrs.frozen
+class AnswerParams:
+    id: str = attrs.field(metadata=_ID)
+    choice: int | str  # an option number (1-based) or text
+
+    def checked_choice(self) -> int | str:
+        choice = self.choice
+        if isinstance(choice, str) and not choice.strip():
+            raise ValidationError("params.choice", "must not be empty", choice)
+        return choice
+
+
+@attrs.frozen
 class ResizeParams:
     id: str = attrs.field(metadata=_ID)
     rows: int = attrs.field(metadata=_range(lo=1, hi=1000))
@@ -232,6 +244,7 @@ METHODS: dict[str, Method] = {
         Method("workers.detach", IdParams, "stop streaming; the worker keeps running"),
         Method("workers.input", InputParams, "type bytes into the worker"),
         Method("workers.resize", ResizeParams, "resize the worker's terminal"),
+        Method("workers.answer", AnswerParams, "answer the question the worker's agent waits on"),
         Method("tasks.submit", SubmitParams, "submit one task or several atomically"),
         Method("tasks.get", IdParams, "one task"),
         Method("tasks.list", ListTasksParams, "tasks, newest first, by page"),

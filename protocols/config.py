@@ -370,6 +370,15 @@ def _str_tuple(value: Any, _type: Any) -> tuple[str, ...]:
 _converter.register_structure_hook_func(lambda t: t == tuple[str, ...], _str_tuple)
 
 
+def _int_or_str(value: Any, _type: Any) -> int | str:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"expected a number or a string, got {type(value).__name__} {value!r}")
+    return value
+
+
+_converter.register_structure_hook_func(lambda t: t == (int | str), _int_or_str)
+
+
 def _path_of(exc: BaseException, path: str) -> tuple[str, BaseException]:
     """Walk cattrs' exception groups to the first leaf, building the dotted field path."""
     while isinstance(exc, cattrs.BaseValidationError) and exc.exceptions:

@@ -80,7 +80,29 @@ class Resize:
     cols: int
 
 
-WorkerCommand = Assign | Pause | Resume | Restart | Stop | SetModel | SetCapabilities | SendInput | Resize
+@attrs.frozen
+class AnswerQuestion:
+    """A human's answer to the question the agent waits on: an option number (1-based) or text.
+
+    Sent with `call`: the reply is `{question, choice, label}`; Conflict when nothing is asked,
+    ValidationError naming `choice` when it is out of range (protocols/menus.parse_choice).
+    """
+
+    choice: int | str
+
+
+WorkerCommand = (
+    Assign
+    | Pause
+    | Resume
+    | Restart
+    | Stop
+    | SetModel
+    | SetCapabilities
+    | SendInput
+    | Resize
+    | AnswerQuestion
+)
 
 
 # ---- reports (from the worker to its owner) ----------------------------------------------------
@@ -132,12 +154,32 @@ class RateLimitReport:
 
 @attrs.frozen
 class NeedsInputReport:
+    """The agent waits on a question that a human must answer (the policy had none)."""
+
     worker: str
     task_id: str | None
     prompt: str
+    options: tuple[str, ...] = ()
+    kind: str = "question"  # protocols/menus.kind_of: trust | permission | menu | question
+    why: str = ""  # why Shoal did not answer it itself
 
 
-WorkerReport = StateChanged | TaskFinished | ContextReport | RateLimitReport | NeedsInputReport
+@attrs.frozen
+class AnsweredReport:
+    """A question was answered: by Shoal's policy (protocols/menus.py) or by a human."""
+
+    worker: str
+    task_id: str | None
+    question: str
+    choice: int | None  # the option number; None for free text
+    label: str  # the option's label, or the text typed
+    by: str  # policy | human
+    kind: str = "question"
+
+
+WorkerReport = (
+    StateChanged | TaskFinished | ContextReport | RateLimitReport | NeedsInputReport | AnsweredReport
+)
 
 
 @attrs.frozen
@@ -165,3 +207,4 @@ class WorkerInfo:
     # when the worker changes state or an operator types into it.
     needs_input: str | None = None
     needs_input_since: float | None = None
+    needs_input_options: tuple[str, ...] = ()  # a menu's options, in order (answer with their number)

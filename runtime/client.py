@@ -460,6 +460,12 @@ class Client:
     async def resize(self, worker_id: str, rows: int, cols: int) -> dict[str, Any]:
         return await self._worker_op("workers.resize", worker_id, rows=rows, cols=cols)
 
+    async def answer(self, worker_id: str, choice: int | str) -> dict[str, Any]:
+        """Answer the question the worker's agent waits on: an option number (1-based) or text.
+        Returns `{id, question, choice, label}`; GatewayError when it waits on nothing (-32009) or the
+        choice is out of range (-32602, `params.choice`)."""
+        return await self._worker_op("workers.answer", worker_id, choice=choice)
+
     @asynccontextmanager
     async def attach(self, worker_id: str) -> AsyncIterator[Attachment]:
         """Stream a worker's output; leaving the block detaches (the worker keeps running)."""

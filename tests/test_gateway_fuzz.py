@@ -144,11 +144,13 @@ Slot = tuple[str | int, ...]  # a path into params; "<key>" stands for a key of 
 
 
 def _unwrap(tp: Any) -> Any:
-    """`X | None` is X here (the optional fields of the params)."""
+    """`X | None` is X here (the optional fields of the params); `int | str` is text (a choice)."""
     if get_origin(tp) in (Union, types.UnionType):
         options = [a for a in get_args(tp) if a is not _NONE]
         if len(options) == 1:
             return options[0]
+        if str in options:
+            return str
     return tp
 
 

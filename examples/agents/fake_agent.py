@@ -24,7 +24,11 @@ CODE mid-task after printing a bit), `[[hang]]` (never finish), `[[ratelimit:EPO
 "1" then Enter proceeds, "2" or Esc refuses), `[[context:N]]` (context used becomes N%; 100 or more:
 context exhausted mid-task, and every later task too until /clear or /compact), `[[fail:REASON]]`
 (finish with failure; the TUI prints Claude Code's error line `⎿  API Error: REASON`),
-`[[flood:MB]]` (that many MB of ANSI-heavy output, fast), `[[echo]]` (reply with the prompt text).
+`[[flood:MB]]` (that many MB of ANSI-heavy output, fast), `[[echo]]` (reply with the prompt text),
+`[[limitmenu]]` / `[[limitmenu:+SECONDS]]` (2.1.x's usage-limit menu: "What do you want to do? ❯ 1.
+Stop and wait for limit to reset"), `[[trust]]` (the trust dialog mid-turn; `--trust-dialog[=plain]`
+shows it at start, as 2.1.212 or, plain, as 2.1.332 without numbers), `[[picker]]` (the /model
+picker). Menus take a digit at once, arrows and Enter, or Esc, and ignore keys for 0.2 s after drawing.
 Without directives the reply is `Done: <first 40 characters of the prompt>`. Invalid directive values
 are ignored. Standard library only; starts in a few tens of milliseconds.
 """
@@ -37,6 +41,7 @@ import select
 import signal
 import sys
 import time
+from collections.abc import Callable
 
 VERSION = "2.1.20 (fake Claude Code)"
 NBSP = "\xa0"
@@ -49,6 +54,7 @@ CONTEXT_FOOTER_BELOW = 40  # percent left at or under which the footer shows it
 MARKER = "SHOAL_DONE"
 CONTEXT_LIMIT = "Context limit reached · /compact or /clear to continue"
 FRAME_S = 0.1  # spinner redraw period
+MENU_DEAF_S = 0.2  # Claude Code ignores keys this long after it draws a menu (measured on 2.1.x)
 
 VALUE_FLAGS = {
     "--model", "--resume", "-r", "--permission-mode", "--output-format", "--input-format",
@@ -58,6 +64,12 @@ VALUE_FLAGS = {
     "--max-budget-usd", "--permission-prompt-tool", "--tools", "--betas", "--agent", "--plugin-dir",
     "--startup-delay", "--context-step", "--context-start", "--tui-style",
 }  # fmt: skip
+LIMIT_OPTIONS = ("Stop and wait for limit to reset", "Switch to usage credits", "Upgrade your plan")
+MODELS = (
+    ("Default (recommended)", "Sonnet 4.5 · Best for everyday tasks", "sonnet"),
+    ("Opus", "Opus 4.5 · Most capable for complex work", "opus"),
+    ("Haiku", "Haiku 4.5 · Fastest for quick answers", "haiku"),
+)
 DIRECTIVE = re.compile(r"\[\[(\w+)(?::([^\]]*))?\]\]")
 KEY_SEQUENCE = re.compile(rb"\x1b\[[0-?]*[ -/]*[@-~]|\x1bO[ -~]")
 PARTIAL_SEQUENCE = re.compile(rb"\x1b(?:\[[0-?]*[ -/]*|O)?\Z")
@@ -100,6 +112,9 @@ class Args:
         self.context_step = _number(self.values.get("--context-step"), 7.0)
         self.context_start = _number(self.values.get("--context-start"), 0.0)
         self.box = self.values.get("--tui-style", "rule") == "box"
+        # --trust-dialog: the first-start trust dialog of 2.1.212 (numbered); =plain: 2.1.332's
+        trust = self.values.get("--trust-dialog", "numbered" if "--trust-dialog" in self.flags else "")
+        self.trust = trust if trust in ("numbered", "plain") else ""
 
 
 def _number(text: str | None, default: float) -> float:
@@ -120,6 +135,9 @@ class Plan:
         self.hang = False
         self.ratelimit: int | None = None
         self.ask = False
+        self.limitmenu: int | None = None  # the reset time (epoch) the usage-limit menu announces
+        self.trust = False
+        self.picker = False
         self.context: float | None = None
         self.fail: str | None = None
         self.flood_mb = 0.0
@@ -144,6 +162,13 @@ class Plan:
             self.ratelimit = int(now + float(value[1:])) if value.startswith("+") else int(float(value))
         elif name == "ask":
             self.ask = True
+        elif name == "limitmenu":
+            value = value or "+3600"
+            self.limitmenu = int(now + float(value[1:])) if value.startswith("+") else int(float(value))
+        elif name == "trust":
+            self.trust = True
+        elif name == "picker":
+            self.picker = True
         elif name == "context":
             self.context = max(0.0, float(value))
         elif name == "fail":
@@ -249,6 +274,72 @@ def write_flood(mb: float, line_end: str = "\r\n") -> None:
 # the interactive TUI
 
 
+def reset_text(epoch: int) -> str:
+    """`3:42pm (UTC)`: how Claude Code names a reset, rounded up to the minute (never earlier)."""
+    t = time.gmtime(epoch + 59)
+    hour = t.tm_hour % 12 or 12
+    return f"{hour}:{t.tm_min:02d}{'am' if t.tm_hour < 12 else 'pm'} (UTC)"
+
+
+def spaced(text: str, col: int) -> str:
+    """`text` drawn from column `col` as CLI 2.1.332 draws it: each word placed by CSI G, no spaces."""
+    out, at = [], col
+    for word in text.split(" "):
+        out.append(f"{ESC}[{at}G{word}")
+        at += len(word) + 1
+    return "".join(out)
+
+
+class Menu:
+    """A Claude Code select dialog: text above, options (numbered or not), a cursor, a footer.
+
+    A digit picks a numbered option at once; arrows move the cursor (wrapping), Enter picks it, Esc
+    cancels. Keys typed within MENU_DEAF_S of drawing it are ignored, as Claude Code does.
+    """
+
+    def __init__(
+        self,
+        above: list[str],
+        options: list[str],
+        on_choose: Callable[[int], None],
+        *,
+        numbered: bool = True,
+        cursor: int = 0,
+        footer: str = "Enter to confirm · Esc to cancel",
+        details: list[str] | None = None,
+        plain: bool = False,
+    ) -> None:
+        self.above = above
+        self.options = options
+        self.details = details or [""] * len(options)
+        self.on_choose = on_choose  # called with the option number, or 0 for Esc
+        self.numbered = numbered
+        self.cursor = cursor
+        self.footer = footer
+        self.plain = plain  # drawn word by word (2.1.332)
+        self.drawn_at = time.monotonic()
+
+    def render(self) -> list[str]:
+        lines = list(self.above)
+        width = max(len(o) for o in self.options) + 2
+        for i, label in enumerate(self.options):
+            mark = "❯" if i == self.cursor else " "
+            text = f"{i + 1}. {label}" if self.numbered else label
+            if self.details[i]:
+                text = text.ljust(width + 3) + self.details[i]
+            if self.plain:
+                line = (f" {BLUE}❯" if i == self.cursor else "") + spaced(text, 4)
+                lines.append(line + (RESET if i == self.cursor else ""))
+            elif i == self.cursor:
+                lines.append(f" {BLUE}{mark} {text}{RESET}")
+            else:
+                lines.append(f"   {text}")
+        lines.append("")
+        footer = spaced(self.footer, 2) if self.plain else f" {self.footer}"
+        lines.append(f"{GREY}{footer}{RESET}")
+        return lines
+
+
 class Tui:
     def __init__(self, args: Args) -> None:
         self.args = args
@@ -262,6 +353,7 @@ class Tui:
         self.turn_start = 0.0
         self.deadline: float | None = None
         self.asking = False
+        self.menu: Menu | None = None
         self.queue: list[str] = []
         self.pending = b""  # undecoded input (a split escape or UTF-8 sequence)
         self.in_paste = False
@@ -290,6 +382,10 @@ class Tui:
     def frame(self) -> list[str]:
         width = self.cols - 1
         lines: list[str] = []
+        if self.menu is not None:
+            lines.append(GREY + "─" * width + RESET)
+            lines.extend(self.menu.render())
+            return lines
         if self.busy and not self.asking:
             glyph = SPINNER[self.spin % len(SPINNER)]
             secs = int(time.monotonic() - self.turn_start)
@@ -427,6 +523,8 @@ class Tui:
     def tick(self, now: float) -> None:
         if not self.busy:
             return
+        if self.menu is not None:
+            return
         if self.deadline is not None and now >= self.deadline and not self.asking:
             self.deadline = None
             self.finish()
@@ -437,7 +535,7 @@ class Tui:
             self.redraw()
 
     def timeout(self, now: float) -> float | None:
-        if not self.busy or self.asking:
+        if not self.busy or self.asking or self.menu is not None:
             return None
         wait = self.next_frame - now
         if self.deadline is not None:
@@ -463,6 +561,19 @@ class Tui:
             return
         if plan.ratelimit is not None:
             self.end_turn([f"  {RED}⎿  Claude AI usage limit reached|{plan.ratelimit}{RESET}", ""])
+            return
+        if plan.limitmenu is not None:
+            self.limit_menu(plan.limitmenu)
+            return
+        if plan.trust:
+            plan.trust = False
+            self.show_menu(
+                self.trust_menu(self.after_trust), static=["● I need to read this folder first.", ""]
+            )
+            return
+        if plan.picker:
+            plan.picker = False
+            self.show_menu(self.model_picker())
             return
         if plan.context is not None and plan.context >= 100:
             self.used = 100.0
@@ -515,6 +626,128 @@ class Tui:
                 f"{MARKER} status=failed reason=permission denied",
             )
 
+    # -- menus ---------------------------------------------------------------------------------------
+
+    def show_menu(self, menu: Menu, static: list[str] | None = None) -> None:
+        self.menu = menu
+        self.redraw(static)
+        menu.drawn_at = time.monotonic()
+
+    def trust_menu(self, on_choose: Callable[[bool], None]) -> Menu:
+        """The trust dialog, as 2.1.212 (numbered, Yes first) or 2.1.332 (`plain`: No first)."""
+        plain = self.args.trust == "plain"
+        text = [
+            f" {ORANGE}{BOLD}Accessing workspace:{RESET}",
+            "",
+            f" {BOLD}{os.getcwd()}{RESET}",
+            "",
+            " Quick safety check: Is this a project you created or one you trust? (Like your",
+            " own code, a well-known open source project, or work from your team). If not,",
+            " take a moment to review what's in this folder first.",
+            "",
+            " Claude Code'll be able to read, edit, and execute files here.",
+            "",
+            f" {GREY}Security guide{RESET}",
+            "",
+        ]
+        if plain:
+            text = [
+                spaced(line.strip(), 2) if line.strip() and not line.startswith(" \x1b") else line
+                for line in text
+            ]
+            options = ["No, exit", "Yes, I trust this folder"]
+            return Menu(text, options, lambda n: on_choose(n == 2), numbered=False, plain=True)
+        options = ["Yes, I trust this folder", "No, exit"]
+        return Menu(text, options, lambda n: on_choose(n == 1))
+
+    def after_trust(self, yes: bool) -> None:
+        """[[trust]] mid-task: trusted, the turn goes on; refused, it ends declined."""
+        plan = self.plan
+        assert plan is not None
+        if yes:
+            self.deadline = time.monotonic()
+            self.redraw(["  ⎿  Trusted this folder", ""])
+        else:
+            self.grow(plan)
+            self.end_turn(
+                ["● You did not trust this folder, so I did not read it.", ""],
+                f"{MARKER} status=failed reason=folder not trusted",
+            )
+
+    def model_picker(self) -> Menu:
+        current = next((i for i, m in enumerate(MODELS) if m[2] == self.args.model), 0)
+        above = [
+            f" {BOLD}Select model{RESET}",
+            " Switch between Claude models. Applies to this session and future Claude Code",
+            " sessions. For other/previous model names, specify with --model.",
+            "",
+        ]
+        labels = [m[0] + (" ✔" if i == current else "") for i, m in enumerate(MODELS)]
+        details = [m[1] for m in MODELS]
+        return Menu(above, labels, self.picked, cursor=current, footer="Enter to confirm · Esc to exit",
+                    details=details)  # fmt: skip
+
+    def picked(self, n: int) -> None:
+        if n:
+            name, _, model = MODELS[n - 1]
+            self.args.model = model
+            note = f"  ⎿  Set model to {BOLD}{name}{RESET}"
+        else:
+            note = f"  ⎿  Kept model as {BOLD}{self.args.model}{RESET}"
+        self.deadline = time.monotonic()
+        self.redraw([note, ""])
+
+    def limit_menu(self, reset: int) -> None:
+        """A usage limit, as 2.1.x shows it: the limit line, then 'What do you want to do?'."""
+        limit = f"  ⎿  {RED}You've hit your session limit · resets {reset_text(reset)}{RESET}"
+        above = ["  What do you want to do?", ""]
+        self.show_menu(Menu(above, list(LIMIT_OPTIONS), self.limit_chosen), static=[limit, ""])
+
+    def limit_chosen(self, n: int) -> None:
+        plan = self.plan
+        assert plan is not None
+        if n == 2:  # usage credits: the turn goes on, paid
+            plan.limitmenu = None
+            self.deadline = time.monotonic()
+            self.redraw([f"  ⎿  {ORANGE}Now using extra usage{RESET}", ""])
+        elif n == 3:
+            self.end_turn(["  ⎿  Upgrade at https://claude.ai/upgrade", ""])
+        else:  # 1 or Esc: stop and wait; the turn ends without an answer
+            self.end_turn([])
+
+    def menu_input(self, data: bytes) -> None:
+        menu = self.menu
+        assert menu is not None
+        if time.monotonic() - menu.drawn_at < MENU_DEAF_S:
+            return  # Claude Code is still settling the dialog: these keys are lost
+        i = 0
+        count = len(menu.options)
+        while i < len(data) and self.menu is menu:
+            rest = data[i:]
+            if rest[:3] in (b"\x1b[A", b"\x1bOA", b"\x1b[B", b"\x1bOB"):
+                step = -1 if rest[2:3] == b"A" else 1
+                menu.cursor = (menu.cursor + step) % count
+                self.redraw()
+                i += 3
+            elif rest[:1] == b"\x1b":
+                m = KEY_SEQUENCE.match(rest)
+                if m:
+                    i += m.end()
+                    continue
+                self.choose(0)
+            elif rest[:1] in (b"\r", b"\n"):
+                self.choose(menu.cursor + 1)
+            elif menu.numbered and rest[:1].isdigit() and 1 <= int(rest[:1]) <= count:
+                self.choose(int(rest[:1]))
+            else:
+                i += 1
+
+    def choose(self, n: int) -> None:
+        menu = self.menu
+        assert menu is not None
+        self.menu = None
+        menu.on_choose(n)
+
     def interrupt(self) -> None:
         if self.busy:
             self.end_turn(["  ⎿  Interrupted by user", ""])
@@ -522,6 +755,9 @@ class Tui:
     # -- input ---------------------------------------------------------------------------------------
 
     def on_input(self, data: bytes) -> None:
+        if self.menu is not None:
+            self.menu_input(data)
+            return
         buf = self.pending + data
         self.pending = b""
         i = 0
@@ -634,7 +870,11 @@ class Tui:
         restore_terminal()
 
     def run(self) -> None:
-        self.welcome()
+        if self.args.trust:
+            write(ESC + "[?2004h" + ESC + "[?25l")
+            self.show_menu(self.trust_menu(self.trusted_at_start))
+        else:
+            self.welcome()
         wake = _signal_wakeup_fd()
         while True:
             now = time.monotonic()
@@ -660,6 +900,15 @@ class Tui:
             elif self.pending == b"\x1b":
                 self.flush_escape()
             self.tick(time.monotonic())
+
+    def trusted_at_start(self, yes: bool) -> None:
+        """The first-start trust dialog: 'No, exit' (or Esc) exits 1, as Claude Code does."""
+        write(self.erase())
+        if not yes:
+            self.restore()
+            os._exit(1)
+        write(ESC + "[2J" + ESC + "[H")
+        self.welcome()
 
     def resize(self) -> None:
         """SIGWINCH: only note the width (the next redraw uses it); never write from a handler."""
@@ -813,6 +1062,8 @@ class Headless:
         if plan.hang:
             while True:
                 time.sleep(3600)
+        if plan.limitmenu is not None:  # no menu without a terminal: the limit's message, as 2.1.x
+            plan.ratelimit = plan.limitmenu
         if plan.ratelimit is not None:
             message = f"Claude AI usage limit reached|{plan.ratelimit}"
             if stream:

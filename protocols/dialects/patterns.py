@@ -603,6 +603,7 @@ class PatternScanner:
 
 _RULE_CHARS = "│ \u00a0╭╮╰╯─╌━═"
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_ASKING = re.compile(r"\w[^?]*\?")
 
 
 def _menu_title(before: str) -> str | None:
@@ -621,9 +622,11 @@ def _menu_title(before: str) -> str | None:
         whole = next((x for x in reversed(para) if x.endswith("?") and x[:1].isupper()), None)
         if whole is not None:
             return whole  # a question on a line of its own ("What do you want to do?")
-        joined = " ".join(para)
-        if "?" in joined:
-            return next(s for s in _SENTENCE_END.split(joined) if "?" in s)[:_MESSAGE_MAX]
+        # a sentence with words before its "?" ("? for shortcuts", a footer left above by the
+        # previous frame, is not a question)
+        asking = next((s for s in _SENTENCE_END.split(" ".join(para)) if _ASKING.search(s)), None)
+        if asking is not None:
+            return asking[:_MESSAGE_MAX]
     return paragraphs[0][0] if paragraphs else None
 
 
