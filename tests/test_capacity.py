@@ -196,3 +196,22 @@ def _render(renderable: object) -> str:
     out = io.StringIO()
     Console(file=out, width=250, highlight=False, soft_wrap=False).print(renderable)
     return " ".join(out.getvalue().split())
+
+
+def test_memory_keys_are_validated_naming_the_field_and_hot() -> None:
+    from shoal.protocols.config import patch_config
+    from shoal.protocols.errors import ValidationError
+
+    config = patch_config(SwarmConfig(), {"node": {"min_free_memory_mb": 2048}})
+    assert config.node.min_free_memory_mb == 2048 and config.node.worker_memory_mb == 256
+    assert SwarmConfig().node.min_free_memory_mb == 512 and SwarmConfig().node.meminfo_path == "/proc/meminfo"
+    with pytest.raises(ValidationError) as bad:
+        patch_config(SwarmConfig(), {"node": {"min_free_memory_mb": -1}})
+    assert bad.value.field == "node.min_free_memory_mb"
+    profile = {"argv": ["x"], "memory_mb": 0}
+    with pytest.raises(ValidationError) as bad:
+        config_from_dict({"workers": {"profiles": {"p": profile}}})
+    assert bad.value.field.endswith("memory_mb") and "must be > 0" in str(bad.value)
+    with pytest.raises(ValidationError) as bad:
+        config_from_dict({"node": {"worker_memory_mb": "lots"}})
+    assert bad.value.field == "node.worker_memory_mb"
