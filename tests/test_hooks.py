@@ -158,7 +158,7 @@ def test_marker_dialect_hook_failed_backs_off_api_errors_and_fails_the_rest() ->
         RateLimited(reset_at=1060.0, message=f"API overloaded: {message}")
     ]
     assert dialect_with_task().hook_failed("authentication_failed", "bad key", 2.0) == [  # type: ignore[attr-defined]
-        RateLimited(reset_at=1120.0, message="API authentication_failed: bad key")
+        RateLimited(reset_at=1120.0, message="API authentication failed: bad key")
     ]
     [limited] = dialect_with_task().hook_failed("rate_limit", "Request rejected (429)", 2.0)  # type: ignore[attr-defined]
     assert limited == RateLimited(reset_at=None, message="API rate limit: Request rejected (429)")

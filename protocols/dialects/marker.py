@@ -25,24 +25,13 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from .base import RateLimited, Signal, TaskFailed
+from .base import Signal, TaskFailed
 from .common import _MAX_PENDING_EVAL, Event, Options
+from .patterns import api_backoff, api_error_kind
 from .prompt import PromptDialect
 
 _DONE_STATUSES = frozenset({"ok", "done", "success", "succeeded", "passed", "pass", "0"})
 _SETTLE_S = 0.05  # a marker line without a newline counts once the agent stayed quiet this long
-# StopFailure `error` values (Claude Code 2.1.x) that are the API's fault, not the task's
-_API_BACK_OFF = frozenset({"rate_limit", "overloaded", "server_error", "unknown"})
-_API_AUTH = frozenset(
-    {
-        "authentication_failed",
-        "oauth_org_not_allowed",
-        "account_on_hold",
-        "verification_required",
-        "billing_error",
-        "cloud_credential_error",
-    }
-)
 
 
 def marker_regex(marker: str) -> re.Pattern[str]:
@@ -77,8 +66,6 @@ class MarkerDialect(PromptDialect):
         self._ready_line_seen = False
         self._clock_started = False
         self._marker_deadline: float | None = None
-        self._overloaded_park = opts.number("overloaded_park_s", 60.0, minimum=0.0) or 0.0
-        self._auth_park = opts.number("auth_park_s", 300.0, minimum=0.0) or 0.0
 
     # -- scanning ------------------------------------------------------------------------------------
 
@@ -149,18 +136,16 @@ class MarkerDialect(PromptDialect):
             return out
         detail = " ".join(message.split())[:200] or "no detail"
         wall = self._wall()
-        if error == "rate_limit":
-            for hit in self._scanner.scan(message + "\n", "", wall):
+        scanner = self._scanner
+        kind = api_error_kind(None, error, detail)  # the rule stream-json and the screen use
+        if kind == "rate_limit":
+            for hit in scanner.scan(message + "\n", "", wall, final=True):
                 if hit.kind == "limit":  # a usage-limit notice with its own reset time
                     self._end_task(out, hit.signal)
                     return out
-            self._end_task(out, RateLimited(reset_at=None, message=f"API rate limit: {detail}"))
-        elif error in _API_BACK_OFF:
-            reset = wall + self._overloaded_park
-            self._end_task(out, RateLimited(reset_at=reset, message=f"API {error}: {detail}"))
-        elif error in _API_AUTH:
-            reset = wall + self._auth_park
-            self._end_task(out, RateLimited(reset_at=reset, message=f"API {error}: {detail}"))
+        if kind is not None:
+            park = {"overloaded_park_s": scanner.overloaded_park_s, "auth_park_s": scanner.auth_park_s}
+            self._end_task(out, api_backoff(kind, None, detail, wall, **park))
         else:
             self._end_task(out, TaskFailed(reason=f"API error ({error or 'unknown'}): {detail}"))
         if self._ready_mode == "immediate":

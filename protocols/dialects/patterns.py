@@ -108,7 +108,11 @@ _ERROR_CATEGORIES = {  # Claude Code's own names (api_retry `error`, an error me
     "server_error": "server_error",
     "authentication_failed": "auth",
     "oauth_org_not_allowed": "auth",
+    "account_on_hold": "auth",
+    "verification_required": "auth",
     "billing_error": "auth",
+    "cloud_credential_error": "auth",
+    "unknown": "server_error",  # the agent gave up on it after its own retries
     "network": "network",
     "connection_error": "network",
     "timeout": "network",
