@@ -78,6 +78,8 @@ TAIL_BYTES = 4096  # output tail attached to a crashed/interrupted attempt (the 
 DRAIN_S = 0.5  # after the child exits, how long to wait for the rest of its output
 LAST_WORDS_BYTES = 8192  # output searched for a crash reason's last words (a TUI frame is mostly escapes)
 SLOT_HOLD_S = 1.0  # a start-up slot is held until Ready, or this long at most
+KEY_GAP_S = 0.1  # between the arrow keys and the Enter of an answer to a menu without numbers
+_KEYS = re.compile(rb"(\x1b\[[AB])")
 LIMIT_RECENT_S = 60.0  # a usage-limit menu this soon after a usage-limit message: already parked
 
 _ANSI = re.compile(
@@ -542,6 +544,7 @@ class WorkerActor:
         if dialect is None:
             dialect = self._make_dialect()
         self._cwd = await self._workspace.directory()
+        self._menu_context = None  # worked out again for this directory when a question comes
         argv = self._argv(prompt)
         env = {**self.profile.env, "SHOAL_WORKER": self.id, "SHOAL_LINEAGE": self.lineage}
         persistent = not self._one_process_per_task
@@ -1038,9 +1041,11 @@ class WorkerActor:
 
     def _context_now(self) -> menus.MenuContext:
         """Where the agent runs and which directories Shoal manages (resolved: runs in a thread)."""
-        cwd = os.path.realpath(self.profile.cwd or os.getcwd())
+        cwd = os.path.realpath(self._cwd or self.profile.cwd or os.getcwd())
         state_dir = self._state_dir if self._state_dir is not None else resolve_state_dir(None)
         managed = [os.path.realpath(state_dir / "workspaces")]
+        if not isinstance(self._workspace, SharedDirectory):
+            managed.append(cwd)  # a workspace Shoal made for this worker
         if hooks.is_claude(self.profile) and "CLAUDE_CONFIG_DIR" not in self.profile.env:
             managed.append(cwd)  # Shoal prepared the agent's configuration and trusted this directory
         return menus.MenuContext(cwd=cwd, managed=tuple(managed))
@@ -1138,7 +1143,8 @@ class WorkerActor:
         elif self._ring.total != typing.mark or typing.tries > menus.RETYPES:
             self._typing = None  # the agent reacted (or never will): done
             return
-        inc.writes.send_nowait((0.0, typing.keys))
+        for i, key in enumerate(k for k in _KEYS.split(typing.keys) if k):
+            inc.writes.send_nowait((KEY_GAP_S if i else 0.0, key))  # one key per read, as typed
         typing.mark = self._ring.total
         typing.check_at = now + menus.RETYPE_AFTER_S
         typing.tries += 1

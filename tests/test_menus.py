@@ -155,3 +155,15 @@ def test_free_text_question() -> None:
 
 def test_keys_numbered_menu_is_the_digit() -> None:
     assert keys_for(2, "Opus", PICKER) == b"2"
+
+
+def test_keys_for_a_menu_drawn_without_numbers_are_arrows_from_the_cursor() -> None:
+    trust = asked_on("corpus/real-tui-trust-dialog-no-numbers-v2.1.332.ansi", task=False)
+    assert trust.options == ("No, exit", "Yes, I trust this folder")
+    assert not trust.numbered and trust.cursor == 0
+    decision = decide(trust, MANAGED)
+    assert isinstance(decision, Answer) and decision.choice == 2
+    assert keys_for(decision.choice, decision.label, trust) == b"\x1b[B\r"  # Down, Enter
+    assert keys_for(1, "No, exit", trust) == b"\r"
+    wrapped = NeedsInput("Pick?", ("a", "b", "c"), numbered=False, cursor=2)
+    assert keys_for(1, "a", wrapped) == b"\x1b[B\r"  # the cursor wraps: Down from the last is the first

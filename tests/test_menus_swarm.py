@@ -160,3 +160,27 @@ async def test_a_model_picker_goes_to_a_human(tmp_path: Path) -> None:
         assert done.state is TaskState.DONE and done.result.endswith("Done: choose"), done
         with pytest.raises(Conflict):
             await swarm.answer(worker, 1)
+
+
+@pytest.mark.parametrize("managed", [True, False], ids=["managed", "elsewhere"])
+async def test_a_trust_dialog_without_numbers_is_answered_with_arrows(tmp_path: Path, managed: bool) -> None:
+    """2.1.332's dialog (`❯ No, exit` / `Yes, I trust this folder`, no digits): Down, then Enter."""
+    where = tmp_path / "state" / "workspaces" / "w1" if managed else tmp_path / "project"
+    where.mkdir(parents=True)
+    profile = fake_profile("--trust-dialog=plain", cwd=str(where))
+    config = swarm_config(
+        tmp_path, workers={"profile": "t", "profiles": {"t": profile}}, scaling={"max_workers": 1}
+    )
+    async with open_swarm(config) as swarm:
+        with swarm.events(["worker.answered", "worker.needs_input"]) as events:
+            task = await swarm.submit({"prompt": "hello"})
+            first = await wait_for(events, lambda e: True, WAIT_S)
+            if not managed:
+                assert first.topic == "worker.needs_input"
+                assert first.data["options"] == ["No, exit", "Yes, I trust this folder"]
+                await swarm.answer(first.data["worker"], "yes")
+                first = await wait_for(events, "worker.answered", WAIT_S)
+            done = await swarm.wait(task.id, timeout=WAIT_S)
+    assert first.topic == "worker.answered" and first.data["by"] == ("policy" if managed else "human")
+    assert first.data["choice"] == 2 and first.data["label"] == "Yes, I trust this folder"
+    assert done.state is TaskState.DONE and done.result == "Done: hello", done

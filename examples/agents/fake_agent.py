@@ -337,6 +337,8 @@ class Menu:
         lines.append("")
         footer = spaced(self.footer, 2) if self.plain else f" {self.footer}"
         lines.append(f"{GREY}{footer}{RESET}")
+        if self.plain:
+            lines.append("")  # 2.1.332 ends its footer line too, the cursor below it
         return lines
 
 

@@ -49,6 +49,10 @@ class RateLimited:
 class NeedsInput:
     prompt: str  # the question/permission text the agent waits on
     options: tuple[str, ...] = ()  # a numbered menu's choices in order ("Yes, proceed", "No, exit")
+    # A menu drawn without numbers (CLI 2.1.332's trust dialog) is answered with arrow keys from
+    # the highlighted option: `numbered` False and `cursor` its index. None: not known (numbered).
+    numbered: bool = True
+    cursor: int | None = None
 
 
 @attrs.frozen

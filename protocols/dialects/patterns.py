@@ -240,6 +240,8 @@ _YES_OPTION = re.compile(r"(?:^|[\s>❯›])1\.\s+Yes\b")
 _OPTION = re.compile(r"^[\s│]*(?P<cur>[❯›>]\s*)?(?P<n>[1-9])\.\s+(?P<label>[^│\n]*?)\s*│?\s*$")
 # ... or the first option on the question's own line ("Do you want to proceed? > 1. Yes").
 _OPTION_INLINE = re.compile(r"(?P<pre>\?\s*|\s)(?P<cur>[❯›>]\s*)?(?P<n>1)\.\s+(?P<label>[^│\n]*?)\s*│?\s*$")
+_PLAIN_CURSOR = re.compile(r"^[\s│]*[❯›]\s*")  # the highlighted option of a menu without numbers
+_PLAIN_MAX = 9  # options of a menu without numbers, at most
 _MENU_LOOKUP_LINES = 12  # how far above the first option its question may be
 _MENU_TAIL = 1500  # a menu split across chunks: its first options may be this far back in lookback
 _EXTRA_USAGE = re.compile(r"Now using extra usage|using (?:your )?usage credits", re.IGNORECASE)
@@ -342,6 +344,8 @@ class PatternScanner:
                     self._hinted(text, hint, lambda line, s: self._builtin_exhausted(line, s))
             if "1. " in text or "1. " in lookback[-_MENU_TAIL:]:
                 self._builtin_menus(text, lookback[-_MENU_TAIL:])
+            if "Enter to confirm" in text:
+                self._hinted(text, "Enter to confirm", lambda _l, s: self._plain_menu(text, s, lookback))
             if "usage" in text:
                 self._hinted(text, "usage", self._builtin_extra_usage)
         for pat in self.context:
@@ -557,6 +561,27 @@ class PatternScanner:
             self._ask(self._hits, max(0, start - offset), _clean(question), labels)
         return pos
 
+    def _plain_menu(self, text: str, footer: int, lookback: str) -> None:
+        """A menu drawn without numbers above its `Enter to confirm` footer (CLI 2.1.332's trust
+        dialog: `❯ No, exit` / `Yes, I trust this folder`): the block of lines just above the footer
+        with exactly one cursor line and no numbered option is the options, cursor included."""
+        window = lookback[-_MENU_TAIL:] + text[:footer]
+        lines = window.split("\n")[:-1]  # the last is the footer's own (empty) start
+        while lines and not lines[-1].strip(" │\u00a0"):
+            lines.pop()
+        block: list[str] = []
+        while lines and lines[-1].strip(" │\u00a0") and len(block) <= _PLAIN_MAX:
+            block.insert(0, lines.pop())
+        if not 2 <= len(block) <= _PLAIN_MAX or any(_OPTION.match(b) for b in block):
+            return
+        cursors = [i for i, b in enumerate(block) if _PLAIN_CURSOR.match(b)]
+        if len(cursors) != 1:
+            return
+        options = tuple(_clean(_PLAIN_CURSOR.sub("", b).strip(_RULE_CHARS)) for b in block)
+        question = _menu_title("\n".join(lines) + "\n")
+        if question is not None and all(options):
+            self._ask(self._hits, footer, _clean(question), options, numbered=False, cursor=cursors[0])
+
     def _builtin_extra_usage(self, line: str, start: int) -> None:
         m = _EXTRA_USAGE.search(line)
         if m and "extra" not in self._limits_seen:
@@ -597,12 +622,22 @@ class PatternScanner:
         self._limits_seen.add(key)
         hits.append(Hit(pos, "limit", RateLimited(reset_at=reset, message=message)))
 
-    def _ask(self, hits: list[Hit], pos: int, question: str, options: tuple[str, ...] = ()) -> None:
+    def _ask(
+        self,
+        hits: list[Hit],
+        pos: int,
+        question: str,
+        options: tuple[str, ...] = (),
+        *,
+        numbered: bool = True,
+        cursor: int | None = None,
+    ) -> None:
         """Report a question once; a menu seen again with more options (its rest arrived) again."""
         self.question_seen = True
         if self._question != (question, options):
             self._question = (question, options)
-            hits.append(Hit(pos, "needs_input", NeedsInput(prompt=question, options=options)))
+            asked = NeedsInput(prompt=question, options=options, numbered=numbered, cursor=cursor)
+            hits.append(Hit(pos, "needs_input", asked))
 
 
 _RULE_CHARS = "│ \u00a0╭╮╰╯─╌━═"
