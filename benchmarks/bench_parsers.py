@@ -17,6 +17,12 @@ Figures printed:
 4. The same through a real PTY with the fake agent: from the read that returned the agent's last
    bytes to TaskDone, plus the whole submit-to-TaskDone round trip for reference.
 5. Fake agent start-up: spawn to Ready in a PTY, beside `python -c pass`.
+6. The issue-16 rules on real Claude Code output: throughput of the prompt dialect on the raw PTY
+   captures of CLI 2.1.332 (retry spinners, API error lines; tests/fixtures/claude-code/corpus/*.ansi)
+   and of stream-json on the real headless captures (api_retry storms, synthetic error messages,
+   results), a new task started whenever one ends; and the detection delay of an API failure
+   (the chunk with `● API Error: 529` and the prompt box, or the error result) -> RateLimited.
+   Goals as above: at least 50 MB/s, at most 1 ms.
 """
 
 from __future__ import annotations
@@ -39,10 +45,11 @@ from types import ModuleType
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_AGENT = ROOT / "examples" / "agents" / "fake_agent.py"
+CORPUS = ROOT / "tests" / "fixtures" / "claude-code" / "corpus"
 sys.path.insert(0, str(ROOT))
 
 from shoal.protocols.dialects import make_dialect  # noqa: E402
-from shoal.protocols.dialects.base import Dialect, Ready, TaskDone  # noqa: E402
+from shoal.protocols.dialects.base import Dialect, RateLimited, Ready, TaskDone, TaskFailed  # noqa: E402
 from shoal.protocols.tasks import Assignment  # noqa: E402
 
 TASK = Assignment(task_id="bench", attempt=1, prompt="benchmark task")
@@ -257,6 +264,67 @@ def startup(spawns: int) -> None:
     print(f"   python -c pass        median {statistics.median(baseline) * 1e3:6.1f} ms (interpreter floor)")
 
 
+def real_output(total: int, samples: int) -> None:
+    print(f"\n6. issue-16 rules on real Claude Code 2.1.332 output ({total / 1e6:.0f} MB each), task open")
+    ends = (TaskDone, TaskFailed, RateLimited)
+    for name, pattern in (("prompt", "real-tui-*.ansi"), ("stream-json", "real-headless-*.jsonl")):
+        files = sorted(CORPUS.glob(pattern))
+        sample = b"".join(f.read_bytes() for f in files)
+        density = sample.count(b"\x1b") * 1000 / len(sample)
+        data = (sample * (total // len(sample) + 1))[:total]
+        for size in (4096, 65536):
+            dialect = make_dialect(name, {}, wall_clock=lambda: 1_780_000_000.0)
+            dialect.tick(0.0)
+            dialect.start_task(TASK, 0.0)
+            chunks = [data[i : i + size] for i in range(0, len(data), size)]
+            outcomes = 0
+            cpu, wall = time.process_time(), time.perf_counter()
+            for chunk in chunks:
+                for signal in dialect.feed(chunk, 1.0):
+                    if isinstance(signal, ends):
+                        outcomes += 1
+                        dialect.start_task(TASK, 1.0)
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            rate, wall_rate = total / cpu / 1e6, total / wall / 1e6
+            print(
+                f"   {name:11s} {size // 1024:3d} KiB chunks: {rate:6.1f} MB/s CPU ({wall_rate:.1f} wall);"
+                f" {len(files)} captures, {density:.0f} escapes/KB, {outcomes} outcomes"
+            )
+    busy = "".join(
+        f"{ERASE5}{frame(f'✻ 529 Overloaded · retrying in {n}s · attempt {n}/10')}" for n in range(5)
+    )
+    error = "\x1b[1m●\x1b[0m API Error: 529 Overloaded. This is a server-side issue, usually temporary"
+    last_tui = f"{ERASE5}\r\n{error}\r\n\r\n{frame(None)}".encode()
+    retry = (
+        b'{"type":"system","subtype":"api_retry","attempt":3,"max_retries":10,"retry_delay_ms":2188,'
+        b'"error_status":529,"error":"overloaded"}\n'
+    )
+    failure = {**RESULT, "is_error": True, "api_error_status": 529, "terminal_reason": "api_error"}
+    failure["result"] = "API Error: 529 Overloaded."
+    cases = {
+        "prompt (● API Error: 529)": (busy.encode(), last_tui),
+        "stream-json (529 result)": (retry * 3, (json.dumps(failure) + "\n").encode()),
+    }
+    print(f"   detection of an API failure ({samples} samples each): feed(last chunk) -> RateLimited")
+    for label, (before, last) in cases.items():
+        times: list[float] = []
+        cpu_times: list[float] = []
+        for _ in range(samples):
+            dialect = make_dialect(label.split()[0], {}, wall_clock=lambda: 1_780_000_000.0)
+            dialect.tick(0.0)
+            dialect.start_task(TASK, 0.0)
+            dialect.feed(before, 0.5)
+            start, start_cpu = time.perf_counter(), time.process_time()
+            signals = dialect.feed(last, 1.0)
+            cpu_times.append(time.process_time() - start_cpu)
+            times.append(time.perf_counter() - start)
+            assert any(isinstance(s, RateLimited) for s in signals), (label, signals)
+        print(
+            f"   {label:28s} wall p50 {fmt_us(pct(times, 0.5))} p99 {fmt_us(pct(times, 0.99))};"
+            f" CPU p99 {fmt_us(pct(cpu_times, 0.99))}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -273,6 +341,7 @@ def main() -> None:
     detection(200 if args.quick else 2000)
     end_to_end(10 if args.quick else 100)
     startup(3 if args.quick else 15)
+    real_output(20_000_000 if args.quick else 100_000_000, 200 if args.quick else 2000)
 
 
 if __name__ == "__main__":

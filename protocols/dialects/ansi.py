@@ -62,7 +62,33 @@ def _incomplete_tail(data: bytes, esc: int) -> int:
     return esc
 
 
+# The cursor moves left after the bulk pass, each replaced in one C-level pass (no Python callback:
+# a TUI's redraws are mostly cursor moves). Sequences cannot nest (no ESC inside one), so these
+# passes give what one left-to-right pass over _ESC_ANY with _replace_slow gives.
+_CSI_LINE = re.compile(rb"\x1b\[[0-?]*[ -/]*[ABEFHJdf]")
+_CSI_FORWARD = re.compile(rb"\x1b\[[0-?]*[ -/]*C")
+_CSI_COL1 = re.compile(rb"\x1b\[(?:0|1)?G")
+_CSI_COLUMN = re.compile(rb"\x1b\[[0-?]*[ -/]*G")
+_ESC_OTHER = re.compile(
+    rb"\x1b(?:\][^\x07\x1b]*(?:\x07|\x1b\\)|[PX^_][^\x1b]*\x1b\\|[ -/]*[0-OQ-WYZ\\`-~])"
+)
+
+
+def _moves(data: bytes) -> bytes:
+    """Cursor moves to line breaks / spaces / column 1, other sequences dropped, stray ESC removed."""
+    if b"\x1b[" in data:
+        data = _CSI_LINE.sub(b"\n", data)
+        data = _CSI_FORWARD.sub(b" ", data)
+        if b"G" in data:
+            data = _CSI_COL1.sub(_COL1, data)
+            data = _CSI_COLUMN.sub(b" ", data)
+    if b"\x1b" in data:
+        data = _ESC_OTHER.sub(b"", data).replace(b"\x1b", b"")
+    return data
+
+
 def _replace_slow(m: re.Match[bytes]) -> bytes:
+    """What one escape sequence becomes (the reference for _moves; tests compare the two)."""
     final = m.group("final")
     if final is None:
         return b""
@@ -105,8 +131,7 @@ class AnsiStripper:
             if b"\x1b" in data:
                 data = _CSI_STAY.sub(b"", data)
                 if b"\x1b" in data:
-                    data = _ESC_ANY.sub(_replace_slow, data)
-                    data = data.replace(b"\x1b", b"")
+                    data = _moves(data)
         if not data:
             return ""
         if self._skip_lf:

@@ -145,6 +145,9 @@ API_ERROR_LINE = re.compile(
 )
 
 
+_API_HINTS = ("imit", "etrying in", "API Error", "Invalid API key", "OAuth token", "has disabled Claude")
+
+
 def _api_hint(text: str) -> bool:
     """Cheap check for the API error lines that do not say "API Error"."""
     return "Invalid API key" in text or "OAuth token" in text or "has disabled Claude" in text
@@ -413,8 +416,16 @@ class PatternScanner:
         findings in it are placed at the start of the new text.
         """
         hits = self._hits
-        pos, size = 0, len(text)
-        while pos < size:
+        size = len(text)
+        starts: set[int] = set()  # only lines holding a hint are looked at
+        for hint in _API_HINTS:
+            found = text.find(hint)
+            while found >= 0:
+                start = text.rfind("\n", 0, found) + 1
+                starts.add(start)
+                end = text.find("\n", found)
+                found = -1 if end < 0 else text.find(hint, end)
+        for pos in sorted(starts):
             end = text.find("\n", pos)
             if end < 0:
                 end = size
@@ -447,7 +458,6 @@ class PatternScanner:
                     return
                 if nxt is None or "etrying in" not in nxt:
                     self._api_line(a.group("reason"), at, now_epoch)
-            pos = end + 1
 
     def _retry(self, line: str, before: str, at: int) -> None:
         """A TUI retry line: ApiRetry, once per attempt (the screen redraws it)."""
