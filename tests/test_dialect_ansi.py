@@ -7,6 +7,7 @@ from conftest import FIXTURES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shoal.protocols.dialects import ansi
 from shoal.protocols.dialects.ansi import AnsiStripper, strip_ansi
 
 SAMPLE = (
@@ -104,3 +105,24 @@ def test_fixtures_pass_through_unchanged() -> None:
     for path in sorted(FIXTURES.glob("*.txt")):
         text = path.read_text(encoding="utf-8")
         assert strip_ansi(path.read_bytes()) == text, path.name
+
+
+_SEQUENCES = b"\x1b[2A \x1b[B \x1b[3;1H \x1b[H \x1b[2J \x1b[5C \x1b[G \x1b[1G \x1b[7G \x1b[0G \x1b[d \x1b[12f"
+_OTHERS = [
+    b"\x1b]0;title\x07",
+    b"\x1bP1$r\x1b\\",
+    b"\x1b(B",
+    b"\x1b",
+    b"[",
+    b"A",
+    b"text ",
+    b"\x1b\x1b]2;x\x07[A",
+]
+_PIECES = st.sampled_from([*_SEQUENCES.split(b" "), *_OTHERS, b"\x1b[?25l"])
+
+
+@given(st.lists(_PIECES, max_size=30))
+def test_cursor_moves_in_passes_equal_one_pass_per_sequence(pieces: list[bytes]) -> None:
+    """`_moves` (C-level passes, the hot path) gives what `_replace_slow` gives one sequence at a time."""
+    data = ansi._CSI_STAY.sub(b"", b"".join(pieces))  # what feed() runs first
+    assert ansi._moves(data) == ansi._ESC_ANY.sub(ansi._replace_slow, data).replace(b"\x1b", b"")

@@ -69,9 +69,7 @@ _CSI_LINE = re.compile(rb"\x1b\[[0-?]*[ -/]*[ABEFHJdf]")
 _CSI_FORWARD = re.compile(rb"\x1b\[[0-?]*[ -/]*C")
 _CSI_COL1 = re.compile(rb"\x1b\[(?:0|1)?G")
 _CSI_COLUMN = re.compile(rb"\x1b\[[0-?]*[ -/]*G")
-_ESC_OTHER = re.compile(
-    rb"\x1b(?:\][^\x07\x1b]*(?:\x07|\x1b\\)|[PX^_][^\x1b]*\x1b\\|[ -/]*[0-OQ-WYZ\\`-~])"
-)
+_ESC_OTHER = re.compile(rb"\x1b(?:\][^\x07\x1b]*(?:\x07|\x1b\\)|[PX^_][^\x1b]*\x1b\\|[ -/]*[0-OQ-WYZ\\`-~])")
 
 
 def _moves(data: bytes) -> bytes:
