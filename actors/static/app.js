@@ -268,7 +268,7 @@ class App {
       busy = 0;
       asking = 0;
       for (const w of live.workers.values()) {
-        if (w.state === "busy" && w.needs_input) asking += 1;
+        if (w.needs_input) asking += 1;
         else if (w.state === "busy") busy += 1;
       }
     } else {

@@ -15,13 +15,14 @@ const GONE = new Set(["stopped", "crashed"]);
 const LIST_EVERY_MS = 3000;
 const LIST_MS_PER_WORKER = 8;
 
-/** What a worker is doing, for people: "needs input" while its agent waits on a question. */
+/** What a worker is doing, for people: "needs input" while its agent waits on a question (busy
+ * on a task, or starting: the trust dialog of a new directory). */
 export function shownState(w) {
-  return w.state === "busy" && w.needs_input ? "needs input" : w.state;
+  return w.needs_input ? "needs input" : w.state;
 }
 
 function shownClass(w) {
-  return stateClass(w.state === "busy" && w.needs_input ? "needs_input" : w.state);
+  return stateClass(w.needs_input ? "needs_input" : w.state);
 }
 
 function workerList(result) {
@@ -46,7 +47,7 @@ export class WorkersView {
         { key: "id", title: "Worker", width: "minmax(110px,1.2fr)", text: (w) => w.id, sort: (w) => w.id },
         {
           key: "state", title: "State", width: "96px", text: shownState, cellClass: shownClass, sort: shownState,
-          tip: "needs input: busy, but the agent waits on a question (see the detail)",
+          tip: "needs input: the agent waits on a question for a human (answer it in the detail)",
         },
         { key: "task", title: "Task", width: "minmax(90px,1.2fr)", text: (w) => w.task_id || "", sort: (w) => w.task_id || "" },
         { key: "model", title: "Model", width: "70px", text: (w) => w.model || "–", sort: (w) => w.model || "" },
@@ -135,6 +136,7 @@ export class WorkersView {
         w.state = data.state;
         w.needs_input = null; // the worker clears it on every state change
         w.needs_input_since = null;
+        w.needs_input_options = [];
         if (data.model) w.model = data.model;
         if (data.pid) w.pid = data.pid;
         if (data.state === "idle") w.task_id = null;
@@ -142,6 +144,11 @@ export class WorkersView {
       } else if (topic === "worker.needs_input") {
         w.needs_input = data.prompt || "a question";
         w.needs_input_since = ts || Date.now() / 1000;
+        w.needs_input_options = Array.isArray(data.options) ? data.options : [];
+      } else if (topic === "worker.answered") {
+        w.needs_input = null; // answered (by Shoal's policy or a person): nothing to ask any more
+        w.needs_input_since = null;
+        w.needs_input_options = [];
       } else if (topic === "worker.context" && data.used_percent !== undefined) {
         w.context_used_percent = data.used_percent;
       } else if (topic === "worker.crashed") {
@@ -159,7 +166,8 @@ export class WorkersView {
   onTaskEvent({ topic, data }) {
     const w = this.workers.get(data?.worker);
     if (!w) return;
-    const asked = { needs_input: null, needs_input_since: null }; // a new or finished attempt asks nothing yet
+    // a new or finished attempt asks nothing yet
+    const asked = { needs_input: null, needs_input_since: null, needs_input_options: [] };
     if (topic === "task.running") this.workers.set(w.id, { ...w, ...asked, task_id: data.task_id, state: "busy" });
     else if (topic === "task.done") this.workers.set(w.id, { ...w, ...asked, task_id: null, tasks_done: (w.tasks_done || 0) + 1 });
     else if (topic === "task.failed" || topic === "task.requeued") this.workers.set(w.id, { ...w, ...asked });
@@ -233,6 +241,7 @@ export class WorkersView {
     const modelSel = el("select", { "aria-label": "model" });
     const caps = el("input", { placeholder: "every category", "aria-label": "capabilities", size: 16 });
     const dl = el("dl", { class: "kv" });
+    const answer = el("div", { class: "answer", id: "worker-answer", hidden: true });
     const output = el("pre", { class: "output", "aria-label": "recent output" });
     const termBox = el("div", { class: "term-wrap detached" });
     const force = el("input", { type: "checkbox", id: "term-force" });
@@ -253,6 +262,7 @@ export class WorkersView {
     pane.replaceChildren(el("div", { class: "detail" },
       el("h3", {}, id),
       dl,
+      answer,
       el("div", { class: "controls" },
         el("button", { class: "btn", id: "btn-pause", onclick: () => call("workers.pause", {}, `${id} paused`) }, "Pause"),
         el("button", { class: "btn", id: "btn-resume-worker", onclick: () => call("workers.resume", {}, `${id} resumed`) }, "Resume"),
@@ -284,7 +294,7 @@ export class WorkersView {
         el("label", { class: "muted check" }, force, " type into a busy worker")),
       termBox,
     ));
-    this.detail = { id, dl, output, modelSel, caps, shown: "" };
+    this.detail = { id, dl, answer, output, modelSel, caps, shown: "", asked: "" };
     this.fillModels(this.app.config);
     const w = this.workers.get(id);
     caps.value = (w?.capabilities || []).join(", ");
@@ -312,7 +322,7 @@ export class WorkersView {
     const now = Date.now() / 1000;
     const rows = [
       ["state", shownState(w), shownClass(w)],
-      ...(w.state === "busy" && w.needs_input
+      ...(w.needs_input
         ? [["needs input", `${w.needs_input} (waiting ${fmtDuration(now - (w.needs_input_since || now))})`, "needs-input"]]
         : []),
       ["task", w.task_id || "–"],
@@ -330,10 +340,41 @@ export class WorkersView {
       ["recent", (w.history || []).join(", ") || "–"],
       ["reason", w.reason || "–"],
     ];
+    this.updateAnswer(d, w);
     const key = JSON.stringify(rows);
     if (!force && key === d.shown) return;
     d.shown = key;
     d.dl.replaceChildren(...rows.flatMap(([k, v, cls]) => [el("dt", {}, k), el("dd", { class: cls || "" }, String(v))]));
+  }
+
+  /** The question the agent waits on, with one button per option (workers.answer), or a text box
+   * for a question without options. Rebuilt only when the question changes. */
+  updateAnswer(d, w) {
+    const options = w.needs_input_options || [];
+    const key = w.needs_input ? JSON.stringify([w.needs_input, options]) : "";
+    if (key === d.asked) return;
+    d.asked = key;
+    d.answer.hidden = !w.needs_input;
+    if (!w.needs_input) {
+      d.answer.replaceChildren();
+      return;
+    }
+    const send = (choice, label) => this.app.act("workers.answer", { id: d.id, choice }, `${d.id}: answered ${label}`);
+    const buttons = options.map((label, i) => el("button", {
+      class: "btn small", "data-choice": String(i + 1), title: `answer ${i + 1}`,
+      onclick: () => send(i + 1, `${i + 1}. ${label}`),
+    }, `${i + 1}. ${label}`));
+    if (!options.length) {
+      const text = el("input", { placeholder: "your answer", "aria-label": "answer", size: 24 });
+      buttons.push(text, el("button", {
+        class: "btn small", onclick: () => text.value.trim() && send(text.value.trim(), text.value.trim()),
+      }, "Send"));
+    }
+    d.answer.replaceChildren(
+      el("div", { class: "section-title" }, "Question"),
+      el("p", { class: "question" }, w.needs_input),
+      el("div", { class: "controls options" }, ...buttons),
+    );
   }
 
   async loadLogs() {
