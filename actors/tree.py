@@ -48,6 +48,7 @@ from .scaler import ScalerActor
 from .swarm import VERSION, SwarmHandle, load_overrides, prepare_state_dir
 from .swarm_supervisor import SwarmSupervisor
 from .taskstore import TaskStore, open_store
+from .worktree import Worktrees
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +168,8 @@ async def open_swarm(config: SwarmConfig | None = None, *, serve: bool = False) 
     )
 
     async def run_workers(*, task_status: trio.TaskStatus[SwarmSupervisor]) -> None:
-        got["workers"] = supervisor = SwarmSupervisor(current, bus, got["queue"])
+        worktrees = Worktrees(state_dir / "workspaces")  # slots outlive a restart of this child
+        got["workers"] = supervisor = SwarmSupervisor(current, bus, got["queue"], workspaces=worktrees)
         await supervisor.run(task_status=task_status)
 
     root = Supervisor(

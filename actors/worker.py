@@ -864,6 +864,17 @@ class WorkerActor:
         if outcome is Outcome.DONE:
             self._tasks_done += 1
         self._sample_at = None
+        elapsed = round(trio.current_time() - self._task_started, 6)
+        record: dict[str, Any] | None = None
+        with trio.CancelScope(shield=True), trio.move_on_after(WORKSPACE_TIMEOUT_S) as scope:
+            try:  # before the report, which carries what the workspace kept (branch, commit, change)
+                record = await self._workspace.finish(task, outcome)
+            except Exception as exc:  # its next task would start in an unknown tree: start afresh
+                log.warning("worker %s: finishing task %s's workspace failed: %s", self.id, task.task_id, exc)
+                self._respawn_reason = f"its workspace could not be finished: {exc}"
+                record = {"error": str(exc)}
+        if scope.cancelled_caught:
+            self._respawn_reason = "its workspace did not finish in time"
         await self._report(
             TaskFinished(
                 worker=self.id,
@@ -871,18 +882,11 @@ class WorkerActor:
                 attempt=task.attempt,
                 outcome=outcome,
                 model=self._model,
-                elapsed_s=round(trio.current_time() - self._task_started, 6),
+                elapsed_s=elapsed,
+                workspace=record,
                 **fields,
             )
         )
-        with trio.CancelScope(shield=True), trio.move_on_after(WORKSPACE_TIMEOUT_S) as scope:
-            try:
-                await self._workspace.finish(task, outcome)
-            except Exception as exc:  # its next task would start in an unknown tree: start afresh
-                log.warning("worker %s: finishing task %s's workspace failed: %s", self.id, task.task_id, exc)
-                self._respawn_reason = f"its workspace could not be finished: {exc}"
-        if scope.cancelled_caught:
-            self._respawn_reason = "its workspace did not finish in time"
 
     async def _finish_task(self, outcome: Outcome, *, respawn: str | None = None, **fields: Any) -> None:
         """End the running attempt, then do what is pending (stop, respawn, pause) or go idle."""

@@ -2,8 +2,9 @@
 
 A worker asks its workspace for the directory its processes run in (`directory`, before every
 spawn), lets it `prepare` each task before the prompt is written (e.g. check out a fresh branch)
-and `finish` it once the attempt has ended and been reported (e.g. commit what the agent left,
-reset the tree). Implementations do their file, git or network work off the trio loop
+and `finish` it once the attempt has ended, before the outcome is reported (e.g. commit what the
+agent left, reset the tree): what `finish` returns is the attempt's workspace record, reported with
+the outcome and kept on the task. Implementations do their file, git or network work off the trio loop
 (`trio.to_thread.run_sync`, `trio.run_process`); the worker shields `finish` so a cancelled worker
 still leaves its directory clean.
 
@@ -14,7 +15,7 @@ are the next implementation; see docs/architecture.md, "Workspaces".
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 
@@ -37,8 +38,8 @@ class Workspace(Protocol):
         """Make the directory ready for `task` before its prompt is written. Raises WorkspaceError."""
         ...
 
-    async def finish(self, task: Assignment, outcome: Outcome) -> None:
-        """The attempt ended with `outcome` (already reported): keep its work, clean for the next."""
+    async def finish(self, task: Assignment, outcome: Outcome) -> dict[str, Any] | None:
+        """The attempt ended with `outcome`: keep its work, clean for the next; the attempt's record."""
         ...
 
     async def aclose(self) -> None:
@@ -58,7 +59,7 @@ class SharedDirectory:
     async def prepare(self, task: Assignment) -> None:
         return None
 
-    async def finish(self, task: Assignment, outcome: Outcome) -> None:
+    async def finish(self, task: Assignment, outcome: Outcome) -> dict[str, Any] | None:
         return None
 
     async def aclose(self) -> None:

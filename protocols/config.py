@@ -135,6 +135,23 @@ class StoreConfig:
 
 
 @attrs.frozen
+class WorkspaceConfig:
+    """Where a profile's workers work (docs/configuration.md, `[workers.profiles.X.workspace]`).
+
+    `none`: every worker in the profile's `cwd` (the default). `worktree`: each worker in its own git
+    worktree of `repo`, each task on its own branch started from `base` (None: the repo's HEAD).
+    """
+
+    mode: Literal["none", "worktree"] = "none"
+    repo: str | None = attrs.field(default=None, validator=v.optional(v.min_len(1)))
+    base: str | None = attrs.field(default=None, validator=v.optional(v.min_len(1)))
+
+    def __attrs_post_init__(self) -> None:
+        if self.mode == "worktree" and self.repo is None:
+            raise ValueError('mode = "worktree" needs a repo (the git repository to work in)')
+
+
+@attrs.frozen
 class ProfileConfig:
     """How to start an agent and talk to it. `argv` items may hold {model}, {prompt}, {worker}, {cwd}."""
 
@@ -153,6 +170,7 @@ class ProfileConfig:
     # what one worker of this profile costs in memory (MiB), for the scaler's free-memory floor; None:
     # the peak RSS measured on this profile's workers, else an estimate (docs/scaling.md, "Memory")
     memory_mb: int | None = attrs.field(default=None, validator=v.optional(_pos))
+    workspace: WorkspaceConfig = attrs.field(factory=WorkspaceConfig)  # where its workers work
 
 
 @attrs.frozen

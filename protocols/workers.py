@@ -136,6 +136,8 @@ class TaskFinished:
     elapsed_s: float = 0.0
     usage: dict[str, Any] = attrs.field(factory=dict)  # input/output tokens, cost_usd when known
     reset_at: float | None = None  # for RATE_LIMITED: when the model's limit resets (epoch s)
+    # what the worker's workspace kept of the attempt (a worktree: branch, base, head, files changed)
+    workspace: dict[str, Any] | None = None
 
 
 @attrs.frozen

@@ -328,7 +328,7 @@ async def test_resize_and_send_input_reach_the_pty(nursery: trio.Nursery, no_lea
     await h.address.call(Resize(rows=31, cols=97))
     await h.address.call(SendInput(b"hello\r"))
     seen = b""
-    with trio.fail_after(5):
+    with trio.fail_after(15):  # a bound, not a measure: a loaded machine took more than 5 s once
         while b"size 97 31" not in seen or b"typed hello" not in seen:
             seen += await live.receive()
     with pytest.raises(ValidationError, match="rows"):

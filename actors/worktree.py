@@ -1,0 +1,256 @@
+"""Git worktrees as workspaces: each worker in its own worktree, each task on its own branch.
+
+The first real implementation of the worker's `Workspace` seam (actors/workspace.py). A profile with
+`workspace.mode = "worktree"` gives each of its workers a worktree of `workspace.repo` under
+`<state_dir>/workspaces/<profile>/<slot>`; slots are reused by later workers, so a swarm never has more
+worktrees than it had workers at once, and a worktree left by an earlier run of Shoal is reused
+(reset) rather than added again. Before each task the worktree is reset and a fresh branch
+`shoal/<task-id>` (a later attempt: `shoal/<task-id>-<n>`) is started from the base; when the attempt
+ends, whatever the agent left uncommitted is committed (author "Shoal agent <worker>"), the change is
+measured against the base (files, insertions, deletions) and the worktree is detached and cleaned,
+so nothing leaks into the next task. A failed or crashed attempt keeps its branch for inspection.
+
+Every git command runs as a subprocess started the trio way (`trio.run_process`), never on the loop;
+commands git serialises per repository (worktree add/prune, branch creation) hold a per-repository
+lock, so 32 workers starting at once do not trip over `index.lock`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from ..protocols.config import ProfileConfig
+from ..protocols.tasks import Assignment, Outcome
+from .workspace import SharedDirectory, Workspace, WorkspaceError
+
+GIT_TIMEOUT_S = 120.0
+_ENV = {
+    "GIT_TERMINAL_PROMPT": "0",  # never wait on a credential prompt
+    "GIT_OPTIONAL_LOCKS": "0",  # `git status` must not take index.lock while the agent works
+    "LC_ALL": "C",  # messages we read back, in one language
+}
+_BAD_REF = re.compile(r"[^A-Za-z0-9._/-]+")
+
+
+async def git(cwd: str | Path, *args: str, check: bool = True, timeout: float = GIT_TIMEOUT_S) -> str:
+    """Run `git -C cwd args…` off the loop; its stdout. Raises WorkspaceError with git's own words."""
+    argv = ["git", "-C", str(cwd), *args]
+    env = {**os.environ, **_ENV}
+    try:
+        with trio.fail_after(timeout):
+            done = await trio.run_process(
+                argv, capture_stdout=True, capture_stderr=True, check=False, env=env
+            )
+    except trio.TooSlowError:
+        raise WorkspaceError(f"git {args[0]} did not finish within {timeout:g} s") from None
+    except OSError as exc:
+        raise WorkspaceError(f"cannot run git: {exc.strerror}") from None
+    if check and done.returncode != 0:
+        words = (done.stderr or done.stdout).decode(errors="replace").strip().splitlines()
+        raise WorkspaceError(f"git {args[0]} failed: {words[-1] if words else f'exit {done.returncode}'}")
+    return str(done.stdout.decode(errors="replace"))
+
+
+def branch_name(task: Assignment) -> str:
+    """`shoal/<task-id>`, or `shoal/<task-id>-<n>` for attempt n > 1, made a valid ref name."""
+    safe = _BAD_REF.sub("-", task.task_id).strip("./-") or "task"
+    safe = re.sub(r"\.\.+|/\.|//+|\.lock(?=/|$)", "-", safe)[:200]
+    return f"shoal/{safe}" if task.attempt <= 1 else f"shoal/{safe}-{task.attempt}"
+
+
+@attrs.define
+class Worktrees:
+    """Hands out worktree slots per (profile, repository) and serialises git's per-repository work."""
+
+    root: Path  # <state_dir>/workspaces
+    _locks: dict[str, trio.Lock] = attrs.field(factory=dict)
+    _taken: dict[str, set[int]] = attrs.field(factory=dict)
+
+    def lock(self, repo: str) -> trio.Lock:
+        return self._locks.setdefault(repo, trio.Lock())
+
+    def take_slot(self, profile: str) -> int:
+        taken = self._taken.setdefault(profile, set())
+        slot = next(i for i in range(1, len(taken) + 2) if i not in taken)
+        taken.add(slot)
+        return slot
+
+    def release_slot(self, profile: str, slot: int) -> None:
+        self._taken.get(profile, set()).discard(slot)
+
+    def __call__(self, profile_name: str, profile: ProfileConfig, worker_id: str) -> Workspace:
+        """The WorkspaceFactory: a worktree for `worktree` profiles, the shared directory otherwise."""
+        ws = profile.workspace
+        if ws.mode != "worktree":
+            return SharedDirectory(profile.cwd)
+        assert ws.repo is not None  # the config refuses mode = "worktree" without a repo
+        return GitWorktree(self, profile_name, os.path.expanduser(ws.repo), ws.base, worker_id)
+
+
+@attrs.define
+class GitWorktree:
+    """One worker's worktree (see the module docstring)."""
+
+    pool: Worktrees
+    profile: str
+    repo: str
+    base: str | None  # None: the repository's HEAD when each task starts
+    worker: str
+    _slot: int | None = None
+    _path: Path | None = None
+    _current: tuple[str, str] | None = None  # (branch, base commit) of the running task
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    async def directory(self) -> str | None:
+        if self._path is not None and await trio.Path(self._path).is_dir():
+            return str(self._path)
+        if self._slot is None:
+            self._slot = self.pool.take_slot(self.profile)
+        path = self.pool.root / _safe_component(self.profile) / str(self._slot)
+        async with self.pool.lock(self.repo):
+            top = await self._repo_top()
+            base = await self._base_commit()
+            if await _is_worktree_of(path, top):
+                await git(path, "checkout", "-q", "--detach", base)
+            else:
+                if await trio.Path(path).exists():  # half made, or left by hand: ours to replace
+                    await trio.to_thread.run_sync(shutil.rmtree, path)
+                await git(top, "worktree", "prune")
+                await trio.Path(path.parent).mkdir(parents=True, exist_ok=True)
+                await git(top, "worktree", "add", "-q", "--detach", str(path), base)
+        self._path = path
+        return str(path)
+
+    async def prepare(self, task: Assignment) -> None:
+        path = Path(await self.directory() or "")
+        branch = branch_name(task)
+        await _clean(path)
+        base = await self._base_commit()
+        async with self.pool.lock(self.repo):
+            exists = await git(path, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", check=False)
+            if exists.strip():
+                raise WorkspaceError(f"branch {branch} already exists in {self.repo}")
+            await git(path, "checkout", "-q", "-b", branch, base)
+        self._current = (branch, base)
+
+    async def finish(self, task: Assignment, outcome: Outcome) -> dict[str, Any] | None:
+        if self._current is None or self._path is None:
+            return None
+        branch, base = self._current
+        self._current = None
+        path = self._path
+        if not await trio.Path(path).is_dir():
+            return {
+                "branch": branch,
+                "base": base,
+                "error": f"the worktree {path} was deleted while the task ran",
+            }
+        await git(path, "add", "-A")
+        committed = False
+        if await _has_staged(path):
+            message = _commit_message(task, outcome)
+            await git(
+                path,
+                *("-c", f"user.name=Shoal agent {self.worker}", "-c", "user.email=shoal-agent@localhost"),
+                *("-c", "commit.gpgsign=false", "commit", "-q", "--no-verify", "-m", message),
+            )
+            committed = True
+        head = (await git(path, "rev-parse", "HEAD")).strip()
+        on = (await git(path, "symbolic-ref", "-q", "--short", "HEAD", check=False)).strip()
+        files, insertions, deletions = _numstat(await git(path, "diff", "--numstat", base, head))
+        record: dict[str, Any] = {
+            "branch": branch,
+            "base": base,
+            "head": head,
+            "committed": committed,
+            "files": files,
+            "insertions": insertions,
+            "deletions": deletions,
+        }
+        if on != branch:  # the agent checked out another branch: its work is recorded where it is
+            record["agent_branch"] = on or None
+        await _clean(path)  # whatever the agent left that git add did not take (e.g. ignored files)
+        await git(path, "checkout", "-q", "--detach", base)  # the branch keeps the work; the tree doesn't
+        return record
+
+    async def aclose(self) -> None:
+        if self._slot is not None:
+            self.pool.release_slot(self.profile, self._slot)
+            self._slot = None
+
+    async def _repo_top(self) -> str:
+        if not await trio.Path(self.repo).is_dir():
+            raise WorkspaceError(f"workspace.repo {self.repo} is not a directory")
+        try:
+            return (await git(self.repo, "rev-parse", "--show-toplevel")).strip()
+        except WorkspaceError:
+            raise WorkspaceError(f"workspace.repo {self.repo} is not a git repository") from None
+
+    async def _base_commit(self) -> str:
+        ref = self.base or "HEAD"
+        out = await git(self.repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False)
+        if not out.strip():
+            if self.base is None:
+                raise WorkspaceError(f"workspace.repo {self.repo} has no commits")
+            raise WorkspaceError(f"workspace.base {self.base!r} does not exist in {self.repo}")
+        return out.strip()
+
+
+def _safe_component(name: str) -> str:
+    return _BAD_REF.sub("-", name).strip(".-") or "profile"
+
+
+async def _is_worktree_of(path: Path, top: str) -> bool:
+    if not await trio.Path(path).is_dir():
+        return False
+    inside = await git(path, "rev-parse", "--show-toplevel", check=False)
+    if inside.strip() != str(path):
+        return False
+    common = (await git(path, "rev-parse", "--path-format=absolute", "--git-common-dir", check=False)).strip()
+    mine = (await git(top, "rev-parse", "--path-format=absolute", "--git-common-dir", check=False)).strip()
+    return bool(common) and common == mine
+
+
+async def _clean(path: Path) -> None:
+    """Back to the commit checked out: no change, no untracked or ignored file left."""
+    await git(path, "reset", "-q", "--hard")
+    await git(path, "clean", "-q", "-fdx")
+
+
+async def _has_staged(path: Path) -> bool:
+    env = {**os.environ, **_ENV}
+    done = await trio.run_process(
+        ["git", "-C", str(path), "diff", "--cached", "--quiet"], check=False, env=env, capture_stdout=True
+    )
+    return done.returncode == 1
+
+
+def _commit_message(task: Assignment, outcome: Outcome) -> str:
+    first = next((line.strip() for line in task.prompt.splitlines() if line.strip()), "")
+    title = first if len(first) <= 72 else first[:71] + "…"
+    trailer = f"Shoal task {task.task_id}, attempt {task.attempt} ({outcome.value})"
+    return f"{title or 'Shoal task ' + task.task_id}\n\n{trailer}\n"
+
+
+def _numstat(out: str) -> tuple[list[str], int, int]:
+    files: list[str] = []
+    insertions = deletions = 0
+    for line in out.splitlines():
+        parts = line.split("\t", 2)
+        if len(parts) != 3:
+            continue
+        added, removed, name = parts
+        files.append(name)
+        insertions += int(added) if added.isdigit() else 0  # "-" for a binary file
+        deletions += int(removed) if removed.isdigit() else 0
+    return files, insertions, deletions

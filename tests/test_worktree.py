@@ -1,0 +1,213 @@
+"""Git worktrees as workspaces (actors/worktree.py): real git, real repositories in temporary directories."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import trio
+
+from shoal.actors.tree import open_swarm
+from shoal.actors.workspace import SharedDirectory, WorkspaceError
+from shoal.actors.worktree import GitWorktree, Worktrees, branch_name
+from shoal.protocols.config import ProfileConfig, WorkspaceConfig, config_from_dict, unstructure
+from shoal.protocols.errors import ValidationError
+from shoal.protocols.profiles import BUILTIN_PROFILES
+from shoal.protocols.tasks import Assignment, Outcome, TaskState
+
+GIT_ID = ["-c", "user.name=Test", "-c", "user.email=test@localhost", "-c", "commit.gpgsign=false"]
+
+
+def sh_git(repo: Path, *args: str) -> str:
+    """Synchronous git for the test's own set-up and checks (never on a running swarm's loop)."""
+    done = subprocess.run(
+        ["git", "-C", str(repo), *GIT_ID, *args], capture_output=True, text=True, check=True
+    )
+    return done.stdout
+
+
+def make_repo(path: Path, files: dict[str, str] | None = None) -> Path:
+    path.mkdir(parents=True)
+    sh_git(path, "init", "-q", "-b", "main")
+    for name, text in (files or {"README.md": "hello\n"}).items():
+        (path / name).write_text(text)
+    sh_git(path, "add", "-A")
+    sh_git(path, "commit", "-q", "-m", "initial")
+    return path
+
+
+def task(task_id: str, attempt: int = 1, prompt: str = "do it") -> Assignment:
+    return Assignment(task_id, attempt, prompt)
+
+
+def worktree(tmp_path: Path, repo: Path, worker: str = "w-1", base: str | None = None) -> GitWorktree:
+    pool = Worktrees(tmp_path / "state" / "workspaces")
+    ws = pool(
+        "coder", ProfileConfig(argv=("sh",), workspace=WorkspaceConfig("worktree", str(repo), base)), worker
+    )
+    assert isinstance(ws, GitWorktree)
+    return ws
+
+
+async def test_each_task_gets_a_branch_its_change_committed_and_a_clean_tree_after(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    base = sh_git(repo, "rev-parse", "HEAD").strip()
+    ws = worktree(tmp_path, repo)
+    path = Path(await ws.directory() or "")
+    assert path.is_relative_to(tmp_path / "state" / "workspaces") and (path / "README.md").exists()
+
+    await ws.prepare(task("t1", prompt="Add a greeting\nwith details"))
+    assert sh_git(path, "symbolic-ref", "--short", "HEAD").strip() == "shoal/t1"
+    (path / "greeting.txt").write_text("hi\nthere\n")
+    (path / "README.md").write_text("changed\n")
+    record = await ws.finish(task("t1", prompt="Add a greeting\nwith details"), Outcome.DONE)
+    assert record is not None
+    assert record["branch"] == "shoal/t1" and record["base"] == base and record["committed"] is True
+    assert sorted(record["files"]) == ["README.md", "greeting.txt"]
+    assert (record["insertions"], record["deletions"]) == (3, 1)
+    assert sh_git(repo, "rev-parse", "shoal/t1").strip() == record["head"] != base
+    log = sh_git(repo, "log", "-1", "--format=%an%n%s%n%b", "shoal/t1")
+    assert log.startswith("Shoal agent w-1\nAdd a greeting\n") and "Shoal task t1, attempt 1 (done)" in log
+    assert not (path / "greeting.txt").exists() and (path / "README.md").read_text() == "hello\n"
+    assert sh_git(repo, "rev-parse", "main").strip() == base  # the base is untouched
+
+    await ws.prepare(task("t2"))  # isolation: the next task starts from the base, not from t1
+    (path / "untracked-and-ignored.log").write_text("x")
+    record2 = await ws.finish(task("t2"), Outcome.FAILED)
+    assert record2 is not None and record2["files"] == ["untracked-and-ignored.log"]
+    await ws.prepare(task("t2", attempt=2))
+    assert sh_git(path, "symbolic-ref", "--short", "HEAD").strip() == "shoal/t2-2"
+    assert not (path / "untracked-and-ignored.log").exists()
+    empty = await ws.finish(task("t2", attempt=2), Outcome.DONE)
+    assert empty is not None and empty["committed"] is False and empty["files"] == []
+    assert empty["head"] == base
+
+
+async def test_the_agents_own_commits_and_branch_switches_are_recorded(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    ws = worktree(tmp_path, repo)
+    path = Path(await ws.directory() or "")
+    await ws.prepare(task("t1"))
+    (path / "a.txt").write_text("a\n")
+    sh_git(path, "add", "a.txt")
+    sh_git(path, "commit", "-q", "-m", "the agent's own commit")
+    sh_git(path, "checkout", "-q", "-b", "elsewhere")
+    (path / "b.txt").write_text("b\n")
+    record = await ws.finish(task("t1"), Outcome.DONE)
+    assert record is not None and record["agent_branch"] == "elsewhere"
+    assert sorted(record["files"]) == ["a.txt", "b.txt"]
+    assert sh_git(repo, "rev-parse", "elsewhere").strip() == record["head"]
+
+
+async def test_bad_repositories_and_bases_are_clear_errors(tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    with pytest.raises(WorkspaceError, match="is not a git repository"):
+        await worktree(tmp_path, plain).directory()
+    with pytest.raises(WorkspaceError, match="is not a directory"):
+        await worktree(tmp_path, tmp_path / "missing").directory()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    sh_git(empty, "init", "-q")
+    with pytest.raises(WorkspaceError, match="has no commits"):
+        await worktree(tmp_path, empty).directory()
+    repo = make_repo(tmp_path / "repo")
+    with pytest.raises(WorkspaceError, match=r"workspace\.base 'nope' does not exist"):
+        await worktree(tmp_path, repo, base="nope").directory()
+    with pytest.raises(ValidationError, match="needs a repo"):
+        config_from_dict(
+            {"workers": {"profiles": {"x": {"argv": ["sh"], "workspace": {"mode": "worktree"}}}}}
+        )
+
+
+async def test_an_existing_branch_fails_the_task_and_touches_nothing(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    sh_git(repo, "branch", "shoal/t1")
+    before = sh_git(repo, "rev-parse", "shoal/t1")
+    ws = worktree(tmp_path, repo)
+    with pytest.raises(WorkspaceError, match="branch shoal/t1 already exists"):
+        await ws.prepare(task("t1"))
+    assert sh_git(repo, "rev-parse", "shoal/t1") == before
+
+
+async def test_a_worktree_deleted_by_hand_is_reported_and_made_again(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    ws = worktree(tmp_path, repo)
+    await ws.prepare(task("t1"))
+    path = ws.path
+    assert path is not None
+    await trio.to_thread.run_sync(subprocess.run, ["rm", "-rf", str(path)])
+    record = await ws.finish(task("t1"), Outcome.DONE)
+    assert record is not None and "was deleted while the task ran" in record["error"]
+    await ws.prepare(task("t2"))  # a fresh worktree in the same place
+    assert (path / "README.md").exists() and sh_git(
+        path, "symbolic-ref", "--short", "HEAD"
+    ).strip() == "shoal/t2"
+
+
+async def test_slots_are_reused_so_worktrees_do_not_pile_up(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    pool = Worktrees(tmp_path / "state" / "workspaces")
+    profile = ProfileConfig(argv=("sh",), workspace=WorkspaceConfig("worktree", str(repo)))
+    first, second = pool("coder", profile, "w-1"), pool("coder", profile, "w-2")
+    one, two = await first.directory(), await second.directory()
+    assert one != two
+    await first.aclose()
+    third = pool("coder", profile, "w-3")
+    assert await third.directory() == one  # the freed slot, its worktree reused
+    listed = sh_git(repo, "worktree", "list", "--porcelain").count("worktree ")
+    assert listed == 3  # the repository itself and two worktrees
+    assert isinstance(pool("plain", ProfileConfig(argv=("sh",), cwd="/tmp"), "w-4"), SharedDirectory)
+
+
+async def test_sixteen_workers_starting_at_once_each_get_a_worktree(tmp_path: Path) -> None:
+    """git serialises worktree creation per repository (index.lock): Shoal's per-repository lock does too."""
+    repo = make_repo(tmp_path / "repo")
+    pool = Worktrees(tmp_path / "state" / "workspaces")
+    profile = ProfileConfig(argv=("sh",), workspace=WorkspaceConfig("worktree", str(repo)))
+    spaces = [pool("coder", profile, f"w-{i}") for i in range(16)]
+    paths: list[str | None] = []
+
+    async def start(ws: GitWorktree) -> None:
+        paths.append(await ws.directory())
+        await ws.prepare(task(f"t-{ws.worker}"))
+
+    async with trio.open_nursery() as nursery:
+        for ws in spaces:
+            assert isinstance(ws, GitWorktree)
+            nursery.start_soon(start, ws)
+    assert len(set(paths)) == 16
+    assert len(sh_git(repo, "branch", "--list", "--format=%(refname)", "shoal/*").split()) == 16
+
+
+def test_branch_names_are_valid_refs() -> None:
+    assert branch_name(task("fix-1")) == "shoal/fix-1"
+    assert branch_name(task("fix-1", attempt=3)) == "shoal/fix-1-3"
+    for hostile in ("../../etc", "a..b", "x.lock", "-rf", "sp ace~^:?*[\\", ".hidden/", "ü/ö"):
+        name = branch_name(task(hostile))
+        done = subprocess.run(["git", "check-ref-format", "--branch", name], capture_output=True)
+        assert done.returncode == 0 and name.startswith("shoal/") and ".." not in name, (hostile, name)
+
+
+async def test_a_swarm_of_shell_workers_keeps_each_tasks_change_on_its_own_branch(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", {"shared.txt": "base\n"})
+    coder = {**unstructure(BUILTIN_PROFILES["shell"]), "workspace": {"mode": "worktree", "repo": str(repo)}}
+    cfg = config_from_dict(
+        {
+            "state_dir": str(tmp_path / "state"),
+            "workers": {"profile": "coder", "profiles": {"coder": coder}},
+            "scaling": {"min_workers": 2, "max_workers": 2},
+        }
+    )
+    async with open_swarm(cfg) as swarm:
+        ids = [f"task-{i}" for i in range(6)]
+        for tid in ids:
+            await swarm.submit({"id": tid, "prompt": f"echo {tid} > shared.txt"})
+        with trio.fail_after(60):
+            for tid in ids:
+                done = await swarm.wait(tid)
+                assert done.state is TaskState.DONE, done
+    for tid in ids:
+        assert sh_git(repo, "show", f"shoal/{tid}:shared.txt") == f"{tid}\n"
+    assert (repo / "shared.txt").read_text() == "base\n" and sh_git(repo, "status", "--porcelain") == ""
