@@ -139,6 +139,9 @@ BUILTIN_PROFILES: dict[str, ProfileConfig] = {
         ),
         dialect="marker",
         transport="pty",
+        # The TUI names each session with an extra API request per prompt (a haiku "title" request,
+        # measured with 2.1.332: two requests per one-turn task); a worker's session needs no name.
+        env={"CLAUDE_CODE_DISABLE_TERMINAL_TITLE": "1"},
         startup_timeout_s=60.0,
         stop_timeout_s=5.0,
         # type only once the prompt box is drawn; done when the Stop hook reports (or on a marker line);

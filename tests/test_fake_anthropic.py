@@ -224,3 +224,17 @@ async def test_warmup_requests_of_cli_2_0_are_side_traffic() -> None:
     async with open_fake_anthropic() as fake:
         r = await post(fake, body("Warmup", stream=False))
     assert r.status_code == 200 and fake.requests[0].side and fake.messages() == []
+
+
+async def test_head_probe_gets_headers_only() -> None:
+    """The CLI probes `HEAD /api/hello` when its nonessential traffic is on: a response without a
+    body (a body here broke the connection handler), recorded as other traffic."""
+    async with open_fake_anthropic() as fake, httpx.AsyncClient() as client:
+        hello = await client.head(fake.url + "/api/hello")
+        missing = await client.head(fake.url + "/nowhere")
+    assert hello.status_code == 200 and hello.content == b""
+    assert missing.status_code == 404
+    assert [(rec.method, rec.path, rec.status) for rec in fake.requests] == [
+        ("HEAD", "/api/hello", 200),
+        ("HEAD", "/nowhere", 404),
+    ]

@@ -35,9 +35,16 @@ API_KEY = "sk-ant-api03-shoal-test-key-0123456789abcdef"
 
 
 def real_profile(
-    name: str, claude_bin: str, fake: FakeAnthropic, tmp_path: Path, *args: str, **env: str
+    name: str,
+    claude_bin: str,
+    fake: FakeAnthropic,
+    tmp_path: Path,
+    *args: str,
+    quiet: bool = True,
+    **env: str,
 ) -> dict[str, Any]:
-    """The built-in profile `name` with the real CLI, a fresh HOME and working directory."""
+    """The built-in profile `name` with the real CLI, a fresh HOME and working directory; `quiet`:
+    the CLI's nonessential traffic off."""
     base = BUILTIN_PROFILES[name]
     home, work = tmp_path / "home", tmp_path / "work"
     home.mkdir(exist_ok=True)
@@ -51,10 +58,11 @@ def real_profile(
         "stop_timeout_s": 2.0,
         "options": dict(base.options),
         "env": {
+            **base.env,
             "HOME": str(home),
             "ANTHROPIC_BASE_URL": fake.url,
             "ANTHROPIC_API_KEY": API_KEY,
-            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            **({"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"} if quiet else {}),
             "CLAUDE_CODE_MAX_RETRIES": "2",
             "DISABLE_AUTOUPDATER": "1",
             **env,
@@ -132,9 +140,11 @@ async def test_headless_crash_reruns_the_task(tmp_path: Path, claude_bin: str) -
 async def test_tui_first_start_and_one_turn_is_one_request(tmp_path: Path, claude_bin: str) -> None:
     """From a fresh HOME and directory the TUI starts (no connectivity check, API key question or
     trust dialog: Shoal prepared its CLAUDE_CONFIG_DIR) and a one-turn task is one API request: the
-    Stop hook hands the turn's end to Shoal and exits 0, so Claude Code never sends the model back."""
+    Stop hook hands the turn's end to Shoal and exits 0, so Claude Code never sends the model back.
+    The CLI's nonessential traffic stays on, as a user has it: the profile turns off the session-title
+    request the TUI would send with every prompt."""
     async with open_fake_anthropic() as fake:
-        profile = real_profile("claude-tui", claude_bin, fake, tmp_path)
+        profile = real_profile("claude-tui", claude_bin, fake, tmp_path, quiet=False)
         async with real_swarm(tmp_path, profile) as swarm:
             task = await swarm.submit({"prompt": "Say hello [[reply:Hello from the TUI]]"})
             done = await swarm.wait(task.id, timeout=60)
@@ -146,6 +156,7 @@ async def test_tui_first_start_and_one_turn_is_one_request(tmp_path: Path, claud
         for task_done in (done, again):  # each task's own turn, read from the transcript
             assert task_done.usage["input_tokens"] > 0 and task_done.usage["api_requests"] == 1
         assert len(fake.messages()) == 2  # one per task
+        assert fake.messages(side=True) == []  # no title requests
         assert worker.crashes == 0
         config = json.loads((tmp_path / "state" / "claude" / "real" / ".claude.json").read_text())
         assert config["projects"][str(tmp_path / "work")]["hasTrustDialogAccepted"] is True

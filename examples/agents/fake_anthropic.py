@@ -29,7 +29,8 @@ a tool result), as the fake agent takes them:
 
 Requests without `tools` (title generation, quota checks) and CLI 2.0.x's `Warmup` requests are the
 CLI's side requests: they get a short plain reply, ignore directives and are recorded with
-`side=True`. Unknown paths get a 404 in the API's error shape and are recorded too.
+`side=True`. Unknown paths get a 404 in the API's error shape and are recorded too; `HEAD /api/hello` (the
+CLI's reachability probe) gets a 200 without a body.
 
 In-process: `async with open_fake_anthropic() as fake: fake.url ...`. As a program:
 `python -m shoal.agents.fake_anthropic --port 0` prints its URL on the first line of stdout.
@@ -324,6 +325,11 @@ class FakeAnthropic:
         self.requests.append(rec)
         self.changed.set()
         self.changed = trio.Event()
+        if method == "HEAD":  # the CLI's reachability probe: headers only (h11 refuses a body here)
+            rec.status = 200 if path in ("", "/", "/api/hello") else 404
+            await self._send(conn, stream, h11.Response(status_code=rec.status, headers=self._headers([])))
+            await self._send(conn, stream, h11.EndOfMessage())
+            return True
         if method != "POST" or kind == "other":
             rec.status = 404
             await self._send_json(conn, stream, 404, _error_body(404, f"Not found: {method} {path}"))
