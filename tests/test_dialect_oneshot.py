@@ -17,8 +17,11 @@ NOW = 5.0
 TASK = Assignment(task_id="t1", attempt=1, prompt="count to three")
 
 
+WALL = 1_750_000_000.0
+
+
 def started(options: dict[str, object] | None = None) -> OneshotDialect:
-    dialect = make_dialect("oneshot", options or {})
+    dialect = make_dialect("oneshot", options or {}, wall_clock=lambda: WALL)
     assert isinstance(dialect, OneshotDialect)
     assert dialect.one_process_per_task and dialect.transport == "pipe"
     dialect.start_task(TASK, NOW)
@@ -84,7 +87,8 @@ def test_claude_json_output_gives_result_and_usage() -> None:
     dialect.feed(
         b'{"type":"system","subtype":"init"}\n' + json.dumps({**result, "is_error": True}).encode(), NOW
     )
-    assert dialect.on_exit(1, None) == [TaskFailed(reason="1, 2, 3", exit_code=1)]
+    usage = {"input_tokens": 9, "output_tokens": 5, "cost_usd": 0.002}  # a failed run still cost money
+    assert dialect.on_exit(1, None) == [TaskFailed(reason="1, 2, 3", exit_code=1, usage=usage)]
     dialect = started({"output_format": "text"})
     dialect.feed(json.dumps(result).encode(), NOW)
     done = dialect.on_exit(0, None)
@@ -106,3 +110,38 @@ def test_bad_option_names_the_field() -> None:
     with pytest.raises(ValidationError) as info:
         make_dialect("oneshot", {"output_format": "xml"})
     assert info.value.field == "options.output_format"
+
+
+@pytest.mark.parametrize(
+    ("status", "text", "expected"),
+    [
+        (
+            529,
+            "API Error: 529 Overloaded.",
+            RateLimited(WALL + 60, "API overloaded (529): API Error: 529 Overloaded."),
+        ),
+        (401, "Invalid API key · Fix external API key", None),
+        (400, "API Error: 400 bad request", TaskFailed(reason="API Error: 400 bad request", exit_code=1)),
+    ],
+)
+def test_claude_json_api_failure_is_read_as_stream_json_reads_it(
+    status: int, text: str, expected: RateLimited | TaskFailed | None
+) -> None:
+    """`claude -p --output-format json`: an API failure is a back-off, not a failed attempt (the rule
+    of the stream-json dialect, not a second one)."""
+    result = {
+        "type": "result",
+        "subtype": "success",
+        "is_error": True,
+        "api_error_status": status,
+        "result": text,
+    }
+    dialect = started()
+    dialect.feed(json.dumps(result).encode() + b"\n", NOW)
+    [signal] = dialect.on_exit(1, None)
+    if expected is None:
+        assert isinstance(signal, RateLimited) and signal.message.startswith(
+            "API authentication failed (401)"
+        )
+    else:
+        assert signal == expected
