@@ -1147,6 +1147,10 @@ class WorkerActor:
         elif self._ring.total != typing.mark or typing.tries > menus.RETYPES:
             self._typing = None  # the agent reacted (or never will): done
             return
+        if typing.tries:
+            log.info(
+                "worker %s: the agent did not react to the answer %r: typing it again", self.id, typing.keys
+            )
         for i, key in enumerate(k for k in _KEYS.split(typing.keys) if k):
             inc.writes.send_nowait((KEY_GAP_S if i else 0.0, key))  # one key per read, as typed
         typing.mark = self._ring.total

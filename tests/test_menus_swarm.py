@@ -5,6 +5,7 @@ dialog in a directory it manages; a human answers the rest through `workers.answ
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from pathlib import Path
@@ -184,3 +185,27 @@ async def test_a_trust_dialog_without_numbers_is_answered_with_arrows(tmp_path: 
     assert first.topic == "worker.answered" and first.data["by"] == ("policy" if managed else "human")
     assert first.data["choice"] == 2 and first.data["label"] == "Yes, I trust this folder"
     assert done.state is TaskState.DONE and done.result == "Done: hello", done
+
+
+async def test_an_answer_the_menu_swallowed_is_typed_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A menu deaf for 0.8 s (Claude Code's is ~0.2 s) loses the answer typed at 0.5 s; the agent
+    writes nothing, so after 1.5 s of silence the worker types it again, and the turn goes on."""
+    profile = fake_profile("--menu-deaf", "0.8")
+    config = swarm_config(
+        tmp_path, workers={"profile": "d", "profiles": {"d": profile}}, scaling={"max_workers": 1}
+    )
+    caplog.set_level(logging.INFO, logger="shoal.worker")
+    async with open_swarm(config) as swarm:
+        with swarm.events(["worker.needs_input", "worker.answered"]) as events:
+            task = await swarm.submit({"prompt": "[[picker]] choose"})
+            asked = await wait_for(events, "worker.needs_input", WAIT_S)
+            reply = await swarm.answer(asked.data["worker"], 3)
+            done = await swarm.wait(task.id, timeout=WAIT_S)
+            output = swarm.logs(asked.data["worker"]).decode(errors="replace")
+        assert reply["label"].startswith("Haiku")
+        assert done.state is TaskState.DONE and done.result.endswith("Done: choose"), done
+        assert "Set model to \x1b[1mHaiku" in output
+        again = [r for r in caplog.records if "typing it again" in r.getMessage()]
+        assert len(again) == 1, [r.getMessage() for r in caplog.records]

@@ -15,7 +15,8 @@ Modes, chosen like Claude Code chooses them:
 Claude's own flags (--model, --dangerously-skip-permissions, --resume, --verbose, --permission-mode,
 --settings, ...) are accepted and ignored. Shoal's flags: `--marker`, `--startup-delay S`, `--no-ready`
 (never shows the prompt / never answers), `--context-step N` (context % used per task, default 7),
-`--context-start N`, `--ignore-sigterm`, `--tui-style rule|box`.
+`--context-start N`, `--ignore-sigterm`, `--tui-style rule|box`, `--trust-dialog[=plain]` (the trust
+dialog first), `--menu-deaf S` (menus ignore keys this long after drawing; default 0.2).
 
 Directives inside a prompt, any number, `[[name]]` or `[[name:value]]`, script that task:
 `[[think:SECONDS]]`, `[[output:BYTES]]` (reply of exactly that many bytes), `[[crash:CODE]]` (exit with
@@ -62,7 +63,7 @@ VALUE_FLAGS = {
     "--append-system-prompt", "--system-prompt", "--mcp-config", "--add-dir", "--settings",
     "--session-id", "--max-turns", "--fallback-model", "--agents", "--setting-sources",
     "--max-budget-usd", "--permission-prompt-tool", "--tools", "--betas", "--agent", "--plugin-dir",
-    "--startup-delay", "--context-step", "--context-start", "--tui-style",
+    "--startup-delay", "--context-step", "--context-start", "--tui-style", "--menu-deaf",
 }  # fmt: skip
 LIMIT_OPTIONS = ("Stop and wait for limit to reset", "Switch to usage credits", "Upgrade your plan")
 MODELS = (
@@ -112,6 +113,7 @@ class Args:
         self.context_step = _number(self.values.get("--context-step"), 7.0)
         self.context_start = _number(self.values.get("--context-start"), 0.0)
         self.box = self.values.get("--tui-style", "rule") == "box"
+        self.menu_deaf = _number(self.values.get("--menu-deaf"), MENU_DEAF_S)
         # --trust-dialog: the first-start trust dialog of 2.1.212 (numbered); =plain: 2.1.332's
         trust = self.values.get("--trust-dialog", "numbered" if "--trust-dialog" in self.flags else "")
         self.trust = trust if trust in ("numbered", "plain") else ""
@@ -720,7 +722,7 @@ class Tui:
     def menu_input(self, data: bytes) -> None:
         menu = self.menu
         assert menu is not None
-        if time.monotonic() - menu.drawn_at < MENU_DEAF_S:
+        if time.monotonic() - menu.drawn_at < self.args.menu_deaf:
             return  # Claude Code is still settling the dialog: these keys are lost
         i = 0
         count = len(menu.options)
