@@ -51,6 +51,7 @@ SECOND_SLOTS = 3600  # 1 h at 1 s
 MINUTE_SLOTS = 1440  # 1 day at 1 min
 MAX_TRACKED_TASKS = 1_000_000
 OUTCOMES = frozenset(o.value for o in Outcome)
+QUESTION_KINDS = frozenset({"usage_limit", "trust", "permission", "menu", "question"})  # protocols/menus.py
 
 QueueDepth = Callable[[], "Mapping[str, int] | Awaitable[Mapping[str, int]]"]
 
@@ -276,6 +277,7 @@ class MetricsActor:
         self.scale: dict[tuple[str, str], int] = {}  # (up|down, reason) -> workers
         self.crashes: dict[str, int] = {}
         self.refreshes: dict[str, int] = {}
+        self.questions: dict[tuple[str, str], int] = {}  # (kind, asked|policy|human) -> count
         self.rate_limits: dict[str, int] = {}
         self.cost: dict[str, float] = {}
         self.breaker_state = "closed"
@@ -471,6 +473,11 @@ class MetricsActor:
         elif topic == "worker.refreshed":
             model = self._worker_model(data)
             self.refreshes[model] = self.refreshes.get(model, 0) + 1
+        elif topic in ("worker.needs_input", "worker.answered"):
+            kind = str(data.get("kind")) if data.get("kind") in QUESTION_KINDS else OTHER
+            by = "asked" if topic == "worker.needs_input" else str(data.get("by"))
+            if by in ("asked", "policy", "human"):
+                self.questions[(kind, by)] = self.questions.get((kind, by), 0) + 1
         elif topic in ("worker.rate_limited", "model.parked"):
             model = self._worker_model(data)
             self.rate_limits[model] = self.rate_limits.get(model, 0) + 1
@@ -629,6 +636,11 @@ class MetricsActor:
             "crashes": {"total": sum(self.crashes.values()), "by_model": dict(self.crashes)},
             "refreshes": {"total": sum(self.refreshes.values()), "by_model": dict(self.refreshes)},
             "rate_limits": {"total": sum(self.rate_limits.values()), "by_model": dict(self.rate_limits)},
+            "questions": {
+                by: sum(n for (_, b), n in self.questions.items() if b == by)
+                for by in ("asked", "policy", "human")
+            }
+            | {"by_kind": {f"{k}:{b}": n for (k, b), n in self.questions.items()}},
             "breaker": {
                 "state": self.breaker_state,
                 "trips": self.breaker_trips,
@@ -830,6 +842,14 @@ class MetricsActor:
             for model, value in values.items():
                 fam.add_metric([model], value)
             yield fam
+        questions = CounterMetricFamily(
+            "shoal_questions",
+            "Questions agents waited on: asked (a human must answer), answered by policy or by a human.",
+            labels=["kind", "by"],
+        )
+        for (kind, by), n in self.questions.items():
+            questions.add_metric([kind, by], n)
+        yield questions
         breaker = GaugeMetricFamily(
             "shoal_breaker_state", "Circuit breaker state (1 = current).", labels=["state"]
         )

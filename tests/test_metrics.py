@@ -194,6 +194,24 @@ def test_workers_utilisation_crashes_refreshes_and_breaker() -> None:
     assert [a["kind"] for a in m.annotations] == ["swarm.halted", "swarm.halted", "swarm.resumed"]
 
 
+def test_questions_are_counted_by_kind_and_who_answered() -> None:
+    m, _ = make()
+    feed(m, "worker.answered", worker="w1", kind="usage_limit", by="policy", choice=1)
+    feed(m, "worker.needs_input", worker="w2", kind="trust", options=["Yes", "No"])
+    feed(m, "worker.answered", worker="w2", kind="trust", by="human", choice=1)
+    feed(m, "worker.needs_input", worker="w3", kind="made-up")  # an unknown kind is "other"
+    feed(m, "worker.answered", worker="w3", kind="menu", by="nobody")  # not counted
+    snap = m.snapshot()["questions"]
+    assert snap == {
+        "asked": 2,
+        "policy": 1,
+        "human": 1,
+        "by_kind": {"usage_limit:policy": 1, "trust:asked": 1, "trust:human": 1, "other:asked": 1},
+    }
+    samples = {(s.labels["kind"], s.labels["by"]): s.value for s in families(m)["shoal_questions"].samples}
+    assert samples[("usage_limit", "policy")] == 1.0 and samples[("trust", "asked")] == 1.0
+
+
 def test_scale_events_are_counted_by_reason_and_annotated() -> None:
     m, _ = make()
     feed(m, "scale.up", count=8, reason="queue", model="sonnet")
