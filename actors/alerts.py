@@ -111,6 +111,7 @@ class RuleEngine:
         self.workers: dict[str, str] = {}  # live worker id -> state
         self.halted: dict[str, Any] | None = None  # swarm.halted data while halted
         self.store_failed: dict[str, Any] | None = None  # queue.store_failed data until recovered
+        self.asking: dict[str, dict[str, Any]] = {}  # worker -> its worker.needs_input data, until answered
         self.dead_times: deque[tuple[float, str]] = deque()  # (now, task id) of task.dead
         self.crash_times: deque[tuple[float, str]] = deque()  # (now, worker id) of worker.crashed
         # model -> (reported at, limited until or None when the report gave no reset time, data)
@@ -128,6 +129,10 @@ class RuleEngine:
             wid = data.get("worker") or data.get("id")
             if not isinstance(wid, str):
                 return
+            if topic == "worker.needs_input":
+                self.asking[wid] = dict(data)
+            elif topic in ("worker.answered", "worker.state", "worker.crashed", "worker.exited"):
+                self.asking.pop(wid, None)  # answered, or the screen moved on
             if topic == "worker.crashed":
                 self.crash_times.append((now, wid))
                 self.workers.pop(wid, None)
@@ -164,6 +169,7 @@ class RuleEngine:
     def sync_workers(self, workers: Mapping[str, str]) -> None:
         """Replace the worker view with an authoritative one (id -> state), e.g. after dropped events."""
         self.workers = {wid: st for wid, st in workers.items() if st not in _GONE_STATES}
+        self.asking = {wid: asked for wid, asked in self.asking.items() if wid in self.workers}
 
     # -- conditions
 
@@ -216,6 +222,11 @@ class RuleEngine:
             if self.store_failed is not None:
                 error = self.store_failed.get("error") or "unknown error"
                 return {None: (f"task store cannot write: {error}", {"store": self.store_failed})}
+        elif kind == "needs_input":
+            return {
+                wid: (f"worker {wid} waits for an answer: {asked.get('prompt') or 'a question'}", asked)
+                for wid, asked in self.asking.items()
+            }
         elif kind == "model_rate_limited":
             out: dict[str | None, tuple[str, dict[str, Any]]] = {}
             for model, (reported, until, data) in self.limited.items():

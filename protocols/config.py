@@ -299,6 +299,7 @@ class AlertRule:
         "breaker_tripped",
         "model_rate_limited",
         "store_failed",
+        "needs_input",
     ]
     name: str | None = None
     for_s: float = attrs.field(default=0.0, validator=_nonneg)  # condition must hold this long

@@ -148,6 +148,25 @@ def test_model_rate_limited_is_per_model_and_ends_at_reset() -> None:
     assert [t.payload["key"] for t in eng.evaluate([rule], 101.0, 1101.0, 8)] == ["opus"]
 
 
+def test_needs_input_fires_per_worker_after_for_s_and_resolves_when_answered() -> None:
+    eng = RuleEngine()
+    rule = AlertRule(kind="needs_input", for_s=60, cooldown_s=0)
+    asked = {"worker": "w1", "task_id": "t1", "prompt": "Select model", "options": ["Opus", "Haiku"]}
+    eng.observe(ev("worker.needs_input", **asked), 0.0)
+    eng.observe(ev("worker.needs_input", worker="w2", prompt="Do you want to proceed?"), 0.0)
+    assert eng.evaluate([rule], 0.0, 1000.0, 8) == []
+    assert eng.evaluate([rule], 30.0, 1030.0, 8) == []  # a human may still be on it
+    eng.observe(ev("worker.state", worker="w2", state="idle"), 40.0)  # the screen moved on
+    [fired] = eng.evaluate([rule], 61.0, 1061.0, 8)
+    assert fired.topic == "alert.fired" and fired.payload["key"] == "w1"
+    assert fired.payload["summary"] == "worker w1 waits for an answer: Select model"
+    assert fired.payload["details"]["options"] == ["Opus", "Haiku"]
+    eng.observe(ev("worker.answered", worker="w1", by="human", choice=1), 70.0)
+    assert [(t.topic, t.payload["key"]) for t in eng.evaluate([rule], 70.0, 1070.0, 8)] == [
+        ("alert.resolved", "w1")
+    ]
+
+
 def test_a_rate_limit_without_reset_time_lasts_one_window() -> None:
     eng = RuleEngine()
     rule = AlertRule(kind="model_rate_limited", window_s=60, cooldown_s=0)
