@@ -41,7 +41,7 @@ DELIVERY_HEADER = "X-Shoal-Delivery"
 USER_AGENT = "shoal-alerts/0.1"
 
 # topics the engine needs; alert.* is left out so the actor never reacts to its own events
-WATCHED_TOPICS = ("worker.*", "task.dead", "swarm.*", "scale.*", "queue.store_*")
+WATCHED_TOPICS = ("worker.*", "task.dead", "swarm.*", "scale.*", "queue.store_*", "model.*")
 
 _GONE_STATES = frozenset({"stopped", "crashed"})
 _NOT_COUNTED_AT_MAX = frozenset({"stopped", "crashed", "stopping"})
@@ -116,6 +116,12 @@ class RuleEngine:
         self.crash_times: deque[tuple[float, str]] = deque()  # (now, worker id) of worker.crashed
         # model -> (reported at, limited until or None when the report gave no reset time, data)
         self.limited: dict[str, tuple[float, float | None, dict[str, Any]]] = {}
+        # model -> (parked until, monotonic, data) for a retry storm's back-off
+        self.storms: dict[str, tuple[float, dict[str, Any]]] = {}
+        # (model, window) -> (expires at, monotonic or None, data) of an allowed_warning quota report
+        self.quota_warnings: dict[tuple[str, str], tuple[float | None, dict[str, Any]]] = {}
+        # model -> (reported at, monotonic; data) of "now using extra usage", until the model resumes
+        self.extra_usage: dict[str, tuple[float, dict[str, Any]]] = {}
         self._states: dict[tuple[AlertRule, str | None], _RuleState] = {}
         self._max_window = 0.0
 
@@ -165,6 +171,33 @@ class RuleEngine:
             self.store_failed = dict(data)
         elif topic == "queue.store_recovered":
             self.store_failed = None
+        elif topic.startswith("model."):
+            self._observe_model(topic, data, now, wall)
+
+    def _observe_model(self, topic: str, data: Mapping[str, Any], now: float, wall: float) -> None:
+        model = data.get("model")
+        if not isinstance(model, str) or not model:
+            return
+        if topic == "model.retry_storm":
+            until = data.get("until")
+            if isinstance(until, int | float) and not isinstance(until, bool):
+                self.storms[model] = (now + max(0.0, float(until) - wall), dict(data))
+        elif topic == "model.quota":
+            key = (model, str(data.get("window") or "?"))
+            if data.get("status") == "allowed_warning":
+                reset = data.get("resets_at")
+                expires = None
+                if isinstance(reset, int | float) and not isinstance(reset, bool):
+                    expires = now + max(0.0, float(reset) - wall)
+                self.quota_warnings[key] = (expires, dict(data))
+            else:
+                self.quota_warnings.pop(key, None)
+        elif topic == "model.extra_usage":
+            self.extra_usage[model] = (now, dict(data))
+        elif topic == "model.unparked":
+            self.storms.pop(model, None)
+            if data.get("reason"):  # an operator resumed it: the extra-usage pause is over
+                self.extra_usage.pop(model, None)
 
     def sync_workers(self, workers: Mapping[str, str]) -> None:
         """Replace the worker view with an authoritative one (id -> state), e.g. after dropped events."""
@@ -227,6 +260,50 @@ class RuleEngine:
                 wid: (f"worker {wid} waits for an answer: {asked.get('prompt') or 'a question'}", asked)
                 for wid, asked in self.asking.items()
             }
+        elif kind == "retry_storm":
+            storms: dict[str | None, tuple[str, dict[str, Any]]] = {}
+            for model, (storm_end, data) in list(self.storms.items()):
+                if now >= storm_end:
+                    del self.storms[model]
+                    continue
+                storms[model] = (
+                    f"model {model} backed off: {len(data.get('workers') or ())} workers retrying "
+                    f"({data.get('error')}), parked {data.get('park_s')} s",
+                    {k: data.get(k) for k in ("model", "workers", "error", "park_s", "until", "level")},
+                )
+            return storms
+        elif kind == "quota_warning":
+            warnings: dict[str | None, tuple[str, dict[str, Any]]] = {}
+            for (model, window), (expires, data) in list(self.quota_warnings.items()):
+                if expires is not None and now >= expires:
+                    del self.quota_warnings[(model, window)]
+                    continue
+                util = data.get("utilization")
+                used = (
+                    f" at {util:.0%}" if isinstance(util, int | float) and not isinstance(util, bool) else ""
+                )
+                warnings[f"{model}:{window}"] = (
+                    f"model {model} near its {window} limit{used}",
+                    {
+                        k: data.get(k)
+                        for k in ("model", "window", "status", "utilization", "resets_at", "overage")
+                    },
+                )
+            return warnings
+        elif kind == "extra_usage":
+            extra: dict[str | None, tuple[str, dict[str, Any]]] = {}
+            for model, (at, data) in list(self.extra_usage.items()):
+                policy = data.get("policy")
+                if policy == "continue" and now >= at + rule.window_s:
+                    continue  # nothing waits on an operator: the alert lasts one window
+                action = {"pause": "paused until resumed", "stop": "stopped until resumed"}.get(
+                    str(policy), "continuing"
+                )
+                extra[model] = (
+                    f"model {model} is using extra usage ({action})",
+                    {k: data.get(k) for k in ("model", "message", "policy", "worker", "task_id")},
+                )
+            return extra
         elif kind == "model_rate_limited":
             out: dict[str | None, tuple[str, dict[str, Any]]] = {}
             for model, (reported, until, data) in self.limited.items():

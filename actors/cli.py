@@ -182,9 +182,62 @@ def model_text(model: dict[str, Any], now: float | None = None) -> str:
         until = float(model["until"])
         when = time.strftime("%H:%M:%S", time.localtime(until))
         text = f"parked until {when} (in {_duration(until - (now or time.time()))})"
+    elif state == "parked":
+        text = "parked until resumed"
     else:
         text = state
-    return f"{text}: {model['reason']}" if model.get("reason") else text
+    text = f"{text}: {model['reason']}" if model.get("reason") else text
+    extra = [q for q in (quota_text(model, now),) if q]
+    if model.get("retrying"):
+        extra.append(f"{model['retrying']} retrying")
+    return f"{text} · {' · '.join(extra)}" if extra else text
+
+
+def quota_text(model: dict[str, Any], now: float | None = None) -> str:
+    """`seven_day 92% (warning, resets in 2h10m), prefer fallback`: the latest quota reports."""
+    parts = []
+    for window, q in sorted((model.get("quota") or {}).items()):
+        util = q.get("utilization")
+        text = f"{window} {util:.0%}" if isinstance(util, int | float) else f"{window}"
+        notes = []
+        status = q.get("status")
+        if status == "allowed_warning":
+            notes.append("warning")
+        elif status and status != "allowed":
+            notes.append(str(status))
+        if isinstance(q.get("resets_at"), int | float):
+            notes.append(f"resets in {_duration(float(q['resets_at']) - (now or time.time()))}")
+        parts.append(f"{text} ({', '.join(notes)})" if notes else text)
+    if model.get("prefer_fallback"):
+        parts.append("prefer fallback")
+    return ", ".join(parts)
+
+
+def retrying_text(retrying: dict[str, Any], now: float | None = None) -> str:
+    """`retrying 3/10, next in 8 s` for a worker whose agent retries an API request."""
+    attempt = retrying.get("attempt")
+    text = f"retrying {attempt if attempt is not None else '?'}"
+    if retrying.get("max_retries") is not None:
+        text += f"/{retrying['max_retries']}"
+    if isinstance(retrying.get("next_at"), int | float):
+        text += f", next in {max(0.0, float(retrying['next_at']) - (now or time.time())):.0f} s"
+    return text
+
+
+def usage_cells(usage: dict[str, Any]) -> tuple[str, str]:
+    """(`$0.4920`, `2800 in / 7 out`) of an attempt's usage; `-` for what the agent did not say."""
+    cost = usage.get("cost_usd")
+    cost_text = f"${cost:.4f}" if isinstance(cost, int | float) else "-"
+    tokens_in = sum(
+        v
+        for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+        if isinstance(v := usage.get(k), int | float)
+    )
+    tokens_out = usage.get("output_tokens")
+    if isinstance(tokens_out, int | float) or tokens_in:
+        out = tokens_out if isinstance(tokens_out, int | float) else 0
+        return cost_text, f"{tokens_in:g} in / {out:g} out"
+    return cost_text, "-"
 
 
 def needs_input_text(worker: dict[str, Any], now: float | None = None) -> str:
@@ -200,11 +253,15 @@ def models_table(models: list[dict[str, Any]]) -> Table:
     table = Table(box=None, header_style="bold")
     for name in ("MODEL", "STATE", "WORKERS", "BUSY", "RECENT FAILED"):
         table.add_column(name, no_wrap=True)
+    table.add_column("QUOTA", overflow="fold")
     table.add_column("DETAIL", overflow="fold")
     now = time.time()
     for m in models:
         state = str(m.get("state"))
-        detail = model_text(m, now)[len(state) :].lstrip(": ")  # "until 14:05:00 (in 58s): why"
+        bare = {**m, "quota": {}, "prefer_fallback": False, "retrying": 0}
+        detail = model_text(bare, now)[len(state) :].lstrip(": ")  # "until 14:05:00 (in 58s): why"
+        if m.get("retrying"):
+            detail = ", ".join(x for x in (detail, f"{m['retrying']} retrying") if x)
         _row(
             table,
             m["name"],
@@ -212,6 +269,7 @@ def models_table(models: list[dict[str, Any]]) -> Table:
             str(m.get("workers", 0)),
             str(m.get("busy", 0)),
             f"{m.get('recent_failed', 0)}/{m.get('recent_finished', 0)}",
+            quota_text(m, now) or "-",
             detail,
         )
     return table
@@ -332,6 +390,8 @@ def workers_table(workers: list[dict[str, Any]]) -> Table:
         state = w["state"]
         if w.get("needs_input"):  # busy, but waiting on a question, not working
             state = Text(f"needs input ({_age(w.get('needs_input_since'), now)})", style="yellow")
+        elif w.get("retrying"):  # busy, but its agent's API requests keep failing
+            state = Text(retrying_text(w["retrying"], now), style="yellow")
         _row(
             table,
             w["id"],
@@ -391,7 +451,7 @@ def task_detail(task: dict[str, Any]) -> list[Any]:
     attempts = task.get("attempts") or []
     if attempts:
         table = Table(box=None, header_style="bold", title="attempts", title_justify="left")
-        for name in ("N", "WORKER", "MODEL", "OUTCOME", "TOOK", "REASON"):
+        for name in ("N", "WORKER", "MODEL", "OUTCOME", "TOOK", "COST", "TOKENS", "REASON"):
             table.add_column(name)
         for a in attempts:
             took = (a["ended"] - a["started"]) if a.get("ended") else time.time() - a["started"]
@@ -402,6 +462,7 @@ def task_detail(task: dict[str, Any]) -> list[Any]:
                 a.get("model") or "-",
                 a.get("outcome") or "running",
                 _duration(took),
+                *usage_cells(a.get("usage") or {}),
                 _short(a.get("reason"), 60),
             )
         out.append(table)
@@ -469,7 +530,24 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    if args.action is not None and not args.model:
+        raise CliError(f"shoal models {args.action} needs a MODEL", EXIT_USAGE)
+
     async def go(c: Client) -> int:
+        if args.action == "resume":
+            state = await c.resume_model(args.model)
+            if args.json:
+                _print_json(state)
+            else:
+                _console().print(f"{args.model}: resumed, takes work again")
+            return EXIT_OK
+        if args.action == "pause":
+            state = await c.pause_model(args.model, args.reason)
+            if args.json:
+                _print_json(state)
+            else:
+                _console().print(f"{args.model}: paused until `shoal models resume {args.model}`")
+            return EXIT_OK
         models = (await c.status()).get("models") or []
         if args.json:
             _print_json(models)
@@ -1262,7 +1340,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--tree", action="store_true", help="the supervision tree: each child's state, restarts, last crash"
     )
     command("workers", cmd_workers, "list workers", True)
-    command("models", cmd_models, "each model's state: available, parked (until when, why) or failing", True)
+    p = command(
+        "models",
+        cmd_models,
+        "each model's state (available, parked until when and why, failing) and quota; pause/resume one",
+        True,
+    )
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=["pause", "resume"],
+        help="pause: park MODEL until resumed; resume: end its park (usage limit, retry storm, extra usage)",
+    )
+    p.add_argument("model", nargs="?", metavar="MODEL")
+    p.add_argument("--reason", default="paused by operator", help="why (pause)")
     p = command("tasks", cmd_tasks, "list tasks", True)
     p.add_argument("--state", choices=[s.value for s in TaskState])
     p.add_argument("--limit", type=int, default=50)

@@ -297,6 +297,8 @@ class _Connection:
             "events.subscribe": self._subscribe,
             "events.unsubscribe": self._unsubscribe,
             "alerts.test": self._alerts_test,
+            "models.pause": self._pause_model,
+            "models.resume": self._resume_model,
         }
         assert set(self._handlers) == set(api.METHODS), "every method in the table has a handler"
 
@@ -541,6 +543,12 @@ class _Connection:
 
     async def _alerts_test(self, _p: api.NoParams) -> Any:
         return await self.swarm.send_test_alert()
+
+    async def _pause_model(self, p: api.PauseModelParams) -> Any:
+        return await self.swarm.pause_model(p.model, p.reason)
+
+    async def _resume_model(self, p: api.ModelParams) -> Any:
+        return await self.swarm.resume_model(p.model)
 
     # ---- workers -----------------------------------------------------------------------------
 

@@ -279,6 +279,12 @@ class MetricsActor:
         self.refreshes: dict[str, int] = {}
         self.questions: dict[tuple[str, str], int] = {}  # (kind, asked|policy|human) -> count
         self.rate_limits: dict[str, int] = {}
+        self.notices: dict[str, int] = {}  # profile -> lines printed outside the agent's protocol
+        self.api_retries: dict[tuple[str, str], int] = {}  # (model, error) -> retries the agents reported
+        self.retry_storms: dict[str, int] = {}  # model -> swarm-wide back-offs
+        self.extra_usage: dict[str, int] = {}  # model -> "now using extra usage" reports
+        # (model, window) -> the latest quota report: status, utilization, resets_at
+        self.quota: dict[tuple[str, str], dict[str, Any]] = {}
         self.cost: dict[str, float] = {}
         self.breaker_state = "closed"
         self.breaker_trips = 0
@@ -481,6 +487,28 @@ class MetricsActor:
         elif topic in ("worker.rate_limited", "model.parked"):
             model = self._worker_model(data)
             self.rate_limits[model] = self.rate_limits.get(model, 0) + 1
+        elif topic == "worker.notice":
+            profile = self._reason(data.get("profile"))
+            self.notices[profile] = self.notices.get(profile, 0) + 1
+        elif topic == "worker.api_retry":
+            key = (self._worker_model(data), self._reason(data.get("error") or "unknown"))
+            self.api_retries[key] = self.api_retries.get(key, 0) + 1
+        elif topic == "model.retry_storm":
+            model = self._worker_model(data)
+            self.retry_storms[model] = self.retry_storms.get(model, 0) + 1
+            self._annotate(now, topic, f"retry storm: {model} parked {data.get('park_s')} s", model=model)
+        elif topic == "model.extra_usage":
+            model = self._worker_model(data)
+            self.extra_usage[model] = self.extra_usage.get(model, 0) + 1
+            self._annotate(now, topic, f"{model}: now using extra usage ({data.get('policy')})", model=model)
+        elif topic == "model.quota":
+            if data.get("model") is not None:
+                window = self._reason(data.get("window") or "?")
+                self.quota[(self._worker_model(data), window)] = {
+                    "status": str(data.get("status") or "unknown"),
+                    "utilization": _num(data.get("utilization")),
+                    "resets_at": _num(data.get("resets_at")),
+                }
         elif topic in ("scale.up", "scale.down"):
             direction = topic.split(".", 1)[1]
             count = data.get("count")
@@ -641,6 +669,14 @@ class MetricsActor:
                 for by in ("asked", "policy", "human")
             }
             | {"by_kind": {f"{k}:{b}": n for (k, b), n in self.questions.items()}},
+            "notices": {"total": sum(self.notices.values()), "by_profile": dict(self.notices)},
+            "api_retries": {
+                "total": sum(self.api_retries.values()),
+                "by_model_error": {f"{m}:{e}": n for (m, e), n in self.api_retries.items()},
+            },
+            "retry_storms": {"total": sum(self.retry_storms.values()), "by_model": dict(self.retry_storms)},
+            "extra_usage": {"total": sum(self.extra_usage.values()), "by_model": dict(self.extra_usage)},
+            "quota": {f"{m}:{w}": dict(q) for (m, w), q in self.quota.items()},
             "breaker": {
                 "state": self.breaker_state,
                 "trips": self.breaker_trips,
@@ -850,6 +886,53 @@ class MetricsActor:
         for (kind, by), n in self.questions.items():
             questions.add_metric([kind, by], n)
         yield questions
+        notices = CounterMetricFamily(
+            "shoal_agent_notices",
+            "Lines agents printed outside their protocol (skipped).",
+            labels=["profile"],
+        )
+        for profile, n in self.notices.items():
+            notices.add_metric([profile], n)
+        yield notices
+        retries = CounterMetricFamily(
+            "shoal_api_retries",
+            "API retries the agents reported (system/api_retry).",
+            labels=["model", "error"],
+        )
+        for (model, error), n in self.api_retries.items():
+            retries.add_metric([model, error], n)
+        yield retries
+        for name, doc, counts in (
+            ("shoal_retry_storms", "Swarm-wide back-offs of a model after a retry storm.", self.retry_storms),
+            ("shoal_extra_usage", "Reports that a model's agent now spends extra usage.", self.extra_usage),
+        ):
+            fam = CounterMetricFamily(name, doc, labels=["model"])
+            for label, count in counts.items():
+                fam.add_metric([label], count)
+            yield fam
+        util = GaugeMetricFamily(
+            "shoal_quota_utilization",
+            "Latest reported quota use (0..1) per model and window.",
+            labels=["model", "window"],
+        )
+        resets = GaugeMetricFamily(
+            "shoal_quota_resets_at", "When the quota window resets (epoch s).", labels=["model", "window"]
+        )
+        status = GaugeMetricFamily(
+            "shoal_quota_status",
+            "Latest quota status per model and window (1 = current).",
+            labels=["model", "window", "status"],
+        )
+        for (model, window), q in self.quota.items():
+            if q["utilization"] is not None:
+                util.add_metric([model, window], q["utilization"])
+            if q["resets_at"] is not None:
+                resets.add_metric([model, window], q["resets_at"])
+            for st in sorted({"allowed", "allowed_warning", "rejected", q["status"]}):
+                status.add_metric([model, window, st], 1.0 if st == q["status"] else 0.0)
+        yield util
+        yield resets
+        yield status
         breaker = GaugeMetricFamily(
             "shoal_breaker_state", "Circuit breaker state (1 = current).", labels=["state"]
         )

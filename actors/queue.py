@@ -139,6 +139,21 @@ class RetireWorker:
 
 
 @attrs.frozen
+class PauseModel:
+    """An operator parks a model until resumed (models.pause). Replies the model's new state."""
+
+    model: str
+    reason: str = "paused by operator"
+
+
+@attrs.frozen
+class ResumeModel:
+    """An operator ends a model's park, whatever parked it (models.resume). Replies the model's state."""
+
+    model: str
+
+
+@attrs.frozen
 class Barrier:
     """Replies None once everything the queue received before it is committed and its events are
     published, so events a sender publishes after the reply follow the queue's (cause before effect)."""
@@ -178,6 +193,38 @@ class ModelRateLimited:
 
 
 @attrs.frozen
+class ModelRetrying:
+    """A worker of `model` reports an API retry: many at once is a storm (limits.retry_storm_*)."""
+
+    model: str
+    worker: str
+    error: str = "unknown"
+
+
+@attrs.frozen
+class ModelQuota:
+    """A worker reported where its model's quota stands (kept per model and window; routing acts)."""
+
+    model: str | None
+    status: str
+    window: str | None
+    resets_at: float | None
+    utilization: float | None
+    overage: str | None
+    worker: str | None = None
+
+
+@attrs.frozen
+class ModelExtraUsage:
+    """A worker's agent now spends beyond the plan: limits.on_extra_usage decides."""
+
+    model: str | None
+    message: str
+    worker: str | None = None
+    task_id: str | None = None
+
+
+@attrs.frozen
 class UpdateConfig:
     """Hot configuration: new queue/model rules apply to every ready task."""
 
@@ -212,9 +259,20 @@ QueueRequest = (
     | WaitTask
     | RetireWorker
     | Barrier
+    | PauseModel
+    | ResumeModel
 )
 """What others `call` the queue with (the reply types are in each message's docstring)."""
-QueueSend = WorkerAvailable | WorkerUnavailable | AttemptEnded | ModelRateLimited | UpdateConfig
+QueueSend = (
+    WorkerAvailable
+    | WorkerUnavailable
+    | AttemptEnded
+    | ModelRateLimited
+    | ModelRetrying
+    | ModelQuota
+    | ModelExtraUsage
+    | UpdateConfig
+)
 """What others `send` the queue (fire-and-forget)."""
 QueueMsg = Call[QueueRequest] | QueueSend | _EvictionCommitted | _Resync
 """Everything the queue's mailbox carries: its address is an `Address[QueueMsg]`."""
@@ -245,6 +303,11 @@ class Stats:
     store_recoveries: int = 0  # times it took them again by itself (a probe write committed)
     # READY categorised tasks by (category, effective model), manual assignments aside (the scaler)
     ready_by_category: dict[tuple[str, str | None], int] = attrs.field(factory=dict)
+    # model -> window ("five_hour", "?" when not said) -> the latest quota report (status,
+    # utilization, resets_at, overage, at)
+    quota: dict[str, dict[str, dict[str, Any]]] = attrs.field(factory=dict)
+    hot_models: tuple[str, ...] = ()  # utilization >= limits.prefer_fallback_at: fallbacks preferred
+    retry_storms: dict[str, int] = attrs.field(factory=dict)  # model -> storms so far (the park level)
 
 
 class _Worker:
@@ -297,6 +360,9 @@ class QueueActor:
         self.stale_announcements = 0  # WorkerAvailable from a worker holding a claim
         self._park_reasons: dict[str, str] = {}  # model -> the message of the limit that parked it
         self._model_recent: dict[str, collections.deque[bool]] = {}  # model -> recent outcomes (failed?)
+        self._retries: dict[str, collections.deque[tuple[float, str]]] = {}  # model -> (at, worker)
+        self._storms: dict[str, tuple[int, float]] = {}  # model -> (level, when its last park ends)
+        self._quota: dict[str, dict[str, dict[str, Any]]] = {}  # model -> window -> latest report
         self._calls: dict[type, Callable[[Call[Any], Any, float], None]] = {
             Submit: self._on_submit,
             GetTask: self._on_get,
@@ -311,12 +377,17 @@ class QueueActor:
             WaitTask: self._on_wait,
             RetireWorker: self._on_retire,
             Barrier: self._on_barrier,
+            PauseModel: self._on_pause_model,
+            ResumeModel: self._on_resume_model,
         }
         self._sends: dict[type, Callable[[Any, float], None]] = {
             WorkerAvailable: self._on_available,
             WorkerUnavailable: self._on_unavailable,
             AttemptEnded: self._on_attempt_ended,
             ModelRateLimited: self._on_rate_limited,
+            ModelRetrying: self._on_retrying,
+            ModelQuota: self._on_quota,
+            ModelExtraUsage: self._on_extra_usage,
             UpdateConfig: self._on_config,
             _EvictionCommitted: self._on_eviction_committed,
             _Resync: self._on_resync,
@@ -817,6 +888,9 @@ class QueueActor:
             model_recent={m: (sum(d), len(d)) for m, d in self._model_recent.items()},
             store_failures=self.store_failures,
             store_recoveries=self.store_recoveries,
+            quota={m: {w: dict(r) for w, r in windows.items()} for m, windows in self._quota.items()},
+            hot_models=tuple(sorted(self.book.hot)),
+            retry_storms={m: level for m, (level, _end) in self._storms.items()},
         )
 
     def _on_wait(self, call: Call[Any], msg: WaitTask, now: float) -> None:
@@ -940,7 +1014,10 @@ class QueueActor:
             self._park_reasons[model] = reason
         if isinstance(reset_at, bool) or not isinstance(reset_at, int | float):
             reset_at = None  # a report from a dialect that could not parse the reset time
-        until = reset_at if reset_at is not None and math.isfinite(reset_at) else now + DEFAULT_PARK_S
+        if reset_at == math.inf:
+            until = math.inf  # until an operator resumes it (models.resume)
+        else:
+            until = reset_at if reset_at is not None and math.isfinite(reset_at) else now + DEFAULT_PARK_S
         self.book.park(model, until)
         self._rematch_idle(now)  # unpinned and fallback work moves to the other models' workers
 
@@ -953,6 +1030,148 @@ class QueueActor:
         ):
             raise ValidationError("reset_at", "must be an epoch time in seconds or null", msg.reset_at)
         self._park(msg.model, msg.reset_at, now)
+
+    # ---- what agents say about the API and the quota (issue 16) -----------------------------------
+
+    def _on_retrying(self, msg: ModelRetrying, now: float) -> None:
+        """Count retries per model over limits.retry_storm_window_s; once enough distinct workers
+        retry, park the model swarm-wide (30 s, doubling per storm up to the max) so its workers
+        take no new task while the API recovers. The level resets after a calm spell as long as
+        the longest park."""
+        check_name("model", msg.model, "model")
+        lim = self.config.limits
+        level, last_end = self._storms.get(msg.model, (0, -math.inf))
+        if now < last_end and msg.model in self.book.parked:
+            return  # backing off already: the running tasks' own retries are the storm's tail
+        seen = self._retries.get(msg.model)
+        if seen is None:
+            seen = self._retries[msg.model] = collections.deque()
+        seen.append((now, msg.worker))
+        while seen and seen[0][0] < now - lim.retry_storm_window_s:
+            seen.popleft()
+        workers = sorted({w for _t, w in seen})
+        if len(workers) < lim.retry_storm_workers:
+            return
+        seen.clear()
+        if now >= last_end + lim.retry_storm_park_max_s:
+            level = 0  # calm since the last park ended: start again from the shortest
+        park_s = min(lim.retry_storm_park_max_s, lim.retry_storm_park_s * 2.0**level)
+        until = now + park_s
+        self._storms[msg.model] = (level + 1, until)
+        window = lim.retry_storm_window_s
+        reason = f"retry storm: {len(workers)} workers retrying ({msg.error}) within {window:g} s"
+        self.book.announce(
+            "model.retry_storm",
+            {
+                "model": msg.model,
+                "workers": workers,
+                "error": msg.error,
+                "park_s": park_s,
+                "until": until,
+                "level": level + 1,
+            },
+        )
+        if until > self.book.parked.get(msg.model, -math.inf):
+            self._park(msg.model, until, now, reason)
+
+    def _on_quota(self, msg: ModelQuota, now: float) -> None:
+        """Keep the latest report per model and window; a model at or over limits.prefer_fallback_at
+        of any window becomes *hot*: its soft-routed tasks may go to its fallback models' workers."""
+        util = msg.utilization
+        if isinstance(util, bool) or not isinstance(util, int | float) or not math.isfinite(util):
+            util = None
+        reset = msg.resets_at
+        if isinstance(reset, bool) or not isinstance(reset, int | float) or not math.isfinite(reset):
+            reset = None
+        report = {
+            "status": str(msg.status),
+            "utilization": util,
+            "resets_at": reset,
+            "overage": msg.overage if isinstance(msg.overage, str) else None,
+            "at": now,
+        }
+        window = msg.window if isinstance(msg.window, str) and msg.window else "?"
+        self._extra_events.append(
+            ("model.quota", {"model": msg.model, "window": window, "worker": msg.worker, **report})
+        )
+        if msg.model is None:
+            return
+        check_name("model", msg.model, "model")
+        self._quota.setdefault(msg.model, {})[window] = report
+        self._update_hot(now)
+
+    def _update_hot(self, now: float) -> None:
+        threshold = self.config.limits.prefer_fallback_at
+        hot = set()
+        for model, windows in self._quota.items():
+            for report in windows.values():
+                reset, util = report["resets_at"], report["utilization"]
+                if reset is not None and reset <= now:
+                    continue  # that window has reset since: its figure is stale
+                if util is not None and util >= threshold:
+                    hot.add(model)
+        if hot != self.book.hot:
+            self.book.set_hot(hot)
+            self._rematch_idle(now)
+
+    def _on_extra_usage(self, msg: ModelExtraUsage, now: float) -> None:
+        """limits.on_extra_usage: continue (an event only), pause (park the model until an operator
+        resumes it), stop (pause, and interrupt its running attempts: requeued, not counted)."""
+        policy = self.config.limits.on_extra_usage
+        self.book.announce(
+            "model.extra_usage",
+            {
+                "model": msg.model,
+                "message": msg.message,
+                "worker": msg.worker,
+                "task_id": msg.task_id,
+                "policy": policy,
+            },
+        )
+        if msg.model is None or policy == "continue":
+            return
+        check_name("model", msg.model, "model")
+        if self.book.parked.get(msg.model) != math.inf:
+            self._park(
+                msg.model,
+                math.inf,
+                now,
+                f"extra usage ({policy}): {msg.message} · shoal models resume {msg.model}",
+            )
+        if policy == "stop":
+            for worker in list(self._workers.values()):
+                if worker.view.model == msg.model:
+                    for task_id in self.book.running_on(worker.id):
+                        self._interrupt(worker.id, task_id, f"stopped: {msg.model} is using extra usage")
+
+    def _model_state(self, model: str) -> dict[str, Any]:
+        until = self.book.parked.get(model)
+        return {
+            "model": model,
+            "parked": until is not None,
+            "until": until if until is not None and math.isfinite(until) else None,
+            "reason": self._park_reasons.get(model) if until is not None else None,
+        }
+
+    def _on_pause_model(self, call: Call[Any], msg: PauseModel, now: float) -> None:
+        check_name("model", msg.model, "model")
+        if not isinstance(msg.reason, str) or not msg.reason.strip() or len(msg.reason) > 500:
+            raise ValidationError(
+                "reason", "must be a non-empty string of at most 500 characters", msg.reason
+            )
+        if self.book.parked.get(msg.model) != math.inf:
+            self._park(msg.model, math.inf, now, msg.reason)
+        self._acks.append((call, self._model_state(msg.model)))
+
+    def _on_resume_model(self, call: Call[Any], msg: ResumeModel, now: float) -> None:
+        check_name("model", msg.model, "model")
+        if msg.model not in self.book.parked:
+            raise Conflict(f"model {msg.model} is not parked")
+        self.book.unpark(msg.model, "resumed by operator")
+        self._park_reasons.pop(msg.model, None)
+        self._retries.pop(msg.model, None)
+        self._rematch_idle(now)
+        self._acks.append((call, self._model_state(msg.model)))
 
     def _on_eviction_committed(self, msg: _EvictionCommitted, now: float) -> None:
         pass  # waking up was the point: the loop looks at the retention timer again

@@ -92,6 +92,8 @@ class ScalerInputs:
     ready_by_category: Mapping[tuple[str, str | None], int] = attrs.field(factory=dict)
     running_by_model: Mapping[str | None, int] = attrs.field(factory=dict)
     parked: Mapping[str, float] = attrs.field(factory=dict)
+    # models whose quota is nearly used (limits.prefer_fallback_at): unpinned shares go to fallbacks
+    hot: frozenset[str] = frozenset()
     workers: Sequence[WorkerView] = ()
     arrivals: Sequence[float] = ()
     halted: bool = False
@@ -251,7 +253,7 @@ def decide(
             running[m] = running.get(m, 0) + n
     load = {m: running.get(m, 0) + ready_pinned.get(m, 0) for m in set(running) | set(ready_pinned)}
 
-    weights = _routed_weights(models, parked)
+    weights = _routed_weights(models, {**parked, **dict.fromkeys(inputs.hot, 0.0)})
     spare = {m: max(0, n * tpw - load.get(m, 0)) for m, n in serving.items() if m not in parked}
     known_order = [*weights, *models.known, *sorted(serving)]
     absorb_order = list(dict.fromkeys(m for m in known_order if m not in parked))

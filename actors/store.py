@@ -114,8 +114,13 @@ def _migrate_2(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE attempts ADD COLUMN output_tail TEXT")
 
 
+def _migrate_3(conn: sqlite3.Connection) -> None:
+    """Version 3: usage per attempt (a failed attempt cost tokens and money too)."""
+    conn.execute("ALTER TABLE attempts ADD COLUMN usage TEXT NOT NULL DEFAULT '{}'")
+
+
 # MIGRATIONS[i] upgrades a database from user_version i to i + 1, inside one transaction.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_1, _migrate_2]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_1, _migrate_2, _migrate_3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _MUTABLE = (
@@ -162,6 +167,7 @@ _ATTEMPT_COLS = (
     "exit_code",
     "signal",
     "output_tail",
+    "usage",
 )
 _UPSERT_ATTEMPT = (
     f"INSERT OR REPLACE INTO attempts ({', '.join(_ATTEMPT_COLS)}) "
@@ -261,6 +267,7 @@ def apply_changes(conn: sqlite3.Connection, changes: Iterable[Change]) -> int:
                     a.exit_code,
                     a.signal,
                     a.output_tail,
+                    json.dumps(a.usage, default=str) if a.usage else "{}",
                 )
                 for tid, per_task in attempts.items()
                 for a in per_task.values()
@@ -273,7 +280,7 @@ def load_tasks(conn: sqlite3.Connection) -> list[StoredTask]:
     """Every task with its attempts, in submission order."""
     attempts: dict[str, list[Attempt]] = {}
     for row in conn.execute(f"SELECT {', '.join(_ATTEMPT_COLS)} FROM attempts ORDER BY task_id, n"):
-        tid, n, worker, model, started, ended, outcome, reason, exit_code, sig, tail = row
+        tid, n, worker, model, started, ended, outcome, reason, exit_code, sig, tail, usage = row
         attempts.setdefault(tid, []).append(
             Attempt(
                 n=n,
@@ -286,6 +293,7 @@ def load_tasks(conn: sqlite3.Connection) -> list[StoredTask]:
                 exit_code=exit_code,
                 signal=sig,
                 output_tail=tail,
+                usage=json.loads(usage) if usage else {},
             )
         )
     out: list[StoredTask] = []

@@ -328,12 +328,17 @@ class SwarmHandle:
         for name in [*(v.model for v in views), *stats.parked_models, *stats.model_recent]:
             if name is not None and name not in names:
                 names.append(name)
+        for name in stats.quota:
+            if name not in names:
+                names.append(name)
         out = []
         for name in names:
             until = stats.parked_models.get(name)
             failed, finished = stats.model_recent.get(name, (0, 0))
             if until is not None:
                 state, reason = "parked", stats.parked_reasons.get(name) or "rate limited"
+                if not math.isfinite(until):
+                    until = None  # until an operator resumes it (models.resume)
             elif finished >= FAILING_MIN_ATTEMPTS and failed * 2 > finished:
                 state, reason = "failing", f"{failed} of its last {finished} attempts failed"
             else:
@@ -348,9 +353,41 @@ class SwarmHandle:
                     "busy": sum(1 for v in views if v.model == name and v.state is WorkerState.BUSY),
                     "recent_failed": failed,
                     "recent_finished": finished,
+                    # the latest quota report per window (status, utilization 0..1, resets_at, overage)
+                    "quota": stats.quota.get(name, {}),
+                    "prefer_fallback": name in stats.hot_models,
+                    "retry_storms": stats.retry_storms.get(name, 0),
+                    "retrying": sum(
+                        1
+                        for v in views
+                        if v.model == name and v.state is WorkerState.BUSY and self._retrying(v.id)
+                    ),
                 }
             )
         return out
+
+    def _retrying(self, worker_id: str) -> bool:
+        try:
+            return self._supervisor.actor_of(worker_id).retrying is not None
+        except NotFound:
+            return False
+
+    async def models(self) -> builtins.list[dict[str, Any]]:
+        """Each model's state (as in `status()["models"]`)."""
+        return self._model_states(await self.queue_stats())
+
+    async def pause_model(self, model: str, reason: str = "paused by operator") -> dict[str, Any]:
+        """Park `model` until `resume_model`: its workers take no new task (running ones finish)."""
+        check_text({"model": model, "reason": reason})
+        state: dict[str, Any] = await self._queue.call(q.PauseModel(model, reason))
+        return state
+
+    async def resume_model(self, model: str) -> dict[str, Any]:
+        """End a model's park, whatever parked it (a usage limit, a retry storm, extra usage, an
+        operator). Conflict when it is not parked."""
+        check_text(model, "model")
+        state: dict[str, Any] = await self._queue.call(q.ResumeModel(model))
+        return state
 
     def _needs_input(self) -> builtins.list[dict[str, Any]]:
         """Workers whose agent waits on a question for a human (a permission prompt, a menu, the trust
@@ -487,6 +524,7 @@ class SwarmHandle:
             ready_by_category=stats.ready_by_category,
             running_by_model=running,
             parked=stats.parked_models,
+            hot=frozenset(stats.hot_models),
             workers=views,
             halted=self._supervisor.halted or self._stopped,
             now=trio.current_time(),

@@ -32,9 +32,13 @@ from ..protocols.errors import Conflict, NotFound, ShoalError
 from ..protocols.profiles import resolve_profile
 from ..protocols.workers import (
     AnsweredReport,
+    ApiRetryReport,
     ContextReport,
+    ExtraUsageReport,
     NeedsInputReport,
+    NoticeReport,
     Pause,
+    QuotaUpdate,
     RateLimitReport,
     Restart,
     Resume,
@@ -56,7 +60,10 @@ from .capacity import ProcessView
 from .queue import (
     AttemptEnded,
     Barrier,
+    ModelExtraUsage,
+    ModelQuota,
     ModelRateLimited,
+    ModelRetrying,
     QueueMsg,
     QueueSend,
     RetireWorker,
@@ -487,6 +494,50 @@ class SwarmSupervisor:
                         "by": report.by,
                         "kind": report.kind,
                     },
+                )
+            case NoticeReport():
+                self._publish_ordered(
+                    "worker.notice",
+                    {
+                        "worker": report.worker,
+                        "profile": report.profile,
+                        "model": report.model,
+                        "text": report.text,
+                    },
+                )
+            case ApiRetryReport():
+                self._publish_ordered(
+                    "worker.api_retry",
+                    {
+                        "worker": report.worker,
+                        "model": report.model,
+                        "task_id": report.task_id,
+                        "attempt": report.attempt,
+                        "max_retries": report.max_retries,
+                        "delay_s": report.delay_s,
+                        "status": report.status,
+                        "error": report.error,
+                    },
+                )
+                if report.model is not None:
+                    await self._to_queue(ModelRetrying(report.model, report.worker, report.error))
+            case QuotaUpdate():
+                # the queue keeps it (routing acts on it) and publishes model.quota
+                await self._to_queue(
+                    ModelQuota(
+                        report.model,
+                        report.status,
+                        report.window,
+                        report.resets_at,
+                        report.utilization,
+                        report.overage,
+                        report.worker,
+                    )
+                )
+            case ExtraUsageReport():
+                # the queue applies limits.on_extra_usage and publishes model.extra_usage
+                await self._to_queue(
+                    ModelExtraUsage(report.model, report.message, report.worker, report.task_id)
                 )
             case _WorkerGone():
                 await self._on_gone(report)

@@ -445,7 +445,10 @@ class TaskBook:
         self._ready_by_model: Counter[str | None] = Counter()
         self._retry_heap: list[tuple[float, int, str]] = []  # (not_before, seq, id) of FAILED tasks
         self._finished: list[tuple[float, int, str]] = []  # (finished, seq, id): eviction candidates
-        self.parked: dict[str, float] = {}  # model -> rate-limit reset time
+        self.parked: dict[str, float] = {}  # model -> rate-limit reset time (inf: until resumed)
+        # models near the end of their quota (limits.prefer_fallback_at): their soft-routed tasks
+        # route to their fallback model instead (`_route`)
+        self.hot: frozenset[str] = frozenset()
         # outputs
         self._changes: list[Change] = []
         self._events: list[Event] = []
@@ -486,6 +489,10 @@ class TaskBook:
         )
 
     def _event(self, topic: str, data: dict[str, Any]) -> None:
+        self._events.append((topic, data))
+
+    def announce(self, topic: str, data: dict[str, Any]) -> None:
+        """An event from the queue in order with the book's own (a storm before the park it causes)."""
         self._events.append((topic, data))
 
     # ---- queries -------------------------------------------------------------------------------
@@ -608,7 +615,16 @@ class TaskBook:
             heapq.heappush(self._finished, (now, rec.seq, rec.id))
 
     def _route(self, rec: _Rec) -> tuple[str | None, bool, frozenset[str]]:
-        """(effective model, hard pin, models to avoid) following the model rules."""
+        """(effective model, hard pin, models to avoid) following the model rules; a soft route to a
+        model whose quota is nearly used (`hot`) moves to its first fallback that is not."""
+        model, hard, avoid = self._route_rules(rec)
+        if model is not None and not hard and model in self.hot:
+            for fallback in self.mcfg.fallback.get(model, ()):
+                if fallback not in self.hot and fallback not in avoid:
+                    return fallback, False, avoid
+        return model, hard, avoid
+
+    def _route_rules(self, rec: _Rec) -> tuple[str | None, bool, frozenset[str]]:
         if rec.model is not None:
             return rec.model, True, frozenset()
         known = self.mcfg.known
@@ -1213,6 +1229,7 @@ class TaskBook:
             exit_code=exit_code,
             signal=signal,
             output_tail=output_tail,
+            usage=dict(usage) if usage else {},
         )
         rec.attempts[-1] = closed
         running = self._running.get(att.worker)
@@ -1303,7 +1320,22 @@ class TaskBook:
         prev = self.parked.get(model)
         if prev is None or until > prev:
             self.parked[model] = until
-            self._event("model.parked", {"model": model, "until": until})
+            # until=inf: parked until an operator resumes it (models.resume); JSON has no infinity
+            shown = until if math.isfinite(until) else None
+            self._event("model.parked", {"model": model, "until": shown})
+
+    def set_hot(self, models: Iterable[str]) -> None:
+        """The models whose quota is nearly used up: ready tasks softly routed to them (category
+        model, escalation) are routed again, to their fallback when there is one."""
+        self.hot = frozenset(models)
+        self.reconfigure(self.qcfg, self.mcfg)
+
+    def unpark(self, model: str, reason: str) -> bool:
+        """An operator resumed a parked model (models.resume): usable again at once."""
+        if self.parked.pop(model, None) is None:
+            return False
+        self._event("model.unparked", {"model": model, "reason": reason})
+        return True
 
     # ---- operator controls ---------------------------------------------------------------------
 

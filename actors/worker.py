@@ -29,10 +29,14 @@ from ..protocols import menus
 from ..protocols.config import ProfileConfig, WorkersConfig
 from ..protocols.dialects import make_dialect
 from ..protocols.dialects.base import (
+    ApiRetry,
     ContextUsage,
     Dialect,
+    ExtraUsage,
     NeedsInput,
+    Notice,
     ProtocolError,
+    QuotaReport,
     RateLimited,
     Ready,
     Signal,
@@ -46,14 +50,19 @@ from ..protocols.tasks import Assignment, Outcome
 from ..protocols.workers import (
     AnsweredReport,
     AnswerQuestion,
+    ApiRetryReport,
     Assign,
     ContextReport,
+    ExtraUsageReport,
     NeedsInputReport,
+    NoticeReport,
     Pause,
+    QuotaUpdate,
     RateLimitReport,
     Resize,
     Restart,
     Resume,
+    RetryInfo,
     SendInput,
     SetCapabilities,
     SetModel,
@@ -222,6 +231,9 @@ class _Incarnation:
     drain_deadline: float | None = None
 
 
+_NOT_PROGRESS = (ApiRetry, Notice, QuotaReport, ExtraUsage)  # signals that do not end a retry
+
+
 class WorkerActor:
     """One agent process per its profile, driven through its dialect; reports go to `reports`.
 
@@ -274,6 +286,9 @@ class WorkerActor:
         self._typing: _Typing | None = None
         self._last_limit: tuple[float, float | None] | None = None  # (wall s, reset_at) of the last limit
         self._limited_task: str | None = None  # the task the last usage limit ended
+        self._retrying: RetryInfo | None = None  # the agent's client retries an API request
+        self._notices = 0
+        self._extra_usage_reported = False  # once per process: a TUI footer repeats on every frame
         self._started_wall = clock()
         self._inc: _Incarnation | None = None
         self._gen = 0
@@ -322,6 +337,11 @@ class WorkerActor:
         return self._question
 
     @property
+    def retrying(self) -> RetryInfo | None:
+        """The agent's client is retrying an API request (attempt, max, next try); None otherwise."""
+        return self._retrying
+
+    @property
     def pid(self) -> int | None:
         return self._inc.proc.pid if self._inc is not None else None
 
@@ -352,6 +372,8 @@ class WorkerActor:
             needs_input=self._question[0] if self._question is not None else None,
             needs_input_since=self._question[1] if self._question is not None else None,
             needs_input_options=self._asked.options if self._asked is not None else (),
+            retrying=self._retrying,
+            notices=self._notices,
         )
 
     def output_tail(self, max_bytes: int | None = None) -> bytes:
@@ -541,6 +563,7 @@ class WorkerActor:
 
     async def _start_process(self, *, dialect: Dialect | None = None, prompt: str | None = None) -> None:
         """Spawn a new incarnation. Raises SpawnError/ValidationError (the caller decides the state)."""
+        self._extra_usage_reported = False
         if dialect is None:
             dialect = self._make_dialect()
         self._cwd = await self._workspace.directory()
@@ -858,6 +881,7 @@ class WorkerActor:
 
     async def _end_attempt(self, outcome: Outcome, **fields: Any) -> None:
         task, self._task = self._task, None
+        self._retrying = None
         if task is None:
             return
         self._limited_task = task.task_id if outcome is Outcome.RATE_LIMITED else None
@@ -932,12 +956,15 @@ class WorkerActor:
         )
 
     async def _on_context(self, used: float) -> None:
+        self._retrying = None  # context is reported from the API's answer: the retry succeeded
         if used != self._context:
             self._context = used
             await self._report(ContextReport(self.id, used))
 
     async def _on_signal(self, signal: Signal) -> None:
         busy = self._state is WorkerState.BUSY
+        if self._retrying is not None and not isinstance(signal, _NOT_PROGRESS):
+            self._retrying = None  # the API answered (or the attempt ended)
         if isinstance(signal, Ready):
             if self._awaiting_ready_until is not None:
                 self._awaiting_ready_until = None
@@ -957,6 +984,7 @@ class WorkerActor:
                     reason=signal.reason,
                     exit_code=signal.exit_code,
                     output_tail=self._task_tail(),
+                    usage=dict(signal.usage),  # a failed run still cost tokens and money
                 )
         elif isinstance(signal, RateLimited):
             self._last_limit = (self._clock(), signal.reset_at)
@@ -965,6 +993,29 @@ class WorkerActor:
                 await self._finish_task(Outcome.RATE_LIMITED, reason=signal.message, reset_at=signal.reset_at)
         elif isinstance(signal, NeedsInput):
             await self._on_question(signal)
+        elif isinstance(signal, Notice):
+            self._notices += 1
+            log.info("worker %s: agent notice: %s", self.id, signal.text)
+            await self._report(NoticeReport(self.id, self.profile_name, self._model, signal.text))
+        elif isinstance(signal, ApiRetry):
+            await self._on_api_retry(signal)
+        elif isinstance(signal, QuotaReport):
+            await self._report(
+                QuotaUpdate(
+                    self.id,
+                    self._model,
+                    signal.status,
+                    signal.window,
+                    signal.resets_at,
+                    signal.utilization,
+                    signal.overage,
+                )
+            )
+        elif isinstance(signal, ExtraUsage):
+            if not self._extra_usage_reported:
+                self._extra_usage_reported = True
+                task_id = self._task.task_id if self._task is not None else None
+                await self._report(ExtraUsageReport(self.id, self._model, task_id, signal.message))
         elif isinstance(signal, ProtocolError):
             reason = f"protocol error: {signal.message}"
             if self._awaiting_ready_until is not None:
@@ -976,6 +1027,33 @@ class WorkerActor:
             else:  # between tasks: nothing is lost; keep the reason visible, do not churn the process
                 self._reason = reason
                 log.warning("worker %s: %s", self.id, reason)
+
+    async def _on_api_retry(self, signal: ApiRetry) -> None:
+        """Show the retry on the worker (state stays busy) and report it: the queue watches for a
+        storm across workers of one model."""
+        wall = self._clock()
+        since = self._retrying.since if self._retrying is not None else wall
+        self._retrying = RetryInfo(
+            attempt=signal.attempt,
+            max_retries=signal.max_retries,
+            delay_s=signal.delay_s,
+            next_at=wall + signal.delay_s if signal.delay_s is not None else None,
+            status=signal.status,
+            error=signal.error,
+            since=since,
+        )
+        await self._report(
+            ApiRetryReport(
+                self.id,
+                self._model,
+                self._task.task_id if self._task is not None else None,
+                signal.attempt,
+                signal.max_retries,
+                signal.delay_s,
+                signal.status,
+                signal.error,
+            )
+        )
 
     async def _on_death(self, inc: _Incarnation) -> None:
         """The process exited on its own (all its output has been read, or DRAIN_S passed)."""

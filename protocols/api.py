@@ -97,6 +97,17 @@ class IdParams:
 
 
 @attrs.frozen
+class ModelParams:
+    model: str = attrs.field(metadata=_ID)
+
+
+@attrs.frozen
+class PauseModelParams:
+    model: str = attrs.field(metadata=_ID)
+    reason: str = attrs.field(default="paused by operator", metadata=_range(nonempty=True))
+
+
+@attrs.frozen
 class LogsParams:
     id: str = attrs.field(metadata=_ID)
     tail: int | None = attrs.field(default=None, metadata=_range(lo=0))  # bytes from the end
@@ -257,6 +268,8 @@ METHODS: dict[str, Method] = {
         Method("events.subscribe", SubscribeParams, "receive events matching topic patterns"),
         Method("events.unsubscribe", UnsubscribeParams, "stop receiving events"),
         Method("alerts.test", NoParams, "deliver a test alert to every webhook; each one's outcome"),
+        Method("models.pause", PauseModelParams, "park a model until resumed: its workers take no new task"),
+        Method("models.resume", ModelParams, "end a model's park, whatever parked it"),
     )
 }
 

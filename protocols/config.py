@@ -264,6 +264,28 @@ class ModelsConfig:
 
 
 @attrs.frozen
+class LimitsConfig:
+    """How the swarm acts on what an agent says about its API and quota (issue 16)."""
+
+    # a retry storm: this many workers of one model report API retries within the window, so the
+    # model is parked swarm-wide instead of every worker hammering the API
+    retry_storm_workers: int = attrs.field(default=3, validator=_pos)
+    retry_storm_window_s: float = attrs.field(default=60.0, validator=_pos)
+    retry_storm_park_s: float = attrs.field(default=30.0, validator=_pos)  # first park; doubles per storm
+    retry_storm_park_max_s: float = attrs.field(default=600.0, validator=_pos)
+    # a model whose reported quota utilization reaches this prefers its fallback for work that may
+    # move (models.fallback); 1.0 disables it short of a full quota
+    prefer_fallback_at: float = attrs.field(default=0.9, validator=_fraction)
+    # "Now using extra usage": continue, pause (park the model until an operator resumes it), or stop
+    # (pause, and interrupt its running tasks, requeued without counting an attempt)
+    on_extra_usage: Literal["continue", "pause", "stop"] = "pause"
+
+    def __attrs_post_init__(self) -> None:
+        if self.retry_storm_park_s > self.retry_storm_park_max_s:
+            raise ValueError("retry_storm_park_s must not exceed retry_storm_park_max_s")
+
+
+@attrs.frozen
 class GatewayConfig:
     enabled: bool | None = None  # None: on for `shoal serve`, off for an embedded open_swarm
     host: str = "127.0.0.1"
@@ -300,6 +322,9 @@ class AlertRule:
         "model_rate_limited",
         "store_failed",
         "needs_input",
+        "retry_storm",
+        "quota_warning",
+        "extra_usage",
     ]
     name: str | None = None
     for_s: float = attrs.field(default=0.0, validator=_nonneg)  # condition must hold this long
@@ -340,6 +365,7 @@ class SwarmConfig:
     node: NodeConfig = NodeConfig()
     supervision: SupervisionConfig = SupervisionConfig()
     models: ModelsConfig = ModelsConfig()
+    limits: LimitsConfig = LimitsConfig()
     gateway: GatewayConfig = GatewayConfig()
     http: HttpConfig = HttpConfig()
     alerts: AlertsConfig = AlertsConfig()

@@ -69,6 +69,8 @@ class Attempt:
     exit_code: int | None = None
     signal: int | None = None
     output_tail: str | None = None
+    # tokens and cost this attempt ran up, as the agent reported them: a failed attempt costs too
+    usage: dict[str, Any] = attrs.field(factory=dict)
 
 
 @attrs.frozen

@@ -179,9 +179,87 @@ class AnsweredReport:
     kind: str = "question"
 
 
+@attrs.frozen
+class NoticeReport:
+    """A line the agent printed outside its protocol (a warning on stdout): logged and counted."""
+
+    worker: str
+    profile: str
+    model: str | None
+    text: str
+
+
+@attrs.frozen
+class ApiRetryReport:
+    """The agent's client retries a failed API request; the task is still running."""
+
+    worker: str
+    model: str | None
+    task_id: str | None
+    attempt: int | None
+    max_retries: int | None
+    delay_s: float | None
+    status: int | None  # HTTP status, None for a network failure
+    error: str  # rate_limit, overloaded, server_error, authentication_failed, network, unknown
+
+
+@attrs.frozen
+class QuotaUpdate:
+    """Where the model's quota stands, as the agent reported it (before it runs out)."""
+
+    worker: str
+    model: str | None
+    status: str  # allowed, allowed_warning, rejected
+    window: str | None  # five_hour, seven_day, ...
+    resets_at: float | None  # epoch s
+    utilization: float | None  # 0..1
+    overage: str | None
+
+
+@attrs.frozen
+class ExtraUsageReport:
+    """The agent now spends beyond the plan ("Now using extra usage"): limits.on_extra_usage acts."""
+
+    worker: str
+    model: str | None
+    task_id: str | None
+    message: str
+
+
 WorkerReport = (
-    StateChanged | TaskFinished | ContextReport | RateLimitReport | NeedsInputReport | AnsweredReport
+    StateChanged
+    | TaskFinished
+    | ContextReport
+    | RateLimitReport
+    | NeedsInputReport
+    | NoticeReport
+    | ApiRetryReport
+    | QuotaUpdate
+    | ExtraUsageReport
+    | AnsweredReport
 )
+
+
+@attrs.frozen
+class RetryInfo:
+    attempt: int | None
+    max_retries: int | None
+    delay_s: float | None
+    next_at: float | None  # epoch s of the next try
+    status: int | None
+    error: str
+    since: float  # epoch s of the first retry of this run
+
+    def describe(self, now: float) -> str:
+        """ "retrying 3/10, next in 8 s" (what the CLI and the dashboard show)."""
+        shown = f"{self.attempt if self.attempt is not None else '?'}"
+        if self.max_retries is not None:
+            shown += f"/{self.max_retries}"
+        text = f"retrying {shown}"
+        if self.next_at is not None:
+            left = max(0.0, self.next_at - now)
+            text += f", next in {left:.0f} s"
+        return text
 
 
 @attrs.frozen
@@ -210,3 +288,8 @@ class WorkerInfo:
     needs_input: str | None = None
     needs_input_since: float | None = None
     needs_input_options: tuple[str, ...] = ()  # a menu's options, in order (answer with their number)
+    # The agent's client is retrying an API request (Claude Code's api_retry): attempt of max, the
+    # error, and when the next try goes out (epoch s). The state stays `busy`; listings show
+    # "retrying 3/10, next in 8 s". Cleared when the API answers or the attempt ends.
+    retrying: RetryInfo | None = None
+    notices: int = 0  # lines printed outside the protocol since the worker started

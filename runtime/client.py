@@ -390,6 +390,16 @@ class Client:
         result: dict[str, Any] = await self.call("swarm.resume")
         return result
 
+    async def pause_model(self, model: str, reason: str = "paused by operator") -> dict[str, Any]:
+        """Park `model` until `resume_model` (models.pause): its workers take no new task."""
+        result: dict[str, Any] = await self.call("models.pause", {"model": model, "reason": reason})
+        return result
+
+    async def resume_model(self, model: str) -> dict[str, Any]:
+        """End a model's park, whatever parked it (models.resume); Conflict when it is not parked."""
+        result: dict[str, Any] = await self.call("models.resume", {"model": model})
+        return result
+
     async def metrics(self) -> dict[str, Any]:
         result: dict[str, Any] = await self.call("swarm.metrics")
         return result

@@ -95,3 +95,43 @@ async def test_the_commands_against_a_served_swarm(tmp_path: Path) -> None:
         assert "0/3 (+1 rate-limited)" in (await shoal(served, "task", "lim")).out
         await shoal(served, "cancel", "lim")
         await shoal(served, "cancel", "ask")
+
+
+def test_tables_show_retrying_workers_quota_and_the_cost_of_each_attempt() -> None:
+    now = time.time()
+    retrying = {"attempt": 3, "max_retries": 10, "delay_s": 8.0, "next_at": now + 8.2, "status": 529}
+    worker = {"id": "w4", "state": "busy", "task_id": "t2", "retrying": {**retrying, "error": "overloaded"}}
+    assert "retrying 3/10, next in 8 s" in render(cli.workers_table([worker]))
+    quota = {"seven_day": {"status": "allowed_warning", "utilization": 0.92, "resets_at": now + 7260}}
+    sonnet = {"name": "sonnet", "state": "available", "until": None, "reason": None, "quota": quota}
+    sonnet |= {"prefer_fallback": True, "retrying": 2}
+    paused = {"name": "opus", "state": "parked", "until": None, "reason": "extra usage (pause): Now using"}
+    table = " ".join(render(cli.models_table([sonnet, paused])).split())
+    assert "QUOTA" in table and "seven_day 92% (warning, resets in 2h0" in table
+    assert "prefer fallback" in table and "2 retrying" in table
+    assert "parked" in table and "until resumed" in table and "extra usage (pause)" in table
+    status = {"state": "running", "workers": {}, "queue": {}, "models": [sonnet, paused]}
+    text = " ".join(render(cli.status_table(status)).split())
+    assert "model sonnet available · seven_day 92% (warning" in text
+    assert "model opus parked until resumed: extra usage (pause)" in text
+    failed = attempt(1, "failed") | {"reason": "Reached maximum number of turns (40)"}
+    failed["usage"] = {"cost_usd": 0.492, "input_tokens": 2800, "output_tokens": 7}
+    task = {"id": "t3", "state": "dead", "max_attempts": 1, "created": now, "prompt": "x"}
+    task["attempts"] = [failed]
+    detail = " ".join("".join(render(part) for part in cli.task_detail(task)).split())
+    assert "COST" in detail and "$0.4920" in detail and "2800 in / 7 out" in detail
+    assert "Reached maximum number of turns (40)" in detail
+
+
+async def test_models_pause_and_resume_through_the_cli(tmp_path: Path) -> None:
+    with shoal_serve(tmp_path / "state", "--max-workers", "1", "--no-dashboard") as served:
+        paused = await shoal(served, "models", "pause", "haiku", "--reason", "budget review")
+        assert paused.code == 0 and "paused until `shoal models resume haiku`" in paused.out, paused.err
+        shown = " ".join((await shoal(served, "models")).out.split())
+        assert "haiku parked" in shown and "until resumed: budget review" in shown
+        resumed = await shoal(served, "models", "resume", "haiku", "--json")
+        assert resumed.code == 0 and resumed.json()["parked"] is False, resumed.err
+        again = await shoal(served, "models", "resume", "haiku")
+        assert again.code != 0 and "not parked" in again.err
+        missing = await shoal(served, "models", "resume")
+        assert missing.code == cli.EXIT_USAGE and "needs a MODEL" in missing.err

@@ -86,6 +86,11 @@ async def session_and_swarm(call: Calls, token: str) -> None:
     assert (await call("swarm.config.get"))["scaling"]["idle_s"] == 123
     outcome = await call("alerts.test")
     assert isinstance(outcome, dict | list)  # no webhooks configured: an empty report, not an error
+    paused = await call("models.pause", {"model": "opus", "reason": "budget review"})
+    assert paused == {"model": "opus", "parked": True, "until": None, "reason": "budget review"}
+    opus = next(m for m in (await call("swarm.status"))["models"] if m["name"] == "opus")
+    assert opus["state"] == "parked" and opus["until"] is None
+    assert (await call("models.resume", {"model": "opus"}))["parked"] is False
 
 
 async def tasks_and_workers(call: Calls, stream: EventStream) -> None:

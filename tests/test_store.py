@@ -281,7 +281,8 @@ async def test_migration_from_schema_version_1(tmp_path: Path) -> None:
         (old,) = await store.load_all()
     assert old.result == "kept" and old.usage == {} and old.dep_failure is None
     assert old.attempts[0].output_tail is None and old.attempts[0].outcome is Outcome.DONE
-    assert (await db_read(path, "PRAGMA user_version"))[0][0] == SCHEMA_VERSION == 2
+    assert old.attempts[0].usage == {}  # version 3: usage per attempt, empty for older rows
+    assert (await db_read(path, "PRAGMA user_version"))[0][0] == SCHEMA_VERSION == 3
 
 
 def digest(path: Path) -> str:

@@ -30,12 +30,25 @@ context exhausted mid-task, and every later task too until /clear or /compact), 
 Stop and wait for limit to reset"), `[[trust]]` (the trust dialog mid-turn; `--trust-dialog[=plain]`
 shows it at start, as 2.1.212 or, plain, as 2.1.332 without numbers), `[[picker]]` (the /model
 picker). Menus take a digit at once, arrows and Enter, or Esc, and ignore keys for 0.2 s after drawing.
+What Claude Code says about its API and quota (issue 16), each in the headless and the TUI form:
+`[[notice:TEXT]]` (a plain warning line on stdout before the JSON; a line on the TUI screen),
+`[[retry:COUNT]]` or `[[retry:COUNT,STATUS,DELAY_S]]` (the API fails COUNT times with STATUS, default
+529, DELAY_S apart, default 0.5: `system/api_retry` events, or under the TUI's spinner 2.1.x's words
+"⎿  529 Overloaded · retrying in 3s · attempt 1/10"; past `CLAUDE_CODE_MAX_RETRIES`, default 10,
+the request fails with `api_error_status`, on the TUI "● API Error: 529 Overloaded. …"),
+`[[quota:STATUS,UTILIZATION,WINDOW]]` (a `rate_limit_event`, e.g.
+`[[quota:allowed_warning,0.92,seven_day]]`; the TUI footer shows "Approaching weekly limit (92% used)",
+an imitation),
+`[[extra_usage]]` (a `rate_limit_event` with `isUsingOverage`; the TUI footer "Now using extra usage"),
+`[[maxturns:N]]` (the turn limit is hit: `error_max_turns` with "Reached maximum number of turns (N)",
+its usage and cost).
 Without directives the reply is `Done: <first 40 characters of the prompt>`. Invalid directive values
 are ignored. Standard library only; starts in a few tens of milliseconds.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import select
@@ -71,6 +84,35 @@ MODELS = (
     ("Opus", "Opus 4.5 · Most capable for complex work", "opus"),
     ("Haiku", "Haiku 4.5 · Fastest for quick answers", "haiku"),
 )
+
+
+# what the API answers per status (Claude Code's api_retry `error` and its error body)
+API_ERRORS = {
+    529: ("overloaded", '{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}'),
+    500: ("server_error", '{"type":"error","error":{"type":"api_error","message":"Internal server error"}}'),
+    429: ("rate_limit", '{"type":"error","error":{"type":"rate_limit_error","message":"Rate limited"}}'),
+    401: ("authentication_failed", '{"type":"error","error":{"type":"authentication_error","message":"x"}}'),
+    0: ("network", "Connection error."),
+}
+API_SHORT = {529: "Overloaded", 500: "Internal server error", 429: "Rate limited", 401: "Unauthorized"}
+WINDOW_NAMES = {"five_hour": "session", "seven_day": "weekly", "seven_day_opus": "Opus weekly"}
+EXTRA_USAGE = "Now using extra usage"
+
+
+def max_retries() -> int:
+    try:
+        return max(0, int(os.environ.get("CLAUDE_CODE_MAX_RETRIES", "10")))
+    except ValueError:
+        return 10
+
+
+def api_error(status: int) -> tuple[str, str]:
+    """(api_retry error kind, error body) for an HTTP status (0: a network failure)."""
+    if status in API_ERRORS:
+        return API_ERRORS[status]
+    return ("server_error" if status >= 500 else "unknown", f'{{"type":"error","status":{status}}}')
+
+
 DIRECTIVE = re.compile(r"\[\[(\w+)(?::([^\]]*))?\]\]")
 KEY_SEQUENCE = re.compile(rb"\x1b\[[0-?]*[ -/]*[@-~]|\x1bO[ -~]")
 PARTIAL_SEQUENCE = re.compile(rb"\x1b(?:\[[0-?]*[ -/]*|O)?\Z")
@@ -144,6 +186,13 @@ class Plan:
         self.fail: str | None = None
         self.flood_mb = 0.0
         self.echo = False
+        self.notices: list[str] = []
+        self.retries = 0
+        self.retry_status = 529
+        self.retry_delay = 0.5
+        self.quota: tuple[str, float | None, str] | None = None
+        self.extra_usage = False
+        self.max_turns: int | None = None
         for name, value in DIRECTIVE.findall(prompt):
             try:
                 self._set(name.lower(), value, now)
@@ -175,6 +224,23 @@ class Plan:
             self.context = max(0.0, float(value))
         elif name == "fail":
             self.fail = value.strip() or "failed"
+        elif name == "notice":
+            self.notices.append(value.strip() or "Warning: a notice")
+        elif name == "retry":
+            parts = [p.strip() for p in value.split(",")]
+            count = max(0, int(parts[0] or 1))
+            status = int(parts[1]) if len(parts) > 1 and parts[1] else 529
+            delay = max(0.0, float(parts[2])) if len(parts) > 2 and parts[2] else 0.5
+            self.retries, self.retry_status, self.retry_delay = count, status, delay
+        elif name == "quota":
+            parts = [p.strip() for p in value.split(",")]
+            util = float(parts[1]) if len(parts) > 1 and parts[1] else None
+            window = parts[2] if len(parts) > 2 and parts[2] else "five_hour"
+            self.quota = (parts[0] or "allowed", util, window)
+        elif name == "extra_usage":
+            self.extra_usage = True
+        elif name == "maxturns":
+            self.max_turns = max(1, int(value or 40))
         elif name == "flood":
             self.flood_mb = max(0.0, float(value))
         elif name == "echo":
@@ -365,6 +431,8 @@ class Tui:
         self.spin = 0
         self.next_frame = 0.0
         self.compacting = False
+        self.retried = 0  # API retries shown for the current turn
+        self.footer_note = ""  # right side of the footer: "Now using extra usage", a quota warning
 
     @staticmethod
     def _cols() -> int:
@@ -395,6 +463,14 @@ class Tui:
             secs = int(time.monotonic() - self.turn_start)
             verb = "Compacting conversation" if self.compacting else VERBS[self.spin // 12 % len(VERBS)]
             lines.append(f"{ORANGE}{glyph} {verb}…{RESET} {GREY}({secs}s · esc to interrupt){RESET}")
+            plan = self.plan
+            if plan is not None and self.retrying_now():
+                # under the spinner, as 2.1.x words it: `529 Overloaded · retrying in 3s · attempt 3/10`
+                what = API_SHORT.get(plan.retry_status, "API error")
+                what = f"{plan.retry_status} {what}" if plan.retry_status in API_SHORT else what
+                left = max(1, math.ceil(self.turn_start + self.retried * plan.retry_delay - time.monotonic()))
+                tries = f"attempt {self.retried}/{max_retries()}"
+                lines.append(f"  {RED}⎿  {what} · retrying in {left}s · {tries}{RESET}")
             lines.append("")
         if self.asking:
             lines.extend(self.dialog())
@@ -422,8 +498,21 @@ class Tui:
             context = f"Context left until auto-compact: {left}%"
             gap = max(2, width - 17 - len(context))
             footer += " " * gap + f"{GREY}{context}{RESET}"
+        elif self.footer_note:
+            gap = max(2, width - 17 - len(self.footer_note))
+            footer += " " * gap + f"{GREY}{self.footer_note}{RESET}"
         lines.append(footer)
         return lines
+
+    def retrying_now(self) -> bool:
+        """Between a failed request and the next try ([[retry]])."""
+        plan = self.plan
+        return (
+            self.busy
+            and plan is not None
+            and self.retried > 0
+            and time.monotonic() < self.turn_start + self.retried * plan.retry_delay
+        )
 
     def dialog(self) -> list[str]:
         width = self.cols - 1
@@ -517,7 +606,19 @@ class Tui:
         self.deadline = self.turn_start + (0.3 if compacting else plan.think)
         self.spin = 0
         self.next_frame = self.turn_start + FRAME_S
-        self.static(echo)
+        self.retried = 0
+        if plan.retries:  # each failed request waits its delay before the next try
+            self.deadline += min(plan.retries, max_retries() + 1) * plan.retry_delay
+        notes = [f"{GREY}{text}{RESET}" for text in plan.notices]
+        if plan.quota is not None:
+            status, util, window = plan.quota
+            name = WINDOW_NAMES.get(window, window)
+            if status == "allowed_warning":
+                used = f" ({util:.0%} used)" if util is not None else ""
+                self.footer_note = f"Approaching {name} limit{used}"
+        if plan.extra_usage:
+            self.footer_note = EXTRA_USAGE
+        self.static([*echo, *notes] if notes else echo)
         if plan.flood_mb:
             out = self.erase()
             write(out)
@@ -529,6 +630,15 @@ class Tui:
             return
         if self.menu is not None:
             return
+        plan = self.plan
+        if (
+            plan is not None
+            and self.retried < min(plan.retries, max_retries())
+            and not self.asking
+            and now >= self.turn_start + self.retried * plan.retry_delay
+        ):
+            self.retried += 1  # the spinner line says so until the next try (frame)
+            self.redraw()
         if self.deadline is not None and now >= self.deadline and not self.asking:
             self.deadline = None
             self.finish()
@@ -544,6 +654,9 @@ class Tui:
         wait = self.next_frame - now
         if self.deadline is not None:
             wait = min(wait, self.deadline - now)
+        plan = self.plan
+        if plan is not None and self.retried < min(plan.retries, max_retries()):
+            wait = min(wait, self.turn_start + self.retried * plan.retry_delay - now)
         return max(0.0, wait)
 
     def finish(self) -> None:
@@ -578,6 +691,18 @@ class Tui:
         if plan.picker:
             plan.picker = False
             self.show_menu(self.model_picker())
+            return
+        if plan.retries > max_retries():  # the retries ran out: the request failed
+            what = API_SHORT.get(plan.retry_status, "Connection error")
+            shown = (
+                f"API Error: {plan.retry_status} {what}."
+                if plan.retry_status in API_SHORT
+                else f"API Error: {what}."
+            )
+            failed = f"{MARKER} status=failed reason={shown}"
+            self.end_turn(
+                [f"{RED}●{RESET} {shown} This is a server-side issue, usually temporary.", ""], failed
+            )
             return
         if plan.context is not None and plan.context >= 100:
             self.used = 100.0
@@ -1068,6 +1193,71 @@ class Headless:
                 time.sleep(3600)
         if plan.limitmenu is not None:  # no menu without a terminal: the limit's message, as 2.1.x
             plan.ratelimit = plan.limitmenu
+        if stream:
+            for text in plan.notices:
+                write(text + "\n")  # a warning on stdout, outside the JSON (as Claude Code prints them)
+            if plan.quota is not None:
+                status, util, window = plan.quota
+                info: dict[str, object] = {
+                    "status": status,
+                    "resetsAt": int(time.time()) + 3600,
+                    "rateLimitType": window,
+                    "isUsingOverage": False,
+                }
+                if util is not None:
+                    info["utilization"] = util
+                self.emit({"type": "rate_limit_event", "rate_limit_info": info, "session_id": self.session})
+            if plan.extra_usage:
+                info = {
+                    "status": "allowed",
+                    "resetsAt": int(time.time()) + 3600,
+                    "rateLimitType": "five_hour",
+                    "overageStatus": "allowed",
+                    "isUsingOverage": True,
+                }
+                self.emit({"type": "rate_limit_event", "rate_limit_info": info, "session_id": self.session})
+            most = max_retries()
+            for attempt in range(1, min(plan.retries, most) + 1):
+                kind, _body = api_error(plan.retry_status)
+                self.emit(
+                    {
+                        "type": "system",
+                        "subtype": "api_retry",
+                        "attempt": attempt,
+                        "max_retries": most,
+                        "retry_delay_ms": int(plan.retry_delay * 1000),
+                        "error_status": plan.retry_status or None,
+                        "error": kind,
+                        "session_id": self.session,
+                    }
+                )
+                time.sleep(plan.retry_delay)
+            if plan.retries > most:
+                _kind, body = api_error(plan.retry_status)
+                text = f"API Error: {plan.retry_status} {body}" if plan.retry_status else f"API Error: {body}"
+                self.assistant(text, error="unknown", isApiErrorMessage=True)
+                return self.end(
+                    stream,
+                    text,
+                    True,
+                    started,
+                    code=1,
+                    api_error_status=plan.retry_status or None,
+                    terminal_reason="api_error",
+                )
+        if plan.max_turns is not None:
+            self.grow(plan)
+            return self.end(
+                stream,
+                "",
+                True,
+                started,
+                subtype="error_max_turns",
+                code=1,
+                errors=[f"Reached maximum number of turns ({plan.max_turns})"],
+                num_turns=plan.max_turns + 1,
+                total_cost_usd=round(0.0123 * plan.max_turns, 6),
+            )
         if plan.ratelimit is not None:
             message = f"Claude AI usage limit reached|{plan.ratelimit}"
             if stream:

@@ -43,6 +43,7 @@ from ..tasks import Assignment
 from .base import (
     ApiRetry,
     ContextUsage,
+    ExtraUsage,
     Notice,
     ProtocolError,
     QuotaReport,
@@ -275,6 +276,8 @@ class StreamJsonDialect:
                 overage=overage if isinstance(overage, str) else None,
             )
         )
+        if info.get("isUsingOverage") is True:  # the plan's quota is spent: extra usage pays now
+            out.append(ExtraUsage("Now using extra usage"))
         if status == "rejected":
             self._rate_limited(
                 out, reset, f"rate limit rejected ({window if isinstance(window, str) else '?'})"
