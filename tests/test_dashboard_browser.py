@@ -516,3 +516,41 @@ async def test_the_capacity_chip_names_the_limit_that_holds_the_swarm_back(tmp_p
             expect(page.locator("#summary")).to_contain_text("workers 4")
 
         await in_browser(swarm, tmp_path, scenario)
+
+
+async def test_retrying_workers_quota_and_a_model_paused_for_extra_usage(tmp_path: Path) -> None:
+    """Issue 16 on the page: a worker whose agent retries the API reads "retrying 1/10, next in …",
+    the model chip shows the quota used (each window on hover), and extra usage parks a model
+    "until resumed" until the operator resumes it."""
+    from shoal.actors.tree import open_swarm
+
+    cfg = config(tmp_path, workers={"profile": "fake-stream"}, scaling={"max_workers": 3})
+    async with open_swarm(cfg) as swarm:
+
+        def scenario(page: Any, bridge: Bridge) -> None:
+            bridge.run(
+                swarm.submit,
+                {"id": "near", "prompt": "[[quota:allowed_warning,0.93,seven_day]] hi", "model": "sonnet"},
+            )
+            chip = page.locator('#model-states [data-model="sonnet"]')
+            expect(chip).to_contain_text("sonnet available · 93%")
+            expect(chip).to_have_attribute("data-quota", "warning")
+            assert "quota seven_day: 93% allowed_warning" in (chip.get_attribute("title") or "")
+            bridge.run(
+                swarm.submit, {"id": "busy", "prompt": "[[retry:3,529,4]] slow API", "model": "sonnet"}
+            )
+            row = page.locator(visible_rows("workers-table")).filter(has_text="busy")
+            expect(row.locator(".state-retrying")).to_contain_text(
+                re.compile(r"retrying \d+/10, next in \d+ s")
+            )
+            row.click()
+            expect(page.locator("#worker-detail .kv")).to_contain_text("529 overloaded")
+            shot(page, "dashboard-retrying")
+            bridge.run(swarm.submit, {"id": "spend", "prompt": "[[extra_usage]] hi", "model": "opus"})
+            opus = page.locator('#model-states [data-model="opus"]')
+            expect(opus).to_contain_text("opus parked until resumed")
+            assert "shoal models resume opus" in (opus.get_attribute("title") or "")
+            bridge.run(swarm.resume_model, "opus")
+            expect(opus).to_have_attribute("data-state", "available")
+
+        await in_browser(swarm, tmp_path, scenario)

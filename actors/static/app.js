@@ -212,17 +212,34 @@ class App {
     for (const view of Object.values(this.views)) view.onStatus?.(s);
   }
 
-  /** Header chips, one per model: available, parked until when (hover: the limit's message), failing. */
+  /** Header chips, one per model: available, parked until when or until resumed (hover: why),
+   * failing; with the highest quota use reported (hover: each window) and its workers retrying. */
   renderModels(models) {
-    const key = JSON.stringify(models.map((m) => [m.name, m.state, m.until, m.reason]));
+    const key = JSON.stringify(models.map((m) => [m.name, m.state, m.until, m.reason, m.quota, m.prefer_fallback, m.retrying]));
     const box = $("#model-states");
     if (box._v === key) return;
     box._v = key;
     box.replaceChildren(...models.map((m) => {
       let text = `${m.name} ${m.state}`;
-      if (m.state === "parked" && m.until) text += ` until ${fmtTime(m.until)}`;
-      const chip = el("span", { class: `chip model model-${m.state}`, dataset: { model: m.name, state: m.state } }, text);
-      chip.title = m.reason || `${m.name} takes work`;
+      if (m.state === "parked") text += m.until ? ` until ${fmtTime(m.until)}` : " until resumed";
+      const windows = Object.entries(m.quota || {});
+      const used = windows.map(([, q]) => q.utilization).filter((u) => typeof u === "number");
+      if (used.length) text += ` · ${Math.round(Math.max(...used) * 100)}%`;
+      if (m.retrying) text += ` · ${m.retrying} retrying`;
+      const warn = windows.some(([, q]) => q.status === "allowed_warning" || q.status === "rejected");
+      const chip = el("span", {
+        class: `chip model model-${m.state}${warn ? " quota-warning" : ""}`,
+        dataset: { model: m.name, state: m.state, quota: warn ? "warning" : used.length ? "ok" : "none" },
+      }, text);
+      const lines = [m.reason || `${m.name} takes work`];
+      for (const [w, q] of windows) {
+        const pct = typeof q.utilization === "number" ? ` ${Math.round(q.utilization * 100)}%` : "";
+        const reset = q.resets_at ? `, resets ${fmtTime(q.resets_at)}` : "";
+        lines.push(`quota ${w}:${pct} ${q.status}${reset}`);
+      }
+      if (m.prefer_fallback) lines.push("quota nearly used: its fallback model takes its movable work");
+      if (m.state === "parked" && !m.until) lines.push(`resume: shoal models resume ${m.name}`);
+      chip.title = lines.join("\n");
       return chip;
     }));
   }

@@ -18,11 +18,22 @@ const LIST_MS_PER_WORKER = 8;
 /** What a worker is doing, for people: "needs input" while its agent waits on a question (busy
  * on a task, or starting: the trust dialog of a new directory). */
 export function shownState(w) {
-  return w.needs_input ? "needs input" : w.state;
+  if (w.needs_input) return "needs input";
+  if (w.retrying && w.state === "busy") return retryingText(w.retrying);
+  return w.state;
+}
+
+/** "retrying 3/10, next in 8 s": the agent's client retries a failed API request (still busy). */
+export function retryingText(r, now = Date.now() / 1000) {
+  let text = `retrying ${r.attempt ?? "?"}`;
+  if (r.max_retries !== null && r.max_retries !== undefined) text += `/${r.max_retries}`;
+  if (typeof r.next_at === "number") text += `, next in ${Math.max(0, Math.round(r.next_at - now))} s`;
+  return text;
 }
 
 function shownClass(w) {
-  return stateClass(w.needs_input ? "needs_input" : w.state);
+  if (w.needs_input) return stateClass("needs_input");
+  return stateClass(w.retrying && w.state === "busy" ? "retrying" : w.state);
 }
 
 function workerList(result) {
@@ -47,7 +58,8 @@ export class WorkersView {
         { key: "id", title: "Worker", width: "minmax(110px,1.2fr)", text: (w) => w.id, sort: (w) => w.id },
         {
           key: "state", title: "State", width: "96px", text: shownState, cellClass: shownClass, sort: shownState,
-          tip: "needs input: the agent waits on a question for a human (answer it in the detail)",
+          tip: "needs input: the agent waits on a question for a human (answer it in the detail); "
+            + "retrying 3/10: the agent's API requests fail and it tries again (529 overloaded, 5xx, network)",
         },
         { key: "task", title: "Task", width: "minmax(90px,1.2fr)", text: (w) => w.task_id || "", sort: (w) => w.task_id || "" },
         { key: "model", title: "Model", width: "70px", text: (w) => w.model || "–", sort: (w) => w.model || "" },
@@ -134,6 +146,7 @@ export class WorkersView {
       w = { ...w };
       if (topic === "worker.state" && data.state) {
         w.state = data.state;
+        w.retrying = null;
         w.needs_input = null; // the worker clears it on every state change
         w.needs_input_since = null;
         w.needs_input_options = [];
@@ -149,8 +162,16 @@ export class WorkersView {
         w.needs_input = null; // answered (by Shoal's policy or a person): nothing to ask any more
         w.needs_input_since = null;
         w.needs_input_options = [];
+      } else if (topic === "worker.api_retry") {
+        const now = ts || Date.now() / 1000;
+        w.retrying = {
+          attempt: data.attempt ?? null, max_retries: data.max_retries ?? null, delay_s: data.delay_s ?? null,
+          next_at: typeof data.delay_s === "number" ? now + data.delay_s : null, status: data.status ?? null,
+          error: data.error || "unknown", since: w.retrying?.since ?? now,
+        };
       } else if (topic === "worker.context" && data.used_percent !== undefined) {
         w.context_used_percent = data.used_percent;
+        w.retrying = null; // the API answered
       } else if (topic === "worker.crashed") {
         w.crashes = (w.crashes || 0) + 1;
       } else if (topic === "worker.spawned" && data.model) {
@@ -167,7 +188,7 @@ export class WorkersView {
     const w = this.workers.get(data?.worker);
     if (!w) return;
     // a new or finished attempt asks nothing yet
-    const asked = { needs_input: null, needs_input_since: null, needs_input_options: [] };
+    const asked = { needs_input: null, needs_input_since: null, needs_input_options: [], retrying: null };
     if (topic === "task.running") this.workers.set(w.id, { ...w, ...asked, task_id: data.task_id, state: "busy" });
     else if (topic === "task.done") this.workers.set(w.id, { ...w, ...asked, task_id: null, tasks_done: (w.tasks_done || 0) + 1 });
     else if (topic === "task.failed" || topic === "task.requeued") this.workers.set(w.id, { ...w, ...asked });
@@ -324,6 +345,10 @@ export class WorkersView {
       ["state", shownState(w), shownClass(w)],
       ...(w.needs_input
         ? [["needs input", `${w.needs_input} (waiting ${fmtDuration(now - (w.needs_input_since || now))})`, "needs-input"]]
+        : []),
+      ...(w.retrying
+        ? [["API retries", `${retryingText(w.retrying, now)} · ${w.retrying.status ?? "network"} ${w.retrying.error}`
+          + ` · since ${fmtDuration(now - (w.retrying.since || now))}`, "retrying"]]
         : []),
       ["task", w.task_id || "–"],
       ["model", w.model || "–"],
