@@ -9,9 +9,10 @@ that it needs two numbers, both gathered here and handed to the pure `decide` as
   else the highest peak RSS (`VmHWM`) measured on that profile's workers, else a built-in estimate
   (`protocols.profiles.MEMORY_ESTIMATE_MB`), else `node.worker_memory_mb`.
 
-`CapacityMeter.run` samples every live worker's process tree every `workers.sample_interval_s`
-(`/proc/PID/status`: `VmRSS` now and `VmHWM`, its peak; children through
-`/proc/PID/task/*/children`), in a worker thread. A worker counts as measured only once it has been
+`CapacityMeter.run` samples every live worker's process tree every `workers.sample_interval_s`, in
+a worker thread: the agent's own `VmRSS` and `VmHWM` (its peak) from /proc/PID/status, plus the
+private memory of each descendant (found through /proc/PID/task/*/children) at that moment; a
+worker's cost is the highest such peak seen. A worker counts as measured only once it has been
 ready (its start-up RSS is not its cost); the peaks of the last workers that ended are kept, so the
 cost survives scale-down to zero.
 """
@@ -129,14 +130,35 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _private_kib(pid: int) -> int | None:
+    """Memory only this process holds (Private_Clean + Private_Dirty of smaps_rollup), in KiB.
+
+    Why not its RSS: agents fork (Claude Code's TUI now and then forks a copy of itself, ≈265 MiB of
+    RSS, nearly all of it pages shared copy-on-write with its parent); summing RSS would count those
+    pages twice and make a worker look twice as costly as it is."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            raw = f.read(8192)
+    except OSError:
+        got = _status_kib(pid)
+        return None if got is None else got[0]
+    private = 0
+    for line in raw.split(b"\n"):
+        if line.startswith((b"Private_Clean:", b"Private_Dirty:")):
+            private += int(line.split()[1])
+    return private
+
+
 def tree_memory(pid: int, max_procs: int = 256) -> tuple[int, int] | None:
-    """(resident bytes now, peak resident bytes) of `pid` and its descendants, summed; None when
-    `pid` is gone. Summing each process's own peak errs high (they need not peak together): a cost
-    is better too high than too low. Blocking (/proc reads): run it in a thread."""
+    """(resident bytes now, peak resident bytes) of `pid` and its descendants; None when `pid` is
+    gone. The process itself counts with its RSS now and its peak (VmHWM); each descendant with the
+    memory it alone holds now (private pages), so a forked child's pages shared with its parent are
+    not counted twice. Blocking (/proc reads): run it in a thread."""
     top = _status_kib(pid)
     if top is None:
         return None
     rss, hwm = top
+    extra = 0
     seen = {pid}
     todo = _children(pid)
     while todo and len(seen) < max_procs:
@@ -144,12 +166,11 @@ def tree_memory(pid: int, max_procs: int = 256) -> tuple[int, int] | None:
         if child in seen:
             continue
         seen.add(child)
-        got = _status_kib(child)
-        if got is not None:
-            rss += got[0]
-            hwm += got[1]
+        private = _private_kib(child)
+        if private is not None:
+            extra += private
             todo.extend(_children(child))
-    return rss * 1024, hwm * 1024
+    return (rss + extra) * 1024, (hwm + extra) * 1024
 
 
 @attrs.frozen

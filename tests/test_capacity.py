@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -19,7 +21,14 @@ from rich.console import Console
 from swarmkit import fake_profile, swarm_config, wait_for
 
 from shoal.actors import cli
-from shoal.actors.capacity import CapacityMeter, ProcessView, memory_fit, read_available_mb, tree_memory
+from shoal.actors.capacity import (
+    CapacityMeter,
+    ProcessView,
+    _children,
+    memory_fit,
+    read_available_mb,
+    tree_memory,
+)
 from shoal.actors.tree import open_swarm
 from shoal.protocols.config import SwarmConfig, config_from_dict
 from shoal.protocols.profiles import resolve_profile
@@ -215,3 +224,42 @@ def test_memory_keys_are_validated_naming_the_field_and_hot() -> None:
     with pytest.raises(ValidationError) as bad:
         config_from_dict({"node": {"worker_memory_mb": "lots"}})
     assert bad.value.field == "node.worker_memory_mb"
+
+
+FORKER = """
+import os, sys, time
+shared = bytearray(96 * 2**20)  # touched: resident in the parent, shared copy-on-write after fork
+for i in range(0, len(shared), 4096):
+    shared[i] = 1
+if os.fork() == 0:
+    own = bytearray(48 * 2**20)  # the child's private pages
+    for i in range(0, len(own), 4096):
+        own[i] = 1
+    print("child", flush=True)
+    time.sleep(60)
+    os._exit(0)
+print("parent", flush=True)
+time.sleep(60)
+"""
+
+
+async def test_a_forked_childs_shared_pages_are_not_counted_twice() -> None:
+    """A worker that forks (Claude Code's TUI does, now and then) shares its pages with the child:
+    the tree counts the child by its private memory, not its RSS (summing RSS read 2x the cost)."""
+    proc = await trio.lowlevel.open_process([sys.executable, "-c", FORKER], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        seen = b""
+        with trio.fail_after(30):
+            while seen.count(b"\n") < 2:  # both allocated and touched their pages
+                seen += await proc.stdout.receive_some(64)
+        got = tree_memory(proc.pid)
+        assert got is not None
+        rss, peak = got[0] / 2**20, got[1] / 2**20
+        # parent ≈ 96 MiB + interpreter; the child adds its 48 MiB private, not its ≈ 150 MiB of RSS
+        assert 140 < rss < 200 and peak >= rss - 1, (rss, peak)
+    finally:
+        for pid in _children(proc.pid):
+            os.kill(pid, signal.SIGKILL)
+        proc.kill()
+        await proc.wait()
