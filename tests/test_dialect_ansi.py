@@ -122,7 +122,7 @@ _PIECES = st.sampled_from([*_SEQUENCES.split(b" "), *_OTHERS, b"\x1b[?25l"])
 
 
 @given(st.lists(_PIECES, max_size=30))
-def test_cursor_moves_in_passes_equal_one_pass_per_sequence(pieces: list[bytes]) -> None:
-    """`_moves` (C-level passes, the hot path) gives what `_replace_slow` gives one sequence at a time."""
-    data = ansi._CSI_STAY.sub(b"", b"".join(pieces))  # what feed() runs first
-    assert ansi._moves(data) == ansi._ESC_ANY.sub(ansi._replace_slow, data).replace(b"\x1b", b"")
+def test_sequences_in_one_split_equal_one_pass_per_sequence(pieces: list[bytes]) -> None:
+    """`_sequences` (one split, the hot path) gives what `_replace_slow` gives one sequence at a time."""
+    data = b"".join(pieces)
+    assert ansi._sequences(data) == ansi._ESC_ANY.sub(ansi._replace_slow, data).replace(b"\x1b", b"")

@@ -24,10 +24,7 @@ _ESC_FULL = re.compile(
     rb"|[ -/]*[0-OQ-WYZ\\`-~])"
 )
 _SGR = re.compile(rb"\x1b\[[0-9;:]*m")
-# CSI sequences that keep the cursor on its line (colours, modes, erase-in-line, ...): deleted in bulk.
-# Finals excluded here (handled by the slow path): A B C E F G H J d f (moves to another line / column).
-_CSI_STAY = re.compile(rb"\x1b\[[0-?]*[ -/]*[@DIK-Z\[-ceg-~]")
-# What remains after the bulk pass, with the meaning of each final byte.
+# Every sequence, with the meaning of each final byte (the reference: _replace_slow).
 _ESC_ANY = re.compile(
     rb"\x1b(?:\[(?P<params>[0-?]*)[ -/]*(?P<final>[@-~])"
     rb"|\][^\x07\x1b]*(?:\x07|\x1b\\)"
@@ -62,31 +59,36 @@ def _incomplete_tail(data: bytes, esc: int) -> int:
     return esc
 
 
-# The cursor moves left after the bulk pass, each replaced in one C-level pass (no Python callback:
-# a TUI's redraws are mostly cursor moves). Sequences cannot nest (no ESC inside one), so these
-# passes give what one left-to-right pass over _ESC_ANY with _replace_slow gives.
-_CSI_LINE = re.compile(rb"\x1b\[[0-?]*[ -/]*[ABEFHJdf]")
-_CSI_FORWARD = re.compile(rb"\x1b\[[0-?]*[ -/]*C")
-_CSI_COL1 = re.compile(rb"\x1b\[(?:0|1)?G")
-_CSI_COLUMN = re.compile(rb"\x1b\[[0-?]*[ -/]*G")
+# After the colours, every CSI sequence in one split (the final byte and the parameters captured),
+# mapped to what it becomes in a list comprehension: a TUI's redraws are mostly cursor moves, and one
+# C-level pass plus a lookup per sequence beats a regex pass per kind or a Python callback per match.
+# Sequences cannot nest (no ESC inside one), so this gives what one left-to-right pass over _ESC_ANY
+# with _replace_slow gives (tests compare the two).
+_CSI_SPLIT = re.compile(rb"\x1b\[([0-?]*)[ -/]*([@-~])")
+_CSI_BECOMES = {bytes([c]): b"\n" for c in _LINE_FINALS} | {b"C": b" "}
+_COL1_PARAMS = frozenset({b"", b"0", b"1"})
 _ESC_OTHER = re.compile(rb"\x1b(?:\][^\x07\x1b]*(?:\x07|\x1b\\)|[PX^_][^\x1b]*\x1b\\|[ -/]*[0-OQ-WYZ\\`-~])")
 
 
-def _moves(data: bytes) -> bytes:
+def _sequences(data: bytes) -> bytes:
     """Cursor moves to line breaks / spaces / column 1, other sequences dropped, stray ESC removed."""
     if b"\x1b[" in data:
-        data = _CSI_LINE.sub(b"\n", data)
-        data = _CSI_FORWARD.sub(b" ", data)
-        if b"G" in data:
-            data = _CSI_COL1.sub(_COL1, data)
-            data = _CSI_COLUMN.sub(b" ", data)
+        parts = _CSI_SPLIT.split(data)
+        if len(parts) > 1:
+            becomes = _CSI_BECOMES.get
+            parts[1::3] = [
+                becomes(final, b"") if final != b"G" else _COL1 if params in _COL1_PARAMS else b" "
+                for params, final in zip(parts[1::3], parts[2::3], strict=True)
+            ]
+            del parts[2::3]
+            data = b"".join(parts)
     if b"\x1b" in data:
         data = _ESC_OTHER.sub(b"", data).replace(b"\x1b", b"")
     return data
 
 
 def _replace_slow(m: re.Match[bytes]) -> bytes:
-    """What one escape sequence becomes (the reference for _moves; tests compare the two)."""
+    """What one escape sequence becomes (the reference for _sequences; tests compare the two)."""
     final = m.group("final")
     if final is None:
         return b""
@@ -127,9 +129,7 @@ class AnsiStripper:
                 self._note_modes(data)
             data = b"".join(_SGR.split(data))  # colours: nearly all of it (split+join beats sub)
             if b"\x1b" in data:
-                data = _CSI_STAY.sub(b"", data)
-                if b"\x1b" in data:
-                    data = _moves(data)
+                data = _sequences(data)
         if not data:
             return ""
         if self._skip_lf:
