@@ -145,6 +145,7 @@ API_ERROR_LINE = re.compile(
 )
 
 
+_LINES_READ_MAX = 512  # decided lines remembered (a TUI redraws the same few lines over and over)
 _API_HINTS = ("imit", "etrying in", "API Error", "Invalid API key", "OAuth token", "has disabled Claude")
 
 
@@ -302,6 +303,7 @@ class PatternScanner:
         self.needs_input = tuple(needs_input)
         self.last_context: float | None = None
         self._limits_seen: set[str] = set()
+        self._lines_read: set[str] = set()  # hint lines (with the line after) decided since reset_task
         self._question: tuple[str, tuple[str, ...]] | None = None  # the last question asked
         self._open_menu: tuple[str, ...] | None = None  # options of a menu the last read ended in
         self.question_seen = False  # a question (new or repeated) was in the last scanned text
@@ -309,6 +311,7 @@ class PatternScanner:
 
     def reset_task(self) -> None:
         self._limits_seen.clear()
+        self._lines_read.clear()
         self._question = None
 
     def flush(self, now_epoch: float) -> list[Hit]:
@@ -433,6 +436,9 @@ class PatternScanner:
             nxt_end = text.find("\n", end + 1) if end < size else -1
             last = end + 1 >= size  # no line after this one (yet)
             nxt = None if last else text[end + 1 : size if nxt_end < 0 else nxt_end]
+            key = line if nxt is None else f"{line}\n{nxt}"
+            if key in self._lines_read:
+                continue  # a redraw of a line already decided: same finding, already reported
             at = max(0, pos - shift)
             if "imit" in line:
                 e = _EXHAUSTED.search(line)
@@ -458,6 +464,9 @@ class PatternScanner:
                     return
                 if nxt is None or "etrying in" not in nxt:
                     self._api_line(a.group("reason"), at, now_epoch)
+            if len(self._lines_read) >= _LINES_READ_MAX:
+                self._lines_read.clear()
+            self._lines_read.add(key)
 
     def _retry(self, line: str, before: str, at: int) -> None:
         """A TUI retry line: ApiRetry, once per attempt (the screen redraws it)."""
