@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import FIXTURES
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from shoal.protocols.dialects import ansi
@@ -122,6 +122,9 @@ _PIECES = st.sampled_from([*_SEQUENCES.split(b" "), *_OTHERS, b"\x1b[?25l"])
 
 
 @given(st.lists(_PIECES, max_size=30))
+@example([b"\x1b", b"\x1b[?25l", b"A"])  # a stray ESC before a dropped sequence: "A" stays
+@example([b"\x1b", b"\x1b[5C", b"A"])  # ... before a cursor-forward: " A"
+@settings(max_examples=300)
 def test_sequences_in_one_split_equal_one_pass_per_sequence(pieces: list[bytes]) -> None:
     """`_sequences` (one split, the hot path) gives what `_replace_slow` gives one sequence at a time."""
     data = b"".join(pieces)

@@ -65,7 +65,10 @@ def _incomplete_tail(data: bytes, esc: int) -> int:
 # Sequences cannot nest (no ESC inside one), so this gives what one left-to-right pass over _ESC_ANY
 # with _replace_slow gives (tests compare the two).
 _CSI_SPLIT = re.compile(rb"\x1b\[([0-?]*)[ -/]*([@-~])")
-_CSI_BECOMES = {bytes([c]): b"\n" for c in _LINE_FINALS} | {b"C": b" "}
+# What a sequence becomes, behind a mark (\x1d, removed after): a stray ESC before a sequence must not
+# form a new sequence with what the sequence became or with what follows it ("\x1b" "\x1b[?25l" "A").
+_MARK = b"\x1d"
+_CSI_BECOMES = {bytes([c]): b"\n" for c in _LINE_FINALS} | {b"C": _MARK + b" "}
 _COL1_PARAMS = frozenset({b"", b"0", b"1"})
 _ESC_OTHER = re.compile(rb"\x1b(?:\][^\x07\x1b]*(?:\x07|\x1b\\)|[PX^_][^\x1b]*\x1b\\|[ -/]*[0-OQ-WYZ\\`-~])")
 
@@ -77,14 +80,14 @@ def _sequences(data: bytes) -> bytes:
         if len(parts) > 1:
             becomes = _CSI_BECOMES.get
             parts[1::3] = [
-                becomes(final, b"") if final != b"G" else _COL1 if params in _COL1_PARAMS else b" "
+                becomes(final, _MARK) if final != b"G" else _COL1 if params in _COL1_PARAMS else _MARK + b" "
                 for params, final in zip(parts[1::3], parts[2::3], strict=True)
             ]
             del parts[2::3]
             data = b"".join(parts)
     if b"\x1b" in data:
         data = _ESC_OTHER.sub(b"", data).replace(b"\x1b", b"")
-    return data
+    return data.replace(_MARK, b"")
 
 
 def _replace_slow(m: re.Match[bytes]) -> bytes:
