@@ -1143,7 +1143,10 @@ class WorkerActor:
         if isinstance(decision, menus.Answer):
             if self._asked is not None:
                 self._question_answered()
-            self._type_answer(menus.keys_for(decision.choice, decision.label, asked), menus.ANSWER_DELAY_S)
+            if not self._type_answer(
+                menus.keys_for(decision.choice, decision.label, asked), menus.ANSWER_DELAY_S
+            ):
+                return  # the same menu drawn again while its answer is on the way: answered once
             log.info("worker %s: %r answered %d. %s (%s)", self.id, asked.prompt, decision.choice,
                      decision.label, decision.why)  # fmt: skip
             await self._report(
@@ -1183,7 +1186,7 @@ class WorkerActor:
             raise Conflict(f"worker {self.id} is not waiting on a question")
         number, label = menus.parse_choice(choice, asked)
         delay = max(0.0, self._asked_at + menus.ANSWER_DELAY_S - trio.current_time())
-        self._type_answer(menus.keys_for(number, label, asked), delay)
+        self._type_answer(menus.keys_for(number, label, asked), delay, again=True)
         self._question_answered()
         task_id = self._task.task_id if self._task is not None else None
         await self._report(
@@ -1196,19 +1199,17 @@ class WorkerActor:
         if self._awaiting_ready_until == math.inf:  # start-up goes on: its timeout runs again
             self._awaiting_ready_until = trio.current_time() + self.profile.startup_timeout_s
 
-    def _type_answer(self, keys: bytes, delay: float) -> None:
+    def _type_answer(self, keys: bytes, delay: float, *, again: bool = False) -> bool:
+        """Type `keys` after `delay`; False when these very keys are already on their way (unless
+        `again`: a person answered a new question)."""
         inc = self._inc
         if inc is None:
-            return
+            return False
         typing = self._typing
-        if (
-            typing is not None
-            and typing.gen == inc.gen
-            and typing.keys == keys
-            and typing.check_at is not None
-        ):
-            return  # the same menu reported again while its answer is on the way
+        if not again and typing is not None and typing.gen == inc.gen and typing.keys == keys:
+            return False
         self._typing = _Typing(inc.gen, keys, trio.current_time() + delay)
+        return True
 
     def _type_due(self, now: float) -> None:
         typing, inc = self._typing, self._inc

@@ -121,6 +121,14 @@ async def tasks_and_workers(call: Calls, stream: EventStream) -> None:
         done = await until(stream, "task.done", task_id="pinned")
         assert done.data["worker"] == wid
 
+        # a menu the agent waits on (the fake agent's model picker): a person answers it
+        await call("tasks.submit", {"task": {"id": "menu", "prompt": "[[picker]] choose a model"}})
+        asked = await until(stream, "worker.needs_input", task_id="menu")
+        assert asked.data["options"][1].startswith("Opus")
+        answered = await call("workers.answer", {"id": asked.data["worker"], "choice": 2})
+        assert answered["choice"] == 2 and answered["label"].startswith("Opus")
+        await until(stream, "task.done", task_id="menu")
+
     async with idle_worker(call, stream) as wid:
         # an agent that reports its own completion (while its turn is still drawing)
         await call("tasks.submit", {"task": {"id": "self", "prompt": "[[think:1]] reporting myself"}})
