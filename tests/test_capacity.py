@@ -136,8 +136,12 @@ async def test_free_memory_is_read_from_the_configured_file(tmp_path: Path) -> N
 
 
 async def _sleeper(*, task_status: trio.TaskStatus[trio.Process]) -> None:
-    proc = await trio.lowlevel.open_process([sys.executable, "-c", "import time; time.sleep(60)"])
+    code = "import time; print('up', flush=True); time.sleep(60)"
+    proc = await trio.lowlevel.open_process([sys.executable, "-c", code], stdout=subprocess.PIPE)
     try:
+        assert proc.stdout is not None
+        with trio.fail_after(30):  # up: the interpreter has started (before that its RSS is a fork's)
+            await proc.stdout.receive_some(16)
         task_status.started(proc)
         await proc.wait()
     finally:
