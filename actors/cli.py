@@ -378,7 +378,12 @@ def held_back_text(cap: dict[str, Any]) -> str:
     if unmet:
         text += f": {unmet} more worker{'s' if unmet != 1 else ''} wanted"
     more = [_HELD.get(x, x).split(" (")[0] for x in cap.get("limited_by") or [] if x != held]
-    return text + (f"; also {', '.join(more)}" if more else "")
+    text += f"; also {', '.join(more)}" if more else ""
+    stranded = cap.get("stranded_categories") or {}
+    if stranded:
+        cats = ", ".join(f"{c} ({m})" for m, names in sorted(stranded.items()) for c in names)
+        text += f"; waiting for a worker that takes them: {cats}"
+    return text
 
 
 def workers_table(workers: list[dict[str, Any]]) -> Table:

@@ -311,6 +311,8 @@ class SwarmHandle:
             "held_back_by": summary.get("held_back_by"),
             "limited_by": summary.get("limited_by", []),
             "unmet": summary.get("unmet", 0),
+            # ready work of a category no serving worker takes, by the model a worker is wanted for
+            "stranded_categories": (summary.get("categories") or {}).get("stranded", {}),
         }
 
     async def kill_child(self, path: str, reason: str = "killed by operator") -> None:

@@ -54,6 +54,8 @@ async def test_category_no_worker_takes_gets_a_worker_at_once_at_the_cap(tmp_pat
             await swarm.submit({"id": "b", "prompt": "build it", "category": "build"})
             down = await wait_for(sub, "scale.down", timeout=30)
             assert down.data["reason"] == "rebalance"
+            assert down.data["inputs"]["categories"]["stranded"] == {"sonnet": ["build"]}
+
             up = await wait_for(sub, "scale.up", timeout=30)
             assert up.data["reason"] == "category"
             done = await swarm.wait("b", timeout=30)
@@ -267,3 +269,30 @@ async def test_a_forked_childs_shared_pages_are_not_counted_twice() -> None:
             os.kill(pid, signal.SIGKILL)
         proc.kill()
         await proc.wait()
+
+
+def test_status_lines_for_people() -> None:
+    cap: dict[str, object] = {
+        "workers": 2,
+        "max_workers": 2,
+        "free_memory_mb": None,
+        "memory_error": "/nope: No such file or directory",
+        "profile": "claude",
+        "worker_memory_mb": 300.0,
+        "worker_memory_source": "estimate",
+        "can_start": 0,
+        "held_back_by": None,
+        "limited_by": [],
+        "unmet": 0,
+    }
+    assert cli.capacity_text(cap) == (
+        "2/2 workers · free memory unknown (/nope: No such file or directory)"
+        " · 300.0MiB a worker (claude, estimate) · 0 more fit"
+    )
+    assert cli.held_back_text(cap) == "nothing"
+    cap.update(held_back_by="max_workers", limited_by=["max_workers", "memory"], unmet=1)
+    cap["stranded_categories"] = {"sonnet": ["build"]}
+    assert cli.held_back_text(cap) == (
+        "max_workers (scaling.max_workers): 1 more worker wanted; also memory;"
+        " waiting for a worker that takes them: build (sonnet)"
+    )

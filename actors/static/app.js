@@ -261,6 +261,7 @@ class App {
       `memory: ${free}`,
       `a ${cap.profile} worker: ${mib(cap.worker_memory_mb)} (${cap.worker_memory_source})`,
       `${cap.memory_fit ?? "any number"} more fit in memory`,
+      ...Object.entries(cap.stranded_categories || {}).map(([model, cats]) => `waiting for a ${model} worker that takes ${cats.join(", ")}`),
     ].join("\n");
     const key = `${held}|${text}|${title}`;
     chip.hidden = false;
