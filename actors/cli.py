@@ -624,6 +624,47 @@ def cmd_task(args: argparse.Namespace) -> int:
     return _run(args, go)
 
 
+_DIFF_STYLES = (
+    *(("+++", "bold"), ("---", "bold"), ("diff ", "bold")),
+    *(("+", "green"), ("-", "red"), ("@@", "cyan")),
+)
+
+
+def diff_text(patch: str) -> Text:
+    """A unified diff with git's colours: additions green, removals red, hunk headers cyan."""
+    text = Text()
+    for line in patch.splitlines(keepends=True):
+        style = next((s for prefix, s in _DIFF_STYLES if line.startswith(prefix)), "")
+        text.append(line, style=style)
+    return text
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    async def go(c: Client) -> int:
+        reply = await c.diff(args.id, args.attempt, args.stat)
+        if args.json:
+            _print_json(reply)
+            return EXIT_OK
+        span = f"{reply['base'][:12]}..{reply['head'][:12]}"
+        files = reply.get("files_changed", len(reply["files"]))
+        head = (
+            f"task {reply['id']}, attempt {reply['attempt']}: branch {reply['branch']} ({span}), "
+            f"{files} file(s), +{reply['insertions']} -{reply['deletions']}"
+        )
+        tty = sys.stdout.isatty()
+        console = _console()
+        console.print(Text(head, style="bold") if tty else head)
+        if tty:
+            console.print(diff_text(reply["diff"]), end="")
+        else:
+            sys.stdout.write(reply["diff"])
+        if reply.get("truncated"):
+            console.print(f"(the patch was cut: see it whole with git diff {reply['base']} {reply['head']})")
+        return EXIT_OK
+
+    return _run(args, go)
+
+
 def _stop_on_sigint() -> None:
     """A command that runs until Ctrl-C must stop on SIGINT even when it was started ignoring it.
 
@@ -1366,6 +1407,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="follow the cursor to the end")
     p = command("task", cmd_task, "one task with its attempts", True)
     p.add_argument("id")
+    p = command("diff", cmd_diff, "the change a task left on its branch (worktree profiles)", True)
+    p.add_argument("id")
+    p.add_argument("--attempt", type=int, help="that attempt's change (default: the latest that left one)")
+    p.add_argument("--stat", action="store_true", help="files and lines changed, not the patch")
     p = command("logs", cmd_logs, "a worker's recent output", False)
     p.add_argument("worker")
     p.add_argument("--tail", type=int, help="only the last N bytes")

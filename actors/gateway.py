@@ -288,6 +288,7 @@ class _Connection:
             "tasks.submit": self._submit,
             "tasks.get": self._get,
             "tasks.list": self._list,
+            "tasks.diff": self._diff,
             "tasks.cancel": self._task_op("cancel"),
             "tasks.retry": self._task_op("retry"),
             "tasks.skip": self._task_op("skip"),
@@ -669,6 +670,9 @@ class _Connection:
 
     async def _get(self, p: api.IdParams) -> Any:
         return unstructure(await self.swarm.get(p.id))
+
+    async def _diff(self, p: api.DiffParams) -> Any:
+        return await self.swarm.diff(p.id, p.attempt, p.stat)
 
     async def _list(self, p: api.ListTasksParams) -> Any:
         tasks, cursor = await self.swarm.list(p.state, p.limit, p.cursor)

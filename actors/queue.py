@@ -993,6 +993,7 @@ class QueueActor:
             signal=r.signal,
             output_tail=r.output_tail,
             usage=r.usage,
+            workspace=r.workspace,
         )
         if not ok:
             self._extra_events.append(

@@ -119,8 +119,13 @@ def _migrate_3(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE attempts ADD COLUMN usage TEXT NOT NULL DEFAULT '{}'")
 
 
+def _migrate_4(conn: sqlite3.Connection) -> None:
+    """Version 4: what an attempt's workspace kept (a worktree's branch, commits and change)."""
+    conn.execute("ALTER TABLE attempts ADD COLUMN workspace TEXT")
+
+
 # MIGRATIONS[i] upgrades a database from user_version i to i + 1, inside one transaction.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_1, _migrate_2, _migrate_3]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_1, _migrate_2, _migrate_3, _migrate_4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _MUTABLE = (
@@ -168,6 +173,7 @@ _ATTEMPT_COLS = (
     "signal",
     "output_tail",
     "usage",
+    "workspace",
 )
 _UPSERT_ATTEMPT = (
     f"INSERT OR REPLACE INTO attempts ({', '.join(_ATTEMPT_COLS)}) "
@@ -268,6 +274,7 @@ def apply_changes(conn: sqlite3.Connection, changes: Iterable[Change]) -> int:
                     a.signal,
                     a.output_tail,
                     json.dumps(a.usage, default=str) if a.usage else "{}",
+                    json.dumps(a.workspace, default=str) if a.workspace is not None else None,
                 )
                 for tid, per_task in attempts.items()
                 for a in per_task.values()
@@ -280,7 +287,7 @@ def load_tasks(conn: sqlite3.Connection) -> list[StoredTask]:
     """Every task with its attempts, in submission order."""
     attempts: dict[str, list[Attempt]] = {}
     for row in conn.execute(f"SELECT {', '.join(_ATTEMPT_COLS)} FROM attempts ORDER BY task_id, n"):
-        tid, n, worker, model, started, ended, outcome, reason, exit_code, sig, tail, usage = row
+        tid, n, worker, model, started, ended, outcome, reason, exit_code, sig, tail, usage, ws = row
         attempts.setdefault(tid, []).append(
             Attempt(
                 n=n,
@@ -294,6 +301,7 @@ def load_tasks(conn: sqlite3.Connection) -> list[StoredTask]:
                 signal=sig,
                 output_tail=tail,
                 usage=json.loads(usage) if usage else {},
+                workspace=json.loads(ws) if ws else None,
             )
         )
     out: list[StoredTask] = []

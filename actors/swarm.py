@@ -38,6 +38,8 @@ from .capacity import CapacityMeter, memory_fit
 from .metrics import MetricsActor
 from .scaler import ScalerActor, ScalerInputs
 from .swarm_supervisor import SwarmSupervisor
+from .workspace import WorkspaceError
+from .worktree import diff as worktree_diff
 
 VERSION = "0.1.0"
 FAILING_MIN_ATTEMPTS = 3  # a model is `failing` once over half of at least this many recent attempts failed
@@ -185,6 +187,30 @@ class SwarmHandle:
         check_text(task_id, "id")
         task: Task = await self._queue.call(q.GetTask(task_id))
         return task
+
+    async def diff(self, task_id: str, attempt: int | None = None, stat: bool = False) -> dict[str, Any]:
+        """The change a task's attempt left in its worktree (the latest attempt that left one, or
+        `attempt`): its record (branch, base, head, files, insertions, deletions) and the patch text
+        (`stat`: git's --stat instead). Conflict when there is none (e.g. not a worktree profile)."""
+        task = await self.get(task_id)
+        kept = [a for a in task.attempts if a.workspace and a.workspace.get("head")]
+        if attempt is not None:
+            kept = [a for a in kept if a.n == attempt]
+            if not any(a.n == attempt for a in task.attempts):
+                raise NotFound("attempt", f"{task_id}#{attempt}")
+        if not kept:
+            which = f"attempt {attempt}" if attempt is not None else "no attempt"
+            raise Conflict(
+                f"task {task_id}: {which} left a change in a worktree (its profile's workspace.mode is not "
+                '"worktree", or the attempt has not ended)'
+            )
+        chosen = kept[-1]
+        assert chosen.workspace is not None
+        try:
+            patch = await worktree_diff(chosen.workspace, stat=stat)
+        except WorkspaceError as exc:
+            raise Conflict(f"task {task_id}, attempt {chosen.n}: {exc}") from None
+        return {"id": task_id, "attempt": chosen.n, **chosen.workspace, **patch}
 
     async def list(
         self, state: TaskState | str | None = None, limit: int = 100, cursor: str | None = None

@@ -1207,6 +1207,7 @@ class TaskBook:
         signal: int | None = None,
         output_tail: str | None = None,
         usage: Mapping[str, Any] | None = None,
+        workspace: Mapping[str, Any] | None = None,
     ) -> bool:
         """Record how the open attempt ended. Returns False (and counts it) when the report is for a
         stale or unknown attempt: a result is recorded exactly once."""
@@ -1230,6 +1231,7 @@ class TaskBook:
             signal=signal,
             output_tail=output_tail,
             usage=dict(usage) if usage else {},
+            workspace=dict(workspace) if workspace else None,
         )
         rec.attempts[-1] = closed
         running = self._running.get(att.worker)

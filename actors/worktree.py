@@ -31,6 +31,8 @@ from ..protocols.tasks import Assignment, Outcome
 from .workspace import SharedDirectory, Workspace, WorkspaceError
 
 GIT_TIMEOUT_S = 120.0
+MAX_FILES_LISTED = 1000  # an attempt's record lists this many changed files; `files_changed` counts all
+MAX_DIFF_BYTES = 4 * 1024 * 1024  # tasks.diff returns at most this much patch text (`truncated`)
 _ENV = {
     "GIT_TERMINAL_PROMPT": "0",  # never wait on a credential prompt
     "GIT_OPTIONAL_LOCKS": "0",  # `git status` must not take index.lock while the agent works
@@ -169,11 +171,13 @@ class GitWorktree:
         on = (await git(path, "symbolic-ref", "-q", "--short", "HEAD", check=False)).strip()
         files, insertions, deletions = _numstat(await git(path, "diff", "--numstat", base, head))
         record: dict[str, Any] = {
+            "repo": self.repo,
             "branch": branch,
             "base": base,
             "head": head,
             "committed": committed,
-            "files": files,
+            "files": files[:MAX_FILES_LISTED],
+            "files_changed": len(files),
             "insertions": insertions,
             "deletions": deletions,
         }
@@ -227,12 +231,16 @@ async def _clean(path: Path) -> None:
     await git(path, "clean", "-q", "-fdx")
 
 
-async def _has_staged(path: Path) -> bool:
+async def _git_ok(cwd: str | Path, *args: str) -> bool:
+    """Whether `git -C cwd args…` exits 0 (for git's yes/no questions)."""
     env = {**os.environ, **_ENV}
-    done = await trio.run_process(
-        ["git", "-C", str(path), "diff", "--cached", "--quiet"], check=False, env=env, capture_stdout=True
-    )
-    return done.returncode == 1
+    argv = ["git", "-C", str(cwd), *args]
+    done = await trio.run_process(argv, check=False, env=env, capture_stdout=True, capture_stderr=True)
+    return done.returncode == 0
+
+
+async def _has_staged(path: Path) -> bool:
+    return not await _git_ok(path, "diff", "--cached", "--quiet")  # exit 1: there are staged changes
 
 
 def _commit_message(task: Assignment, outcome: Outcome) -> str:
@@ -254,3 +262,27 @@ def _numstat(out: str) -> tuple[list[str], int, int]:
         insertions += int(added) if added.isdigit() else 0  # "-" for a binary file
         deletions += int(removed) if removed.isdigit() else 0
     return files, insertions, deletions
+
+
+async def diff(
+    record: dict[str, Any], *, stat: bool = False, max_bytes: int = MAX_DIFF_BYTES
+) -> dict[str, Any]:
+    """The change an attempt's record names (`git diff base head` in its repository), as text.
+
+    Read from the repository's objects, so it does not depend on the worktree still existing. Raises
+    WorkspaceError when the repository or one of the commits is gone.
+    """
+    repo, base, head = record.get("repo"), record.get("base"), record.get("head")
+    if not (isinstance(repo, str) and isinstance(base, str) and isinstance(head, str)):
+        raise WorkspaceError("the attempt's workspace record names no commits to compare")
+    if not await trio.Path(repo).is_dir():
+        raise WorkspaceError(f"the repository {repo} is gone")
+    for commit in (base, head):
+        if not await _git_ok(repo, "cat-file", "-e", f"{commit}^{{commit}}"):
+            raise WorkspaceError(f"commit {commit[:12]} is no longer in {repo}")
+    args = ["diff", "--no-color", "--no-ext-diff", "--find-renames"]
+    text = await git(repo, *args, *(["--stat=100"] if stat else []), base, head)
+    truncated = len(text.encode()) > max_bytes
+    if truncated:
+        text = text.encode()[:max_bytes].decode(errors="ignore")
+    return {"diff": text, "truncated": truncated}

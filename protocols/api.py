@@ -179,6 +179,13 @@ class SubmitParams:
 
 
 @attrs.frozen
+class DiffParams:
+    id: str = attrs.field(metadata=_ID)
+    attempt: int | None = attrs.field(default=None, metadata=_range(lo=1))
+    stat: bool = False  # git's --stat instead of the patch
+
+
+@attrs.frozen
 class ListTasksParams:
     state: TaskState | None = None
     limit: int = attrs.field(default=100, metadata=_range(lo=1, hi=MAX_LIST_LIMIT))
@@ -259,6 +266,7 @@ METHODS: dict[str, Method] = {
         Method("tasks.submit", SubmitParams, "submit one task or several atomically"),
         Method("tasks.get", IdParams, "one task"),
         Method("tasks.list", ListTasksParams, "tasks, newest first, by page"),
+        Method("tasks.diff", DiffParams, "the change a task's attempt left in its worktree"),
         Method("tasks.cancel", IdParams, "cancel a task"),
         Method("tasks.retry", IdParams, "run a failed or dead task again"),
         Method("tasks.skip", IdParams, "mark a task skipped"),

@@ -71,6 +71,8 @@ class Attempt:
     output_tail: str | None = None
     # tokens and cost this attempt ran up, as the agent reported them: a failed attempt costs too
     usage: dict[str, Any] = attrs.field(factory=dict)
+    # what the worker's workspace kept (a worktree: repo, branch, base, head, files, insertions, deletions)
+    workspace: dict[str, Any] | None = None
 
 
 @attrs.frozen

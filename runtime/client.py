@@ -517,6 +517,14 @@ class Client:
     async def get(self, task_id: str) -> Task:
         return _task(await self.call("tasks.get", {"id": task_id}))
 
+    async def diff(self, task_id: str, attempt: int | None = None, stat: bool = False) -> dict[str, Any]:
+        """The change the task's attempt left in its worktree: record and patch text (tasks.diff)."""
+        params: dict[str, Any] = {"id": task_id, "stat": stat}
+        if attempt is not None:
+            params["attempt"] = attempt
+        result: dict[str, Any] = await self.call("tasks.diff", params)
+        return result
+
     async def list_tasks(
         self, state: TaskState | str | None = None, limit: int = 100, cursor: str | None = None
     ) -> tuple[list[Task], str | None]:

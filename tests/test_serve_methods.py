@@ -12,10 +12,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 from test_cli import shoal_serve
 
 from shoal.protocols import api, rpc
+from shoal.protocols.errors import Conflict
 from shoal.runtime.client import Client, EventStream, connect
 from shoal.runtime.eventbus import Event
 
@@ -99,6 +101,8 @@ async def tasks_and_workers(call: Calls, stream: EventStream) -> None:
         await call("tasks.submit", {"task": {"id": "hello", "prompt": "hello there"}})
         await until(stream, "task.done", task_id="hello")
         assert (await call("tasks.get", {"id": "hello"}))["state"] == "done"
+        with pytest.raises(Conflict, match="worktree"):  # the fake profile works in no worktree
+            await call("tasks.diff", {"id": "hello"})
         page = await call("tasks.list", {"state": "done", "limit": 10})
         assert "hello" in [t["id"] for t in page["tasks"]]
         logs = await call("workers.logs", {"id": wid, "tail": 4096})

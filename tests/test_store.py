@@ -282,7 +282,7 @@ async def test_migration_from_schema_version_1(tmp_path: Path) -> None:
     assert old.result == "kept" and old.usage == {} and old.dep_failure is None
     assert old.attempts[0].output_tail is None and old.attempts[0].outcome is Outcome.DONE
     assert old.attempts[0].usage == {}  # version 3: usage per attempt, empty for older rows
-    assert (await db_read(path, "PRAGMA user_version"))[0][0] == SCHEMA_VERSION == 3
+    assert (await db_read(path, "PRAGMA user_version"))[0][0] == SCHEMA_VERSION == 4
 
 
 def digest(path: Path) -> str:

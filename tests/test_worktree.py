@@ -5,14 +5,23 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import attrs
 import pytest
 import trio
+from test_cli import shoal
 
 from shoal.actors.tree import open_swarm
 from shoal.actors.workspace import SharedDirectory, WorkspaceError
 from shoal.actors.worktree import GitWorktree, Worktrees, branch_name
-from shoal.protocols.config import ProfileConfig, WorkspaceConfig, config_from_dict, unstructure
-from shoal.protocols.errors import ValidationError
+from shoal.protocols.config import (
+    GatewayConfig,
+    ProfileConfig,
+    ScalingConfig,
+    WorkspaceConfig,
+    config_from_dict,
+    unstructure,
+)
+from shoal.protocols.errors import Conflict, NotFound, ValidationError
 from shoal.protocols.profiles import BUILTIN_PROFILES
 from shoal.protocols.tasks import Assignment, Outcome, TaskState
 
@@ -198,6 +207,7 @@ async def test_a_swarm_of_shell_workers_keeps_each_tasks_change_on_its_own_branc
             "state_dir": str(tmp_path / "state"),
             "workers": {"profile": "coder", "profiles": {"coder": coder}},
             "scaling": {"min_workers": 2, "max_workers": 2},
+            "gateway": {"enabled": True, "port": 0},
         }
     )
     async with open_swarm(cfg) as swarm:
@@ -208,6 +218,37 @@ async def test_a_swarm_of_shell_workers_keeps_each_tasks_change_on_its_own_branc
             for tid in ids:
                 done = await swarm.wait(tid)
                 assert done.state is TaskState.DONE, done
+        change = await swarm.diff("task-3")
+        assert change["branch"] == "shoal/task-3" and change["files"] == ["shared.txt"]
+        assert "-base\n+task-3\n" in change["diff"] and change["truncated"] is False
+        assert (await swarm.diff("task-3", stat=True))["diff"].startswith(" shared.txt | 2 +-")
+        with pytest.raises(NotFound):
+            await swarm.diff("task-3", attempt=7)
+        with pytest.raises(NotFound):
+            await swarm.diff("no-such-task")
+        conn = ("--url", str(swarm.gateway_url), f"--token={swarm.token}")
+        shown = await shoal(None, *conn, "diff", "task-1")
+        assert shown.code == 0, shown.err
+        assert (
+            shown.out.startswith("task task-1, attempt 1: branch shoal/task-1 (") and "+task-1" in shown.out
+        )
+        missing = await shoal(None, *conn, "diff", "nope")
+        assert missing.code == 3 and "nope" in missing.err
+        as_json = (await shoal(None, *conn, "diff", "task-1", "--json")).json()
+        assert as_json["head"] == sh_git(repo, "rev-parse", "shoal/task-1").strip()
     for tid in ids:
         assert sh_git(repo, "show", f"shoal/{tid}:shared.txt") == f"{tid}\n"
     assert (repo / "shared.txt").read_text() == "base\n" and sh_git(repo, "status", "--porcelain") == ""
+    async with open_swarm(attrs.evolve(cfg, scaling=ScalingConfig(), gateway=GatewayConfig())) as again:
+        kept = (await again.get("task-2")).attempts[-1].workspace  # stored with the attempt
+        assert kept is not None and kept["branch"] == "shoal/task-2" and kept["insertions"] == 1
+
+
+async def test_a_task_without_a_worktree_has_no_diff_to_show(tmp_path: Path) -> None:
+    cfg = config_from_dict({"state_dir": str(tmp_path / "state"), "scaling": {"max_workers": 1}})
+    async with open_swarm(cfg) as swarm:
+        await swarm.submit({"id": "plain", "prompt": "hello"})
+        with trio.fail_after(30):
+            assert (await swarm.wait("plain")).state is TaskState.DONE
+        with pytest.raises(Conflict, match=r'workspace\.mode is not "worktree"'):
+            await swarm.diff("plain")
