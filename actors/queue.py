@@ -1092,8 +1092,8 @@ class QueueActor:
             "at": now,
         }
         window = msg.window if isinstance(msg.window, str) and msg.window else "?"
-        self._extra_events.append(
-            ("model.quota", {"model": msg.model, "window": window, "worker": msg.worker, **report})
+        self.book.announce(
+            "model.quota", {"model": msg.model, "window": window, "worker": msg.worker, **report}
         )
         if msg.model is None:
             return

@@ -193,9 +193,10 @@ class SwarmSupervisor:
         self._reports_send, self._reports_recv = trio.open_memory_channel[WorkerReport | _WorkerGone](4096)
         # events derived from worker reports, published once the queue has committed (and published)
         # what it received before them: see _publisher
-        self._ordered_send, self._ordered_recv = trio.open_memory_channel[tuple[str, dict[str, Any]]](
-            math.inf
-        )
+        # (topic, data, a message for the queue once the event is out, or None)
+        self._ordered_send, self._ordered_recv = trio.open_memory_channel[
+            tuple[str, dict[str, Any], QueueSend | None]
+        ](math.inf)
         self._nursery: trio.Nursery | None = None
         # breaker state
         self.state = "running"  # running | halted | stopping
@@ -412,16 +413,18 @@ class SwarmSupervisor:
             except ActorGone:
                 return  # the queue is gone: the swarm is shutting down
 
-    def _publish_ordered(self, topic: str, data: dict[str, Any]) -> None:
+    def _publish_ordered(self, topic: str, data: dict[str, Any], then: QueueSend | None = None) -> None:
         """Publish a worker event after the queue's events that came before it.
 
         Why: the queue publishes `task.running`/`task.done` only after their group commit, while a
         worker reacts at once (it gets its Assign before the claim is committed), so a directly
         published `worker.context` or `worker.state refreshing` could carry an earlier sequence
         number than the task event that caused it. Every event derived from a worker report goes
-        through one FIFO; `_publisher` releases it behind a queue `Barrier`.
+        through one FIFO; `_publisher` releases it behind a queue `Barrier`. `then` goes to the queue
+        right after the event is out, so what the queue concludes from it (`model.retry_storm`) is
+        published after its cause.
         """
-        self._ordered_send.send_nowait((topic, data))
+        self._ordered_send.send_nowait((topic, data, then))
 
     async def _publisher(self) -> None:
         """Release ordered events in batches, each after one Barrier round trip to the queue."""
@@ -437,8 +440,13 @@ class SwarmSupervisor:
                 await self._queue.call(Barrier())
             except (ActorGone, ShoalError, CallTimeout):
                 pass  # the queue is gone or its store is broken: publish anyway, late beats lost
-            for topic, data in batch:
+            for topic, data, then in batch:
                 self._bus.publish(topic, data)
+                if then is not None:  # what the queue makes of it (a retry storm) follows the event
+                    try:
+                        await self._to_queue(then)
+                    except ActorGone:
+                        pass
 
     async def _to_queue(self, message: QueueSend) -> None:
         """Forward in order; wait for mailbox space only when it is full (no checkpoint otherwise)."""
@@ -518,9 +526,8 @@ class SwarmSupervisor:
                         "status": report.status,
                         "error": report.error,
                     },
+                    then=ModelRetrying(report.model, report.worker, report.error) if report.model else None,
                 )
-                if report.model is not None:
-                    await self._to_queue(ModelRetrying(report.model, report.worker, report.error))
             case QuotaUpdate():
                 # the queue keeps it (routing acts on it) and publishes model.quota
                 await self._to_queue(

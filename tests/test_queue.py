@@ -6,6 +6,7 @@ Workers here are real mailboxes driven by the test: the queue's side of the work
 
 from __future__ import annotations
 
+import math
 import random
 import sqlite3
 from collections.abc import AsyncIterator
@@ -25,9 +26,14 @@ from shoal.actors.queue import (
     CompleteTask,
     GetTask,
     ListTasks,
+    ModelExtraUsage,
+    ModelQuota,
     ModelRateLimited,
+    ModelRetrying,
+    PauseModel,
     QueueActor,
     QueueStats,
+    ResumeModel,
     RetireWorker,
     RetryTask,
     SkipTask,
@@ -39,7 +45,7 @@ from shoal.actors.queue import (
     WorkerUnavailable,
 )
 from shoal.actors.store import Store
-from shoal.protocols.config import BackoffConfig, ModelsConfig, QueueConfig, SwarmConfig
+from shoal.protocols.config import BackoffConfig, LimitsConfig, ModelsConfig, QueueConfig, SwarmConfig
 from shoal.protocols.errors import Conflict, NotFound, StoreError, ValidationError
 from shoal.protocols.tasks import Assignment, Outcome, Task, TaskSpec, TaskState
 from shoal.protocols.workers import Assign, Restart, TaskFinished
@@ -628,3 +634,133 @@ async def test_text_that_is_not_utf8_never_reaches_the_book_or_the_store() -> No
         assert done.state is TaskState.DONE and done.result == "out \\udcff"
         stats = await q.stats()
         assert stats.store_broken is None and stats.total == 1
+
+
+# ---- what agents say about the API and the quota (issue 16) -----------------------------------
+
+
+async def later_event(sub: Subscription, topic: str, within: float = 700) -> dict[str, Any]:
+    with trio.fail_after(within):
+        async for event in sub:
+            if event.topic == topic:
+                return event.data
+    raise AssertionError("subscription closed")
+
+
+async def storm(q: Q, model: str = "sonnet", workers: int = 3) -> None:
+    for i in range(workers):
+        await q.address.send(ModelRetrying(model, f"w{i}", "overloaded"))
+
+
+async def test_a_retry_storm_parks_its_model_30_s_doubling_to_600_s(autojump_clock: trio.abc.Clock) -> None:
+    async with running_queue() as q:
+        with q.bus.subscribe(["model.*"]) as sub:
+            # two workers retrying, or one worker retrying many times, is no storm
+            await storm(q, workers=2)
+            for _ in range(5):
+                await q.address.send(ModelRetrying("sonnet", "w0", "overloaded"))
+            assert (await q.stats()).parked_models == {}
+            levels = []
+            for _ in range(7):
+                start = q.actor._now()
+                await storm(q)
+                event = await next_event(sub, "model.retry_storm")
+                assert (await q.stats()).parked_models["sonnet"] == pytest.approx(start + event["park_s"])
+                # the storm's tail (retries of requests already in flight) is not a new storm
+                await storm(q)
+                await later_event(sub, "model.unparked")  # the back-off ends by itself
+                levels.append(event["park_s"])
+            assert levels == [30, 60, 120, 240, 480, 600, 600]
+            assert (await q.stats()).retry_storms == {"sonnet": 7}
+            # calm for as long as the longest back-off: the next storm starts from 30 s again
+            await trio.sleep(600)
+            await storm(q)
+            assert (await next_event(sub, "model.retry_storm"))["park_s"] == 30
+            # retries spread wider than the window never add up to a storm
+            await later_event(sub, "model.unparked")
+            for i in range(3):
+                await q.address.send(ModelRetrying("haiku", f"w{i}", "overloaded"))
+                await trio.sleep(61)
+            assert "haiku" not in (await q.stats()).parked_models
+
+
+async def test_a_hot_quota_routes_soft_work_to_the_fallback_pinned_work_stays(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    models = ModelsConfig(category_models={"review": "sonnet"}, fallback={"sonnet": ("haiku",)})
+    async with running_queue(SwarmConfig(models=models)) as q:
+        await q.address.send(ModelQuota("sonnet", "allowed_warning", "seven_day", None, 0.95, None, "w1"))
+        stats = await q.stats()
+        assert stats.hot_models == ("sonnet",) and stats.quota["sonnet"]["seven_day"]["utilization"] == 0.95
+        assert stats.ready_by_model == {}
+        await q.submit(
+            TaskSpec("soft", id="soft", category="review"), TaskSpec("pin", id="pin", model="sonnet")
+        )
+        assert (await q.stats()).ready_by_model == {"haiku": 1, "sonnet": 1}
+        haiku = Bot(q, "h", "haiku")
+        await haiku.available()
+        assert (await haiku.assignment()).task_id == "soft"
+        # below the threshold again (a later report of the same window): soft work routes back
+        await q.address.send(ModelQuota("sonnet", "allowed", "seven_day", None, 0.5, None, "w1"))
+        await q.submit(TaskSpec("soft 2", id="soft2", category="review"))
+        assert (await q.stats()).hot_models == ()
+        assert (await q.stats()).ready_by_model == {"sonnet": 2}
+        # a window whose reset time has passed no longer counts
+        reset = q.actor._now() + 60
+        await q.address.send(ModelQuota("sonnet", "allowed_warning", "five_hour", reset, 0.99, None, "w1"))
+        assert (await q.stats()).hot_models == ("sonnet",)
+        await trio.sleep(61)
+        await q.address.send(ModelQuota("opus", "allowed", "five_hour", None, 0.1, None, "w2"))
+        assert (await q.stats()).hot_models == ()
+
+
+@pytest.mark.parametrize("policy", ["continue", "pause", "stop"])
+async def test_extra_usage_policy(policy: str, autojump_clock: trio.abc.Clock) -> None:
+    cfg = SwarmConfig(limits=LimitsConfig(on_extra_usage=policy))  # type: ignore[arg-type]
+    async with running_queue(cfg) as q:
+        bot = Bot(q, "s", "sonnet")
+        await bot.available()
+        await q.submit(TaskSpec("running", id="run", model="sonnet"))
+        await bot.assignment()
+        with q.bus.subscribe(["model.*"]) as sub:
+            await q.address.send(ModelExtraUsage("sonnet", "Now using extra usage", "s", "run"))
+            event = await next_event(sub, "model.extra_usage")
+            assert event["policy"] == policy and event["task_id"] == "run"
+            stats = await q.stats()
+            if policy == "continue":
+                assert stats.parked_models == {} and bot.nothing_yet()
+                return
+            assert stats.parked_models == {"sonnet": math.inf}  # until an operator resumes it
+            assert "shoal models resume sonnet" in stats.parked_reasons["sonnet"]
+            parked = await next_event(sub, "model.parked")
+            assert parked["until"] is None
+            if policy == "stop":  # its running attempt is interrupted (requeued, not counted)
+                restart = await bot.next()
+                assert isinstance(restart, Restart) and restart.wait is False
+            else:
+                assert bot.nothing_yet()
+            await trio.sleep(3600)
+            assert (await q.stats()).parked_models == {"sonnet": math.inf}
+            state = await q.call(ResumeModel("sonnet"))
+            assert state == {"model": "sonnet", "parked": False, "until": None, "reason": None}
+            assert (await next_event(sub, "model.unparked"))["reason"] == "resumed by operator"
+            with pytest.raises(Conflict, match="not parked"):
+                await q.call(ResumeModel("sonnet"))
+
+
+async def test_pause_model_validates_and_parks_until_resumed(autojump_clock: trio.abc.Clock) -> None:
+    async with running_queue() as q:
+        with pytest.raises(ValidationError, match="reason"):
+            await q.call(PauseModel("opus", ""))
+        with pytest.raises(ValidationError, match="model"):
+            await q.call(PauseModel("", "why"))
+        assert (await q.call(PauseModel("opus", "budget"))) == {
+            "model": "opus",
+            "parked": True,
+            "until": None,
+            "reason": "budget",
+        }
+        await q.address.send(ModelRateLimited("opus", q.actor._now() + 60))  # a shorter park changes nothing
+        await trio.sleep(120)
+        assert (await q.stats()).parked_models == {"opus": math.inf}
+        assert (await q.call(ResumeModel("opus")))["parked"] is False
