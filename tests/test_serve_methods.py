@@ -143,13 +143,6 @@ async def tasks_and_workers(call: Calls, stream: EventStream) -> None:
         )
         assert done["state"] == "done" and done["result"] == "ok"
 
-    async with idle_worker(call, stream) as wid:  # a menu no policy answers waits for a human
-        await call("tasks.submit", {"task": {"id": "menu", "prompt": "[[picker]] pick a model"}})
-        await until(stream, "worker.needs_input", worker=wid)
-        answered = await call("workers.answer", {"id": wid, "choice": 3})
-        assert answered["id"] == wid and answered["choice"] == 3 and answered["label"]
-        await until(stream, "task.done", task_id="menu")
-
     async with idle_worker(call, stream) as wid:  # the worker's own end of the turn was stale
         assert (await call("tasks.get", {"id": "self"}))["result"] == "ok"
         old_pid = (await call("workers.get", {"id": wid}))["pid"]
