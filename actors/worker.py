@@ -286,6 +286,7 @@ class WorkerActor:
         self._typing: _Typing | None = None
         self._last_limit: tuple[float, float | None] | None = None  # (wall s, reset_at) of the last limit
         self._limited_task: str | None = None  # the task the last usage limit ended
+        self._refused_while_asked = False  # an idle worker turned a task down while a question was open
         self._retrying: RetryInfo | None = None  # the agent's client retries an API request
         self._notices = 0
         self._extra_usage_reported = False  # once per process: a TUI footer repeats on every frame
@@ -836,6 +837,7 @@ class WorkerActor:
 
     async def _assign(self, assignment: Assignment) -> None:
         if self._state is not WorkerState.IDLE or self._asked is not None:
+            self._refused_while_asked = self._asked is not None
             await self._report(
                 TaskFinished(
                     worker=self.id,
@@ -1111,6 +1113,7 @@ class WorkerActor:
             self._inc.writes.send_nowait((0.0, bytes(cmd.data)))
             if self._asked is not None:  # taken as the answer: Shoal cannot see whether it was one
                 self._question_answered()
+                await self._available_again()
         elif isinstance(cmd, AnswerQuestion):
             return await self._answer(cmd.choice)
         elif isinstance(cmd, Resize):
@@ -1192,7 +1195,14 @@ class WorkerActor:
         await self._report(
             AnsweredReport(self.id, task_id, asked.prompt, number, label, "human", menus.kind_of(asked))
         )
+        await self._available_again()
         return {"id": self.id, "question": asked.prompt, "choice": number, "label": label}
+
+    async def _available_again(self) -> None:
+        """An idle worker that turned a task down while it waited on a question takes work again."""
+        if self._refused_while_asked and self._state is WorkerState.IDLE:
+            self._refused_while_asked = False
+            await self._set_state(WorkerState.IDLE)
 
     def _question_answered(self) -> None:
         self._question = self._asked = None

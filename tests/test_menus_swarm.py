@@ -209,3 +209,32 @@ async def test_an_answer_the_menu_swallowed_is_typed_again(
         assert "Set model to \x1b[1mHaiku" in output
         again = [r for r in caplog.records if "typing it again" in r.getMessage()]
         assert len(again) == 1, [r.getMessage() for r in caplog.records]
+
+
+async def test_an_idle_worker_asked_a_question_takes_work_again_once_answered(tmp_path: Path) -> None:
+    """A menu drawn while the worker is idle (bash prints one after its task ended): a task given to
+    it meanwhile is turned down (requeued, not counted), and once a person answers, the worker is
+    announced idle again and takes it."""
+    config = swarm_config(tmp_path, workers={"profile": "shell"}, scaling={"max_workers": 1})
+    menu = "(sleep 0.3; printf 'Pick one?\\n\\xe2\\x9d\\xaf 1. Apples\\n  2. Pears\\n\\n') &"
+    async with open_swarm(config) as swarm:
+        with swarm.events(["worker.needs_input", "worker.answered", "task.*"]) as events:
+            first = await swarm.submit({"prompt": menu})
+            assert (await swarm.wait(first.id, timeout=WAIT_S)).state is TaskState.DONE
+            asked = await wait_for(events, "worker.needs_input", WAIT_S)
+            worker = asked.data["worker"]
+            assert asked.data["task_id"] is None and asked.data["options"] == ["Apples", "Pears"]
+            assert swarm.worker(worker).state == "idle"
+            later = await swarm.submit({"prompt": "echo later"})
+            mine = lambda e: e.topic.startswith("task.") and e.data.get("task_id") == later.id  # noqa: E731
+            await wait_for(events, lambda e: mine(e) and e.topic == "task.running", WAIT_S)
+            requeued = await wait_for(events, mine, WAIT_S)  # turned down: back to the queue
+            await swarm.answer(worker, 2)
+            done = await swarm.wait(later.id, timeout=WAIT_S)
+        assert requeued.topic != "task.done", requeued
+        assert done.state is TaskState.DONE, done
+        assert [(a.outcome, a.reason) for a in done.attempts] == [
+            (Outcome.INTERRUPTED, "worker waiting on a question"),
+            (Outcome.DONE, None),
+        ]
+        assert done.attempt_counts.used == 1  # the turned-down attempt does not count
