@@ -78,10 +78,13 @@ async def test_a_stream_that_never_becomes_json_still_fails_the_task(tmp_path: P
         workers={"profile": "junk", "profiles": {"junk": junk}},
     )
     async with open_swarm(config) as swarm:
-        task = await swarm.submit({"prompt": "hello", "max_attempts": 1})
-        dead = await swarm.wait(task.id, timeout=30)
-        assert dead.state is TaskState.DEAD
-        assert "no JSON in the first 3 lines" in (dead.attempts[0].reason or "")
+        with swarm.events(("worker.notice",)) as sub:
+            task = await swarm.submit({"prompt": "hello", "max_attempts": 1})
+            dead = await swarm.wait(task.id, timeout=30)
+            assert dead.state is TaskState.DEAD
+            assert "no JSON in the first 3 lines" in (dead.attempts[0].reason or "")
+            for _ in range(3):  # each line is a notice (logged, counted), then the stream gives up
+                assert (await wait_for(sub, "worker.notice")).data["text"] == "not json"
         await settled()
         assert samples(swarm, "shoal_agent_notices_total")[(("profile", "junk"),)] >= 3
 
