@@ -1185,7 +1185,19 @@ class TaskBook:
             model=model,
             timeout_s=rec.timeout_s,
             metadata=rec.metadata,
+            dep_heads=self._dep_heads(rec),
         )
+
+    def _dep_heads(self, rec: _Rec) -> tuple[tuple[str, str], ...]:
+        """Each finished dependency's last commit in a worktree (docs/workspaces.md), in deps order."""
+        heads: list[tuple[str, str]] = []
+        for d in rec.deps:
+            dep = self._recs.get(d)
+            done = dep.attempts[-1] if dep is not None and dep.attempts else None
+            head = (done.workspace or {}).get("head") if done is not None else None
+            if dep is not None and dep.state is TaskState.DONE and isinstance(head, str):
+                heads.append((d, head))
+        return tuple(heads)
 
     def is_current(self, task_id: str, attempt: int) -> bool:
         rec = self._recs.get(task_id)

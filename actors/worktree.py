@@ -137,12 +137,18 @@ class GitWorktree:
         path = Path(await self.directory() or "")
         branch = branch_name(task)
         await _clean(path)
-        base = await self._base_commit()
+        heads = [head for _dep, head in task.dep_heads]
+        for dep, head in task.dep_heads:
+            if not await _git_ok(path, "cat-file", "-e", f"{head}^{{commit}}"):
+                raise WorkspaceError(f"dependency {dep}'s commit {head[:12]} is not in {self.repo}")
+        base = heads[0] if heads else await self._base_commit()
         async with self.pool.lock(self.repo):
             exists = await git(path, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", check=False)
             if exists.strip():
                 raise WorkspaceError(f"branch {branch} already exists in {self.repo}")
             await git(path, "checkout", "-q", "-b", branch, base)
+        if len(heads) > 1:  # several dependencies: the task starts from their merge
+            base = await self._merge_deps(path, task)
         self._current = (branch, base)
 
     async def finish(self, task: Assignment, outcome: Outcome) -> dict[str, Any] | None:
@@ -186,6 +192,27 @@ class GitWorktree:
         await _clean(path)  # whatever the agent left that git add did not take (e.g. ignored files)
         await git(path, "checkout", "-q", "--detach", base)  # the branch keeps the work; the tree doesn't
         return record
+
+    async def _merge_deps(self, path: Path, task: Assignment) -> str:
+        """Merge the dependencies' heads after the first into the task's new branch; its commit.
+        A conflict fails the task before any agent time is spent, naming the files."""
+        (first, _), *rest = task.dep_heads
+        ident = ("-c", f"user.name=Shoal agent {self.worker}", "-c", "user.email=shoal-agent@localhost")
+        for dep, head in rest:
+            merged = await _git_ok(
+                path, *ident, "-c", "commit.gpgsign=false", "merge", "-q", "--no-ff", "--no-verify",
+                "-m", f"Merge dependency {dep} for task {task.task_id}", head,
+            )  # fmt: skip
+            if not merged:
+                files = (await git(path, "diff", "--name-only", "--diff-filter=U", check=False)).split()
+                await git(path, "merge", "--abort", check=False)
+                await _clean(path)
+                shown = ", ".join(files[:20]) + (f" and {len(files) - 20} more" if len(files) > 20 else "")
+                raise WorkspaceError(
+                    f"dependencies {first} and {dep} conflict in {shown or 'the merge'}; "
+                    "resolve them on a branch and make it the dependency's result"
+                )
+        return (await git(path, "rev-parse", "HEAD")).strip()
 
     async def aclose(self) -> None:
         if self._slot is not None:

@@ -150,3 +150,5 @@ class Assignment:
     model: str | None = None
     timeout_s: float | None = None
     metadata: dict[str, Any] = attrs.field(factory=dict)
+    # (dependency id, the commit its finished attempt left in a worktree): a worktree task starts there
+    dep_heads: tuple[tuple[str, str], ...] = ()

@@ -252,3 +252,79 @@ async def test_a_task_without_a_worktree_has_no_diff_to_show(tmp_path: Path) -> 
             assert (await swarm.wait("plain")).state is TaskState.DONE
         with pytest.raises(Conflict, match=r'workspace\.mode is not "worktree"'):
             await swarm.diff("plain")
+
+
+async def test_a_dependant_starts_from_its_dependencies_branches(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", {"shared.txt": "base\n"})
+    ws = worktree(tmp_path, repo)
+    path = Path(await ws.directory() or "")
+    heads: dict[str, str] = {}
+    for tid, name, text in (
+        ("a", "a.txt", "from a\n"),
+        ("b", "b.txt", "from b\n"),
+        ("x", "shared.txt", "x\n"),
+    ):
+        await ws.prepare(task(tid))
+        (path / name).write_text(text)
+        record = await ws.finish(task(tid), Outcome.DONE)
+        assert record is not None
+        heads[tid] = record["head"]
+
+    one = Assignment("after-a", 1, "go on", dep_heads=(("a", heads["a"]),))
+    await ws.prepare(one)
+    assert (path / "a.txt").read_text() == "from a\n"
+    (path / "c.txt").write_text("c\n")
+    record = await ws.finish(one, Outcome.DONE)
+    assert record is not None and record["base"] == heads["a"] and record["files"] == ["c.txt"]
+
+    both = Assignment("after-ab", 1, "both", dep_heads=(("a", heads["a"]), ("b", heads["b"])))
+    await ws.prepare(both)
+    assert (path / "a.txt").exists() and (path / "b.txt").exists()
+    record = await ws.finish(both, Outcome.DONE)
+    assert record is not None and record["files"] == []  # the merge is its base, not its change
+
+    (path / "shared.txt").write_text("dirty")  # a conflict must leave nothing behind
+    clash = Assignment("clash", 1, "x", dep_heads=(("x", heads["x"]), ("y", _commit_on(repo, "shared.txt"))))
+    with pytest.raises(WorkspaceError, match=r"dependencies x and y conflict in shared\.txt"):
+        await ws.prepare(clash)
+    assert sh_git(path, "status", "--porcelain") == ""
+    with pytest.raises(WorkspaceError, match="dependency gone's commit 0123456789ab is not in"):
+        await ws.prepare(Assignment("lost", 1, "x", dep_heads=(("gone", "0123456789ab" * 3 + "0123"),)))
+
+
+def _commit_on(repo: Path, name: str) -> str:
+    """A commit beside main that changes `name` its own way (a dependency that will conflict)."""
+    sh_git(repo, "checkout", "-q", "-b", f"side-{name}")
+    (repo / name).write_text("the other side\n")
+    sh_git(repo, "commit", "-qam", "other side")
+    head = sh_git(repo, "rev-parse", "HEAD").strip()
+    sh_git(repo, "checkout", "-q", "main")
+    return head
+
+
+async def test_fake_agents_build_on_each_others_branches_in_a_swarm(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    coder = {**unstructure(BUILTIN_PROFILES["fake"]), "workspace": {"mode": "worktree", "repo": str(repo)}}
+    cfg = config_from_dict(
+        {
+            "state_dir": str(tmp_path / "state"),
+            "workers": {"profile": "coder", "profiles": {"coder": coder}},
+            "scaling": {"min_workers": 2, "max_workers": 2},
+        }
+    )
+    async with open_swarm(cfg) as swarm:
+        await swarm.submit_many(
+            [
+                {"id": "api", "prompt": "write the api [[write:api.py:def api(): ...\\n]]"},
+                {"id": "ui", "prompt": "write the ui [[write:ui.py:import api\\n]]"},
+                {"id": "glue", "prompt": "[[append:api.py:# used by ui\\n]] glue", "deps": ["api", "ui"]},
+            ]
+        )
+        with trio.fail_after(60):
+            for tid in ("api", "ui", "glue"):
+                assert (await swarm.wait(tid)).state is TaskState.DONE
+        glue = await swarm.diff("glue")
+        assert glue["files"] == ["api.py"] and "+# used by ui" in glue["diff"]
+    assert sh_git(repo, "show", "shoal/glue:ui.py") == "import api\n"
+    assert sh_git(repo, "show", "shoal/glue:api.py") == "def api(): ...\n# used by ui\n"
+    assert "api.py" not in sh_git(repo, "ls-tree", "--name-only", "main")

@@ -42,6 +42,10 @@ an imitation),
 `[[extra_usage]]` (a `rate_limit_event` with `isUsingOverage`; the TUI footer "Now using extra usage"),
 `[[maxturns:N]]` (the turn limit is hit: `error_max_turns` with "Reached maximum number of turns (N)",
 its usage and cost).
+File edits, as Claude Code's Write/Edit/Bash tools make them in its working directory (applied in
+order during the turn, before its outcome; `\\n` in TEXT is a newline): `[[write:PATH:TEXT]]` (create
+or replace), `[[append:PATH:TEXT]]`, `[[delete:PATH]]`, `[[commit:MESSAGE]]` (`git add -A` and
+`git commit`: the agent committing on its own).
 Without directives the reply is `Done: <first 40 characters of the prompt>`. Invalid directive values
 are ignored. Standard library only; starts in a few tens of milliseconds.
 """
@@ -193,6 +197,7 @@ class Plan:
         self.quota: tuple[str, float | None, str] | None = None
         self.extra_usage = False
         self.max_turns: int | None = None
+        self.edits: list[tuple[str, str, str]] = []  # (write|append|delete|commit, path, text)
         for name, value in DIRECTIVE.findall(prompt):
             try:
                 self._set(name.lower(), value, now)
@@ -245,6 +250,37 @@ class Plan:
             self.flood_mb = max(0.0, float(value))
         elif name == "echo":
             self.echo = True
+        elif name in ("write", "append"):
+            path, _, text = value.partition(":")
+            if path.strip():
+                self.edits.append((name, path.strip(), text.replace("\\n", "\n")))
+        elif name == "delete" and value.strip():
+            self.edits.append(("delete", value.strip(), ""))
+        elif name == "commit":
+            self.edits.append(("commit", "", value.strip() or "the agent's own commit"))
+
+    def apply_edits(self) -> None:
+        """Make the turn's file edits in the working directory (once; errors go to stderr)."""
+        edits, self.edits = self.edits, []
+        for op, path, text in edits:
+            try:
+                if op == "commit":
+                    import subprocess
+
+                    ident = ["-c", "user.name=Fake Claude", "-c", "user.email=fake-claude@localhost"]
+                    subprocess.run(["git", "add", "-A"], check=True, capture_output=True)
+                    subprocess.run(["git", *ident, "commit", "-qm", text], check=True, capture_output=True)
+                elif op == "delete":
+                    os.unlink(path)
+                else:
+                    if os.path.dirname(path):
+                        os.makedirs(os.path.dirname(path), exist_ok=True)
+                    with open(path, "a" if op == "append" else "w", encoding="utf-8") as f:
+                        f.write(text)
+            except (OSError, ValueError) as exc:
+                sys.stderr.write(f"fake agent: {op} {path}: {exc}\n")
+            except Exception as exc:  # a failed git commit (nothing to commit, no repository)
+                sys.stderr.write(f"fake agent: {op}: {exc}\n")
 
     def reply(self) -> str:
         if self.output is not None:
@@ -662,6 +698,7 @@ class Tui:
     def finish(self) -> None:
         plan = self.plan
         assert plan is not None
+        plan.apply_edits()
         if self.compacting:
             self.used = min(self.used, 10.0)
             self.end_turn(["  ⎿  Compacted (ctrl+o to see full summary)", ""])
@@ -1172,6 +1209,7 @@ class Headless:
             return self.end(stream, "Prompt is too long", True, started, code=1)
         if plan.think:
             time.sleep(plan.think)
+        plan.apply_edits()
         if plan.flood_mb:
             if stream:
                 block = flood_block(7).decode()
