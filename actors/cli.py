@@ -665,6 +665,21 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return _run(args, go)
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    async def go(c: Client) -> int:
+        reply = await c.merge(args.id, args.attempt, args.into, args.squash)
+        if args.json:
+            _print_json(reply)
+        elif reply["already"]:
+            print(f"{reply['branch']} is already in {reply['into']} ({reply['commit'][:12]})")
+        else:
+            how = "squashed into" if reply["squash"] else "merged into"
+            print(f"{reply['branch']} {how} {reply['into']}: {reply['commit'][:12]}")
+        return EXIT_OK
+
+    return _run(args, go)
+
+
 def _stop_on_sigint() -> None:
     """A command that runs until Ctrl-C must stop on SIGINT even when it was started ignoring it.
 
@@ -1411,6 +1426,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p.add_argument("--attempt", type=int, help="that attempt's change (default: the latest that left one)")
     p.add_argument("--stat", action="store_true", help="files and lines changed, not the patch")
+    p = command("merge", cmd_merge, "merge a task's change into a branch (worktree profiles)", True)
+    p.add_argument("id")
+    p.add_argument("--into", help="the branch to merge into (default: the repository's checked-out branch)")
+    p.add_argument("--squash", action="store_true", help="one commit instead of a merge commit")
+    p.add_argument("--attempt", type=int, help="that attempt's change (default: the latest that left one)")
     p = command("logs", cmd_logs, "a worker's recent output", False)
     p.add_argument("worker")
     p.add_argument("--tail", type=int, help="only the last N bytes")

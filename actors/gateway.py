@@ -289,6 +289,7 @@ class _Connection:
             "tasks.get": self._get,
             "tasks.list": self._list,
             "tasks.diff": self._diff,
+            "tasks.merge": self._merge,
             "tasks.cancel": self._task_op("cancel"),
             "tasks.retry": self._task_op("retry"),
             "tasks.skip": self._task_op("skip"),
@@ -673,6 +674,9 @@ class _Connection:
 
     async def _diff(self, p: api.DiffParams) -> Any:
         return await self.swarm.diff(p.id, p.attempt, p.stat)
+
+    async def _merge(self, p: api.MergeParams) -> Any:
+        return await self.swarm.merge(p.id, p.attempt, p.into, p.squash)
 
     async def _list(self, p: api.ListTasksParams) -> Any:
         tasks, cursor = await self.swarm.list(p.state, p.limit, p.cursor)

@@ -39,7 +39,9 @@ from .metrics import MetricsActor
 from .scaler import ScalerActor, ScalerInputs
 from .swarm_supervisor import SwarmSupervisor
 from .workspace import WorkspaceError
+from .worktree import Worktrees
 from .worktree import diff as worktree_diff
+from .worktree import merge as worktree_merge
 
 VERSION = "0.1.0"
 FAILING_MIN_ATTEMPTS = 3  # a model is `failing` once over half of at least this many recent attempts failed
@@ -112,6 +114,7 @@ class SwarmHandle:
         alerts: AlertActor,
         tree: SwarmTreeView,
         token: str,
+        worktrees: Worktrees | None = None,
     ) -> None:
         self._config = config
         self._overrides = overrides
@@ -124,6 +127,7 @@ class SwarmHandle:
         self.token_file: Path | None = None
         self.alerts = alerts
         self._tree = tree
+        self._worktrees = worktrees or Worktrees(state_dir / "workspaces")  # their per-repo locks
         # the servers report where they listen each time they (re)start: a restart may get a new port
         self.gateway_url: str | None = None
         self.http_url: str | None = None
@@ -211,6 +215,27 @@ class SwarmHandle:
         except WorkspaceError as exc:
             raise Conflict(f"task {task_id}, attempt {chosen.n}: {exc}") from None
         return {"id": task_id, "attempt": chosen.n, **chosen.workspace, **patch}
+
+    async def merge(
+        self, task_id: str, attempt: int | None = None, into: str | None = None, squash: bool = False
+    ) -> dict[str, Any]:
+        """Merge the change a task's attempt left (as `diff` picks it) into branch `into` (default: the
+        repository's checked-out branch). Conflict naming the files when it does not merge cleanly;
+        then nothing was changed."""
+        if into is not None:
+            check_text(into, "into")
+        change = await self.diff(task_id, attempt, stat=True)
+        task = await self.get(task_id)
+        title = next((line.strip() for line in task.prompt.splitlines() if line.strip()), task_id)[:72]
+        message = f"{title}\n\nShoal task {task_id}, attempt {change['attempt']} ({change['branch']})\n"
+        try:
+            done = await worktree_merge(self._worktrees, change, into=into, squash=squash, message=message)
+        except WorkspaceError as exc:
+            raise Conflict(f"task {task_id}: {exc}") from None
+        out = {"id": task_id, "attempt": change["attempt"], "branch": change["branch"], **done}
+        if done["merged"]:
+            self.bus.publish("task.merged", {"task_id": task_id, **out})
+        return out
 
     async def list(
         self, state: TaskState | str | None = None, limit: int = 100, cursor: str | None = None

@@ -167,8 +167,9 @@ async def open_swarm(config: SwarmConfig | None = None, *, serve: bool = False) 
         "observers", bus, [_leaf("metrics", metrics.run), _leaf("alerts", alerts.run)]
     )
 
+    worktrees = Worktrees(state_dir / "workspaces")  # slots outlive a restart of the workers child
+
     async def run_workers(*, task_status: trio.TaskStatus[SwarmSupervisor]) -> None:
-        worktrees = Worktrees(state_dir / "workspaces")  # slots outlive a restart of this child
         got["workers"] = supervisor = SwarmSupervisor(current, bus, got["queue"], workspaces=worktrees)
         await supervisor.run(task_status=task_status)
 
@@ -200,6 +201,7 @@ async def open_swarm(config: SwarmConfig | None = None, *, serve: bool = False) 
                 alerts=alerts,
                 tree=tree,
                 token=token,
+                worktrees=worktrees,
             )
             handle.token_file = tok_path
             handle_box.append(handle)

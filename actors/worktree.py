@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -313,3 +314,77 @@ async def diff(
     if truncated:
         text = text.encode()[:max_bytes].decode(errors="ignore")
     return {"diff": text, "truncated": truncated}
+
+
+async def merge(
+    pool: Worktrees, record: dict[str, Any], *, into: str | None, squash: bool, message: str
+) -> dict[str, Any]:
+    """Merge the attempt's branch head into `into` (default: the repository's checked-out branch).
+
+    Where `into` is checked out (the user's own checkout, say) the merge runs there and needs a
+    clean tree; elsewhere it runs in a scratch worktree and the branch is moved with a compare-and-
+    swap `update-ref`. A conflict aborts it: nothing changed, the files named (WorkspaceError).
+    """
+    repo, head = record.get("repo"), record.get("head")
+    if not (isinstance(repo, str) and isinstance(head, str)):
+        raise WorkspaceError("the attempt's workspace record names no commit to merge")
+    if not await trio.Path(repo).is_dir():
+        raise WorkspaceError(f"the repository {repo} is gone")
+    async with pool.lock(repo):
+        if into is None:
+            into = (await git(repo, "symbolic-ref", "-q", "--short", "HEAD", check=False)).strip()
+            if not into:
+                raise WorkspaceError(f"{repo} has no branch checked out: name one with into")
+        if not await _git_ok(repo, "check-ref-format", "--branch", into):
+            raise WorkspaceError(f"into: {into!r} is not a valid branch name")
+        old = (await git(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{into}", check=False)).strip()
+        if not old:
+            raise WorkspaceError(f"into: branch {into!r} does not exist in {repo}")
+        if await _git_ok(repo, "merge-base", "--is-ancestor", head, old):
+            return {"into": into, "commit": old, "merged": False, "squash": squash, "already": True}
+        checked_out = await _checked_out_at(repo, into)
+        if checked_out is not None:
+            if (await git(checked_out, "status", "--porcelain", "--untracked-files=no")).strip():
+                raise WorkspaceError(
+                    f"{into} is checked out in {checked_out} with uncommitted changes: commit or stash them"
+                )
+            new = await _merge_in(checked_out, head, squash, message, into)
+        else:
+            scratch = Path(await trio.to_thread.run_sync(lambda: tempfile.mkdtemp(prefix="shoal-merge-")))
+            try:
+                await git(repo, "worktree", "add", "-q", "--detach", str(scratch / "tree"), old)
+                new = await _merge_in(scratch / "tree", head, squash, message, into)
+                await git(
+                    repo, "update-ref", "-m", f"shoal merge {head[:12]}", f"refs/heads/{into}", new, old
+                )
+            finally:
+                await git(repo, "worktree", "remove", "--force", str(scratch / "tree"), check=False)
+                await trio.to_thread.run_sync(lambda: shutil.rmtree(scratch, ignore_errors=True))
+    return {"into": into, "commit": new, "merged": True, "squash": squash, "already": False}
+
+
+async def _merge_in(tree: str | Path, head: str, squash: bool, message: str, into: str) -> str:
+    ident = ("-c", "user.name=Shoal", "-c", "user.email=shoal@localhost", "-c", "commit.gpgsign=false")
+    if squash:
+        ok = await _git_ok(tree, *ident, "merge", "-q", "--squash", head)
+        if ok:
+            await git(tree, *ident, "commit", "-q", "--no-verify", "-m", message)
+    else:
+        ok = await _git_ok(tree, *ident, "merge", "-q", "--no-ff", "--no-verify", "-m", message, head)
+    if not ok:
+        files = (await git(tree, "diff", "--name-only", "--diff-filter=U", check=False)).split()
+        await git(tree, "reset", "-q", "--merge", check=False)  # back as it was (also after --squash)
+        shown = ", ".join(files[:20]) + (f" and {len(files) - 20} more" if len(files) > 20 else "")
+        raise WorkspaceError(f"merging into {into} conflicts in {shown or 'the merge'}; nothing was changed")
+    return (await git(tree, "rev-parse", "HEAD")).strip()
+
+
+async def _checked_out_at(repo: str, branch: str) -> str | None:
+    """The worktree (the main one included) that has `branch` checked out, if any."""
+    path: str | None = None
+    for line in (await git(repo, "worktree", "list", "--porcelain")).splitlines():
+        if line.startswith("worktree "):
+            path = line.removeprefix("worktree ")
+        elif line == f"branch refs/heads/{branch}":
+            return path
+    return None

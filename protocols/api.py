@@ -186,6 +186,14 @@ class DiffParams:
 
 
 @attrs.frozen
+class MergeParams:
+    id: str = attrs.field(metadata=_ID)
+    attempt: int | None = attrs.field(default=None, metadata=_range(lo=1))
+    into: str | None = attrs.field(default=None, metadata=_range(nonempty=True, max_len=250))
+    squash: bool = False
+
+
+@attrs.frozen
 class ListTasksParams:
     state: TaskState | None = None
     limit: int = attrs.field(default=100, metadata=_range(lo=1, hi=MAX_LIST_LIMIT))
@@ -267,6 +275,7 @@ METHODS: dict[str, Method] = {
         Method("tasks.get", IdParams, "one task"),
         Method("tasks.list", ListTasksParams, "tasks, newest first, by page"),
         Method("tasks.diff", DiffParams, "the change a task's attempt left in its worktree"),
+        Method("tasks.merge", MergeParams, "merge a task's change into a branch of its repository"),
         Method("tasks.cancel", IdParams, "cancel a task"),
         Method("tasks.retry", IdParams, "run a failed or dead task again"),
         Method("tasks.skip", IdParams, "mark a task skipped"),

@@ -525,6 +525,18 @@ class Client:
         result: dict[str, Any] = await self.call("tasks.diff", params)
         return result
 
+    async def merge(
+        self, task_id: str, attempt: int | None = None, into: str | None = None, squash: bool = False
+    ) -> dict[str, Any]:
+        """Merge the task's change into a branch of its repository (tasks.merge)."""
+        params: dict[str, Any] = {"id": task_id, "squash": squash}
+        if attempt is not None:
+            params["attempt"] = attempt
+        if into is not None:
+            params["into"] = into
+        result: dict[str, Any] = await self.call("tasks.merge", params)
+        return result
+
     async def list_tasks(
         self, state: TaskState | str | None = None, limit: int = 100, cursor: str | None = None
     ) -> tuple[list[Task], str | None]:

@@ -103,6 +103,8 @@ async def tasks_and_workers(call: Calls, stream: EventStream) -> None:
         assert (await call("tasks.get", {"id": "hello"}))["state"] == "done"
         with pytest.raises(Conflict, match="worktree"):  # the fake profile works in no worktree
             await call("tasks.diff", {"id": "hello"})
+        with pytest.raises(Conflict, match="worktree"):
+            await call("tasks.merge", {"id": "hello", "into": "main"})
         page = await call("tasks.list", {"state": "done", "limit": 10})
         assert "hello" in [t["id"] for t in page["tasks"]]
         logs = await call("workers.logs", {"id": wid, "tail": 4096})

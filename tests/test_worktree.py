@@ -328,3 +328,76 @@ async def test_fake_agents_build_on_each_others_branches_in_a_swarm(tmp_path: Pa
     assert sh_git(repo, "show", "shoal/glue:ui.py") == "import api\n"
     assert sh_git(repo, "show", "shoal/glue:api.py") == "def api(): ...\n# used by ui\n"
     assert "api.py" not in sh_git(repo, "ls-tree", "--name-only", "main")
+
+
+async def test_merging_a_tasks_change(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", {"app.py": "v = 1\n", "notes.txt": "n\n"})
+    sh_git(repo, "branch", "release")
+    coder = {**unstructure(BUILTIN_PROFILES["fake"]), "workspace": {"mode": "worktree", "repo": str(repo)}}
+    cfg = config_from_dict(
+        {
+            "state_dir": str(tmp_path / "state"),
+            "workers": {"profile": "coder", "profiles": {"coder": coder}},
+            "scaling": {"min_workers": 1, "max_workers": 1},
+            "gateway": {"enabled": True, "port": 0},
+        }
+    )
+    async with open_swarm(cfg) as swarm:
+        await swarm.submit_many(
+            [
+                {"id": "bump", "prompt": "Bump v\n[[write:app.py:v = 2\\n]]"},
+                {"id": "clash", "prompt": "Set v to 3 [[write:app.py:v = 3\\n]]", "deps": ["bump"]},
+                {"id": "note", "prompt": "Add a note [[append:notes.txt:more\\n]]"},
+            ]
+        )
+        with trio.fail_after(60):
+            for tid in ("bump", "clash", "note"):
+                assert (await swarm.wait(tid)).state is TaskState.DONE
+        with swarm.events(("task.merged",)) as merged_events:
+            # into a branch checked out nowhere: a scratch worktree, then the branch moves
+            done = await swarm.merge("bump", into="release")
+            assert done["merged"] and done["into"] == "release" and not done["squash"]
+            assert sh_git(repo, "show", "release:app.py") == "v = 2\n"
+            assert sh_git(repo, "log", "-1", "--format=%s%n%b", "release").startswith("Bump v\n")
+            assert (repo / "app.py").read_text() == "v = 1\n"  # the user's checkout (main) untouched
+            assert sh_git(repo, "worktree", "list").count("shoal-merge-") == 0
+            assert (await merged_events.receive()).data["task_id"] == "bump"
+
+        # into the checked-out branch: merged there, the user's working tree follows; squashed: one parent
+        squashed = await swarm.merge("note", squash=True)
+        assert squashed["into"] == "main" and squashed["squash"]
+        assert (repo / "notes.txt").read_text() == "n\nmore\n"
+        assert len(sh_git(repo, "log", "-1", "--format=%p", "main").split()) == 1
+        again = await swarm.merge("note", squash=False)
+        assert again["merged"] is True  # a squash leaves no ancestry: the branch itself merges cleanly
+
+        # a dirty checkout is refused, touching nothing
+        (repo / "notes.txt").write_text("local edit\n")
+        before = sh_git(repo, "rev-parse", "main")
+        with pytest.raises(Conflict, match=r"checked out in .* with uncommitted changes"):
+            await swarm.merge("bump")
+        assert sh_git(repo, "rev-parse", "main") == before
+        sh_git(repo, "checkout", "-q", "--", "notes.txt")
+
+        # a conflict: main moved on; nothing changes, the file is named
+        (repo / "app.py").write_text("v = 10\n")
+        sh_git(repo, "commit", "-qam", "main moves on")
+        before = sh_git(repo, "rev-parse", "main")
+        with pytest.raises(Conflict, match=r"merging into main conflicts in app\.py; nothing was changed"):
+            await swarm.merge("clash")
+        assert sh_git(repo, "rev-parse", "main") == before and sh_git(repo, "status", "--porcelain") == ""
+        assert not (repo / ".git" / "MERGE_HEAD").exists()
+
+        # already in: nothing to do
+        assert (await swarm.merge("bump", into="release"))["already"] is True
+        with pytest.raises(Conflict, match="branch 'nope' does not exist"):
+            await swarm.merge("bump", into="nope")
+        with pytest.raises(Conflict, match="is not a valid branch name"):
+            await swarm.merge("bump", into="-x..y")
+
+        conn = ("--url", str(swarm.gateway_url), f"--token={swarm.token}")
+        sh_git(repo, "branch", "next", "release")
+        shown = await shoal(None, *conn, "merge", "note", "--into", "next")
+        assert shown.code == 0 and shown.out.startswith("shoal/note merged into next: "), shown.err
+        refused = await shoal(None, *conn, "merge", "clash")
+        assert refused.code == 4 and "conflicts in app.py" in refused.err
