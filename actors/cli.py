@@ -324,6 +324,10 @@ def status_table(status: dict[str, Any]) -> Table:
         _row(table, "needs input", f"{w['worker']}{task} {needs_input_text(w, now)}")
     if waiting:
         _row(table, "", "answer with: shoal answer WORKER N (or the option's text)")
+    for r in status.get("retrying") or []:
+        task = f" (task {r['task_id']})" if r.get("task_id") else ""
+        cause = f"{r.get('status') or 'network'} {r.get('error')}"
+        _row(table, "retrying", f"{r['worker']}{task} {retrying_text(r, now)} · {cause}")
     for m in status.get("models") or []:
         _row(table, f"model {m['name']}", model_text(m, now))
     cap = status.get("capacity")

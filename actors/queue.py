@@ -659,7 +659,21 @@ class QueueActor:
         evict = self._evict_at()
         if evict is not None:
             nxt = evict if nxt is None else min(nxt, evict)
+        cool = self._hot_ends()
+        if cool is not None:
+            nxt = cool if nxt is None else min(nxt, cool)
         return math.inf if nxt is None else nxt - self._offset
+
+    def _hot_ends(self) -> float | None:
+        """When the earliest quota window of a hot model resets (epoch s): it may cool down then."""
+        now = self._now()
+        ends = [
+            r["resets_at"]
+            for m in self.book.hot
+            for r in self._quota.get(m, {}).values()
+            if r["resets_at"] is not None and r["resets_at"] > now
+        ]
+        return min(ends) if ends else None
 
     def _evict_at(self) -> float | None:
         """When the next retention step should run (epoch s), or None."""
@@ -692,6 +706,8 @@ class QueueActor:
         unparked = self.book.unpark_due(now)
         if unparked:
             self._rematch_idle(now)
+        if self.book.hot:
+            self._update_hot(now)  # a quota window may have reset: its figure no longer holds
 
     def _writable(self) -> None:
         if self._broken is None and self.store.broken is not None:
@@ -1182,6 +1198,7 @@ class QueueActor:
             raise ValidationError("config", "must be a SwarmConfig", type(msg.config).__name__)
         self.config = msg.config
         self.book.reconfigure(msg.config.queue, msg.config.models)
+        self._update_hot(now)  # limits.prefer_fallback_at may have changed
         self._rematch_idle(now)
 
 

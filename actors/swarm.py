@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import trio
 
-from ..protocols.config import SwarmConfig, config_to_dict, patch_config, structure
+from ..protocols.config import SwarmConfig, config_to_dict, patch_config, structure, unstructure
 from ..protocols.errors import Conflict, NotFound, StoreError, ValidationError
 from ..protocols.tasks import TERMINAL_STATES, Task, TaskSpec, TaskState
 from ..protocols.text import check_text
@@ -324,6 +324,7 @@ class SwarmHandle:
             "breaker": sup.breaker_status(),
             "models": self._model_states(stats),
             "needs_input": self._needs_input(),
+            "retrying": self._retrying_workers(),
             "capacity": await self._capacity(),
             "since": self.started_at,
             "version": VERSION,
@@ -418,6 +419,22 @@ class SwarmHandle:
                 }
             )
         return out
+
+    def _retrying_workers(self) -> builtins.list[dict[str, Any]]:
+        """Busy workers whose agent retries a failed API request, longest retrying first."""
+        out = []
+        for view in self._supervisor.views():
+            if view.state is not WorkerState.BUSY:
+                continue
+            try:
+                retry = self._supervisor.actor_of(view.id).retrying
+            except NotFound:
+                continue
+            if retry is not None:
+                out.append(
+                    {"worker": view.id, "task_id": view.task_id, "model": view.model, **unstructure(retry)}
+                )
+        return sorted(out, key=lambda w: w["since"])
 
     def _retrying(self, worker_id: str) -> bool:
         try:

@@ -111,7 +111,9 @@ def test_tables_show_retrying_workers_quota_and_the_cost_of_each_attempt() -> No
     assert "prefer fallback" in table and "2 retrying" in table
     assert "parked" in table and "until resumed" in table and "extra usage (pause)" in table
     status = {"state": "running", "workers": {}, "queue": {}, "models": [sonnet, paused]}
+    status["retrying"] = [{"worker": "w4", "task_id": "t2", **retrying, "error": "overloaded"}]
     text = " ".join(render(cli.status_table(status)).split())
+    assert "retrying w4 (task t2) retrying 3/10, next in 8 s · 529 overloaded" in text
     assert "model sonnet available · seven_day 92% (warning" in text
     assert "model opus parked until resumed: extra usage (pause)" in text
     failed = attempt(1, "failed") | {"reason": "Reached maximum number of turns (40)"}

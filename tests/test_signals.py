@@ -108,6 +108,8 @@ async def test_api_retries_show_on_the_worker_and_are_counted(tmp_path: Path, pr
             assert info.retrying.describe(info.retrying.since).startswith("retrying 1/10, next in ")
             status = await swarm.status()
             assert model_state(status, "sonnet")["retrying"] == 1
+            (shown,) = status["retrying"]
+            assert (shown["worker"], shown["task_id"], shown["attempt"]) == (info.id, task.id, 1)
             await wait_for(sub, "worker.api_retry")
         done = await swarm.wait(task.id, timeout=30)
         assert done.state is TaskState.DONE
