@@ -47,7 +47,9 @@ async def test_trust_dialog_in_an_unmanaged_directory_asks_a_human(tmp_path: Pat
         async with real_swarm(tmp_path, profile) as swarm:
             with swarm.events(["worker.needs_input", "worker.answered"]) as events:
                 task = await swarm.submit({"prompt": "Say hello [[reply:Hello after trust]]"})
-                asked = await wait_for(events, "worker.needs_input", WAIT_S)
+                asked = await wait_for(
+                    events, lambda e: e.topic == "worker.needs_input" and len(e.data["options"]) == 2, WAIT_S
+                )
                 worker = asked.data["worker"]
                 assert asked.data["kind"] == "trust" and asked.data["options"] == TRUST_OPTIONS
                 assert "Is this a project you created or one you trust?" in asked.data["prompt"]
