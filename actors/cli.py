@@ -460,7 +460,18 @@ def task_detail(task: dict[str, Any]) -> list[Any]:
     attempts = task.get("attempts") or []
     if attempts:
         table = Table(box=None, header_style="bold", title="attempts", title_justify="left")
-        for name in ("N", "WORKER", "MODEL", "OUTCOME", "TOOK", "COST", "TOKENS", "REASON"):
+        with_ws = any(a.get("workspace") for a in attempts)
+        names = (
+            "N",
+            "WORKER",
+            "MODEL",
+            "OUTCOME",
+            "TOOK",
+            "COST",
+            "TOKENS",
+            *(("CHANGE",) if with_ws else ()),
+        )
+        for name in (*names, "REASON"):
             table.add_column(name)
         for a in attempts:
             took = (a["ended"] - a["started"]) if a.get("ended") else time.time() - a["started"]
@@ -472,10 +483,22 @@ def task_detail(task: dict[str, Any]) -> list[Any]:
                 a.get("outcome") or "running",
                 _duration(took),
                 *usage_cells(a.get("usage") or {}),
+                *((change_cell(a.get("workspace")),) if with_ws else ()),
                 _short(a.get("reason"), 60),
             )
         out.append(table)
     return out
+
+
+def change_cell(ws: dict[str, Any] | None) -> str:
+    """An attempt's worktree change in a few words: branch, lines, and its check."""
+    if not ws:
+        return "-"
+    if "branch" not in ws:
+        return _short(str(ws.get("error") or "-"), 40)
+    check = ws.get("verify")
+    verdict = "" if not isinstance(check, dict) else (" ✓ check" if check.get("passed") else " ✗ check")
+    return f"{ws['branch']} +{ws.get('insertions', 0)} -{ws.get('deletions', 0)}{verdict}"
 
 
 # ---- connection ----------------------------------------------------------------------------------

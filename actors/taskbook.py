@@ -1177,15 +1177,17 @@ class TaskBook:
             "task.running",
             {"task_id": rec.id, "worker": worker, "attempt": att.n, "model": model, "category": rec.category},
         )
+        failed_check = _failed_check(rec.attempts[-2]) if len(rec.attempts) > 1 else None
         return Assignment(
             task_id=rec.id,
             attempt=att.n,
-            prompt=rec.prompt,
+            prompt=rec.prompt if failed_check is None else check_feedback(rec.prompt, failed_check),
             category=rec.category,
             model=model,
             timeout_s=rec.timeout_s,
             metadata=rec.metadata,
             dep_heads=self._dep_heads(rec),
+            after_failed_check=failed_check,
         )
 
     def _dep_heads(self, rec: _Rec) -> tuple[tuple[str, str], ...]:
@@ -1745,3 +1747,22 @@ class TaskBook:
         assert self._order.ids() == sorted(self._recs, key=lambda t: self._recs[t].seq)
         for did_of in self._dependants.values():
             assert all(did in self._recs for did in did_of), "an evicted task is still a dependant"
+
+
+def _failed_check(previous: Attempt) -> dict[str, Any] | None:
+    """The previous attempt's worktree record when its check (workspace.verify) failed."""
+    ws = previous.workspace
+    check = ws.get("verify") if ws else None
+    return dict(ws) if ws and isinstance(check, dict) and check.get("passed") is False else None
+
+
+def check_feedback(prompt: str, record: Mapping[str, Any]) -> str:
+    """The retry's prompt after a failed check: the task, then what the check said and to fix it."""
+    check = record["verify"]
+    code = "timed out" if check.get("timed_out") else f"exit {check.get('exit_code')}"
+    tail = str(check.get("output_tail") or "").strip()
+    said = f"\n\n```\n{tail}\n```" if tail else ""
+    return (
+        f"{prompt}\n\nThe check `{check.get('command')}` failed ({code}) on your previous attempt, "
+        f"whose changes are in this working tree.{said}\nFix it so that the check passes."
+    )

@@ -891,6 +891,18 @@ class WorkerActor:
             self._tasks_done += 1
         self._sample_at = None
         elapsed = round(trio.current_time() - self._task_started, 6)
+        check: dict[str, Any] | None = None
+        if outcome is Outcome.DONE:
+            try:  # the workspace's check (workspace.verify): done only when it passes
+                check = await self._workspace.verify(task)
+            except (OSError, ShoalError) as exc:
+                check = {"passed": False, "exit_code": None, "output_tail": str(exc)}
+            if check is not None and not check.get("passed"):
+                self._tasks_done -= 1
+                outcome = Outcome.FAILED
+                code = "timed out" if check.get("timed_out") else f"exit {check.get('exit_code')}"
+                fields = {**fields, "reason": f"verify failed ({code})", "result": None}
+                fields["output_tail"] = check.get("output_tail")
         record: dict[str, Any] | None = None
         with trio.CancelScope(shield=True), trio.move_on_after(WORKSPACE_TIMEOUT_S) as scope:
             try:  # before the report, which carries what the workspace kept (branch, commit, change)
@@ -901,6 +913,8 @@ class WorkerActor:
                 record = {"error": str(exc)}
         if scope.cancelled_caught:
             self._respawn_reason = "its workspace did not finish in time"
+        if check is not None:
+            record = {**(record or {}), "verify": check}
         await self._report(
             TaskFinished(
                 worker=self.id,

@@ -38,6 +38,10 @@ class Workspace(Protocol):
         """Make the directory ready for `task` before its prompt is written. Raises WorkspaceError."""
         ...
 
+    async def verify(self, task: Assignment) -> dict[str, Any] | None:
+        """The agent says done: run the workspace's check, if any (`passed`, `exit_code`, `output_tail`)."""
+        ...
+
     async def finish(self, task: Assignment, outcome: Outcome) -> dict[str, Any] | None:
         """The attempt ended with `outcome`: keep its work, clean for the next; the attempt's record."""
         ...
@@ -57,6 +61,9 @@ class SharedDirectory:
         return self.cwd
 
     async def prepare(self, task: Assignment) -> None:
+        return None
+
+    async def verify(self, task: Assignment) -> dict[str, Any] | None:
         return None
 
     async def finish(self, task: Assignment, outcome: Outcome) -> dict[str, Any] | None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,12 @@ from typing import Any
 import attrs
 import trio
 
-from ..protocols.config import ProfileConfig
+from ..protocols.config import ProfileConfig, WorkspaceConfig
 from ..protocols.tasks import Assignment, Outcome
 from .workspace import SharedDirectory, Workspace, WorkspaceError
 
 GIT_TIMEOUT_S = 120.0
+VERIFY_TAIL_BYTES = 4000  # the end of a check's output kept on the attempt and shown to the retry
 MAX_FILES_LISTED = 1000  # an attempt's record lists this many changed files; `files_changed` counts all
 MAX_DIFF_BYTES = 4 * 1024 * 1024  # tasks.diff returns at most this much patch text (`truncated`)
 _ENV = {
@@ -94,7 +96,7 @@ class Worktrees:
         if ws.mode != "worktree":
             return SharedDirectory(profile.cwd)
         assert ws.repo is not None  # the config refuses mode = "worktree" without a repo
-        return GitWorktree(self, profile_name, os.path.expanduser(ws.repo), ws.base, worker_id)
+        return GitWorktree(self, profile_name, os.path.expanduser(ws.repo), ws.base, worker_id, ws)
 
 
 @attrs.define
@@ -106,6 +108,7 @@ class GitWorktree:
     repo: str
     base: str | None  # None: the repository's HEAD when each task starts
     worker: str
+    config: WorkspaceConfig = attrs.field(factory=WorkspaceConfig)  # verify, verify_timeout_s, verify_retry
     _slot: int | None = None
     _path: Path | None = None
     _current: tuple[str, str] | None = None  # (branch, base commit) of the running task
@@ -142,6 +145,14 @@ class GitWorktree:
         for dep, head in task.dep_heads:
             if not await _git_ok(path, "cat-file", "-e", f"{head}^{{commit}}"):
                 raise WorkspaceError(f"dependency {dep}'s commit {head[:12]} is not in {self.repo}")
+        failed = task.after_failed_check if self.config.verify_retry == "continue" else None
+        if failed and await _git_ok(path, "cat-file", "-e", f"{failed.get('head')}^{{commit}}"):
+            # go on from the attempt whose check failed, in the same lineage; its diff still runs
+            # from where the task began
+            async with self.pool.lock(self.repo):
+                await git(path, "checkout", "-q", "-b", branch, str(failed["head"]))
+            self._current = (branch, str(failed.get("base") or failed["head"]))
+            return
         base = heads[0] if heads else await self._base_commit()
         async with self.pool.lock(self.repo):
             exists = await git(path, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", check=False)
@@ -193,6 +204,39 @@ class GitWorktree:
         await _clean(path)  # whatever the agent left that git add did not take (e.g. ignored files)
         await git(path, "checkout", "-q", "--detach", base)  # the branch keeps the work; the tree doesn't
         return record
+
+    async def verify(self, task: Assignment) -> dict[str, Any] | None:
+        """Run `workspace.verify` in the worktree as the agent left it; what it said and whether it
+        passed (exit 0). None when the profile names no check. Cancellable (the worker stopping)."""
+        command = self.config.verify
+        if command is None or self._path is None:
+            return None
+        started = trio.current_time()
+        env = {**os.environ, "SHOAL_TASK": task.task_id, "SHOAL_ATTEMPT": str(task.attempt)}
+        timed_out = False
+        with trio.move_on_after(self.config.verify_timeout_s) as scope:
+            done = await trio.run_process(
+                ["sh", "-c", command],
+                cwd=str(self._path),
+                env=env,
+                stdin=b"",
+                capture_stdout=True,
+                stderr=subprocess.STDOUT,
+                check=False,
+            )
+        if scope.cancelled_caught:
+            timed_out = True
+        out = b"" if timed_out else done.stdout
+        tail = out[-VERIFY_TAIL_BYTES:].decode(errors="replace")
+        code = None if timed_out else done.returncode
+        return {
+            "command": command,
+            "passed": code == 0,
+            "exit_code": code,
+            "timed_out": timed_out,
+            "output_tail": tail,
+            "elapsed_s": round(trio.current_time() - started, 3),
+        }
 
     async def _merge_deps(self, path: Path, task: Assignment) -> str:
         """Merge the dependencies' heads after the first into the task's new branch; its commit.

@@ -145,6 +145,12 @@ class WorkspaceConfig:
     mode: Literal["none", "worktree"] = "none"
     repo: str | None = attrs.field(default=None, validator=v.optional(v.min_len(1)))
     base: str | None = attrs.field(default=None, validator=v.optional(v.min_len(1)))
+    # a check run in the worktree once the agent says done (a shell command, e.g. "pytest -q"): exit 0
+    # or the attempt fails with `verify failed` and the retry is told why (docs/workspaces.md)
+    verify: str | None = attrs.field(default=None, validator=v.optional(v.min_len(1)))
+    verify_timeout_s: float = attrs.field(default=600.0, validator=_pos)
+    # the retry of a failed check: "continue" from the failed attempt's commit, or "fresh" from the base
+    verify_retry: Literal["continue", "fresh"] = "continue"
 
     def __attrs_post_init__(self) -> None:
         if self.mode == "worktree" and self.repo is None:

@@ -152,3 +152,5 @@ class Assignment:
     metadata: dict[str, Any] = attrs.field(factory=dict)
     # (dependency id, the commit its finished attempt left in a worktree): a worktree task starts there
     dep_heads: tuple[tuple[str, str], ...] = ()
+    # the previous attempt's worktree record when its check failed: the retry may go on from its commit
+    after_failed_check: dict[str, Any] | None = None

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
 import trio
 from test_cli import shoal
 
+from shoal.actors.cli import change_cell
+from shoal.actors.taskbook import check_feedback
 from shoal.actors.tree import open_swarm
 from shoal.actors.workspace import SharedDirectory, WorkspaceError
 from shoal.actors.worktree import GitWorktree, Worktrees, branch_name
@@ -401,3 +404,78 @@ async def test_merging_a_tasks_change(tmp_path: Path) -> None:
         assert shown.code == 0 and shown.out.startswith("shoal/note merged into next: "), shown.err
         refused = await shoal(None, *conn, "merge", "clash")
         assert refused.code == 4 and "conflicts in app.py" in refused.err
+
+
+def _verified_swarm(tmp_path: Path, repo: Path, verify: str, **workspace: Any) -> Any:
+    coder = {
+        **unstructure(BUILTIN_PROFILES["fake"]),
+        "workspace": {"mode": "worktree", "repo": str(repo), "verify": verify, **workspace},
+    }
+    return config_from_dict(
+        {
+            "state_dir": str(tmp_path / "state"),
+            "workers": {"profile": "coder", "profiles": {"coder": coder}},
+            "scaling": {"min_workers": 2, "max_workers": 2},
+            "queue": {"retry_backoff": {"min_s": 0.01, "max_s": 0.02}},
+        }
+    )
+
+
+CHECK = 'echo "checking: $(wc -l < log.txt) line(s)"; test "$(wc -l < log.txt)" -ge 2'
+
+
+async def test_a_failed_check_fails_the_attempt_and_the_retry_goes_on_from_its_commit(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    async with open_swarm(_verified_swarm(tmp_path, repo, CHECK)) as swarm:
+        await swarm.submit({"id": "t", "prompt": "log it [[append:log.txt:one more\\n]]", "max_attempts": 3})
+        with trio.fail_after(60):
+            task = await swarm.wait("t")
+        assert task.state is TaskState.DONE and len(task.attempts) == 2, task
+        first, second = task.attempts
+        assert first.outcome is Outcome.FAILED and first.reason == "verify failed (exit 1)"
+        assert first.workspace is not None and first.workspace["verify"]["passed"] is False
+        assert "checking: 1 line(s)" in first.workspace["verify"]["output_tail"]
+        assert second.workspace is not None and second.workspace["verify"]["passed"] is True
+        assert second.workspace["branch"] == "shoal/t-2"
+        assert second.workspace["base"] == first.workspace["base"]  # the diff covers the whole task
+        change = await swarm.diff("t")
+        assert "+one more\n+one more\n" in change["diff"]
+    assert sh_git(repo, "show", "shoal/t-2:log.txt") == "one more\none more\n"
+    cells = [change_cell(a.workspace) for a in task.attempts]
+    assert cells == ["shoal/t +1 -0 ✗ check", "shoal/t-2 +2 -0 ✓ check"]
+
+
+async def test_a_fresh_retry_starts_again_from_the_base(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    cfg = _verified_swarm(tmp_path, repo, CHECK, verify_retry="fresh")
+    async with open_swarm(cfg) as swarm:
+        await swarm.submit({"id": "t", "prompt": "log it [[append:log.txt:one more\\n]]", "max_attempts": 2})
+        with trio.fail_after(60):
+            task = await swarm.wait("t")
+        assert (
+            task.state is TaskState.DEAD
+            and [a.reason for a in task.attempts] == ["verify failed (exit 1)"] * 2
+        )
+    assert sh_git(repo, "show", "shoal/t-2:log.txt") == "one more\n"
+
+
+async def test_a_dependant_starts_only_from_a_verified_branch(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    async with open_swarm(_verified_swarm(tmp_path, repo, CHECK)) as swarm:
+        await swarm.submit_many(
+            [
+                {"id": "base", "prompt": "[[append:log.txt:a\\n]]"},
+                {"id": "next", "prompt": "[[append:log.txt:b\\n]]", "deps": ["base"]},
+            ]
+        )
+        with trio.fail_after(60):
+            done = await swarm.wait("next")
+        assert done.state is TaskState.DONE and len(done.attempts) == 1  # started from base's 2nd try
+    assert sh_git(repo, "show", "shoal/next:log.txt") == "a\na\nb\n"
+
+
+def test_the_retry_prompt_says_what_the_check_said() -> None:
+    record = {"verify": {"command": "pytest -q", "exit_code": 1, "output_tail": "FAILED test_x\n"}}
+    text = check_feedback("Fix the login", record)
+    assert text.startswith("Fix the login\n\nThe check `pytest -q` failed (exit 1)")
+    assert "FAILED test_x" in text and text.endswith("Fix it so that the check passes.")
