@@ -915,6 +915,8 @@ class WorkerActor:
             self._respawn_reason = "its workspace did not finish in time"
         if check is not None:
             record = {**(record or {}), "verify": check}
+        if self._workspace.fresh_context and not self._one_process_per_task:
+            self._respawn_reason = self._respawn_reason or "a fresh conversation for the next task"
         await self._report(
             TaskFinished(
                 worker=self.id,

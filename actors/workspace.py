@@ -30,6 +30,11 @@ class WorkspaceError(ShoalError):
 class Workspace(Protocol):
     """What a worker needs of the place its agent works in."""
 
+    @property
+    def fresh_context(self) -> bool:
+        """True: a persistent agent gets a fresh process (a fresh conversation) before each task."""
+        ...
+
     async def directory(self) -> str | None:
         """The working directory for the worker's next process (None: the service's own)."""
         ...
@@ -56,6 +61,7 @@ class SharedDirectory:
     """Every task of every worker of the profile runs in one directory (`profile.cwd`)."""
 
     cwd: str | None = None
+    fresh_context: bool = False
 
     async def directory(self) -> str | None:
         return self.cwd

@@ -111,6 +111,11 @@ class GitWorktree:
     config: WorkspaceConfig = attrs.field(factory=WorkspaceConfig)  # verify, verify_timeout_s, verify_retry
     _slot: int | None = None
     _path: Path | None = None
+
+    @property
+    def fresh_context(self) -> bool:
+        return self.config.fresh_context
+
     _current: tuple[str, str] | None = None  # (branch, base commit) of the running task
 
     @property

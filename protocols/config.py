@@ -151,6 +151,9 @@ class WorkspaceConfig:
     verify_timeout_s: float = attrs.field(default=600.0, validator=_pos)
     # the retry of a failed check: "continue" from the failed attempt's commit, or "fresh" from the base
     verify_retry: Literal["continue", "fresh"] = "continue"
+    # a persistent agent starts each task with a fresh conversation (a new process): nothing of one task's
+    # context leaks into the next one's branch
+    fresh_context: bool = True
 
     def __attrs_post_init__(self) -> None:
         if self.mode == "worktree" and self.repo is None:

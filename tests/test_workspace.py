@@ -42,6 +42,7 @@ class TaskFiles:
     fail_finish: set[str] = attrs.field(factory=set)
     calls: list[str] = attrs.field(factory=list)
     changed: trio.Event = attrs.field(factory=trio.Event)
+    fresh_context: bool = False
 
     def _note(self, call: str) -> None:
         self.calls.append(call)

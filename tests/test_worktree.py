@@ -479,3 +479,30 @@ def test_the_retry_prompt_says_what_the_check_said() -> None:
     text = check_feedback("Fix the login", record)
     assert text.startswith("Fix the login\n\nThe check `pytest -q` failed (exit 1)")
     assert "FAILED test_x" in text and text.endswith("Fix it so that the check passes.")
+
+
+@pytest.mark.parametrize("fresh", [True, False])
+async def test_each_task_in_a_worktree_starts_a_fresh_conversation(tmp_path: Path, fresh: bool) -> None:
+    repo = make_repo(tmp_path / "repo")
+    coder = {
+        **unstructure(BUILTIN_PROFILES["fake"]),
+        "workspace": {"mode": "worktree", "repo": str(repo), "fresh_context": fresh},
+    }
+    cfg = config_from_dict(
+        {
+            "state_dir": str(tmp_path / "state"),
+            "workers": {"profile": "coder", "profiles": {"coder": coder}},
+            "scaling": {"min_workers": 1, "max_workers": 1},
+        }
+    )
+    async with open_swarm(cfg) as swarm:
+        pids = []
+        for tid in ("one", "two"):
+            await swarm.submit({"id": tid, "prompt": tid})
+            with trio.fail_after(30):
+                assert (await swarm.wait(tid)).state is TaskState.DONE
+                with swarm.events(("worker.state",)) as sub:
+                    while not [w for w in swarm.workers() if w.state.value == "idle"]:
+                        await sub.receive()
+            pids.append(swarm.workers()[0].pid)
+    assert (pids[0] != pids[1]) is fresh  # a new process is a new conversation
