@@ -128,24 +128,25 @@ class GitWorktree:
         if self._slot is None:
             self._slot = self.pool.take_slot(self.profile)
         path = self.pool.root / _safe_component(self.profile) / str(self._slot)
-        async with self.pool.lock(self.repo):
-            top = await self._repo_top()
-            base = await self._base_commit()
-            if await _is_worktree_of(path, top):
-                await git(path, "checkout", "-q", "--detach", base)
-            else:
-                if await trio.Path(path).exists():  # half made, or left by hand: ours to replace
-                    await trio.to_thread.run_sync(shutil.rmtree, path)
-                await git(top, "worktree", "prune")
-                await trio.Path(path.parent).mkdir(parents=True, exist_ok=True)
-                await git(top, "worktree", "add", "-q", "--detach", str(path), base)
+        top = await self._repo_top()
+        base = await self._base_commit()
+        if not await _is_worktree_of(path, top):
+            if await trio.Path(path).exists():  # half made, or left by hand: ours to replace
+                await trio.to_thread.run_sync(shutil.rmtree, path)
+            await trio.Path(path.parent).mkdir(parents=True, exist_ok=True)
+            add = ("worktree", "add", "-q", "--no-checkout", "--detach", str(path), base)
+            async with self.pool.lock(self.repo):  # git's worktree list: serialised per repository
+                if await _git_try(top, *add) is not None:  # e.g. registered before but deleted since
+                    await git(top, "worktree", "prune")
+                    await git(top, *add)
+        # the files are written outside the lock: 16 workers fill their worktrees side by side
+        await git(path, "checkout", "-q", "-f", "--detach", base)
         self._path = path
         return str(path)
 
     async def prepare(self, task: Assignment) -> None:
         path = Path(await self.directory() or "")
         branch = branch_name(task)
-        await _clean(path)
         heads = [head for _dep, head in task.dep_heads]
         for dep, head in task.dep_heads:
             if not await _git_ok(path, "cat-file", "-e", f"{head}^{{commit}}"):
@@ -154,19 +155,27 @@ class GitWorktree:
         if failed and await _git_ok(path, "cat-file", "-e", f"{failed.get('head')}^{{commit}}"):
             # go on from the attempt whose check failed, in the same lineage; its diff still runs
             # from where the task began
-            async with self.pool.lock(self.repo):
-                await git(path, "checkout", "-q", "-b", branch, str(failed["head"]))
-            self._current = (branch, str(failed.get("base") or failed["head"]))
+            start = str(failed["head"])
+            await self._start_branch(path, branch, start)
+            self._current = (branch, str(failed.get("base") or start))
             return
         base = heads[0] if heads else await self._base_commit()
-        async with self.pool.lock(self.repo):
-            exists = await git(path, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", check=False)
-            if exists.strip():
-                raise WorkspaceError(f"branch {branch} already exists in {self.repo}")
-            await git(path, "checkout", "-q", "-b", branch, base)
+        await self._start_branch(path, branch, base)
         if len(heads) > 1:  # several dependencies: the task starts from their merge
             base = await self._merge_deps(path, task)
         self._current = (branch, base)
+
+    async def _start_branch(self, path: Path, branch: str, start: str) -> None:
+        """A new branch at `start`, checked out over whatever the tree holds (`-f`), then every file
+        git does not track removed (`clean -fdx`): the reset before each task."""
+        async with self.pool.lock(self.repo):  # branch creation: git's refs, serialised per repository
+            made = await _git_try(path, "branch", "--no-track", branch, start)
+        if made is not None:
+            if "already exists" in made:
+                raise WorkspaceError(f"branch {branch} already exists in {self.repo}")
+            raise WorkspaceError(f"git branch failed: {made}")
+        await git(path, "checkout", "-q", "-f", branch)
+        await git(path, "clean", "-q", "-fdx")
 
     async def finish(self, task: Assignment, outcome: Outcome) -> dict[str, Any] | None:
         if self._current is None or self._path is None:
@@ -181,18 +190,26 @@ class GitWorktree:
                 "error": f"the worktree {path} was deleted while the task ran",
             }
         await git(path, "add", "-A")
-        committed = False
-        if await _has_staged(path):
-            message = _commit_message(task, outcome)
-            await git(
-                path,
-                *("-c", f"user.name=Shoal agent {self.worker}", "-c", "user.email=shoal-agent@localhost"),
-                *("-c", "commit.gpgsign=false", "commit", "-q", "--no-verify", "-m", message),
-            )
-            committed = True
-        head = (await git(path, "rev-parse", "HEAD")).strip()
-        on = (await git(path, "symbolic-ref", "-q", "--short", "HEAD", check=False)).strip()
-        files, insertions, deletions = _numstat(await git(path, "diff", "--numstat", base, head))
+        failed_commit = await _git_try(
+            path,
+            *("-c", f"user.name=Shoal agent {self.worker}", "-c", "user.email=shoal-agent@localhost"),
+            *(
+                "-c",
+                "commit.gpgsign=false",
+                "commit",
+                "-q",
+                "--no-verify",
+                "-m",
+                _commit_message(task, outcome),
+            ),
+        )
+        if failed_commit is not None and "nothing to commit" not in failed_commit:
+            raise WorkspaceError(f"git commit failed: {failed_commit}")
+        committed = failed_commit is None
+        head, on = (await git(path, "rev-parse", "HEAD", "--abbrev-ref", "HEAD")).split()
+        on = "" if on == "HEAD" else on
+        diff = await git(path, "diff", "--numstat", base, head) if head != base else ""
+        files, insertions, deletions = _numstat(diff)
         record: dict[str, Any] = {
             "repo": self.repo,
             "branch": branch,
@@ -206,8 +223,9 @@ class GitWorktree:
         }
         if on != branch:  # the agent checked out another branch: its work is recorded where it is
             record["agent_branch"] = on or None
-        await _clean(path)  # whatever the agent left that git add did not take (e.g. ignored files)
-        await git(path, "checkout", "-q", "--detach", base)  # the branch keeps the work; the tree doesn't
+        # the branch keeps the work; the tree goes back to the base (ignored files stay until the next
+        # task's reset: a build cache may be worth keeping that long, never longer)
+        await git(path, "checkout", "-q", "-f", "--detach", base)
         return record
 
     async def verify(self, task: Assignment) -> dict[str, Any] | None:
@@ -316,8 +334,15 @@ async def _git_ok(cwd: str | Path, *args: str) -> bool:
     return done.returncode == 0
 
 
-async def _has_staged(path: Path) -> bool:
-    return not await _git_ok(path, "diff", "--cached", "--quiet")  # exit 1: there are staged changes
+async def _git_try(cwd: str | Path, *args: str) -> str | None:
+    """Run `git -C cwd args…`: None when it exits 0, else what it said (its last lines)."""
+    env = {**os.environ, **_ENV}
+    argv = ["git", "-C", str(cwd), *args]
+    done = await trio.run_process(argv, check=False, env=env, capture_stdout=True, capture_stderr=True)
+    if done.returncode == 0:
+        return None
+    words = (done.stderr + done.stdout).decode(errors="replace").strip()
+    return words[-500:] or f"exit {done.returncode}"
 
 
 def _commit_message(task: Assignment, outcome: Outcome) -> str:
