@@ -552,5 +552,15 @@ async def test_retrying_workers_quota_and_a_model_paused_for_extra_usage(tmp_pat
             assert "shoal models resume opus" in (opus.get_attribute("title") or "")
             bridge.run(swarm.resume_model, "opus")
             expect(opus).to_have_attribute("data-state", "available")
+            # a failed attempt's cost is shown with it (the turn limit: error_max_turns)
+            bridge.run(swarm.submit, {"id": "turns", "prompt": "[[maxturns:40]] x", "max_attempts": 1})
+            page.click('#tabs [data-tab="tasks"]')
+            page.fill("#task-find-id", "turns")
+            page.click("#task-find button")
+            page.wait_for_selector("#task-detail h3:text-is('turns')")
+            expect(page.locator("#task-detail table.attempts")).to_contain_text("$0.4920")
+            expect(page.locator("#task-detail table.attempts")).to_contain_text(
+                "Reached maximum number of turns (40)"
+            )
 
         await in_browser(swarm, tmp_path, scenario)

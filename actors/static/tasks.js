@@ -290,11 +290,13 @@ export class TasksView {
       el("div", { class: "section-title" }, `Attempts (${attempts.length})`),
       attempts.length
         ? el("table", { class: "attempts" },
-          el("tr", {}, el("th", {}, "#"), el("th", {}, "worker"), el("th", {}, "model"), el("th", {}, "outcome"), el("th", {}, "took"), el("th", {}, "reason")),
+          el("tr", {}, el("th", {}, "#"), el("th", {}, "worker"), el("th", {}, "model"), el("th", {}, "outcome"), el("th", {}, "took"), el("th", {}, "cost"), el("th", {}, "reason")),
           ...attempts.map((a) => el("tr", {},
             el("td", {}, a.n), el("td", {}, a.worker), el("td", {}, a.model || "–"),
             el("td", { class: stateClass(a.outcome || "running") }, a.outcome || "running"),
             el("td", {}, a.ended ? fmtDuration(a.ended - a.started) : fmtDuration(Date.now() / 1000 - a.started)),
+            // what the attempt cost as the agent reported it: failed attempts cost too
+            el("td", { class: "num" }, typeof a.usage?.cost_usd === "number" ? `$${a.usage.cost_usd.toFixed(4)}` : "–"),
             el("td", {}, a.reason || (a.exit_code !== null && a.exit_code !== undefined ? `exit ${a.exit_code}` : "")))))
         : el("p", { class: "muted" }, "not run yet"),
       t.result ? el("div", { class: "section-title" }, "Result") : null,
