@@ -50,3 +50,16 @@ def test_the_example_config_loads() -> None:
     config = load_config(ROOT / "examples" / "shoal.toml")
     assert config.models.weights == {"haiku": 0.3, "sonnet": 0.5, "opus": 0.2}
     assert "my-shell" in config.workers.profiles
+
+
+def test_every_toml_block_in_the_readme_loads(tmp_path: Path) -> None:
+    """The README's configuration examples are what a new user pastes: each must be a valid config."""
+    from shoal.protocols.config import load_config
+
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", text, flags=re.S)
+    assert len(blocks) >= 2
+    for i, block in enumerate(blocks):
+        path = tmp_path / f"readme-{i}.toml"
+        path.write_text(block)
+        load_config(path)  # raises ValidationError naming the key and line when one is wrong
