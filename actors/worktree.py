@@ -223,6 +223,13 @@ class GitWorktree:
         }
         if on != branch:  # the agent checked out another branch: its work is recorded where it is
             record["agent_branch"] = on or None
+        if self.config.push is not None and committed:
+            pushed = await _git_try(
+                path, "push", "-q", "--no-verify", self.config.push, f"{head}:refs/heads/{branch}"
+            )
+            record["pushed"] = self.config.push if pushed is None else None
+            if pushed is not None:  # the work is safe on the local branch: a failed push is reported only
+                record["push_error"] = pushed
         # the branch keeps the work; the tree goes back to the base (ignored files stay until the next
         # task's reset: a build cache may be worth keeping that long, never longer)
         await git(path, "checkout", "-q", "-f", "--detach", base)

@@ -154,6 +154,8 @@ class WorkspaceConfig:
     # a persistent agent starts each task with a fresh conversation (a new process): nothing of one task's
     # context leaks into the next one's branch
     fresh_context: bool = True
+    # a git remote each attempt's branch is pushed to when it ends (e.g. "origin"); None: no push
+    push: str | None = attrs.field(default=None, validator=v.optional(v.min_len(1)))
 
     def __attrs_post_init__(self) -> None:
         if self.mode == "worktree" and self.repo is None:

@@ -506,3 +506,30 @@ async def test_each_task_in_a_worktree_starts_a_fresh_conversation(tmp_path: Pat
                         await sub.receive()
             pids.append(swarm.workers()[0].pid)
     assert (pids[0] != pids[1]) is fresh  # a new process is a new conversation
+
+
+async def test_finished_branches_are_pushed_when_asked(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    remote = tmp_path / "remote.git"
+    sh_git(tmp_path, "init", "-q", "--bare", str(remote))
+    sh_git(repo, "remote", "add", "origin", str(remote))
+    pool = Worktrees(tmp_path / "state" / "workspaces")
+    ws = pool(
+        "coder",
+        ProfileConfig(argv=("sh",), workspace=WorkspaceConfig("worktree", str(repo), push="origin")),
+        "w-1",
+    )
+    assert isinstance(ws, GitWorktree)
+    path = Path(await ws.directory() or "")
+    await ws.prepare(task("t1"))
+    (path / "a.txt").write_text("a\n")
+    record = await ws.finish(task("t1"), Outcome.DONE)
+    assert record is not None and record["pushed"] == "origin"
+    assert sh_git(remote, "rev-parse", "shoal/t1").strip() == record["head"]
+
+    sh_git(repo, "remote", "set-url", "origin", str(tmp_path / "nowhere.git"))
+    await ws.prepare(task("t2"))
+    (path / "b.txt").write_text("b\n")
+    record = await ws.finish(task("t2"), Outcome.DONE)
+    assert record is not None and record["pushed"] is None and "nowhere.git" in record["push_error"]
+    assert sh_git(repo, "rev-parse", "shoal/t2").strip() == record["head"]  # kept locally all the same
