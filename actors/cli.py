@@ -707,6 +707,61 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return _run(args, go)
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_age(text: str) -> float:
+    """`90s`, `30m`, `12h`, `7d` (or plain seconds) in seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if m is None:
+        raise CliError(f"--older-than wants a duration such as 7d, 12h or 30m, got {text!r}", EXIT_USAGE)
+    return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+
+
+def cmd_workspaces(args: argparse.Namespace) -> int:
+    async def go(c: Client) -> int:
+        if args.action == "prune":
+            older = parse_age(args.older_than) if args.older_than else None
+            reply = await c.prune_workspaces(older, args.base)
+            if args.json:
+                _print_json(reply)
+            else:
+                print(
+                    f"removed {len(reply['removed_worktrees'])} worktree(s), "
+                    f"deleted {len(reply['deleted_branches'])} branch(es)"
+                )
+                for line in (*reply["removed_worktrees"], *reply["deleted_branches"]):
+                    print(f"  {line}")
+            return EXIT_OK
+        listed = await c.workspaces()
+        if args.json:
+            _print_json(listed)
+            return EXIT_OK
+        table = Table(box=None, header_style="bold", title="worktrees", title_justify="left")
+        for name in ("PATH", "WORKER", "BRANCH", "HEAD"):
+            table.add_column(name)
+        for w in listed["worktrees"]:
+            _row(
+                table,
+                w["path"],
+                w["worker"] or "- (unused)",
+                w["branch"] or "(detached)",
+                (w["head"] or "")[:12],
+            )
+        console = _console()
+        console.print(table)
+        now = time.time()
+        branches = Table(box=None, header_style="bold", title="task branches", title_justify="left")
+        for name in ("BRANCH", "HEAD", "LAST COMMIT", "REPO"):
+            branches.add_column(name)
+        for b in listed["branches"]:
+            _row(branches, b["branch"], b["head"][:12], _age(b["committed"], now) + " ago", b["repo"])
+        console.print(branches)
+        return EXIT_OK
+
+    return _run(args, go)
+
+
 def _stop_on_sigint() -> None:
     """A command that runs until Ctrl-C must stop on SIGINT even when it was started ignoring it.
 
@@ -1458,6 +1513,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--into", help="the branch to merge into (default: the repository's checked-out branch)")
     p.add_argument("--squash", action="store_true", help="one commit instead of a merge commit")
     p.add_argument("--attempt", type=int, help="that attempt's change (default: the latest that left one)")
+    p = command("workspaces", cmd_workspaces, "worktrees and task branches (worktree profiles)", True)
+    p.add_argument(
+        "action", nargs="?", choices=["prune"], help="prune: remove unused worktrees, old branches"
+    )
+    p.add_argument("--older-than", help="prune: also task branches last committed longer ago (7d, 12h)")
+    p.add_argument("--base", help="prune: task branches merged into this branch (default: HEAD)")
     p = command("logs", cmd_logs, "a worker's recent output", False)
     p.add_argument("worker")
     p.add_argument("--tail", type=int, help="only the last N bytes")

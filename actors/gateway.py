@@ -290,6 +290,8 @@ class _Connection:
             "tasks.list": self._list,
             "tasks.diff": self._diff,
             "tasks.merge": self._merge,
+            "workspaces.list": self._workspaces,
+            "workspaces.prune": self._prune,
             "tasks.cancel": self._task_op("cancel"),
             "tasks.retry": self._task_op("retry"),
             "tasks.skip": self._task_op("skip"),
@@ -677,6 +679,12 @@ class _Connection:
 
     async def _merge(self, p: api.MergeParams) -> Any:
         return await self.swarm.merge(p.id, p.attempt, p.into, p.squash)
+
+    async def _workspaces(self, _p: api.NoParams) -> Any:
+        return await self.swarm.workspaces()
+
+    async def _prune(self, p: api.PruneParams) -> Any:
+        return await self.swarm.prune_workspaces(p.older_than_s, p.base)
 
     async def _list(self, p: api.ListTasksParams) -> Any:
         tasks, cursor = await self.swarm.list(p.state, p.limit, p.cursor)

@@ -237,6 +237,25 @@ class SwarmHandle:
             self.bus.publish("task.merged", {"task_id": task_id, **out})
         return out
 
+    def _worktree_repos(self) -> builtins.list[str]:
+        profiles = self._config.workers.profiles.values()
+        return [os.path.expanduser(p.workspace.repo) for p in profiles if p.workspace.repo is not None]
+
+    async def workspaces(self) -> dict[str, Any]:
+        """Shoal's worktrees (path, head, branch, the worker using it) and its task branches."""
+        return await self._worktrees.list(self._worktree_repos())
+
+    async def prune_workspaces(
+        self, older_than_s: float | None = None, base: str | None = None
+    ) -> dict[str, Any]:
+        """Remove worktrees no worker uses and task branches merged into `base` (default: each
+        repository's HEAD) or older than `older_than_s`; a branch a live worker has out is kept."""
+        if base is not None:
+            check_text(base, "base")
+        return await self._worktrees.prune(
+            self._worktree_repos(), base=base, older_than_s=older_than_s, now=time.time()
+        )
+
     async def list(
         self, state: TaskState | str | None = None, limit: int = 100, cursor: str | None = None
     ) -> tuple[builtins.list[Task], str | None]:

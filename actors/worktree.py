@@ -22,6 +22,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -77,18 +78,87 @@ class Worktrees:
     root: Path  # <state_dir>/workspaces
     _locks: dict[str, trio.Lock] = attrs.field(factory=dict)
     _taken: dict[str, set[int]] = attrs.field(factory=dict)
+    _holders: dict[str, str] = attrs.field(factory=dict)  # worktree path -> the worker using it
 
     def lock(self, repo: str) -> trio.Lock:
         return self._locks.setdefault(repo, trio.Lock())
 
-    def take_slot(self, profile: str) -> int:
+    def take_slot(self, profile: str, worker: str = "") -> int:
         taken = self._taken.setdefault(profile, set())
         slot = next(i for i in range(1, len(taken) + 2) if i not in taken)
         taken.add(slot)
+        self._holders[str(self.slot_path(profile, slot))] = worker
         return slot
 
     def release_slot(self, profile: str, slot: int) -> None:
         self._taken.get(profile, set()).discard(slot)
+        self._holders.pop(str(self.slot_path(profile, slot)), None)
+
+    def slot_path(self, profile: str, slot: int) -> Path:
+        return self.root / _safe_component(profile) / str(slot)
+
+    def holder(self, path: str) -> str | None:
+        """The worker using the worktree at `path` now, if any."""
+        return self._holders.get(path)
+
+    async def list(self, repos: Sequence[str]) -> dict[str, Any]:
+        """Shoal's worktrees and task branches in `repos` (the worktree profiles' repositories)."""
+        worktrees: list[dict[str, Any]] = []
+        branches: list[dict[str, Any]] = []
+        for repo in sorted(set(repos)):
+            if not await trio.Path(repo).is_dir():
+                continue
+            for entry in _worktree_entries(await git(repo, "worktree", "list", "--porcelain", check=False)):
+                path = entry.get("worktree", "")
+                if Path(path).is_relative_to(self.root):
+                    worktrees.append(
+                        {"repo": repo, "path": path, "head": entry.get("HEAD"), "worker": self.holder(path),
+                         "branch": entry.get("branch", "").removeprefix("refs/heads/") or None}
+                    )  # fmt: skip
+            refs = await git(
+                repo, "for-each-ref", "--format=%(refname:short) %(objectname) %(committerdate:unix)",
+                "refs/heads/shoal/", check=False,
+            )  # fmt: skip
+            for line in refs.splitlines():
+                name, head, when = line.split(" ")
+                branches.append({"repo": repo, "branch": name, "head": head, "committed": int(when)})
+        return {"worktrees": worktrees, "branches": branches}
+
+    async def prune(
+        self, repos: Sequence[str], *, base: str | None, older_than_s: float | None, now: float
+    ) -> dict[str, Any]:
+        """Remove the worktrees no worker uses, and the task branches merged into `base` (default: each
+        repository's HEAD) or last committed more than `older_than_s` ago. Branches checked out in a
+        worktree in use are kept."""
+        listed = await self.list(repos)
+        removed: list[str] = []
+        deleted: list[str] = []
+        in_use = {w["branch"] for w in listed["worktrees"] if w["worker"] is not None and w["branch"]}
+        for w in listed["worktrees"]:
+            if w["worker"] is None:
+                async with self.lock(w["repo"]):
+                    if await _git_try(w["repo"], "worktree", "remove", "--force", w["path"]) is None:
+                        removed.append(w["path"])
+        for repo in sorted({b["repo"] for b in listed["branches"]}):
+            merged_out = await git(
+                repo,
+                "branch",
+                "--format=%(refname:short)",
+                "--merged",
+                base or "HEAD",
+                "--list",
+                "shoal/*",
+                check=False,
+            )
+            merged = set(merged_out.split())
+            for b in (b for b in listed["branches"] if b["repo"] == repo):
+                old = older_than_s is not None and now - b["committed"] > older_than_s
+                if b["branch"] in in_use or not (b["branch"] in merged or old):
+                    continue
+                async with self.lock(repo):
+                    if await _git_try(repo, "branch", "-D", b["branch"]) is None:
+                        deleted.append(f"{repo}:{b['branch']}")
+        return {"removed_worktrees": removed, "deleted_branches": deleted}
 
     def __call__(self, profile_name: str, profile: ProfileConfig, worker_id: str) -> Workspace:
         """The WorkspaceFactory: a worktree for `worktree` profiles, the shared directory otherwise."""
@@ -126,8 +196,8 @@ class GitWorktree:
         if self._path is not None and await trio.Path(self._path).is_dir():
             return str(self._path)
         if self._slot is None:
-            self._slot = self.pool.take_slot(self.profile)
-        path = self.pool.root / _safe_component(self.profile) / str(self._slot)
+            self._slot = self.pool.take_slot(self.profile, self.worker)
+        path = self.pool.slot_path(self.profile, self._slot)
         top = await self._repo_top()
         base = await self._base_commit()
         if not await _is_worktree_of(path, top):
@@ -458,6 +528,19 @@ async def _merge_in(tree: str | Path, head: str, squash: bool, message: str, int
         shown = ", ".join(files[:20]) + (f" and {len(files) - 20} more" if len(files) > 20 else "")
         raise WorkspaceError(f"merging into {into} conflicts in {shown or 'the merge'}; nothing was changed")
     return (await git(tree, "rev-parse", "HEAD")).strip()
+
+
+def _worktree_entries(porcelain: str) -> list[dict[str, str]]:
+    """`git worktree list --porcelain` as one dict per worktree (`worktree`, `HEAD`, `branch`, ...)."""
+    entries: list[dict[str, str]] = []
+    for block in porcelain.strip().split("\n\n"):
+        entry: dict[str, str] = {}
+        for line in block.splitlines():
+            key, _, value = line.partition(" ")
+            entry[key] = value
+        if entry:
+            entries.append(entry)
+    return entries
 
 
 async def _checked_out_at(repo: str, branch: str) -> str | None:

@@ -194,6 +194,12 @@ class MergeParams:
 
 
 @attrs.frozen
+class PruneParams:
+    older_than_s: float | None = attrs.field(default=None, metadata=_range(lo=0))
+    base: str | None = attrs.field(default=None, metadata=_range(nonempty=True, max_len=250))
+
+
+@attrs.frozen
 class ListTasksParams:
     state: TaskState | None = None
     limit: int = attrs.field(default=100, metadata=_range(lo=1, hi=MAX_LIST_LIMIT))
@@ -282,6 +288,8 @@ METHODS: dict[str, Method] = {
         Method("tasks.boost", BoostParams, "change a task's priority"),
         Method("tasks.assign", AssignParams, "run a task on a given worker"),
         Method("tasks.complete", CompleteParams, "an agent reports its own completion"),
+        Method("workspaces.list", NoParams, "Shoal's worktrees and task branches"),
+        Method("workspaces.prune", PruneParams, "remove unused worktrees and merged or old task branches"),
         Method("events.subscribe", SubscribeParams, "receive events matching topic patterns"),
         Method("events.unsubscribe", UnsubscribeParams, "stop receiving events"),
         Method("alerts.test", NoParams, "deliver a test alert to every webhook; each one's outcome"),

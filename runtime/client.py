@@ -537,6 +537,23 @@ class Client:
         result: dict[str, Any] = await self.call("tasks.merge", params)
         return result
 
+    async def workspaces(self) -> dict[str, Any]:
+        """Shoal's worktrees and task branches (workspaces.list)."""
+        result: dict[str, Any] = await self.call("workspaces.list")
+        return result
+
+    async def prune_workspaces(
+        self, older_than_s: float | None = None, base: str | None = None
+    ) -> dict[str, Any]:
+        """Remove unused worktrees and merged or old task branches (workspaces.prune)."""
+        params: dict[str, Any] = {}
+        if older_than_s is not None:
+            params["older_than_s"] = older_than_s
+        if base is not None:
+            params["base"] = base
+        result: dict[str, Any] = await self.call("workspaces.prune", params)
+        return result
+
     async def list_tasks(
         self, state: TaskState | str | None = None, limit: int = 100, cursor: str | None = None
     ) -> tuple[list[Task], str | None]:

@@ -105,6 +105,11 @@ async def tasks_and_workers(call: Calls, stream: EventStream) -> None:
             await call("tasks.diff", {"id": "hello"})
         with pytest.raises(Conflict, match="worktree"):
             await call("tasks.merge", {"id": "hello", "into": "main"})
+        assert await call("workspaces.list") == {"worktrees": [], "branches": []}  # no worktree profile
+        assert await call("workspaces.prune", {"older_than_s": 86400}) == {
+            "removed_worktrees": [],
+            "deleted_branches": [],
+        }
         page = await call("tasks.list", {"state": "done", "limit": 10})
         assert "hello" in [t["id"] for t in page["tasks"]]
         logs = await call("workers.logs", {"id": wid, "tail": 4096})

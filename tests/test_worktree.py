@@ -533,3 +533,41 @@ async def test_finished_branches_are_pushed_when_asked(tmp_path: Path) -> None:
     record = await ws.finish(task("t2"), Outcome.DONE)
     assert record is not None and record["pushed"] is None and "nowhere.git" in record["push_error"]
     assert sh_git(repo, "rev-parse", "shoal/t2").strip() == record["head"]  # kept locally all the same
+
+
+async def test_listing_and_pruning_worktrees_and_task_branches(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    coder = {**unstructure(BUILTIN_PROFILES["fake"]), "workspace": {"mode": "worktree", "repo": str(repo)}}
+    cfg = config_from_dict(
+        {
+            "state_dir": str(tmp_path / "state"),
+            "workers": {"profile": "coder", "profiles": {"coder": coder}},
+            "scaling": {"min_workers": 2, "max_workers": 2},
+            "gateway": {"enabled": True, "port": 0},
+        }
+    )
+    async with open_swarm(cfg) as swarm:
+        await swarm.submit_many([{"id": f"t{i}", "prompt": f"[[write:f{i}.txt:{i}]]"} for i in range(3)])
+        with trio.fail_after(60):
+            for i in range(3):
+                assert (await swarm.wait(f"t{i}")).state is TaskState.DONE
+        listed = await swarm.workspaces()
+        assert len(listed["worktrees"]) == 2 and all(w["worker"] for w in listed["worktrees"])
+        assert sorted(b["branch"] for b in listed["branches"]) == ["shoal/t0", "shoal/t1", "shoal/t2"]
+        await swarm.merge("t1", into="main")
+        pruned = await swarm.prune_workspaces(base="main")  # merged ones only; worktrees in use stay
+        assert pruned == {"removed_worktrees": [], "deleted_branches": [f"{repo}:shoal/t1"]}
+        conn = ("--url", str(swarm.gateway_url), f"--token={swarm.token}")
+        shown = await shoal(None, *conn, "workspaces", COLUMNS="250")
+        assert shown.code == 0 and "shoal/t0" in shown.out and "shoal/t2" in shown.out, shown.err
+        assert "shoal/t1" not in shown.out
+        bad = await shoal(None, *conn, "workspaces", "prune", "--older-than", "soon")
+        assert bad.code == 2 and "--older-than wants a duration" in bad.err
+    idle = attrs.evolve(cfg, scaling=ScalingConfig(), gateway=GatewayConfig())
+    async with open_swarm(idle) as swarm:  # no worker now: every worktree is unused
+        pruned = await swarm.prune_workspaces(older_than_s=0)
+        assert len(pruned["removed_worktrees"]) == 2
+        assert sorted(pruned["deleted_branches"]) == [f"{repo}:shoal/t0", f"{repo}:shoal/t2"]
+        assert await swarm.workspaces() == {"worktrees": [], "branches": []}
+    assert sh_git(repo, "worktree", "list").count("\n") == 1  # the repository's own checkout only
+    assert (repo / "f1.txt").read_text() == "1"  # what was merged stays merged
