@@ -564,3 +564,51 @@ async def test_retrying_workers_quota_and_a_model_paused_for_extra_usage(tmp_pat
             )
 
         await in_browser(swarm, tmp_path, scenario)
+
+
+async def test_a_worktree_tasks_change_its_check_diff_and_merge(tmp_path: Path) -> None:
+    from test_worktree import make_repo, sh_git
+
+    from shoal.actors.tree import open_swarm
+    from shoal.protocols.config import unstructure
+    from shoal.protocols.profiles import BUILTIN_PROFILES
+
+    repo = make_repo(tmp_path / "repo", {"app.py": "print('v1')\n"})
+    coder = {
+        **unstructure(BUILTIN_PROFILES["shell"]),
+        "workspace": {"mode": "worktree", "repo": str(repo), "verify": "test -f ok.txt && echo check-ok"},
+    }
+    cfg = config(
+        tmp_path, workers={"profile": "coder", "profiles": {"coder": coder}}, scaling={"max_workers": 1}
+    )
+    async with open_swarm(cfg) as swarm:
+
+        def scenario(page: Any, bridge: Bridge) -> None:
+            bridge.run(
+                swarm.submit, {"id": "good", "prompt": "echo ok > ok.txt; echo \"print('v2')\" > app.py"}
+            )
+            bridge.run(swarm.submit, {"id": "bad", "prompt": "echo no > other.txt", "max_attempts": 1})
+            bridge.run(swarm.wait, "good")
+            bridge.run(swarm.wait, "bad")
+            page.click('#tabs [data-tab="tasks"]')
+            page.locator(visible_rows("tasks-table")).filter(has_text="good").click()
+            page.wait_for_selector("#task-change >> text=shoal/good")
+            expect(page.locator("#task-change")).to_contain_text("2 (+2 −1)")
+            expect(page.locator("#task-change .state-done")).to_contain_text("passed")
+            page.click("#btn-task-diff")
+            expect(page.locator("#task-diff .diff-add").first).to_be_visible()
+            expect(page.locator("#task-diff")).to_contain_text("+print('v2')")
+            expect(page.locator("#task-diff .diff-del")).to_contain_text("-print('v1')")
+            page.locator("#task-diff").scroll_into_view_if_needed()
+            shot(page, "dashboard-diff")  # docs/dashboard-diff.png is this screenshot
+            page.fill('#task-detail [aria-label="merge into"]', "main")
+            page.click("#btn-task-merge")
+            page.wait_for_selector(".toast >> text=shoal/good merged")
+            assert bridge.sync(lambda: sh_git(repo, "show", "main:ok.txt")) == "ok\n"
+
+            page.locator(visible_rows("tasks-table")).filter(has_text="bad").click()
+            page.wait_for_selector("#task-change >> text=shoal/bad")
+            expect(page.locator("#task-change .state-failed")).to_contain_text("failed (exit 1)")
+            assert page.locator("#btn-task-merge").is_disabled()  # only a done task's change merges
+
+        await in_browser(swarm, tmp_path, scenario)

@@ -299,9 +299,52 @@ export class TasksView {
             el("td", { class: "num" }, typeof a.usage?.cost_usd === "number" ? `$${a.usage.cost_usd.toFixed(4)}` : "–"),
             el("td", {}, a.reason || (a.exit_code !== null && a.exit_code !== undefined ? `exit ${a.exit_code}` : "")))))
         : el("p", { class: "muted" }, "not run yet"),
+      ...this.changeSection(t),
       t.result ? el("div", { class: "section-title" }, "Result") : null,
       t.result ? el("pre", { class: "prompt-text" }, t.result) : null,
     ));
+  }
+
+  /** A worktree task's change (docs/workspaces.md): its branch, files and lines, its check, the diff
+   * on demand (tasks.diff), and Merge (tasks.merge). Nothing for tasks that ran in no worktree. */
+  changeSection(t) {
+    const kept = (t.attempts || []).filter((a) => a.workspace && a.workspace.branch);
+    if (!kept.length) return [];
+    const a = kept[kept.length - 1];
+    const ws = a.workspace;
+    const check = ws.verify;
+    const diffBox = el("pre", { class: "diff", id: "task-diff", hidden: true });
+    const showDiff = async () => {
+      try {
+        const d = await this.app.rpc.call("tasks.diff", { id: t.id, attempt: a.n });
+        diffBox.replaceChildren(...diffLines(d.diff), ...(d.truncated ? [el("span", { class: "muted" }, "\n(cut at 4 MiB)")] : []));
+        diffBox.hidden = false;
+      } catch (err) {
+        diffBox.replaceChildren(el("span", { class: "error" }, errorText(err)));
+        diffBox.hidden = false;
+      }
+    };
+    const into = el("input", { type: "text", placeholder: "into (default: checked-out branch)", "aria-label": "merge into" });
+    const merge = () => this.app.act("tasks.merge", { id: t.id, attempt: a.n, ...(into.value.trim() ? { into: into.value.trim() } : {}) },
+      `${ws.branch} merged`);
+    return [
+      el("div", { class: "section-title" }, "Change"),
+      el("dl", { class: "kv", id: "task-change" },
+        el("dt", {}, "branch"), el("dd", { class: "mono" }, ws.branch),
+        el("dt", {}, "commits"), el("dd", { class: "mono" }, `${(ws.base || "").slice(0, 12)}..${(ws.head || "").slice(0, 12)}`),
+        el("dt", {}, "files"), el("dd", {}, `${ws.files_changed ?? (ws.files || []).length} (+${ws.insertions ?? 0} −${ws.deletions ?? 0})`),
+        ...(check ? [el("dt", {}, "check"), el("dd", { class: check.passed ? "state-done" : "state-failed" },
+          `${check.command}: ${check.passed ? "passed" : check.timed_out ? "timed out" : `failed (exit ${check.exit_code})`}`)] : []),
+      ),
+      ...(check && !check.passed && check.output_tail ? [el("pre", { class: "output" }, check.output_tail)] : []),
+      el("ul", { class: "files" }, ...(ws.files || []).slice(0, 200).map((f) => el("li", { class: "mono" }, f))),
+      el("div", { class: "controls" },
+        el("button", { class: "btn small", id: "btn-task-diff", onclick: showDiff }, "Show diff"),
+        into,
+        el("button", { class: "btn small", id: "btn-task-merge", disabled: t.state !== "done", onclick: merge }, "Merge"),
+      ),
+      diffBox,
+    ];
   }
 
   // ---- submit --------------------------------------------------------------------------------
@@ -355,4 +398,16 @@ export class TasksView {
   }
 
   hide() {}
+}
+
+
+/** A unified diff as coloured lines (text nodes only: nothing in a diff is ever taken as HTML). */
+export function diffLines(text) {
+  return (text || "").split("\n").map((line) => {
+    const cls = line.startsWith("+++") || line.startsWith("---") || line.startsWith("diff ") ? "diff-file"
+      : line.startsWith("+") ? "diff-add"
+        : line.startsWith("-") ? "diff-del"
+          : line.startsWith("@@") ? "diff-hunk" : "";
+    return el("span", { class: cls }, line + "\n");
+  });
 }
