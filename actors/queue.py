@@ -199,6 +199,7 @@ class ModelRetrying:
     model: str
     worker: str
     error: str = "unknown"
+    task_id: str | None = None  # the attempt retrying: one started before the last back-off is its tail
 
 
 @attrs.frozen
@@ -1060,6 +1061,10 @@ class QueueActor:
         level, last_end = self._storms.get(msg.model, (0, -math.inf))
         if now < last_end and msg.model in self.book.parked:
             return  # backing off already: the running tasks' own retries are the storm's tail
+        if msg.task_id is not None and msg.task_id in self.book and last_end > -math.inf:
+            att = self.book.open_attempt(msg.task_id)
+            if att is not None and att.started <= last_end:
+                return  # a request sent before the back-off ended (or was resumed): the old storm's tail
         seen = self._retries.get(msg.model)
         if seen is None:
             seen = self._retries[msg.model] = collections.deque()
@@ -1187,6 +1192,8 @@ class QueueActor:
         self.book.unpark(msg.model, "resumed by operator")
         self._park_reasons.pop(msg.model, None)
         self._retries.pop(msg.model, None)
+        if msg.model in self._storms:  # the back-off ends now: what runs already is its tail
+            self._storms[msg.model] = (self._storms[msg.model][0], now)
         self._rematch_idle(now)
         self._acks.append((call, self._model_state(msg.model)))
 

@@ -526,7 +526,11 @@ class SwarmSupervisor:
                         "status": report.status,
                         "error": report.error,
                     },
-                    then=ModelRetrying(report.model, report.worker, report.error) if report.model else None,
+                    then=(
+                        ModelRetrying(report.model, report.worker, report.error, report.task_id)
+                        if report.model
+                        else None
+                    ),
                 )
             case QuotaUpdate():
                 # the queue keeps it (routing acts on it) and publishes model.quota

@@ -119,3 +119,27 @@ async def test_every_readme_directive_behaves_as_documented(tmp_path: Path, no_l
             assert (models["sonnet"]["recent_failed"], models["sonnet"]["recent_finished"]) == (4, 7)
             assert models["opus"]["state"] == "available" and models["opus"]["reason"] is None
             await swarm.cancel("limit")
+
+
+async def test_the_readme_api_directives_retry_and_extra_usage(tmp_path: Path, no_leaks: None) -> None:
+    """`[[retry:5,529,2]]`: the worker reads `retrying 1/10, next in 2 s`, and three workers of a
+    model retrying at once back the model off; `[[extra_usage]]`: the model is paused until resumed."""
+    cfg = swarm_config(tmp_path, scaling={"max_workers": 3})
+    assert cfg.workers.profile == "fake"
+    async with open_swarm(cfg) as swarm:
+        with swarm.events(["worker.api_retry", "model.retry_storm"]) as sub:
+            tasks = [await swarm.submit({"prompt": f"slow API {i} [[retry:5,529,2]]"}) for i in range(3)]
+            retry = await wait_for(sub, "worker.api_retry", timeout=WAIT_S)
+            shown = swarm.worker(retry.data["worker"]).retrying
+            assert shown is not None and shown.describe(time.time()).startswith("retrying 1/10, next in")
+            storm = await wait_for(sub, "model.retry_storm", timeout=WAIT_S)
+            assert storm.data["model"] == "sonnet" and storm.data["park_s"] == 30
+        await swarm.resume_model("sonnet")  # end the back-off early
+        for task in tasks:
+            assert (await swarm.wait(task.id, timeout=60)).state.value == "done"
+        with swarm.events(["model.extra_usage"]) as sub:
+            await swarm.submit({"prompt": "spend [[extra_usage]]"})
+            assert (await wait_for(sub, "model.extra_usage", timeout=WAIT_S)).data["policy"] == "pause"
+        sonnet = next(m for m in (await swarm.status())["models"] if m["name"] == "sonnet")
+        assert sonnet["state"] == "parked" and sonnet["until"] is None
+        assert "shoal models resume sonnet" in sonnet["reason"]

@@ -763,3 +763,31 @@ async def test_pause_model_validates_and_parks_until_resumed(autojump_clock: tri
         await trio.sleep(120)
         assert (await q.stats()).parked_models == {"opus": math.inf}
         assert (await q.call(ResumeModel("opus")))["parked"] is False
+
+
+async def test_a_storms_tail_is_not_a_new_storm(autojump_clock: trio.abc.Clock) -> None:
+    """Requests sent before a back-off ended (or was resumed) keep retrying in the agents: those
+    retries are the old storm's tail; only attempts started since count towards a new one."""
+    async with running_queue() as q:
+        bots = [Bot(q, f"w{i}", "sonnet") for i in range(3)]
+        for bot in bots:
+            await bot.available()
+        await q.submit(*(TaskSpec(f"old {i}", id=f"old{i}", model="sonnet") for i in range(3)))
+        old = [await bot.assignment() for bot in bots]
+        with q.bus.subscribe(["model.*"]) as sub:
+            for bot, a in zip(bots, old, strict=True):
+                await q.address.send(ModelRetrying("sonnet", bot.id, "overloaded", a.task_id))
+            assert (await later_event(sub, "model.retry_storm"))["level"] == 1
+            await q.call(ResumeModel("sonnet"))  # an operator ends the back-off early
+            for bot, a in zip(bots, old, strict=True):  # the tail: no new storm
+                await q.address.send(ModelRetrying("sonnet", bot.id, "overloaded", a.task_id))
+            assert (await q.stats()).parked_models == {}
+            await trio.sleep(5)
+            for bot, a in zip(bots, old, strict=True):
+                await bot.finish(a)
+            await q.submit(*(TaskSpec(f"new {i}", id=f"new{i}", model="sonnet") for i in range(3)))
+            new = [await bot.assignment() for bot in bots]
+            for bot, a in zip(bots, new, strict=True):  # still overloaded: a new storm, a longer park
+                await q.address.send(ModelRetrying("sonnet", bot.id, "overloaded", a.task_id))
+            storm = await later_event(sub, "model.retry_storm")
+            assert (storm["level"], storm["park_s"]) == (2, 60)
