@@ -15,6 +15,7 @@ $SHOAL_STATE_DIR / the user data directory).
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import re
@@ -757,6 +758,33 @@ def cmd_workspaces(args: argparse.Namespace) -> int:
         for b in listed["branches"]:
             _row(branches, b["branch"], b["head"][:12], _age(b["committed"], now) + " ago", b["repo"])
         console.print(branches)
+        return EXIT_OK
+
+    return _run(args, go)
+
+
+def cmd_artifacts(args: argparse.Namespace) -> int:
+    async def go(c: Client) -> int:
+        reply = await c.artifacts(args.id, args.attempt, args.get)
+        if args.get is not None:
+            data = base64.b64decode(reply["data"])
+            if args.output in (None, "-"):
+                sys.stdout.buffer.write(data)
+                sys.stdout.flush()
+            else:
+                await trio.Path(args.output).write_bytes(data)
+                print(f"{args.get}: {len(data)} bytes to {args.output}", file=sys.stderr)
+            return EXIT_OK
+        if args.json:
+            _print_json(reply)
+            return EXIT_OK
+        print(f"task {reply['id']}, attempt {reply['attempt']}: {len(reply['artifacts'])} artifact(s)")
+        for a in reply["artifacts"]:
+            print(f"  {a['name']}  {a['size']} bytes")
+        for pattern in reply["missing"]:
+            print(f"  missing: nothing matched {pattern}")
+        for s in reply["skipped"]:
+            print(f"  skipped: {s['name']}: {s['reason']}")
         return EXIT_OK
 
     return _run(args, go)
@@ -1513,6 +1541,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--into", help="the branch to merge into (default: the repository's checked-out branch)")
     p.add_argument("--squash", action="store_true", help="one commit instead of a merge commit")
     p.add_argument("--attempt", type=int, help="that attempt's change (default: the latest that left one)")
+    p = command("artifacts", cmd_artifacts, "the files a task kept (workspace.artifacts)", True)
+    p.add_argument("id")
+    p.add_argument("--attempt", type=int, help="that attempt's (default: the latest that kept any)")
+    p.add_argument("--get", metavar="NAME", help="one file's bytes, to stdout or -o FILE")
+    p.add_argument("-o", "--output", help="with --get: write to this file")
     p = command("workspaces", cmd_workspaces, "worktrees and task branches (worktree profiles)", True)
     p.add_argument(
         "action", nargs="?", choices=["prune"], help="prune: remove unused worktrees, old branches"

@@ -290,6 +290,7 @@ class _Connection:
             "tasks.list": self._list,
             "tasks.diff": self._diff,
             "tasks.merge": self._merge,
+            "tasks.artifacts": self._artifacts,
             "workspaces.list": self._workspaces,
             "workspaces.prune": self._prune,
             "tasks.cancel": self._task_op("cancel"),
@@ -679,6 +680,9 @@ class _Connection:
 
     async def _merge(self, p: api.MergeParams) -> Any:
         return await self.swarm.merge(p.id, p.attempt, p.into, p.squash)
+
+    async def _artifacts(self, p: api.ArtifactsParams) -> Any:
+        return await self.swarm.artifacts(p.id, p.attempt, p.name)
 
     async def _workspaces(self, _p: api.NoParams) -> Any:
         return await self.swarm.workspaces()

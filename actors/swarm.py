@@ -13,10 +13,12 @@ takes effect at its next decision. The gateway, the dashboard and the CLI all go
 
 from __future__ import annotations
 
+import base64
 import builtins
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,7 +41,7 @@ from .metrics import MetricsActor
 from .scaler import ScalerActor, ScalerInputs
 from .swarm_supervisor import SwarmSupervisor
 from .workspace import WorkspaceError
-from .worktree import Worktrees
+from .worktree import Worktrees, read_artifact
 from .worktree import diff as worktree_diff
 from .worktree import merge as worktree_merge
 
@@ -96,6 +98,9 @@ class SwarmTreeView(Protocol):
     async def view(self) -> builtins.list[dict[str, Any]]: ...
 
     async def kill(self, path: str, reason: str) -> None: ...
+
+
+MAX_ARTIFACT_REPLY = 16 * 1024 * 1024  # an artifact read over the gateway carries at most this much
 
 
 class SwarmHandle:
@@ -237,6 +242,45 @@ class SwarmHandle:
             self.bus.publish("task.merged", {"task_id": task_id, **out})
         return out
 
+    async def artifacts(
+        self, task_id: str, attempt: int | None = None, name: str | None = None
+    ) -> dict[str, Any]:
+        """The files a task's attempt kept (workspace.artifacts): the list, or with `name` that file's
+        bytes (base64, at most MAX_ARTIFACT_REPLY bytes). The latest attempt that kept any by default."""
+        if name is not None:
+            check_text(name, "name")
+        task = await self.get(task_id)
+        if attempt is not None and not any(a.n == attempt for a in task.attempts):
+            raise NotFound("attempt", f"{task_id}#{attempt}")
+        kept = [
+            a
+            for a in task.attempts
+            if a.workspace and "artifacts" in a.workspace and (attempt is None or a.n == attempt)
+        ]
+        if not kept:
+            raise Conflict(f"task {task_id}: no attempt kept artifacts (the profile's workspace.artifacts)")
+        chosen = kept[-1]
+        ws = chosen.workspace or {}
+        listed = {
+            "id": task_id,
+            "attempt": chosen.n,
+            "artifacts": ws.get("artifacts", []),
+            "missing": ws.get("artifacts_missing", []),
+            "skipped": ws.get("artifacts_skipped", []),
+        }
+        if name is None:
+            return listed
+        try:
+            data = await trio.to_thread.run_sync(
+                read_artifact, self.state_dir, task_id, chosen.n, name, MAX_ARTIFACT_REPLY
+            )
+        except WorkspaceError as exc:
+            raise Conflict(str(exc)) from None
+        except OSError as exc:
+            raise Conflict(f"cannot read {name}: {exc.strerror}") from None
+        return {"id": task_id, "attempt": chosen.n, "name": name, "size": len(data),
+                "encoding": "base64", "data": base64.b64encode(data).decode("ascii")}  # fmt: skip
+
     def _worktree_repos(self) -> builtins.list[str]:
         profiles = self._config.workers.profiles.values()
         return [os.path.expanduser(p.workspace.repo) for p in profiles if p.workspace.repo is not None]
@@ -252,9 +296,23 @@ class SwarmHandle:
         repository's HEAD) or older than `older_than_s`; a branch a live worker has out is kept."""
         if base is not None:
             check_text(base, "base")
-        return await self._worktrees.prune(
+        pruned = await self._worktrees.prune(
             self._worktree_repos(), base=base, older_than_s=older_than_s, now=time.time()
         )
+        gone: builtins.list[str] = []  # artifacts of tasks the store no longer keeps (retention)
+        folder = self.state_dir / "artifacts"
+        names = await trio.to_thread.run_sync(lambda: sorted(os.listdir(folder)) if folder.is_dir() else [])
+        for hexed in names:
+            try:
+                task_id = bytes.fromhex(hexed).decode("utf-8", "surrogatepass")
+            except ValueError:
+                continue  # not one of ours
+            try:
+                await self.get(task_id)
+            except (NotFound, ValidationError):
+                await trio.to_thread.run_sync(shutil.rmtree, folder / hexed, True)
+                gone.append(task_id)
+        return {**pruned, "removed_artifacts": gone}
 
     async def list(
         self, state: TaskState | str | None = None, limit: int = 100, cursor: str | None = None

@@ -259,6 +259,16 @@ class GitWorktree:
                 "base": base,
                 "error": f"the worktree {path} was deleted while the task ran",
             }
+        if self.config.artifacts:  # before the commit and the reset: what the agent left, as it left it
+            record_artifacts = await trio.to_thread.run_sync(
+                collect_artifacts,
+                path,
+                self.config.artifacts,
+                artifact_dir(self.pool.root.parent, task.task_id, task.attempt),
+                int(self.config.artifact_max_mb * 1024 * 1024),
+            )
+        else:
+            record_artifacts = None
         await git(path, "add", "-A")
         failed_commit = await _git_try(
             path,
@@ -291,6 +301,8 @@ class GitWorktree:
             "insertions": insertions,
             "deletions": deletions,
         }
+        if record_artifacts is not None:
+            record.update(record_artifacts)
         if on != branch:  # the agent checked out another branch: its work is recorded where it is
             record["agent_branch"] = on or None
         if self.config.push is not None and committed:
@@ -552,3 +564,76 @@ async def _checked_out_at(repo: str, branch: str) -> str | None:
         elif line == f"branch refs/heads/{branch}":
             return path
     return None
+
+
+MAX_ARTIFACT_FILES = 1000  # files one attempt may leave; the rest are reported, not copied
+
+
+def artifact_dir(state_dir: Path, task_id: str, attempt: int) -> Path:
+    """Where an attempt's artifacts are kept: <state_dir>/artifacts/<task id, hex>/<attempt>."""
+    return state_dir / "artifacts" / task_id.encode("utf-8", "surrogatepass").hex() / str(attempt)
+
+
+def collect_artifacts(tree: Path, patterns: Sequence[str], into: Path, max_bytes: int) -> dict[str, Any]:
+    """Copy the files matching `patterns` (globs inside `tree`) into `into` (blocking: run it in a
+    thread). A file that resolves outside the tree (a symlink out), is not a regular file, or is over
+    `max_bytes` is skipped and reported; a copy that fails (disk full) is reported and fails nothing.
+    Returns {artifacts: [{name, size}], artifacts_missing: [pattern], artifacts_skipped: [{name, reason}]}."""
+    root = tree.resolve()
+    kept: list[dict[str, Any]] = []
+    missing: list[str] = []
+    skipped: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for pattern in patterns:
+        matches = sorted(p for p in tree.glob(pattern) if ".git" not in p.relative_to(tree).parts[:1])
+        if not matches:
+            missing.append(pattern)
+        for found in matches:
+            name = found.relative_to(tree).as_posix()
+            if name in seen or found.is_dir():
+                continue
+            seen.add(name)
+            real = found.resolve()
+            if not real.is_relative_to(root):
+                skipped.append({"name": name, "reason": "points outside the worktree"})
+                continue
+            if not real.is_file():
+                skipped.append({"name": name, "reason": "not a regular file"})
+                continue
+            size = real.stat().st_size
+            if size > max_bytes:
+                skipped.append(
+                    {
+                        "name": name,
+                        "reason": f"{size / 2**20:.1f} MiB, over the {max_bytes / 2**20:g} MiB cap",
+                    }
+                )
+                continue
+            if len(kept) >= MAX_ARTIFACT_FILES:
+                skipped.append({"name": name, "reason": f"more than {MAX_ARTIFACT_FILES} files"})
+                continue
+            target = into / name
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                shutil.copyfile(real, target)
+            except OSError as exc:
+                target.unlink(missing_ok=True)
+                skipped.append({"name": name, "reason": f"cannot copy: {exc.strerror or exc}"})
+                continue
+            kept.append({"name": name, "size": size})
+    return {"artifacts": kept, "artifacts_missing": missing, "artifacts_skipped": skipped}
+
+
+def read_artifact(state_dir: Path, task_id: str, attempt: int, name: str, max_bytes: int) -> bytes:
+    """An artifact's bytes (blocking). WorkspaceError when it is not there, escapes its folder, or is
+    bigger than `max_bytes`."""
+    folder = artifact_dir(state_dir, task_id, attempt).resolve()
+    path = (folder / name).resolve()
+    if not path.is_relative_to(folder) or not path.is_file():
+        raise WorkspaceError(f"attempt {attempt} of task {task_id} kept no artifact {name!r}")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise WorkspaceError(
+            f"{name} is {size / 2**20:.1f} MiB: over the {max_bytes / 2**20:g} MiB a reply carries"
+        )
+    return path.read_bytes()

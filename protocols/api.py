@@ -194,6 +194,13 @@ class MergeParams:
 
 
 @attrs.frozen
+class ArtifactsParams:
+    id: str = attrs.field(metadata=_ID)
+    attempt: int | None = attrs.field(default=None, metadata=_range(lo=1))
+    name: str | None = attrs.field(default=None, metadata=_range(nonempty=True, max_len=4096))
+
+
+@attrs.frozen
 class PruneParams:
     older_than_s: float | None = attrs.field(default=None, metadata=_range(lo=0))
     base: str | None = attrs.field(default=None, metadata=_range(nonempty=True, max_len=250))
@@ -282,6 +289,7 @@ METHODS: dict[str, Method] = {
         Method("tasks.list", ListTasksParams, "tasks, newest first, by page"),
         Method("tasks.diff", DiffParams, "the change a task's attempt left in its worktree"),
         Method("tasks.merge", MergeParams, "merge a task's change into a branch of its repository"),
+        Method("tasks.artifacts", ArtifactsParams, "the files a task's attempt kept, or one of them"),
         Method("tasks.cancel", IdParams, "cancel a task"),
         Method("tasks.retry", IdParams, "run a failed or dead task again"),
         Method("tasks.skip", IdParams, "mark a task skipped"),

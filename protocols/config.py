@@ -156,10 +156,17 @@ class WorkspaceConfig:
     fresh_context: bool = True
     # a git remote each attempt's branch is pushed to when it ends (e.g. "origin"); None: no push
     push: str | None = attrs.field(default=None, validator=v.optional(v.min_len(1)))
+    # files an attempt leaves for its result (globs inside the worktree, e.g. "report.md", "out/*.json"):
+    # copied into <state_dir>/artifacts when it ends, listed on the attempt (docs/workspaces.md)
+    artifacts: tuple[str, ...] = ()
+    artifact_max_mb: float = attrs.field(default=100.0, validator=_pos)  # a bigger file is skipped, reported
 
     def __attrs_post_init__(self) -> None:
         if self.mode == "worktree" and self.repo is None:
             raise ValueError('mode = "worktree" needs a repo (the git repository to work in)')
+        for pattern in self.artifacts:
+            if not pattern.strip() or pattern.startswith("/") or ".." in Path(pattern).parts:
+                raise ValueError(f"artifacts: {pattern!r} must be a relative glob inside the worktree")
 
 
 @attrs.frozen

@@ -537,6 +537,18 @@ class Client:
         result: dict[str, Any] = await self.call("tasks.merge", params)
         return result
 
+    async def artifacts(
+        self, task_id: str, attempt: int | None = None, name: str | None = None
+    ) -> dict[str, Any]:
+        """The files a task's attempt kept, or one of them (base64 in `data`) (tasks.artifacts)."""
+        params: dict[str, Any] = {"id": task_id}
+        if attempt is not None:
+            params["attempt"] = attempt
+        if name is not None:
+            params["name"] = name
+        result: dict[str, Any] = await self.call("tasks.artifacts", params)
+        return result
+
     async def workspaces(self) -> dict[str, Any]:
         """Shoal's worktrees and task branches (workspaces.list)."""
         result: dict[str, Any] = await self.call("workspaces.list")

@@ -105,10 +105,13 @@ async def tasks_and_workers(call: Calls, stream: EventStream) -> None:
             await call("tasks.diff", {"id": "hello"})
         with pytest.raises(Conflict, match="worktree"):
             await call("tasks.merge", {"id": "hello", "into": "main"})
+        with pytest.raises(Conflict, match="no attempt kept artifacts"):
+            await call("tasks.artifacts", {"id": "hello"})
         assert await call("workspaces.list") == {"worktrees": [], "branches": []}  # no worktree profile
         assert await call("workspaces.prune", {"older_than_s": 86400}) == {
             "removed_worktrees": [],
             "deleted_branches": [],
+            "removed_artifacts": [],
         }
         page = await call("tasks.list", {"state": "done", "limit": 10})
         assert "hello" in [t["id"] for t in page["tasks"]]

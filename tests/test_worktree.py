@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,7 @@ from shoal.actors.cli import change_cell
 from shoal.actors.taskbook import check_feedback
 from shoal.actors.tree import open_swarm
 from shoal.actors.workspace import SharedDirectory, WorkspaceError
-from shoal.actors.worktree import GitWorktree, Worktrees, branch_name
+from shoal.actors.worktree import GitWorktree, Worktrees, branch_name, collect_artifacts, read_artifact
 from shoal.protocols.config import (
     GatewayConfig,
     ProfileConfig,
@@ -556,7 +559,11 @@ async def test_listing_and_pruning_worktrees_and_task_branches(tmp_path: Path) -
         assert sorted(b["branch"] for b in listed["branches"]) == ["shoal/t0", "shoal/t1", "shoal/t2"]
         await swarm.merge("t1", into="main")
         pruned = await swarm.prune_workspaces(base="main")  # merged ones only; worktrees in use stay
-        assert pruned == {"removed_worktrees": [], "deleted_branches": [f"{repo}:shoal/t1"]}
+        assert pruned == {
+            "removed_worktrees": [],
+            "deleted_branches": [f"{repo}:shoal/t1"],
+            "removed_artifacts": [],
+        }
         conn = ("--url", str(swarm.gateway_url), f"--token={swarm.token}")
         shown = await shoal(None, *conn, "workspaces", COLUMNS="250")
         assert shown.code == 0 and "shoal/t0" in shown.out and "shoal/t2" in shown.out, shown.err
@@ -571,3 +578,92 @@ async def test_listing_and_pruning_worktrees_and_task_branches(tmp_path: Path) -
         assert await swarm.workspaces() == {"worktrees": [], "branches": []}
     assert sh_git(repo, "worktree", "list").count("\n") == 1  # the repository's own checkout only
     assert (repo / "f1.txt").read_text() == "1"  # what was merged stays merged
+
+
+def test_artifacts_are_copied_and_what_cannot_be_is_reported(tmp_path: Path) -> None:
+    tree, into = tmp_path / "tree", tmp_path / "kept"
+    (tree / "out").mkdir(parents=True)
+    (tree / "report.md").write_text("# findings\n")
+    (tree / "out" / "a.json").write_text("{}")
+    (tree / "out" / "b.json").write_text("[]")
+    (tree / "out" / "sub.json").mkdir()  # a directory matching the glob: not a file to keep
+    (tmp_path / "secret").write_text("outside")
+    (tree / "out" / "leak.json").symlink_to(tmp_path / "secret")
+    with open(tree / "huge.bin", "wb") as f:  # 2 GiB, sparse: over the cap, never copied
+        f.truncate(2 * 1024**3)
+    got = collect_artifacts(tree, ["report.md", "out/*.json", "huge.bin", "nothing/*"], into, 100 * 2**20)
+    assert got["artifacts"] == [
+        {"name": "report.md", "size": 11},
+        {"name": "out/a.json", "size": 2},
+        {"name": "out/b.json", "size": 2},
+    ]
+    assert got["artifacts_missing"] == ["nothing/*"]
+    assert {s["name"]: s["reason"] for s in got["artifacts_skipped"]} == {
+        "out/leak.json": "points outside the worktree",
+        "huge.bin": "2048.0 MiB, over the 100 MiB cap",
+    }
+    assert (into / "out" / "a.json").read_text() == "{}" and not (into / "huge.bin").exists()
+    with pytest.raises(WorkspaceError, match=r"kept no artifact '\.\./secret'"):
+        read_artifact(tmp_path, "t", 1, "../secret", 2**20)
+
+
+def test_a_copy_that_fails_for_want_of_space_is_reported_and_fails_nothing(tmp_path: Path) -> None:
+    """A real EFBIG (the file size limit stands in for a full disk): the copy is reported, the rest kept."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "small.txt").write_text("s")
+    (tree / "big.txt").write_bytes(b"x" * 200_000)
+    code = f"""
+import json, resource, signal, sys
+from pathlib import Path
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+from shoal.actors.worktree import collect_artifacts
+print(json.dumps(collect_artifacts(Path({str(tree)!r}), ["*.txt"], Path({str(tmp_path / "kept")!r}), 10**9)))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    got = json.loads(done.stdout)
+    assert got["artifacts"] == [{"name": "small.txt", "size": 1}]
+    assert got["artifacts_skipped"][0]["name"] == "big.txt"
+    assert got["artifacts_skipped"][0]["reason"].startswith("cannot copy: File too large")
+    assert not (tmp_path / "kept" / "big.txt").exists()  # no half-copied file left
+
+
+async def test_a_swarm_keeps_each_attempts_artifacts(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    coder = {
+        **unstructure(BUILTIN_PROFILES["fake"]),
+        "workspace": {"mode": "worktree", "repo": str(repo), "artifacts": ["report.md", "out/*.json"]},
+    }
+    cfg = config_from_dict(
+        {
+            "state_dir": str(tmp_path / "state"),
+            "workers": {"profile": "coder", "profiles": {"coder": coder}},
+            "scaling": {"max_workers": 1},
+            "gateway": {"enabled": True, "port": 0},
+        }
+    )
+    async with open_swarm(cfg) as swarm:
+        prompt = "research [[write:report.md:# Findings\\nall good\\n]] [[write:out/data.json:{}]]"
+        await swarm.submit({"id": "r", "prompt": prompt})
+        with trio.fail_after(30):
+            assert (await swarm.wait("r")).state is TaskState.DONE
+        listed = await swarm.artifacts("r")
+        assert listed["artifacts"] == [
+            {"name": "report.md", "size": 20},
+            {"name": "out/data.json", "size": 2},
+        ]
+        got = await swarm.artifacts("r", name="report.md")
+        assert base64.b64decode(got["data"]) == b"# Findings\nall good\n"
+        with pytest.raises(Conflict, match=r"kept no artifact 'nope\.md'"):
+            await swarm.artifacts("r", name="nope.md")
+        conn = ("--url", str(swarm.gateway_url), f"--token={swarm.token}")
+        shown = await shoal(None, *conn, "artifacts", "r")
+        assert shown.code == 0 and "report.md  20 bytes" in shown.out, shown.err
+        fetched = await shoal(None, *conn, "artifacts", "r", "--get", "out/data.json")
+        assert fetched.code == 0 and fetched.out == "{}"
+        ghost = tmp_path / "state" / "artifacts" / b"ghost".hex() / "1"
+        ghost.mkdir(parents=True)
+        pruned = await swarm.prune_workspaces()
+        assert pruned["removed_artifacts"] == ["ghost"] and not ghost.exists()
+        assert (await swarm.artifacts("r"))["artifacts"]  # a kept task's artifacts stay
