@@ -1261,6 +1261,19 @@ def build_tasks(args: argparse.Namespace) -> list[dict[str, Any]]:
         task["deps"] = list(args.dep)
     if args.meta:
         task["metadata"] = dict(parse_assignment(m, "--meta") for m in args.meta)
+    own = {
+        key: value
+        for key, value in (
+            ("base", args.base),
+            ("branch", args.branch),
+            ("artifacts", args.artifact or None),
+            ("required", args.require_artifacts or None),
+            ("verify", args.verify),
+        )
+        if value is not None
+    }
+    if own:  # the task's own worktree options (docs/workspaces.md, "Per task")
+        task.setdefault("metadata", {})["workspace"] = own
     return [task]
 
 
@@ -1502,6 +1515,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-attempts", type=int)
     p.add_argument("--timeout-s", type=float, help="seconds one attempt may take")
     p.add_argument("--meta", action="append", metavar="KEY=VALUE", help="metadata (repeatable)")
+    p.add_argument("--base", help="worktree profiles: start the task's branch here (branch or commit)")
+    p.add_argument("--branch", help="worktree profiles: the task's branch name (default: shoal/<id>)")
+    p.add_argument("--artifact", action="append", metavar="GLOB", help="a file the task keeps (repeatable)")
+    p.add_argument("--require-artifacts", action="store_true", help="a --artifact matching nothing fails it")
+    p.add_argument("--verify", metavar="COMMAND", help="the task's own check, run in its worktree")
     p.add_argument(
         "--wait", action="store_true", help="wait for the tasks with a progress bar; exit 1 if any fails"
     )

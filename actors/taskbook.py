@@ -45,6 +45,7 @@ from ..protocols.tasks import (
     TaskSpec,
     TaskState,
 )
+from ..protocols.taskworkspace import task_workspace
 from ..protocols.text import check_text
 
 # Outcomes that use up one of the task's max_attempts; the others (rate limit, interruption) do not.
@@ -820,6 +821,7 @@ class TaskBook:
             raise ValidationError(f("metadata"), f"task {tid!r}: is not JSON-serialisable: {exc}") from None
         if len(blob) > limit:
             raise ValidationError(f("metadata"), f"task {tid!r}: is over {limit} bytes as JSON")
+        task_workspace(spec.metadata, f("metadata"))  # its own worktree options, if any: checked now
         if not isinstance(spec.deps, tuple | list):
             raise ValidationError(f("deps"), "must be a list of task ids", spec.deps)
         deps: list[str] = []
@@ -1762,7 +1764,8 @@ def check_feedback(prompt: str, record: Mapping[str, Any]) -> str:
     code = "timed out" if check.get("timed_out") else f"exit {check.get('exit_code')}"
     tail = str(check.get("output_tail") or "").strip()
     said = f"\n\n```\n{tail}\n```" if tail else ""
+    what = f"The check `{check['command']}` failed ({code})" if check.get("command") else check.get("reason")
     return (
-        f"{prompt}\n\nThe check `{check.get('command')}` failed ({code}) on your previous attempt, "
+        f"{prompt}\n\n{what} on your previous attempt, "
         f"whose changes are in this working tree.{said}\nFix it so that the check passes."
     )

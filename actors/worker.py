@@ -901,7 +901,8 @@ class WorkerActor:
                 self._tasks_done -= 1
                 outcome = Outcome.FAILED
                 code = "timed out" if check.get("timed_out") else f"exit {check.get('exit_code')}"
-                fields = {**fields, "reason": f"verify failed ({code})", "result": None}
+                reason = check.get("reason") or f"verify failed ({code})"
+                fields = {**fields, "reason": reason, "result": None}
                 fields["output_tail"] = check.get("output_tail")
         record: dict[str, Any] | None = None
         with trio.CancelScope(shield=True), trio.move_on_after(WORKSPACE_TIMEOUT_S) as scope:

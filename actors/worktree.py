@@ -31,6 +31,7 @@ import trio
 
 from ..protocols.config import ProfileConfig, WorkspaceConfig
 from ..protocols.tasks import Assignment, Outcome
+from ..protocols.taskworkspace import task_workspace
 from .workspace import SharedDirectory, Workspace, WorkspaceError
 
 GIT_TIMEOUT_S = 120.0
@@ -64,11 +65,12 @@ async def git(cwd: str | Path, *args: str, check: bool = True, timeout: float = 
     return str(done.stdout.decode(errors="replace"))
 
 
-def branch_name(task: Assignment) -> str:
-    """`shoal/<task-id>`, or `shoal/<task-id>-<n>` for attempt n > 1, made a valid ref name."""
-    safe = _BAD_REF.sub("-", task.task_id).strip("./-") or "task"
-    safe = re.sub(r"\.\.+|/\.|//+|\.lock(?=/|$)", "-", safe)[:200]
-    return f"shoal/{safe}" if task.attempt <= 1 else f"shoal/{safe}-{task.attempt}"
+def branch_name(task: Assignment, name: str | None = None) -> str:
+    """`shoal/<task-id>` (or the task's own `name`), with `-<n>` for attempt n > 1, a valid ref name."""
+    if name is None:
+        safe = _BAD_REF.sub("-", task.task_id).strip("./-") or "task"
+        name = "shoal/" + re.sub(r"\.\.+|/\.|//+|\.lock(?=/|$)", "-", safe)[:200]
+    return name if task.attempt <= 1 else f"{name}-{task.attempt}"
 
 
 @attrs.define
@@ -216,7 +218,8 @@ class GitWorktree:
 
     async def prepare(self, task: Assignment) -> None:
         path = Path(await self.directory() or "")
-        branch = branch_name(task)
+        own = task_workspace(task.metadata)
+        branch = branch_name(task, own.branch if own else None)
         heads = [head for _dep, head in task.dep_heads]
         for dep, head in task.dep_heads:
             if not await _git_ok(path, "cat-file", "-e", f"{head}^{{commit}}"):
@@ -229,7 +232,7 @@ class GitWorktree:
             await self._start_branch(path, branch, start)
             self._current = (branch, str(failed.get("base") or start))
             return
-        base = heads[0] if heads else await self._base_commit()
+        base = heads[0] if heads else await self._base_commit(own.base if own else None)
         await self._start_branch(path, branch, base)
         if len(heads) > 1:  # several dependencies: the task starts from their merge
             base = await self._merge_deps(path, task)
@@ -259,11 +262,13 @@ class GitWorktree:
                 "base": base,
                 "error": f"the worktree {path} was deleted while the task ran",
             }
-        if self.config.artifacts:  # before the commit and the reset: what the agent left, as it left it
+        own = task_workspace(task.metadata)
+        patterns = (*self.config.artifacts, *(own.artifacts if own else ()))
+        if patterns:  # before the commit and the reset: what the agent left, as it left it
             record_artifacts = await trio.to_thread.run_sync(
                 collect_artifacts,
                 path,
-                self.config.artifacts,
+                patterns,
                 artifact_dir(self.pool.root.parent, task.task_id, task.attempt),
                 int(self.config.artifact_max_mb * 1024 * 1024),
             )
@@ -320,7 +325,22 @@ class GitWorktree:
     async def verify(self, task: Assignment) -> dict[str, Any] | None:
         """Run `workspace.verify` in the worktree as the agent left it; what it said and whether it
         passed (exit 0). None when the profile names no check. Cancellable (the worker stopping)."""
-        command = self.config.verify
+        own = task_workspace(task.metadata)
+        if own is not None and own.required and self._path is not None:
+            patterns = (*self.config.artifacts, *own.artifacts)
+            path = self._path
+            unmatched = await trio.to_thread.run_sync(lambda: [p for p in patterns if not any(path.glob(p))])
+            if unmatched:
+                return {
+                    "command": None,
+                    "passed": False,
+                    "exit_code": None,
+                    "timed_out": False,
+                    "reason": f"required artifact(s) missing: {', '.join(unmatched)}",
+                    "output_tail": "nothing matched " + ", ".join(unmatched),
+                    "elapsed_s": 0.0,
+                }
+        command = own.verify if own is not None and own.verify is not None else self.config.verify
         if command is None or self._path is None:
             return None
         started = trio.current_time()
@@ -384,10 +404,13 @@ class GitWorktree:
         except WorkspaceError:
             raise WorkspaceError(f"workspace.repo {self.repo} is not a git repository") from None
 
-    async def _base_commit(self) -> str:
-        ref = self.base or "HEAD"
+    async def _base_commit(self, own: str | None = None) -> str:
+        """The commit a task starts from: the task's own base, else workspace.base, else HEAD."""
+        ref = own or self.base or "HEAD"
         out = await git(self.repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False)
         if not out.strip():
+            if own is not None:
+                raise WorkspaceError(f"the task's base {own!r} does not exist in {self.repo}")
             if self.base is None:
                 raise WorkspaceError(f"workspace.repo {self.repo} has no commits")
             raise WorkspaceError(f"workspace.base {self.base!r} does not exist in {self.repo}")

@@ -21,6 +21,7 @@ import cattrs
 from attrs import validators as v
 
 from .errors import ValidationError
+from .taskworkspace import relative_glob
 from .text import check_text
 
 
@@ -165,7 +166,7 @@ class WorkspaceConfig:
         if self.mode == "worktree" and self.repo is None:
             raise ValueError('mode = "worktree" needs a repo (the git repository to work in)')
         for pattern in self.artifacts:
-            if not pattern.strip() or pattern.startswith("/") or ".." in Path(pattern).parts:
+            if not relative_glob(pattern):
                 raise ValueError(f"artifacts: {pattern!r} must be a relative glob inside the worktree")
 
 

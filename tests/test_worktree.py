@@ -14,6 +14,7 @@ import pytest
 import trio
 from test_cli import shoal
 
+from shoal.actors import cli
 from shoal.actors.cli import change_cell
 from shoal.actors.taskbook import check_feedback
 from shoal.actors.tree import open_swarm
@@ -30,6 +31,7 @@ from shoal.protocols.config import (
 from shoal.protocols.errors import Conflict, NotFound, ValidationError
 from shoal.protocols.profiles import BUILTIN_PROFILES
 from shoal.protocols.tasks import Assignment, Outcome, TaskState
+from shoal.protocols.taskworkspace import TaskWorkspace, task_workspace, valid_branch
 
 GIT_ID = ["-c", "user.name=Test", "-c", "user.email=test@localhost", "-c", "commit.gpgsign=false"]
 
@@ -667,3 +669,102 @@ async def test_a_swarm_keeps_each_attempts_artifacts(tmp_path: Path) -> None:
         pruned = await swarm.prune_workspaces()
         assert pruned["removed_artifacts"] == ["ghost"] and not ghost.exists()
         assert (await swarm.artifacts("r"))["artifacts"]  # a kept task's artifacts stay
+
+
+def test_a_tasks_own_workspace_options_are_checked_naming_the_field() -> None:
+    assert task_workspace({}) is None
+    own = task_workspace(
+        {"workspace": {"branch": "feature/login", "artifacts": ["out/*.json"], "required": True}}
+    )
+    assert own == TaskWorkspace(branch="feature/login", artifacts=("out/*.json",), required=True)
+    bad = {
+        "branch": ("-rf", "metadata.workspace.branch"),
+        "base": ("a..b", "metadata.workspace.base"),
+        "artifacts": (["../../etc/passwd"], "metadata.workspace.artifacts[0]"),
+        "required": ("yes", "metadata.workspace.required"),
+        "verify": ("", "metadata.workspace.verify"),
+        "repo": ("/etc", "metadata.workspace.repo"),
+    }
+    for key, (value, field) in bad.items():
+        with pytest.raises(ValidationError) as info:
+            task_workspace({"workspace": {key: value}})
+        assert info.value.field == field, key
+    with pytest.raises(ValidationError, match="must be an object"):
+        task_workspace({"workspace": "main"})
+
+
+def test_branch_names_are_checked_as_git_checks_them() -> None:
+    names = [
+        *("main", "feature/login", "a.b", "x-1", "-rf", "a..b", "a b", "a~1", "x.lock", "a/.b", "a//b"),
+        *(".hidden", "end/", "end.", "a@{1}", "a:b", "a?b", "a*b", "a[b", "a\\b", "ü/ö", "v1.2/fix"),
+    ]  # ("@" is left out: git's --branch reads it as the current branch)
+    for name in names:
+        git_says = subprocess.run(
+            ["git", "check-ref-format", "--branch", name], capture_output=True
+        ).returncode
+        assert valid_branch(name) is (git_says == 0 and not name.startswith("-")), name
+
+
+async def test_a_task_names_its_base_branch_artifacts_and_check(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    sh_git(repo, "checkout", "-q", "-b", "release")
+    (repo / "version.txt").write_text("2.0\n")
+    sh_git(repo, "add", "-A")
+    sh_git(repo, "commit", "-qm", "release 2.0")
+    release = sh_git(repo, "rev-parse", "HEAD").strip()
+    sh_git(repo, "checkout", "-q", "main")
+    coder = {**unstructure(BUILTIN_PROFILES["fake"]), "workspace": {"mode": "worktree", "repo": str(repo)}}
+    cfg = config_from_dict(
+        {
+            "state_dir": str(tmp_path / "state"),
+            "workers": {"profile": "coder", "profiles": {"coder": coder}},
+            "scaling": {"max_workers": 1},
+        }
+    )
+    async with open_swarm(cfg) as swarm:
+        own = {
+            "base": "release",
+            "branch": "fix/notes",
+            "artifacts": ["notes.md"],
+            "verify": "grep -q 2.0 notes.md",
+        }
+        await swarm.submit(
+            {"id": "notes", "prompt": "[[write:notes.md:for 2.0\\n]]", "metadata": {"workspace": own}}
+        )
+        await swarm.submit(
+            {
+                "id": "needs",
+                "prompt": "[[write:other.md:x]]",
+                "max_attempts": 1,
+                "metadata": {"workspace": {"artifacts": ["out/*.json"], "required": True}},
+            }
+        )
+        with pytest.raises(ValidationError) as info:
+            await swarm.submit({"prompt": "x", "metadata": {"workspace": {"branch": "a..b"}}})
+        assert info.value.field == "metadata.workspace.branch"
+        with trio.fail_after(60):
+            done = await swarm.wait("notes")
+            failed = await swarm.wait("needs")
+        ws = done.attempts[-1].workspace
+        assert done.state is TaskState.DONE and ws is not None
+        assert ws["branch"] == "fix/notes" and ws["base"] == release and ws["verify"]["passed"] is True
+        assert ws["artifacts"] == [{"name": "notes.md", "size": 8}]
+        assert failed.state is TaskState.DEAD
+        assert failed.attempts[-1].reason == "required artifact(s) missing: out/*.json"
+    assert sh_git(repo, "show", "fix/notes:version.txt") == "2.0\n"
+
+
+def test_submit_flags_carry_the_tasks_workspace_options() -> None:
+    args = cli.build_parser().parse_args(
+        ["submit", "fix it", "--branch", "fix/x", "--artifact", "a.md", "--artifact", "b/*.json",
+         "--require-artifacts", "--verify", "pytest -q"]
+    )  # fmt: skip
+    [task] = cli.build_tasks(args)
+    assert task["metadata"] == {
+        "workspace": {
+            "branch": "fix/x",
+            "artifacts": ["a.md", "b/*.json"],
+            "required": True,
+            "verify": "pytest -q",
+        }
+    }
