@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
 import os
 import shutil
 import tempfile
@@ -31,7 +32,7 @@ import trio
 
 from ..protocols.config import ProfileConfig
 from ..protocols.dialects.base import ContextUsage, Signal
-from ..protocols.profiles import HOOK_FIFO_ENV
+from ..protocols.profiles import HOOK_FIFO_ENV, STOP_FAILURE_HOOKS
 from .auth import resolve_state_dir
 
 log = logging.getLogger("shoal.hooks")
@@ -319,10 +320,72 @@ async def stop_result(event: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
 # ---- what the worker calls -----------------------------------------------------------------------
 
 
-def _prepare_for(config_dir: Path, api_key: str | None, cwd: str | None, environ: Mapping[str, str]) -> None:
+# (real path, size, mtime) of a CLI → whether it knows the StopFailure hook event
+_STOP_FAILURE_KNOWN: dict[tuple[str, int, int], bool] = {}
+
+
+def knows_stop_failure(command: str, search_path: str | None) -> bool:
+    """Whether the Claude Code CLI `command` (found on `search_path`) knows the StopFailure hook
+    event: its program (the native binary, or 2.0.x's cli.js) holds the event's name. Read once per
+    program file; False when it cannot be found or read (a wrapper script: then no StopFailure hook,
+    and an API error ends the task at its timeout)."""
+    found = shutil.which(command, path=search_path)
+    if found is None:
+        return False
+    real = os.path.realpath(found)
+    try:
+        st = os.stat(real)
+        key = (real, st.st_size, st.st_mtime_ns)
+        if key not in _STOP_FAILURE_KNOWN:
+            with open(real, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                _STOP_FAILURE_KNOWN[key] = data.find(b'"StopFailure"') >= 0
+        return _STOP_FAILURE_KNOWN[key]
+    except (OSError, ValueError):  # unreadable, or empty (mmap refuses)
+        return False
+
+
+def set_stop_failure_hook(config_dir: Path, enabled: bool) -> None:
+    """Add (or, for a CLI without the event, remove) the StopFailure hook in the prepared
+    configuration's `settings.json` (the user settings of that CLAUDE_CONFIG_DIR), keeping the rest."""
+    path = config_dir / "settings.json"
+    try:
+        settings = json.loads(path.read_text())
+        if not isinstance(settings, dict):
+            settings = {}
+    except (OSError, ValueError):
+        settings = {}
+    hooks = settings.get("hooks")
+    hooks = dict(hooks) if isinstance(hooks, dict) else {}
+    if enabled:
+        if hooks.get("StopFailure") == STOP_FAILURE_HOOKS:
+            return
+        hooks["StopFailure"] = STOP_FAILURE_HOOKS
+    elif "StopFailure" in hooks:
+        del hooks["StopFailure"]
+    else:
+        return
+    settings["hooks"] = hooks
+    if not hooks:
+        del settings["hooks"]
+    tmp = path.with_name(f"settings.json.shoal-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(settings, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _prepare_for(
+    config_dir: Path,
+    api_key: str | None,
+    cwd: str | None,
+    environ: Mapping[str, str],
+    command: str | None = None,
+) -> None:
     here = os.path.abspath(cwd or os.getcwd())
     trusted = sorted({here, os.path.realpath(here)})  # the CLI keys its projects by its cwd
     prepare_config_dir(config_dir, api_key=api_key, trusted=trusted, user_dir=user_config_dir(environ))
+    if command is not None:  # a TUI: its turn's end on an API error comes through StopFailure
+        set_stop_failure_hook(config_dir, knows_stop_failure(command, environ.get("PATH")))
 
 
 async def prepare(
@@ -341,7 +404,8 @@ async def prepare(
         config_dir = claude_config_dir(state_dir, profile_name)
         api_key = profile.env.get("ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_API_KEY")
         environ = {**os.environ, **profile.env}  # the agent's HOME: where its `claude login` lives
-        await trio.to_thread.run_sync(_prepare_for, config_dir, api_key, profile.cwd, environ)
+        command = profile.argv[0] if transport == "pty" else None
+        await trio.to_thread.run_sync(_prepare_for, config_dir, api_key, profile.cwd, environ, command)
         env["CLAUDE_CONFIG_DIR"] = str(config_dir)
     channel = None
     if transport == "pty":

@@ -87,6 +87,13 @@ TAIL_BYTES = 4096  # output tail attached to a crashed/interrupted attempt (the 
 DRAIN_S = 0.5  # after the child exits, how long to wait for the rest of its output
 LAST_WORDS_BYTES = 8192  # output searched for a crash reason's last words (a TUI frame is mostly escapes)
 SLOT_HOLD_S = 1.0  # a start-up slot is held until Ready, or this long at most
+# A task's Enter counts as lost when, this long after it went out, the agent's prompt still holds the
+# task's text and it shows no sign of work; it is pressed again (at most RESUBMITS times, looked at
+# for RESUBMIT_WINDOW_S). Claude Code 2.0.x takes an Enter within ~100 ms of a paste as pasted text,
+# and a task written the moment its prompt appears as typed in cooked mode (its input is not raw yet).
+RESUBMIT_AFTER_S = 0.4
+RESUBMITS = 3
+RESUBMIT_WINDOW_S = 5.0
 KEY_GAP_S = 0.1  # between the arrow keys and the Enter of an answer to a menu without numbers
 _KEYS = re.compile(rb"(\x1b\[[AB])")
 LIMIT_RECENT_S = 60.0  # a usage-limit menu this soon after a usage-limit message: already parked
@@ -218,6 +225,16 @@ class _Typing:
 
 
 @attrs.define(eq=False)
+class _Submit:
+    """A task's Enter, pressed again while the agent shows it never arrived (`unsent_input_since`)."""
+
+    task_id: str
+    enter: bytes
+    due: float  # when the Enter was due to be written (after the writer's pauses)
+    presses: int = 0
+
+
+@attrs.define(eq=False)
 class _Incarnation:
     gen: int
     proc: AgentProcess
@@ -229,6 +246,7 @@ class _Incarnation:
     eof: bool = False
     status: ExitStatus | None = None
     drain_deadline: float | None = None
+    nursery: trio.Nursery | None = None  # the incarnation's I/O tasks
 
 
 _NOT_PROGRESS = (ApiRetry, Notice, QuotaReport, ExtraUsage)  # signals that do not end a retry
@@ -628,6 +646,7 @@ class WorkerActor:
         """The incarnation's I/O tasks, all cancelled by `inc.scope` when it ends."""
         with inc.scope:
             async with trio.open_nursery() as nursery:
+                inc.nursery = nursery
                 nursery.start_soon(self._read_output, inc)
                 if inc.proc.transport == "pipe":
                     nursery.start_soon(self._read_stderr, inc)
@@ -646,6 +665,25 @@ class WorkerActor:
             if signals:
                 self._post(_Signals(inc.gen, signals))
         self._post(_Eof(inc.gen))
+
+    async def _watch_submit(self, inc: _Incarnation, submit: _Submit) -> None:
+        """Press a task's Enter again while, RESUBMIT_AFTER_S after each press, the agent's prompt
+        still holds the task's text and it shows no sign of work (the Enter was lost). The agent need
+        not redraw after a lost Enter, so this looks on a timer, not on output."""
+        unsent = getattr(inc.dialect, "unsent_input_since", None)
+        if unsent is None:
+            return
+        check = submit.due
+        while submit.presses < RESUBMITS and check < submit.due + RESUBMIT_WINDOW_S:
+            check += RESUBMIT_AFTER_S
+            await trio.sleep_until(check)
+            if self._inc is not inc or self._task is None or self._task.task_id != submit.task_id:
+                return
+            if unsent() is None:
+                continue  # working, or its prompt is empty: the Enter arrived
+            submit.presses += 1
+            log.info("worker %s: task %s: its Enter was lost, pressed again", self.id, submit.task_id)
+            inc.writes.send_nowait((0.0, submit.enter))
 
     async def _read_stderr(self, inc: _Incarnation) -> None:
         while data := await inc.proc.read_stderr():
@@ -870,8 +908,15 @@ class WorkerActor:
         inc = self._inc
         assert inc is not None
         inc.dialect.start_task(assignment, now)
-        for step in self._encode(inc.dialect, assignment):
+        steps = self._encode(inc.dialect, assignment)
+        for step in steps:
             inc.writes.send_nowait(step)
+        # the Enter: its own write after a paste, or the last byte of the prompt typed as is (a TUI
+        # that has not turned bracketed paste on yet)
+        enter = steps[-1][1] if len(steps) == 2 else steps[-1][1][-1:] if steps else b""
+        if enter in (b"\r", b"\n") and hasattr(inc.dialect, "unsent_input_since") and inc.nursery:
+            due = now + sum(delay for delay, _ in steps)
+            inc.nursery.start_soon(self._watch_submit, inc, _Submit(assignment.task_id, enter, due))
         if self._one_process_per_task and inc.proc.transport == "pipe":
             inc.writes.send_nowait(None)  # end of input: a oneshot agent must not wait on stdin
         await self._set_state(WorkerState.BUSY)
@@ -946,11 +991,12 @@ class WorkerActor:
         # A batch belongs to one process: once a signal made us respawn (e.g. TaskDone, then a
         # refresh), the rest of the batch (its Ready) must not be taken for the new process's.
         inc = self._inc
-        # context first: a TaskDone in the same batch is judged against the newest usage
-        exhausted = False
+        # context first: a TaskDone in the same batch is judged against the newest usage. A full
+        # context alone does not end the task: Claude Code reads "0% until auto-compact" as soon as a
+        # turn crosses its compaction point (2.0.x draws it before that turn's Stop hook) and compacts
+        # by itself; only the agent saying the context ran out (TaskFailed "context exhausted") does.
         for signal in signals:
             if isinstance(signal, ContextUsage):
-                exhausted = signal.used_percent >= 100
                 await self._on_context(signal.used_percent)
         for signal in signals:
             if self._inc is not inc:
@@ -959,9 +1005,7 @@ class WorkerActor:
                 await self._on_signal(signal)
         if self._inc is not inc:
             return
-        if exhausted and self._state is WorkerState.BUSY:
-            await self._interrupt_for_context()
-        elif self._state in (WorkerState.IDLE, WorkerState.PAUSED) and self._refresh_reason():
+        if self._state in (WorkerState.IDLE, WorkerState.PAUSED) and self._refresh_reason():
             await self._become_available()
 
     async def _interrupt_for_context(self) -> None:

@@ -53,14 +53,14 @@ HOOK_FIFO_ENV = "SHOAL_HOOK_FIFO"
 STOP_HOOK_COMMAND = (
     f'[ -p "${HOOK_FIFO_ENV}" ] && timeout 5 sh -c \'{{ cat; echo; }} > "${HOOK_FIFO_ENV}"\'; exit 0'
 )
-# StopFailure (2.1.x): the turn ended on an API error (rate limit, overloaded, auth, ...) after the
-# CLI's own retries; Stop does not run then. The same command hands its input to Shoal.
 CLAUDE_TUI_SETTINGS: dict[str, object] = {
-    "hooks": {
-        event: [{"hooks": [{"type": "command", "command": STOP_HOOK_COMMAND}]}]
-        for event in ("Stop", "StopFailure")
-    }
+    "hooks": {"Stop": [{"hooks": [{"type": "command", "command": STOP_HOOK_COMMAND}]}]}
 }
+# StopFailure (2.1.x): the turn ended on an API error (rate limit, overloaded, auth, ...) after the
+# CLI's own retries; Stop does not run then. The same command hands its input to Shoal. Not in the
+# argv: a CLI that does not know the event (2.0.x) refuses the whole settings file with a dialog, so
+# actors/hooks.py adds it to the prepared configuration only for a CLI that has it.
+STOP_FAILURE_HOOKS: list[dict[str, object]] = [{"hooks": [{"type": "command", "command": STOP_HOOK_COMMAND}]}]
 
 
 def _literal(text: str) -> str:

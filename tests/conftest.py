@@ -71,16 +71,39 @@ def claude_bin_path() -> str | None:
     return next((str(p) for p in found if os.access(p, os.X_OK)), None)
 
 
-@pytest.fixture
-def claude_bin() -> str:
-    """Path of the real Claude Code CLI. Missing: the test fails under CI=true, and skips elsewhere."""
-    path = claude_bin_path()
+def claude_old_bin_path() -> str | None:
+    """The older Claude Code CLI (2.0.x) the TUI tests also run against: $SHOAL_CLAUDE_BIN_OLD
+    (scripts/test sets it), else the newest 2.0.x that scripts/test installed, else None."""
+    configured = os.environ.get("SHOAL_CLAUDE_BIN_OLD")
+    if configured:
+        return configured if os.access(configured, os.X_OK) else None
+    found = sorted(
+        (ROOT / ".cache" / "claude-code").glob("2.0.*/node_modules/.bin/claude"),
+        key=lambda p: tuple(int(x) for x in p.parts[-4].split(".") if x.isdigit()),
+        reverse=True,
+    )
+    return next((str(p) for p in found if os.access(p, os.X_OK)), None)
+
+
+def _require_cli(path: str | None, what: str, variable: str) -> str:
     if path is None:
         message = (
-            "the real Claude Code CLI is missing: scripts/test installs @anthropic-ai/claude-code into "
-            ".cache/claude-code/ (needs npm), or set SHOAL_CLAUDE_BIN to a claude binary"
+            f"the {what} is missing: scripts/test installs @anthropic-ai/claude-code into "
+            f".cache/claude-code/ (needs npm), or set {variable} to a claude binary"
         )
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+@pytest.fixture
+def claude_bin() -> str:
+    """Path of the real Claude Code CLI. Missing: the test fails under CI=true, and skips elsewhere."""
+    return _require_cli(claude_bin_path(), "real Claude Code CLI", "SHOAL_CLAUDE_BIN")
+
+
+@pytest.fixture
+def claude_old_bin() -> str:
+    """Path of the older (2.0.x) Claude Code CLI; missing: fails under CI=true, skips elsewhere."""
+    return _require_cli(claude_old_bin_path(), "older (2.0.x) Claude Code CLI", "SHOAL_CLAUDE_BIN_OLD")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -32,6 +33,32 @@ from shoal.runtime.eventbus import Event
 pytestmark = [pytest.mark.real_claude, pytest.mark.usefixtures("no_leaks")]
 
 API_KEY = "sk-ant-api03-shoal-test-key-0123456789abcdef"
+
+# The TUI tests run against the pinned CLI and an older one (2.0.x, scripts/_claude.sh installs both),
+# so a change of the TUI between versions shows up here; the headless ones against the pinned CLI.
+CLIS = {"pinned": "claude_bin", "2.0": "claude_old_bin"}
+TUI_CLIS = pytest.mark.parametrize("cli", list(CLIS), ids=["cli-pinned", "cli-2.0"])
+PROFILES = pytest.mark.parametrize(
+    ("name", "cli"),
+    [("claude", "pinned"), ("claude-tui", "pinned"), ("claude-tui", "2.0")],
+    ids=["claude", "claude-tui", "claude-tui-2.0"],
+)
+_VERSIONS: dict[str, tuple[int, ...]] = {}
+
+
+def cli_for(request: pytest.FixtureRequest, cli: str) -> str:
+    """The CLI binary a parameter names (its fixture fails under CI, skips elsewhere, when missing)."""
+    path: str = request.getfixturevalue(CLIS[cli])
+    return path
+
+
+async def cli_version(path: str) -> tuple[int, ...]:
+    """`claude --version` as numbers (read once per binary)."""
+    if path not in _VERSIONS:
+        done = await trio.run_process([path, "--version"], capture_stdout=True, check=False)
+        m = re.match(r"(\d+)\.(\d+)\.(\d+)", done.stdout.decode(errors="replace").strip())
+        _VERSIONS[path] = tuple(int(x) for x in m.groups()) if m else (0,)
+    return _VERSIONS[path]
 
 
 def real_profile(
@@ -137,12 +164,16 @@ async def test_headless_crash_reruns_the_task(tmp_path: Path, claude_bin: str) -
 # ---- claude-tui: the interactive TUI in a PTY, the Stop hook through its FIFO -----------------------
 
 
-async def test_tui_first_start_and_one_turn_is_one_request(tmp_path: Path, claude_bin: str) -> None:
+@TUI_CLIS
+async def test_tui_first_start_and_one_turn_is_one_request(
+    tmp_path: Path, request: pytest.FixtureRequest, cli: str
+) -> None:
     """From a fresh HOME and directory the TUI starts (no connectivity check, API key question or
     trust dialog: Shoal prepared its CLAUDE_CONFIG_DIR) and a one-turn task is one API request: the
     Stop hook hands the turn's end to Shoal and exits 0, so Claude Code never sends the model back.
     The CLI's nonessential traffic stays on, as a user has it: the profile turns off the session-title
     request the TUI would send with every prompt."""
+    claude_bin = cli_for(request, cli)
     async with open_fake_anthropic() as fake:
         profile = real_profile("claude-tui", claude_bin, fake, tmp_path, quiet=False)
         async with real_swarm(tmp_path, profile) as swarm:
@@ -156,39 +187,50 @@ async def test_tui_first_start_and_one_turn_is_one_request(tmp_path: Path, claud
         for task_done in (done, again):  # each task's own turn, read from the transcript
             assert task_done.usage["input_tokens"] > 0 and task_done.usage["api_requests"] == 1
         assert len(fake.messages()) == 2  # one per task
-        assert fake.messages(side=True) == []  # no title requests
+        # no title requests (CLI 2.0.x sends subagent 'Warmup' requests at start: side traffic)
+        assert [r for r in fake.messages(side=True) if r.prompt() != "Warmup"] == []
         assert worker.crashes == 0
         config = json.loads((tmp_path / "state" / "claude" / "real" / ".claude.json").read_text())
         assert config["projects"][str(tmp_path / "work")]["hasTrustDialogAccepted"] is True
         assert API_KEY[-20:] in config["customApiKeyResponses"]["approved"]
 
 
-async def test_tui_permission_prompt_is_reported_and_answered(tmp_path: Path, claude_bin: str) -> None:
-    """`--permission-mode default`: a Bash tool_use stops at Claude Code's permission question; Shoal
-    reports it (worker.needs_input), an operator's answer through send_input lets the command run."""
+@TUI_CLIS
+async def test_tui_permission_prompt_is_reported_and_answered(
+    tmp_path: Path, request: pytest.FixtureRequest, cli: str
+) -> None:
+    """`--permission-mode default`: a Write tool_use stops at Claude Code's permission question; Shoal
+    reports it (worker.needs_input), an operator's answer through send_input lets the file be made.
+    (A Write, not a Bash command: CLI 2.0.x lets a command its classifier deems safe run unasked.)"""
+    claude_bin = cli_for(request, cli)
     async with open_fake_anthropic() as fake:
         profile = real_profile("claude-tui", claude_bin, fake, tmp_path, "--permission-mode", "default")
         async with real_swarm(tmp_path, profile) as swarm:
             with swarm.events(("worker.needs_input",)) as sub:
-                prompt = "Run it [[tool:Bash:echo ran > made.txt]][[reply:The command ran]]"
+                prompt = "Make it [[tool:Write:made.txt:ran]][[reply:Made it]]"
                 task = await swarm.submit({"prompt": prompt})
                 asked = await wait_for(sub, "worker.needs_input", timeout=60)
             assert not (tmp_path / "work" / "made.txt").exists()  # it waits for the answer
             # Enter picks the preselected "1. Yes". Claude Code ignores keys for a moment after it
-            # shows the question (measured: ~0.2 s), so the answer is repeated until the command ran.
+            # shows the question (measured: ~0.2 s), so the answer is repeated until the file is made.
             with trio.fail_after(30):
                 while len(fake.messages()) < 2:
                     await swarm.send_input(asked.data["worker"], b"\r", force=True)
                     with trio.move_on_after(0.2):
                         await fake.wait_for(2)
             done = await swarm.wait(task.id, timeout=60)
-        assert asked.data["prompt"] == "Do you want to proceed?" and asked.data["task_id"] == task.id
-        assert done.state is TaskState.DONE and done.result == "The command ran", done
-        assert (tmp_path / "work" / "made.txt").read_text() == "ran\n"
+        assert asked.data["prompt"] == "Do you want to create made.txt?", asked.data
+        assert asked.data["task_id"] == task.id
+        assert done.state is TaskState.DONE and done.result == "Made it", done
+        assert (tmp_path / "work" / "made.txt").read_text() == "ran"
         assert len(fake.messages()) == 2
 
 
-async def test_tui_crash_reruns_the_task_on_a_fresh_worker(tmp_path: Path, claude_bin: str) -> None:
+@TUI_CLIS
+async def test_tui_crash_reruns_the_task_on_a_fresh_worker(
+    tmp_path: Path, request: pytest.FixtureRequest, cli: str
+) -> None:
+    claude_bin = cli_for(request, cli)
     async with open_fake_anthropic() as fake:
         profile = real_profile("claude-tui", claude_bin, fake, tmp_path)
         async with real_swarm(tmp_path, profile) as swarm:
@@ -204,14 +246,15 @@ async def test_tui_crash_reruns_the_task_on_a_fresh_worker(tmp_path: Path, claud
 
 # ---- both profiles: the gaps of issue 14's list ------------------------------------------------------
 
-PROFILES = pytest.mark.parametrize("name", ["claude", "claude-tui"])
-
 
 @PROFILES
-async def test_context_refresh_gives_a_fresh_session(tmp_path: Path, claude_bin: str, name: str) -> None:
+async def test_context_refresh_gives_a_fresh_session(
+    tmp_path: Path, request: pytest.FixtureRequest, name: str, cli: str
+) -> None:
     """The stand-in reports a nearly full context window; Shoal sees the context cross the refresh
     threshold (stream-json: the usage; TUI: the turn's usage from the transcript), replaces the process
     between tasks, and the next task runs in the fresh session, one request each."""
+    claude_bin = cli_for(request, cli)
     async with open_fake_anthropic() as fake:
         profile = real_profile(name, claude_bin, fake, tmp_path)
         async with real_swarm(tmp_path, profile) as swarm:
@@ -238,10 +281,11 @@ async def test_context_refresh_gives_a_fresh_session(tmp_path: Path, claude_bin:
 
 @PROFILES
 async def test_cancel_stops_the_turn_and_the_worker_goes_on(
-    tmp_path: Path, claude_bin: str, name: str
+    tmp_path: Path, request: pytest.FixtureRequest, name: str, cli: str
 ) -> None:
     """A cancel mid-turn interrupts the worker (a fresh process: the turn may not run on into the
     next task); the next task is done and the cancelled one is never re-run."""
+    claude_bin = cli_for(request, cli)
     async with open_fake_anthropic() as fake:
         profile = real_profile(name, claude_bin, fake, tmp_path)
         async with real_swarm(tmp_path, profile) as swarm:
@@ -261,16 +305,17 @@ async def test_cancel_stops_the_turn_and_the_worker_goes_on(
 @PROFILES
 @pytest.mark.parametrize(
     ("directive", "requests"),
-    [("[[error:529]]", 2), ("[[error:429]][[retry_after:0]][[reset:+900]]", 1)],
+    [("[[error:529]]", 2), ("[[error:429]][[retry_after:0]][[reset:+900]]", 2)],
     ids=["529-storm", "429-usage-limit"],
 )
 async def test_api_errors_park_the_model_without_a_retry_storm(
-    tmp_path: Path, claude_bin: str, name: str, directive: str, requests: int
+    tmp_path: Path, request: pytest.FixtureRequest, name: str, cli: str, directive: str, requests: int
 ) -> None:
     """Every request fails (overloaded, or rate limited with the unified headers): the CLI retries
     (529: CLAUDE_CODE_MAX_RETRIES times, each a `system/api_retry`) and gives up; Shoal takes the API
     failure as a rate limit (the model parked, the task back in the queue, no attempt burnt), not as
     a crash or a tight retry loop."""
+    claude_bin = cli_for(request, cli)
     async with open_fake_anthropic() as fake:
         profile = real_profile(name, claude_bin, fake, tmp_path, CLAUDE_CODE_MAX_RETRIES="1")
         async with real_swarm(tmp_path, profile) as swarm:
@@ -289,8 +334,13 @@ async def test_api_errors_park_the_model_without_a_retry_storm(
         assert state.state is TaskState.READY and [a.outcome for a in state.attempts] == [
             Outcome.RATE_LIMITED
         ]
-        # 529: the first try and the CLI's one retry; 429 whose limit resets in 15 minutes: no retry
-        assert len(fake.messages()) == requests
+        # the first try and at most the CLI's one retry (CLAUDE_CODE_MAX_RETRIES=1), never a storm: 529
+        # ends the turn after that retry; the TUI may show a 429's "limit reached · retrying in 1s ·
+        # attempt 1/1" and be requeued before the retry went out (then it is counted or not). CLI 2.0.x
+        # also tries a failed stream once more without streaming.
+        if await cli_version(claude_bin) < (2, 1):
+            requests += 1
+        assert 1 <= len(fake.messages()) <= requests
 
 
 @pytest.mark.parametrize("allowed", [False, True], ids=["not-allowed", "allowed"])

@@ -82,6 +82,18 @@ class PromptDialect(TextDialect):
         self._frame_rule = 0  # capture position of the latest frame's top rule (the result ends there)
         self._zone_end: int | None = None  # where the current footer ends in the chunk being handled
         self._chunk = ""
+        self._typed_at: float | None = None  # when the newest frame was drawn, if its prompt holds text
+
+    def unsent_input_since(self) -> float | None:
+        """When the newest prompt frame still holds typed text while a task runs that the agent has
+        shown no sign of working on: the time that frame was drawn (else None). Drawn after the task's
+        Enter was written, it means the Enter was lost (Claude Code 2.0.x reads a task written the moment
+        its prompt appears only once its input is raw, paste and Enter then arriving as pasted text);
+        the worker presses Enter again."""
+        task = self._task
+        if task is None or task.activity:
+            return None
+        return self._typed_at
 
     # -- recognising lines ---------------------------------------------------------------------------
 
@@ -131,7 +143,7 @@ class PromptDialect(TextDialect):
                 start, end = _line(text, m.start())
                 found = self._prompt_input(text[start:end])
                 if found is not None:
-                    events.append(Event(start, "prompt", (True, base + start)))
+                    events.append(Event(start, "prompt", (True, base + start, found[0])))
         else:
             if self._rule_open is not None:
                 first = _NONSPACE.search(text)
@@ -139,7 +151,7 @@ class PromptDialect(TextDialect):
                     start, end = _line(text, first.start())
                     found = self._prompt_input(text[start:end])
                     if found is not None:
-                        events.append(Event(start, "prompt", (found[1], self._rule_open)))
+                        events.append(Event(start, "prompt", (found[1], self._rule_open, found[0])))
                     self._rule_open = None
             for start, end in self._frame_lines(text):
                 events.append(Event(start, "rule", end))
@@ -150,7 +162,7 @@ class PromptDialect(TextDialect):
                 cstart, cend = _line(text, after.start())
                 found = self._prompt_input(text[cstart:cend])
                 if found is not None:
-                    events.append(Event(cstart, "prompt", (found[1], base + start)))
+                    events.append(Event(cstart, "prompt", (found[1], base + start, found[0])))
         self._scan_busy(text, events)
         if self._task is not None and self._failure_res:
             self._scan_failure(text, events)
@@ -239,8 +251,9 @@ class PromptDialect(TextDialect):
                 self._frame_closed = True
                 self._zone_end = self._blank_from(self._chunk, event.data + 1)
         elif kind == "prompt":
-            boxed, rule_pos = event.data
+            boxed, rule_pos, typed = event.data
             self._new_frame(boxed, rule_pos)
+            self._typed_at = now if typed else None
         elif kind == "busy":
             self._busy(event.data)
         elif kind == "bullet" and self._task is not None:
