@@ -576,7 +576,12 @@ async def test_a_worktree_tasks_change_its_check_diff_and_merge(tmp_path: Path) 
     repo = make_repo(tmp_path / "repo", {"app.py": "print('v1')\n"})
     coder = {
         **unstructure(BUILTIN_PROFILES["shell"]),
-        "workspace": {"mode": "worktree", "repo": str(repo), "verify": "test -f ok.txt && echo check-ok"},
+        "workspace": {
+            "mode": "worktree",
+            "repo": str(repo),
+            "verify": "test -f ok.txt && echo check-ok",
+            "artifacts": ["ok.txt", "report/*.md"],
+        },
     }
     cfg = config(
         tmp_path, workers={"profile": "coder", "profiles": {"coder": coder}}, scaling={"max_workers": 1}
@@ -601,6 +606,11 @@ async def test_a_worktree_tasks_change_its_check_diff_and_merge(tmp_path: Path) 
             expect(page.locator("#task-diff .diff-del")).to_contain_text("-print('v1')")
             page.locator("#task-diff").scroll_into_view_if_needed()
             shot(page, "dashboard-diff")  # docs/dashboard-diff.png is this screenshot
+            expect(page.locator("#task-artifacts")).to_contain_text("ok.txt 3 bytes")
+            expect(page.locator("#task-artifacts")).to_contain_text("missing: nothing matched report/*.md")
+            with page.expect_download() as got:
+                page.locator("#task-artifacts .link").filter(has_text="ok.txt").click()
+            assert Path(got.value.path()).read_text() == "ok\n" and got.value.suggested_filename == "ok.txt"
             page.fill('#task-detail [aria-label="merge into"]', "main")
             page.click("#btn-task-merge")
             page.wait_for_selector(".toast >> text=shoal/good merged")

@@ -305,6 +305,30 @@ export class TasksView {
     ));
   }
 
+  /** The files the attempt kept (workspace.artifacts), each a download through tasks.artifacts. */
+  artifactList(id, a) {
+    const ws = a.workspace || {};
+    const kept = ws.artifacts || [];
+    if (!kept.length && !(ws.artifacts_missing || []).length && !(ws.artifacts_skipped || []).length) return [];
+    const download = async (name) => {
+      const got = await this.app.act("tasks.artifacts", { id, attempt: a.n, name });
+      if (!got) return;
+      const bytes = Uint8Array.from(atob(got.data), (c) => c.charCodeAt(0));
+      const link = el("a", { href: URL.createObjectURL(new Blob([bytes])), download: name.split("/").pop() });
+      document.body.append(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(link.href), 10000);
+    };
+    return [
+      el("div", { class: "section-title" }, `Artifacts (${kept.length})`),
+      el("ul", { class: "files", id: "task-artifacts" },
+        ...kept.map((f) => el("li", {}, el("span", { class: "link mono", onclick: () => download(f.name) }, f.name), ` ${f.size} bytes`)),
+        ...(ws.artifacts_missing || []).map((p) => el("li", { class: "muted" }, `missing: nothing matched ${p}`)),
+        ...(ws.artifacts_skipped || []).map((s) => el("li", { class: "muted" }, `skipped: ${s.name}: ${s.reason}`))),
+    ];
+  }
+
   /** A worktree task's change (docs/workspaces.md): its branch, files and lines, its check, the diff
    * on demand (tasks.diff), and Merge (tasks.merge). Nothing for tasks that ran in no worktree. */
   changeSection(t) {
@@ -338,6 +362,7 @@ export class TasksView {
       ),
       ...(check && !check.passed && check.output_tail ? [el("pre", { class: "output" }, check.output_tail)] : []),
       el("ul", { class: "files" }, ...(ws.files || []).slice(0, 200).map((f) => el("li", { class: "mono" }, f))),
+      ...this.artifactList(t.id, a),
       el("div", { class: "controls" },
         el("button", { class: "btn small", id: "btn-task-diff", onclick: showDiff }, "Show diff"),
         into,
