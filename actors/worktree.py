@@ -17,9 +17,11 @@ lock, so 32 workers starting at once do not trip over `index.lock`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -323,52 +325,8 @@ class GitWorktree:
         return record
 
     async def verify(self, task: Assignment) -> dict[str, Any] | None:
-        """Run `workspace.verify` in the worktree as the agent left it; what it said and whether it
-        passed (exit 0). None when the profile names no check. Cancellable (the worker stopping)."""
-        own = task_workspace(task.metadata)
-        if own is not None and own.required and self._path is not None:
-            patterns = (*self.config.artifacts, *own.artifacts)
-            path = self._path
-            unmatched = await trio.to_thread.run_sync(lambda: [p for p in patterns if not any(path.glob(p))])
-            if unmatched:
-                return {
-                    "command": None,
-                    "passed": False,
-                    "exit_code": None,
-                    "timed_out": False,
-                    "reason": f"required artifact(s) missing: {', '.join(unmatched)}",
-                    "output_tail": "nothing matched " + ", ".join(unmatched),
-                    "elapsed_s": 0.0,
-                }
-        command = own.verify if own is not None and own.verify is not None else self.config.verify
-        if command is None or self._path is None:
-            return None
-        started = trio.current_time()
-        env = {**os.environ, "SHOAL_TASK": task.task_id, "SHOAL_ATTEMPT": str(task.attempt)}
-        timed_out = False
-        with trio.move_on_after(self.config.verify_timeout_s) as scope:
-            done = await trio.run_process(
-                ["sh", "-c", command],
-                cwd=str(self._path),
-                env=env,
-                stdin=b"",
-                capture_stdout=True,
-                stderr=subprocess.STDOUT,
-                check=False,
-            )
-        if scope.cancelled_caught:
-            timed_out = True
-        out = b"" if timed_out else done.stdout
-        tail = out[-VERIFY_TAIL_BYTES:].decode(errors="replace")
-        code = None if timed_out else done.returncode
-        return {
-            "command": command,
-            "passed": code == 0,
-            "exit_code": code,
-            "timed_out": timed_out,
-            "output_tail": tail,
-            "elapsed_s": round(trio.current_time() - started, 3),
-        }
+        """Run the check in the worktree as the agent left it (see `verify_in`)."""
+        return None if self._path is None else await verify_in(self._path, self.config, task)
 
     async def _merge_deps(self, path: Path, task: Assignment) -> str:
         """Merge the dependencies' heads after the first into the task's new branch; its commit.
@@ -660,3 +618,57 @@ def read_artifact(state_dir: Path, task_id: str, attempt: int, name: str, max_by
             f"{name} is {size / 2**20:.1f} MiB: over the {max_bytes / 2**20:g} MiB a reply carries"
         )
     return path.read_bytes()
+
+
+async def verify_in(path: Path, config: WorkspaceConfig, task: Assignment) -> dict[str, Any] | None:
+    """The task's check in `path` as the agent left it: required artifacts first, then the task's own
+    `verify` or `workspace.verify` (a shell command; exit 0 passes). None when there is no check.
+    Cancellable (the worker stopping); a check past `verify_timeout_s` is killed with its whole
+    process group, so nothing it started outlives it."""
+    own = task_workspace(task.metadata)
+    if own is not None and own.required:
+        patterns = (*config.artifacts, *own.artifacts)
+        unmatched = await trio.to_thread.run_sync(lambda: [p for p in patterns if not any(path.glob(p))])
+        if unmatched:
+            return {
+                "command": None,
+                "passed": False,
+                "exit_code": None,
+                "timed_out": False,
+                "reason": f"required artifact(s) missing: {', '.join(unmatched)}",
+                "output_tail": "nothing matched " + ", ".join(unmatched),
+                "elapsed_s": 0.0,
+            }
+    command = own.verify if own is not None and own.verify is not None else config.verify
+    if command is None:
+        return None
+    started = trio.current_time()
+    env = {**os.environ, "SHOAL_TASK": task.task_id, "SHOAL_ATTEMPT": str(task.attempt)}
+    done: subprocess.CompletedProcess[bytes] | None = None
+    with trio.move_on_after(config.verify_timeout_s):
+        done = await trio.run_process(
+            ["sh", "-c", command],
+            cwd=str(path),
+            env=env,
+            stdin=b"",
+            capture_stdout=True,
+            stderr=subprocess.STDOUT,
+            check=False,
+            start_new_session=True,  # its own process group: a timeout kills everything it started
+            deliver_cancel=_kill_group,
+        )
+    tail = b"" if done is None else done.stdout[-VERIFY_TAIL_BYTES:]
+    code = None if done is None else done.returncode
+    return {
+        "command": command,
+        "passed": code == 0,
+        "exit_code": code,
+        "timed_out": done is None,
+        "output_tail": tail.decode(errors="replace"),
+        "elapsed_s": round(trio.current_time() - started, 3),
+    }
+
+
+async def _kill_group(process: trio.Process) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,14 @@ from shoal.actors.cli import change_cell
 from shoal.actors.taskbook import check_feedback
 from shoal.actors.tree import open_swarm
 from shoal.actors.workspace import SharedDirectory, WorkspaceError
-from shoal.actors.worktree import GitWorktree, Worktrees, branch_name, collect_artifacts, read_artifact
+from shoal.actors.worktree import (
+    GitWorktree,
+    Worktrees,
+    branch_name,
+    collect_artifacts,
+    read_artifact,
+    verify_in,
+)
 from shoal.protocols.config import (
     GatewayConfig,
     ProfileConfig,
@@ -768,3 +776,20 @@ def test_submit_flags_carry_the_tasks_workspace_options() -> None:
             "verify": "pytest -q",
         }
     }
+
+
+async def test_a_check_past_its_timeout_is_killed_with_everything_it_started(tmp_path: Path) -> None:
+    config = WorkspaceConfig(verify="sleep 60 & echo $! > bg.pid; sleep 60; echo never", verify_timeout_s=0.5)
+    check = await verify_in(tmp_path, config, task("slow"))
+    assert check is not None and check["timed_out"] is True and check["passed"] is False
+    assert check["exit_code"] is None and "never" not in check["output_tail"]
+    pid = int((tmp_path / "bg.pid").read_text())
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return  # already gone and reaped
+    try:  # the background sleep was in the check's process group: SIGKILL took it too
+        with trio.fail_after(10):
+            await trio.lowlevel.wait_readable(fd)
+    finally:
+        os.close(fd)
