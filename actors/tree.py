@@ -48,7 +48,7 @@ from .scaler import ScalerActor
 from .swarm import VERSION, SwarmHandle, load_overrides, prepare_state_dir
 from .swarm_supervisor import SwarmSupervisor
 from .taskstore import TaskStore, open_store
-from .worktree import Worktrees
+from .workcopy import Workspaces
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ async def open_swarm(config: SwarmConfig | None = None, *, serve: bool = False) 
         "observers", bus, [_leaf("metrics", metrics.run), _leaf("alerts", alerts.run)]
     )
 
-    worktrees = Worktrees(state_dir / "workspaces")  # slots outlive a restart of the workers child
+    worktrees = Workspaces(state_dir / "workspaces")  # slots outlive a restart of the workers child
 
     async def run_workers(*, task_status: trio.TaskStatus[SwarmSupervisor]) -> None:
         got["workers"] = supervisor = SwarmSupervisor(current, bus, got["queue"], workspaces=worktrees)

@@ -143,7 +143,7 @@ class WorkspaceConfig:
     worktree of `repo`, each task on its own branch started from `base` (None: the repo's HEAD).
     """
 
-    mode: Literal["none", "worktree"] = "none"
+    mode: Literal["none", "worktree", "copy"] = "none"
     repo: str | None = attrs.field(default=None, validator=v.optional(v.min_len(1)))
     base: str | None = attrs.field(default=None, validator=v.optional(v.min_len(1)))
     # a check run in the worktree once the agent says done (a shell command, e.g. "pytest -q"): exit 0
@@ -161,10 +161,11 @@ class WorkspaceConfig:
     # copied into <state_dir>/artifacts when it ends, listed on the attempt (docs/workspaces.md)
     artifacts: tuple[str, ...] = ()
     artifact_max_mb: float = attrs.field(default=100.0, validator=_pos)  # a bigger file is skipped, reported
+    copy_max_mb: float = attrs.field(default=1024.0, validator=_pos)  # mode = "copy": the directory's cap
 
     def __attrs_post_init__(self) -> None:
-        if self.mode == "worktree" and self.repo is None:
-            raise ValueError('mode = "worktree" needs a repo (the git repository to work in)')
+        if self.mode != "none" and self.repo is None:
+            raise ValueError(f'mode = "{self.mode}" needs a repo (the repository, or directory, to work in)')
         for pattern in self.artifacts:
             if not relative_glob(pattern):
                 raise ValueError(f"artifacts: {pattern!r} must be a relative glob inside the worktree")
