@@ -793,3 +793,35 @@ async def test_a_check_past_its_timeout_is_killed_with_everything_it_started(tmp
             await trio.lowlevel.wait_readable(fd)
     finally:
         os.close(fd)
+
+
+async def test_after_a_crash_of_shoal_the_worktrees_are_reused_and_reset(tmp_path: Path) -> None:
+    """Shoal killed mid-task leaves a worktree half edited: the next start reuses it (no new worktree
+    add) and resets it before the task runs again, so nothing of the interrupted attempt leaks."""
+    repo = make_repo(tmp_path / "repo")
+    coder = {**unstructure(BUILTIN_PROFILES["fake"]), "workspace": {"mode": "worktree", "repo": str(repo)}}
+    cfg = config_from_dict(
+        {
+            "state_dir": str(tmp_path / "state"),
+            "workers": {"profile": "coder", "profiles": {"coder": coder}},
+            "scaling": {"min_workers": 1, "max_workers": 1},
+        }
+    )
+    async with open_swarm(cfg) as swarm:
+        await swarm.submit({"id": "first", "prompt": "[[write:a.txt:a]]"})
+        with trio.fail_after(30):
+            assert (await swarm.wait("first")).state is TaskState.DONE
+    [slot] = [p for p in (tmp_path / "state" / "workspaces" / "coder").iterdir()]
+    (slot / "half-done.txt").write_text("left by an attempt Shoal never finished")
+    (slot / "README.md").write_text("edited, never committed")
+    sh_git(slot, "checkout", "-q", "-b", "shoal/interrupted")
+    async with open_swarm(cfg) as swarm:
+        await swarm.submit({"id": "second", "prompt": "[[write:b.txt:b]]"})
+        with trio.fail_after(30):
+            done = await swarm.wait("second")
+        assert done.state is TaskState.DONE
+        ws = done.attempts[-1].workspace
+        assert ws is not None and ws["files"] == ["b.txt"]  # nothing of the interrupted attempt
+        assert len((await swarm.workspaces())["worktrees"]) == 1  # the same worktree, reused
+    assert sh_git(repo, "show", "shoal/second:README.md") == "hello\n"
+    assert "half-done.txt" not in sh_git(repo, "ls-tree", "--name-only", "shoal/second")
