@@ -12,11 +12,19 @@ import attrs
 import trio
 import trio.testing
 
-from shoal.actors.hooks import HookChannel, prepare, prepare_config_dir, stop_result, transcript_turn
+from shoal.actors.hooks import (
+    HookChannel,
+    knows_stop_failure,
+    prepare,
+    prepare_config_dir,
+    set_stop_failure_hook,
+    stop_result,
+    transcript_turn,
+)
 from shoal.protocols.config import ProfileConfig
 from shoal.protocols.dialects import make_dialect
 from shoal.protocols.dialects.base import ContextUsage, RateLimited, TaskDone, TaskFailed
-from shoal.protocols.profiles import BUILTIN_PROFILES, HOOK_FIFO_ENV, STOP_HOOK_COMMAND
+from shoal.protocols.profiles import BUILTIN_PROFILES, HOOK_FIFO_ENV, STOP_FAILURE_HOOKS, STOP_HOOK_COMMAND
 from shoal.protocols.tasks import Assignment
 
 HOOK_INPUT = {
@@ -240,3 +248,34 @@ async def test_stop_result_waits_for_a_transcript_written_after_the_hook(tmp_pat
 
 async def _collect(got: list[tuple[str, dict[str, object]]], event: dict[str, object]) -> None:
     got.append(await stop_result(event))
+
+
+def test_stop_failure_hook_only_for_a_cli_that_knows_the_event(tmp_path: Path) -> None:
+    """2.0.x refuses a settings file naming a hook event it does not know (a "Settings Error" dialog
+    at start), so the StopFailure hook goes into the prepared settings.json only when the CLI's
+    program holds the event's name, and comes out again for one that does not (a downgrade)."""
+    new, old = tmp_path / "new" / "claude", tmp_path / "old" / "claude"
+    for path, body in (
+        (new, b'#!/bin/sh\n# ..."Stop","StopFailure","SubagentStart"...\n'),
+        (old, b"#!/bin/sh\n"),
+    ):
+        path.parent.mkdir()
+        path.write_bytes(body)
+        path.chmod(0o755)
+    assert knows_stop_failure("claude", str(new.parent)) is True
+    assert knows_stop_failure("claude", str(old.parent)) is False
+    assert knows_stop_failure("claude", str(tmp_path / "nowhere")) is False
+    assert knows_stop_failure(str(new), None) is True  # a path, as a profile's argv[0] may be
+
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "settings.json").write_text(json.dumps({"model": "opus", "hooks": {"Stop": []}}))
+    set_stop_failure_hook(config, True)
+    settings = json.loads((config / "settings.json").read_text())
+    assert settings == {"model": "opus", "hooks": {"Stop": [], "StopFailure": STOP_FAILURE_HOOKS}}
+    set_stop_failure_hook(config, False)
+    assert json.loads((config / "settings.json").read_text()) == {"model": "opus", "hooks": {"Stop": []}}
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    set_stop_failure_hook(fresh, False)
+    assert not (fresh / "settings.json").exists()  # nothing to take out: nothing written

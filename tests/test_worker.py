@@ -714,3 +714,20 @@ async def test_crash_mid_task_reason_is_not_the_footer(nursery: trio.Nursery, no
     assert reason.startswith("agent exited (exit code 3)")
     assert "for shortcuts" not in reason and "\x1b" not in reason and "│" not in reason
     await h.finish()
+
+
+@pytest.mark.parametrize("name", ["fake", "fake-marker"])
+async def test_a_lost_enter_is_pressed_again(nursery: trio.Nursery, no_leaks: None, name: str) -> None:
+    """Claude Code 2.0.x takes an Enter within ~100 ms of a paste as pasted text (and one typed
+    before its input is raw is lost too): the task sits in the prompt box. The fake agent's
+    `--paste-window` does the same; the worker sees the prompt still holding the text and no work,
+    and presses Enter again, once."""
+    base = BUILTIN_PROFILES[name]
+    profile = attrs.evolve(base, argv=(*base.argv, "--paste-window", "0.3"))
+    h = await started(nursery, profile)
+    pid = h.worker.pid
+    ended = await h.run_task("first task")
+    assert ended.outcome is Outcome.DONE and ended.result == "Done: first task", ended
+    again = await h.run_task("second task", task_id="t2")
+    assert again.outcome is Outcome.DONE and again.result == "Done: second task", again
+    assert h.worker.pid == pid  # no respawn, no timeout: the Enter was all that was missing

@@ -16,7 +16,8 @@ Claude's own flags (--model, --dangerously-skip-permissions, --resume, --verbose
 --settings, ...) are accepted and ignored. Shoal's flags: `--marker`, `--startup-delay S`, `--no-ready`
 (never shows the prompt / never answers), `--context-step N` (context % used per task, default 7),
 `--context-start N`, `--ignore-sigterm`, `--tui-style rule|box`, `--trust-dialog[=plain]` (the trust
-dialog first), `--menu-deaf S` (menus ignore keys this long after drawing; default 0.2).
+dialog first), `--menu-deaf S` (menus ignore keys this long after drawing; default 0.2),
+`--paste-window S` (an Enter within S seconds of a paste's end is taken as pasted text, as 2.0.x does).
 
 Directives inside a prompt, any number, `[[name]]` or `[[name:value]]`, script that task:
 `[[think:SECONDS]]`, `[[output:BYTES]]` (reply of exactly that many bytes), `[[crash:CODE]]` (exit with
@@ -81,6 +82,7 @@ VALUE_FLAGS = {
     "--session-id", "--max-turns", "--fallback-model", "--agents", "--setting-sources",
     "--max-budget-usd", "--permission-prompt-tool", "--tools", "--betas", "--agent", "--plugin-dir",
     "--startup-delay", "--context-step", "--context-start", "--tui-style", "--menu-deaf",
+    "--paste-window",
 }  # fmt: skip
 LIMIT_OPTIONS = ("Stop and wait for limit to reset", "Switch to usage credits", "Upgrade your plan")
 MODELS = (
@@ -160,6 +162,7 @@ class Args:
         self.context_start = _number(self.values.get("--context-start"), 0.0)
         self.box = self.values.get("--tui-style", "rule") == "box"
         self.menu_deaf = _number(self.values.get("--menu-deaf"), MENU_DEAF_S)
+        self.paste_window = _number(self.values.get("--paste-window"), 0.0)
         # --trust-dialog: the first-start trust dialog of 2.1.212 (numbered); =plain: 2.1.332's
         trust = self.values.get("--trust-dialog", "numbered" if "--trust-dialog" in self.flags else "")
         self.trust = trust if trust in ("numbered", "plain") else ""
@@ -452,6 +455,7 @@ class Tui:
         self.used = min(100.0, max(0.0, args.context_start))
         self.input = ""
         self.paste_count = 0
+        self.paste_end = 0.0
         self.frame_lines = 0
         self.cols = self._cols()
         self.busy = False
@@ -942,6 +946,7 @@ class Tui:
                 self.paste_buf = b""
                 self.in_paste = False
                 self.paste_count += 1
+                self.paste_end = time.monotonic()
                 i = end + 6
                 continue
             b = buf[i]
@@ -967,6 +972,9 @@ class Tui:
                 i += 1
                 self.input += typed.decode(errors="replace")
                 typed = b""
+                if self.paste_count and time.monotonic() - self.paste_end < self.args.paste_window:
+                    self.redraw()  # 2.0.x: part of the paste, the prompt still holds the text
+                    continue
                 self.enter()
                 continue
             if b in (0x7F, 0x08):
