@@ -222,11 +222,13 @@ def transcript_turn(
     `prompt_id`, or at the newest prompt when `prompt_id` is None; it ends at the next prompt. Usage
     is summed over its assistant messages (each message id once, its last line counting);
     `context_tokens` is the prompt size of the last one (what the context holds now). `found`:
-    the turn and at least one of its assistant messages are in the file (the CLI may write them a
-    moment after the Stop hook started).
+    the turn and its last assistant message are in the file: at least one, and the newest does not
+    ask for a tool (the CLI may write them a moment after the Stop hook started; a turn that used a
+    tool seen up to its tool_use would lose its reply and the later requests' usage).
     """
     per_message: dict[str, dict[str, Any]] = {}
     text: str | None = None
+    asked_tool = False  # the turn's newest assistant line asks for a tool: its reply is yet to come
     in_turn = prompt_id is None
     started = False
     with open(path, encoding="utf-8", errors="replace") as f:
@@ -253,6 +255,7 @@ def transcript_turn(
                 said = _text_of(content)
                 if said:
                     text = said
+                asked_tool = _has_tool_use(content)
     usage: dict[str, Any] = {}
     for item in per_message.values():
         for key in (
@@ -270,7 +273,13 @@ def transcript_turn(
         usage["context_tokens"] = sum(
             value for key in CONTEXT_KEYS if isinstance(value := last.get(key), int)
         )
-    return text, usage, started and bool(per_message)
+    return text, usage, started and bool(per_message) and not asked_tool
+
+
+def _has_tool_use(content: Any) -> bool:
+    return isinstance(content, list) and any(
+        isinstance(b, dict) and b.get("type") == "tool_use" for b in content
+    )
 
 
 def _is_tool_result(content: Any) -> bool:

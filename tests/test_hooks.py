@@ -230,6 +230,30 @@ def test_transcript_turn_by_prompt_id_is_not_the_previous_one(tmp_path: Path) ->
     assert transcript_turn(path, "p3")[2] is False
 
 
+def test_transcript_turn_is_not_found_while_its_newest_message_asks_for_a_tool(tmp_path: Path) -> None:
+    """Claude Code 2.0.x gives its Stop hook no `last_assistant_message`, and may write the turn's
+    last lines after the hook started: a turn seen up to its tool_use is not complete (its reply and
+    the later requests' usage would be lost)."""
+    tool = {"type": "tool_use", "id": "t", "name": "Write", "input": {}}
+    first = {
+        "type": "assistant",
+        "promptId": "p1",
+        "message": {"id": "m1", "content": [tool], "usage": {"input_tokens": 10, "output_tokens": 1}},
+    }
+    result = {"type": "user", "message": {"content": [{"type": "tool_result", "content": "ok"}]}}
+    path = tmp_path / "t.jsonl"
+    path.write_text(_line(_prompt("p1")) + _line(first) + _line(result))
+    assert transcript_turn(path, "p1") == (
+        None,
+        {"input_tokens": 10, "output_tokens": 1, "api_requests": 1, "context_tokens": 10},
+        False,
+    )
+    with path.open("a") as f:
+        f.write(_line(_reply("m2", "Made it", 20)))
+    text, usage, found = transcript_turn(path, "p1")
+    assert found and text == "Made it" and usage["api_requests"] == 2 and usage["input_tokens"] == 30
+
+
 async def test_stop_result_waits_for_a_transcript_written_after_the_hook(tmp_path: Path) -> None:
     """The CLI may append the turn's reply a moment after the Stop hook started (seen with 2.1.332:
     one task in five had no usage): the usage must still be the turn's own."""
