@@ -293,6 +293,8 @@ class WorkerActor:
         self._state_dir = state_dir  # Claude profiles keep their prepared configuration there
         # where the agent works: asked before each spawn, told of each task (actors/workspace.py)
         self._workspace: Workspace = workspace if workspace is not None else SharedDirectory(profile.cwd)
+        # the shared directory does nothing per task: skip its calls (and their cancel scopes) per attempt
+        self._per_task_workspace = not isinstance(self._workspace, SharedDirectory)
         self._cwd = profile.cwd
 
         self._state = WorkerState.STARTING
@@ -937,7 +939,7 @@ class WorkerActor:
         self._sample_at = None
         elapsed = round(trio.current_time() - self._task_started, 6)
         check: dict[str, Any] | None = None
-        if outcome is Outcome.DONE:
+        if outcome is Outcome.DONE and self._per_task_workspace:
             try:  # the workspace's check (workspace.verify): done only when it passes
                 check = await self._workspace.verify(task)
             except (OSError, ShoalError) as exc:
@@ -950,15 +952,8 @@ class WorkerActor:
                 fields = {**fields, "reason": reason, "result": None}
                 fields["output_tail"] = check.get("output_tail")
         record: dict[str, Any] | None = None
-        with trio.CancelScope(shield=True), trio.move_on_after(WORKSPACE_TIMEOUT_S) as scope:
-            try:  # before the report, which carries what the workspace kept (branch, commit, change)
-                record = await self._workspace.finish(task, outcome)
-            except Exception as exc:  # its next task would start in an unknown tree: start afresh
-                log.warning("worker %s: finishing task %s's workspace failed: %s", self.id, task.task_id, exc)
-                self._respawn_reason = f"its workspace could not be finished: {exc}"
-                record = {"error": str(exc)}
-        if scope.cancelled_caught:
-            self._respawn_reason = "its workspace did not finish in time"
+        if self._per_task_workspace:
+            record = await self._finish_workspace(task, outcome)
         if check is not None:
             record = {**(record or {}), "verify": check}
         if self._workspace.fresh_context and not self._one_process_per_task:
@@ -975,6 +970,21 @@ class WorkerActor:
                 **fields,
             )
         )
+
+    async def _finish_workspace(self, task: Assignment, outcome: Outcome) -> dict[str, Any] | None:
+        """The workspace keeps the attempt's work (before the report, which carries its record):
+        shielded, so a cancelled worker still leaves its tree clean, and bounded."""
+        record: dict[str, Any] | None = None
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + WORKSPACE_TIMEOUT_S) as scope:
+            try:
+                record = await self._workspace.finish(task, outcome)
+            except Exception as exc:  # its next task would start in an unknown tree: start afresh
+                log.warning("worker %s: finishing task %s's workspace failed: %s", self.id, task.task_id, exc)
+                self._respawn_reason = f"its workspace could not be finished: {exc}"
+                record = {"error": str(exc)}
+        if scope.cancelled_caught:
+            self._respawn_reason = "its workspace did not finish in time"
+        return record
 
     async def _finish_task(self, outcome: Outcome, *, respawn: str | None = None, **fields: Any) -> None:
         """End the running attempt, then do what is pending (stop, respawn, pause) or go idle."""
