@@ -232,6 +232,7 @@ class _Submit:
     enter: bytes
     due: float  # when the Enter was due to be written (after the writer's pauses)
     presses: int = 0
+    check_at: float | None = None  # the next look at the prompt (the worker's timer)
 
 
 @attrs.define(eq=False)
@@ -304,6 +305,7 @@ class WorkerActor:
         self._asked_at = 0.0  # when it appeared (trio time)
         self._menu_context: menus.MenuContext | None = None  # where the agent runs (computed once)
         self._typing: _Typing | None = None
+        self._submit: _Submit | None = None  # the running task's Enter, watched until it arrives
         self._last_limit: tuple[float, float | None] | None = None  # (wall s, reset_at) of the last limit
         self._limited_task: str | None = None  # the task the last usage limit ended
         self._refused_while_asked = False  # an idle worker turned a task down while a question was open
@@ -511,6 +513,8 @@ class WorkerActor:
         candidates = [self._awaiting_ready_until, self._slot_release_at]
         if self._typing is not None:
             candidates.append(self._typing.at if self._typing.check_at is None else self._typing.check_at)
+        if self._submit is not None:
+            candidates.append(self._submit.check_at)
         if self._state is WorkerState.BUSY:
             candidates.append(self._sample_at)
         inc = self._inc
@@ -566,6 +570,8 @@ class WorkerActor:
             self._release_slot()
         if self._typing is not None:
             self._type_due(now)
+        if self._submit is not None:
+            self._check_submit(now)
         inc = self._inc
         if inc is not None:
             deadline = inc.dialect.next_deadline()
@@ -668,24 +674,26 @@ class WorkerActor:
                 self._post(_Signals(inc.gen, signals))
         self._post(_Eof(inc.gen))
 
-    async def _watch_submit(self, inc: _Incarnation, submit: _Submit) -> None:
+    def _check_submit(self, now: float) -> None:
         """Press a task's Enter again while, RESUBMIT_AFTER_S after each press, the agent's prompt
         still holds the task's text and it shows no sign of work (the Enter was lost). The agent need
-        not redraw after a lost Enter, so this looks on a timer, not on output."""
-        unsent = getattr(inc.dialect, "unsent_input_since", None)
-        if unsent is None:
+        not redraw after a lost Enter, so this looks on the worker's timer, not on output."""
+        submit, inc = self._submit, self._inc
+        if submit is None or submit.check_at is None or now < submit.check_at:
             return
-        check = submit.due
-        while submit.presses < RESUBMITS and check < submit.due + RESUBMIT_WINDOW_S:
-            check += RESUBMIT_AFTER_S
-            await trio.sleep_until(check)
-            if self._inc is not inc or self._task is None or self._task.task_id != submit.task_id:
-                return
-            if unsent() is None:
-                continue  # working, or its prompt is empty: the Enter arrived
+        unsent = getattr(inc.dialect, "unsent_input_since", None) if inc is not None else None
+        if inc is None or unsent is None or self._task is None or self._task.task_id != submit.task_id:
+            self._submit = None
+            return
+        if unsent() is not None:
             submit.presses += 1
             log.info("worker %s: task %s: its Enter was lost, pressed again", self.id, submit.task_id)
             inc.writes.send_nowait((0.0, submit.enter))
+        nxt = submit.check_at + RESUBMIT_AFTER_S
+        done = submit.presses >= RESUBMITS or nxt >= submit.due + RESUBMIT_WINDOW_S
+        submit.check_at = None if done else nxt
+        if done:
+            self._submit = None
 
     async def _read_stderr(self, inc: _Incarnation) -> None:
         while data := await inc.proc.read_stderr():
@@ -916,9 +924,9 @@ class WorkerActor:
         # the Enter: its own write after a paste, or the last byte of the prompt typed as is (a TUI
         # that has not turned bracketed paste on yet)
         enter = steps[-1][1] if len(steps) == 2 else steps[-1][1][-1:] if steps else b""
-        if enter in (b"\r", b"\n") and hasattr(inc.dialect, "unsent_input_since") and inc.nursery:
+        if enter in (b"\r", b"\n") and hasattr(inc.dialect, "unsent_input_since"):
             due = now + sum(delay for delay, _ in steps)
-            inc.nursery.start_soon(self._watch_submit, inc, _Submit(assignment.task_id, enter, due))
+            self._submit = _Submit(assignment.task_id, enter, due, check_at=due + RESUBMIT_AFTER_S)
         if self._one_process_per_task and inc.proc.transport == "pipe":
             inc.writes.send_nowait(None)  # end of input: a oneshot agent must not wait on stdin
         await self._set_state(WorkerState.BUSY)
@@ -930,6 +938,7 @@ class WorkerActor:
 
     async def _end_attempt(self, outcome: Outcome, **fields: Any) -> None:
         task, self._task = self._task, None
+        self._submit = None
         self._retrying = None
         if task is None:
             return
