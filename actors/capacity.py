@@ -38,6 +38,11 @@ log = logging.getLogger("shoal.capacity")
 MIB = 1 << 20
 _ENDED_KEPT = 16  # peaks of ended workers remembered per profile
 _MEASURED_STATES = frozenset({WorkerState.IDLE, WorkerState.BUSY, WorkerState.REFRESHING, WorkerState.PAUSED})
+# An idle or paused worker's tree is read every this many samples, a busy or new one every sample: the
+# peak is the kernel's high-water mark (VmHWM), kept between reads, and an idle agent barely moves, so
+# 1,000 idle workers cost a tenth of the reads (Shoal's CPU at rest)
+IDLE_EVERY = 10
+_RESTING = frozenset({WorkerState.IDLE, WorkerState.PAUSED})
 
 
 @attrs.frozen
@@ -198,6 +203,7 @@ class CapacityMeter:
         self._ended: dict[str, deque[float]] = {}  # profile -> peaks (MiB) of ended, measured workers
         self.samples = 0
         self.last_error: str | None = None
+        self._read_at: dict[str, int] = {}  # worker -> the sample that last read its tree
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -207,23 +213,35 @@ class CapacityMeter:
 
     async def sample(self) -> None:
         """Read every live worker's process tree (in a thread) and fold the peaks per profile."""
-        procs = [p for p in self._processes() if p.pid is not None]
+        live = [p for p in self._processes() if p.pid is not None]
+        n = self.samples
+        procs = [
+            p
+            for p in live
+            if p.state not in _RESTING
+            or p.worker not in self._live
+            or not self._live[p.worker][3]  # not measured yet
+            or n - self._read_at.get(p.worker, -IDLE_EVERY) >= IDLE_EVERY
+        ]
         pids = [p.pid for p in procs if p.pid is not None]
         try:
             readings = await trio.to_thread.run_sync(_read_all, pids)
         except Exception as exc:  # a /proc surprise must not stop the scaler: skip this sample
             log.warning("memory sample failed: %r", exc)
             return
-        seen: set[str] = set()
+        seen: set[str] = {p.worker for p in live if p.worker in self._live}  # resting, not read now
         for proc, got in zip(procs, readings, strict=True):
             if got is None:
+                seen.discard(proc.worker)
                 continue
             seen.add(proc.worker)
+            self._read_at[proc.worker] = n
             rss, peak = got[0] / MIB, got[1] / MIB
             _, _, old_peak, measured = self._live.get(proc.worker, (proc.profile, 0.0, 0.0, False))
             measured = measured or proc.state in _MEASURED_STATES
             self._live[proc.worker] = (proc.profile, rss, max(peak, old_peak), measured)
         for wid in [w for w in self._live if w not in seen]:
+            self._read_at.pop(wid, None)
             profile, _, peak, measured = self._live.pop(wid)
             if measured:
                 self._ended.setdefault(profile, deque(maxlen=_ENDED_KEPT)).append(peak)

@@ -22,6 +22,7 @@ from swarmkit import fake_profile, swarm_config, wait_for
 
 from shoal.actors import cli
 from shoal.actors.capacity import (
+    IDLE_EVERY,
     CapacityMeter,
     ProcessView,
     _children,
@@ -296,3 +297,26 @@ def test_status_lines_for_people() -> None:
         "max_workers (scaling.max_workers): 1 more worker wanted; also memory;"
         " waiting for a worker that takes them: build (sonnet)"
     )
+
+
+async def test_resting_workers_are_read_a_tenth_as_often() -> None:
+    """A busy worker's tree is read every sample, an idle one every IDLE_EVERY samples (its peak is the
+    kernel's high-water mark, kept between reads): 1,000 idle workers cost Shoal little at rest."""
+    me = os.getpid()
+    procs = [
+        ProcessView("idle-1", "fake", me, WorkerState.IDLE),
+        ProcessView("busy-1", "fake", me, WorkerState.BUSY),
+    ]
+    meter = _meter(config_from_dict({}), procs)
+    reads: dict[str, list[int]] = {"idle-1": [], "busy-1": []}
+    for n in range(2 * IDLE_EVERY + 1):
+        await meter.sample()
+        for worker in reads:
+            if meter._read_at.get(worker) == n:
+                reads[worker].append(n)
+    assert reads["busy-1"] == list(range(2 * IDLE_EVERY + 1))
+    assert reads["idle-1"] == [0, IDLE_EVERY, 2 * IDLE_EVERY]
+    assert meter.measured_mb("fake") is not None  # both still counted between reads
+    procs.pop(0)  # the idle worker ends: its peak goes to the profile's ended ones
+    await meter.sample()
+    assert "idle-1" not in meter._read_at
