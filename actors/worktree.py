@@ -42,7 +42,6 @@ MAX_FILES_LISTED = 1000  # an attempt's record lists this many changed files; `f
 MAX_DIFF_BYTES = 4 * 1024 * 1024  # tasks.diff returns at most this much patch text (`truncated`)
 _ENV = {
     "GIT_TERMINAL_PROMPT": "0",  # never wait on a credential prompt
-    "GIT_OPTIONAL_LOCKS": "0",  # `git status` must not take index.lock while the agent works
     "LC_ALL": "C",  # messages we read back, in one language
 }
 _BAD_REF = re.compile(r"[^A-Za-z0-9._/-]+")
@@ -321,7 +320,8 @@ class GitWorktree:
                 record["push_error"] = pushed
         # the branch keeps the work; the tree goes back to the base (ignored files stay until the next
         # task's reset: a build cache may be worth keeping that long, never longer)
-        await git(path, "checkout", "-q", "-f", "--detach", base)
+        if await _git_try(path, "checkout", "-q", "--detach", base) is not None:  # clean: only the
+            await git(path, "checkout", "-q", "-f", "--detach", base)  # changed files; -f if blocked
         return record
 
     async def verify(self, task: Assignment) -> dict[str, Any] | None:
