@@ -95,15 +95,20 @@ async def main(state_dir: str) -> None:
         await swarm.submit_many(graph)
         say(f"submitted {len(graph)} tasks: plan → 8 builds → 8 tests → release")
 
-        killed = False
-        with swarm.events(("scale.*", "worker.crashed", "task.running", "task.done")) as events:
+        killed = released = False
+        topics = ("scale.*", "worker.crashed", "worker.exited", "task.running", "task.done")
+        with swarm.events(topics) as events:
             async for event in events:
                 data = event.data
                 if event.topic == "scale.up":
                     say(f"scale up   +{data['count']} {data.get('model')} ({data.get('reason')})")
-                elif event.topic == "scale.down":
-                    say(f"scale down -{data['count']} {data.get('worker')} ({data.get('reason')})")
-                    if not swarm.workers() or len(swarm.workers()) <= 1:
+                elif event.topic in ("scale.down", "worker.exited"):
+                    if event.topic == "scale.down":
+                        say(f"scale down -{data['count']} {data.get('worker')} ({data.get('reason')})")
+                    # done once the release is and every worker is retired or on its way out (a check on
+                    # each retirement and each exit: the last two may be retired in one decision)
+                    working = [w for w in swarm.workers() if w.state.value not in ("stopping", "stopped")]
+                    if released and not working:
                         break
                 elif event.topic == "worker.crashed":
                     say(f"worker {data['worker']} crashed (signal {data.get('signal')})")
@@ -120,6 +125,7 @@ async def main(state_dir: str) -> None:
                         if pid:
                             os.kill(pid, signal.SIGKILL)
                 elif event.topic == "task.done" and data["task_id"] == "release":
+                    released = True
                     release = await swarm.get("release")
                     say(f"release done: {release.result!r}; waiting for idle workers to be retired")
         build3 = await swarm.get("build-3")
