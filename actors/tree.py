@@ -44,6 +44,7 @@ from . import queue as q
 from .alerts import AlertActor
 from .auth import load_or_create_token, token_path
 from .metrics import MetricsActor
+from .parks import ParkKeeper
 from .scaler import ScalerActor
 from .swarm import VERSION, SwarmHandle, load_overrides, prepare_state_dir
 from .swarm_supervisor import SwarmSupervisor
@@ -163,8 +164,11 @@ async def open_swarm(config: SwarmConfig | None = None, *, serve: bool = False) 
 
     metrics = MetricsActor(bus, current, time.time, queue_depth)
     alerts = AlertActor(current, bus, lambda: metrics)
+    parks = ParkKeeper(state_dir, bus, lambda: got["queue"])  # model parks survive a restart
     observers = _leaf_supervisor(
-        "observers", bus, [_leaf("metrics", metrics.run), _leaf("alerts", alerts.run)]
+        "observers",
+        bus,
+        [_leaf("metrics", metrics.run), _leaf("alerts", alerts.run), _leaf("parks", parks.run)],
     )
 
     worktrees = Workspaces(state_dir / "workspaces")  # slots outlive a restart of the workers child

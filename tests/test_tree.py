@@ -164,6 +164,7 @@ async def test_the_tree_is_in_status_and_stops_in_reverse_order(tmp_path: Path) 
         "services/scaler",
         "swarm/services",
         "swarm/workers",
+        "observers/parks",
         "observers/alerts",
         "observers/metrics",
         "swarm/observers",
@@ -183,7 +184,17 @@ async def test_shoal_status_tree_shows_each_child_its_restarts_and_last_crash(tm
         shown = await shoal(None, *conn, "status", "--tree", COLUMNS="200")
         assert shown.code == 0, shown.err
         lines = {line.strip("│├└─ ").split()[0]: line for line in shown.out.splitlines() if line.strip()}
-        for child in ("store", "queue", "observers", "metrics", "alerts", "workers", "http", "gateway"):
+        for child in (
+            "store",
+            "queue",
+            "observers",
+            "metrics",
+            "alerts",
+            "parks",
+            "workers",
+            "http",
+            "gateway",
+        ):
             assert child in lines and "running" in lines[child], shown.out
         assert "restarts 1" in lines["scaler"] and "injected by the test" in lines["scaler"], shown.out
         assert "restarts" not in lines["gateway"]
