@@ -398,10 +398,7 @@ async def _clean(path: Path) -> None:
 
 async def _git_ok(cwd: str | Path, *args: str) -> bool:
     """Whether `git -C cwd args…` exits 0 (for git's yes/no questions)."""
-    env = {**os.environ, **_ENV}
-    argv = ["git", "-C", str(cwd), *args]
-    done = await trio.run_process(argv, check=False, env=env, capture_stdout=True, capture_stderr=True)
-    return done.returncode == 0
+    return await _git_try(cwd, *args) is None
 
 
 async def _git_try(cwd: str | Path, *args: str) -> str | None:
@@ -538,12 +535,9 @@ def _worktree_entries(porcelain: str) -> list[dict[str, str]]:
 
 async def _checked_out_at(repo: str, branch: str) -> str | None:
     """The worktree (the main one included) that has `branch` checked out, if any."""
-    path: str | None = None
-    for line in (await git(repo, "worktree", "list", "--porcelain")).splitlines():
-        if line.startswith("worktree "):
-            path = line.removeprefix("worktree ")
-        elif line == f"branch refs/heads/{branch}":
-            return path
+    for entry in _worktree_entries(await git(repo, "worktree", "list", "--porcelain")):
+        if entry.get("branch") == f"refs/heads/{branch}":
+            return entry.get("worktree")
     return None
 
 

@@ -519,9 +519,7 @@ class Client:
 
     async def diff(self, task_id: str, attempt: int | None = None, stat: bool = False) -> dict[str, Any]:
         """The change the task's attempt left in its worktree: record and patch text (tasks.diff)."""
-        params: dict[str, Any] = {"id": task_id, "stat": stat}
-        if attempt is not None:
-            params["attempt"] = attempt
+        params = _given(id=task_id, stat=stat, attempt=attempt)
         result: dict[str, Any] = await self.call("tasks.diff", params)
         return result
 
@@ -529,11 +527,7 @@ class Client:
         self, task_id: str, attempt: int | None = None, into: str | None = None, squash: bool = False
     ) -> dict[str, Any]:
         """Merge the task's change into a branch of its repository (tasks.merge)."""
-        params: dict[str, Any] = {"id": task_id, "squash": squash}
-        if attempt is not None:
-            params["attempt"] = attempt
-        if into is not None:
-            params["into"] = into
+        params = _given(id=task_id, squash=squash, attempt=attempt, into=into)
         result: dict[str, Any] = await self.call("tasks.merge", params)
         return result
 
@@ -541,11 +535,7 @@ class Client:
         self, task_id: str, attempt: int | None = None, name: str | None = None
     ) -> dict[str, Any]:
         """The files a task's attempt kept, or one of them (base64 in `data`) (tasks.artifacts)."""
-        params: dict[str, Any] = {"id": task_id}
-        if attempt is not None:
-            params["attempt"] = attempt
-        if name is not None:
-            params["name"] = name
+        params = _given(id=task_id, attempt=attempt, name=name)
         result: dict[str, Any] = await self.call("tasks.artifacts", params)
         return result
 
@@ -558,11 +548,7 @@ class Client:
         self, older_than_s: float | None = None, base: str | None = None
     ) -> dict[str, Any]:
         """Remove unused worktrees and merged or old task branches (workspaces.prune)."""
-        params: dict[str, Any] = {}
-        if older_than_s is not None:
-            params["older_than_s"] = older_than_s
-        if base is not None:
-            params["base"] = base
+        params = _given(older_than_s=older_than_s, base=base)
         result: dict[str, Any] = await self.call("workspaces.prune", params)
         return result
 
@@ -721,3 +707,8 @@ async def connect(
         if entered:
             raise
         raise ConnectError(f"bad gateway URL {url!r}: {exc}") from None
+
+
+def _given(**params: Any) -> dict[str, Any]:
+    """A method's params without the optional ones left out (None): the server's defaults apply."""
+    return {key: value for key, value in params.items() if value is not None}

@@ -32,8 +32,10 @@ from shoal.protocols.config import (
     GatewayConfig,
     ProfileConfig,
     ScalingConfig,
+    SwarmConfig,
     WorkspaceConfig,
     config_from_dict,
+    patch_config,
     unstructure,
 )
 from shoal.protocols.errors import Conflict, NotFound, ValidationError
@@ -64,6 +66,31 @@ def make_repo(path: Path, files: dict[str, str] | None = None) -> Path:
 
 def task(task_id: str, attempt: int = 1, prompt: str = "do it") -> Assignment:
     return Assignment(task_id, attempt, prompt)
+
+
+def coder_config(
+    tmp_path: Path,
+    repo: Path,
+    *,
+    base: str = "fake",
+    min_workers: int = 0,
+    max_workers: int = 1,
+    gateway: bool = False,
+    **workspace: Any,
+) -> SwarmConfig:
+    """A swarm whose `coder` profile (the built-in `base` one) works in worktrees of `repo`."""
+    coder = {
+        **unstructure(BUILTIN_PROFILES[base]),
+        "workspace": {"mode": "worktree", "repo": str(repo), **workspace},
+    }
+    return config_from_dict(
+        {
+            "state_dir": str(tmp_path / "state"),
+            "workers": {"profile": "coder", "profiles": {"coder": coder}},
+            "scaling": {"min_workers": min_workers, "max_workers": max_workers},
+            **({"gateway": {"enabled": True, "port": 0}} if gateway else {}),
+        }
+    )
 
 
 def worktree(tmp_path: Path, repo: Path, worker: str = "w-1", base: str | None = None) -> GitWorktree:
@@ -217,15 +244,7 @@ def test_branch_names_are_valid_refs() -> None:
 
 async def test_a_swarm_of_shell_workers_keeps_each_tasks_change_on_its_own_branch(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo", {"shared.txt": "base\n"})
-    coder = {**unstructure(BUILTIN_PROFILES["shell"]), "workspace": {"mode": "worktree", "repo": str(repo)}}
-    cfg = config_from_dict(
-        {
-            "state_dir": str(tmp_path / "state"),
-            "workers": {"profile": "coder", "profiles": {"coder": coder}},
-            "scaling": {"min_workers": 2, "max_workers": 2},
-            "gateway": {"enabled": True, "port": 0},
-        }
-    )
+    cfg = coder_config(tmp_path, repo, base="shell", min_workers=2, max_workers=2, gateway=True)
     async with open_swarm(cfg) as swarm:
         ids = [f"task-{i}" for i in range(6)]
         for tid in ids:
@@ -320,14 +339,7 @@ def _commit_on(repo: Path, name: str) -> str:
 
 async def test_fake_agents_build_on_each_others_branches_in_a_swarm(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo")
-    coder = {**unstructure(BUILTIN_PROFILES["fake"]), "workspace": {"mode": "worktree", "repo": str(repo)}}
-    cfg = config_from_dict(
-        {
-            "state_dir": str(tmp_path / "state"),
-            "workers": {"profile": "coder", "profiles": {"coder": coder}},
-            "scaling": {"min_workers": 2, "max_workers": 2},
-        }
-    )
+    cfg = coder_config(tmp_path, repo, min_workers=2, max_workers=2)
     async with open_swarm(cfg) as swarm:
         await swarm.submit_many(
             [
@@ -349,15 +361,7 @@ async def test_fake_agents_build_on_each_others_branches_in_a_swarm(tmp_path: Pa
 async def test_merging_a_tasks_change(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo", {"app.py": "v = 1\n", "notes.txt": "n\n"})
     sh_git(repo, "branch", "release")
-    coder = {**unstructure(BUILTIN_PROFILES["fake"]), "workspace": {"mode": "worktree", "repo": str(repo)}}
-    cfg = config_from_dict(
-        {
-            "state_dir": str(tmp_path / "state"),
-            "workers": {"profile": "coder", "profiles": {"coder": coder}},
-            "scaling": {"min_workers": 1, "max_workers": 1},
-            "gateway": {"enabled": True, "port": 0},
-        }
-    )
+    cfg = coder_config(tmp_path, repo, min_workers=1, max_workers=1, gateway=True)
     async with open_swarm(cfg) as swarm:
         await swarm.submit_many(
             [
@@ -420,18 +424,8 @@ async def test_merging_a_tasks_change(tmp_path: Path) -> None:
 
 
 def _verified_swarm(tmp_path: Path, repo: Path, verify: str, **workspace: Any) -> Any:
-    coder = {
-        **unstructure(BUILTIN_PROFILES["fake"]),
-        "workspace": {"mode": "worktree", "repo": str(repo), "verify": verify, **workspace},
-    }
-    return config_from_dict(
-        {
-            "state_dir": str(tmp_path / "state"),
-            "workers": {"profile": "coder", "profiles": {"coder": coder}},
-            "scaling": {"min_workers": 2, "max_workers": 2},
-            "queue": {"retry_backoff": {"min_s": 0.01, "max_s": 0.02}},
-        }
-    )
+    cfg = coder_config(tmp_path, repo, min_workers=2, max_workers=2, verify=verify, **workspace)
+    return patch_config(cfg, {"queue": {"retry_backoff": {"min_s": 0.01, "max_s": 0.02}}})
 
 
 CHECK = 'echo "checking: $(wc -l < log.txt) line(s)"; test "$(wc -l < log.txt)" -ge 2'
@@ -497,17 +491,7 @@ def test_the_retry_prompt_says_what_the_check_said() -> None:
 @pytest.mark.parametrize("fresh", [True, False])
 async def test_each_task_in_a_worktree_starts_a_fresh_conversation(tmp_path: Path, fresh: bool) -> None:
     repo = make_repo(tmp_path / "repo")
-    coder = {
-        **unstructure(BUILTIN_PROFILES["fake"]),
-        "workspace": {"mode": "worktree", "repo": str(repo), "fresh_context": fresh},
-    }
-    cfg = config_from_dict(
-        {
-            "state_dir": str(tmp_path / "state"),
-            "workers": {"profile": "coder", "profiles": {"coder": coder}},
-            "scaling": {"min_workers": 1, "max_workers": 1},
-        }
-    )
+    cfg = coder_config(tmp_path, repo, min_workers=1, max_workers=1, fresh_context=fresh)
     async with open_swarm(cfg) as swarm:
         pids = []
         for tid in ("one", "two"):
@@ -550,15 +534,7 @@ async def test_finished_branches_are_pushed_when_asked(tmp_path: Path) -> None:
 
 async def test_listing_and_pruning_worktrees_and_task_branches(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo")
-    coder = {**unstructure(BUILTIN_PROFILES["fake"]), "workspace": {"mode": "worktree", "repo": str(repo)}}
-    cfg = config_from_dict(
-        {
-            "state_dir": str(tmp_path / "state"),
-            "workers": {"profile": "coder", "profiles": {"coder": coder}},
-            "scaling": {"min_workers": 2, "max_workers": 2},
-            "gateway": {"enabled": True, "port": 0},
-        }
-    )
+    cfg = coder_config(tmp_path, repo, min_workers=2, max_workers=2, gateway=True)
     async with open_swarm(cfg) as swarm:
         await swarm.submit_many([{"id": f"t{i}", "prompt": f"[[write:f{i}.txt:{i}]]"} for i in range(3)])
         with trio.fail_after(60):
@@ -641,18 +617,7 @@ print(json.dumps(collect_artifacts(Path({str(tree)!r}), ["*.txt"], Path({str(tmp
 
 async def test_a_swarm_keeps_each_attempts_artifacts(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo")
-    coder = {
-        **unstructure(BUILTIN_PROFILES["fake"]),
-        "workspace": {"mode": "worktree", "repo": str(repo), "artifacts": ["report.md", "out/*.json"]},
-    }
-    cfg = config_from_dict(
-        {
-            "state_dir": str(tmp_path / "state"),
-            "workers": {"profile": "coder", "profiles": {"coder": coder}},
-            "scaling": {"max_workers": 1},
-            "gateway": {"enabled": True, "port": 0},
-        }
-    )
+    cfg = coder_config(tmp_path, repo, gateway=True, artifacts=["report.md", "out/*.json"])
     async with open_swarm(cfg) as swarm:
         prompt = "research [[write:report.md:# Findings\\nall good\\n]] [[write:out/data.json:{}]]"
         await swarm.submit({"id": "r", "prompt": prompt})
@@ -721,14 +686,7 @@ async def test_a_task_names_its_base_branch_artifacts_and_check(tmp_path: Path) 
     sh_git(repo, "commit", "-qm", "release 2.0")
     release = sh_git(repo, "rev-parse", "HEAD").strip()
     sh_git(repo, "checkout", "-q", "main")
-    coder = {**unstructure(BUILTIN_PROFILES["fake"]), "workspace": {"mode": "worktree", "repo": str(repo)}}
-    cfg = config_from_dict(
-        {
-            "state_dir": str(tmp_path / "state"),
-            "workers": {"profile": "coder", "profiles": {"coder": coder}},
-            "scaling": {"max_workers": 1},
-        }
-    )
+    cfg = coder_config(tmp_path, repo, max_workers=1)
     async with open_swarm(cfg) as swarm:
         own = {
             "base": "release",
@@ -799,14 +757,7 @@ async def test_after_a_crash_of_shoal_the_worktrees_are_reused_and_reset(tmp_pat
     """Shoal killed mid-task leaves a worktree half edited: the next start reuses it (no new worktree
     add) and resets it before the task runs again, so nothing of the interrupted attempt leaks."""
     repo = make_repo(tmp_path / "repo")
-    coder = {**unstructure(BUILTIN_PROFILES["fake"]), "workspace": {"mode": "worktree", "repo": str(repo)}}
-    cfg = config_from_dict(
-        {
-            "state_dir": str(tmp_path / "state"),
-            "workers": {"profile": "coder", "profiles": {"coder": coder}},
-            "scaling": {"min_workers": 1, "max_workers": 1},
-        }
-    )
+    cfg = coder_config(tmp_path, repo, min_workers=1, max_workers=1)
     async with open_swarm(cfg) as swarm:
         await swarm.submit({"id": "first", "prompt": "[[write:a.txt:a]]"})
         with trio.fail_after(30):
