@@ -74,7 +74,8 @@ def test_clients_call_only_methods_the_gateway_serves() -> None:
     """A method renamed or dropped in api.py, or misspelt in a client, fails here, not for a user."""
     known = set(api.METHODS) | _documented_non_methods() | STORAGE_KEYS
     static = sorted((ROOT / "actors" / "static").glob("*.js"))
-    sources = [ROOT / "runtime" / "client.py", ROOT / "actors" / "cli.py", *static]
+    cli = sorted((ROOT / "actors" / "cli").glob("*.py"))
+    sources = [ROOT / "runtime" / "client.py", *cli, *static]
     unknown = {
         f"{path.relative_to(ROOT)}: {name}"
         for path in sources
