@@ -1,4 +1,4 @@
-"""Shared fixtures: paths, leak checks for descriptors and child processes."""
+"""Shared fixtures: paths, leak checks for descriptors and child processes, a throwaway PostgreSQL."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pgcluster import PgCluster, PgClusterError, find_pg_bin
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_AGENT = ROOT / "examples" / "agents" / "fake_agent.py"
@@ -107,3 +108,25 @@ def claude_bin() -> str:
 def claude_old_bin() -> str:
     """Path of the older (2.0.x) Claude Code CLI; missing: fails under CI=true, skips elsewhere."""
     return _require_cli(claude_old_bin_path(), "older (2.0.x) Claude Code CLI", "SHOAL_CLAUDE_BIN_OLD")
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """One throwaway PostgreSQL cluster for the session (tests/pgcluster.py). Missing binaries FAIL
+    the test, never skip it: scripts/test and .ci/run install Debian's postgresql."""
+    try:
+        bin_dir = find_pg_bin()
+    except PgClusterError as e:
+        pytest.fail(str(e))
+    cluster = PgCluster(bin_dir)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: PgCluster) -> str:
+    """URL of a fresh empty database on the session's cluster, one per test (isolation)."""
+    return pg_cluster.create_database()
