@@ -232,7 +232,8 @@ class PgCluster:
     # -- internals -------------------------------------------------------------------------------
 
     def _init(self) -> None:
-        base = Path(tempfile.mkdtemp(prefix="shoal-pg-"))
+        # resolved: the processes are found by their working directory, which the kernel reports resolved
+        base = Path(tempfile.mkdtemp(prefix="shoal-pg-")).resolve()
         self.base_dir = base
         (base / "sock").mkdir()
         pwfile = base / "pwfile"
