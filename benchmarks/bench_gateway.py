@@ -36,10 +36,10 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without install
 
+from shoal.actors.client import connect
 from shoal.actors.swarm import SwarmHandle
 from shoal.actors.tree import open_swarm
 from shoal.protocols.config import config_from_dict
-from shoal.runtime.client import connect
 from shoal.runtime.eventbus import Event
 
 AGENT = textwrap.dedent(

@@ -21,10 +21,10 @@ from contextlib import AsyncExitStack
 import trio
 
 from shoal.actors.auth import DEFAULT_URL, read_endpoint, read_token, resolve_state_dir, token_path
+from shoal.actors.client import Gap, Overflow
 from shoal.protocols.config import config_from_dict
 from shoal.protocols.tasks import TERMINAL_STATES
 from shoal.runtime import Event, connect, open_swarm
-from shoal.runtime.client import Gap, Overflow
 
 
 async def run(prompts: list[str], url: str | None, token: str | None, embedded: bool) -> int:

@@ -20,9 +20,9 @@ from .actor import ActorGone, Address, Call, CallTimeout, Mailbox
 from .eventbus import Event, EventBus, Subscription
 
 if TYPE_CHECKING:
+    from ..actors.client import Client, connect
     from ..actors.swarm import SwarmHandle
     from ..actors.tree import open_swarm
-    from .client import Client, connect
 
 __all__ = [
     "ActorGone",
@@ -62,7 +62,7 @@ def __getattr__(name: str) -> Any:
 
         return swarm.SwarmHandle
     if name in ("connect", "Client"):
-        from . import client
+        from ..actors import client
 
         return getattr(client, name)
     raise AttributeError(f"module 'shoal.runtime' has no attribute {name!r}")

@@ -24,8 +24,8 @@ import trio
 
 from shoal.actors import cli
 from shoal.actors.auth import read_endpoint, read_token, token_path
+from shoal.actors.client import connect
 from shoal.protocols.errors import Conflict, ValidationError
-from shoal.runtime.client import connect
 
 SHOAL = [sys.executable, "-m", "shoal.actors.cli"]
 

@@ -23,6 +23,7 @@ import trio.testing
 import trio_websocket
 from swarmkit import fake_profile, swarm_config, wait_for
 
+from shoal.actors.client import AuthError, Client, ConnectError, Gap, GatewayClosed, Overflow, connect
 from shoal.actors.gateway import GatewayActor
 from shoal.actors.swarm import SwarmHandle
 from shoal.actors.tree import open_swarm
@@ -30,7 +31,6 @@ from shoal.protocols import rpc
 from shoal.protocols.config import GatewayConfig
 from shoal.protocols.errors import Conflict, NotFound, ValidationError
 from shoal.protocols.tasks import TaskState
-from shoal.runtime.client import AuthError, Client, ConnectError, Gap, GatewayClosed, Overflow, connect
 from shoal.runtime.eventbus import Event
 
 

@@ -28,8 +28,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_cli import Served, shoal_serve
 
+from shoal.actors.client import connect
 from shoal.protocols import api, rpc
-from shoal.runtime.client import connect
 
 KNOWN_CODES = set(rpc.ERROR_NAMES)
 NOTIFICATIONS = {"event", "events.gap", "events.overflow", "attach.output", "attach.closed"}

@@ -14,11 +14,11 @@ import pytest
 import trio
 from swarmkit import fake_profile, swarm_config, wait_for
 
+from shoal.actors.client import connect
 from shoal.actors.swarm import SwarmHandle
 from shoal.actors.tree import open_swarm
 from shoal.protocols.errors import Conflict, ValidationError
 from shoal.protocols.tasks import AttemptCounts, Outcome, TaskState
-from shoal.runtime.client import connect
 from shoal.runtime.eventbus import Event, Subscription
 
 pytestmark = pytest.mark.usefixtures("no_leaks")

@@ -66,7 +66,7 @@ def test_the_gateway_dispatches_every_method_and_no_other() -> None:
 
 
 def test_the_python_client_wraps_every_method() -> None:
-    named = set(NAME.findall((ROOT / "runtime" / "client.py").read_text()))
+    named = set(NAME.findall((ROOT / "actors" / "client.py").read_text()))
     assert set(api.METHODS) - named == set(), "methods the Python client cannot call by name"
 
 
@@ -75,7 +75,7 @@ def test_clients_call_only_methods_the_gateway_serves() -> None:
     known = set(api.METHODS) | _documented_non_methods() | STORAGE_KEYS
     static = sorted((ROOT / "actors" / "static").glob("*.js"))
     cli = sorted((ROOT / "actors" / "cli").glob("*.py"))
-    sources = [ROOT / "runtime" / "client.py", *cli, *static]
+    sources = [ROOT / "actors" / "client.py", *cli, *static]
     unknown = {
         f"{path.relative_to(ROOT)}: {name}"
         for path in sources

@@ -17,9 +17,9 @@ from pathlib import Path
 import trio
 
 from shoal.actors.auth import read_endpoint, read_token, token_path
+from shoal.actors.client import connect
 from shoal.actors.service import describe_event, log_format
 from shoal.protocols.config import LogConfig
-from shoal.runtime.client import connect
 
 SHOAL = [sys.executable, "-m", "shoal.actors.cli"]
 

@@ -16,9 +16,9 @@ import pytest
 import trio
 from test_cli import shoal_serve
 
+from shoal.actors.client import Client, EventStream, connect
 from shoal.protocols import api, rpc
 from shoal.protocols.errors import Conflict
-from shoal.runtime.client import Client, EventStream, connect
 from shoal.runtime.eventbus import Event
 
 

@@ -25,11 +25,11 @@ import pytest
 import trio
 
 from shoal.actors.auth import read_endpoint, read_token, token_path
+from shoal.actors.client import EventStream, connect
 from shoal.actors.service import STOP_GRACE_S
 from shoal.actors.store import Store
 from shoal.protocols.profiles import FAKE_AGENT
 from shoal.protocols.tasks import Outcome, TaskState
-from shoal.runtime.client import EventStream, connect
 from shoal.runtime.eventbus import Event
 
 SHOAL = [sys.executable, "-m", "shoal.actors.cli"]

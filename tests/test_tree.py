@@ -15,10 +15,10 @@ import pytest
 import trio
 from swarmkit import swarm_config, wait_for
 
+from shoal.actors.client import connect
 from shoal.actors.tree import LEAF_MAX_RESTARTS, SwarmHalted, open_swarm
 from shoal.protocols.errors import NotFound
 from shoal.protocols.tasks import TaskState
-from shoal.runtime.client import connect
 from shoal.runtime.eventbus import Event
 
 pytestmark = pytest.mark.usefixtures("no_leaks")

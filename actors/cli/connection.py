@@ -19,7 +19,6 @@ from typing import Any
 import trio
 
 from ...protocols.errors import ValidationError
-from ...runtime.client import Client, connect
 from ..auth import (
     DEFAULT_URL,
     ENV_TOKEN,
@@ -30,6 +29,7 @@ from ..auth import (
     resolve_state_dir,
     token_path,
 )
+from ..client import Client, connect
 from .errors import EXIT_OK
 from .output import print_json
 

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 from ...protocols import rpc
 from ...protocols.errors import Conflict, NotFound, ShoalError, ValidationError
-from ...runtime.client import AuthError, GatewayError, unwrap_group
 from ..auth import ENV_TOKEN
+from ..client import AuthError, GatewayError, unwrap_group
 from .errors import (
     EXIT_AUTH,
     EXIT_CONFLICT,

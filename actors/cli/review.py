@@ -13,7 +13,7 @@ import trio
 from rich.table import Table
 from rich.text import Text
 
-from ...runtime.client import Client
+from ..client import Client
 from .connection import run_with_client
 from .errors import EXIT_OK, EXIT_USAGE, CliError
 from .output import age, diff_text, make_console, plain_row, print_json

@@ -14,9 +14,9 @@ from typing import Any
 
 from ...protocols import rpc
 from ...protocols.config import load_config
-from ...runtime.client import Client, Gap, Overflow
 from ...runtime.eventbus import Event
 from ..auth import ENV_TOKEN_FILE, read_token, resolve_state_dir, token_path
+from ..client import Client, Gap, Overflow
 from .connection import one_call, run_with_client, stop_on_sigint
 from .errors import EXIT_OK, EXIT_USAGE, CliError
 from .output import make_console, models_table, print_json, shorten, status_table, tree_view, workers_table

@@ -17,8 +17,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ...protocols.errors import ValidationError
 from ...protocols.tasks import TERMINAL_STATES, TaskState
 from ...protocols.text import find_bad_text
-from ...runtime.client import Client, Gap, Overflow
 from ...runtime.eventbus import Event
+from ..client import Client, Gap, Overflow
 from .connection import one_call, run_with_client
 from .errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, CliError
 from .output import make_console, print_json, shorten, task_detail, tasks_table

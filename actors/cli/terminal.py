@@ -11,7 +11,7 @@ from typing import Any
 import trio
 
 from ...protocols.errors import Conflict, ShoalError
-from ...runtime.client import Client
+from ..client import Client
 from .connection import run_with_client, stop_on_sigint
 from .errors import EXIT_OK, EXIT_USAGE, CliError
 

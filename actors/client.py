@@ -33,7 +33,7 @@ from ..protocols.config import SwarmConfig, config_from_dict, structure, unstruc
 from ..protocols.errors import ShoalError
 from ..protocols.tasks import Task, TaskSpec, TaskState
 from ..protocols.workers import WorkerInfo
-from .eventbus import Event
+from ..runtime.eventbus import Event
 
 DEFAULT_URL = "ws://127.0.0.1:8765/"
 RECEIVE_BYTES = 1 << 16  # read from the socket at a time (the library's 4 KiB splits event batches)
