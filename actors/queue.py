@@ -40,14 +40,15 @@ import trio
 
 from ..protocols.config import BackoffConfig, SwarmConfig, structure
 from ..protocols.errors import Conflict, NotFound, ShoalError, StoreError, ValidationError
-from ..protocols.tasks import TERMINAL_STATES, Outcome, TaskSpec, TaskState
+from ..protocols.tasks import TERMINAL_STATES, Assignment, Outcome, Task, TaskSpec, TaskState
 from ..protocols.text import check_text, find_bad_text, wire_safe
 from ..protocols.workers import Assign, Restart, TaskFinished, WorkerCommand
 from ..runtime.actor import ActorGone, Address, Call, Mailbox
 from ..runtime.backoff import backoff_delay
 from ..runtime.eventbus import EventBus
+from .cluster import FeedBatch, Landed, NodesReport, node_of
 from .store import Ticket, WriteRefused
-from .taskbook import COUNTED_OUTCOMES, TERMINAL_TOPICS, TaskBook, WorkerView, check_name
+from .taskbook import COUNTED_OUTCOMES, TERMINAL_TOPICS, Change, StoredTask, TaskBook, WorkerView, check_name
 from .taskstore import TaskStore
 
 log = logging.getLogger("shoal.queue")
@@ -238,6 +239,25 @@ class _EvictionCommitted:
 
 
 @attrs.frozen
+class _Feed:
+    """From the feed pump: a shared store's batch of other nodes' writes, or its nodes report."""
+
+    item: FeedBatch | NodesReport
+
+
+@attrs.frozen
+class _Landed:
+    """From the acker, on a shared store: a write committed with `conflicts` (tasks whose change lost
+    its compare-and-set, with their rows as they now are) and the claims it carried, whose workers
+    get their `Assign` only now; `rewait` are waits whose reply was in a conflicting write."""
+
+    conflicts: dict[str, StoredTask | None]
+    claims: list[tuple[str, Assignment]]
+    stale: list[tuple[str, int, str]]  # (task, attempt, worker) of reports the other node fenced off
+    rewait: list[Call[Any]]
+
+
+@attrs.frozen
 class _Resync:
     """Sent to the actor itself: the book may hold changes the store does not (a write failed, or
     was refused), so it is rebuilt from the store."""
@@ -275,7 +295,7 @@ QueueSend = (
     | UpdateConfig
 )
 """What others `send` the queue (fire-and-forget)."""
-QueueMsg = Call[QueueRequest] | QueueSend | _EvictionCommitted | _Resync
+QueueMsg = Call[QueueRequest] | QueueSend | _EvictionCommitted | _Resync | _Feed | _Landed
 """Everything the queue's mailbox carries: its address is an `Address[QueueMsg]`."""
 
 
@@ -336,7 +356,9 @@ class QueueActor:
         self.config = config
         self.store = store
         self.bus = bus
-        self.book = TaskBook(config.queue, config.models, rng=rng)
+        self.shared = bool(getattr(store, "shared", False))  # a cluster: see docs/architecture.md
+        self.node_id: str | None = getattr(store, "node_id", None) if self.shared else None
+        self.book = self._new_book(rng)
         self.address: Address[QueueMsg] | None = None
         self._mailbox_size = mailbox_size
         self._workers: dict[str, _Worker] = {}
@@ -344,9 +366,11 @@ class QueueActor:
         self._waiters: dict[str, list[Call[Any]]] = {}
         self._acks: list[tuple[Call[Any], Any]] = []
         self._extra_events: list[tuple[str, dict[str, Any]]] = []
-        self._ack_send, self._ack_recv = trio.open_memory_channel[
-            tuple[Ticket, list[tuple[str, dict[str, Any]]], list[tuple[Call[Any], Any]]]
-        ](math.inf)
+        self._ack_send, self._ack_recv = trio.open_memory_channel[_Pending](math.inf)
+        self._claims: list[tuple[str, Assignment]] = []  # shared store: claims awaiting their commit
+        self.nodes: NodesReport | None = None  # the cluster as the last heartbeat saw it
+        self.conflicts = 0  # writes another node's write beat (shared store)
+        self.reaped = 0  # attempts of dead nodes' workers requeued here
         self._offset = 0.0
         self._broken: StoreError | None = None
         self.store_retry = STORE_RETRY  # probe delays after a failed write (tests shorten them)
@@ -392,6 +416,8 @@ class QueueActor:
             UpdateConfig: self._on_config,
             _EvictionCommitted: self._on_eviction_committed,
             _Resync: self._on_resync,
+            _Feed: self._on_feed,
+            _Landed: self._on_landed,
         }
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -399,19 +425,35 @@ class QueueActor:
     def _now(self) -> float:
         return self._offset + trio.current_time()
 
+    def _new_book(self, rng: random.Random | None) -> TaskBook:
+        if not self.shared:
+            return TaskBook(self.config.queue, self.config.models, rng=rng)
+        store: Any = self.store
+        return TaskBook(
+            self.config.queue, self.config.models, rng=rng, stamp=store.stamp, seq_source=store.next_seq
+        )
+
+    def _elsewhere(self, worker: str) -> bool:
+        """A worker of another node (its attempts and assignments survive this node's restart)."""
+        node = node_of(worker)
+        return self.shared and node is not None and node != self.node_id
+
     async def run(
         self, *, task_status: trio.TaskStatus[Address[QueueMsg]] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Recover from the store, then serve. `task_status.started(address)` once recovered."""
         self._offset = time.time() - trio.current_time()
         stored = await self.store.load_all()
-        recovered = self.book.restore(stored, self._now())
+        keep = (lambda _tid, att: self._elsewhere(att.worker)) if self.shared else None
+        recovered = self.book.restore(stored, self._now(), keep=keep, keep_target=self._elsewhere)
         if recovered:
             log.info("recovered %d interrupted task(s)", len(recovered))
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._acker)
             async with Mailbox[QueueMsg]("queue", self._mailbox_size) as mailbox:
+                if self.shared:
+                    nursery.start_soon(self._feed_pump, mailbox.address)
                 self.address = mailbox.address
                 self._flush()
                 task_status.started(mailbox.address)
@@ -455,23 +497,39 @@ class QueueActor:
             if self._resync is not None:
                 await self._reload()
 
+    async def _feed_pump(self, address: Address[QueueMsg]) -> None:
+        """Other nodes' writes and the nodes report, from the shared store's thread into the mailbox."""
+        feed: trio.MemoryReceiveChannel[FeedBatch | NodesReport] = self.store.feed  # type: ignore[attr-defined]
+        async for item in feed:
+            try:
+                await address.send(_Feed(item))
+            except ActorGone:
+                return
+
     async def _acker(self) -> None:
         """Release events and replies once the write holding them has committed (in order)."""
-        async for ticket, events, acks in self._ack_recv:
+        async for ticket, events, acks, claims, changes in self._ack_recv:
             try:
                 if ticket.done():
-                    ticket.result()  # committed with an earlier one: no need to yield again
+                    value = ticket.result()  # committed with an earlier one: no need to yield again
                 else:
-                    await ticket.wait()
+                    value = await ticket.wait()
             except StoreError as exc:
                 for call, _value in acks:
                     call.fail(exc)
+                if claims:  # the workers were never told: they are idle again once the book reloads
+                    self._ask(_Landed({}, [], [], []))
                 if isinstance(exc, WriteRefused):  # one bad value: the store goes on
                     log.error("queue: a write was refused; reloading the task book: %s", exc)
                     self._ask(_Resync(f"a write was refused: {exc}"))
                 else:
                     self._store_failed(exc)
                 continue
+            if isinstance(value, Landed) and value.conflicts:
+                events, acks, landed = _fenced(value.conflicts, events, acks, changes)
+                self._ask(attrs.evolve(landed, claims=claims))
+            elif claims:
+                self._ask(_Landed({}, claims, [], []))
             for topic, data in events:
                 self.bus.publish(topic, data)
             for call, value in acks:
@@ -559,12 +617,17 @@ class QueueActor:
             for tid in old.running_on(wid)
             if (att := old.open_attempt(tid)) is not None
         }
-        book = TaskBook(self.config.queue, self.config.models, rng=old.rng)
+        book = self._new_book(old.rng)
         book.parked = dict(old.parked)
         book.stale_reports = old.stale_reports
         book.evicted = old.evicted
         now = self._now()
-        recovered = book.restore(stored, now, keep=lambda tid, att: (tid, att.worker, att.n) in live)
+        recovered = book.restore(
+            stored,
+            now,
+            keep=lambda tid, att: (tid, att.worker, att.n) in live or self._elsewhere(att.worker),
+            keep_target=self._elsewhere,
+        )
         dropped = len(old) - len(book)
         self.book = book
         self._evict_ticket = None
@@ -651,7 +714,8 @@ class QueueActor:
         ticket = self.store.write(changes)
         if evicted is not None:
             self._evict_ticket = ticket
-        self._ack_send.send_nowait((ticket, events, self._acks))
+        claims, self._claims = self._claims, []
+        self._ack_send.send_nowait((ticket, events, self._acks, claims, changes if self.shared else []))
         self._acks = []
 
     def _wake_at(self) -> float:
@@ -722,6 +786,15 @@ class QueueActor:
         """Claim `task_id` for `worker`, then tell the worker. Undo the claim if it is unreachable."""
         assignment = self.book.claim(task_id, worker.id, worker.view.model, now)
         self._idle.pop(worker.id, None)
+        if self.shared:  # another node may claim it too: the worker hears once the claim committed
+            worker.state = "busy"
+            self._claims.append((worker.id, assignment))
+            return True
+        return self._deliver(worker, assignment, now)
+
+    def _deliver(self, worker: _Worker, assignment: Assignment, now: float) -> bool:
+        """Send a claimed task to its worker; undo the claim if the worker is unreachable."""
+        task_id = assignment.task_id
         try:
             delivered = worker.address.try_send(Assign(assignment))
             gone = False
@@ -842,7 +915,7 @@ class QueueActor:
         self._writable()
         check_name("worker", msg.worker, "worker id")
         self.book.get(msg.id)  # NotFound first
-        if msg.worker not in self._workers:
+        if msg.worker not in self._workers and not self._elsewhere_alive(msg.worker):
             raise NotFound("worker", msg.worker)
         self._acks.append((call, self.book.assign(msg.id, msg.worker, now)))
 
@@ -1197,6 +1270,81 @@ class QueueActor:
         self._rematch_idle(now)
         self._acks.append((call, self._model_state(msg.model)))
 
+    # ---- a cluster (shared store) ---------------------------------------------------------------
+
+    def _elsewhere_alive(self, worker: str) -> bool:
+        """A worker id of another node that is alive now (a manual assignment may name it)."""
+        if not self._elsewhere(worker) or self.nodes is None:
+            return False
+        node = node_of(worker)
+        return any(n.id == node and n.alive for n in self.nodes.nodes)
+
+    def _on_feed(self, msg: _Feed, now: float) -> None:
+        item = msg.item
+        if isinstance(item, NodesReport):
+            self._on_nodes(item, now)
+            return
+        taken = self.book.absorb(item.rows, now)
+        for tid, wid in taken:  # another node requeued or cancelled what ran here: stop it
+            self._interrupt(wid, tid, "was taken over by another node")
+        self._settle_waiters([tid for tid, row in item.rows if row is not None])
+
+    def _settle_waiters(self, task_ids: list[str]) -> None:
+        for tid in task_ids:
+            waiters = self._waiters.get(tid)
+            if waiters and tid in self.book and (task := self.book.get(tid)).state in TERMINAL_STATES:
+                del self._waiters[tid]
+                self._acks.extend((w, task) for w in waiters)
+
+    def _on_nodes(self, report: NodesReport, now: float) -> None:
+        """Each heartbeat: requeue what workers of dead nodes held; if this node's own lease was
+        lost (it was paused or cut off), stop what its workers run: other nodes took it over."""
+        first = self.nodes is None
+        self.nodes = report
+        self.store.workers = len(self._workers)  # type: ignore[attr-defined]  # the next heartbeat says it
+        if report.lost:
+            for wid in list(self._workers):
+                for tid in self.book.running_on(wid):
+                    self._interrupt(wid, tid, "was taken over: this node lost its lease")
+        alive = {n.id for n in report.nodes if n.alive}
+        known = {n.id for n in report.nodes}
+        for wid in sorted(self.book.workers_with_work()):
+            node = node_of(wid)
+            if node is None or node == self.node_id or node in alive:
+                continue
+            if node not in known and first:
+                continue  # a node registering right now: its row shows next time
+            self.reaped += len(self.book.running_on(wid))
+            self.book.worker_gone(wid, now, reason=f"node {node!r} is gone (its lease ran out)")
+
+    def _on_landed(self, msg: _Landed, now: float) -> None:
+        if msg.conflicts:
+            self.conflicts += len(msg.conflicts)
+            taken = self.book.absorb(list(msg.conflicts.items()), now)
+            for tid, wid in taken:
+                self._interrupt(wid, tid, "was taken over by another node")
+            for tid, attempt, wid in msg.stale:
+                self.book.stale_reports += 1
+                self._extra_events.append(
+                    ("task.stale_report", {"task_id": tid, "attempt": attempt, "worker": wid, "fenced": True})
+                )
+        for call in msg.rewait:
+            self._waiters.setdefault(call.payload.id, []).append(call)
+        self._settle_waiters([*msg.conflicts, *(c.payload.id for c in msg.rewait)])
+        for wid, assignment in msg.claims:
+            worker = self._workers.get(wid)
+            att = self.book.open_attempt(assignment.task_id) if assignment.task_id in self.book else None
+            won = att is not None and att.worker == wid and att.n == assignment.attempt
+            if worker is None:
+                continue  # gone meanwhile: worker_gone settled its claim
+            if won:
+                self._deliver(worker, assignment, now)
+            elif worker.state == "busy" and not self.book.running_on(wid):
+                worker.state = "idle"  # another node took the task first: take the next one
+                self._match_worker(worker, now)
+        if not msg.claims and not msg.conflicts and self._broken is not None:
+            return
+
     def _on_eviction_committed(self, msg: _EvictionCommitted, now: float) -> None:
         pass  # waking up was the point: the loop looks at the retention timer again
 
@@ -1207,6 +1355,57 @@ class QueueActor:
         self.book.reconfigure(msg.config.queue, msg.config.models)
         self._update_hot(now)  # limits.prefer_fallback_at may have changed
         self._rematch_idle(now)
+
+
+_Pending = tuple[
+    Ticket,
+    list[tuple[str, dict[str, Any]]],
+    list[tuple[Call[Any], Any]],
+    list[tuple[str, Assignment]],
+    list[Change],
+]
+"""What the acker waits on: a write's ticket, and the events, replies and claims held for it."""
+
+_FINISH_KINDS = frozenset({"complete", "fail", "requeue", "dead"})
+
+
+def _fenced(
+    conflicts: dict[str, StoredTask | None],
+    events: list[tuple[str, dict[str, Any]]],
+    acks: list[tuple[Call[Any], Any]],
+    changes: list[Change],
+) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[Call[Any], Any]], _Landed]:
+    """A write some of whose changes lost their compare-and-set: their events never happened, the
+    calls that made them fail with Conflict (a wait waits on), and the reports they carried are
+    stale (fenced off: another node owned the attempt by then)."""
+    kept = [(t, d) for t, d in events if d.get("task_id") not in conflicts]
+    replies: list[tuple[Call[Any], Any]] = []
+    rewait: list[Call[Any]] = []
+    for call, value in acks:
+        ids = _task_ids(value)
+        hit = next((tid for tid in ids if tid in conflicts), None)
+        if hit is None:
+            replies.append((call, value))
+        elif isinstance(call.payload, WaitTask):
+            rewait.append(call)
+        else:
+            call.fail(
+                Conflict(f"task {hit!r} was changed at another node meanwhile; look at it and try again")
+            )
+    stale = [
+        (c.task_id, c.attempt.n, c.attempt.worker)
+        for c in changes
+        if c.task_id in conflicts and c.kind in _FINISH_KINDS and c.attempt is not None and c.attempt.ended
+    ]
+    return kept, replies, _Landed(conflicts, [], stale, rewait)
+
+
+def _task_ids(value: Any) -> list[str]:
+    if isinstance(value, Task):
+        return [value.id]
+    if isinstance(value, list | tuple):
+        return [v.id for v in value if isinstance(v, Task)]
+    return []
 
 
 def _check_call_text(payload: Any) -> None:

@@ -466,6 +466,7 @@ class Store:
         self._lock_fd: int | None = None
         self._thread: threading.Thread | None = None
         self.inline = path == ":memory:"
+        self.shared = False  # this process's own file: the book decides alone
         # statistics (written by the store thread, read anywhere)
         self.commits = 0
         self.changes_written = 0

@@ -176,8 +176,10 @@ class SwarmSupervisor:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         workspaces: WorkspaceFactory = shared_directory,
+        worker_prefix: str = "",
     ) -> None:
         self._config = config_getter
+        self._worker_prefix = worker_prefix  # `<node>:` in a cluster, so worker ids are unique in it
         self._workspaces = workspaces
         self._bus = bus
         self._queue = queue
@@ -319,7 +321,7 @@ class SwarmSupervisor:
         config = self._config()
         profile_name = config.workers.profile
         profile = resolve_profile(profile_name, config.workers.profiles)
-        worker_id = f"w{next(self._ids)}"
+        worker_id = f"{self._worker_prefix}w{next(self._ids)}"
         actor = WorkerActor(
             worker_id,
             lineage.id,

@@ -111,6 +111,10 @@ class Change:
     dep_failure: str | None
     attempt: Attempt | None = None
     static: StaticRow | None = None  # set for kind == "submit"
+    # a shared store's compare-and-set (docs/architecture.md, "Scale-out"): the row's version this
+    # change was decided on (None: a new row) and the version it writes; 0/None on a node's own store
+    expect: int | None = None
+    version: int = 0
 
 
 @attrs.frozen
@@ -131,6 +135,7 @@ class StoredTask:
     retry_base: int
     dep_failure: str | None
     attempts: tuple[Attempt, ...]
+    version: int = 0  # a shared store's row version (see Change.expect)
 
 
 class WorkerView:
@@ -194,6 +199,7 @@ class _Rec:
         "unmet",
         "updated",
         "usage",
+        "version",
         "worker",
     )
 
@@ -232,6 +238,7 @@ class _Rec:
         self.finished = 0.0  # when it last entered a terminal state (its retention clock)
         self.needed = 0  # dependants in the book that have not succeeded: it may not be evicted
         self.held = False  # taken off the eviction heap while needed; pushed back once it is not
+        self.version = 0  # the shared store's row version this record stands on (Change.expect)
 
     def static(self) -> StaticRow:
         return StaticRow(
@@ -310,7 +317,8 @@ class _Order:
 
     def append(self, seq: int, tid: str) -> None:
         if self._maxes and seq <= self._maxes[-1]:
-            raise ValueError(f"seq {seq} is not after {self._maxes[-1]}")
+            self._insert(seq, tid)  # a task another node submitted a moment earlier (a shared store)
+            return
         if not self._seqs or len(self._seqs[-1]) >= ORDER_CHUNK:
             self._seqs.append([])
             self._ids.append([])
@@ -319,6 +327,21 @@ class _Order:
         self._ids[-1].append(tid)
         self._maxes[-1] = seq
         self._len += 1
+
+    def _insert(self, seq: int, tid: str) -> None:
+        i = bisect_left(self._maxes, seq)
+        seqs, ids = self._seqs[i], self._ids[i]
+        j = bisect_left(seqs, seq)
+        if j < len(seqs) and seqs[j] == seq:
+            raise ValueError(f"seq {seq} is already taken (by {ids[j]!r})")
+        seqs.insert(j, seq)
+        ids.insert(j, tid)
+        self._len += 1
+        if len(seqs) > 2 * ORDER_CHUNK:  # split a chunk grown by inserts
+            half = len(seqs) // 2
+            self._seqs[i : i + 1] = [seqs[:half], seqs[half:]]
+            self._ids[i : i + 1] = [ids[:half], ids[half:]]
+            self._maxes[i : i + 1] = [seqs[half - 1], seqs[-1]]
 
     def remove(self, seq: int) -> None:
         i = bisect_left(self._maxes, seq)
@@ -429,8 +452,14 @@ class TaskBook:
         models: ModelsConfig | None = None,
         *,
         rng: random.Random | None = None,
+        stamp: Callable[[], int] | None = None,
+        seq_source: Callable[[float], int] | None = None,
     ) -> None:
         self.qcfg = queue or QueueConfig()
+        # a shared store (several nodes): each change gets a fresh row version from `stamp` and
+        # names the one it was decided on; `seq_source(now)` gives cluster-wide submission seqs
+        self.stamp = stamp
+        self.seq_source = seq_source
         self.mcfg = models or ModelsConfig()
         self.rng = rng or random.Random()
         self._recs: dict[str, _Rec] = {}
@@ -469,6 +498,10 @@ class TaskBook:
     def _change(self, kind: str, rec: _Rec, attempt: Attempt | None = None, submit: bool = False) -> None:
         if rec.id in self._unsubmitted:
             return  # being submitted: its submit change (emitted last) carries the final state
+        expect: int | None = None
+        if self.stamp is not None:
+            expect = None if submit else rec.version
+            rec.version = self.stamp()
         self._changes.append(
             Change(
                 kind,
@@ -486,6 +519,8 @@ class TaskBook:
                 rec.dep_failure,
                 attempt,
                 (rec.static_row or rec.static()) if submit else None,
+                expect,
+                rec.version,
             )
         )
 
@@ -575,6 +610,10 @@ class TaskBook:
 
     def running_on(self, worker: str) -> list[str]:
         return sorted(self._running.get(worker, ()))
+
+    def workers_with_work(self) -> set[str]:
+        """Workers holding a running attempt or a manual assignment (a cluster reaps a dead node's)."""
+        return set(self._running) | set(self._targets)
 
     def targets_of(self, worker: str) -> list[str]:
         return sorted(self._targets.get(worker, ()))
@@ -883,8 +922,9 @@ class TaskBook:
             self._check_cycles({tid: deps for tid, _s, deps, _d in new})
         # all checks passed: mutate
         for tid, spec, deps, digest in new:
+            seq = self._next_seq if self.seq_source is None else self.seq_source(now)
             static = StaticRow(
-                self._next_seq,
+                seq,
                 spec.prompt,
                 spec.category,
                 spec.priority,
@@ -897,7 +937,7 @@ class TaskBook:
                 digest,
                 now,
             )
-            self._next_seq += 1
+            self._next_seq = max(self._next_seq, seq) + 1
             rec = _Rec(tid, static)
             rec.static_row = static
             self._add(rec)
@@ -1498,6 +1538,7 @@ class TaskBook:
         stored: Iterable[StoredTask],
         now: float,
         keep: Callable[[str, Attempt], bool] | None = None,
+        keep_target: Callable[[str], bool] | None = None,
     ) -> list[str]:
         """Rebuild the book from the store after a restart. Attempts that were open when the process
         died end INTERRUPTED (not counted) and their tasks go back to READY; manual assignments are
@@ -1521,6 +1562,7 @@ class TaskBook:
             rec.usage = dict(row.usage)
             rec.retry_base = row.retry_base
             rec.dep_failure = row.dep_failure
+            rec.version = row.version
             rec.attempts = sorted(row.attempts, key=lambda a: a.n)
             rec.counted = sum(
                 1 for a in rec.attempts if a.n > rec.retry_base and a.outcome in COUNTED_OUTCOMES
@@ -1569,6 +1611,9 @@ class TaskBook:
                 )
                 recovered.append(rec.id)
             elif rec.worker is not None and rec.state in (_READY, _BLOCKED, _FAILED):
+                if keep_target is not None and keep_target(rec.worker):
+                    self._targets.setdefault(rec.worker, set()).add(rec.id)
+                    continue
                 rec.worker = None
                 rec.updated = now
                 self._change("unassign", rec)
@@ -1591,6 +1636,116 @@ class TaskBook:
                 rec.not_before = nb
                 heapq.heappush(self._retry_heap, (nb, rec.seq, rec.id))
         return recovered
+
+    def absorb(self, rows: Iterable[tuple[str, StoredTask | None]], now: float) -> list[tuple[str, str]]:
+        """Take other nodes' writes from a shared store's change feed: each task's stored row replaces
+        its record (None: another node evicted it). The node that wrote a transition also wrote
+        what it settled (a dependant made ready, killed, ...), so absorbing decides nothing and
+        records no change or event; a task made ready is offered to idle workers (`drain`).
+        Returns (task id, worker) for each attempt that ran here and was taken away (its node was
+        thought dead, or another node cancelled it): the caller stops those workers."""
+        taken: list[tuple[str, str]] = []
+        fresh: list[_Rec] = []
+        touched: set[str] = set()
+        for tid, row in rows:
+            old = self._recs.get(tid)
+            needed, held, token = 0, False, 0
+            if old is not None:
+                att = old.open_attempt()
+                if old.state is _RUNNING and att is not None:
+                    new_att = row.attempts[-1] if row is not None and row.attempts else None
+                    if row is None or new_att is None or new_att.n != att.n or new_att.ended is not None:
+                        taken.append((tid, att.worker))
+                needed, held = old.needed, old.held
+                self._detach(old)
+                token = old.token  # heap entries of the old record stay stale
+            touched.add(tid)
+            if row is None:
+                continue
+            rec = self._record(row)
+            rec.needed, rec.held, rec.token = needed, held, token
+            if old is None:  # new here: its dependants already in the book count it as needed
+                rec.needed = sum(
+                    1
+                    for d in self._dependants.get(tid, ())
+                    if (dr := self._recs.get(d)) is not None and dr.state is not TaskState.DONE
+                )
+            self._add(rec)
+            self._link(rec)
+            self._next_seq = max(self._next_seq, rec.seq + 1)
+            fresh.append(rec)
+        for rec in fresh:
+            state = rec.state
+            if state is _RUNNING:
+                att = rec.open_attempt()
+                if att is not None:
+                    self._running.setdefault(att.worker, set()).add(rec.id)
+            elif state in TERMINAL_STATES:
+                rec.finished = rec.updated
+                if not rec.held:
+                    heapq.heappush(self._finished, (rec.finished, rec.seq, rec.id))
+            else:
+                if rec.worker is not None:
+                    self._targets.setdefault(rec.worker, set()).add(rec.id)
+                if state is _FAILED:
+                    nb = rec.not_before if rec.not_before is not None else now
+                    rec.not_before = nb
+                    heapq.heappush(self._retry_heap, (nb, rec.seq, rec.id))
+                elif state is _READY:
+                    self._index(rec)
+        for tid in touched:  # dependants count what is still unmet (their writer settles them)
+            for did in self._dependants.get(tid, ()):
+                d = self._recs.get(did)
+                if d is not None and d.state is _BLOCKED:
+                    d.unmet = self._dep_status(d)[0]
+        for rec in fresh:
+            if rec.state is _BLOCKED:
+                rec.unmet = self._dep_status(rec)[0]
+        return taken
+
+    def _record(self, row: StoredTask) -> _Rec:
+        """A record from a stored row (its indexes are the caller's to set)."""
+        rec = _Rec(row.id, row.static)
+        rec.state = row.state
+        rec.priority = row.priority
+        rec.reason = row.reason
+        rec.result = row.result
+        rec.not_before = row.not_before
+        rec.worker = row.worker
+        rec.updated = row.updated
+        rec.failed_models = dict(row.failed_models)
+        rec.usage = dict(row.usage)
+        rec.retry_base = row.retry_base
+        rec.dep_failure = row.dep_failure
+        rec.version = row.version
+        rec.attempts = sorted(row.attempts, key=lambda a: a.n)
+        rec.counted = sum(1 for a in rec.attempts if a.n > rec.retry_base and a.outcome in COUNTED_OUTCOMES)
+        return rec
+
+    def _detach(self, rec: _Rec) -> None:
+        """Take a record out of every index (heap entries go stale by identity and are skipped)."""
+        self._unindex(rec)
+        att = rec.open_attempt()
+        if att is not None:
+            running = self._running.get(att.worker)
+            if running is not None:
+                running.discard(rec.id)
+                if not running:
+                    del self._running[att.worker]
+        if rec.state is not _RUNNING:
+            self._forget_target(rec)
+        del self._recs[rec.id]
+        self._order.remove(rec.seq)
+        self._counts[rec.state] -= 1
+        for d in rec.deps:
+            dependants = self._dependants.get(d)
+            if dependants is not None:
+                dependants.pop(rec.id, None)
+                if not dependants and d not in self._recs:
+                    del self._dependants[d]
+        if rec.state is not TaskState.DONE:
+            self._unneed(rec)
+        rec.token += 1
 
     # ---- retention -----------------------------------------------------------------------------
 
@@ -1668,7 +1823,20 @@ class TaskBook:
         # the store only needs the id: skip copying the record's dicts (a step makes thousands)
         self._changes.append(
             Change(
-                "evict", rec.id, rec.state, rec.priority, None, None, None, None, rec.updated, {}, {}, 0, None
+                "evict",
+                rec.id,
+                rec.state,
+                rec.priority,
+                None,
+                None,
+                None,
+                None,
+                rec.updated,
+                {},
+                {},
+                0,
+                None,
+                expect=rec.version if self.stamp is not None else None,
             )
         )
 

@@ -16,11 +16,12 @@ learns of other nodes' submits and transitions, leases on attempts with fencing 
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from ..protocols.config import StoreConfig, parse_store_url
+from ..protocols.config import NodeConfig, StoreConfig, parse_store_url
 from ..protocols.errors import StoreError, ValidationError
 from .store import Store, Ticket
 from .taskbook import Change, StoredTask
@@ -33,6 +34,7 @@ class TaskStore(Protocol):
     """The queue's durable store. Writes never block the caller; tickets resolve in write order."""
 
     commits: int  # transactions committed so far (statistics)
+    shared: bool  # several nodes write it (compare-and-set versions, a change feed, node leases)
 
     @property
     def broken(self) -> StoreError | None:
@@ -74,11 +76,25 @@ def store_url(config: StoreConfig, state_dir: str | os.PathLike[str] | None) -> 
     return f"sqlite:///{Path(state_dir) / 'shoal.db'}"
 
 
-async def open_store(config: StoreConfig, state_dir: str | os.PathLike[str] | None) -> TaskStore:
-    """Open (creating, migrating) the store the configuration names. StoreError names what failed."""
-    return await Store.open(
-        sqlite_path(store_url(config, state_dir)), config.synchronous, max_batch=config.max_batch
-    )
+async def open_store(
+    config: StoreConfig, state_dir: str | os.PathLike[str] | None, node: NodeConfig | None = None
+) -> TaskStore:
+    """Open (creating, migrating) the store the configuration names. StoreError names what failed.
+    A PostgreSQL URL opens the shared store and registers this node (`node.id`, its lease)."""
+    url = store_url(config, state_dir)
+    if parse_store_url(url)[0] == "postgresql":
+        from .pgstore import PgStore  # psycopg loads only for a cluster
+
+        node = node or NodeConfig()
+        return await PgStore.open(
+            url,
+            node.id or socket.gethostname(),
+            lease_s=node.lease_s,
+            heartbeat_s=node.heartbeat_s,
+            poll_s=node.poll_s,
+            max_batch=config.max_batch,
+        )
+    return await Store.open(sqlite_path(url), config.synchronous, max_batch=config.max_batch)
 
 
 def sqlite_path(url: str) -> str:

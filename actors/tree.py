@@ -144,7 +144,7 @@ async def open_swarm(config: SwarmConfig | None = None, *, serve: bool = False) 
     got: dict[str, Any] = {}
 
     async def run_store(*, task_status: trio.TaskStatus[TaskStore]) -> None:
-        store = await open_store(cfg.store, state_dir)
+        store = await open_store(cfg.store, state_dir, cfg.node)
         try:
             got["store"] = store
             task_status.started(store)
@@ -174,7 +174,11 @@ async def open_swarm(config: SwarmConfig | None = None, *, serve: bool = False) 
     worktrees = Workspaces(state_dir / "workspaces")  # slots outlive a restart of the workers child
 
     async def run_workers(*, task_status: trio.TaskStatus[SwarmSupervisor]) -> None:
-        got["workers"] = supervisor = SwarmSupervisor(current, bus, got["queue"], workspaces=worktrees)
+        store = got["store"]
+        prefix = f"{store.node_id}:" if store.shared else ""  # a cluster: worker ids name their node
+        got["workers"] = supervisor = SwarmSupervisor(
+            current, bus, got["queue"], workspaces=worktrees, worker_prefix=prefix
+        )
         await supervisor.run(task_status=task_status)
 
     root = Supervisor(

@@ -87,7 +87,7 @@ class QueueConfig:
     evict_batch: int = attrs.field(default=250, validator=_pos)  # evictions per loop step at most
 
 
-STORE_BACKENDS = ("sqlite",)  # postgresql: the scale-out issue
+STORE_BACKENDS = ("sqlite", "postgresql", "postgres")  # postgres: libpq's short spelling
 
 
 def parse_store_url(url: str) -> tuple[str, str]:
@@ -104,6 +104,10 @@ def parse_store_url(url: str) -> tuple[str, str]:
         raise FieldValueError(
             "url", f"backend {scheme!r} is not available in this build (known: {', '.join(STORE_BACKENDS)})"
         )
+    if backend != "sqlite":  # libpq reads the rest (host, port, database, user, password, options)
+        if rest in ("", "/"):
+            raise FieldValueError("url", "a PostgreSQL URL is postgresql://user:password@host:port/database")
+        return "postgresql", url
     if rest == "":
         return backend, ":memory:"
     if not rest.startswith("/") or rest == "/":
@@ -230,6 +234,17 @@ class NodeConfig:
     worker_memory_mb: int = attrs.field(default=256, validator=_pos)
     # where free memory is read: a /proc/meminfo-style file whose MemAvailable (kB) is the free memory
     meminfo_path: str = "/proc/meminfo"
+    # a cluster (store.url on PostgreSQL; docs/operations.md, "Running a cluster"): this node's name,
+    # unique in the cluster (None: the host name); its lease, renewed every heartbeat_s: a node silent
+    # for lease_s is dead and its running tasks run again elsewhere; poll_s: the change feed's safety poll
+    id: str | None = attrs.field(default=None, validator=v.optional(v.min_len(1)))
+    lease_s: float = attrs.field(default=5.0, validator=_pos)
+    heartbeat_s: float = attrs.field(default=1.0, validator=_pos)
+    poll_s: float = attrs.field(default=2.0, validator=_pos)
+
+    def __attrs_post_init__(self) -> None:
+        if self.heartbeat_s >= self.lease_s:
+            raise FieldValueError("heartbeat_s", f"must be shorter than lease_s ({self.lease_s})")
 
 
 @attrs.frozen

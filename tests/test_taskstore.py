@@ -22,12 +22,16 @@ def test_sqlite_urls_in_sqlalchemy_spelling() -> None:
     assert parse_store_url("sqlite://") == ("sqlite", ":memory:")
     assert parse_store_url("SQLite:////x.db") == ("sqlite", "/x.db")
     assert sqlite_path("sqlite:///~/shoal.db") == str(Path.home() / "shoal.db")
+    pg = "postgresql://shoal:pw@db.example:5432/shoal?sslmode=require"
+    assert parse_store_url(pg) == ("postgresql", pg)  # libpq reads it whole: options pass through
+    assert parse_store_url("postgres://h/db") == ("postgresql", "postgres://h/db")
 
 
 @pytest.mark.parametrize(
     ("url", "says"),
     [
-        ("postgresql://user@host/db", "backend 'postgresql' is not available in this build (known: sqlite)"),
+        ("mysql://user@host/db", "backend 'mysql' is not available in this build (known: sqlite, postgresql"),
+        ("postgresql://", "a PostgreSQL URL is postgresql://user:password@host:port/database"),
         ("/var/lib/shoal.db", "must look like sqlite:////path/to/shoal.db"),
         ("sqlite:/x.db", "must look like sqlite:////path/to/shoal.db"),
         ("sqlite://host/x.db", "sqlite:///relative.db, sqlite:////absolute.db or sqlite://"),

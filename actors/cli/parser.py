@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-workers", type=int)
     p.add_argument("--max-workers", type=int)
     p.add_argument("--token-file", help="where the gateway token is kept (default <state-dir>/token)")
+    p.add_argument(
+        "--store",
+        metavar="URL",
+        help="task store: sqlite:////path/shoal.db, or postgresql://user@host/db for a cluster"
+        " ($SHOAL_STORE_URL, store.url)",
+    )
+    p.add_argument("--node-id", help="this node's name in a cluster (default: the host name; node.id)")
     p.add_argument("--no-dashboard", action="store_true", help="do not serve the web dashboard")
     p.add_argument("--drain", action="store_true", help="on SIGINT/SIGTERM let running tasks finish first")
     p.add_argument(

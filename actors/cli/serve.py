@@ -47,6 +47,8 @@ def build_serve_config(args: argparse.Namespace, environ: dict[str, str] | None 
         ("scaling.min_workers", args.min_workers),
         ("scaling.max_workers", args.max_workers),
         ("gateway.token_file", args.token_file),
+        ("store.url", getattr(args, "store", None)),
+        ("node.id", getattr(args, "node_id", None)),
     ]
     pairs += [(k, v) for k, v in flags if v is not None]
     if args.allow_remote:

@@ -1,0 +1,64 @@
+"""What a node of a cluster knows of the others, in plain types (no database driver): the shared
+store's feed items and write results (actors/pgstore.py makes them, the QueueActor reads them), and
+how a worker id names its node (`<node>:w3`). SQLite users never load psycopg."""
+
+from __future__ import annotations
+
+import attrs
+
+from .taskbook import StoredTask
+
+
+@attrs.frozen
+class NodeRow:
+    """One node of the cluster as its `nodes` row says."""
+
+    id: str
+    incarnation: int
+    state: str  # alive | dead | stopped
+    host: str
+    pid: int
+    url: str | None
+    workers: int
+    started: float
+    heartbeat_age_s: float
+    lease_left_s: float
+    shoal_version: str
+
+    @property
+    def alive(self) -> bool:
+        return self.state == "alive" and self.lease_left_s > 0
+
+
+@attrs.frozen
+class Landed:
+    """What a write's ticket returns: the tasks whose change lost its compare-and-set, each with the
+    row as it now is (None: it is gone), for the queue to absorb and decide again."""
+
+    conflicts: dict[str, StoredTask | None] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class FeedBatch:
+    """Other nodes' writes since the last batch (id -> its row, None when evicted)."""
+
+    rows: list[tuple[str, StoredTask | None]]
+
+
+@attrs.frozen
+class NodesReport:
+    """The cluster's nodes as the last heartbeat saw them; `lost` when this node's own row was taken
+    away (its lease ran out) and it re-registered under `incarnation`."""
+
+    nodes: tuple[NodeRow, ...]
+    incarnation: int
+    lost: bool = False
+
+
+def node_of(worker: str) -> str | None:
+    """The node a cluster worker id names (`node:w3` -> `node`), None for a one-node worker id."""
+    node, sep, _ = worker.rpartition(":")
+    return node if sep else None
+
+
+__all__ = ["FeedBatch", "Landed", "NodeRow", "NodesReport", "node_of"]
