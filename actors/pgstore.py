@@ -57,6 +57,10 @@ RESERVED_NODE_CHARS = ":/"
 ADVISORY_KEY = 0x53484F4C  # "SHOL": serialises the change feed's revs in commit order
 NOTIFY_CHANNEL = "shoal_tasks"
 FEED_PAGE = 5000
+MAX_PENDING_EVENTS = 100_000  # events held while PostgreSQL is unreachable; the oldest go first
+KEEP_EVENTS = 100_000  # the events table keeps this many (a gateway's `since` replays from its bus)
+KEEP_LOG_S = 3600  # change-feed entries older than this are pruned (a node that lags reloads)
+PRUNE_EVERY = 60  # heartbeats between two prunes
 # errors caused by the values written, not the connection: only the write holding them fails
 _DATA_ERRORS = (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError, ValueError, TypeError)
 
@@ -92,11 +96,11 @@ CREATE TABLE tasks (
     prompt text NOT NULL,
     category text,
     spec_priority bigint NOT NULL,
-    deps jsonb NOT NULL,
+    deps json NOT NULL,
     model text,
     max_attempts integer NOT NULL,
     timeout_s double precision,
-    metadata jsonb NOT NULL,
+    metadata json NOT NULL,
     run_on_dep_failure boolean NOT NULL,
     digest text NOT NULL,
     created double precision NOT NULL,
@@ -107,8 +111,8 @@ CREATE TABLE tasks (
     not_before double precision,
     worker text,
     updated double precision NOT NULL,
-    failed_models jsonb NOT NULL,
-    usage jsonb NOT NULL,
+    failed_models json NOT NULL,
+    usage json NOT NULL,
     retry_base integer NOT NULL,
     dep_failure text,
     version bigint NOT NULL
@@ -126,8 +130,8 @@ CREATE TABLE attempts (
     exit_code integer,
     signal integer,
     output_tail text,
-    usage jsonb NOT NULL,
-    workspace jsonb,
+    usage json NOT NULL,
+    workspace json,
     PRIMARY KEY (task_id, n)
 );
 CREATE TABLE task_log (rev bigint PRIMARY KEY, task_id text NOT NULL, at timestamptz NOT NULL DEFAULT now());
@@ -147,6 +151,14 @@ CREATE TABLE nodes (
     lease_until timestamptz NOT NULL,
     workers integer NOT NULL DEFAULT 0
 );
+CREATE TABLE events (
+    seq bigint PRIMARY KEY,
+    ts double precision NOT NULL,
+    node text NOT NULL,
+    topic text NOT NULL,
+    data json NOT NULL
+);
+CREATE SEQUENCE shoal_event_seq;
 INSERT INTO shoal_meta VALUES ('kind', 'shoal task store');
 """
 
@@ -466,6 +478,12 @@ class PgStore:
         self._listener: threading.Thread | None = None
         self._listen_conn: psycopg.Connection[Any] | None = None
         self._feed_send, self.feed = trio.open_memory_channel[FeedBatch | NodesReport](256)
+        self._bus: Any = None  # the node's EventBus once attached (see attach_bus)
+        self._events: list[tuple[float, str, dict[str, Any]]] = []  # published, not yet written
+        self._event_pos = 0  # the events feed's position
+        self._event_floor = 0  # the bus's local seq when attached: cluster seqs go on above it
+        self._beats = 0
+        self.events_dropped = 0
         self.nodes: tuple[NodeRow, ...] = ()
         # statistics (written by the store thread, read anywhere)
         self.commits = 0
@@ -567,6 +585,7 @@ class PgStore:
         """Commit what is queued, mark the node stopped, close the connections, join the threads."""
         if self._closed:
             return
+        self.detach_bus()
         if not self._closing:
             ticket = Ticket()
             with self._cv:
@@ -581,6 +600,34 @@ class PgStore:
             if self._listener is not None:
                 await trio.to_thread.run_sync(self._listener.join)
         self._closed = True
+
+    def attach_bus(self, bus: Any) -> None:
+        """Relay the node's events through the cluster: each gets the cluster's seq, and every node's
+        events come back to this bus in one order (so `since` means the same at every gateway)."""
+        self._bus = bus
+        with self._cv:
+            self._event_floor = bus.last_seq
+        bus.relay = self.relay_event
+
+    def detach_bus(self) -> None:
+        """Events go straight to the bus again (the store is closing)."""
+        if self._bus is not None and self._bus.relay == self.relay_event:
+            self._bus.relay = None
+
+    def relay_event(self, topic: str, data: dict[str, Any]) -> None:
+        with self._cv:
+            self._events.append((time.time(), topic, data))
+            if len(self._events) > MAX_PENDING_EVENTS:
+                del self._events[0]
+                self.events_dropped += 1
+            self._cv.notify()
+
+    def _deliver_events(self, rows: list[tuple[int, float, str, Any]]) -> None:
+        bus = self._bus
+        if bus is None:
+            return
+        for seq, ts, topic, data in rows:
+            bus.deliver(seq, ts, topic, data if isinstance(data, dict) else {"value": data})
 
     def _submit(self, job: _Job) -> None:
         with self._cv:
@@ -622,6 +669,9 @@ class PgStore:
             migrate(self._conn, self.shown_url, apply=True)
             self._register(self._conn)
             self._rev = self._head(self._conn)
+            with self._conn.cursor() as cur:
+                cur.execute("SELECT coalesce(max(seq), 0) FROM events")
+                self._event_pos = int(cur.fetchone()[0])  # type: ignore[index]
         except StoreError as exc:
             self._close_conn()
             self._notify([(opened, None, exc)])
@@ -635,7 +685,7 @@ class PgStore:
         next_poll = time.monotonic() + self.poll_s
         while True:
             with self._cv:
-                while not self._jobs and not self._wake_feed:
+                while not self._jobs and not self._wake_feed and not self._events:
                     left = min(next_beat, next_poll) - time.monotonic()
                     if left <= 0:
                         break
@@ -643,6 +693,7 @@ class PgStore:
                 jobs = self._take()
                 feed_due = self._wake_feed
                 self._wake_feed = False
+                events, self._events = self._events, []
             results: list[tuple[Ticket, Any, BaseException | None]] = []
             close: Ticket | None = None
             writes: list[_Job] = []
@@ -650,15 +701,16 @@ class PgStore:
                 if job.kind == "write":
                     writes.append(job)
                     continue
-                results.extend(self._commit(writes))
-                writes = []
+                results.extend(self._commit(writes, events))
+                writes, events = [], []
                 if job.kind == "load":
                     results.append(self._load_job(job))
                 elif job.kind == "probe":
                     results.append(self._probe_job(job))
                 elif job.kind == "close":
                     close = job.ticket
-            results.extend(self._commit(writes))
+            results.extend(self._commit(writes, events))
+            events = []
             self._notify(results)
             if close is not None:
                 self._stop_node()
@@ -669,7 +721,7 @@ class PgStore:
             if now >= next_beat:
                 next_beat = now + self.heartbeat_s
                 self._heartbeat()
-            if feed_due or jobs or now >= next_poll:
+            if feed_due or jobs or now >= next_poll or self._bus is not None:
                 if now >= next_poll:
                     next_poll = now + self.poll_s
                 self._read_feed()
@@ -733,17 +785,27 @@ class PgStore:
 
     # ---- writes ---------------------------------------------------------------------------------
 
-    def _commit(self, writes: list[_Job]) -> list[tuple[Ticket, Any, BaseException | None]]:
+    def _commit(
+        self,
+        writes: list[_Job],
+        events: list[tuple[float, str, dict[str, Any]]] = (),  # type: ignore[assignment]
+    ) -> list[tuple[Ticket, Any, BaseException | None]]:
+        if events and (self._broken is not None or not writes):
+            self._write_events(events)
         if not writes:
             return []
         if self._broken is not None:
             return [(j.ticket, None, self._broken) for j in writes]
         changes = [c for j in writes for c in j.changes]
         if not changes:
+            if events:
+                self._write_events(events)
             return [(j.ticket, Landed(), None) for j in writes]
         try:
-            conflicts = self._retrying("a write", lambda conn: self._apply(conn, changes))
+            conflicts = self._retrying("a write", lambda conn: self._apply(conn, changes, events))
         except _DATA_ERRORS:
+            if events:
+                self._write_events(events)
             return self._one_by_one(writes)
         except (psycopg.Error, StoreError) as exc:
             return [(j.ticket, None, self._break(exc)) for j in writes]
@@ -794,8 +856,34 @@ class PgStore:
             )
         return self._broken
 
+    def _write_events(self, events: list[tuple[float, str, dict[str, Any]]]) -> None:
+        """Events on their own (no task write to ride with); kept for the next try while broken."""
+        if self._broken is not None:
+            with self._cv:
+                self._events[:0] = events
+                del self._events[:-MAX_PENDING_EVENTS]
+            return
+        try:
+            self._retrying("events", lambda conn: self._apply(conn, (), events))
+        except _DATA_ERRORS as exc:  # a value json cannot hold: each on its own, the bad one dropped
+            log.warning("pgstore: an event could not be stored (%s); storing them one by one", exc)
+            for one in events:
+                try:
+                    self._retrying("an event", lambda conn, e=one: self._apply(conn, (), [e]))  # type: ignore[misc]
+                except _DATA_ERRORS:
+                    self.events_dropped += 1
+                except (psycopg.Error, StoreError):
+                    self.events_dropped += 1
+        except (psycopg.Error, StoreError) as exc:
+            self._break(exc)
+            with self._cv:
+                self._events[:0] = events
+
     def _apply(
-        self, conn: psycopg.Connection[Any], changes: Sequence[Change]
+        self,
+        conn: psycopg.Connection[Any],
+        changes: Sequence[Change],
+        events: Sequence[tuple[float, str, dict[str, Any]]] = (),
     ) -> dict[str, StoredTask | None]:
         """One transaction: every task's last change, compare-and-set on its version; then the feed
         entries under the advisory lock, and a notification. Returns the conflicts with their rows."""
@@ -866,13 +954,28 @@ class PgStore:
                 rows = [_attempt_row(tid, a) for a in attempts.get(tid, {}).values()]
                 if rows:
                     cur.executemany(_UPSERT_ATTEMPT, rows)
-            if written:
+            if written or events:
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_KEY,))
+            if events:
+                if self._event_floor:
+                    cur.execute(
+                        "SELECT setval('shoal_event_seq', greatest(%s, (SELECT CASE WHEN is_called"
+                        " THEN last_value ELSE 0 END FROM shoal_event_seq)))",
+                        (self._event_floor,),
+                    )
+                    self._event_floor = 0  # setval is not transactional: done once
+                cur.executemany(
+                    "INSERT INTO events (seq, ts, node, topic, data)"
+                    " VALUES (nextval('shoal_event_seq'), %s, %s, %s, %s)",
+                    [(ts, self.node_id, topic, _json(data)) for ts, topic, data in events],
+                )
+            if written:
                 cur.execute(
                     "INSERT INTO task_log (rev, task_id)"
                     " SELECT nextval('shoal_rev'), t FROM unnest(%s::text[]) t",
                     (written,),
                 )
+            if written or events:
                 cur.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, self.node_id))
             found: dict[str, StoredTask | None] = dict.fromkeys(conflicts)
             if conflicts:
@@ -947,6 +1050,8 @@ class PgStore:
             out.sort(key=lambda item: item[1].static.seq if item[1] is not None else -1)
             return int(log_rows[-1][0]), out
 
+        if self._bus is not None:
+            self._read_events()
         while True:
             try:
                 rev, rows = self._retrying("the feed", read)
@@ -960,6 +1065,36 @@ class PgStore:
                 self._push(FeedBatch(rows))
             if not more:
                 return
+
+    def _read_events(self) -> None:
+        """The cluster's events past the position, to the node's bus in seq order."""
+
+        def read(conn: psycopg.Connection[Any]) -> list[tuple[int, float, str, Any]]:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT seq, ts, topic, data FROM events WHERE seq > %s ORDER BY seq LIMIT %s",
+                    (self._event_pos, FEED_PAGE),
+                )
+                return cur.fetchall()
+
+        while True:
+            try:
+                rows = self._retrying("the events", read)
+            except (psycopg.Error, StoreError) as exc:
+                log.warning("pgstore: cannot read the events: %s", _why(exc, self.url))
+                return
+            if not rows:
+                return
+            self._event_pos = int(rows[-1][0])
+            with contextlib.suppress(trio.RunFinishedError):
+                self._token.run_sync_soon(self._deliver_events, rows)
+            if len(rows) < FEED_PAGE:
+                return
+
+    def _prune(self, conn: psycopg.Connection[Any]) -> None:
+        """Keep the events table and the change feed bounded (any node may do it; it is idempotent)."""
+        conn.execute("DELETE FROM events WHERE seq <= (SELECT max(seq) FROM events) - %s", (KEEP_EVENTS,))
+        conn.execute("DELETE FROM task_log WHERE at < now() - make_interval(secs => %s)", (KEEP_LOG_S,))
 
     # ---- nodes ----------------------------------------------------------------------------------
 
@@ -1033,7 +1168,10 @@ class PgStore:
                 )
                 return kept, cur.fetchall()
 
+        self._beats += 1
         try:
+            if self._beats % PRUNE_EVERY == 0:
+                self._retrying("pruning", self._prune)
             kept, rows = self._retrying("the heartbeat", beat)
             lost = False
             if not kept:

@@ -145,6 +145,8 @@ async def open_swarm(config: SwarmConfig | None = None, *, serve: bool = False) 
 
     async def run_store(*, task_status: trio.TaskStatus[TaskStore]) -> None:
         store = await open_store(cfg.store, state_dir, cfg.node)
+        if store.shared:  # a cluster: every node's events reach every gateway, in one order
+            store.attach_bus(bus)  # type: ignore[attr-defined]
         try:
             got["store"] = store
             task_status.started(store)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import fnmatch
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import attrs
@@ -121,15 +121,32 @@ class EventBus:
         self._clock = clock
         self.dropped_total = 0
         self.published_total = 0
+        # a cluster (actors/pgstore.py): publish hands each event to the shared store, which gives it
+        # the cluster's seq and delivers every node's events back to every bus in one order
+        self.relay: Callable[[str, dict[str, Any]], None] | None = None
 
     @property
     def last_seq(self) -> int:
         return self._seq
 
-    def publish(self, topic: str, data: dict[str, Any] | None = None) -> Event:
-        self._seq += 1
-        event = Event(self._seq, self._clock(), topic, data or {})
+    def publish(self, topic: str, data: dict[str, Any] | None = None) -> Event | None:
+        """Deliver an event now (None instead when it goes through a cluster's relay first)."""
         self.published_total += 1
+        if self.relay is not None:
+            self.relay(topic, data or {})
+            return None
+        self._seq += 1
+        return self._fan_out(Event(self._seq, self._clock(), topic, data or {}))
+
+    def deliver(self, seq: int, ts: float, topic: str, data: dict[str, Any]) -> None:
+        """An event of the cluster, in the shared store's order (its seq is the cluster's)."""
+        if seq <= self._seq:
+            return  # seen already (a feed read twice after a reconnect)
+        self._seq = seq
+        self._fan_out(Event(seq, ts, topic, data))
+
+    def _fan_out(self, event: Event) -> Event:
+        topic = event.topic
         if self._replay_enabled:
             self._replay.append(event)
         for sub in tuple(self._subs):
