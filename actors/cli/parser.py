@@ -15,6 +15,7 @@ from typing import Any
 from ...protocols.tasks import TaskState
 from ..auth import DEFAULT_URL, ENV_TOKEN, ENV_TOKEN_FILE, ENV_URL
 from .connection import one_call
+from .db import add_db_parser
 from .review import cmd_artifacts, cmd_diff, cmd_merge, cmd_workspaces
 from .serve import ENV_CONFIG, cmd_serve
 from .swarm import (
@@ -97,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="any config key, e.g. scaling.idle_s=30"
     )
+
+    add_db_parser(sub)
 
     p = command("submit", cmd_submit, "submit a task (prompt argument or stdin) or a file of tasks", True)
     p.add_argument("prompt", nargs="?", help='the prompt ("-" or omitted: read stdin)')
