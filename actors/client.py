@@ -400,6 +400,12 @@ class Client:
         result: dict[str, Any] = await self.call("models.resume", {"model": model})
         return result
 
+    async def nodes(self) -> dict[str, Any]:
+        """Every node of the cluster (`nodes.list`): `{node_id, cluster, nodes: [...]}`; a one-node
+        swarm lists itself."""
+        result: dict[str, Any] = await self.call("nodes.list")
+        return result
+
     async def metrics(self) -> dict[str, Any]:
         result: dict[str, Any] = await self.call("swarm.metrics")
         return result

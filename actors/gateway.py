@@ -35,7 +35,7 @@ import wsproto.events
 from wsproto.connection import ConnectionState
 
 from ..protocols import api, rpc
-from ..protocols.config import GatewayConfig, config_to_dict, unstructure
+from ..protocols.config import GatewayConfig, unstructure
 from ..protocols.errors import Conflict, ShoalError, ValidationError
 from ..runtime.eventbus import Event
 from .auth import (
@@ -304,6 +304,7 @@ class _Connection:
             "alerts.test": self._alerts_test,
             "models.pause": self._pause_model,
             "models.resume": self._resume_model,
+            "nodes.list": self._nodes,
         }
         assert set(self._handlers) == set(api.METHODS), "every method in the table has a handler"
 
@@ -541,10 +542,14 @@ class _Connection:
         return self.swarm.metrics.series(p.window_s, p.step_s)
 
     async def _config_get(self, _p: api.NoParams) -> Any:
-        return config_to_dict(self.swarm.config)
+        return self.swarm.shown_config()
 
     async def _config_patch(self, p: api.ConfigPatchParams) -> Any:
-        return config_to_dict(await self.swarm.config_patch(p.partial))
+        await self.swarm.config_patch(p.partial)
+        return self.swarm.shown_config()
+
+    async def _nodes(self, _p: api.NoParams) -> Any:
+        return self.swarm.nodes()
 
     async def _alerts_test(self, _p: api.NoParams) -> Any:
         return await self.swarm.send_test_alert()

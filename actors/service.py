@@ -291,6 +291,9 @@ def banner(swarm: SwarmHandle) -> str:
         lines.append(f"  dashboard: {dashboard_url(*swarm.http_address, swarm.token)}")
     if swarm.gateway_url:
         lines.append(f"  gateway:   {swarm.gateway_url} (token in {swarm.token_file})")
+    cluster = swarm.cluster()
+    if cluster is not None:  # the store URL redacted: this goes to terminals and logs
+        lines.append(f"  cluster:   node {cluster['node_id']} · store {cluster['store']}")
     cfg = swarm.config
     lines.append(
         f"  profile {cfg.workers.profile} · workers {cfg.scaling.min_workers}..{cfg.scaling.max_workers}"

@@ -20,7 +20,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,6 +37,7 @@ from . import queue as q
 from .alerts import AlertActor
 from .auth import resolve_state_dir
 from .capacity import CapacityMeter, memory_fit
+from .clusterview import cluster_status, local_node, node_entry, shown_config, shown_partial
 from .metrics import MetricsActor
 from .scaler import ScalerActor, ScalerInputs
 from .swarm_supervisor import SwarmSupervisor
@@ -133,8 +134,11 @@ class SwarmHandle:
         self.alerts = alerts
         self._tree = tree
         self._worktrees = worktrees or Worktrees(state_dir / "workspaces")  # their per-repo locks
+        # a cluster's store (PgStore): its nodes, this node's id; None on SQLite. The tree may set a
+        # getter; without one the store is found as the bus's relay (a cluster store attaches itself)
+        self.cluster_store: Callable[[], Any] | None = None
         # the servers report where they listen each time they (re)start: a restart may get a new port
-        self.gateway_url: str | None = None
+        self._gateway_url: str | None = None
         self.http_url: str | None = None
         self.http_address: tuple[str, int] | None = None
         self.started_at = time.time()
@@ -143,7 +147,51 @@ class SwarmHandle:
         self.capacity = CapacityMeter(self.get_config, supervisor.processes)
         self.scaler: ScalerActor | None = None  # set by the tree once the services start
 
+    @property
+    def gateway_url(self) -> str | None:
+        return self._gateway_url
+
+    @gateway_url.setter
+    def gateway_url(self, url: str | None) -> None:
+        """Where the gateway listens; in a cluster also written to this node's row (`nodes.list`'s url),
+        so an operator looking at one node finds the others' gateways."""
+        self._gateway_url = url
+        store = self._store()
+        if store is not None and hasattr(store, "set_url"):
+            store.set_url(url)
+
+    # ---- the cluster ------------------------------------------------------------------------------
+
+    def _store(self) -> Any | None:
+        """The cluster's shared store, None on a one-node (SQLite) swarm."""
+        store = self.cluster_store() if self.cluster_store is not None else None
+        if store is None:
+            store = getattr(getattr(self.bus, "relay", None), "__self__", None)
+        return store if getattr(store, "shared", False) else None
+
+    def nodes(self) -> dict[str, Any]:
+        """Every node of the cluster as this node's last heartbeat saw it (`nodes.list`); a one-node
+        swarm answers with itself, so a client needs no special case."""
+        store = self._store()
+        if store is None:
+            workers = self._supervisor.views()
+            present = sum(1 for w in workers if w.state not in (WorkerState.STOPPED, WorkerState.CRASHED))
+            node = local_node(
+                self._config, url=self.gateway_url, workers=present, started=self.started_at, version=VERSION
+            )
+            return {"node_id": node["id"], "cluster": False, "nodes": [node]}
+        rows = tuple(store.nodes)
+        return {
+            "node_id": store.node_id,
+            "cluster": True,
+            "nodes": [node_entry(row, store.node_id) for row in rows],
+        }
+
     # ---- configuration ----------------------------------------------------------------------------
+
+    def shown_config(self) -> dict[str, Any]:
+        """The configuration as clients see it (`swarm.config.get`): store.url's password reads ***."""
+        return shown_config(self._config)
 
     @property
     def config(self) -> SwarmConfig:
@@ -163,7 +211,7 @@ class SwarmHandle:
             await trio.to_thread.run_sync(_write_json_atomic, self.state_dir / OVERRIDES_FILE, overrides)
             self._config, self._overrides = new, overrides
             await self._queue.send(q.UpdateConfig(new))
-            self.bus.publish("config.changed", {"partial": dict(partial)})
+            self.bus.publish("config.changed", {"partial": shown_partial(partial)})
             return new
 
     # ---- tasks ------------------------------------------------------------------------------------
@@ -408,8 +456,15 @@ class SwarmHandle:
             "gateway_url": self.gateway_url,
             "http_url": self.http_url,
             "state_dir": str(self.state_dir),
+            "cluster": self.cluster(),
             "tree": await self._tree.view(),
         }
+
+    def cluster(self) -> dict[str, Any] | None:
+        """`status()["cluster"]`: this node's id, the cluster's node and alive counts, the store
+        (redacted); None on a one-node swarm."""
+        store = self._store()
+        return None if store is None else cluster_status(store)
 
     async def _capacity(self) -> dict[str, Any]:
         """How many more workers the swarm may start and what holds it back: max_workers, free memory

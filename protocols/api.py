@@ -303,6 +303,7 @@ METHODS: dict[str, Method] = {
         Method("alerts.test", NoParams, "deliver a test alert to every webhook; each one's outcome"),
         Method("models.pause", PauseModelParams, "park a model until resumed: its workers take no new task"),
         Method("models.resume", ModelParams, "end a model's park, whatever parked it"),
+        Method("nodes.list", NoParams, "every node of the cluster: state, host, workers, heartbeat, lease"),
     )
 }
 

@@ -9,19 +9,32 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
+import attrs
+import httpx
 import psycopg
 import pytest
+import trio
+from swarmkit import swarm_config
 
+from shoal.actors.auth import read_endpoint
 from shoal.actors.cli import EXIT_CONFLICT, EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
+from shoal.actors.client import connect
 from shoal.actors.pgstore import SCHEMA_VERSION
+from shoal.actors.tree import open_swarm
+from shoal.runtime.eventbus import Event
 
 SHOAL = [sys.executable, "-m", "shoal.actors.cli"]
 
-pytestmark = pytest.mark.postgres
+HEARTBEAT_S = 0.2  # short, so a node's view of the others is fresh within a fraction of a second
 
 
 def _password(url: str) -> str:
@@ -51,9 +64,10 @@ def _sql(url: str, statement: str) -> None:
         conn.execute(statement)  # type: ignore[arg-type]
 
 
-# ---- shoal db -----------------------------------------------------------------------------------
+# ---- shoal db (no node runs) ------------------------------------------------------------------------
 
 
+@pytest.mark.postgres
 def test_db_check_says_an_empty_database_needs_migrate_and_migrate_makes_it_ready(pg_url: str) -> None:
     secret = _password(pg_url)
     check = shoal("db", "check", "--store", pg_url)
@@ -74,6 +88,7 @@ def test_db_check_says_an_empty_database_needs_migrate_and_migrate_makes_it_read
         assert ":***@" in run.stdout + run.stderr
 
 
+@pytest.mark.postgres
 def test_db_check_and_migrate_refuse_a_newer_schema_naming_its_version(pg_url: str) -> None:
     assert shoal("db", "migrate", "--store", pg_url).returncode == EXIT_OK
     _sql(pg_url, "UPDATE shoal_meta SET value = '99' WHERE key = 'schema_version'")
@@ -86,6 +101,7 @@ def test_db_check_and_migrate_refuse_a_newer_schema_naming_its_version(pg_url: s
         assert conn.execute("SELECT value FROM shoal_meta WHERE key = 'schema_version'").fetchone() == ("99",)
 
 
+@pytest.mark.postgres
 def test_db_check_says_an_older_schema_needs_migrate(pg_url: str) -> None:
     assert shoal("db", "migrate", "--store", pg_url).returncode == EXIT_OK
     _sql(pg_url, f"UPDATE shoal_meta SET value = '{SCHEMA_VERSION - 1}' WHERE key = 'schema_version'")
@@ -94,6 +110,7 @@ def test_db_check_says_an_older_schema_needs_migrate(pg_url: str) -> None:
     assert f"schema version {SCHEMA_VERSION - 1} is older than this Shoal's ({SCHEMA_VERSION})" in run.stderr
 
 
+@pytest.mark.postgres
 def test_db_refuses_a_foreign_database_and_reads_store_url_from_a_config_file(
     pg_url: str, tmp_path: Path
 ) -> None:
@@ -105,6 +122,7 @@ def test_db_refuses_a_foreign_database_and_reads_store_url_from_a_config_file(
     assert "not a Shoal store" in run.stderr
 
 
+@pytest.mark.postgres
 def test_db_errors_name_the_host_and_never_the_password(pg_url: str) -> None:
     secret = _password(pg_url)
     wrong = pg_url.replace(secret, secret + "x")  # a wrong password: refused by the server
@@ -115,3 +133,200 @@ def test_db_errors_name_the_host_and_never_the_password(pg_url: str) -> None:
     assert missing.returncode == EXIT_USAGE and "--store" in missing.stderr
     sqlite = shoal("db", "check", "--store", f"sqlite:///{Path(pg_url).name}.db")
     assert sqlite.returncode == EXIT_USAGE and "PostgreSQL" in sqlite.stderr
+
+
+# ---- nodes of a running cluster ---------------------------------------------------------------------
+
+
+@attrs.define
+class Node:
+    """One `shoal serve` of the cluster: its own state directory and ports, the shared token file."""
+
+    node_id: str
+    proc: subprocess.Popen[str]
+    log_path: Path
+    url: str = ""
+    output: list[str] = attrs.field(factory=list)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") + "".join(self.output)
+
+
+@contextmanager
+def serve_node(root: Path, store: str, node_id: str, token_file: Path, *extra: str) -> Iterator[Node]:
+    """`shoal serve --store URL --node-id ID`; stopped with SIGTERM, which must end it cleanly."""
+    state = root / node_id
+    state.mkdir(parents=True)
+    log_path = root / f"{node_id}.log"
+    argv = [
+        *SHOAL, "serve", "--state-dir", str(state), "--port", "0", "--http-port", "0",
+        "--store", store, "--node-id", node_id, "--token-file", str(token_file),
+        "--set", f"node.heartbeat_s={HEARTBEAT_S}", "--set", "node.lease_s=3", "--set", "scaling.tick_s=0.05",
+        *extra,
+    ]  # fmt: skip
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log, text=True, env=_env())
+        node = Node(node_id, proc, log_path)
+        ready = threading.Event()
+
+        def drain() -> None:  # read stdout to the end so the server never blocks on a full pipe
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                node.output.append(line)
+                if "gateway:" in line:
+                    ready.set()
+            ready.set()
+
+        reader = threading.Thread(target=drain, daemon=True)
+        reader.start()
+        try:
+            assert ready.wait(30) and proc.poll() is None, f"{node_id} did not start: {node.log()[-3000:]}"
+            node.url = read_endpoint(state) or ""
+            yield node
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                code = proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                code = proc.wait()
+            reader.join(5)
+    assert code == 0, f"{node_id} exited with {code}: {node.log()[-3000:]}"
+
+
+def _token_file(root: Path) -> Path:
+    path = root / "token"
+    path.write_text("cluster-ops-test-token-0123456789abcdef\n")
+    path.chmod(0o600)
+    return path
+
+
+async def _nodes_until(
+    url: str, token: str, pred: Callable[[dict[str, Any]], bool], timeout: float = 10.0
+) -> dict[str, Any]:
+    """nodes.list once the answering node's heartbeat shows what `pred` wants. A heartbeat is a
+    periodic read of the nodes table with no event to wait on, so this asks once per heartbeat."""
+    async with connect(url, token) as client:
+        with trio.fail_after(timeout):
+            while True:
+                reply = await client.nodes()
+                if pred(reply):
+                    return reply
+                await trio.sleep(HEARTBEAT_S)
+
+
+def _by_id(reply: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {n["id"]: n for n in reply["nodes"]}
+
+
+@pytest.mark.postgres
+async def test_nodes_list_over_either_gateway_lists_both_nodes_of_a_cluster(
+    pg_url: str, tmp_path: Path
+) -> None:
+    token_file = _token_file(tmp_path)
+    token = token_file.read_text().strip()
+    with ExitStack() as stack:
+        a = stack.enter_context(serve_node(tmp_path, pg_url, "a", token_file, "--min-workers", "1"))
+        b = stack.enter_context(serve_node(tmp_path, pg_url, "b", token_file, "--max-workers", "0"))
+
+        def both_alive(reply: dict[str, Any]) -> bool:
+            nodes = _by_id(reply)
+            return (
+                set(nodes) == {"a", "b"}
+                and all(n["alive"] and n["url"] for n in nodes.values())  # a url: written by a heartbeat
+                and nodes["a"]["workers"] == 1
+            )
+
+        from_a = await _nodes_until(a.url, token, both_alive)
+        from_b = await _nodes_until(b.url, token, both_alive)
+        assert from_a["node_id"] == "a" and from_b["node_id"] == "b" and from_a["cluster"] is True
+        na, nb = _by_id(from_a)["a"], _by_id(from_a)["b"]
+        assert na["this"] and not nb["this"] and _by_id(from_b)["b"]["this"]
+        assert na["state"] == nb["state"] == "alive" and na["url"] == a.url and nb["url"] == b.url
+        assert na["pid"] == a.proc.pid and nb["pid"] == b.proc.pid and nb["workers"] == 0
+        assert 0 <= na["heartbeat_age_s"] < 3 and 0 < na["lease_left_s"] <= 3
+        assert na["version"] and na["incarnation"] != nb["incarnation"]
+
+        cli = shoal("nodes", "--url", a.url, "--token-file", str(token_file))
+        assert cli.returncode == EXIT_OK, cli
+        rows = [line.split() for line in cli.stdout.splitlines()]
+        assert rows[0][:4] == ["ID", "STATE", "HOST", "PID"]
+        assert ["a", "*", "alive"] in [r[:3] for r in rows] and ["b", "alive"] in [r[:2] for r in rows], (
+            cli.stdout
+        )
+        as_json = shoal("nodes", "--json", "--url", b.url, "--token-file", str(token_file))
+        assert {n["id"] for n in json.loads(as_json.stdout)["nodes"]} == {"a", "b"}
+
+        status = shoal("status", "--json", "--url", a.url, "--token-file", str(token_file))
+        cluster = json.loads(status.stdout)["cluster"]
+        assert cluster["node_id"] == "a" and cluster["nodes"] == 2 and cluster["alive"] == 2
+        text = shoal("status", "--url", a.url, "--token-file", str(token_file)).stdout
+        assert "node a · 2 nodes, 2 alive" in text
+
+        b.proc.send_signal(signal.SIGTERM)  # b leaves cleanly: its row says stopped, a sees it
+        await trio.to_thread.run_sync(b.proc.wait)
+        left = await _nodes_until(a.url, token, lambda r: _by_id(r)["b"]["state"] == "stopped")
+        assert not _by_id(left)["b"]["alive"] and _by_id(left)["a"]["alive"]
+        direct = shoal("nodes", "--json", "--store", pg_url)  # no gateway: straight from the database
+        assert direct.returncode == EXIT_OK, direct
+        assert {n["id"]: n["state"] for n in json.loads(direct.stdout)["nodes"]} == {
+            "a": "alive",
+            "b": "stopped",
+        }
+
+
+async def test_a_one_node_sqlite_swarm_lists_itself(tmp_path: Path) -> None:
+    config = swarm_config(tmp_path, node={"id": "solo"}, scaling={"min_workers": 0, "max_workers": 0})
+    async with open_swarm(config) as swarm:
+        reply = swarm.nodes()
+        assert reply["cluster"] is False and reply["node_id"] == "solo"
+        [node] = reply["nodes"]
+        assert node["id"] == "solo" and node["state"] == "alive" and node["alive"] and node["this"]
+        assert node["workers"] == 0 and node["pid"] == os.getpid() and node["lease_left_s"] is None
+        assert (await swarm.status())["cluster"] is None
+
+
+@pytest.mark.postgres
+async def test_the_store_password_is_shown_nowhere(pg_url: str, tmp_path: Path) -> None:
+    """config get (gateway and CLI), config set's reply and its event, status, the banner, the
+    dashboard's config.json and the server's log: the URL everywhere, its password nowhere."""
+    secret = _password(pg_url)
+    token_file = _token_file(tmp_path)
+    conn = ["--url", "", "--token-file", str(token_file)]
+    with serve_node(tmp_path, pg_url, "solo", token_file) as node:
+        conn[1] = node.url
+        shown: list[str] = []
+        for argv in (
+            ["config", "get", "--json"],
+            ["config", "get", "store.url"],
+            ["status", "--json"],
+            ["status"],
+            ["nodes", "--json"],
+            ["config", "set", f"store.url={pg_url}"],  # a patch naming it: the reply and config.changed
+        ):
+            run = shoal(*argv, *conn)
+            assert run.returncode == EXIT_OK, run
+            shown.append(run.stdout + run.stderr)
+        assert shown[1].strip() == pg_url.replace(f":{secret}@", ":***@")
+        status = json.loads(shown[2])
+        assert status["cluster"]["store"] == pg_url.replace(f":{secret}@", ":***@")
+        changed: dict[str, Any] = {}
+        async with connect(node.url, token_file.read_text().strip()) as client:
+            with trio.fail_after(10):
+                async with client.events(["*"], since=0) as stream:
+                    async for item in stream:  # every event so far, replayed, up to the patch's
+                        assert isinstance(item, Event), item
+                        shown.append(json.dumps(item.data))
+                        if item.topic == "config.changed":
+                            changed = item.data
+                            break
+            shown.append(json.dumps((await client.call("swarm.config.get"))["store"]))
+        assert changed["partial"]["store"]["url"] == pg_url.replace(f":{secret}@", ":***@")
+        async with httpx.AsyncClient() as web:  # what the dashboard's page reads before it signs in
+            shown.append((await web.get(status["http_url"] + "config.json")).text)
+    shown.append(node.log())
+    assert "cluster:   node solo · store postgresql://shoal:***@" in node.log()
+    leaks = [text[:200] for text in shown if secret in text]
+    assert leaks == []
+    assert sum(":***@" in text for text in shown) >= 6

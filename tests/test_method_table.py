@@ -16,7 +16,7 @@ from shoal.protocols import api
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 # Namespaces of gateway methods (event topics are singular: `task.done`, `worker.state`).
-NAMESPACES = "auth|shoal|swarm|workers|tasks|events|alerts|models|workspaces"
+NAMESPACES = "auth|shoal|swarm|workers|tasks|events|alerts|models|workspaces|nodes"
 NAME = re.compile(rf"""["'`]((?:{NAMESPACES})\.[a-z_]+(?:\.[a-z_]+)?)["'`]""")
 # Browser storage keys of the dashboard, not methods.
 STORAGE_KEYS = {"shoal.tab", "shoal.token"}

@@ -80,6 +80,8 @@ async def session_and_swarm(call: Calls, token: str) -> None:
     version = await call("shoal.version")
     assert version["protocol"] == rpc.PROTOCOL_VERSION and set(version["methods"]) == set(api.METHODS)
     assert (await call("swarm.status"))["state"] == "running"
+    nodes = await call("nodes.list")  # one node on SQLite: itself, so clients need no special case
+    assert nodes["cluster"] is False and [n["state"] for n in nodes["nodes"]] == ["alive"]
     assert isinstance(await call("swarm.metrics"), dict)
     series = await call("swarm.series", {"window_s": 60})
     assert isinstance(series, dict) and series

@@ -9,9 +9,10 @@ Every read command prints a readable table, or JSON with `--json`. Exit codes sc
 Where things are: parser.py declares every sub-command (its options and its handler); the handlers
 live by concern, swarm.py (status, models, workers, config, answer, resume, events, token, version),
 tasks.py (submit, tasks, task, complete), review.py (diff, merge, workspaces, artifacts),
-terminal.py (logs, attach), serve.py (`shoal serve`) and db.py (`shoal db migrate/check`); output.py
-makes the tables and texts, connection.py picks the gateway and token (see there) and runs a command
-with a client, values.py reads KEY=VALUE, errors.py holds the exit codes, main.py maps errors to them.
+terminal.py (logs, attach), serve.py (`shoal serve`), db.py (`shoal db migrate/check`) and nodes.py
+(`shoal nodes`); output.py makes the tables and texts, connection.py picks the gateway and token (see
+there) and runs a command with a client, values.py reads KEY=VALUE, errors.py holds the exit codes,
+main.py maps errors to them.
 
 This package re-exports the names scripts and tests use, so `shoal.actors.cli:main` stays the
 console script and `python -m shoal.actors.cli` runs it.

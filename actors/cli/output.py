@@ -267,6 +267,9 @@ def status_table(status: dict[str, Any]) -> Table:
     if isinstance(breaker, dict) and breaker.get("state"):
         trips = breaker.get("trips")
         plain_row(table, "breaker", f"{breaker['state']}" + (f" (tripped {trips}x)" if trips else ""))
+    cluster = status.get("cluster")
+    if isinstance(cluster, dict):
+        plain_row(table, "cluster", cluster_text(cluster))
     if status.get("since"):
         plain_row(table, "up", age(status["since"]))
     for key in ("version", "gateway_url", "http_url", "state_dir"):
@@ -317,6 +320,57 @@ def held_back_text(cap: dict[str, Any]) -> str:
         cats = ", ".join(f"{c} ({m})" for m, names in sorted(stranded.items()) for c in names)
         text += f"; waiting for a worker that takes them: {cats}"
     return text
+
+
+def cluster_text(cluster: dict[str, Any]) -> str:
+    """`node a · 3 nodes, 2 alive · postgresql://shoal:***@db/shoal` (status's cluster line)."""
+    n, alive = cluster.get("nodes", 0), cluster.get("alive", 0)
+    text = f"node {cluster.get('node_id')} · {n} node{'s' if n != 1 else ''}, {alive} alive"
+    return text + (f" · {cluster['store']}" if cluster.get("store") else "")
+
+
+def _seconds(value: float | None) -> str:
+    """Tenths of a second while it matters (a heartbeat, a lease), then minutes and hours."""
+    if value is None:
+        return "-"
+    return f"{value:.1f}s" if value < 60 else duration(value)
+
+
+def nodes_table(nodes: list[dict[str, Any]]) -> Table:
+    """`shoal nodes`: one row per node; `*` marks the node that answered."""
+    table = Table(box=None, header_style="bold")
+    for name in (
+        "ID",
+        "STATE",
+        "HOST",
+        "PID",
+        "WORKERS",
+        "HEARTBEAT",
+        "LEASE",
+        "UP",
+        "VERSION",
+        "INC",
+        "URL",
+    ):
+        table.add_column(name, no_wrap=True)
+    now = time.time()
+    for n in nodes:
+        state = Text(str(n["state"]), style="" if n.get("alive") else "red")
+        plain_row(
+            table,
+            f"{n['id']}{' *' if n.get('this') else ''}",
+            state,
+            n.get("host") or "-",
+            str(n.get("pid", "-")),
+            str(n.get("workers", 0)),
+            f"{_seconds(n.get('heartbeat_age_s'))} ago",
+            _seconds(n.get("lease_left_s")),
+            age(n.get("started"), now) if n.get("alive") else "-",
+            n.get("version") or "-",
+            str(n.get("incarnation", 0)),
+            n.get("url") or "-",
+        )
+    return table
 
 
 def workers_table(workers: list[dict[str, Any]]) -> Table:

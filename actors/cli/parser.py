@@ -16,6 +16,7 @@ from ...protocols.tasks import TaskState
 from ..auth import DEFAULT_URL, ENV_TOKEN, ENV_TOKEN_FILE, ENV_URL
 from .connection import one_call
 from .db import add_db_parser
+from .nodes import cmd_nodes
 from .review import cmd_artifacts, cmd_diff, cmd_merge, cmd_workspaces
 from .serve import ENV_CONFIG, cmd_serve
 from .swarm import (
@@ -126,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--tree", action="store_true", help="the supervision tree: each child's state, restarts, last crash"
     )
     command("workers", cmd_workers, "list workers", True)
+    p = command("nodes", cmd_nodes, "the nodes of a cluster: state, host, workers, heartbeat, lease", True)
+    p.add_argument(
+        "--store",
+        metavar="URL",
+        help="read the nodes from this PostgreSQL database, not a gateway (no node needs to run)",
+    )
     p = command(
         "models",
         cmd_models,
