@@ -1,0 +1,203 @@
+"""A cluster: several `shoal serve` processes share one queue on a real PostgreSQL (issue 18).
+
+Every node is a separate OS process with its own workers (the fake agent in real PTYs), gateway and
+state directory; they share the database and one token file. What the cluster wrote is read from
+PostgreSQL itself, not only from what a node says.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from clusterkit import Node, pg_rows, ready, start_node, stop_all
+
+from shoal.actors.auth import read_token
+from shoal.actors.client import connect
+from shoal.protocols.tasks import TaskState
+from shoal.runtime.eventbus import Event
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def nodes() -> Iterator[list[Node]]:
+    started: list[Node] = []
+    yield started
+    stop_all(started)
+
+
+async def start(nodes: list[Node], root: Path, url: str, node_id: str, **kw: Any) -> Node:
+    node = start_node(root, url, node_id, **kw)
+    nodes.append(node)
+    return await ready(node)
+
+
+def attempts(url: str, task_id: str) -> list[tuple[Any, ...]]:
+    return pg_rows(url, "SELECT n, worker, outcome FROM attempts WHERE task_id = %s ORDER BY n", task_id)
+
+
+async def wait_state(node: Node, token: str, task_id: str, state: TaskState, timeout: float = 30) -> None:
+    async with connect(node.url, token) as client, client.events(["task.*"]) as stream:
+        if (await client.get(task_id)).state is state:
+            return
+        with trio.fail_after(timeout):
+            async for item in stream:
+                mine = isinstance(item, Event) and item.data.get("task_id") == task_id
+                if mine and (await client.get(task_id)).state is state:
+                    return
+
+
+async def test_a_task_submitted_at_one_node_runs_on_another_and_every_gateway_sees_it(
+    tmp_path: Path, pg_url: str, nodes: list[Node]
+) -> None:
+    a = await start(nodes, tmp_path, pg_url, "a", max_workers=0)  # no workers of its own
+    b = await start(nodes, tmp_path, pg_url, "b", max_workers=2)
+    token = read_token(tmp_path / "token")  # one credential for the cluster
+    async with (
+        connect(a.url, token) as ca,
+        connect(b.url, token) as cb,
+        ca.events(["task.*"]) as at_a,
+        cb.events(["task.*"]) as at_b,
+    ):
+        submitted = await ca.submit_many([{"id": f"x{i}", "prompt": f"task {i}"} for i in range(4)])
+        assert [t.id for t in submitted] == ["x0", "x1", "x2", "x3"]
+        seen: dict[str, list[Event]] = {"a": [], "b": []}
+
+        async def collect(name: str, stream: Any) -> None:
+            with trio.fail_after(30):
+                async for item in stream:
+                    if isinstance(item, Event):
+                        seen[name].append(item)
+                        if sum(e.topic == "task.done" for e in seen[name]) == 4:
+                            return
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(collect, "a", at_a)
+            nursery.start_soon(collect, "b", at_b)
+        for i in range(4):
+            done = await ca.get(f"x{i}")  # node a answers for work node b did
+            assert done.state is TaskState.DONE
+            assert done.attempts[-1].worker.startswith("b:w")
+        # every gateway saw every node's events, with the same cluster-wide seqs, in one order
+        done_a = [(e.seq, e.data["task_id"]) for e in seen["a"] if e.topic == "task.done"]
+        done_b = [(e.seq, e.data["task_id"]) for e in seen["b"] if e.topic == "task.done"]
+        assert done_a == done_b
+        assert [e.seq for e in seen["a"]] == sorted(e.seq for e in seen["a"])
+        # and a subscriber at node a replays by seq what node b did
+        first = seen["a"][0].seq
+        async with ca.events(["task.done"], since=first - 1) as replay:
+            got: list[tuple[int, str]] = []
+            with trio.fail_after(10):
+                async for item in replay:
+                    if isinstance(item, Event):
+                        got.append((item.seq, item.data["task_id"]))
+                        if len(got) == 4:
+                            break
+        assert got == done_a
+    rows = pg_rows(pg_url, "SELECT id, state FROM tasks ORDER BY id")
+    assert rows == [(f"x{i}", "done") for i in range(4)]
+    assert all(len(attempts(pg_url, f"x{i}")) == 1 for i in range(4))  # each ran once
+
+
+async def test_a_node_killed_mid_task_its_task_runs_again_elsewhere_once(
+    tmp_path: Path, pg_url: str, nodes: list[Node]
+) -> None:
+    a = await start(nodes, tmp_path, pg_url, "a", max_workers=0)
+    b = await start(nodes, tmp_path, pg_url, "b", max_workers=1)
+    token = read_token(tmp_path / "token")
+    async with connect(a.url, token) as ca, ca.events(["task.running"]) as running:
+        await ca.submit({"id": "long", "prompt": "work [[think:1.5]]"})
+        with trio.fail_after(30):
+            async for item in running:
+                if isinstance(item, Event) and item.data.get("task_id") == "long":
+                    assert item.data["worker"].startswith("b:")
+                    break
+        b.kill(signal.SIGKILL)  # power loss: no goodbye, its lease runs out
+        await b.wait_exit()
+        c = await start(nodes, tmp_path, pg_url, "c", max_workers=1)
+        await wait_state(c, token, "long", TaskState.DONE)
+    rows = attempts(pg_url, "long")
+    assert [r[2] for r in rows] == ["crashed", "done"], rows  # counted as a crash, as on one node
+    assert rows[0][1].startswith("b:") and rows[1][1].startswith("c:")
+    assert pg_rows(pg_url, "SELECT state FROM nodes WHERE id = 'b'") == [("dead",)]
+
+
+async def test_a_paused_node_past_its_lease_is_fenced_off_and_its_task_runs_once(
+    tmp_path: Path, pg_url: str, nodes: list[Node]
+) -> None:
+    b = await start(nodes, tmp_path, pg_url, "b", max_workers=1)
+    token = read_token(tmp_path / "token")
+    async with connect(b.url, token) as cb, cb.events(["task.running"]) as running:
+        await cb.submit({"id": "p", "prompt": "work [[think:2]]"})
+        with trio.fail_after(30):
+            async for item in running:
+                if isinstance(item, Event) and item.data.get("task_id") == "p":
+                    break
+    b.kill(signal.SIGSTOP)  # paused (a VM migration, a debugger): its worker goes on thinking
+    c = await start(nodes, tmp_path, pg_url, "c", max_workers=1)
+    await wait_state(c, token, "p", TaskState.DONE)  # after b's lease, c ran it
+    b.kill(signal.SIGCONT)  # b wakes: its late result must not count
+    async with connect(b.url, token) as cb, cb.events(["task.*"]) as events:
+        with trio.fail_after(30):
+            async for item in events:  # b learns its lease is gone, re-registers, stops the attempt
+                if isinstance(item, Event) and item.topic == "task.stale_report":
+                    break
+    rows = attempts(pg_url, "p")
+    assert [r[2] for r in rows] == ["crashed", "done"], rows
+    assert rows[1][1].startswith("c:")
+    assert pg_rows(pg_url, "SELECT state, result IS NOT NULL FROM tasks WHERE id = 'p'") == [("done", True)]
+    assert pg_rows(pg_url, "SELECT state FROM nodes WHERE id = 'b'") == [("alive",)]  # re-registered
+
+
+async def test_two_nodes_with_one_id_the_second_refuses_to_start(
+    tmp_path: Path, pg_url: str, nodes: list[Node]
+) -> None:
+    await start(nodes, tmp_path, pg_url, "a", max_workers=0)
+    twin = start_node(tmp_path / "twin", pg_url, "a", max_workers=0)
+    nodes.append(twin)
+    code = await twin.wait_exit()
+    assert code != 0
+    log = twin.log()
+    assert "node id 'a' is in use by a running node" in log
+    assert "Traceback" not in log
+
+
+async def test_a_newer_schema_is_refused_naming_its_version(
+    tmp_path: Path, pg_url: str, nodes: list[Node]
+) -> None:
+    a = await start(nodes, tmp_path, pg_url, "a", max_workers=0)
+    a.kill(signal.SIGTERM)
+    assert await a.wait_exit() == 0
+    pg_rows(pg_url, "UPDATE shoal_meta SET value = '99' WHERE key = 'schema_version' RETURNING 1")
+    later = start_node(tmp_path / "later", pg_url, "a2", max_workers=0)
+    nodes.append(later)
+    assert await later.wait_exit() != 0
+    log = later.log()
+    assert "schema version 99 is newer than this Shoal understands" in log
+    assert "Traceback" not in log
+
+
+async def test_a_wrong_password_and_an_unreachable_host_are_one_clear_line(
+    tmp_path: Path, pg_cluster: Any, nodes: list[Node]
+) -> None:
+    wrong = pg_cluster.url(password="not-the-password")
+    bad = start_node(tmp_path / "pw", wrong, "a", max_workers=0)
+    nodes.append(bad)
+    assert await bad.wait_exit() != 0
+    log = bad.log()
+    assert "password authentication failed" in log
+    assert "not-the-password" not in log and "Traceback" not in log
+    with trio.socket.socket() as sock:  # a port nobody listens on
+        await sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    gone = start_node(tmp_path / "gone", f"postgresql://shoal:pw@127.0.0.1:{port}/shoal", "b", max_workers=0)
+    nodes.append(gone)
+    assert await gone.wait_exit() != 0
+    log = gone.log()
+    assert f"127.0.0.1:{port}" in log and "cannot connect to PostgreSQL" in log
+    assert "Traceback" not in log and ":pw@" not in log
