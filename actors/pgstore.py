@@ -32,6 +32,7 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -483,6 +484,7 @@ class PgStore:
         self._event_pos = 0  # the events feed's position
         self._event_floor = 0  # the bus's local seq when attached: cluster seqs go on above it
         self._beats = 0
+        self._reconnected_at = -math.inf  # when the store last came back from a lost connection
         self.events_dropped = 0
         self.nodes: tuple[NodeRow, ...] = ()
         # statistics (written by the store thread, read anywhere)
@@ -754,6 +756,7 @@ class PgStore:
             try:
                 self._conn = connect(self.url, timeout_s=min(10.0, max(1.0, self.reconnect_s)))
                 self.reconnects += 1
+                self._reconnected_at = time.monotonic()
                 log.warning("pgstore: reconnected to %s", self.shown_url)
                 return self._conn
             except StoreError as exc:
@@ -1156,11 +1159,15 @@ class PgStore:
                 cur.execute(
                     "UPDATE nodes SET heartbeat = now(), lease_until = now() + make_interval(secs => %s),"
                     " workers = %s, url = %s WHERE id = %s AND incarnation = %s AND state = 'alive'"
-                    " AND lease_until > now() RETURNING id",
+                    " RETURNING id",
                     (self.lease_s, self.workers, self.info.url, self.node_id, self.incarnation),
                 )
                 kept = cur.fetchone() is not None
-                cur.execute("UPDATE nodes SET state = 'dead' WHERE state = 'alive' AND lease_until <= now()")
+                if time.monotonic() - self._reconnected_at > self.lease_s:
+                    # (just back from an outage: others get a lease to say they are alive too)
+                    cur.execute(
+                        "UPDATE nodes SET state = 'dead' WHERE state = 'alive' AND lease_until <= now()"
+                    )
                 cur.execute(
                     "SELECT id, incarnation, state, host, pid, url, workers, extract(epoch FROM started),"
                     " extract(epoch FROM now() - heartbeat), extract(epoch FROM lease_until - now()),"

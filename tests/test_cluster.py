@@ -201,3 +201,30 @@ async def test_a_wrong_password_and_an_unreachable_host_are_one_clear_line(
     log = gone.log()
     assert f"127.0.0.1:{port}" in log and "cannot connect to PostgreSQL" in log
     assert "Traceback" not in log and ":pw@" not in log
+
+
+async def test_postgresql_restarted_under_a_running_cluster_loses_nothing(
+    tmp_path: Path, pg_cluster: Any, nodes: list[Node]
+) -> None:
+    url = pg_cluster.create_database()
+    a = await start(nodes, tmp_path, url, "a", max_workers=0, lease_s=5.0)
+    b = await start(nodes, tmp_path, url, "b", max_workers=2, lease_s=5.0)
+    token = read_token(tmp_path / "token")
+    async with connect(a.url, token) as ca, ca.events(["task.running"]) as running:
+        await ca.submit_many([{"id": f"r{i}", "prompt": f"work {i} [[think:2]]"} for i in range(2)])
+        started: set[str] = set()
+        with trio.fail_after(30):
+            async for item in running:
+                if isinstance(item, Event):
+                    started.add(item.data["task_id"])
+                    if len(started) == 2:
+                        break
+    await trio.to_thread.run_sync(pg_cluster.restart)  # the agents keep running meanwhile
+    async with connect(a.url, token) as ca:  # and a submit made after the restart runs too
+        await ca.submit({"id": "after", "prompt": "after the restart"})
+    for tid in ("r0", "r1", "after"):
+        await wait_state(a, token, tid, TaskState.DONE, timeout=60)
+    for tid in ("r0", "r1"):  # the results of attempts that ran across the restart were recorded
+        assert [r[2] for r in attempts(url, tid)] == ["done"]
+    assert pg_rows(url, "SELECT id, state FROM nodes ORDER BY id") == [("a", "alive"), ("b", "alive")]
+    assert "reconnected" in b.log()
