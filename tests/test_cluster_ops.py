@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,14 @@ from swarmkit import swarm_config
 from shoal.actors.auth import read_endpoint
 from shoal.actors.cli import EXIT_CONFLICT, EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
 from shoal.actors.client import connect
+from shoal.actors.http import dashboard_url
 from shoal.actors.pgstore import SCHEMA_VERSION
 from shoal.actors.tree import open_swarm
 from shoal.runtime.eventbus import Event
 
 SHOAL = [sys.executable, "-m", "shoal.actors.cli"]
 
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 HEARTBEAT_S = 0.2  # short, so a node's view of the others is fresh within a fraction of a second
 
 
@@ -195,6 +198,28 @@ def serve_node(root: Path, store: str, node_id: str, token_file: Path, *extra: s
     assert code == 0, f"{node_id} exited with {code}: {node.log()[-3000:]}"
 
 
+@asynccontextmanager
+async def running_node(
+    root: Path, store: str, node_id: str, token_file: Path, *extra: str
+) -> AsyncIterator[Node]:
+    """serve_node from a trio test: starting and stopping the process (blocking waits) in a thread,
+    so the loop, and an in-process node on it, keeps running meanwhile."""
+    stack = ExitStack()
+    node = await trio.to_thread.run_sync(
+        stack.enter_context, serve_node(root, store, node_id, token_file, *extra)
+    )
+    try:
+        yield node
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(stack.close)
+
+
+async def ashoal(*argv: str) -> subprocess.CompletedProcess[str]:
+    """`shoal ...` from a trio test, in a thread."""
+    return await trio.to_thread.run_sync(lambda: shoal(*argv))
+
+
 def _token_file(root: Path) -> Path:
     path = root / "token"
     path.write_text("cluster-ops-test-token-0123456789abcdef\n")
@@ -226,9 +251,10 @@ async def test_nodes_list_over_either_gateway_lists_both_nodes_of_a_cluster(
 ) -> None:
     token_file = _token_file(tmp_path)
     token = token_file.read_text().strip()
-    with ExitStack() as stack:
-        a = stack.enter_context(serve_node(tmp_path, pg_url, "a", token_file, "--min-workers", "1"))
-        b = stack.enter_context(serve_node(tmp_path, pg_url, "b", token_file, "--max-workers", "0"))
+    async with (
+        running_node(tmp_path, pg_url, "a", token_file, "--min-workers", "1") as a,
+        running_node(tmp_path, pg_url, "b", token_file, "--max-workers", "0") as b,
+    ):
 
         def both_alive(reply: dict[str, Any]) -> bool:
             nodes = _by_id(reply)
@@ -248,27 +274,27 @@ async def test_nodes_list_over_either_gateway_lists_both_nodes_of_a_cluster(
         assert 0 <= na["heartbeat_age_s"] < 3 and 0 < na["lease_left_s"] <= 3
         assert na["version"] and na["incarnation"] != nb["incarnation"]
 
-        cli = shoal("nodes", "--url", a.url, "--token-file", str(token_file))
+        cli = await ashoal("nodes", "--url", a.url, "--token-file", str(token_file))
         assert cli.returncode == EXIT_OK, cli
         rows = [line.split() for line in cli.stdout.splitlines()]
         assert rows[0][:4] == ["ID", "STATE", "HOST", "PID"]
         assert ["a", "*", "alive"] in [r[:3] for r in rows] and ["b", "alive"] in [r[:2] for r in rows], (
             cli.stdout
         )
-        as_json = shoal("nodes", "--json", "--url", b.url, "--token-file", str(token_file))
+        as_json = await ashoal("nodes", "--json", "--url", b.url, "--token-file", str(token_file))
         assert {n["id"] for n in json.loads(as_json.stdout)["nodes"]} == {"a", "b"}
 
-        status = shoal("status", "--json", "--url", a.url, "--token-file", str(token_file))
+        status = await ashoal("status", "--json", "--url", a.url, "--token-file", str(token_file))
         cluster = json.loads(status.stdout)["cluster"]
         assert cluster["node_id"] == "a" and cluster["nodes"] == 2 and cluster["alive"] == 2
-        text = shoal("status", "--url", a.url, "--token-file", str(token_file)).stdout
+        text = (await ashoal("status", "--url", a.url, "--token-file", str(token_file))).stdout
         assert "node a · 2 nodes, 2 alive" in text
 
         b.proc.send_signal(signal.SIGTERM)  # b leaves cleanly: its row says stopped, a sees it
         await trio.to_thread.run_sync(b.proc.wait)
         left = await _nodes_until(a.url, token, lambda r: _by_id(r)["b"]["state"] == "stopped")
         assert not _by_id(left)["b"]["alive"] and _by_id(left)["a"]["alive"]
-        direct = shoal("nodes", "--json", "--store", pg_url)  # no gateway: straight from the database
+        direct = await ashoal("nodes", "--json", "--store", pg_url)  # no gateway: straight from the database
         assert direct.returncode == EXIT_OK, direct
         assert {n["id"]: n["state"] for n in json.loads(direct.stdout)["nodes"]} == {
             "a": "alive",
@@ -294,7 +320,7 @@ async def test_the_store_password_is_shown_nowhere(pg_url: str, tmp_path: Path) 
     secret = _password(pg_url)
     token_file = _token_file(tmp_path)
     conn = ["--url", "", "--token-file", str(token_file)]
-    with serve_node(tmp_path, pg_url, "solo", token_file) as node:
+    async with running_node(tmp_path, pg_url, "solo", token_file) as node:
         conn[1] = node.url
         shown: list[str] = []
         for argv in (
@@ -305,7 +331,7 @@ async def test_the_store_password_is_shown_nowhere(pg_url: str, tmp_path: Path) 
             ["nodes", "--json"],
             ["config", "set", f"store.url={pg_url}"],  # a patch naming it: the reply and config.changed
         ):
-            run = shoal(*argv, *conn)
+            run = await ashoal(*argv, *conn)
             assert run.returncode == EXIT_OK, run
             shown.append(run.stdout + run.stderr)
         assert shown[1].strip() == pg_url.replace(f":{secret}@", ":***@")
@@ -325,8 +351,75 @@ async def test_the_store_password_is_shown_nowhere(pg_url: str, tmp_path: Path) 
         assert changed["partial"]["store"]["url"] == pg_url.replace(f":{secret}@", ":***@")
         async with httpx.AsyncClient() as web:  # what the dashboard's page reads before it signs in
             shown.append((await web.get(status["http_url"] + "config.json")).text)
-    shown.append(node.log())
-    assert "cluster:   node solo · store postgresql://shoal:***@" in node.log()
+    log = await trio.to_thread.run_sync(node.log)
+    shown.append(log)
+    assert "cluster:   node solo · store postgresql://shoal:***@" in log
     leaks = [text[:200] for text in shown if secret in text]
     assert leaks == []
     assert sum(":***@" in text for text in shown) >= 6
+
+
+# ---- the dashboard's Nodes (a real browser) ---------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+HAVE_CHROMIUM = Path(CHROMIUM).exists()  # scripts/test installs it; a bare checkout may not have it
+
+
+@pytest.mark.postgres
+@pytest.mark.browser
+@pytest.mark.skipif(not HAVE_CHROMIUM, reason=f"no chromium at {CHROMIUM} (apt-get install chromium)")
+async def test_the_dashboard_shows_the_clusters_nodes(pg_url: str, tmp_path: Path) -> None:
+    """Node a in-process with its dashboard, node b a `shoal serve`: the Nodes tab lists both, alive,
+    with their workers and heartbeats; b stopping shows as stopped; the page never holds the password."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    secret = _password(pg_url)
+    token_file = _token_file(tmp_path)
+    config = swarm_config(
+        tmp_path,
+        store={"url": pg_url},
+        node={"id": "a", "heartbeat_s": HEARTBEAT_S, "lease_s": 3.0},
+        http={"enabled": True, "port": 0},
+        gateway={"enabled": True, "port": 0, "token_file": str(token_file)},
+        workers={"profile": "shell"},
+        scaling={"min_workers": 1, "max_workers": 1},
+    )
+    async with open_swarm(config) as swarm:
+        url = dashboard_url(*swarm.http_address, swarm.token)
+        async with running_node(tmp_path, pg_url, "b", token_file, "--max-workers", "0") as b:
+
+            def body() -> None:
+                expect = sync_api.expect
+                with sync_api.sync_playwright() as pw:
+                    browser = pw.chromium.launch(
+                        executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
+                    )
+                    try:
+                        page = browser.new_page(viewport={"width": 1400, "height": 860})
+                        page.set_default_timeout(30_000)
+                        errors: list[str] = []
+                        page.on("pageerror", lambda exc: errors.append(str(exc)))
+                        page.goto(url)
+                        page.wait_for_selector('#conn[data-state="open"]')
+                        expect(page.locator("#cluster")).to_have_text("node a · 2/2 alive", timeout=30_000)
+                        page.click("#tab-nodes")
+                        row_a, row_b = page.locator('tr[data-node="a"]'), page.locator('tr[data-node="b"]')
+                        expect(row_a.locator("td.state")).to_have_text("alive")
+                        expect(row_a.locator("td.workers")).to_have_text("1")
+                        expect(row_a).to_contain_text("(this)")
+                        expect(row_b.locator("td.state")).to_have_text("alive")
+                        expect(row_b).to_contain_text(b.url)
+                        assert page.locator("tr[data-node] td.heartbeat").first.inner_text().endswith(" ago")
+                        ARTIFACTS.mkdir(exist_ok=True)
+                        page.screenshot(path=str(ARTIFACTS / "dashboard-nodes.png"))
+                        b.proc.send_signal(signal.SIGTERM)  # b leaves: the page sees it within a refresh
+                        expect(row_b.locator("td.state")).to_have_text("stopped")
+                        expect(page.locator("#cluster")).to_have_text("node a · 1/2 alive")
+                        assert "***" in (page.locator("#cluster").get_attribute("title") or "")
+                        page.click('#tabs [data-tab="settings"]')
+                        assert secret not in page.content()
+                        assert secret not in json.dumps(page.evaluate("() => window.shoal.config"))
+                        assert not errors, errors
+                    finally:
+                        browser.close()
+
+            await trio.to_thread.run_sync(body)

@@ -8,6 +8,7 @@ import { TasksView } from "./tasks.js";
 import { ChartsView } from "./charts.js";
 import { SettingsView } from "./settings.js";
 import { AlertsView } from "./alertsview.js";
+import { NodesView } from "./nodes.js";
 
 const TOKEN_KEY = "shoal.token";
 const TAB_KEY = "shoal.tab";
@@ -60,6 +61,7 @@ class App {
       charts: new ChartsView(this),
       settings: new SettingsView(this),
       alerts: new AlertsView(this),
+      nodes: new NodesView(this),
     };
     this.showTab(this.tab);
     const token = takeToken();

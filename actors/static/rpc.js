@@ -150,6 +150,11 @@ export class Rpc {
   }
 
   /** A call once logged in. Rejects with RpcError (its `data.field` names a bad param). */
+  /** Every node of the cluster (a one-node swarm lists itself): {node_id, cluster, nodes: [...]}. */
+  nodes() {
+    return this.call("nodes.list");
+  }
+
   call(method, params = {}, timeoutMs = 30000) {
     if (!this.ready) return Promise.reject(new RpcError(-32003, "not connected to the gateway"));
     return this.send(method, params, timeoutMs);
