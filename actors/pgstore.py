@@ -428,12 +428,13 @@ def check_node_id(value: Any) -> str:
 
 
 class _Job:
-    __slots__ = ("changes", "kind", "ticket")
+    __slots__ = ("arg", "changes", "kind", "ticket")
 
-    def __init__(self, kind: str, ticket: Ticket, changes: Sequence[Change] = ()) -> None:
-        self.kind = kind  # write | load | probe | close
+    def __init__(self, kind: str, ticket: Ticket, changes: Sequence[Change] = (), arg: Any = None) -> None:
+        self.kind = kind  # write | load | probe | reserve | close
         self.ticket = ticket
         self.changes = changes
+        self.arg = arg
 
 
 class PgStore:
@@ -576,6 +577,17 @@ class PgStore:
         result: list[StoredTask] = await ticket.wait()
         return result
 
+    async def reserve(self, max_workers: int) -> bool:
+        """Take one of the cluster's `max_workers` slots for a worker about to spawn here: under a
+        lock, the live nodes' workers (this one's as it knows them) plus one must fit. Two nodes
+        scaling up in the same moment cannot both take the last slot. No connection: refused."""
+        if self._closing or self._broken is not None:
+            return False
+        ticket = Ticket()
+        self._submit(_Job("reserve", ticket, (), max_workers))
+        granted: bool = await ticket.wait()
+        return granted
+
     async def probe(self) -> None:
         if self._closing:
             raise StoreError(f"{self.shown_url}: store is closed")
@@ -709,6 +721,8 @@ class PgStore:
                     results.append(self._load_job(job))
                 elif job.kind == "probe":
                     results.append(self._probe_job(job))
+                elif job.kind == "reserve":
+                    results.append(self._reserve_job(job))
                 elif job.kind == "close":
                     close = job.ticket
             results.extend(self._commit(writes, events))
@@ -1020,6 +1034,29 @@ class PgStore:
         self._broken = None
         self.recoveries += 1
         return (job.ticket, None, None)
+
+    def _reserve_job(self, job: _Job) -> tuple[Ticket, Any, BaseException | None]:
+        cap = int(job.arg)
+
+        def reserve(conn: psycopg.Connection[Any]) -> bool:
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_KEY + 3,))
+                cur.execute(
+                    "SELECT coalesce(sum(workers), 0) FROM nodes WHERE state = 'alive'"
+                    " AND lease_until > now() AND id <> %s",
+                    (self.node_id,),
+                )
+                others = int(cur.fetchone()[0])  # type: ignore[index]
+                if others + self.workers + 1 > cap:
+                    return False
+                self.workers += 1  # counted now, so the next node's reservation sees it
+                cur.execute("UPDATE nodes SET workers = %s WHERE id = %s", (self.workers, self.node_id))
+                return True
+
+        try:
+            return (job.ticket, self._retrying("a reservation", reserve), None)
+        except (psycopg.Error, StoreError):
+            return (job.ticket, False, None)
 
     @staticmethod
     def _head(conn: psycopg.Connection[Any]) -> int:

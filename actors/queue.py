@@ -1301,7 +1301,6 @@ class QueueActor:
         lost (it was paused or cut off), stop what its workers run: other nodes took it over."""
         first = self.nodes is None
         self.nodes = report
-        self.store.workers = len(self._workers)  # type: ignore[attr-defined]  # the next heartbeat says it
         if report.lost:
             for wid in list(self._workers):
                 for tid in self.book.running_on(wid):

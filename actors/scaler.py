@@ -100,6 +100,9 @@ class ScalerInputs:
     now: float = 0.0
     mean_run_s: float | None = None
     node: MemoryView | None = None  # free memory and worker costs; None: memory limits nothing
+    # a cluster: workers the other live nodes hold (scaling.max_workers counts the whole cluster)
+    others: int = 0
+    node_max_workers: int | None = None  # this node's own cap (node.max_workers)
 
 
 @attrs.frozen
@@ -306,7 +309,10 @@ def decide(
     deficit = {m: n - serving.get(m, 0) for m, n in desired.items() if n > serving.get(m, 0)}
     parked_waiting = {m: n for m, n in deficit.items() if m in parked}
     spawnable = {m: n for m, n in deficit.items() if m not in parked}
-    room = max(0, scaling.max_workers - len(present))
+    cap = scaling.max_workers - inputs.others
+    if inputs.node_max_workers is not None:
+        cap = min(cap, inputs.node_max_workers)
+    room = max(0, cap - len(present))
     # memory: how many more workers fit above node.min_free_memory_mb (None: unknown, no limit)
     fit, reserved = memory_fit(inputs.node, present) if inputs.node is not None else (None, 0.0)
     cap_room = room if fit is None else min(room, fit)

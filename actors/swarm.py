@@ -721,7 +721,14 @@ class SwarmHandle:
         for view in views:
             if view.state is WorkerState.BUSY:
                 running[view.model] = running.get(view.model, 0) + 1
+        store = self._store()
+        others = 0
+        if store is not None:  # a cluster: scaling.max_workers holds for every node together
+            store.workers = len(views)
+            others = sum(n.workers for n in store.nodes if n.alive and n.id != store.node_id)
         return ScalerInputs(
+            others=others,
+            node_max_workers=self._config.node.max_workers,
             ready_by_model=stats.ready_by_model,
             ready_by_category=stats.ready_by_category,
             running_by_model=running,
@@ -736,6 +743,9 @@ class SwarmHandle:
     async def _scaler_spawn(self, model: str, reason: str) -> None:
         if self._stopped:
             return
+        store = self._store()
+        if store is not None and not await store.reserve(self._config.scaling.max_workers):
+            return  # another node took the cluster's last slot since the decision
         await self._supervisor.spawn(model, reason)
 
     async def _scaler_retire(self, worker_id: str, reason: str) -> bool:

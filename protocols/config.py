@@ -241,6 +241,9 @@ class NodeConfig:
     lease_s: float = attrs.field(default=5.0, validator=_pos)
     heartbeat_s: float = attrs.field(default=1.0, validator=_pos)
     poll_s: float = attrs.field(default=2.0, validator=_pos)
+    # this machine's own cap on workers (None: scaling.max_workers, which in a cluster holds for all
+    # nodes together)
+    max_workers: int | None = attrs.field(default=None, validator=v.optional(_nonneg))
 
     def __attrs_post_init__(self) -> None:
         if self.heartbeat_s >= self.lease_s:

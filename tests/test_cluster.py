@@ -228,3 +228,16 @@ async def test_postgresql_restarted_under_a_running_cluster_loses_nothing(
         assert [r[2] for r in attempts(url, tid)] == ["done"]
     assert pg_rows(url, "SELECT id, state FROM nodes ORDER BY id") == [("a", "alive"), ("b", "alive")]
     assert "reconnected" in b.log()
+
+
+async def test_max_workers_holds_for_the_whole_cluster(tmp_path: Path, pg_url: str, nodes: list[Node]) -> None:
+    # each node could spawn 2 on its own; scaling.max_workers = 2 is for both nodes together
+    a = await start(nodes, tmp_path, pg_url, "a", max_workers=2)
+    await start(nodes, tmp_path, pg_url, "b", max_workers=2)
+    token = read_token(tmp_path / "token")
+    async with connect(a.url, token) as ca:
+        await ca.submit_many([{"id": f"m{i}", "prompt": f"work {i} [[think:0.4]]"} for i in range(8)])
+        for i in range(8):
+            await wait_state(a, token, f"m{i}", TaskState.DONE)
+    workers = {r[0] for r in pg_rows(pg_url, "SELECT DISTINCT worker FROM attempts")}
+    assert 1 <= len(workers) <= 2, workers
