@@ -6,9 +6,11 @@ The first real implementation of the worker's `Workspace` seam (actors/workspace
 worktrees than it had workers at once, and a worktree left by an earlier run of Shoal is reused
 (reset) rather than added again. Before each task the worktree is reset and a fresh branch
 `shoal/<task-id>` (a later attempt: `shoal/<task-id>-<n>`) is started from the base; when the attempt
-ends, whatever the agent left uncommitted is committed (author "Shoal agent <worker>"), the change is
-measured against the base (files, insertions, deletions) and the worktree is detached and cleaned,
-so nothing leaks into the next task. A failed or crashed attempt keeps its branch for inspection.
+ends, whatever the agent left uncommitted is committed (author "Shoal agent <worker>"; in git's
+plumbing, which skips `git commit`'s second and `git checkout`'s third stat of every file: the end of
+an attempt is the figure benchmarks/RESULTS.md tracks), the change is measured against the base (files,
+insertions, deletions) and the worktree goes back to the base, detached, so nothing leaks into the next
+task. A failed or crashed attempt keeps its branch for inspection.
 
 Every git command runs as a subprocess started the trio way (`trio.run_process`), never on the loop;
 commands git serialises per repository (worktree add/prune, branch creation) hold a per-repository
@@ -24,7 +26,8 @@ import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -275,54 +278,115 @@ class GitWorktree:
             )
         else:
             record_artifacts = None
-        await git(path, "add", "-A")
-        failed_commit = await _git_try(
-            path,
+        ident = (
             *("-c", f"user.name=Shoal agent {self.worker}", "-c", "user.email=shoal-agent@localhost"),
-            *(
-                "-c",
-                "commit.gpgsign=false",
-                "commit",
-                "-q",
-                "--no-verify",
-                "-m",
-                _commit_message(task, outcome),
-            ),
+            *("-c", "commit.gpgsign=false"),
         )
-        if failed_commit is not None and "nothing to commit" not in failed_commit:
-            raise WorkspaceError(f"git commit failed: {failed_commit}")
-        committed = failed_commit is None
-        head, on = (await git(path, "rev-parse", "HEAD", "--abbrev-ref", "HEAD")).split()
-        on = "" if on == "HEAD" else on
-        diff = await git(path, "diff", "--numstat", base, head) if head != base else ""
-        files, insertions, deletions = _numstat(diff)
+        message = _commit_message(task, outcome)
+        where = ""
+
+        async def read_head() -> None:  # what HEAD is, read while the tree is staged
+            nonlocal where
+            where = await git(
+                path, "rev-parse", "--absolute-git-dir", "HEAD", "HEAD^{tree}", "--symbolic-full-name",
+                "HEAD", check=False,
+            )  # fmt: skip
+
+        await _together(partial(git, path, "add", "-A"), read_head)
+        head = _head_state(where)
+        if head is not None and not await trio.to_thread.run_sync(_mid_operation, head[0]):
+            record = await self._commit_and_go_back(path, ident, message, branch, base, head)
+        else:  # an unborn HEAD, or a merge (cherry-pick, revert) the agent left: git commit concludes it
+            failed = await _git_try(path, *ident, "commit", "-q", "--no-verify", "-m", message)
+            if failed is not None and "nothing to commit" not in failed:
+                raise WorkspaceError(f"git commit failed: {failed}")
+            new, on = (await git(path, "rev-parse", "HEAD", "--abbrev-ref", "HEAD")).split()
+            record = self._record(branch, base, new, failed is None, "" if on == "HEAD" else on)
+            record.update(
+                _stat_record(await git(path, "diff", "--numstat", base, new) if new != base else "")
+            )
+            await self._push(record)
+            # the branch keeps the work; the tree goes back to the base (ignored files stay until the
+            # next task's reset: a build cache may be worth keeping that long, never longer)
+            if await _git_try(path, "checkout", "-q", "--detach", base) is not None:  # only the changed
+                await git(path, "checkout", "-q", "-f", "--detach", base)  # files; forced if blocked
+        if record_artifacts is not None:
+            record.update(record_artifacts)
+        return record
+
+    async def _commit_and_go_back(
+        self,
+        path: Path,
+        ident: Sequence[str],
+        message: str,
+        branch: str,
+        base: str,
+        head: tuple[str, str, str, str],
+    ) -> dict[str, Any]:
+        """The end of an attempt in git's plumbing, the index staged: its tree, a commit on HEAD's own
+        ref when the tree changed (`git commit` without its index refresh, hooks or second index
+        write), then HEAD detached at the base, the push and git's auto maintenance; side by side with
+        that, the change measured (tree to tree) and the files read back to the base (`read-tree -m
+        -u`: only the changed files, no full refresh). A tree that cannot go back plainly is forced."""
+        _git_dir, old, old_tree, ref = head
+        tree = (await git(path, "write-tree")).strip()
+        committed = tree != old_tree
+        on = ref.removeprefix("refs/heads/") if ref != "HEAD" else ""
+        record = self._record(branch, base, old, committed, on)
+        went_back = False
+
+        async def commit_and_detach() -> None:
+            if committed:
+                new = (await git(path, *ident, "commit-tree", tree, "-p", old, "-m", message)).strip()
+                title = message.split("\n", 1)[0]
+                await git(path, "update-ref", "--no-deref", "-m", f"commit: {title}", ref, new, old)
+                record["head"] = new
+            # HEAD leaves the branch (which can then be merged or deleted) while the files go back
+            moving = f"checkout: moving from {on or record['head']} to {base}"
+            await git(path, "update-ref", "--no-deref", "-m", moving, "HEAD", base)
+            if committed:
+                await self._push(record)
+                # what `git commit` does after committing: gc when git's thresholds say so
+                await git(path, "maintenance", "run", "--auto", "--quiet")
+
+        async def stat() -> None:
+            record.update(_stat_record(await git(path, "diff", "--numstat", base, tree)))
+
+        async def back() -> None:
+            nonlocal went_back
+            went_back = await _git_try(path, "read-tree", "-m", "-u", tree, base) is None
+
+        await _together(commit_and_detach, stat, back)
+        if not went_back:  # blocked (an ignored file where the base has one): forced, as the next reset
+            await git(path, "checkout", "-q", "-f", "--detach", base)
+        return record
+
+    def _record(self, branch: str, base: str, head: str, committed: bool, on: str) -> dict[str, Any]:
         record: dict[str, Any] = {
             "repo": self.repo,
             "branch": branch,
             "base": base,
             "head": head,
             "committed": committed,
-            "files": files[:MAX_FILES_LISTED],
-            "files_changed": len(files),
-            "insertions": insertions,
-            "deletions": deletions,
         }
-        if record_artifacts is not None:
-            record.update(record_artifacts)
         if on != branch:  # the agent checked out another branch: its work is recorded where it is
             record["agent_branch"] = on or None
-        if self.config.push is not None and committed:
-            pushed = await _git_try(
-                path, "push", "-q", "--no-verify", self.config.push, f"{head}:refs/heads/{branch}"
-            )
-            record["pushed"] = self.config.push if pushed is None else None
-            if pushed is not None:  # the work is safe on the local branch: a failed push is reported only
-                record["push_error"] = pushed
-        # the branch keeps the work; the tree goes back to the base (ignored files stay until the next
-        # task's reset: a build cache may be worth keeping that long, never longer)
-        if await _git_try(path, "checkout", "-q", "--detach", base) is not None:  # clean: only the
-            await git(path, "checkout", "-q", "-f", "--detach", base)  # changed files; -f if blocked
         return record
+
+    async def _push(self, record: dict[str, Any]) -> None:
+        if self.config.push is None or not record["committed"] or self._path is None:
+            return
+        pushed = await _git_try(
+            self._path,
+            "push",
+            "-q",
+            "--no-verify",
+            self.config.push,
+            f"{record['head']}:refs/heads/{record['branch']}",
+        )
+        record["pushed"] = self.config.push if pushed is None else None
+        if pushed is not None:  # the work is safe on the local branch: a failed push is reported only
+            record["push_error"] = pushed
 
     async def verify(self, task: Assignment) -> dict[str, Any] | None:
         """Run the check in the worktree as the agent left it (see `verify_in`)."""
@@ -417,6 +481,48 @@ def _commit_message(task: Assignment, outcome: Outcome) -> str:
     title = first if len(first) <= 72 else first[:71] + "…"
     trailer = f"Shoal task {task.task_id}, attempt {task.attempt} ({outcome.value})"
     return f"{title or 'Shoal task ' + task.task_id}\n\n{trailer}\n"
+
+
+_MID_OPERATION = ("MERGE_HEAD", "CHERRY_PICK_HEAD", "REVERT_HEAD")
+
+
+async def _together(*jobs: Callable[[], Awaitable[object]]) -> None:
+    """Run independent git commands side by side; a failure is raised as itself (not in a group)."""
+    try:
+        async with trio.open_nursery() as nursery:
+            for job in jobs:
+                nursery.start_soon(job)
+    except BaseExceptionGroup as group:
+        failed: BaseException | None = group.split(WorkspaceError)[0]
+        while isinstance(failed, BaseExceptionGroup):
+            failed = failed.exceptions[0]
+        if failed is None:
+            raise
+        raise failed from None
+
+
+def _head_state(rev_parse: str) -> tuple[str, str, str, str] | None:
+    """`rev-parse --absolute-git-dir HEAD HEAD^{tree} --symbolic-full-name HEAD` as (git dir, commit,
+    tree, HEAD's ref or "HEAD" when detached); None when HEAD is unborn."""
+    lines = rev_parse.split("\n")
+    if len(lines) < 4 or not all(lines[:4]) or lines[1] == "HEAD":
+        return None
+    return lines[0], lines[1], lines[2], lines[3]
+
+
+def _mid_operation(git_dir: str) -> bool:
+    """Whether the agent left a merge, cherry-pick or revert to conclude (blocking: a thread's)."""
+    return any(os.path.exists(os.path.join(git_dir, name)) for name in _MID_OPERATION)
+
+
+def _stat_record(numstat: str) -> dict[str, Any]:
+    files, insertions, deletions = _numstat(numstat)
+    return {
+        "files": files[:MAX_FILES_LISTED],
+        "files_changed": len(files),
+        "insertions": insertions,
+        "deletions": deletions,
+    }
 
 
 def _numstat(out: str) -> tuple[list[str], int, int]:

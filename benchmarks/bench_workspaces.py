@@ -1,6 +1,6 @@
 """Workspaces: git worktrees per worker, a branch per task (docs/workspaces.md, issue 17's figures).
 
-    python benchmarks/bench_workspaces.py [--files 10000] [--quick]
+    python benchmarks/bench_workspaces.py [--files 10000] [--quick] [--only start,sixteen,end,verify]
 
 On a generated repository of 10,000 files:
 - task start with a warm worktree (reset, clean, fresh branch from the base): p50/p99 (goal ≤ 50 / 150 ms)
@@ -205,7 +205,12 @@ async def bench_verify_loop(repo: Path, state: Path, think: float) -> str:
     )
 
 
+SECTIONS = ("start", "sixteen", "end", "verify")
+
+
 async def main(args: argparse.Namespace) -> None:
+    if args.only and not set(args.only.split(",")) <= set(SECTIONS):
+        raise SystemExit(f"--only: choose among {', '.join(SECTIONS)}")
     print(f"python {platform.python_version()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -213,11 +218,15 @@ async def main(args: argparse.Namespace) -> None:
         repo = await trio.to_thread.run_sync(make_repo, root / "repo", args.files)
         made = time.perf_counter() - t0
         print(f"repository: {args.files} files, made in {made:.1f} s; {sh_git(repo, 'version').strip()}")
-        quick = args.quick
-        print(await bench_start(repo, root / "s1", 20 if quick else 100))
-        print(await bench_sixteen_and_isolation(repo, root / "s2", 8 if quick else 64))
-        print(await bench_end_of_attempt(repo, root / "s3", 5 if quick else 20, 0.0))
-        print(await bench_verify_loop(repo, root / "s4", 1.0))
+        quick, only = args.quick, set(args.only.split(",")) if args.only else set(SECTIONS)
+        if "start" in only:
+            print(await bench_start(repo, root / "s1", 20 if quick else 100))
+        if "sixteen" in only:
+            print(await bench_sixteen_and_isolation(repo, root / "s2", 8 if quick else 64))
+        if "end" in only:
+            print(await bench_end_of_attempt(repo, root / "s3", 5 if quick else 20, 0.0))
+        if "verify" in only:
+            print(await bench_verify_loop(repo, root / "s4", 1.0))
         sys.stdout.flush()
 
 
@@ -225,4 +234,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--quick", action="store_true", help="fewer tasks (a smoke run)")
+    parser.add_argument(
+        "--only", help=f"comma-separated sections to run, of {','.join(SECTIONS)} (default: all)"
+    )
     trio.run(main, parser.parse_args())

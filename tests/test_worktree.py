@@ -152,6 +152,54 @@ async def test_the_agents_own_commits_and_branch_switches_are_recorded(tmp_path:
     assert sh_git(repo, "rev-parse", "elsewhere").strip() == record["head"]
 
 
+async def test_a_merge_the_agent_left_unfinished_is_concluded_and_commit_hooks_do_not_run(
+    tmp_path: Path,
+) -> None:
+    repo = make_repo(tmp_path / "repo")
+    hooks = repo / ".git" / "hooks"
+    for hook in ("prepare-commit-msg", "post-commit"):  # docs: "the repository's hooks are not run"
+        (hooks / hook).write_text(f"#!/bin/sh\necho {hook} >> {tmp_path / 'hooks-ran'}\n")
+        (hooks / hook).chmod(0o755)
+    sh_git(repo, "checkout", "-q", "-b", "other")
+    (repo / "README.md").write_text("other\n")
+    sh_git(repo, "commit", "-q", "-am", "other side")
+    sh_git(repo, "checkout", "-q", "main")
+    ws = worktree(tmp_path, repo)
+    path = Path(await ws.directory() or "")
+    await ws.prepare(task("t1"))
+    (path / "README.md").write_text("mine\n")
+    sh_git(path, "commit", "-q", "--no-verify", "-am", "my side")
+    with pytest.raises(subprocess.CalledProcessError):  # the merge conflicts; the agent leaves it so
+        sh_git(path, "merge", "-q", "other")
+    record = await ws.finish(task("t1"), Outcome.DONE)
+    assert record is not None and record["committed"] is True
+    parents = sh_git(repo, "rev-list", "--parents", "-1", record["head"]).split()[1:]
+    assert parents[1] == sh_git(repo, "rev-parse", "other").strip()  # git commit made it a merge
+    assert sh_git(path, "status", "--porcelain") == "" and (path / "README.md").read_text() == "hello\n"
+
+    await ws.prepare(task("t2"))  # the usual path commits in git's plumbing: no commit hook runs
+    (path / "new.txt").write_text("new\n")
+    ran = tmp_path / "hooks-ran"
+    ran.unlink(missing_ok=True)
+    assert (await ws.finish(task("t2"), Outcome.DONE) or {})["committed"] is True
+    assert not ran.exists()
+
+
+async def test_a_tree_that_cannot_go_back_plainly_is_forced_back_to_the_base(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", {"README.md": "hello\n", "build.txt": "tracked\n"})
+    ws = worktree(tmp_path, repo)
+    path = Path(await ws.directory() or "")
+    await ws.prepare(task("t1"))
+    (path / "build.txt").unlink()  # the agent stops tracking it and ignores it; its build writes one
+    (path / ".gitignore").write_text("build.txt\n")
+    (path / "build.txt").write_text("built\n")
+    record = await ws.finish(task("t1"), Outcome.DONE)
+    assert record is not None and sorted(record["files"]) == [".gitignore", "build.txt"]
+    assert (path / "build.txt").read_text() == "tracked\n" and not (path / ".gitignore").exists()
+    assert sh_git(path, "status", "--porcelain", "--ignored") == ""
+    assert sh_git(path, "rev-parse", "HEAD").strip() == record["base"]
+
+
 async def test_bad_repositories_and_bases_are_clear_errors(tmp_path: Path) -> None:
     plain = tmp_path / "plain"
     plain.mkdir()
