@@ -53,6 +53,7 @@ class NodesReport:
     nodes: tuple[NodeRow, ...]
     incarnation: int
     lost: bool = False
+    parks: dict[str, float] = attrs.field(factory=dict)  # model -> until (inf: until resumed)
 
 
 def node_of(worker: str) -> str | None:

@@ -160,6 +160,13 @@ CREATE TABLE events (
     data json NOT NULL
 );
 CREATE SEQUENCE shoal_event_seq;
+CREATE TABLE model_parks (
+    model text PRIMARY KEY,
+    until double precision,
+    reason text,
+    node text NOT NULL,
+    at timestamptz NOT NULL DEFAULT now()
+);
 INSERT INTO shoal_meta VALUES ('kind', 'shoal task store');
 """
 
@@ -588,6 +595,14 @@ class PgStore:
         granted: bool = await ticket.wait()
         return granted
 
+    def park(self, model: str, until: float, reason: str | None) -> None:
+        """A model parked here is parked on every node (written with the next batch; until=inf:
+        until an operator resumes it)."""
+        self._submit(_Job("park", Ticket(), (), (model, until, reason)))
+
+    def unpark(self, model: str) -> None:
+        self._submit(_Job("park", Ticket(), (), (model, None, None)))
+
     async def probe(self) -> None:
         if self._closing:
             raise StoreError(f"{self.shown_url}: store is closed")
@@ -723,6 +738,8 @@ class PgStore:
                     results.append(self._probe_job(job))
                 elif job.kind == "reserve":
                     results.append(self._reserve_job(job))
+                elif job.kind == "park":
+                    self._park_job(job)
                 elif job.kind == "close":
                     close = job.ticket
             results.extend(self._commit(writes, events))
@@ -1035,6 +1052,25 @@ class PgStore:
         self.recoveries += 1
         return (job.ticket, None, None)
 
+    def _park_job(self, job: _Job) -> None:
+        model, until, reason = job.arg
+
+        def park(conn: psycopg.Connection[Any]) -> None:
+            if until is None:
+                conn.execute("DELETE FROM model_parks WHERE model = %s", (model,))
+                return
+            conn.execute(
+                "INSERT INTO model_parks (model, until, reason, node) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (model) DO UPDATE SET until = EXCLUDED.until, reason = EXCLUDED.reason,"
+                " node = EXCLUDED.node, at = now()",
+                (model, until if math.isfinite(until) else None, reason, self.node_id),
+            )
+
+        try:
+            self._retrying("a model park", park)
+        except (psycopg.Error, StoreError) as exc:
+            log.warning("pgstore: cannot record the park of %s: %s", model, _why(exc, self.url))
+
     def _reserve_job(self, job: _Job) -> tuple[Ticket, Any, BaseException | None]:
         cap = int(job.arg)
 
@@ -1191,7 +1227,7 @@ class PgStore:
         if self._broken is not None:
             return
 
-        def beat(conn: psycopg.Connection[Any]) -> tuple[bool, list[tuple[Any, ...]]]:
+        def beat(conn: psycopg.Connection[Any]) -> tuple[bool, list[tuple[Any, ...]], dict[str, float]]:
             with conn.cursor() as cur:
                 cur.execute(
                     "UPDATE nodes SET heartbeat = now(), lease_until = now() + make_interval(secs => %s),"
@@ -1210,13 +1246,17 @@ class PgStore:
                     " extract(epoch FROM now() - heartbeat), extract(epoch FROM lease_until - now()),"
                     " shoal_version FROM nodes ORDER BY id"
                 )
-                return kept, cur.fetchall()
+                rows = cur.fetchall()
+                cur.execute("DELETE FROM model_parks WHERE until < extract(epoch FROM now())")
+                cur.execute("SELECT model, until FROM model_parks")
+                parks = {m: (float(u) if u is not None else math.inf) for m, u in cur.fetchall()}
+                return kept, rows, parks
 
         self._beats += 1
         try:
             if self._beats % PRUNE_EVERY == 0:
                 self._retrying("pruning", self._prune)
-            kept, rows = self._retrying("the heartbeat", beat)
+            kept, rows, parks = self._retrying("the heartbeat", beat)
             lost = False
             if not kept:
                 log.error(
@@ -1225,7 +1265,7 @@ class PgStore:
                 )
                 self._retrying("re-registering", lambda conn: self._register_in(conn))
                 lost = True
-                kept, rows = self._retrying("the heartbeat", beat)
+                kept, rows, parks = self._retrying("the heartbeat", beat)
         except (psycopg.Error, StoreError) as exc:
             log.warning("pgstore: heartbeat failed: %s", _why(exc, self.url))
             return
@@ -1245,7 +1285,7 @@ class PgStore:
             )
             for r in rows
         )
-        self._push(NodesReport(nodes, self.incarnation, lost))
+        self._push(NodesReport(nodes, self.incarnation, lost, parks))
 
     def _register_in(self, conn: psycopg.Connection[Any]) -> None:
         # _register opens its own transaction; inside _retrying's, psycopg nests it as a savepoint

@@ -371,6 +371,7 @@ class QueueActor:
         self.nodes: NodesReport | None = None  # the cluster as the last heartbeat saw it
         self.conflicts = 0  # writes another node's write beat (shared store)
         self.reaped = 0  # attempts of dead nodes' workers requeued here
+        self._remote_parks: set[str] = set()  # models parked here because another node parked them
         self._offset = 0.0
         self._broken: StoreError | None = None
         self.store_retry = STORE_RETRY  # probe delays after a failed write (tests shorten them)
@@ -1110,6 +1111,9 @@ class QueueActor:
         else:
             until = reset_at if reset_at is not None and math.isfinite(reset_at) else now + DEFAULT_PARK_S
         self.book.park(model, until)
+        if self.shared:  # every node parks it: the limit is the account's, not this machine's
+            self.store.park(model, self.book.parked[model], self._park_reasons.get(model))  # type: ignore[attr-defined]
+            self._remote_parks.discard(model)
         self._rematch_idle(now)  # unpinned and fallback work moves to the other models' workers
 
     def _on_rate_limited(self, msg: ModelRateLimited, now: float) -> None:
@@ -1263,6 +1267,9 @@ class QueueActor:
         if msg.model not in self.book.parked:
             raise Conflict(f"model {msg.model} is not parked")
         self.book.unpark(msg.model, "resumed by operator")
+        if self.shared:
+            self.store.unpark(msg.model)  # type: ignore[attr-defined]
+            self._remote_parks.discard(msg.model)
         self._park_reasons.pop(msg.model, None)
         self._retries.pop(msg.model, None)
         if msg.model in self._storms:  # the back-off ends now: what runs already is its tail
@@ -1305,6 +1312,7 @@ class QueueActor:
             for wid in list(self._workers):
                 for tid in self.book.running_on(wid):
                     self._interrupt(wid, tid, "was taken over: this node lost its lease")
+        self._sync_parks(report.parks, now)
         alive = {n.id for n in report.nodes if n.alive}
         known = {n.id for n in report.nodes}
         for wid in sorted(self.book.workers_with_work()):
@@ -1315,6 +1323,28 @@ class QueueActor:
                 continue  # a node registering right now: its row shows next time
             self.reaped += len(self.book.running_on(wid))
             self.book.worker_gone(wid, now, reason=f"node {node!r} is gone (its lease ran out)")
+
+    def _sync_parks(self, parks: Mapping[str, float], now: float) -> None:
+        """Models another node parked (a usage limit is the account's) are parked here too, quietly
+        (that node announced it); a park gone from the cluster (resumed, expired) ends here too."""
+        changed = False
+        for model, until in parks.items():
+            if until > now and self.book.parked.get(model, -math.inf) < until:
+                self.book.parked[model] = until
+                self._remote_parks.add(model)
+                changed = True
+                shown = until if math.isfinite(until) else None
+                self.book.announce(
+                    "model.park_applied", {"model": model, "until": shown, "node": self.node_id}
+                )
+        for model in list(self._remote_parks):
+            if model not in parks:
+                self._remote_parks.discard(model)
+                if self.book.parked.pop(model, None) is not None:
+                    changed = True
+                    self.book.announce("model.park_lifted", {"model": model, "node": self.node_id})
+        if changed:
+            self._rematch_idle(now)
 
     def _on_landed(self, msg: _Landed, now: float) -> None:
         if msg.conflicts:

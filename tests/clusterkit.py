@@ -69,7 +69,7 @@ class Node:
 
     async def wait_exit(self, timeout: float = 30.0) -> int:
         with trio.fail_after(timeout):
-            return await trio.to_thread.run_sync(self.proc.wait)
+            return await trio.to_thread.run_sync(self.proc.wait, abandon_on_cancel=True)
 
 
 def start_node(
@@ -137,7 +137,7 @@ async def ready(node: Node, timeout: float = 60.0) -> Node:
 
     threading.Thread(target=drain, daemon=True).start()
     with trio.fail_after(timeout):
-        await trio.to_thread.run_sync(seen.wait)
+        await trio.to_thread.run_sync(seen.wait, abandon_on_cancel=True)
     assert node.proc.poll() is None, f"node {node.node_id} exited:\n{node.log()[-3000:]}"
     url = read_endpoint(node.state)
     assert url is not None

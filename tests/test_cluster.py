@@ -230,7 +230,9 @@ async def test_postgresql_restarted_under_a_running_cluster_loses_nothing(
     assert "reconnected" in b.log()
 
 
-async def test_max_workers_holds_for_the_whole_cluster(tmp_path: Path, pg_url: str, nodes: list[Node]) -> None:
+async def test_max_workers_holds_for_the_whole_cluster(
+    tmp_path: Path, pg_url: str, nodes: list[Node]
+) -> None:
     # each node could spawn 2 on its own; scaling.max_workers = 2 is for both nodes together
     a = await start(nodes, tmp_path, pg_url, "a", max_workers=2)
     await start(nodes, tmp_path, pg_url, "b", max_workers=2)
@@ -241,3 +243,29 @@ async def test_max_workers_holds_for_the_whole_cluster(tmp_path: Path, pg_url: s
             await wait_state(a, token, f"m{i}", TaskState.DONE)
     workers = {r[0] for r in pg_rows(pg_url, "SELECT DISTINCT worker FROM attempts")}
     assert 1 <= len(workers) <= 2, workers
+
+
+async def test_a_model_parked_at_one_node_is_parked_on_every_node(
+    tmp_path: Path, pg_url: str, nodes: list[Node]
+) -> None:
+    a = await start(nodes, tmp_path, pg_url, "a", max_workers=0)
+    await start(nodes, tmp_path, pg_url, "b", max_workers=1, min_workers=1)
+    token = read_token(tmp_path / "token")
+    async with connect(a.url, token) as ca, ca.events(["model.*", "task.running"]) as events:
+
+        async def until(topic: str, **match: Any) -> Event:
+            with trio.fail_after(30):
+                async for item in events:
+                    hit = isinstance(item, Event) and item.topic == topic
+                    if hit and all(item.data.get(k) == v for k, v in match.items()):
+                        return item
+            raise AssertionError("stream ended")
+
+        await ca.pause_model("sonnet", "the account's usage limit")  # b's worker runs sonnet
+        await until("model.park_applied", model="sonnet", node="b")
+        await ca.submit({"id": "held", "prompt": "wait for the model"})
+        await ca.resume_model("sonnet")
+        lifted = await until("model.park_lifted", model="sonnet", node="b")
+        running = await until("task.running", task_id="held")
+        assert running.seq > lifted.seq  # b took nothing while the model was parked cluster-wide
+    await wait_state(a, token, "held", TaskState.DONE)
