@@ -4,6 +4,8 @@ how a worker id names its node (`<node>:w3`). SQLite users never load psycopg.""
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 
 from .taskbook import StoredTask
@@ -56,10 +58,18 @@ class NodesReport:
     parks: dict[str, float] = attrs.field(factory=dict)  # model -> until (inf: until resumed)
 
 
+@attrs.frozen
+class ClusterConfig:
+    """The cluster's configuration overrides (what `config set` at any node changed), version-stamped."""
+
+    version: int
+    overrides: dict[str, Any]
+
+
 def node_of(worker: str) -> str | None:
     """The node a cluster worker id names (`node:w3` -> `node`), None for a one-node worker id."""
     node, sep, _ = worker.rpartition(":")
     return node if sep else None
 
 
-__all__ = ["FeedBatch", "Landed", "NodeRow", "NodesReport", "node_of"]
+__all__ = ["ClusterConfig", "FeedBatch", "Landed", "NodeRow", "NodesReport", "node_of"]

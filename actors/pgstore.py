@@ -48,7 +48,7 @@ from psycopg import sql
 
 from ..protocols.errors import StoreError
 from ..protocols.tasks import Attempt, Outcome, TaskState
-from .cluster import FeedBatch, Landed, NodeRow, NodesReport
+from .cluster import ClusterConfig, FeedBatch, Landed, NodeRow, NodesReport
 from .store import Ticket, WriteRefused
 from .taskbook import Change, StaticRow, StoredTask
 
@@ -160,6 +160,13 @@ CREATE TABLE events (
     data json NOT NULL
 );
 CREATE SEQUENCE shoal_event_seq;
+CREATE TABLE cluster_config (
+    id integer PRIMARY KEY CHECK (id = 1),
+    overrides json NOT NULL,
+    version bigint NOT NULL,
+    node text NOT NULL,
+    at timestamptz NOT NULL DEFAULT now()
+);
 CREATE TABLE model_parks (
     model text PRIMARY KEY,
     until double precision,
@@ -488,6 +495,9 @@ class PgStore:
         self._listen_conn: psycopg.Connection[Any] | None = None
         self._feed_send, self.feed = trio.open_memory_channel[FeedBatch | NodesReport](256)
         self._bus: Any = None  # the node's EventBus once attached (see attach_bus)
+        # the cluster's configuration: each heartbeat looks at its version; a new one goes here
+        self._config_send, self.config_feed = trio.open_memory_channel[ClusterConfig](16)
+        self._config_version = 0
         self._events: list[tuple[float, str, dict[str, Any]]] = []  # published, not yet written
         self._event_pos = 0  # the events feed's position
         self._event_floor = 0  # the bus's local seq when attached: cluster seqs go on above it
@@ -603,6 +613,21 @@ class PgStore:
     def unpark(self, model: str) -> None:
         self._submit(_Job("park", Ticket(), (), (model, None, None)))
 
+    async def load_config(self) -> ClusterConfig:
+        """The cluster's configuration overrides as stored now (version 0, {}: none yet)."""
+        ticket = Ticket()
+        self._submit(_Job("config_get", ticket))
+        got: ClusterConfig = await ticket.wait()
+        return got
+
+    async def put_config(self, overrides: dict[str, Any], expect: int) -> ClusterConfig | None:
+        """Store new overrides if the stored version is still `expect` (None: another node's patch
+        came first: load, merge and try again)."""
+        ticket = Ticket()
+        self._submit(_Job("config_put", ticket, (), (overrides, expect)))
+        got: ClusterConfig | None = await ticket.wait()
+        return got
+
     async def probe(self) -> None:
         if self._closing:
             raise StoreError(f"{self.shown_url}: store is closed")
@@ -674,6 +699,14 @@ class PgStore:
             with contextlib.suppress(trio.RunFinishedError):
                 self._token.run_sync_soon(self._deliver, results)
 
+    def _push_config(self, item: ClusterConfig) -> None:
+        def send() -> None:
+            with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                self._config_send.send_nowait(item)  # full: a newer version follows anyway
+
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(send)
+
     def _push(self, item: FeedBatch | NodesReport) -> None:
         def send() -> None:
             if isinstance(item, NodesReport):
@@ -740,6 +773,8 @@ class PgStore:
                     results.append(self._reserve_job(job))
                 elif job.kind == "park":
                     self._park_job(job)
+                elif job.kind in ("config_get", "config_put"):
+                    results.append(self._config_job(job))
                 elif job.kind == "close":
                     close = job.ticket
             results.extend(self._commit(writes, events))
@@ -1052,6 +1087,33 @@ class PgStore:
         self.recoveries += 1
         return (job.ticket, None, None)
 
+    def _config_job(self, job: _Job) -> tuple[Ticket, Any, BaseException | None]:
+        def get(conn: psycopg.Connection[Any]) -> ClusterConfig:
+            row = conn.execute("SELECT version, overrides FROM cluster_config WHERE id = 1").fetchone()
+            return ClusterConfig(int(row[0]), dict(row[1])) if row else ClusterConfig(0, {})
+
+        def put(conn: psycopg.Connection[Any]) -> ClusterConfig | None:
+            overrides, expect = job.arg
+            row = conn.execute(
+                "INSERT INTO cluster_config (id, overrides, version, node) VALUES (1, %s, 1, %s)"
+                " ON CONFLICT (id) DO UPDATE SET overrides = EXCLUDED.overrides,"
+                " version = cluster_config.version + 1, node = EXCLUDED.node, at = now()"
+                " WHERE cluster_config.version = %s RETURNING version",
+                (_json(overrides), self.node_id, expect),
+            ).fetchone()
+            if row is None or (expect == 0 and int(row[0]) != 1):
+                return None
+            return ClusterConfig(int(row[0]), overrides)
+
+        try:
+            value = self._retrying("the cluster's configuration", get if job.kind == "config_get" else put)
+        except (psycopg.Error, StoreError) as exc:
+            err = StoreError(f"{self.shown_url}: the cluster's configuration: {_why(exc, self.url)}")
+            return (job.ticket, None, err)
+        if isinstance(value, ClusterConfig):
+            self._config_version = max(self._config_version, value.version)
+        return (job.ticket, value, None)
+
     def _park_job(self, job: _Job) -> None:
         model, until, reason = job.arg
 
@@ -1250,6 +1312,14 @@ class PgStore:
                 cur.execute("DELETE FROM model_parks WHERE until < extract(epoch FROM now())")
                 cur.execute("SELECT model, until FROM model_parks")
                 parks = {m: (float(u) if u is not None else math.inf) for m, u in cur.fetchall()}
+                cur.execute(
+                    "SELECT version, overrides FROM cluster_config WHERE id = 1 AND version > %s",
+                    (self._config_version,),
+                )
+                newer = cur.fetchone()
+                if newer is not None:
+                    self._config_version = int(newer[0])
+                    self._push_config(ClusterConfig(int(newer[0]), dict(newer[1])))
                 return kept, rows, parks
 
         self._beats += 1

@@ -37,6 +37,7 @@ from . import queue as q
 from .alerts import AlertActor
 from .auth import resolve_state_dir
 from .capacity import CapacityMeter, memory_fit
+from .cluster import ClusterConfig
 from .clusterview import cluster_status, local_node, node_entry, shown_config, shown_partial
 from .metrics import MetricsActor
 from .scaler import ScalerActor, ScalerInputs
@@ -49,6 +50,10 @@ from .worktree import merge as worktree_merge
 VERSION = "0.1.0"
 FAILING_MIN_ATTEMPTS = 3  # a model is `failing` once over half of at least this many recent attempts failed
 OVERRIDES_FILE = "config-overrides.json"
+
+
+# sections that describe one machine: in a cluster `config set` keeps them on the node it reached
+NODE_LOCAL = frozenset({"state_dir", "store", "node", "gateway", "http", "log"})
 
 
 def _deep_merge(base: dict[str, Any], partial: Mapping[str, Any]) -> dict[str, Any]:
@@ -121,9 +126,14 @@ class SwarmHandle:
         tree: SwarmTreeView,
         token: str,
         worktrees: Worktrees | None = None,
+        base: SwarmConfig | None = None,
     ) -> None:
         self._config = config
         self._overrides = overrides
+        # a cluster: the configuration before any override (file, flags), and the cluster's overrides
+        # (what `config set` at any node changed); this node's config is base <- local <- cluster
+        self._base = base
+        self._cluster_config = ClusterConfig(0, {})
         self.state_dir = state_dir
         self.bus = bus
         self._queue = queue
@@ -201,18 +211,65 @@ class SwarmHandle:
         return self._config
 
     async def config_patch(self, partial: Mapping[str, Any]) -> SwarmConfig:
-        """Validate and apply a partial config live; persisted so a restart keeps it."""
+        """Validate and apply a partial config live; persisted so a restart keeps it. In a cluster
+        every section but this machine's own (NODE_LOCAL) goes to the cluster's configuration in
+        PostgreSQL, which every node applies within a heartbeat."""
         if not isinstance(partial, Mapping):
             raise ValidationError("partial", "must be an object", partial)
         check_text(partial, "partial")
         async with self._config_lock:  # two clients patching at once: one after the other
-            new = patch_config(self._config, partial)
-            overrides = _deep_merge(self._overrides, partial)
-            await trio.to_thread.run_sync(_write_json_atomic, self.state_dir / OVERRIDES_FILE, overrides)
-            self._config, self._overrides = new, overrides
+            new = patch_config(self._config, partial)  # the whole result is checked first
+            store = self._store()
+            shared = {k: v for k, v in partial.items() if k not in NODE_LOCAL} if store is not None else {}
+            local = {k: v for k, v in partial.items() if k not in shared}
+            if shared:
+                assert store is not None
+                while True:  # another node's patch in between: merge onto it and try again
+                    current = await store.load_config()
+                    stored = await store.put_config(_deep_merge(current.overrides, shared), current.version)
+                    if stored is not None:
+                        break
+                self._cluster_config = stored
+            if local or store is None:
+                overrides = _deep_merge(self._overrides, local)
+                await trio.to_thread.run_sync(_write_json_atomic, self.state_dir / OVERRIDES_FILE, overrides)
+                self._overrides = overrides
+            if store is not None and self._base is not None:
+                new = self._composed()
+            self._config = new
             await self._queue.send(q.UpdateConfig(new))
             self.bus.publish("config.changed", {"partial": shown_partial(partial)})
             return new
+
+    def _composed(self) -> SwarmConfig:
+        """base <- this node's overrides <- the cluster's (raises ValidationError)."""
+        assert self._base is not None
+        return patch_config(patch_config(self._base, self._overrides), self._cluster_config.overrides)
+
+    async def apply_cluster_config(self, item: ClusterConfig, *, quiet: bool = False) -> None:
+        """Another node changed the cluster's configuration: apply it here (`config.applied` names
+        this node and the version; a patch this node cannot take is reported, not applied)."""
+        async with self._config_lock:
+            if item.version <= self._cluster_config.version or self._base is None:
+                return
+            previous = self._cluster_config
+            self._cluster_config = item
+            try:
+                new = self._composed()
+            except ValidationError as exc:
+                self._cluster_config = previous
+                self.bus.publish(
+                    "config.rejected", {"node": self._node_id(), "version": item.version, "error": str(exc)}
+                )
+                return
+            self._config = new
+            await self._queue.send(q.UpdateConfig(new))
+            if not quiet:
+                self.bus.publish("config.applied", {"node": self._node_id(), "version": item.version})
+
+    def _node_id(self) -> str | None:
+        store = self._store()
+        return store.node_id if store is not None else None
 
     # ---- tasks ------------------------------------------------------------------------------------
 

@@ -212,8 +212,14 @@ async def open_swarm(config: SwarmConfig | None = None, *, serve: bool = False) 
                 tree=tree,
                 token=token,
                 worktrees=worktrees,
+                base=base,
             )
             handle.token_file = tok_path
+            store = got["store"]
+            if store.shared:  # the cluster's configuration: applied now, then whenever it changes
+                handle.cluster_store = lambda: got.get("store")
+                await handle.apply_cluster_config(await store.load_config(), quiet=True)
+                nursery.start_soon(_follow_cluster_config, handle, store.config_feed)
             handle_box.append(handle)
             services = _services(handle, cfg, serve)
             tree.subtrees["services"] = services
@@ -234,6 +240,12 @@ async def open_swarm(config: SwarmConfig | None = None, *, serve: bool = False) 
 
 
 __all__ = ["VERSION", "SwarmHalted", "SwarmTree", "open_swarm"]
+
+
+async def _follow_cluster_config(handle: SwarmHandle, feed: trio.MemoryReceiveChannel[Any]) -> None:
+    """Another node's `config set` reaches this node within a heartbeat."""
+    async for item in feed:
+        await handle.apply_cluster_config(item)
 
 
 class _Keep(trio.TaskStatus[Any]):

@@ -269,3 +269,26 @@ async def test_a_model_parked_at_one_node_is_parked_on_every_node(
         running = await until("task.running", task_id="held")
         assert running.seq > lifted.seq  # b took nothing while the model was parked cluster-wide
     await wait_state(a, token, "held", TaskState.DONE)
+
+
+async def test_config_set_at_any_node_applies_on_every_node(
+    tmp_path: Path, pg_url: str, nodes: list[Node]
+) -> None:
+    a = await start(nodes, tmp_path, pg_url, "a", max_workers=1)
+    b = await start(nodes, tmp_path, pg_url, "b", max_workers=1)
+    token = read_token(tmp_path / "token")
+    async with connect(a.url, token) as ca, connect(b.url, token) as cb, cb.events(["config.*"]) as events:
+        patched = await ca.config_patch({"scaling": {"max_workers": 3}, "log": {"level": "debug"}})
+        assert patched.scaling.max_workers == 3
+        with trio.fail_after(10):
+            async for item in events:
+                if isinstance(item, Event) and item.topic == "config.applied" and item.data["node"] == "b":
+                    break
+        at_b = await cb.config_get()
+        assert at_b.scaling.max_workers == 3  # the cluster's setting
+        assert at_b.log.level != "debug"  # a machine's own section stays on the node it reached
+    # a node that starts later takes the cluster's configuration at once
+    c = await start(nodes, tmp_path, pg_url, "c", max_workers=1)
+    async with connect(c.url, token) as cc:
+        assert (await cc.config_get()).scaling.max_workers == 3
+    assert pg_rows(pg_url, "SELECT version, node FROM cluster_config") == [(1, "a")]
