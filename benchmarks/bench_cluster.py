@@ -29,7 +29,8 @@ with 100k ready tasks in PostgreSQL, p50/p99 (goal: flat); then end to end, a no
 draining a 1k and a 100k queue: its claim decision (attempt started) → its agent read the prompt.
 
 Nothing is asserted; RESULTS.md records what this prints. `--profile DIR` runs each node under
-cProfile (its main thread: the trio loop) and writes DIR/<node>.prof when it stops.
+cProfile, every thread on its own (the trio loop, the store's thread), into DIR/<node>.<thread>.prof
+as it stops cleanly; `--pg-stats` prints what pg_stat_statements saw after each benchmark.
 """
 
 from __future__ import annotations
@@ -82,6 +83,34 @@ STAMP_AGENT = textwrap.dedent(
         if b"\\r" in buf or b"\\n" in buf:
             os.write(1, b"recv %.6f\\nSHOAL_DONE\\n" % first)
             buf, first = b"", None
+    """
+)
+
+
+# `--profile DIR`: a node runs under this wrapper; every thread (the trio loop, the store's thread, the
+# listener) gets its own cProfile, written to DIR/<node>.<thread>.prof as the thread ends (a clean stop).
+PROFILED_NODE = textwrap.dedent(
+    """
+    import cProfile, os, runpy, sys, threading
+    out = os.environ["BENCH_PROFILE_PREFIX"]
+    run = threading.Thread.run
+    def profiled(self):
+        prof = cProfile.Profile()
+        prof.enable()
+        try:
+            run(self)
+        finally:
+            prof.disable()
+            prof.dump_stats(f"{out}.{self.name}.prof")
+    threading.Thread.run = profiled
+    sys.argv = ["shoal", *sys.argv[1:]]
+    prof = cProfile.Profile()
+    prof.enable()
+    try:
+        runpy.run_module("shoal.actors.cli", run_name="__main__")
+    finally:
+        prof.disable()
+        prof.dump_stats(f"{out}.main.prof")
     """
 )
 
@@ -192,8 +221,9 @@ def node_toml(
     lease_s: float = 5.0,
     extra: str = "",
 ) -> str:
-    """A node's configuration: its own workers, all started at once and kept (min = max), the
-    cluster defaults for the lease (5 s), heartbeat (1 s) and poll (2 s) unless given."""
+    """A node's configuration: its own workers, all started at once and kept (min_workers =
+    node.max_workers; scaling.max_workers, the cluster's cap, out of the way), the cluster defaults
+    for the lease (5 s), heartbeat (1 s) and poll (2 s) unless given."""
     return (
         textwrap.dedent(
             f"""
@@ -203,7 +233,8 @@ def node_toml(
 
             [scaling]
             min_workers = {workers}
-            max_workers = {workers}
+            max_workers = 100000
+
             max_spawn_per_tick = {max(1, spawn_per_tick)}
             tick_s = {tick_s}
             idle_s = 3600
@@ -214,6 +245,7 @@ def node_toml(
             client_buffer = 100000
 
             [node]
+            max_workers = {workers}
             lease_s = {lease_s}
             heartbeat_s = {min(1.0, lease_s / 4)}
             min_free_memory_mb = 0
@@ -252,12 +284,14 @@ class Cluster:
         config.write_text(toml)
         log_path = self.root / f"{node_id}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL")}
-        run = [sys.executable]
+        run = [sys.executable, "-m", "shoal.actors.cli"]
         if PROFILE_DIR is not None:
-            run += ["-m", "cProfile", "-o", str(PROFILE_DIR / f"{node_id}.prof")]
+            wrapper = self.root / "profiled_node.py"
+            wrapper.write_text(PROFILED_NODE)
+            run = [sys.executable, str(wrapper)]
+            env["BENCH_PROFILE_PREFIX"] = str(PROFILE_DIR / node_id)
         argv = [
             *run,
-            *(["-m", "shoal.actors.cli"]),
             "serve",
             "--config", str(config),
             "--state-dir", str(state),
@@ -315,7 +349,7 @@ def cluster(pg: PgCluster, name: str) -> Iterator[Cluster]:
             c.stop_all()
 
 
-async def wait_workers(c: Cluster, node_id: str, n: int, state: str = "idle", timeout: float = 600) -> float:
+async def wait_workers(c: Cluster, node_id: str, n: int, state: str = "idle", timeout: float = 300) -> float:
     """Wait until `n` of the node's own workers are in `state` (checked at each worker event, at
     most every 0.5 s); returns how long it took."""
     t0 = time.monotonic()
@@ -486,12 +520,14 @@ async def _run_throughput(pg: PgCluster, nodes: int, workers: int, n: int) -> st
         twice = await c.one(
             "SELECT count(*) FROM (SELECT task_id FROM attempts GROUP BY 1 HAVING count(*) > 1) x"
         )
+        outcomes = dict(await c.rows("SELECT coalesce(outcome, 'open'), count(*) FROM attempts GROUP BY 1"))
     elapsed = last - t0
     shoal = sum(cpu.values())
     return (
         f"  {nodes} node(s) × {workers} workers: {count / elapsed:,.0f} tasks/s durable ({count} done in "
         f"{elapsed:.2f} s: first submit → last attempt ended in PostgreSQL; submitted in {submitted:.2f} s, "
-        f"done event seen after {waited:.2f} s); by node {per_node}; tasks run more than once {twice}\n"
+        f"done event seen after {waited:.2f} s); by node {per_node}; tasks run more than once {twice},"
+        f" attempts {outcomes}\n"
         f"    CPU: Shoal nodes {shoal:.1f} s ({shoal / count * 1e6:.0f} µs/task; "
         + ", ".join(f"{k} {v:.1f} s" for k, v in cpu.items())
         + f"), PostgreSQL {pg_used:.1f} s ({pg_used / count * 1e6:.0f} µs/task),"
@@ -800,7 +836,9 @@ def main() -> None:
     )
     parser.add_argument("--c-workers", type=int, default=4, help="dispatch: idle workers on node C too")
     parser.add_argument("--nodes", type=int, nargs="+", default=[1, 3], help="throughput: node counts")
-    parser.add_argument("--kills", type=int, default=20, help="recovery: rounds (one SIGKILL each)")
+    parser.add_argument(
+        "--kills", type=int, default=20, help="recovery: rounds, one SIGKILL each (≈ 10 s a round)"
+    )
     parser.add_argument("--lease", type=float, default=5.0, help="recovery: node.lease_s (default 5)")
     parser.add_argument("--think", type=float, default=3.0, help="recovery: each task's think time (s)")
     parser.add_argument("--per-node", type=int, default=300, help="scale: idle cat workers per node")
@@ -822,6 +860,8 @@ def main() -> None:
         args.profile.mkdir(parents=True, exist_ok=True)
         PROFILE_DIR = args.profile.resolve()
     print(f"bench_cluster: {' '.join(sys.argv[1:]) or '(all)'}", flush=True)
+    # SIGTERM (timeout, kill): unwind like Ctrl-C, so the nodes and PostgreSQL are stopped
+    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     pg = PgCluster()
     pg.start()
     try:
