@@ -58,6 +58,7 @@ RESERVED_NODE_CHARS = ":/"
 ADVISORY_KEY = 0x53484F4C  # "SHOL": serialises the change feed's revs in commit order
 NOTIFY_CHANNEL = "shoal_tasks"
 FEED_PAGE = 5000
+MAX_CLASH_RETRIES = 10  # a deadlock or serialization failure is retried this often before it counts
 MAX_PENDING_EVENTS = 100_000  # events held while PostgreSQL is unreachable; the oldest go first
 KEEP_EVENTS = 100_000  # the events table keeps this many (a gateway's `since` replays from its bus)
 KEEP_LOG_S = 3600  # change-feed entries older than this are pruned (a node that lags reloads)
@@ -515,6 +516,7 @@ class PgStore:
         self.reconnects = 0
         self.refused_writes = 0
         self.feed_rows = 0
+        self.retried_clashes = 0
 
     # ---- what the book needs --------------------------------------------------------------------
 
@@ -756,6 +758,7 @@ class PgStore:
                 feed_due = self._wake_feed
                 self._wake_feed = False
                 events, self._events = self._events, []
+                wrote_events = bool(events)
             results: list[tuple[Ticket, Any, BaseException | None]] = []
             close: Ticket | None = None
             writes: list[_Job] = []
@@ -789,10 +792,14 @@ class PgStore:
             if now >= next_beat:
                 next_beat = now + self.heartbeat_s
                 self._heartbeat()
-            if feed_due or jobs or now >= next_poll or self._bus is not None:
+            # other nodes' writes: when one notifies, and at the poll (a notification may be lost);
+            # this node's own events come back to its bus after each commit that carried them
+            if feed_due or now >= next_poll:
                 if now >= next_poll:
                     next_poll = now + self.poll_s
                 self._read_feed()
+            elif wrote_events and self._bus is not None:
+                self._read_events()
 
     def _take(self) -> list[_Job]:
         taken = n = 0
@@ -837,11 +844,20 @@ class PgStore:
         """Run `fn` in a transaction; a lost connection is retried (reconnecting) until
         `reconnect_s` runs out. Data errors propagate at once."""
         deadline = time.monotonic() + self.reconnect_s
+        clashes = 0
         while True:
             conn = self._db()
             try:
                 with conn.transaction():
                     return fn(conn)
+            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:
+                # two nodes' transactions crossed: PostgreSQL rolled this one back; run it again
+                clashes += 1
+                self.retried_clashes += 1
+                if clashes > MAX_CLASH_RETRIES:
+                    raise
+                log.info("pgstore: %s clashed with another node (%s); retrying", what, _why(exc, self.url))
+                continue
             except psycopg.OperationalError as exc:
                 if conn.closed or conn.broken:
                     self._close_conn()
@@ -985,14 +1001,15 @@ class PgStore:
         conflicts: list[str] = []
         written: list[str] = []
         with conn.cursor() as cur:
-            for tid, c in evicts.items():
+            # rows in id order: two nodes' transactions lock shared rows in one order, never crossed
+            for tid, c in sorted(evicts.items()):
                 cur.execute("DELETE FROM tasks WHERE id = %s AND version = %s RETURNING id", (tid, c.expect))
                 if cur.fetchone() is None:
                     conflicts.append(tid)
                     continue
                 cur.execute("DELETE FROM attempts WHERE task_id = %s", (tid,))
                 written.append(tid)
-            for tid, c in last.items():
+            for tid, c in sorted(last.items()):
                 if tid in inserts:
                     s = inserts[tid]
                     cur.execute(

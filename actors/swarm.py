@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import trio
 
 from ..protocols.config import SwarmConfig, config_to_dict, patch_config, structure, unstructure
-from ..protocols.errors import Conflict, NotFound, StoreError, ValidationError
+from ..protocols.errors import Conflict, Elsewhere, NotFound, StoreError, ValidationError
 from ..protocols.tasks import TERMINAL_STATES, Task, TaskSpec, TaskState
 from ..protocols.text import check_text
 from ..protocols.workers import AnswerQuestion, Resize, SendInput, WorkerInfo, WorkerState
@@ -37,7 +37,7 @@ from . import queue as q
 from .alerts import AlertActor
 from .auth import resolve_state_dir
 from .capacity import CapacityMeter, memory_fit
-from .cluster import ClusterConfig
+from .cluster import ClusterConfig, node_of
 from .clusterview import cluster_status, local_node, node_entry, shown_config, shown_partial
 from .metrics import MetricsActor
 from .scaler import ScalerActor, ScalerInputs
@@ -267,6 +267,18 @@ class SwarmHandle:
             if not quiet:
                 self.bus.publish("config.applied", {"node": self._node_id(), "version": item.version})
 
+    def _here(self, worker_id: Any) -> None:
+        """A worker of another node of the cluster is not found here: say which node runs it and
+        where its gateway is (attach, input and answers go there)."""
+        store = self._store()
+        if store is None or not isinstance(worker_id, str):
+            return
+        node = node_of(worker_id)
+        if node is None or node == store.node_id:
+            return
+        row = next((n for n in store.nodes if n.id == node), None)  # None: joined since the last beat
+        raise Elsewhere(worker_id, node, row.url if row is not None else None)
+
     def _node_id(self) -> str | None:
         store = self._store()
         return store.node_id if store is not None else None
@@ -456,7 +468,11 @@ class SwarmHandle:
 
     async def assign(self, task_id: str, worker_id: str) -> Task:
         check_text({"id": task_id, "worker": worker_id})
-        self._supervisor.info(worker_id)  # NotFound for an unknown worker
+        try:
+            self._here(worker_id)
+            self._supervisor.info(worker_id)  # NotFound for an unknown worker
+        except Elsewhere:
+            pass  # a worker of another live node: the queue checks it against the cluster's nodes
         task: Task = await self._queue.call(q.AssignTask(task_id, worker_id))
         return task
 
@@ -705,34 +721,43 @@ class SwarmHandle:
         return self._supervisor.infos(include_ended)
 
     def worker(self, worker_id: str) -> WorkerInfo:
+        self._here(worker_id)
         return self._supervisor.info(worker_id)
 
     def logs(self, worker_id: str, tail: int | None = None) -> bytes:
+        self._here(worker_id)
         if tail is not None and (not isinstance(tail, int) or isinstance(tail, bool) or tail < 0):
             raise ValidationError("tail", "must be a non-negative integer", tail)
         return self._supervisor.actor_of(worker_id).output_tail(tail)
 
     async def pause(self, worker_id: str) -> None:
+        self._here(worker_id)
         await self._supervisor.pause(worker_id)
 
     async def resume_worker(self, worker_id: str) -> None:
+        self._here(worker_id)
         await self._supervisor.resume_worker(worker_id)
 
     async def restart(self, worker_id: str) -> None:
+        self._here(worker_id)
         await self._supervisor.restart(worker_id)
 
     async def kill(self, worker_id: str) -> None:
+        self._here(worker_id)
         await self._supervisor.kill(worker_id)
 
     async def set_model(self, worker_id: str, model: str) -> None:
+        self._here(worker_id)
         check_text({"id": worker_id, "model": model}, nul=True)
         await self._supervisor.set_model(worker_id, model)
 
     async def set_capabilities(self, worker_id: str, capabilities: Sequence[str] | None) -> None:
+        self._here(worker_id)
         check_text({"id": worker_id, "capabilities": capabilities})
         await self._supervisor.set_capabilities(worker_id, capabilities)
 
     def attach(self, worker_id: str) -> tuple[bytes, trio.MemoryReceiveChannel[bytes]]:
+        self._here(worker_id)
         actor = self._supervisor.actor_of(worker_id)
         return actor.output_tail(None), actor.subscribe_output()
 
@@ -743,6 +768,7 @@ class SwarmHandle:
             channel.close()
 
     async def send_input(self, worker_id: str, data: bytes, force: bool = False) -> None:
+        self._here(worker_id)
         info = self._supervisor.info(worker_id)
         if info.state is WorkerState.BUSY and not force and info.needs_input is None:
             raise Conflict(f"worker {worker_id} is busy with task {info.task_id}; pass force to type anyway")
@@ -753,6 +779,7 @@ class SwarmHandle:
         option's label, or free text for a question without options). Returns `{id, question,
         choice, label}`; Conflict when the worker waits on nothing, ValidationError naming `choice`
         when it is out of range or names no option."""
+        self._here(worker_id)
         check_text({"id": worker_id, "choice": choice}, nul=True)
         if isinstance(choice, bool) or not isinstance(choice, int | str):
             raise ValidationError("choice", "must be an option number or text", choice)
@@ -764,6 +791,7 @@ class SwarmHandle:
         return result
 
     async def resize(self, worker_id: str, rows: int, cols: int) -> None:
+        self._here(worker_id)
         for name, value in (("rows", rows), ("cols", cols)):
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1000:
                 raise ValidationError(name, "must be an integer from 1 to 1000", value)

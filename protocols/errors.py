@@ -38,3 +38,12 @@ class Conflict(ShoalError):
 
 class StoreError(ShoalError):
     """The durable store cannot be opened or written (corrupt, foreign, read-only)."""
+
+
+class Elsewhere(Conflict):
+    """A worker of another node of the cluster: its node's gateway answers for it."""
+
+    def __init__(self, worker: str, node: str, url: str | None) -> None:
+        self.worker, self.node, self.url = worker, node, url
+        where = f" at {url}" if url else ""
+        super().__init__(f"worker {worker!r} runs on node {node!r}; use that node's gateway{where}")

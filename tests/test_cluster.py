@@ -292,3 +292,62 @@ async def test_config_set_at_any_node_applies_on_every_node(
     async with connect(c.url, token) as cc:
         assert (await cc.config_get()).scaling.max_workers == 3
     assert pg_rows(pg_url, "SELECT version, node FROM cluster_config") == [(1, "a")]
+
+
+async def test_dependencies_and_operator_controls_work_across_nodes(
+    tmp_path: Path, pg_url: str, nodes: list[Node]
+) -> None:
+    a = await start(nodes, tmp_path, pg_url, "a", max_workers=0)
+    b = await start(nodes, tmp_path, pg_url, "b", max_workers=1, min_workers=1)
+    token = read_token(tmp_path / "token")
+    async with connect(a.url, token) as ca, ca.events(["task.*", "worker.*"]) as events:
+
+        async def until(topic: str, **match: Any) -> Event:
+            with trio.fail_after(30):
+                async for item in events:
+                    hit = isinstance(item, Event) and item.topic == topic
+                    if hit and all(item.data.get(k) == v for k, v in match.items()):
+                        return item
+            raise AssertionError("stream ended")
+
+        # a task that never finishes, running on b, cancelled at a: b's worker is stopped
+        await ca.submit({"id": "stuck", "prompt": "never ends [[hang]]"})
+        running = await until("task.running", task_id="stuck")
+        worker = running.data["worker"]
+        assert worker.startswith("b:")
+        with pytest.raises(Exception, match="runs on node 'b'; use that node's gateway") as err:
+            await ca.logs(worker)  # attach, input and logs are the worker's node's to answer
+        assert str(err.value).endswith(("gateway", f"gateway at {b.url}"))  # its url once a heartbeat had it
+        assert (await ca.cancel("stuck")).state is TaskState.CANCELLED
+        # a chain submitted at a: the dependant runs only after its dependency, both on b
+        await ca.submit_many(
+            [
+                {"id": "first", "prompt": "first [[think:0.2]]"},
+                {"id": "second", "prompt": "second", "deps": ["first"]},
+            ]
+        )
+        await wait_state(a, token, "second", TaskState.DONE)
+        first, second = await ca.get("first"), await ca.get("second")
+        assert (
+            first.attempts[-1].ended is not None and second.attempts[-1].started >= first.attempts[-1].ended
+        )
+        # assign at a names b's worker (busy now: the task waits for it, ahead of other work)
+        await ca.submit({"id": "busy", "prompt": "keeps b's worker busy [[think:1]]"})
+        await until("task.running", task_id="busy")
+        await ca.submit_many(
+            [{"id": "other", "prompt": "any worker"}, {"id": "later", "prompt": "for b's worker"}]
+        )
+        assert (await ca.assign("later", worker)).worker == worker
+        await wait_state(a, token, "other", TaskState.DONE)
+        assert (await ca.get("later")).attempts[0].started <= (await ca.get("other")).attempts[0].started
+        await wait_state(a, token, "later", TaskState.DONE)
+        assert (await ca.get("later")).attempts[-1].worker == worker
+    rows = pg_rows(pg_url, "SELECT id, state FROM tasks ORDER BY id")
+    assert dict(rows) == {
+        "stuck": "cancelled",
+        "first": "done",
+        "second": "done",
+        "busy": "done",
+        "other": "done",
+        "later": "done",
+    }
