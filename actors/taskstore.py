@@ -7,10 +7,9 @@ resolves; at start (and after a failure) it rebuilds the book with `load_all`; w
 chooses it (`sqlite:///relative.db`, `sqlite:////abs/shoal.db`, `sqlite://` in memory); without one,
 `$SHOAL_STORE_URL`, then `store.path`, then `<state_dir>/shoal.db`.
 
-A store shared by several nodes must add what one process gets from owning the book (see
-docs/architecture.md, "What a shared store adds"): claims decided in the store (a transaction that
-picks a ready task and records the attempt, `FOR UPDATE SKIP LOCKED`), a change feed so a node
-learns of other nodes' submits and transitions, leases on attempts with fencing by attempt id.
+A store shared by several nodes (actors/pgstore.py, docs/architecture.md "Scale-out") adds what one
+process gets from owning the book: compare-and-set writes (`Change.expect`; a write's ticket returns the
+conflicts with their rows), a change feed of other nodes' writes, node leases, `shared = True`.
 """
 
 from __future__ import annotations
