@@ -678,12 +678,13 @@ class PgStore:
                 self.events_dropped += 1
             self._cv.notify()
 
-    def _deliver_events(self, rows: list[tuple[int, float, str, Any]]) -> None:
+    def _deliver_events(self, rows: list[tuple[int, float, str, str, Any]]) -> None:
         bus = self._bus
         if bus is None:
             return
-        for seq, ts, topic, data in rows:
-            bus.deliver(seq, ts, topic, data if isinstance(data, dict) else {"value": data})
+        me = self.node_id
+        for seq, ts, node, topic, data in rows:
+            bus.deliver(seq, ts, topic, data if isinstance(data, dict) else {"value": data}, node != me)
 
     def _submit(self, job: _Job) -> None:
         with self._cv:
@@ -1224,10 +1225,10 @@ class PgStore:
     def _read_events(self) -> None:
         """The cluster's events past the position, to the node's bus in seq order."""
 
-        def read(conn: psycopg.Connection[Any]) -> list[tuple[int, float, str, Any]]:
+        def read(conn: psycopg.Connection[Any]) -> list[tuple[int, float, str, str, Any]]:
             with conn.cursor() as cur:
                 cur.execute(
-                    "SELECT seq, ts, topic, data FROM events WHERE seq > %s ORDER BY seq LIMIT %s",
+                    "SELECT seq, ts, node, topic, data FROM events WHERE seq > %s ORDER BY seq LIMIT %s",
                     (self._event_pos, FEED_PAGE),
                 )
                 return cur.fetchall()

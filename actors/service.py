@@ -222,8 +222,8 @@ async def log_events(swarm: SwarmHandle, fmt: LogFormat = "json") -> None:
     events = logging.getLogger("shoal.events")
 
     def emit(event: Event) -> None:
-        if event.topic.startswith(_QUIET_TOPICS):
-            return
+        if event.remote or event.topic.startswith(_QUIET_TOPICS):
+            return  # (another node's event: that node's log has it)
         level = event_level(event.topic, event.data, fmt)
         if events.isEnabledFor(level):
             events.log(

@@ -26,6 +26,7 @@ class Event:
     ts: float  # wall-clock epoch seconds
     topic: str  # e.g. "task.done", "worker.state", "swarm.halted", "scale.up", "alert.fired"
     data: dict[str, Any]
+    remote: bool = False  # a cluster: published by another node (its own log has it already)
 
 
 def topic_matches(patterns: Iterable[str], topic: str) -> bool:
@@ -138,12 +139,12 @@ class EventBus:
         self._seq += 1
         return self._fan_out(Event(self._seq, self._clock(), topic, data or {}))
 
-    def deliver(self, seq: int, ts: float, topic: str, data: dict[str, Any]) -> None:
+    def deliver(self, seq: int, ts: float, topic: str, data: dict[str, Any], remote: bool = False) -> None:
         """An event of the cluster, in the shared store's order (its seq is the cluster's)."""
         if seq <= self._seq:
             return  # seen already (a feed read twice after a reconnect)
         self._seq = seq
-        self._fan_out(Event(seq, ts, topic, data))
+        self._fan_out(Event(seq, ts, topic, data, remote))
 
     def _fan_out(self, event: Event) -> Event:
         topic = event.topic
