@@ -26,7 +26,7 @@ def shown_url(url: str | None) -> str | None:
         backend = "postgresql" if "@" in url else "sqlite"  # unparseable: hide what might be a password
     if backend != "postgresql":
         return url
-    from .pgstore import redact
+    from .pgschema import redact
 
     return redact(url)
 

@@ -29,494 +29,46 @@ keep running; their results are written after the reconnect).
 from __future__ import annotations
 
 import contextlib
-import itertools
-import json
-import logging
-import math
-import os
-import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import attrs
 import psycopg
 import trio
 from psycopg import sql
 
 from ..protocols.errors import StoreError
-from ..protocols.tasks import Attempt, Outcome, TaskState
-from .cluster import ClusterConfig, FeedBatch, Landed, NodeRow, NodesReport
+from ..protocols.tasks import Attempt
+from .cluster import FeedBatch, Landed
+from .pgbase import Job, log
+from .pgmembership import PgMembership
+from .pgschema import (
+    ADVISORY_KEY,
+    INSERT_TASK,
+    UPDATE_TASK,
+    UPSERT_ATTEMPT,
+    NodeInfo,
+    connect,
+    load_rows,
+    migrate,
+    mutable_values,
+)
+from .pgschema import attempt_row as _attempt_row
+from .pgschema import json_text as _json
+from .pgschema import why as _why
 from .store import Ticket, WriteRefused
 from .taskbook import Change, StaticRow, StoredTask
 
-log = logging.getLogger("shoal.pgstore")
-
-RESERVED_NODE_CHARS = ":/"
-ADVISORY_KEY = 0x53484F4C  # "SHOL": serialises the change feed's revs in commit order
 NOTIFY_CHANNEL = "shoal_tasks"
 FEED_PAGE = 5000
-MAX_CLASH_RETRIES = 10  # a deadlock or serialization failure is retried this often before it counts
 MAX_PENDING_EVENTS = 100_000  # events held while PostgreSQL is unreachable; the oldest go first
-KEEP_EVENTS = 100_000  # the events table keeps this many (a gateway's `since` replays from its bus)
-KEEP_LOG_S = 3600  # change-feed entries older than this are pruned (a node that lags reloads)
-PRUNE_EVERY = 60  # heartbeats between two prunes
 # errors caused by the values written, not the connection: only the write holding them fails
 _DATA_ERRORS = (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError, ValueError, TypeError)
 
 
-def redact(url: str) -> str:
-    """The URL with its password replaced, for logs, errors and `config get`."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "postgresql://<unparseable>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
-
-
-def _dsn(url: str) -> str:
-    """libpq takes `postgresql://` and `postgres://`; SQLAlchemy's `postgresql+psycopg://` too."""
-    scheme, sep, rest = url.partition("://")
-    return f"postgresql://{rest}" if sep and scheme.lower().startswith("postgres") else url
-
-
-# ---- schema and migrations ----------------------------------------------------------------------
-
-_MIGRATION_1 = """
-CREATE TABLE shoal_meta (key text PRIMARY KEY, value text NOT NULL);
-CREATE TABLE tasks (
-    id text PRIMARY KEY,
-    seq bigint NOT NULL,
-    prompt text NOT NULL,
-    category text,
-    spec_priority bigint NOT NULL,
-    deps json NOT NULL,
-    model text,
-    max_attempts integer NOT NULL,
-    timeout_s double precision,
-    metadata json NOT NULL,
-    run_on_dep_failure boolean NOT NULL,
-    digest text NOT NULL,
-    created double precision NOT NULL,
-    state text NOT NULL,
-    priority bigint NOT NULL,
-    reason text,
-    result text,
-    not_before double precision,
-    worker text,
-    updated double precision NOT NULL,
-    failed_models json NOT NULL,
-    usage json NOT NULL,
-    retry_base integer NOT NULL,
-    dep_failure text,
-    version bigint NOT NULL
-);
-CREATE INDEX tasks_ready ON tasks (priority DESC, seq) WHERE state = 'ready';
-CREATE TABLE attempts (
-    task_id text NOT NULL,
-    n integer NOT NULL,
-    worker text NOT NULL,
-    model text,
-    started double precision NOT NULL,
-    ended double precision,
-    outcome text,
-    reason text,
-    exit_code integer,
-    signal integer,
-    output_tail text,
-    usage json NOT NULL,
-    workspace json,
-    PRIMARY KEY (task_id, n)
-);
-CREATE TABLE task_log (rev bigint PRIMARY KEY, task_id text NOT NULL, at timestamptz NOT NULL DEFAULT now());
-CREATE SEQUENCE shoal_rev;
-CREATE SEQUENCE shoal_incarnation;
-CREATE TABLE nodes (
-    id text PRIMARY KEY,
-    incarnation bigint NOT NULL,
-    slot integer NOT NULL,
-    state text NOT NULL,
-    host text NOT NULL,
-    pid integer NOT NULL,
-    url text,
-    shoal_version text NOT NULL,
-    started timestamptz NOT NULL,
-    heartbeat timestamptz NOT NULL,
-    lease_until timestamptz NOT NULL,
-    workers integer NOT NULL DEFAULT 0
-);
-CREATE TABLE events (
-    seq bigint PRIMARY KEY,
-    ts double precision NOT NULL,
-    node text NOT NULL,
-    topic text NOT NULL,
-    data json NOT NULL
-);
-CREATE SEQUENCE shoal_event_seq;
-CREATE TABLE cluster_config (
-    id integer PRIMARY KEY CHECK (id = 1),
-    overrides json NOT NULL,
-    version bigint NOT NULL,
-    node text NOT NULL,
-    at timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE model_parks (
-    model text PRIMARY KEY,
-    until double precision,
-    reason text,
-    node text NOT NULL,
-    at timestamptz NOT NULL DEFAULT now()
-);
-INSERT INTO shoal_meta VALUES ('kind', 'shoal task store');
-"""
-
-MIGRATIONS: list[str] = [_MIGRATION_1]
-SCHEMA_VERSION = len(MIGRATIONS)
-
-_STATIC = (
-    "id",
-    "seq",
-    "prompt",
-    "category",
-    "spec_priority",
-    "deps",
-    "model",
-    "max_attempts",
-    "timeout_s",
-    "metadata",
-    "run_on_dep_failure",
-    "digest",
-    "created",
-)
-_MUTABLE = (
-    "state",
-    "priority",
-    "reason",
-    "result",
-    "not_before",
-    "worker",
-    "updated",
-    "failed_models",
-    "usage",
-    "retry_base",
-    "dep_failure",
-    "version",
-)
-_ATTEMPT_COLS = (
-    "task_id",
-    "n",
-    "worker",
-    "model",
-    "started",
-    "ended",
-    "outcome",
-    "reason",
-    "exit_code",
-    "signal",
-    "output_tail",
-    "usage",
-    "workspace",
-)
-_INSERT_TASK = (
-    f"INSERT INTO tasks ({', '.join(_STATIC + _MUTABLE)})"
-    f" VALUES ({', '.join(['%s'] * len(_STATIC + _MUTABLE))})"
-    " ON CONFLICT (id) DO NOTHING RETURNING id"
-)
-_UPDATE_TASK = (
-    f"UPDATE tasks SET {', '.join(f'{c} = %s' for c in _MUTABLE)} WHERE id = %s AND version = %s RETURNING id"
-)
-_UPSERT_ATTEMPT = (
-    f"INSERT INTO attempts ({', '.join(_ATTEMPT_COLS)}) VALUES ({', '.join(['%s'] * len(_ATTEMPT_COLS))})"
-    " ON CONFLICT (task_id, n) DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in _ATTEMPT_COLS[2:])
-)
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, default=str)
-
-
-def _mutable(c: Change) -> tuple[Any, ...]:
-    return (
-        c.state.value,
-        c.priority,
-        c.reason,
-        c.result,
-        c.not_before,
-        c.worker,
-        c.updated,
-        _json(c.failed_models),
-        _json(c.usage),
-        c.retry_base,
-        c.dep_failure,
-        c.version,
-    )
-
-
-def _attempt_row(tid: str, a: Attempt) -> tuple[Any, ...]:
-    return (
-        tid,
-        a.n,
-        a.worker,
-        a.model,
-        a.started,
-        a.ended,
-        a.outcome.value if a.outcome is not None else None,
-        a.reason,
-        a.exit_code,
-        a.signal,
-        a.output_tail,
-        _json(a.usage or {}),
-        _json(a.workspace) if a.workspace is not None else None,
-    )
-
-
-def _load(cur: psycopg.Cursor[Any], ids: Sequence[str] | None) -> list[StoredTask]:
-    """Stored tasks with their attempts: every task (ids None) or those named, in seq order."""
-    where = "" if ids is None else " WHERE task_id = ANY(%s)"
-    cur.execute(
-        f"SELECT {', '.join(_ATTEMPT_COLS)} FROM attempts{where} ORDER BY task_id, n",
-        () if ids is None else (list(ids),),
-    )
-    attempts: dict[str, list[Attempt]] = {}
-    for tid, n, worker, model, started, ended, outcome, reason, code, sig, tail, usage, ws in cur:
-        attempts.setdefault(tid, []).append(
-            Attempt(
-                n=n,
-                worker=worker,
-                model=model,
-                started=started,
-                ended=ended,
-                outcome=Outcome(outcome) if outcome is not None else None,
-                reason=reason,
-                exit_code=code,
-                signal=sig,
-                output_tail=tail,
-                usage=usage or {},
-                workspace=ws,
-            )
-        )
-    cols = _STATIC + _MUTABLE
-    where = "" if ids is None else " WHERE id = ANY(%s)"
-    cur.execute(
-        f"SELECT {', '.join(cols)} FROM tasks{where} ORDER BY seq", () if ids is None else (list(ids),)
-    )
-    out: list[StoredTask] = []
-    for row in cur:
-        r = dict(zip(cols, row, strict=True))
-        static = StaticRow(
-            seq=r["seq"],
-            prompt=r["prompt"],
-            category=r["category"],
-            priority=r["spec_priority"],
-            deps=tuple(r["deps"]),
-            model=r["model"],
-            max_attempts=r["max_attempts"],
-            timeout_s=r["timeout_s"],
-            metadata=r["metadata"],
-            run_on_dep_failure=r["run_on_dep_failure"],
-            digest=r["digest"],
-            created=r["created"],
-        )
-        out.append(
-            StoredTask(
-                id=r["id"],
-                static=static,
-                state=TaskState(r["state"]),
-                priority=r["priority"],
-                reason=r["reason"],
-                result=r["result"],
-                not_before=r["not_before"],
-                worker=r["worker"],
-                updated=r["updated"],
-                failed_models=r["failed_models"],
-                usage=r["usage"],
-                retry_base=r["retry_base"],
-                dep_failure=r["dep_failure"],
-                attempts=tuple(attempts.get(r["id"], ())),
-                version=r["version"],
-            )
-        )
-    return out
-
-
-def schema_version(conn: psycopg.Connection[Any]) -> int | None:
-    """The schema version of a Shoal database, 0 for an empty one, None for a foreign one."""
-    with conn.cursor() as cur:
-        cur.execute("SELECT to_regclass('shoal_meta') IS NOT NULL, to_regclass('tasks') IS NOT NULL")
-        has_meta, has_tasks = cur.fetchone() or (False, False)
-        if not has_meta:
-            return None if has_tasks else 0
-        cur.execute("SELECT value FROM shoal_meta WHERE key = 'schema_version'")
-        row = cur.fetchone()
-    conn.rollback()
-    return int(row[0]) if row else 0
-
-
-def migrate(conn: psycopg.Connection[Any], where: str, *, apply: bool = True) -> tuple[int, int]:
-    """Bring the schema to SCHEMA_VERSION (one transaction per step, under an advisory lock so two
-    nodes starting together do not both migrate). Returns (found, now). Refuses a foreign database
-    and a newer schema, naming the version."""
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_KEY + 1,))
-        with conn.cursor() as cur:
-            cur.execute("SELECT to_regclass('shoal_meta') IS NOT NULL, to_regclass('tasks') IS NOT NULL")
-            has_meta, has_tasks = cur.fetchone() or (False, False)
-            if not has_meta and has_tasks:
-                raise StoreError(
-                    f"{where}: has a `tasks` table but is not a Shoal store; refusing to touch it"
-                )
-            found = 0
-            if has_meta:
-                cur.execute("SELECT value FROM shoal_meta WHERE key = 'schema_version'")
-                row = cur.fetchone()
-                found = int(row[0]) if row else 0
-        if found > SCHEMA_VERSION:
-            raise StoreError(
-                f"{where}: schema version {found} is newer than this Shoal understands ({SCHEMA_VERSION});"
-                " upgrade Shoal on this node"
-            )
-        if not apply:
-            return found, found
-        for step in range(found, SCHEMA_VERSION):
-            conn.execute(sql.SQL(MIGRATIONS[step]))  # type: ignore[arg-type,unused-ignore]
-            conn.execute(
-                "INSERT INTO shoal_meta VALUES ('schema_version', %s)"
-                " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-                (str(step + 1),),
-            )
-    return found, SCHEMA_VERSION
-
-
-def connect(url: str, *, timeout_s: float = 10.0, autocommit: bool = True) -> psycopg.Connection[Any]:
-    """A connection, or StoreError naming the host and the reason (never the password). Autocommit:
-    every transaction is an explicit `conn.transaction()` block, none is left open by a read."""
-    try:
-        return psycopg.connect(
-            _dsn(url), autocommit=autocommit, connect_timeout=max(1, int(timeout_s)), application_name="shoal"
-        )
-    except psycopg.Error as exc:
-        raise StoreError(f"{redact(url)}: cannot connect to PostgreSQL ({_why(exc, url)})") from None
-
-
-def _why(exc: BaseException, url: str) -> str:
-    """An error's text without the URL's password in it."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    password = None
-    with contextlib.suppress(ValueError):
-        password = urlsplit(url).password
-    if password:
-        text = text.replace(password, "***")
-    return text
-
-
-# ---- nodes --------------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class NodeInfo:
-    """What a node says of itself in its row."""
-
-    host: str = attrs.field(factory=socket.gethostname)
-    pid: int = attrs.field(factory=os.getpid)
-    url: str | None = None
-    shoal_version: str = "0.1.0"
-
-
-def check_node_id(value: Any) -> str:
-    """Node ids name a node in worker ids (`<node>:w3`): printable, no ':' or '/', ≤ 64 chars."""
-    if not isinstance(value, str) or not value or len(value) > 64:
-        raise StoreError(f"node id must be 1-64 characters, got {value!r}")
-    if any(c in RESERVED_NODE_CHARS or not c.isprintable() or c.isspace() for c in value):
-        raise StoreError(f"node id {value!r} may not hold ':', '/', spaces or control characters")
-    return value
-
-
-# ---- the store ----------------------------------------------------------------------------------
-
-
-class _Job:
-    __slots__ = ("arg", "changes", "kind", "ticket")
-
-    def __init__(self, kind: str, ticket: Ticket, changes: Sequence[Change] = (), arg: Any = None) -> None:
-        self.kind = kind  # write | load | probe | reserve | close
-        self.ticket = ticket
-        self.changes = changes
-        self.arg = arg
-
-
-class PgStore:
+class PgStore(PgMembership):
     """The PostgreSQL task store of one node. Open with `await PgStore.open(url, node_id)`."""
-
-    def __init__(
-        self,
-        url: str,
-        node_id: str,
-        *,
-        info: NodeInfo,
-        lease_s: float,
-        heartbeat_s: float,
-        poll_s: float,
-        reconnect_s: float,
-        max_batch: int,
-    ) -> None:
-        self.url = url
-        self.shown_url = redact(url)
-        self.node_id = check_node_id(node_id)
-        self.info = info
-        self.lease_s = lease_s
-        self.heartbeat_s = heartbeat_s
-        self.poll_s = poll_s
-        self.reconnect_s = reconnect_s
-        self.max_batch = max_batch
-        self.shared = True
-        self.incarnation = 0
-        self.slot = 0
-        self.workers = 0  # this node's live workers, reported with each heartbeat (set by the swarm)
-        self._counter = itertools.count(1)
-        self._last_seq_us = 0
-        self._token = trio.lowlevel.current_trio_token()
-        self._cv = threading.Condition()
-        self._jobs: list[_Job] = []
-        self._wake_feed = False
-        self._closing = False
-        self._closed = False
-        self._broken: StoreError | None = None
-        self._conn: psycopg.Connection[Any] | None = None
-        self._rev = 0  # the change feed's position
-        self._thread: threading.Thread | None = None
-        self._listener: threading.Thread | None = None
-        self._listen_conn: psycopg.Connection[Any] | None = None
-        self._feed_send, self.feed = trio.open_memory_channel[FeedBatch | NodesReport](256)
-        self._bus: Any = None  # the node's EventBus once attached (see attach_bus)
-        # the cluster's configuration: each heartbeat looks at its version; a new one goes here
-        self._config_send, self.config_feed = trio.open_memory_channel[ClusterConfig](16)
-        self._config_version = 0
-        self._events: list[tuple[float, str, dict[str, Any]]] = []  # published, not yet written
-        self._event_pos = 0  # the events feed's position
-        self._event_floor = 0  # the bus's local seq when attached: cluster seqs go on above it
-        self._beats = 0
-        self._reconnected_at = -math.inf  # when the store last came back from a lost connection
-        self.events_dropped = 0
-        self.nodes: tuple[NodeRow, ...] = ()
-        # statistics (written by the store thread, read anywhere)
-        self.commits = 0
-        self.changes_written = 0
-        self.largest_batch = 0
-        self.conflicts = 0
-        self.failures = 0
-        self.recoveries = 0
-        self.reconnects = 0
-        self.refused_writes = 0
-        self.feed_rows = 0
-        self.retried_clashes = 0
 
     # ---- what the book needs --------------------------------------------------------------------
 
@@ -582,7 +134,7 @@ class PgStore:
         if self._broken is not None or self._closing:
             ticket._resolve(None, self._broken or StoreError(f"{self.shown_url}: store is closed"))
             return ticket
-        self._submit(_Job("write", ticket, changes))
+        self._submit(Job("write", ticket, changes))
         return ticket
 
     async def commit(self, changes: Sequence[Change]) -> None:
@@ -592,49 +144,15 @@ class PgStore:
         if self._closing:
             raise StoreError(f"{self.shown_url}: store is closed")
         ticket = Ticket()
-        self._submit(_Job("load", ticket))
+        self._submit(Job("load", ticket))
         result: list[StoredTask] = await ticket.wait()
         return result
-
-    async def reserve(self, max_workers: int) -> bool:
-        """Take one of the cluster's `max_workers` slots for a worker about to spawn here: under a
-        lock, the live nodes' workers (this one's as it knows them) plus one must fit. Two nodes
-        scaling up in the same moment cannot both take the last slot. No connection: refused."""
-        if self._closing or self._broken is not None:
-            return False
-        ticket = Ticket()
-        self._submit(_Job("reserve", ticket, (), max_workers))
-        granted: bool = await ticket.wait()
-        return granted
-
-    def park(self, model: str, until: float, reason: str | None) -> None:
-        """A model parked here is parked on every node (written with the next batch; until=inf:
-        until an operator resumes it)."""
-        self._submit(_Job("park", Ticket(), (), (model, until, reason)))
-
-    def unpark(self, model: str) -> None:
-        self._submit(_Job("park", Ticket(), (), (model, None, None)))
-
-    async def load_config(self) -> ClusterConfig:
-        """The cluster's configuration overrides as stored now (version 0, {}: none yet)."""
-        ticket = Ticket()
-        self._submit(_Job("config_get", ticket))
-        got: ClusterConfig = await ticket.wait()
-        return got
-
-    async def put_config(self, overrides: dict[str, Any], expect: int) -> ClusterConfig | None:
-        """Store new overrides if the stored version is still `expect` (None: another node's patch
-        came first: load, merge and try again)."""
-        ticket = Ticket()
-        self._submit(_Job("config_put", ticket, (), (overrides, expect)))
-        got: ClusterConfig | None = await ticket.wait()
-        return got
 
     async def probe(self) -> None:
         if self._closing:
             raise StoreError(f"{self.shown_url}: store is closed")
         ticket = Ticket()
-        self._submit(_Job("probe", ticket))
+        self._submit(Job("probe", ticket))
         await ticket.wait()
 
     async def aclose(self) -> None:
@@ -646,7 +164,7 @@ class PgStore:
             ticket = Ticket()
             with self._cv:
                 self._closing = True
-                self._jobs.append(_Job("close", ticket))
+                self._jobs.append(Job("close", ticket))
                 self._cv.notify()
             with trio.CancelScope(shield=True):
                 await ticket.wait()
@@ -686,48 +204,6 @@ class PgStore:
         for seq, ts, node, topic, data in rows:
             bus.deliver(seq, ts, topic, data if isinstance(data, dict) else {"value": data}, node != me)
 
-    def _submit(self, job: _Job) -> None:
-        with self._cv:
-            self._jobs.append(job)
-            self._cv.notify()
-
-    # ---- delivery to trio -----------------------------------------------------------------------
-
-    def _deliver(self, results: list[tuple[Ticket, Any, BaseException | None]]) -> None:
-        for ticket, value, error in results:
-            ticket._resolve(value, error)
-
-    def _notify(self, results: list[tuple[Ticket, Any, BaseException | None]]) -> None:
-        if results:
-            with contextlib.suppress(trio.RunFinishedError):
-                self._token.run_sync_soon(self._deliver, results)
-
-    def _push_config(self, item: ClusterConfig) -> None:
-        def send() -> None:
-            with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-                self._config_send.send_nowait(item)  # full: a newer version follows anyway
-
-        with contextlib.suppress(trio.RunFinishedError):
-            self._token.run_sync_soon(send)
-
-    def _push(self, item: FeedBatch | NodesReport) -> None:
-        def send() -> None:
-            if isinstance(item, NodesReport):
-                self.nodes = item.nodes
-            try:
-                self._feed_send.send_nowait(item)
-            except trio.WouldBlock:
-                log.warning("pgstore: the queue is not reading the feed; a batch waits")
-                with contextlib.suppress(trio.RunFinishedError):
-                    trio.lowlevel.spawn_system_task(self._feed_send.send, item)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                pass
-
-        with contextlib.suppress(trio.RunFinishedError):
-            self._token.run_sync_soon(send)
-
-    # ---- the store thread -----------------------------------------------------------------------
-
     def _run(self, opened: Ticket) -> None:
         try:
             self._conn = connect(self.url)
@@ -762,7 +238,7 @@ class PgStore:
                 wrote_events = bool(events)
             results: list[tuple[Ticket, Any, BaseException | None]] = []
             close: Ticket | None = None
-            writes: list[_Job] = []
+            writes: list[Job] = []
             for job in jobs:
                 if job.kind == "write":
                     writes.append(job)
@@ -802,78 +278,11 @@ class PgStore:
             elif wrote_events and self._bus is not None:
                 self._read_events()
 
-    def _take(self) -> list[_Job]:
-        taken = n = 0
-        for job in self._jobs:
-            if job.kind == "write" and taken and taken + len(job.changes) > self.max_batch:
-                break
-            taken += len(job.changes)
-            n += 1
-        jobs, self._jobs = self._jobs[:n], self._jobs[n:]
-        return jobs
-
-    def _close_conn(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.close()
-            self._conn = None
-
-    def _db(self) -> psycopg.Connection[Any]:
-        """The store's connection, reconnecting with backoff for up to `reconnect_s` (then StoreError)."""
-        conn = self._conn
-        if conn is not None and not conn.closed and not conn.broken:
-            return conn
-        self._close_conn()
-        deadline = time.monotonic() + self.reconnect_s
-        delay = 0.05
-        while True:
-            try:
-                self._conn = connect(self.url, timeout_s=min(10.0, max(1.0, self.reconnect_s)))
-                self.reconnects += 1
-                self._reconnected_at = time.monotonic()
-                log.warning("pgstore: reconnected to %s", self.shown_url)
-                return self._conn
-            except StoreError as exc:
-                if self._closing or time.monotonic() + delay > deadline:
-                    raise
-                log.warning("pgstore: %s; retrying in %.2f s", exc, delay)
-                with self._cv:
-                    self._cv.wait(delay)
-                delay = min(delay * 2, 2.0)
-
-    def _retrying(self, what: str, fn: Callable[[psycopg.Connection[Any]], Any]) -> Any:
-        """Run `fn` in a transaction; a lost connection is retried (reconnecting) until
-        `reconnect_s` runs out. Data errors propagate at once."""
-        deadline = time.monotonic() + self.reconnect_s
-        clashes = 0
-        while True:
-            conn = self._db()
-            try:
-                with conn.transaction():
-                    return fn(conn)
-            except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:
-                # two nodes' transactions crossed: PostgreSQL rolled this one back; run it again
-                clashes += 1
-                self.retried_clashes += 1
-                if clashes > MAX_CLASH_RETRIES:
-                    raise
-                log.info("pgstore: %s clashed with another node (%s); retrying", what, _why(exc, self.url))
-                continue
-            except psycopg.OperationalError as exc:
-                if conn.closed or conn.broken:
-                    self._close_conn()
-                    if time.monotonic() < deadline and not self._closing:
-                        log.warning(
-                            "pgstore: %s lost the connection (%s); retrying", what, _why(exc, self.url)
-                        )
-                        continue
-                raise
-
     # ---- writes ---------------------------------------------------------------------------------
 
     def _commit(
         self,
-        writes: list[_Job],
+        writes: list[Job],
         events: list[tuple[float, str, dict[str, Any]]] = (),  # type: ignore[assignment]
     ) -> list[tuple[Ticket, Any, BaseException | None]]:
         if events and (self._broken is not None or not writes):
@@ -898,7 +307,7 @@ class PgStore:
         return self._landed(writes, conflicts)
 
     def _landed(
-        self, writes: list[_Job], conflicts: dict[str, StoredTask | None]
+        self, writes: list[Job], conflicts: dict[str, StoredTask | None]
     ) -> list[tuple[Ticket, Any, BaseException | None]]:
         self.commits += 1
         n = sum(len(j.changes) for j in writes)
@@ -913,7 +322,7 @@ class PgStore:
             out.append((j.ticket, Landed(mine), None))
         return out
 
-    def _one_by_one(self, writes: list[_Job]) -> list[tuple[Ticket, Any, BaseException | None]]:
+    def _one_by_one(self, writes: list[Job]) -> list[tuple[Ticket, Any, BaseException | None]]:
         """A value PostgreSQL cannot take (a NUL in text, ...): each write again on its own, so only
         the one holding it fails."""
         out: list[tuple[Ticket, Any, BaseException | None]] = []
@@ -933,14 +342,6 @@ class PgStore:
                 continue
             out.extend(self._landed([job], conflicts))
         return out
-
-    def _break(self, error: BaseException) -> StoreError:
-        if self._broken is None:
-            self.failures += 1
-            self._broken = StoreError(
-                f"{self.shown_url}: write failed, store stopped accepting writes ({_why(error, self.url)})"
-            )
-        return self._broken
 
     def _write_events(self, events: list[tuple[float, str, dict[str, Any]]]) -> None:
         """Events on their own (no task write to ride with); kept for the next try while broken."""
@@ -1014,7 +415,7 @@ class PgStore:
                 if tid in inserts:
                     s = inserts[tid]
                     cur.execute(
-                        _INSERT_TASK,
+                        INSERT_TASK,
                         (
                             tid,
                             s.seq,
@@ -1029,18 +430,18 @@ class PgStore:
                             s.run_on_dep_failure,
                             s.digest,
                             s.created,
-                            *_mutable(c),
+                            *mutable_values(c),
                         ),
                     )
                 else:
-                    cur.execute(_UPDATE_TASK, (*_mutable(c), tid, first[tid].expect))
+                    cur.execute(UPDATE_TASK, (*mutable_values(c), tid, first[tid].expect))
                 if cur.fetchone() is None:
                     conflicts.append(tid)
                     continue
                 written.append(tid)
                 rows = [_attempt_row(tid, a) for a in attempts.get(tid, {}).values()]
                 if rows:
-                    cur.executemany(_UPSERT_ATTEMPT, rows)
+                    cur.executemany(UPSERT_ATTEMPT, rows)
             if written or events:
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_KEY,))
             if events:
@@ -1066,18 +467,18 @@ class PgStore:
                 cur.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, self.node_id))
             found: dict[str, StoredTask | None] = dict.fromkeys(conflicts)
             if conflicts:
-                for row in _load(cur, conflicts):
+                for row in load_rows(cur, conflicts):
                     found[row.id] = row
         return found
 
     # ---- reads ----------------------------------------------------------------------------------
 
-    def _load_job(self, job: _Job) -> tuple[Ticket, Any, BaseException | None]:
+    def _load_job(self, job: Job) -> tuple[Ticket, Any, BaseException | None]:
         def load(conn: psycopg.Connection[Any]) -> list[StoredTask]:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             with conn.cursor() as cur:
                 rev = self._head(conn)
-                rows = _load(cur, None)
+                rows = load_rows(cur, None)
             self._rev = rev  # the feed goes on from the snapshot the book is built from
             return rows
 
@@ -1090,7 +491,7 @@ class PgStore:
                 StoreError(f"{self.shown_url}: cannot read stored tasks ({_why(exc, self.url)})"),
             )
 
-    def _probe_job(self, job: _Job) -> tuple[Ticket, Any, BaseException | None]:
+    def _probe_job(self, job: Job) -> tuple[Ticket, Any, BaseException | None]:
         if self._broken is None:
             return (job.ticket, None, None)
         try:
@@ -1104,75 +505,6 @@ class PgStore:
         self._broken = None
         self.recoveries += 1
         return (job.ticket, None, None)
-
-    def _config_job(self, job: _Job) -> tuple[Ticket, Any, BaseException | None]:
-        def get(conn: psycopg.Connection[Any]) -> ClusterConfig:
-            row = conn.execute("SELECT version, overrides FROM cluster_config WHERE id = 1").fetchone()
-            return ClusterConfig(int(row[0]), dict(row[1])) if row else ClusterConfig(0, {})
-
-        def put(conn: psycopg.Connection[Any]) -> ClusterConfig | None:
-            overrides, expect = job.arg
-            row = conn.execute(
-                "INSERT INTO cluster_config (id, overrides, version, node) VALUES (1, %s, 1, %s)"
-                " ON CONFLICT (id) DO UPDATE SET overrides = EXCLUDED.overrides,"
-                " version = cluster_config.version + 1, node = EXCLUDED.node, at = now()"
-                " WHERE cluster_config.version = %s RETURNING version",
-                (_json(overrides), self.node_id, expect),
-            ).fetchone()
-            if row is None or (expect == 0 and int(row[0]) != 1):
-                return None
-            return ClusterConfig(int(row[0]), overrides)
-
-        try:
-            value = self._retrying("the cluster's configuration", get if job.kind == "config_get" else put)
-        except (psycopg.Error, StoreError) as exc:
-            err = StoreError(f"{self.shown_url}: the cluster's configuration: {_why(exc, self.url)}")
-            return (job.ticket, None, err)
-        if isinstance(value, ClusterConfig):
-            self._config_version = max(self._config_version, value.version)
-        return (job.ticket, value, None)
-
-    def _park_job(self, job: _Job) -> None:
-        model, until, reason = job.arg
-
-        def park(conn: psycopg.Connection[Any]) -> None:
-            if until is None:
-                conn.execute("DELETE FROM model_parks WHERE model = %s", (model,))
-                return
-            conn.execute(
-                "INSERT INTO model_parks (model, until, reason, node) VALUES (%s, %s, %s, %s)"
-                " ON CONFLICT (model) DO UPDATE SET until = EXCLUDED.until, reason = EXCLUDED.reason,"
-                " node = EXCLUDED.node, at = now()",
-                (model, until if math.isfinite(until) else None, reason, self.node_id),
-            )
-
-        try:
-            self._retrying("a model park", park)
-        except (psycopg.Error, StoreError) as exc:
-            log.warning("pgstore: cannot record the park of %s: %s", model, _why(exc, self.url))
-
-    def _reserve_job(self, job: _Job) -> tuple[Ticket, Any, BaseException | None]:
-        cap = int(job.arg)
-
-        def reserve(conn: psycopg.Connection[Any]) -> bool:
-            with conn.cursor() as cur:
-                cur.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_KEY + 3,))
-                cur.execute(
-                    "SELECT coalesce(sum(workers), 0) FROM nodes WHERE state = 'alive'"
-                    " AND lease_until > now() AND id <> %s",
-                    (self.node_id,),
-                )
-                others = int(cur.fetchone()[0])  # type: ignore[index]
-                if others + self.workers + 1 > cap:
-                    return False
-                self.workers += 1  # counted now, so the next node's reservation sees it
-                cur.execute("UPDATE nodes SET workers = %s WHERE id = %s", (self.workers, self.node_id))
-                return True
-
-        try:
-            return (job.ticket, self._retrying("a reservation", reserve), None)
-        except (psycopg.Error, StoreError):
-            return (job.ticket, False, None)
 
     @staticmethod
     def _head(conn: psycopg.Connection[Any]) -> int:
@@ -1196,7 +528,7 @@ class PgStore:
                 if not log_rows:
                     return self._rev, []
                 ids = list(dict.fromkeys(tid for _rev, tid in log_rows))
-                rows = {r.id: r for r in _load(cur, ids)}
+                rows = {r.id: r for r in load_rows(cur, ids)}
             out: list[tuple[str, StoredTask | None]] = []
             for tid in ids:
                 row = rows.get(tid)
@@ -1247,148 +579,6 @@ class PgStore:
             if len(rows) < FEED_PAGE:
                 return
 
-    def _prune(self, conn: psycopg.Connection[Any]) -> None:
-        """Keep the events table and the change feed bounded (any node may do it; it is idempotent)."""
-        conn.execute("DELETE FROM events WHERE seq <= (SELECT max(seq) FROM events) - %s", (KEEP_EVENTS,))
-        conn.execute("DELETE FROM task_log WHERE at < now() - make_interval(secs => %s)", (KEEP_LOG_S,))
-
-    # ---- nodes ----------------------------------------------------------------------------------
-
-    def _register(self, conn: psycopg.Connection[Any]) -> None:
-        """Take this node's row: refused while another process holds the id with a live lease."""
-        with conn.transaction(), conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_KEY + 2,))
-            cur.execute(
-                "SELECT state, host, pid, extract(epoch FROM now() - heartbeat),"
-                " lease_until > now() FROM nodes WHERE id = %s",
-                (self.node_id,),
-            )
-            row = cur.fetchone()
-            if row is not None and row[0] == "alive" and row[4]:
-                raise StoreError(
-                    f"node id {self.node_id!r} is in use by a running node (pid {row[2]} on {row[1]},"
-                    f" heartbeat {float(row[3]):.1f} s ago); give this node another --node-id"
-                )
-            cur.execute("SELECT slot FROM nodes WHERE state = 'alive' AND lease_until > now()")
-            taken = {r[0] for r in cur.fetchall()}
-            while True:
-                cur.execute("SELECT nextval('shoal_incarnation')")
-                inc = int(cur.fetchone()[0])  # type: ignore[index]
-                if inc % 1024 not in taken:
-                    break
-            self.incarnation, self.slot = inc, inc % 1024
-            cur.execute(
-                "INSERT INTO nodes (id, incarnation, slot, state, host, pid, url, shoal_version, started,"
-                " heartbeat, lease_until, workers) VALUES (%s, %s, %s, 'alive', %s, %s, %s, %s, now(), now(),"
-                " now() + make_interval(secs => %s), %s) ON CONFLICT (id) DO UPDATE SET"
-                " incarnation = EXCLUDED.incarnation, slot = EXCLUDED.slot, state = 'alive',"
-                " host = EXCLUDED.host, pid = EXCLUDED.pid, url = EXCLUDED.url,"
-                " shoal_version = EXCLUDED.shoal_version, started = now(), heartbeat = now(),"
-                " lease_until = EXCLUDED.lease_until, workers = EXCLUDED.workers",
-                (
-                    self.node_id,
-                    inc,
-                    self.slot,
-                    self.info.host,
-                    self.info.pid,
-                    self.info.url,
-                    self.info.shoal_version,
-                    self.lease_s,
-                    self.workers,
-                ),
-            )
-
-    def set_url(self, url: str | None) -> None:
-        """The node's gateway URL, shown to other nodes (written with the next heartbeat)."""
-        self.info = attrs.evolve(self.info, url=url)
-
-    def _heartbeat(self) -> None:
-        """Renew this node's lease, mark nodes whose lease ran out dead, report the cluster."""
-        if self._broken is not None:
-            return
-
-        def beat(conn: psycopg.Connection[Any]) -> tuple[bool, list[tuple[Any, ...]], dict[str, float]]:
-            with conn.cursor() as cur:
-                cur.execute(
-                    "UPDATE nodes SET heartbeat = now(), lease_until = now() + make_interval(secs => %s),"
-                    " workers = %s, url = %s WHERE id = %s AND incarnation = %s AND state = 'alive'"
-                    " RETURNING id",
-                    (self.lease_s, self.workers, self.info.url, self.node_id, self.incarnation),
-                )
-                kept = cur.fetchone() is not None
-                if time.monotonic() - self._reconnected_at > self.lease_s:
-                    # (just back from an outage: others get a lease to say they are alive too)
-                    cur.execute(
-                        "UPDATE nodes SET state = 'dead' WHERE state = 'alive' AND lease_until <= now()"
-                    )
-                cur.execute(
-                    "SELECT id, incarnation, state, host, pid, url, workers, extract(epoch FROM started),"
-                    " extract(epoch FROM now() - heartbeat), extract(epoch FROM lease_until - now()),"
-                    " shoal_version FROM nodes ORDER BY id"
-                )
-                rows = cur.fetchall()
-                cur.execute("DELETE FROM model_parks WHERE until < extract(epoch FROM now())")
-                cur.execute("SELECT model, until FROM model_parks")
-                parks = {m: (float(u) if u is not None else math.inf) for m, u in cur.fetchall()}
-                cur.execute(
-                    "SELECT version, overrides FROM cluster_config WHERE id = 1 AND version > %s",
-                    (self._config_version,),
-                )
-                newer = cur.fetchone()
-                if newer is not None:
-                    self._config_version = int(newer[0])
-                    self._push_config(ClusterConfig(int(newer[0]), dict(newer[1])))
-                return kept, rows, parks
-
-        self._beats += 1
-        try:
-            if self._beats % PRUNE_EVERY == 0:
-                self._retrying("pruning", self._prune)
-            kept, rows, parks = self._retrying("the heartbeat", beat)
-            lost = False
-            if not kept:
-                log.error(
-                    "pgstore: node %s lost its lease (paused or cut off too long); re-registering",
-                    self.node_id,
-                )
-                self._retrying("re-registering", lambda conn: self._register_in(conn))
-                lost = True
-                kept, rows, parks = self._retrying("the heartbeat", beat)
-        except (psycopg.Error, StoreError) as exc:
-            log.warning("pgstore: heartbeat failed: %s", _why(exc, self.url))
-            return
-        nodes = tuple(
-            NodeRow(
-                id=r[0],
-                incarnation=int(r[1]),
-                state=r[2],
-                host=r[3],
-                pid=int(r[4]),
-                url=r[5],
-                workers=int(r[6]),
-                started=float(r[7]),
-                heartbeat_age_s=round(float(r[8]), 3),
-                lease_left_s=round(float(r[9]), 3),
-                shoal_version=r[10],
-            )
-            for r in rows
-        )
-        self._push(NodesReport(nodes, self.incarnation, lost, parks))
-
-    def _register_in(self, conn: psycopg.Connection[Any]) -> None:
-        # _register opens its own transaction; inside _retrying's, psycopg nests it as a savepoint
-        self._register(conn)
-
-    def _stop_node(self) -> None:
-        """Leave the cluster cleanly: the row says stopped, so nobody waits out its lease."""
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            return
-        with contextlib.suppress(psycopg.Error), self._conn.transaction():
-            self._conn.execute(
-                "UPDATE nodes SET state = 'stopped', lease_until = now() WHERE id = %s AND incarnation = %s",
-                (self.node_id, self.incarnation),
-            )
-
     # ---- the listener thread --------------------------------------------------------------------
 
     def _listen(self) -> None:
@@ -1428,51 +618,4 @@ class PgStore:
             self._cv.notify()
 
 
-def open_nodes(url: str) -> list[NodeRow]:
-    """The cluster's nodes (for `shoal nodes` without a running node): a short connection."""
-    with connect(url) as conn, conn.cursor() as cur:
-        cur.execute(
-            "SELECT id, incarnation, state, host, pid, url, workers, extract(epoch FROM started),"
-            " extract(epoch FROM now() - heartbeat), extract(epoch FROM lease_until - now()), shoal_version"
-            " FROM nodes ORDER BY id"
-        )
-        return [
-            NodeRow(
-                id=r[0],
-                incarnation=int(r[1]),
-                state=r[2],
-                host=r[3],
-                pid=int(r[4]),
-                url=r[5],
-                workers=int(r[6]),
-                started=float(r[7]),
-                heartbeat_age_s=round(float(r[8]), 3),
-                lease_left_s=round(float(r[9]), 3),
-                shoal_version=r[10],
-            )
-            for r in cur.fetchall()
-        ]
-
-
-def db_migrate(url: str, *, apply: bool) -> tuple[int, int]:
-    """`shoal db migrate` (apply) and `shoal db check` (not): (version found, version now)."""
-    try:
-        with connect(url) as conn:
-            return migrate(conn, redact(url), apply=apply)
-    except psycopg.Error as exc:
-        raise StoreError(f"{redact(url)}: {_why(exc, url)}") from None
-
-
-__all__ = [
-    "SCHEMA_VERSION",
-    "FeedBatch",
-    "Landed",
-    "NodeInfo",
-    "NodeRow",
-    "NodesReport",
-    "PgStore",
-    "check_node_id",
-    "db_migrate",
-    "open_nodes",
-    "redact",
-]
+__all__ = ["FEED_PAGE", "NOTIFY_CHANNEL", "PgStore"]

@@ -30,7 +30,7 @@ from shoal.actors.auth import read_endpoint
 from shoal.actors.cli import EXIT_CONFLICT, EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
 from shoal.actors.client import connect
 from shoal.actors.http import dashboard_url
-from shoal.actors.pgstore import SCHEMA_VERSION
+from shoal.actors.pgschema import SCHEMA_VERSION
 from shoal.actors.tree import open_swarm
 from shoal.runtime.eventbus import Event
 

@@ -56,7 +56,7 @@ def resolve_store(args: argparse.Namespace, environ: dict[str, str] | None = Non
 
 def cmd_db(args: argparse.Namespace) -> int:
     # psycopg loads for this command only: `shoal status` and the others stay quick
-    from ..pgstore import SCHEMA_VERSION, connect, db_migrate, redact, schema_version
+    from ..pgschema import SCHEMA_VERSION, connect, db_migrate, redact, schema_version
 
     url = resolve_store(args)
     shown = redact(url)

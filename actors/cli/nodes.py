@@ -27,7 +27,7 @@ def _show(args: argparse.Namespace, reply: dict[str, Any]) -> int:
 def cmd_nodes(args: argparse.Namespace) -> int:
     if args.store:
         from ..clusterview import node_entry  # psycopg: clusters only
-        from ..pgstore import open_nodes
+        from ..pgschema import open_nodes
 
         url = resolve_store(args)
         try:

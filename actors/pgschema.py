@@ -1,0 +1,446 @@
+"""PostgreSQL's side of the shared store (actors/pgstore.py): the schema and its migrations, rows to and
+from the book's types, connecting (errors name the host, never the password), and the small reads the
+CLI makes without a running node (`shoal db`, `shoal nodes --store`)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import attrs
+import psycopg
+from psycopg import sql
+
+from ..protocols.errors import StoreError
+from ..protocols.tasks import Attempt, Outcome, TaskState
+from .cluster import NodeRow
+from .taskbook import Change, StaticRow, StoredTask
+
+RESERVED_NODE_CHARS = ":/"
+ADVISORY_KEY = 0x53484F4C  # "SHOL": serialises the change feed's revs in commit order
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced, for logs, errors and `config get`."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "postgresql://<unparseable>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+
+
+def _dsn(url: str) -> str:
+    """libpq takes `postgresql://` and `postgres://`; SQLAlchemy's `postgresql+psycopg://` too."""
+    scheme, sep, rest = url.partition("://")
+    return f"postgresql://{rest}" if sep and scheme.lower().startswith("postgres") else url
+
+
+# ---- schema and migrations ----------------------------------------------------------------------
+
+_MIGRATION_1 = """
+CREATE TABLE shoal_meta (key text PRIMARY KEY, value text NOT NULL);
+CREATE TABLE tasks (
+    id text PRIMARY KEY,
+    seq bigint NOT NULL,
+    prompt text NOT NULL,
+    category text,
+    spec_priority bigint NOT NULL,
+    deps json NOT NULL,
+    model text,
+    max_attempts integer NOT NULL,
+    timeout_s double precision,
+    metadata json NOT NULL,
+    run_on_dep_failure boolean NOT NULL,
+    digest text NOT NULL,
+    created double precision NOT NULL,
+    state text NOT NULL,
+    priority bigint NOT NULL,
+    reason text,
+    result text,
+    not_before double precision,
+    worker text,
+    updated double precision NOT NULL,
+    failed_models json NOT NULL,
+    usage json NOT NULL,
+    retry_base integer NOT NULL,
+    dep_failure text,
+    version bigint NOT NULL
+);
+CREATE INDEX tasks_ready ON tasks (priority DESC, seq) WHERE state = 'ready';
+CREATE TABLE attempts (
+    task_id text NOT NULL,
+    n integer NOT NULL,
+    worker text NOT NULL,
+    model text,
+    started double precision NOT NULL,
+    ended double precision,
+    outcome text,
+    reason text,
+    exit_code integer,
+    signal integer,
+    output_tail text,
+    usage json NOT NULL,
+    workspace json,
+    PRIMARY KEY (task_id, n)
+);
+CREATE TABLE task_log (rev bigint PRIMARY KEY, task_id text NOT NULL, at timestamptz NOT NULL DEFAULT now());
+CREATE SEQUENCE shoal_rev;
+CREATE SEQUENCE shoal_incarnation;
+CREATE TABLE nodes (
+    id text PRIMARY KEY,
+    incarnation bigint NOT NULL,
+    slot integer NOT NULL,
+    state text NOT NULL,
+    host text NOT NULL,
+    pid integer NOT NULL,
+    url text,
+    shoal_version text NOT NULL,
+    started timestamptz NOT NULL,
+    heartbeat timestamptz NOT NULL,
+    lease_until timestamptz NOT NULL,
+    workers integer NOT NULL DEFAULT 0
+);
+CREATE TABLE events (
+    seq bigint PRIMARY KEY,
+    ts double precision NOT NULL,
+    node text NOT NULL,
+    topic text NOT NULL,
+    data json NOT NULL
+);
+CREATE SEQUENCE shoal_event_seq;
+CREATE TABLE cluster_config (
+    id integer PRIMARY KEY CHECK (id = 1),
+    overrides json NOT NULL,
+    version bigint NOT NULL,
+    node text NOT NULL,
+    at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE model_parks (
+    model text PRIMARY KEY,
+    until double precision,
+    reason text,
+    node text NOT NULL,
+    at timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO shoal_meta VALUES ('kind', 'shoal task store');
+"""
+
+MIGRATIONS: list[str] = [_MIGRATION_1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_STATIC = (
+    "id",
+    "seq",
+    "prompt",
+    "category",
+    "spec_priority",
+    "deps",
+    "model",
+    "max_attempts",
+    "timeout_s",
+    "metadata",
+    "run_on_dep_failure",
+    "digest",
+    "created",
+)
+_MUTABLE = (
+    "state",
+    "priority",
+    "reason",
+    "result",
+    "not_before",
+    "worker",
+    "updated",
+    "failed_models",
+    "usage",
+    "retry_base",
+    "dep_failure",
+    "version",
+)
+_ATTEMPT_COLS = (
+    "task_id",
+    "n",
+    "worker",
+    "model",
+    "started",
+    "ended",
+    "outcome",
+    "reason",
+    "exit_code",
+    "signal",
+    "output_tail",
+    "usage",
+    "workspace",
+)
+INSERT_TASK = (
+    f"INSERT INTO tasks ({', '.join(_STATIC + _MUTABLE)})"
+    f" VALUES ({', '.join(['%s'] * len(_STATIC + _MUTABLE))})"
+    " ON CONFLICT (id) DO NOTHING RETURNING id"
+)
+UPDATE_TASK = (
+    f"UPDATE tasks SET {', '.join(f'{c} = %s' for c in _MUTABLE)} WHERE id = %s AND version = %s RETURNING id"
+)
+UPSERT_ATTEMPT = (
+    f"INSERT INTO attempts ({', '.join(_ATTEMPT_COLS)}) VALUES ({', '.join(['%s'] * len(_ATTEMPT_COLS))})"
+    " ON CONFLICT (task_id, n) DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in _ATTEMPT_COLS[2:])
+)
+
+
+def json_text(value: Any) -> str:
+    return json.dumps(value, default=str)
+
+
+def mutable_values(c: Change) -> tuple[Any, ...]:
+    return (
+        c.state.value,
+        c.priority,
+        c.reason,
+        c.result,
+        c.not_before,
+        c.worker,
+        c.updated,
+        json_text(c.failed_models),
+        json_text(c.usage),
+        c.retry_base,
+        c.dep_failure,
+        c.version,
+    )
+
+
+def attempt_row(tid: str, a: Attempt) -> tuple[Any, ...]:
+    return (
+        tid,
+        a.n,
+        a.worker,
+        a.model,
+        a.started,
+        a.ended,
+        a.outcome.value if a.outcome is not None else None,
+        a.reason,
+        a.exit_code,
+        a.signal,
+        a.output_tail,
+        json_text(a.usage or {}),
+        json_text(a.workspace) if a.workspace is not None else None,
+    )
+
+
+def load_rows(cur: psycopg.Cursor[Any], ids: Sequence[str] | None) -> list[StoredTask]:
+    """Stored tasks with their attempts: every task (ids None) or those named, in seq order."""
+    where = "" if ids is None else " WHERE task_id = ANY(%s)"
+    cur.execute(
+        f"SELECT {', '.join(_ATTEMPT_COLS)} FROM attempts{where} ORDER BY task_id, n",
+        () if ids is None else (list(ids),),
+    )
+    attempts: dict[str, list[Attempt]] = {}
+    for tid, n, worker, model, started, ended, outcome, reason, code, sig, tail, usage, ws in cur:
+        attempts.setdefault(tid, []).append(
+            Attempt(
+                n=n,
+                worker=worker,
+                model=model,
+                started=started,
+                ended=ended,
+                outcome=Outcome(outcome) if outcome is not None else None,
+                reason=reason,
+                exit_code=code,
+                signal=sig,
+                output_tail=tail,
+                usage=usage or {},
+                workspace=ws,
+            )
+        )
+    cols = _STATIC + _MUTABLE
+    where = "" if ids is None else " WHERE id = ANY(%s)"
+    cur.execute(
+        f"SELECT {', '.join(cols)} FROM tasks{where} ORDER BY seq", () if ids is None else (list(ids),)
+    )
+    out: list[StoredTask] = []
+    for row in cur:
+        r = dict(zip(cols, row, strict=True))
+        static = StaticRow(
+            seq=r["seq"],
+            prompt=r["prompt"],
+            category=r["category"],
+            priority=r["spec_priority"],
+            deps=tuple(r["deps"]),
+            model=r["model"],
+            max_attempts=r["max_attempts"],
+            timeout_s=r["timeout_s"],
+            metadata=r["metadata"],
+            run_on_dep_failure=r["run_on_dep_failure"],
+            digest=r["digest"],
+            created=r["created"],
+        )
+        out.append(
+            StoredTask(
+                id=r["id"],
+                static=static,
+                state=TaskState(r["state"]),
+                priority=r["priority"],
+                reason=r["reason"],
+                result=r["result"],
+                not_before=r["not_before"],
+                worker=r["worker"],
+                updated=r["updated"],
+                failed_models=r["failed_models"],
+                usage=r["usage"],
+                retry_base=r["retry_base"],
+                dep_failure=r["dep_failure"],
+                attempts=tuple(attempts.get(r["id"], ())),
+                version=r["version"],
+            )
+        )
+    return out
+
+
+def schema_version(conn: psycopg.Connection[Any]) -> int | None:
+    """The schema version of a Shoal database, 0 for an empty one, None for a foreign one."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('shoal_meta') IS NOT NULL, to_regclass('tasks') IS NOT NULL")
+        has_meta, has_tasks = cur.fetchone() or (False, False)
+        if not has_meta:
+            return None if has_tasks else 0
+        cur.execute("SELECT value FROM shoal_meta WHERE key = 'schema_version'")
+        row = cur.fetchone()
+    conn.rollback()
+    return int(row[0]) if row else 0
+
+
+def migrate(conn: psycopg.Connection[Any], where: str, *, apply: bool = True) -> tuple[int, int]:
+    """Bring the schema to SCHEMA_VERSION (one transaction per step, under an advisory lock so two
+    nodes starting together do not both migrate). Returns (found, now). Refuses a foreign database
+    and a newer schema, naming the version."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_KEY + 1,))
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass('shoal_meta') IS NOT NULL, to_regclass('tasks') IS NOT NULL")
+            has_meta, has_tasks = cur.fetchone() or (False, False)
+            if not has_meta and has_tasks:
+                raise StoreError(
+                    f"{where}: has a `tasks` table but is not a Shoal store; refusing to touch it"
+                )
+            found = 0
+            if has_meta:
+                cur.execute("SELECT value FROM shoal_meta WHERE key = 'schema_version'")
+                row = cur.fetchone()
+                found = int(row[0]) if row else 0
+        if found > SCHEMA_VERSION:
+            raise StoreError(
+                f"{where}: schema version {found} is newer than this Shoal understands ({SCHEMA_VERSION});"
+                " upgrade Shoal on this node"
+            )
+        if not apply:
+            return found, found
+        for step in range(found, SCHEMA_VERSION):
+            conn.execute(sql.SQL(MIGRATIONS[step]))  # type: ignore[arg-type,unused-ignore]
+            conn.execute(
+                "INSERT INTO shoal_meta VALUES ('schema_version', %s)"
+                " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                (str(step + 1),),
+            )
+    return found, SCHEMA_VERSION
+
+
+def connect(url: str, *, timeout_s: float = 10.0, autocommit: bool = True) -> psycopg.Connection[Any]:
+    """A connection, or StoreError naming the host and the reason (never the password). Autocommit:
+    every transaction is an explicit `conn.transaction()` block, none is left open by a read."""
+    try:
+        return psycopg.connect(
+            _dsn(url), autocommit=autocommit, connect_timeout=max(1, int(timeout_s)), application_name="shoal"
+        )
+    except psycopg.Error as exc:
+        raise StoreError(f"{redact(url)}: cannot connect to PostgreSQL ({why(exc, url)})") from None
+
+
+def why(exc: BaseException, url: str) -> str:
+    """An error's text without the URL's password in it."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    password = None
+    with contextlib.suppress(ValueError):
+        password = urlsplit(url).password
+    if password:
+        text = text.replace(password, "***")
+    return text
+
+
+# ---- nodes --------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class NodeInfo:
+    """What a node says of itself in its row."""
+
+    host: str = attrs.field(factory=socket.gethostname)
+    pid: int = attrs.field(factory=os.getpid)
+    url: str | None = None
+    shoal_version: str = "0.1.0"
+
+
+def check_node_id(value: Any) -> str:
+    """Node ids name a node in worker ids (`<node>:w3`): printable, no ':' or '/', ≤ 64 chars."""
+    if not isinstance(value, str) or not value or len(value) > 64:
+        raise StoreError(f"node id must be 1-64 characters, got {value!r}")
+    if any(c in RESERVED_NODE_CHARS or not c.isprintable() or c.isspace() for c in value):
+        raise StoreError(f"node id {value!r} may not hold ':', '/', spaces or control characters")
+    return value
+
+
+def open_nodes(url: str) -> list[NodeRow]:
+    """The cluster's nodes (for `shoal nodes` without a running node): a short connection."""
+    with connect(url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT id, incarnation, state, host, pid, url, workers, extract(epoch FROM started),"
+            " extract(epoch FROM now() - heartbeat), extract(epoch FROM lease_until - now()), shoal_version"
+            " FROM nodes ORDER BY id"
+        )
+        return [
+            NodeRow(
+                id=r[0],
+                incarnation=int(r[1]),
+                state=r[2],
+                host=r[3],
+                pid=int(r[4]),
+                url=r[5],
+                workers=int(r[6]),
+                started=float(r[7]),
+                heartbeat_age_s=round(float(r[8]), 3),
+                lease_left_s=round(float(r[9]), 3),
+                shoal_version=r[10],
+            )
+            for r in cur.fetchall()
+        ]
+
+
+def db_migrate(url: str, *, apply: bool) -> tuple[int, int]:
+    """`shoal db migrate` (apply) and `shoal db check` (not): (version found, version now)."""
+    try:
+        with connect(url) as conn:
+            return migrate(conn, redact(url), apply=apply)
+    except psycopg.Error as exc:
+        raise StoreError(f"{redact(url)}: {why(exc, url)}") from None
+
+
+__all__ = [
+    "ADVISORY_KEY",
+    "SCHEMA_VERSION",
+    "NodeInfo",
+    "check_node_id",
+    "connect",
+    "db_migrate",
+    "migrate",
+    "open_nodes",
+    "redact",
+    "why",
+]
