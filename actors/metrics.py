@@ -18,6 +18,9 @@ The MetricsActor subscribes to every event and keeps, in memory and in O(1) per 
 `prometheus_text()` renders the same state through prometheus-client with a registry owned by this
 actor, so two swarms in one process never collide. Label values are bounded: unknown extra models,
 categories or reasons beyond a cap are folded into "other"; task ids are never labels.
+
+The families are listed in actors/metrics_prometheus.py, the histograms, series rings and bounded
+labels are actors/metrics_data.py: this module is the actor that feeds them from events and reads them.
 """
 
 from __future__ import annotations
@@ -26,25 +29,33 @@ import inspect
 import logging
 import math
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import trio
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import Metric
 
 from ..protocols.config import SwarmConfig
 from ..protocols.errors import ValidationError
 from ..protocols.tasks import Outcome
-from ..protocols.text import wire_safe
 from ..protocols.workers import WorkerState
 from ..runtime.eventbus import Event, EventBus
+from .metrics_data import (
+    NONE,
+    OTHER,
+    QUANTILES,
+    Bounded,
+    LogHistogram,
+    Ring,
+    TaskTrack,
+    num,
+    sparse_quantiles,
+)
+from .metrics_prometheus import Collector, families
 
 log = logging.getLogger("shoal.metrics")
 
-NONE = "none"  # label for a missing model/category (unpinned task, uncategorised)
-OTHER = "other"  # label for values past the cardinality cap
-QUANTILES = (0.5, 0.95, 0.99)
 GONE_STATES = frozenset({WorkerState.STOPPED.value, WorkerState.CRASHED.value})
 TERMINAL_TOPICS = frozenset({"task.done", "task.dead", "task.cancelled", "task.skipped"})
 SECOND_SLOTS = 3600  # 1 h at 1 s
@@ -54,189 +65,6 @@ OUTCOMES = frozenset(o.value for o in Outcome)
 QUESTION_KINDS = frozenset({"usage_limit", "trust", "permission", "menu", "question"})  # protocols/menus.py
 
 QueueDepth = Callable[[], "Mapping[str, int] | Awaitable[Mapping[str, int]]"]
-
-
-# ---- histograms ----------------------------------------------------------------------------------
-
-
-class LogHistogram:
-    """Counts in fixed buckets with upper bounds 2**(k/4) s, k in [K_MIN, K_MAX]; O(1) observe.
-
-    Bucket 0 holds everything ≤ 2**(K_MIN/4) (≈ 1 ms); the last holds everything above 2**(K_MAX/4)
-    (≈ 36 h). A quantile is interpolated geometrically inside its bucket and clamped to the observed
-    min/max, so its relative error is below one bucket width (2**0.25 ≈ 19 %, typically half that).
-    """
-
-    PER_OCTAVE = 4
-    K_MIN = -40
-    K_MAX = 68
-    N = K_MAX - K_MIN + 1  # finite buckets; index N is the overflow bucket
-
-    __slots__ = ("count", "counts", "max", "min", "sum")
-
-    def __init__(self) -> None:
-        self.counts = [0] * (self.N + 1)
-        self.count = 0
-        self.sum = 0.0
-        self.min = math.inf
-        self.max = -math.inf
-
-    @classmethod
-    def index(cls, value: float) -> int:
-        if value <= 2.0 ** (cls.K_MIN / cls.PER_OCTAVE):
-            return 0
-        k = math.ceil(math.log2(value) * cls.PER_OCTAVE - 1e-9)
-        return min(max(k - cls.K_MIN, 0), cls.N)
-
-    @classmethod
-    def upper(cls, index: int) -> float:
-        return math.inf if index >= cls.N else 2.0 ** ((index + cls.K_MIN) / cls.PER_OCTAVE)
-
-    def observe(self, value: float) -> int:
-        value = max(0.0, float(value))
-        i = self.index(value)
-        self.counts[i] += 1
-        self.count += 1
-        self.sum += value
-        self.min = min(self.min, value)
-        self.max = max(self.max, value)
-        return i
-
-    def quantile(self, q: float) -> float | None:
-        return _quantile(enumerate(self.counts), self.count, q, self.min, self.max)
-
-    def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"count": self.count}
-        if self.count:
-            out.update(mean=self.sum / self.count, min=self.min, max=self.max)
-            out.update({f"p{round(q * 100)}": self.quantile(q) for q in QUANTILES})
-        else:
-            out.update({f"p{round(q * 100)}": None for q in QUANTILES})
-        return out
-
-    def cumulative(self, bounds: Iterable[int]) -> list[tuple[str, float]]:
-        """Prometheus buckets: (le, cumulative count) at the given bucket indexes, then +Inf."""
-        out: list[tuple[str, float]] = []
-        running, upto = 0, 0
-        for i in bounds:
-            while upto <= i:
-                running += self.counts[upto]
-                upto += 1
-            out.append((repr(self.upper(i)), float(running)))
-        out.append(("+Inf", float(self.count)))
-        return out
-
-
-def _quantile(items: Iterable[tuple[int, int]], total: int, q: float, lo: float, hi: float) -> float | None:
-    """Walk (bucket index, count) pairs in index order to the q-quantile."""
-    if total <= 0:
-        return None
-    rank = q * total
-    seen = 0
-    for i, n in items:
-        if n <= 0:
-            continue
-        if seen + n >= rank:
-            upper = LogHistogram.upper(i)
-            lower = LogHistogram.upper(i - 1) if i > 0 else 0.0
-            frac = (rank - seen) / n
-            if i == 0 or math.isinf(upper):
-                value = lower + (min(upper, hi) - lower) * frac
-            else:
-                value = lower * (upper / lower) ** frac
-            return min(max(value, lo), hi)
-        seen += n
-    return hi
-
-
-def _sparse_quantiles(sparse: Mapping[int, int]) -> dict[str, float | None]:
-    total = sum(sparse.values())
-    if not total:
-        return {f"p{round(q * 100)}": None for q in QUANTILES}
-    items = sorted(sparse.items())
-    lo = LogHistogram.upper(items[0][0] - 1) if items[0][0] > 0 else 0.0
-    hi = LogHistogram.upper(items[-1][0])
-    if math.isinf(hi):
-        hi = LogHistogram.upper(LogHistogram.N - 1) * 2
-    return {f"p{round(q * 100)}": _quantile(items, total, q, lo, hi) for q in QUANTILES}
-
-
-# Prometheus exposition uses every 4th internal bound (powers of two, 1/16 s .. 9.1 h): exact counts.
-PROM_BOUNDS = tuple(LogHistogram.PER_OCTAVE * k - LogHistogram.K_MIN for k in range(-4, 16))
-
-
-# ---- time series ---------------------------------------------------------------------------------
-
-
-class _Slot:
-    """One resolution step of the series: event counts, sparse histograms, summed gauge samples."""
-
-    __slots__ = ("completed", "cost", "failed", "gauges", "key", "run", "samples", "wait")
-
-    def __init__(self, key: int) -> None:
-        self.key = key
-        self.completed = 0
-        self.failed = 0
-        self.cost: dict[str, float] = {}
-        self.wait: dict[int, int] = {}
-        self.run: dict[int, int] = {}
-        self.gauges: dict[str, float] = {}
-        self.samples = 0
-
-
-class _Ring:
-    def __init__(self, size: int, resolution: int) -> None:
-        self.size = size
-        self.resolution = resolution
-        self.slots: list[_Slot | None] = [None] * size
-
-    def at(self, t: float) -> _Slot:
-        key = math.floor(t / self.resolution)
-        slot = self.slots[key % self.size]
-        if slot is None or slot.key != key:
-            slot = self.slots[key % self.size] = _Slot(key)
-        return slot
-
-    def get(self, key: int) -> _Slot | None:
-        slot = self.slots[key % self.size]
-        return slot if slot is not None and slot.key == key else None
-
-
-class _Bounded:
-    """Label values with a cardinality cap: past `cap` distinct values, new ones become "other"."""
-
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
-        self.seen: set[str] = set()
-
-    def __call__(self, value: Any) -> str:
-        if value is None or value == "":
-            return NONE
-        text = wire_safe(str(value)[:64])  # the exposition is UTF-8: a lone surrogate would fail it
-        if text in self.seen:
-            return text
-        if len(self.seen) >= self.cap:
-            return OTHER
-        self.seen.add(text)
-        return text
-
-
-class _TaskTrack:
-    __slots__ = ("category", "model", "ready_at", "started", "state")
-
-    def __init__(self, state: str, ready_at: float | None, model: str, category: str) -> None:
-        self.state = state
-        self.ready_at = ready_at
-        self.started: float | None = None
-        self.model = model
-        self.category = category
-
-
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) and value >= 0 else None
 
 
 # ---- the actor -----------------------------------------------------------------------------------
@@ -267,9 +95,9 @@ class MetricsActor:
         self._clock = clock
         self._queue_depth = queue_depth
         self._buffer = buffer
-        self._model = _Bounded(max_models)
-        self._category = _Bounded(max_categories)
-        self._reason = _Bounded(max_reasons)
+        self._model = Bounded(max_models)
+        self._category = Bounded(max_categories)
+        self._reason = Bounded(max_reasons)
         self.started_at = clock()
         # counters
         self.tasks: dict[tuple[str, str, str], int] = {}  # (kind, model, category) -> n
@@ -300,18 +128,18 @@ class MetricsActor:
         # current state
         self.workers: dict[str, tuple[str, str]] = {}  # worker id -> (state, model)
         self.worker_counts: dict[tuple[str, str], int] = {}  # (state, model) -> n
-        self._tracked: dict[str, _TaskTrack] = {}
+        self._tracked: dict[str, TaskTrack] = {}
         self._depth: dict[str, int] = {}  # from events, when no queue_depth callable
         self.queue: dict[str, int] = {}  # last sample
         # series
-        self.seconds = _Ring(SECOND_SLOTS, 1)
-        self.minutes = _Ring(MINUTE_SLOTS, 60)
+        self.seconds = Ring(SECOND_SLOTS, 1)
+        self.minutes = Ring(MINUTE_SLOTS, 60)
         self.annotations: deque[dict[str, Any]] = deque(maxlen=max_annotations)
         self._sub_dropped = 0
         self._sub: Any = None
         # the per-swarm registry: never the process-global one
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_Collector(self))
+        self.registry.register(Collector(self))
 
     # -- running
 
@@ -375,14 +203,14 @@ class MetricsActor:
         key = (kind, model, category)
         self.tasks[key] = self.tasks.get(key, 0) + n
 
-    def _labels(self, data: Mapping[str, Any], track: _TaskTrack | None) -> tuple[str, str]:
+    def _labels(self, data: Mapping[str, Any], track: TaskTrack | None) -> tuple[str, str]:
         model = data.get("model")
         category = data.get("category")
         m = self._model(model) if model else (track.model if track else NONE)
         c = self._category(category) if category else (track.category if track else NONE)
         return m, c
 
-    def _set_state(self, task_id: str, track: _TaskTrack, state: str | None) -> None:
+    def _set_state(self, task_id: str, track: TaskTrack, state: str | None) -> None:
         if track.state:
             self._depth[track.state] = self._depth.get(track.state, 1) - 1
             if self._depth[track.state] <= 0:
@@ -407,7 +235,7 @@ class MetricsActor:
                 if len(self._tracked) >= MAX_TRACKED_TASKS:  # events were lost: forget the oldest
                     oldest = next(iter(self._tracked))
                     self._set_state(oldest, self._tracked[oldest], None)
-                track = _TaskTrack("", now if state == "ready" else None, model, category)
+                track = TaskTrack("", now if state == "ready" else None, model, category)
                 self._tracked[task_id] = track
                 self._set_state(task_id, track, state)
         elif topic in ("task.ready", "task.blocked", "task.recovered", "task.retrying"):
@@ -421,7 +249,7 @@ class MetricsActor:
         elif topic == "task.running":
             model, category = self._labels(data, track)
             self._count("started", model, category)
-            wait = _num(data.get("wait_s"))
+            wait = num(data.get("wait_s"))
             if wait is None and track is not None and track.ready_at is not None:
                 wait = max(0.0, now - track.ready_at)
             if wait is not None:
@@ -432,14 +260,14 @@ class MetricsActor:
         elif topic == "task.done":
             model, category = self._labels(data, track)
             self._count("completed", model, category)
-            run_s = _num(data.get("run_s"))
+            run_s = num(data.get("run_s"))
             if run_s is None:
-                run_s = _num(data.get("elapsed_s"))
+                run_s = num(data.get("elapsed_s"))
             if run_s is None and track is not None and track.started is not None:
                 run_s = max(0.0, now - track.started)
             if run_s is not None:
                 self._observe(self.run_time, self.run_all, model, run_s, now, "run")
-            wait = _num(data.get("wait_s"))
+            wait = num(data.get("wait_s"))
             if wait is not None and (track is None or track.started is None):
                 self._observe(self.wait, self.wait_all, model, wait, now, "wait")  # not seen running
             cost = self._cost(model, data, run_s)
@@ -506,8 +334,8 @@ class MetricsActor:
                 window = self._reason(data.get("window") or "?")
                 self.quota[(self._worker_model(data), window)] = {
                     "status": str(data.get("status") or "unknown"),
-                    "utilization": _num(data.get("utilization")),
-                    "resets_at": _num(data.get("resets_at")),
+                    "utilization": num(data.get("utilization")),
+                    "resets_at": num(data.get("resets_at")),
                 }
         elif topic in ("scale.up", "scale.down"):
             direction = topic.split(".", 1)[1]
@@ -557,13 +385,13 @@ class MetricsActor:
         usage = data.get("usage")
         usage = usage if isinstance(usage, Mapping) else {}
         for value in (data.get("cost_usd"), usage.get("cost_usd"), usage.get("total_cost_usd")):
-            cost = _num(value)
+            cost = num(value)
             if cost is not None:
                 return cost
         price = self._config().models.prices.get(model)
         if price is None:
             return 0.0
-        tokens_in, tokens_out = _num(usage.get("input_tokens")), _num(usage.get("output_tokens"))
+        tokens_in, tokens_out = num(usage.get("input_tokens")), num(usage.get("output_tokens"))
         if tokens_in is not None or tokens_out is not None:
             return (
                 (tokens_in or 0.0) * price.input_per_mtok + (tokens_out or 0.0) * price.output_per_mtok
@@ -641,7 +469,6 @@ class MetricsActor:
         for (state, model), n in self.worker_counts.items():
             by_state[state] = by_state.get(state, 0) + n
             by_model_w[model] = by_model_w.get(model, 0) + n
-        sub_dropped = self._sub_dropped + (self._sub.dropped if self._sub is not None else 0)
         return {
             "time": self._clock(),
             "uptime_s": self._clock() - self.started_at,
@@ -655,7 +482,7 @@ class MetricsActor:
             "throughput_per_s": self.completed_within(60) / 60.0,
             "utilisation": self.utilisation(),
             "workers": {"total": len(self.workers), "by_state": by_state, "by_model": by_model_w},
-            "queue": dict(self.queue or self._depth),
+            "queue": self.queue_now(),
             "scale": {
                 "up": sum(n for (d, _), n in self.scale.items() if d == "up"),
                 "down": sum(n for (d, _), n in self.scale.items() if d == "down"),
@@ -684,7 +511,7 @@ class MetricsActor:
                 "since": self.breaker_since,
             },
             "cost_usd": {"total": sum(self.cost.values()), "by_model": dict(self.cost)},
-            "events": {"seen": self.events_seen, "bad": self.bad_events, "dropped": sub_dropped},
+            "events": {"seen": self.events_seen, "bad": self.bad_events, "dropped": self.events_dropped()},
         }
 
     def series(self, window_s: float, step_s: float | None = None) -> dict[str, Any]:
@@ -757,7 +584,7 @@ class MetricsActor:
             gauges.append({k: v / samples for k, v in sums.items()} if samples else {})
             cost.append(step_cost)
             for name, sparse, acc in (("queue_wait_s", wait, window_wait), ("run_s", run, window_run)):
-                for label, qv in _sparse_quantiles(sparse).items():
+                for label, qv in sparse_quantiles(sparse).items():
                     pct[name][label].append(qv)
                 for i, n in sparse.items():
                     acc[i] = acc.get(i, 0) + n
@@ -789,8 +616,8 @@ class MetricsActor:
             "totals": {
                 "completed": sum(completed),
                 "failed": sum(failed),
-                "queue_wait_s": _sparse_quantiles(window_wait),
-                "run_s": _sparse_quantiles(window_run),
+                "queue_wait_s": sparse_quantiles(window_wait),
+                "run_s": sparse_quantiles(window_run),
                 "cost_usd_by_model": {m: sum(c.get(m, 0.0) for c in cost) for m in models},
             },
         }
@@ -802,159 +629,17 @@ class MetricsActor:
     # -- exposition
 
     def families(self) -> Iterator[Metric]:
-        """Metric families built from the current state at scrape time (no per-task labels)."""
-        kinds = (
-            "submitted",
-            "started",
-            "completed",
-            "failed",
-            "retried",
-            "recovered",
-            "dead",
-            "cancelled",
-            "skipped",
-        )
-        helps = {
-            "submitted": "Tasks accepted by the queue.",
-            "started": "Task attempts started on a worker.",
-            "completed": "Tasks finished successfully.",
-            "failed": "Task attempts that failed (retried or not).",
-            "retried": "Failed attempts that will be retried.",
-            "recovered": "Tasks requeued after a crash of Shoal or of their worker.",
-            "dead": "Tasks whose attempts are exhausted (dead-letter list).",
-            "cancelled": "Tasks cancelled.",
-            "skipped": "Tasks skipped.",
-        }
-        fams = {
-            k: CounterMetricFamily(f"shoal_tasks_{k}", helps[k], labels=["model", "category"]) for k in kinds
-        }
-        for (kind, model, category), n in self.tasks.items():
-            if kind in fams:
-                fams[kind].add_metric([model, category], n)
-        yield from fams.values()
-        fail = CounterMetricFamily("shoal_task_failures", "Failed attempts by outcome.", labels=["outcome"])
-        for outcome, n in self.failures.items():
-            fail.add_metric([outcome], n)
-        yield fail
-        for name, doc, per_model in (
-            ("shoal_queue_wait_seconds", "Time from ready to running.", self.wait),
-            ("shoal_task_run_seconds", "Time from running to done.", self.run_time),
-        ):
-            hist = HistogramMetricFamily(name, doc, labels=["model"])
-            for model, h in per_model.items():
-                hist.add_metric([model], h.cumulative(PROM_BOUNDS), h.sum)
-            yield hist
-        yield GaugeMetricFamily(
-            "shoal_tasks_per_hour", "Tasks completed in the last hour.", self.completed_within(3600)
-        )
-        yield GaugeMetricFamily(
-            "shoal_utilisation_ratio", "Busy workers / alive workers.", self.utilisation()
-        )
-        workers = GaugeMetricFamily("shoal_workers", "Workers by state and model.", labels=["state", "model"])
-        for (state, model), n in self.worker_counts.items():
-            workers.add_metric([state, model], n)
-        yield workers
-        depth = GaugeMetricFamily("shoal_queue_depth", "Tasks in the queue by state.", labels=["state"])
-        for state, n in (self.queue or self._depth).items():
-            depth.add_metric([state], n)
-        yield depth
-        scale = CounterMetricFamily(
-            "shoal_scale_events", "Workers added/retired by the scaler.", labels=["direction", "reason"]
-        )
-        for (direction, reason), n in self.scale.items():
-            scale.add_metric([direction, reason], n)
-        yield scale
-        for name, doc, values in (
-            ("shoal_worker_crashes", "Worker processes that ended on their own.", self.crashes),
-            (
-                "shoal_worker_refreshes",
-                "Workers respawned fresh (context pressure, model change).",
-                self.refreshes,
-            ),
-            ("shoal_rate_limits", "Usage-limit reports per model.", self.rate_limits),
-            ("shoal_cost_usd", "Spend per model in US dollars.", self.cost),
-        ):
-            fam = CounterMetricFamily(name, doc, labels=["model"])
-            for model, value in values.items():
-                fam.add_metric([model], value)
-            yield fam
-        questions = CounterMetricFamily(
-            "shoal_questions",
-            "Questions agents waited on: asked (a human must answer), answered by policy or by a human.",
-            labels=["kind", "by"],
-        )
-        for (kind, by), n in self.questions.items():
-            questions.add_metric([kind, by], n)
-        yield questions
-        notices = CounterMetricFamily(
-            "shoal_agent_notices",
-            "Lines agents printed outside their protocol (skipped).",
-            labels=["profile"],
-        )
-        for profile, n in self.notices.items():
-            notices.add_metric([profile], n)
-        yield notices
-        retries = CounterMetricFamily(
-            "shoal_api_retries",
-            "API retries the agents reported (system/api_retry).",
-            labels=["model", "error"],
-        )
-        for (model, error), n in self.api_retries.items():
-            retries.add_metric([model, error], n)
-        yield retries
-        for name, doc, counts in (
-            ("shoal_retry_storms", "Swarm-wide back-offs of a model after a retry storm.", self.retry_storms),
-            ("shoal_extra_usage", "Reports that a model's agent now spends extra usage.", self.extra_usage),
-        ):
-            fam = CounterMetricFamily(name, doc, labels=["model"])
-            for label, count in counts.items():
-                fam.add_metric([label], count)
-            yield fam
-        util = GaugeMetricFamily(
-            "shoal_quota_utilization",
-            "Latest reported quota use (0..1) per model and window.",
-            labels=["model", "window"],
-        )
-        resets = GaugeMetricFamily(
-            "shoal_quota_resets_at", "When the quota window resets (epoch s).", labels=["model", "window"]
-        )
-        status = GaugeMetricFamily(
-            "shoal_quota_status",
-            "Latest quota status per model and window (1 = current).",
-            labels=["model", "window", "status"],
-        )
-        for (model, window), q in self.quota.items():
-            if q["utilization"] is not None:
-                util.add_metric([model, window], q["utilization"])
-            if q["resets_at"] is not None:
-                resets.add_metric([model, window], q["resets_at"])
-            for st in sorted({"allowed", "allowed_warning", "rejected", q["status"]}):
-                status.add_metric([model, window, st], 1.0 if st == q["status"] else 0.0)
-        yield util
-        yield resets
-        yield status
-        breaker = GaugeMetricFamily(
-            "shoal_breaker_state", "Circuit breaker state (1 = current).", labels=["state"]
-        )
-        for state in ("closed", "open", "half_open"):
-            breaker.add_metric([state], 1.0 if state == self.breaker_state else 0.0)
-        yield breaker
-        yield CounterMetricFamily("shoal_breaker_trips", "Times the swarm halted.", self.breaker_trips)
-        yield CounterMetricFamily(
-            "shoal_metrics_events", "Events applied by the metrics actor.", self.events_seen
-        )
-        dropped = self._sub_dropped + (self._sub.dropped if self._sub is not None else 0)
-        yield CounterMetricFamily("shoal_metrics_events_dropped", "Events the metrics actor missed.", dropped)
-        yield CounterMetricFamily(
-            "shoal_bus_events_dropped", "Events dropped for slow subscribers.", self._bus.dropped_total
-        )
+        """Metric families built from the current state at scrape time (actors/metrics_prometheus.py)."""
+        return families(self)
 
+    def queue_now(self) -> dict[str, int]:
+        """Tasks by state: the last sample of `queue_depth`, else the count kept from events."""
+        return dict(self.queue or self._depth)
 
-class _Collector:
-    """Registered in the actor's own registry; yields from the actor's state at scrape time."""
+    def events_dropped(self) -> int:
+        """Events this actor missed (its subscription's buffer was full)."""
+        return self._sub_dropped + (self._sub.dropped if self._sub is not None else 0)
 
-    def __init__(self, metrics: MetricsActor) -> None:
-        self._metrics = metrics
-
-    def collect(self) -> Iterator[Metric]:
-        return self._metrics.families()
+    def bus_dropped(self) -> int:
+        """Events the bus dropped for slow subscribers, swarm-wide."""
+        return self._bus.dropped_total
