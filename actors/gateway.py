@@ -14,29 +14,28 @@ Authentication happens before anything is served: `Authorization: Bearer <token>
 or `auth.login {token}` as the first call. A wrong token is refused after a delay (and the
 connection closed). Browsers (which send `Origin`) must come from an allowed origin: the dashboard's
 own, `gateway.allowed_origins`, or `extra_origins`.
+
+The methods that only call the swarm are in actors/gateway_methods.py, the socket writes that reach
+into trio-websocket in actors/wswrite.py; this module is the connections and their sessions.
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import importlib.metadata
 import itertools
 import logging
-import os
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
 import trio_websocket
-import wsproto.events
-from wsproto.connection import ConnectionState
 
 from ..protocols import api, rpc
-from ..protocols.config import GatewayConfig, unstructure
-from ..protocols.errors import Conflict, ShoalError, ValidationError
+from ..protocols.config import GatewayConfig
+from ..protocols.errors import Conflict, ShoalError
 from ..runtime.eventbus import Event
 from .auth import (
     bearer_token,
@@ -49,7 +48,9 @@ from .auth import (
     token_matches,
     write_endpoint,
 )
-from .fanout import ClientSub, Fanout, Frame, Outbox, WriteNow
+from .fanout import ClientSub, Fanout, Frame, Outbox
+from .gateway_methods import SwarmMethods
+from .wswrite import close_bad_text_with_1007, direct_writer, send_frames
 
 if TYPE_CHECKING:
     from .swarm import SwarmHandle
@@ -131,6 +132,7 @@ class GatewayActor:
         self.write_stats = {"direct": 0, "partial": 0}  # fan-out writes straight to sockets
         self.closed: list[tuple[int, int | None, str | None]] = []  # (connection, code, reason), recent
         self._closed_changed = trio.Event()
+        self.methods = SwarmMethods(swarm)
 
     async def wait_closed(self, count: int) -> list[tuple[int, int | None, str | None]]:
         """Wait until `count` connections have ended since start (lets callers wait without polling)."""
@@ -250,8 +252,8 @@ class _Connection:
         self.ident = ident
         self.authed = authed
         self.outbox = Outbox(self.cfg.client_buffer)
-        self.outbox.write_now = _direct_writer(ws, gateway.write_stats)
-        _close_bad_text_with_1007(ws)
+        self.outbox.write_now = direct_writer(ws, gateway.write_stats)
+        close_bad_text_with_1007(ws)
         self._bucket = _Bucket(self.cfg.max_requests_per_s)
         self._inflight = trio.Semaphore(MAX_INFLIGHT)
         self._sub_ids = itertools.count(1)
@@ -259,52 +261,53 @@ class _Connection:
         self._attached: dict[str, tuple[trio.MemoryReceiveChannel[bytes], trio.CancelScope]] = {}
         self._close: _Closing | None = None
         self._nursery: trio.Nursery | None = None
+        m = gateway.methods
         self._handlers: dict[str, Callable[[Any], Awaitable[Any]]] = {
             "auth.login": self._login,
             "shoal.version": self._version,
-            "swarm.status": self._status,
-            "swarm.start": self._start,
-            "swarm.stop": self._stop,
-            "swarm.halt": self._halt,
-            "swarm.resume": self._resume,
-            "swarm.metrics": self._metrics,
-            "swarm.series": self._series,
-            "swarm.config.get": self._config_get,
-            "swarm.config.patch": self._config_patch,
-            "workers.list": self._workers,
-            "workers.get": self._worker,
-            "workers.logs": self._logs,
-            "workers.pause": self._pause,
-            "workers.resume": self._resume_worker,
-            "workers.restart": self._restart,
-            "workers.kill": self._kill,
-            "workers.set_model": self._set_model,
-            "workers.set_capabilities": self._set_capabilities,
+            "swarm.status": m.status,
+            "swarm.start": m.start,
+            "swarm.stop": m.stop,
+            "swarm.halt": m.halt,
+            "swarm.resume": m.resume,
+            "swarm.metrics": m.metrics,
+            "swarm.series": m.series,
+            "swarm.config.get": m.config_get,
+            "swarm.config.patch": m.config_patch,
+            "workers.list": m.workers,
+            "workers.get": m.worker,
+            "workers.logs": m.logs,
+            "workers.pause": m.pause,
+            "workers.resume": m.resume_worker,
+            "workers.restart": m.restart,
+            "workers.kill": m.kill,
+            "workers.set_model": m.set_model,
+            "workers.set_capabilities": m.set_capabilities,
             "workers.attach": self._attach,
             "workers.detach": self._detach,
-            "workers.input": self._input,
-            "workers.resize": self._resize,
-            "workers.answer": self._answer,
-            "tasks.submit": self._submit,
-            "tasks.get": self._get,
-            "tasks.list": self._list,
-            "tasks.diff": self._diff,
-            "tasks.merge": self._merge,
-            "tasks.artifacts": self._artifacts,
-            "workspaces.list": self._workspaces,
-            "workspaces.prune": self._prune,
-            "tasks.cancel": self._task_op("cancel"),
-            "tasks.retry": self._task_op("retry"),
-            "tasks.skip": self._task_op("skip"),
-            "tasks.boost": self._boost,
-            "tasks.assign": self._assign,
-            "tasks.complete": self._complete,
+            "workers.input": m.send_input,
+            "workers.resize": m.resize,
+            "workers.answer": m.answer,
+            "tasks.submit": m.submit,
+            "tasks.get": m.get,
+            "tasks.list": m.list_tasks,
+            "tasks.diff": m.diff,
+            "tasks.merge": m.merge,
+            "tasks.artifacts": m.artifacts,
+            "workspaces.list": m.workspaces,
+            "workspaces.prune": m.prune,
+            "tasks.cancel": m.task_op("cancel"),
+            "tasks.retry": m.task_op("retry"),
+            "tasks.skip": m.task_op("skip"),
+            "tasks.boost": m.boost,
+            "tasks.assign": m.assign,
+            "tasks.complete": m.complete,
             "events.subscribe": self._subscribe,
             "events.unsubscribe": self._unsubscribe,
-            "alerts.test": self._alerts_test,
-            "models.pause": self._pause_model,
-            "models.resume": self._resume_model,
-            "nodes.list": self._nodes,
+            "alerts.test": m.alerts_test,
+            "models.pause": m.pause_model,
+            "models.resume": m.resume_model,
+            "nodes.list": m.nodes,
         }
         assert set(self._handlers) == set(api.METHODS), "every method in the table has a handler"
 
@@ -399,7 +402,7 @@ class _Connection:
         """
         with trio.move_on_after(self.gw.send_timeout_s) as scope:
             try:
-                await _send_frames(self.ws, frames)
+                await send_frames(self.ws, frames)
             except trio_websocket.ConnectionClosed:
                 self.close(1000, "closed")
                 return False
@@ -512,106 +515,7 @@ class _Connection:
     async def _version(self, _p: api.NoParams) -> Any:
         return {"version": SHOAL_VERSION, "protocol": rpc.PROTOCOL_VERSION, "methods": sorted(api.METHODS)}
 
-    # ---- swarm -------------------------------------------------------------------------------
-
-    async def _status(self, _p: api.NoParams) -> Any:
-        return await self.swarm.status()
-
-    async def _start(self, p: api.StartParams) -> Any:
-        if p.config is not None:
-            await self.swarm.config_patch(p.config)
-        await self.swarm.start()
-        return await self.swarm.status()
-
-    async def _stop(self, p: api.StopParams) -> Any:
-        await self.swarm.stop(drain=p.drain)
-        return await self.swarm.status()
-
-    async def _halt(self, p: api.HaltParams) -> Any:
-        await self.swarm.halt(p.reason)
-        return await self.swarm.status()
-
-    async def _resume(self, _p: api.NoParams) -> Any:
-        await self.swarm.resume()
-        return await self.swarm.status()
-
-    async def _metrics(self, _p: api.NoParams) -> Any:
-        return await self.swarm.metrics_snapshot()
-
-    async def _series(self, p: api.SeriesParams) -> Any:
-        return self.swarm.metrics.series(p.window_s, p.step_s)
-
-    async def _config_get(self, _p: api.NoParams) -> Any:
-        return self.swarm.shown_config()
-
-    async def _config_patch(self, p: api.ConfigPatchParams) -> Any:
-        await self.swarm.config_patch(p.partial)
-        return self.swarm.shown_config()
-
-    async def _nodes(self, _p: api.NoParams) -> Any:
-        return self.swarm.nodes()
-
-    async def _alerts_test(self, _p: api.NoParams) -> Any:
-        return await self.swarm.send_test_alert()
-
-    async def _pause_model(self, p: api.PauseModelParams) -> Any:
-        return await self.swarm.pause_model(p.model, p.reason)
-
-    async def _resume_model(self, p: api.ModelParams) -> Any:
-        return await self.swarm.resume_model(p.model)
-
-    # ---- workers -----------------------------------------------------------------------------
-
-    async def _workers(self, _p: api.NoParams) -> Any:
-        return {"workers": [unstructure(w) for w in self.swarm.workers()]}
-
-    async def _worker(self, p: api.IdParams) -> Any:
-        return unstructure(self.swarm.worker(p.id))
-
-    async def _logs(self, p: api.LogsParams) -> Any:
-        data = self.swarm.logs(p.id, p.tail)
-        return {"id": p.id, "encoding": "base64", "data": base64.b64encode(data).decode("ascii")}
-
-    async def _pause(self, p: api.IdParams) -> Any:
-        await self.swarm.pause(p.id)
-        return {"ok": True, "id": p.id}
-
-    async def _resume_worker(self, p: api.IdParams) -> Any:
-        await self.swarm.resume_worker(p.id)
-        return {"ok": True, "id": p.id}
-
-    async def _restart(self, p: api.IdParams) -> Any:
-        await self.swarm.restart(p.id)
-        return {"ok": True, "id": p.id}
-
-    async def _kill(self, p: api.IdParams) -> Any:
-        await self.swarm.kill(p.id)
-        return {"ok": True, "id": p.id}
-
-    async def _set_model(self, p: api.SetModelParams) -> Any:
-        await self.swarm.set_model(p.id, p.model)
-        return {"ok": True, "id": p.id, "model": p.model}
-
-    async def _set_capabilities(self, p: api.SetCapabilitiesParams) -> Any:
-        await self.swarm.set_capabilities(p.id, p.capabilities)
-        return {"ok": True, "id": p.id, "capabilities": p.capabilities}
-
-    async def _input(self, p: api.InputParams) -> Any:
-        data = p.decoded()
-        await self.swarm.send_input(p.id, data, force=p.force)
-        return {"ok": True, "id": p.id, "bytes": len(data)}
-
-    async def _answer(self, p: api.AnswerParams) -> Any:
-        try:
-            return await self.swarm.answer(p.id, p.checked_choice())
-        except ValidationError as exc:
-            if exc.field == "choice":  # name it as the client sent it
-                raise ValidationError("params.choice", exc.message, exc.value) from None
-            raise
-
-    async def _resize(self, p: api.ResizeParams) -> Any:
-        await self.swarm.resize(p.id, p.rows, p.cols)
-        return {"ok": True, "id": p.id, "rows": p.rows, "cols": p.cols}
+    # ---- attach (the other methods: actors/gateway_methods.py) ---------------------------------
 
     async def _attach(self, p: api.IdParams) -> Any:
         if p.id in self._attached:
@@ -669,52 +573,6 @@ class _Connection:
         self._release(p.id, channel)
         return {"ok": True, "id": p.id, "attached": False}
 
-    # ---- tasks -------------------------------------------------------------------------------
-
-    async def _submit(self, p: api.SubmitParams) -> Any:
-        specs = p.specs()
-        if p.task is not None:
-            return unstructure(await self.swarm.submit(specs[0]))
-        return {"tasks": [unstructure(t) for t in await self.swarm.submit_many(specs)]}
-
-    async def _get(self, p: api.IdParams) -> Any:
-        return unstructure(await self.swarm.get(p.id))
-
-    async def _diff(self, p: api.DiffParams) -> Any:
-        return await self.swarm.diff(p.id, p.attempt, p.stat)
-
-    async def _merge(self, p: api.MergeParams) -> Any:
-        return await self.swarm.merge(p.id, p.attempt, p.into, p.squash)
-
-    async def _artifacts(self, p: api.ArtifactsParams) -> Any:
-        return await self.swarm.artifacts(p.id, p.attempt, p.name)
-
-    async def _workspaces(self, _p: api.NoParams) -> Any:
-        return await self.swarm.workspaces()
-
-    async def _prune(self, p: api.PruneParams) -> Any:
-        return await self.swarm.prune_workspaces(p.older_than_s, p.base)
-
-    async def _list(self, p: api.ListTasksParams) -> Any:
-        tasks, cursor = await self.swarm.list(p.state, p.limit, p.cursor)
-        return {"tasks": [unstructure(t) for t in tasks], "cursor": cursor}
-
-    def _task_op(self, name: str) -> Callable[[api.IdParams], Awaitable[Any]]:
-        async def op(p: api.IdParams) -> Any:
-            return unstructure(await getattr(self.swarm, name)(p.id))
-
-        return op
-
-    async def _boost(self, p: api.BoostParams) -> Any:
-        return unstructure(await self.swarm.boost(p.id, p.priority))
-
-    async def _assign(self, p: api.AssignParams) -> Any:
-        return unstructure(await self.swarm.assign(p.id, p.worker))
-
-    async def _complete(self, p: api.CompleteParams) -> Any:
-        task = await self.swarm.complete(p.id, p.attempt, p.status, result=p.result, reason=p.reason)
-        return unstructure(task)
-
     # ---- events ------------------------------------------------------------------------------
 
     async def _subscribe(self, p: api.SubscribeParams) -> Any:
@@ -766,153 +624,3 @@ class _Connection:
                 self.gw.fanout.remove(sub)
                 removed.append(sid)
         return {"ok": True, "unsubscribed": removed}
-
-
-def _wire(proto: wsproto.WSConnection, frames: Sequence[str | Frame | bytes]) -> bytes:
-    """The bytes for `frames`: replies framed by the connection's own wsproto state machine, shared
-    frames as built, bytes (the rest of a direct write) as they are."""
-    return b"".join(
-        proto.send(wsproto.events.TextMessage(data=frame))
-        if isinstance(frame, str)
-        else frame.wire
-        if isinstance(frame, Frame)
-        else frame
-        for frame in frames
-    )
-
-
-class _Spillover(trio.abc.HalfCloseableStream):
-    """A connection's TCP stream that holds the unwritten rest of a direct write and sends it first.
-
-    trio-websocket serialises its own writes (pongs, pings, close) and ours under one lock; a direct
-    write happens only while that lock is free, so if the kernel takes part of it, whoever writes
-    next, whichever task it is, must send the rest before anything else or frames would interleave.
-    """
-
-    def __init__(self, inner: trio.abc.HalfCloseableStream) -> None:
-        self.inner = inner
-        self.socket = getattr(inner, "socket", None)
-        self.rest = b""
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self.rest:
-            data, self.rest = self.rest + bytes(data), b""
-        await self.inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        await self.inner.send_eof()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self.inner.receive_some(max_bytes)
-
-    async def aclose(self) -> None:
-        if self.rest:  # e.g. the close frame for a frame that was not UTF-8: it goes out first
-            data, self.rest = self.rest, b""
-            with (
-                trio.move_on_after(1.0),
-                contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
-            ):
-                await self.inner.send_all(data)
-        await self.inner.aclose()
-
-
-def _close_bad_text_with_1007(ws: trio_websocket.WebSocketConnection) -> None:
-    """Answer a text frame that is not valid UTF-8 with a close frame 1007 (RFC 6455 8.1).
-
-    wsproto reports such a frame as a close event (code 1007) without sending anything, and
-    trio-websocket then drops the TCP connection: the client never learns why. Here the close frame
-    is framed by the connection's own wsproto (so its state moves to closing as for any close we
-    send) and left for the stream to send before it closes. Needs trio-websocket's internals, like
-    the direct writes; without them the old behaviour stays.
-    """
-    proto = getattr(ws, "_wsproto", None)
-    stream = getattr(ws, "_stream", None)
-    if proto is None or stream is None:
-        return
-    if not isinstance(stream, _Spillover):
-        stream = _Spillover(stream)
-        ws._stream = stream
-    events = proto.events
-
-    def checked_events() -> Iterator[wsproto.events.Event]:
-        for event in events():
-            if (
-                isinstance(event, wsproto.events.CloseConnection)
-                and event.code == 1007
-                and proto.state is ConnectionState.OPEN  # a peer's own close frame arrives in REMOTE_CLOSING
-            ):
-                stream.rest += proto.send(
-                    wsproto.events.CloseConnection(code=1007, reason="invalid UTF-8 in a text frame")
-                )
-            yield event
-
-    proto.events = checked_events
-
-
-def _direct_writer(ws: trio_websocket.WebSocketConnection, stats: dict[str, int]) -> WriteNow | None:
-    """A `WriteNow` for a plain TCP connection (None for TLS or another trio-websocket version).
-
-    It writes only while nothing else is writing to the socket (the stream lock is free, no rest of
-    an earlier direct write is pending) and never waits: a non-blocking `write(2)` takes what the
-    kernel buffer has room for, and the stream keeps the rest to send before anything else.
-    """
-    proto = getattr(ws, "_wsproto", None)
-    lock = getattr(ws, "_stream_lock", None)
-    inner = getattr(ws, "_stream", None)
-    if proto is None or lock is None or not isinstance(inner, trio.SocketStream):
-        return None
-    stream = _Spillover(inner)
-    ws._stream = stream  # every write of the connection now goes through it
-    fd = inner.socket.fileno()
-
-    def write_now(frames: Sequence[str | Frame | bytes]) -> bool | None:
-        if lock.locked() or stream.rest or ws.closed is not None or proto.state is not ConnectionState.OPEN:
-            return None
-        data = _wire(proto, frames)
-        try:
-            sent = os.write(fd, data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:  # reset or closed: the writer's flush finds out and closes the connection
-            sent = 0
-        stats["direct"] += 1
-        if sent == len(data):
-            return True
-        stats["partial"] += 1
-        stream.rest = data[sent:]
-        return False
-
-    return write_now
-
-
-async def _send_frames(ws: trio_websocket.WebSocketConnection, frames: Sequence[str | Frame | bytes]) -> None:
-    """Send text frames with one socket write.
-
-    trio-websocket writes each message with its own `send_all`; under fan-out that per-frame cost
-    dominates. Here replies are framed by the connection's own wsproto state machine, shared event
-    frames are already framed (identical bytes: server frames are unmasked and no extension is
-    negotiated), and everything is written at once under the connection's stream lock, so the wire
-    and the library's state stay as `send_message` would leave them. Without those internals
-    (another trio-websocket version) it falls back to `send_message` per frame.
-    """
-    proto = getattr(ws, "_wsproto", None)
-    lock = getattr(ws, "_stream_lock", None)
-    stream = getattr(ws, "_stream", None)
-    if proto is None or lock is None or stream is None:
-        for frame in frames:
-            if isinstance(frame, bytes):  # pragma: no cover - direct writes need those internals too
-                raise RuntimeError("raw bytes without trio-websocket's internals")
-            await ws.send_message(frame if isinstance(frame, str) else frame.text)
-        return
-    if ws.closed is not None or proto.state is not ConnectionState.OPEN:
-        raise trio_websocket.ConnectionClosed(ws.closed)
-    data = _wire(proto, frames)
-    async with lock:
-        try:
-            await stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            await ws._abort_web_socket()
-            raise trio_websocket.ConnectionClosed(ws.closed) from None
