@@ -15,18 +15,17 @@ task. A failed or crashed attempt keeps its branch for inspection.
 Every git command runs as a subprocess started the trio way (`trio.run_process`), never on the loop;
 commands git serialises per repository (worktree add/prune, branch creation) hold a per-repository
 lock, so 32 workers starting at once do not trip over `index.lock`.
+
+The git plumbing is actors/gitcmd.py; an attempt's diff, merge, artifacts and check are
+actors/review.py (re-exported here); this module is the worktree pool and the per-worker worktree.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
-import signal
-import subprocess
-import tempfile
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -37,36 +36,28 @@ import trio
 from ..protocols.config import ProfileConfig, WorkspaceConfig
 from ..protocols.tasks import Assignment, Outcome
 from ..protocols.taskworkspace import task_workspace
+from .gitcmd import (
+    clean,
+    git,
+    git_ok,
+    git_try,
+    head_state,
+    is_worktree_of,
+    mid_operation,
+    stat_record,
+    together,
+    worktree_entries,
+)
+from .review import MAX_DIFF_BYTES as MAX_DIFF_BYTES
+from .review import artifact_dir as artifact_dir
+from .review import collect_artifacts as collect_artifacts
+from .review import diff as diff
+from .review import merge as merge
+from .review import read_artifact as read_artifact
+from .review import verify_in as verify_in
 from .workspace import SharedDirectory, Workspace, WorkspaceError
 
-GIT_TIMEOUT_S = 120.0
-VERIFY_TAIL_BYTES = 4000  # the end of a check's output kept on the attempt and shown to the retry
-MAX_FILES_LISTED = 1000  # an attempt's record lists this many changed files; `files_changed` counts all
-MAX_DIFF_BYTES = 4 * 1024 * 1024  # tasks.diff returns at most this much patch text (`truncated`)
-_ENV = {
-    "GIT_TERMINAL_PROMPT": "0",  # never wait on a credential prompt
-    "LC_ALL": "C",  # messages we read back, in one language
-}
 _BAD_REF = re.compile(r"[^A-Za-z0-9._/-]+")
-
-
-async def git(cwd: str | Path, *args: str, check: bool = True, timeout: float = GIT_TIMEOUT_S) -> str:
-    """Run `git -C cwd args…` off the loop; its stdout. Raises WorkspaceError with git's own words."""
-    argv = ["git", "-C", str(cwd), *args]
-    env = {**os.environ, **_ENV}
-    try:
-        with trio.fail_after(timeout):
-            done = await trio.run_process(
-                argv, capture_stdout=True, capture_stderr=True, check=False, env=env
-            )
-    except trio.TooSlowError:
-        raise WorkspaceError(f"git {args[0]} did not finish within {timeout:g} s") from None
-    except OSError as exc:
-        raise WorkspaceError(f"cannot run git: {exc.strerror}") from None
-    if check and done.returncode != 0:
-        words = (done.stderr or done.stdout).decode(errors="replace").strip().splitlines()
-        raise WorkspaceError(f"git {args[0]} failed: {words[-1] if words else f'exit {done.returncode}'}")
-    return str(done.stdout.decode(errors="replace"))
 
 
 def branch_name(task: Assignment, name: str | None = None) -> str:
@@ -114,7 +105,7 @@ class Worktrees:
         for repo in sorted(set(repos)):
             if not await trio.Path(repo).is_dir():
                 continue
-            for entry in _worktree_entries(await git(repo, "worktree", "list", "--porcelain", check=False)):
+            for entry in worktree_entries(await git(repo, "worktree", "list", "--porcelain", check=False)):
                 path = entry.get("worktree", "")
                 if Path(path).is_relative_to(self.root):
                     worktrees.append(
@@ -143,7 +134,7 @@ class Worktrees:
         for w in listed["worktrees"]:
             if w["worker"] is None:
                 async with self.lock(w["repo"]):
-                    if await _git_try(w["repo"], "worktree", "remove", "--force", w["path"]) is None:
+                    if await git_try(w["repo"], "worktree", "remove", "--force", w["path"]) is None:
                         removed.append(w["path"])
         for repo in sorted({b["repo"] for b in listed["branches"]}):
             merged_out = await git(
@@ -162,7 +153,7 @@ class Worktrees:
                 if b["branch"] in in_use or not (b["branch"] in merged or old):
                     continue
                 async with self.lock(repo):
-                    if await _git_try(repo, "branch", "-D", b["branch"]) is None:
+                    if await git_try(repo, "branch", "-D", b["branch"]) is None:
                         deleted.append(f"{repo}:{b['branch']}")
         return {"removed_worktrees": removed, "deleted_branches": deleted}
 
@@ -206,13 +197,13 @@ class GitWorktree:
         path = self.pool.slot_path(self.profile, self._slot)
         top = await self._repo_top()
         base = await self._base_commit()
-        if not await _is_worktree_of(path, top):
+        if not await is_worktree_of(path, top):
             if await trio.Path(path).exists():  # half made, or left by hand: ours to replace
                 await trio.to_thread.run_sync(shutil.rmtree, path)
             await trio.Path(path.parent).mkdir(parents=True, exist_ok=True)
             add = ("worktree", "add", "-q", "--no-checkout", "--detach", str(path), base)
             async with self.pool.lock(self.repo):  # git's worktree list: serialised per repository
-                if await _git_try(top, *add) is not None:  # e.g. registered before but deleted since
+                if await git_try(top, *add) is not None:  # e.g. registered before but deleted since
                     await git(top, "worktree", "prune")
                     await git(top, *add)
         # the files are written outside the lock: 16 workers fill their worktrees side by side
@@ -226,10 +217,10 @@ class GitWorktree:
         branch = branch_name(task, own.branch if own else None)
         heads = [head for _dep, head in task.dep_heads]
         for dep, head in task.dep_heads:
-            if not await _git_ok(path, "cat-file", "-e", f"{head}^{{commit}}"):
+            if not await git_ok(path, "cat-file", "-e", f"{head}^{{commit}}"):
                 raise WorkspaceError(f"dependency {dep}'s commit {head[:12]} is not in {self.repo}")
         failed = task.after_failed_check if self.config.verify_retry == "continue" else None
-        if failed and await _git_ok(path, "cat-file", "-e", f"{failed.get('head')}^{{commit}}"):
+        if failed and await git_ok(path, "cat-file", "-e", f"{failed.get('head')}^{{commit}}"):
             # go on from the attempt whose check failed, in the same lineage; its diff still runs
             # from where the task began
             start = str(failed["head"])
@@ -246,7 +237,7 @@ class GitWorktree:
         """A new branch at `start`, checked out over whatever the tree holds (`-f`), then every file
         git does not track removed (`clean -fdx`): the reset before each task."""
         async with self.pool.lock(self.repo):  # branch creation: git's refs, serialised per repository
-            made = await _git_try(path, "branch", "--no-track", branch, start)
+            made = await git_try(path, "branch", "--no-track", branch, start)
         if made is not None:
             if "already exists" in made:
                 raise WorkspaceError(f"branch {branch} already exists in {self.repo}")
@@ -292,23 +283,21 @@ class GitWorktree:
                 "HEAD", check=False,
             )  # fmt: skip
 
-        await _together(partial(git, path, "add", "-A"), read_head)
-        head = _head_state(where)
-        if head is not None and not await trio.to_thread.run_sync(_mid_operation, head[0]):
+        await together(partial(git, path, "add", "-A"), read_head)
+        head = head_state(where)
+        if head is not None and not await trio.to_thread.run_sync(mid_operation, head[0]):
             record = await self._commit_and_go_back(path, ident, message, branch, base, head)
         else:  # an unborn HEAD, or a merge (cherry-pick, revert) the agent left: git commit concludes it
-            failed = await _git_try(path, *ident, "commit", "-q", "--no-verify", "-m", message)
+            failed = await git_try(path, *ident, "commit", "-q", "--no-verify", "-m", message)
             if failed is not None and "nothing to commit" not in failed:
                 raise WorkspaceError(f"git commit failed: {failed}")
             new, on = (await git(path, "rev-parse", "HEAD", "--abbrev-ref", "HEAD")).split()
             record = self._record(branch, base, new, failed is None, "" if on == "HEAD" else on)
-            record.update(
-                _stat_record(await git(path, "diff", "--numstat", base, new) if new != base else "")
-            )
+            record.update(stat_record(await git(path, "diff", "--numstat", base, new) if new != base else ""))
             await self._push(record)
             # the branch keeps the work; the tree goes back to the base (ignored files stay until the
             # next task's reset: a build cache may be worth keeping that long, never longer)
-            if await _git_try(path, "checkout", "-q", "--detach", base) is not None:  # only the changed
+            if await git_try(path, "checkout", "-q", "--detach", base) is not None:  # only the changed
                 await git(path, "checkout", "-q", "-f", "--detach", base)  # files; forced if blocked
         if record_artifacts is not None:
             record.update(record_artifacts)
@@ -350,13 +339,13 @@ class GitWorktree:
                 await git(path, "maintenance", "run", "--auto", "--quiet")
 
         async def stat() -> None:
-            record.update(_stat_record(await git(path, "diff", "--numstat", base, tree)))
+            record.update(stat_record(await git(path, "diff", "--numstat", base, tree)))
 
         async def back() -> None:
             nonlocal went_back
-            went_back = await _git_try(path, "read-tree", "-m", "-u", tree, base) is None
+            went_back = await git_try(path, "read-tree", "-m", "-u", tree, base) is None
 
-        await _together(commit_and_detach, stat, back)
+        await together(commit_and_detach, stat, back)
         if not went_back:  # blocked (an ignored file where the base has one): forced, as the next reset
             await git(path, "checkout", "-q", "-f", "--detach", base)
         return record
@@ -376,7 +365,7 @@ class GitWorktree:
     async def _push(self, record: dict[str, Any]) -> None:
         if self.config.push is None or not record["committed"] or self._path is None:
             return
-        pushed = await _git_try(
+        pushed = await git_try(
             self._path,
             "push",
             "-q",
@@ -398,14 +387,14 @@ class GitWorktree:
         (first, _), *rest = task.dep_heads
         ident = ("-c", f"user.name=Shoal agent {self.worker}", "-c", "user.email=shoal-agent@localhost")
         for dep, head in rest:
-            merged = await _git_ok(
+            merged = await git_ok(
                 path, *ident, "-c", "commit.gpgsign=false", "merge", "-q", "--no-ff", "--no-verify",
                 "-m", f"Merge dependency {dep} for task {task.task_id}", head,
             )  # fmt: skip
             if not merged:
                 files = (await git(path, "diff", "--name-only", "--diff-filter=U", check=False)).split()
                 await git(path, "merge", "--abort", check=False)
-                await _clean(path)
+                await clean(path)
                 shown = ", ".join(files[:20]) + (f" and {len(files) - 20} more" if len(files) > 20 else "")
                 raise WorkspaceError(
                     f"dependencies {first} and {dep} conflict in {shown or 'the merge'}; "
@@ -443,332 +432,8 @@ def _safe_component(name: str) -> str:
     return _BAD_REF.sub("-", name).strip(".-") or "profile"
 
 
-async def _is_worktree_of(path: Path, top: str) -> bool:
-    if not await trio.Path(path).is_dir():
-        return False
-    inside = await git(path, "rev-parse", "--show-toplevel", check=False)
-    if inside.strip() != str(path):
-        return False
-    common = (await git(path, "rev-parse", "--path-format=absolute", "--git-common-dir", check=False)).strip()
-    mine = (await git(top, "rev-parse", "--path-format=absolute", "--git-common-dir", check=False)).strip()
-    return bool(common) and common == mine
-
-
-async def _clean(path: Path) -> None:
-    """Back to the commit checked out: no change, no untracked or ignored file left."""
-    await git(path, "reset", "-q", "--hard")
-    await git(path, "clean", "-q", "-fdx")
-
-
-async def _git_ok(cwd: str | Path, *args: str) -> bool:
-    """Whether `git -C cwd args…` exits 0 (for git's yes/no questions)."""
-    return await _git_try(cwd, *args) is None
-
-
-async def _git_try(cwd: str | Path, *args: str) -> str | None:
-    """Run `git -C cwd args…`: None when it exits 0, else what it said (its last lines)."""
-    env = {**os.environ, **_ENV}
-    argv = ["git", "-C", str(cwd), *args]
-    done = await trio.run_process(argv, check=False, env=env, capture_stdout=True, capture_stderr=True)
-    if done.returncode == 0:
-        return None
-    words = (done.stderr + done.stdout).decode(errors="replace").strip()
-    return words[-500:] or f"exit {done.returncode}"
-
-
 def _commit_message(task: Assignment, outcome: Outcome) -> str:
     first = next((line.strip() for line in task.prompt.splitlines() if line.strip()), "")
     title = first if len(first) <= 72 else first[:71] + "…"
     trailer = f"Shoal task {task.task_id}, attempt {task.attempt} ({outcome.value})"
     return f"{title or 'Shoal task ' + task.task_id}\n\n{trailer}\n"
-
-
-_MID_OPERATION = ("MERGE_HEAD", "CHERRY_PICK_HEAD", "REVERT_HEAD")
-
-
-async def _together(*jobs: Callable[[], Awaitable[object]]) -> None:
-    """Run independent git commands side by side; a failure is raised as itself (not in a group)."""
-    try:
-        async with trio.open_nursery() as nursery:
-            for job in jobs:
-                nursery.start_soon(job)
-    except BaseExceptionGroup as group:
-        failed: BaseException | None = group.split(WorkspaceError)[0]
-        while isinstance(failed, BaseExceptionGroup):
-            failed = failed.exceptions[0]
-        if failed is None:
-            raise
-        raise failed from None
-
-
-def _head_state(rev_parse: str) -> tuple[str, str, str, str] | None:
-    """`rev-parse --absolute-git-dir HEAD HEAD^{tree} --symbolic-full-name HEAD` as (git dir, commit,
-    tree, HEAD's ref or "HEAD" when detached); None when HEAD is unborn."""
-    lines = rev_parse.split("\n")
-    if len(lines) < 4 or not all(lines[:4]) or lines[1] == "HEAD":
-        return None
-    return lines[0], lines[1], lines[2], lines[3]
-
-
-def _mid_operation(git_dir: str) -> bool:
-    """Whether the agent left a merge, cherry-pick or revert to conclude (blocking: a thread's)."""
-    return any(os.path.exists(os.path.join(git_dir, name)) for name in _MID_OPERATION)
-
-
-def _stat_record(numstat: str) -> dict[str, Any]:
-    files, insertions, deletions = _numstat(numstat)
-    return {
-        "files": files[:MAX_FILES_LISTED],
-        "files_changed": len(files),
-        "insertions": insertions,
-        "deletions": deletions,
-    }
-
-
-def _numstat(out: str) -> tuple[list[str], int, int]:
-    files: list[str] = []
-    insertions = deletions = 0
-    for line in out.splitlines():
-        parts = line.split("\t", 2)
-        if len(parts) != 3:
-            continue
-        added, removed, name = parts
-        files.append(name)
-        insertions += int(added) if added.isdigit() else 0  # "-" for a binary file
-        deletions += int(removed) if removed.isdigit() else 0
-    return files, insertions, deletions
-
-
-async def diff(
-    record: dict[str, Any], *, stat: bool = False, max_bytes: int = MAX_DIFF_BYTES
-) -> dict[str, Any]:
-    """The change an attempt's record names (`git diff base head` in its repository), as text.
-
-    Read from the repository's objects, so it does not depend on the worktree still existing. Raises
-    WorkspaceError when the repository or one of the commits is gone.
-    """
-    repo, base, head = record.get("repo"), record.get("base"), record.get("head")
-    if not (isinstance(repo, str) and isinstance(base, str) and isinstance(head, str)):
-        raise WorkspaceError("the attempt's workspace record names no commits to compare")
-    if not await trio.Path(repo).is_dir():
-        raise WorkspaceError(f"the repository {repo} is gone")
-    for commit in (base, head):
-        if not await _git_ok(repo, "cat-file", "-e", f"{commit}^{{commit}}"):
-            raise WorkspaceError(f"commit {commit[:12]} is no longer in {repo}")
-    args = ["diff", "--no-color", "--no-ext-diff", "--find-renames"]
-    text = await git(repo, *args, *(["--stat=100"] if stat else []), base, head)
-    truncated = len(text.encode()) > max_bytes
-    if truncated:
-        text = text.encode()[:max_bytes].decode(errors="ignore")
-    return {"diff": text, "truncated": truncated}
-
-
-async def merge(
-    pool: Worktrees, record: dict[str, Any], *, into: str | None, squash: bool, message: str
-) -> dict[str, Any]:
-    """Merge the attempt's branch head into `into` (default: the repository's checked-out branch).
-
-    Where `into` is checked out (the user's own checkout, say) the merge runs there and needs a
-    clean tree; elsewhere it runs in a scratch worktree and the branch is moved with a compare-and-
-    swap `update-ref`. A conflict aborts it: nothing changed, the files named (WorkspaceError).
-    """
-    repo, head = record.get("repo"), record.get("head")
-    if not (isinstance(repo, str) and isinstance(head, str)):
-        raise WorkspaceError("the attempt's workspace record names no commit to merge")
-    if not await trio.Path(repo).is_dir():
-        raise WorkspaceError(f"the repository {repo} is gone")
-    async with pool.lock(repo):
-        if into is None:
-            into = (await git(repo, "symbolic-ref", "-q", "--short", "HEAD", check=False)).strip()
-            if not into:
-                raise WorkspaceError(f"{repo} has no branch checked out: name one with into")
-        if not await _git_ok(repo, "check-ref-format", "--branch", into):
-            raise WorkspaceError(f"into: {into!r} is not a valid branch name")
-        old = (await git(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{into}", check=False)).strip()
-        if not old:
-            raise WorkspaceError(f"into: branch {into!r} does not exist in {repo}")
-        if await _git_ok(repo, "merge-base", "--is-ancestor", head, old):
-            return {"into": into, "commit": old, "merged": False, "squash": squash, "already": True}
-        checked_out = await _checked_out_at(repo, into)
-        if checked_out is not None:
-            if (await git(checked_out, "status", "--porcelain", "--untracked-files=no")).strip():
-                raise WorkspaceError(
-                    f"{into} is checked out in {checked_out} with uncommitted changes: commit or stash them"
-                )
-            new = await _merge_in(checked_out, head, squash, message, into)
-        else:
-            scratch = Path(await trio.to_thread.run_sync(lambda: tempfile.mkdtemp(prefix="shoal-merge-")))
-            try:
-                await git(repo, "worktree", "add", "-q", "--detach", str(scratch / "tree"), old)
-                new = await _merge_in(scratch / "tree", head, squash, message, into)
-                await git(
-                    repo, "update-ref", "-m", f"shoal merge {head[:12]}", f"refs/heads/{into}", new, old
-                )
-            finally:
-                await git(repo, "worktree", "remove", "--force", str(scratch / "tree"), check=False)
-                await trio.to_thread.run_sync(lambda: shutil.rmtree(scratch, ignore_errors=True))
-    return {"into": into, "commit": new, "merged": True, "squash": squash, "already": False}
-
-
-async def _merge_in(tree: str | Path, head: str, squash: bool, message: str, into: str) -> str:
-    ident = ("-c", "user.name=Shoal", "-c", "user.email=shoal@localhost", "-c", "commit.gpgsign=false")
-    if squash:
-        ok = await _git_ok(tree, *ident, "merge", "-q", "--squash", head)
-        if ok:
-            await git(tree, *ident, "commit", "-q", "--no-verify", "-m", message)
-    else:
-        ok = await _git_ok(tree, *ident, "merge", "-q", "--no-ff", "--no-verify", "-m", message, head)
-    if not ok:
-        files = (await git(tree, "diff", "--name-only", "--diff-filter=U", check=False)).split()
-        await git(tree, "reset", "-q", "--merge", check=False)  # back as it was (also after --squash)
-        shown = ", ".join(files[:20]) + (f" and {len(files) - 20} more" if len(files) > 20 else "")
-        raise WorkspaceError(f"merging into {into} conflicts in {shown or 'the merge'}; nothing was changed")
-    return (await git(tree, "rev-parse", "HEAD")).strip()
-
-
-def _worktree_entries(porcelain: str) -> list[dict[str, str]]:
-    """`git worktree list --porcelain` as one dict per worktree (`worktree`, `HEAD`, `branch`, ...)."""
-    entries: list[dict[str, str]] = []
-    for block in porcelain.strip().split("\n\n"):
-        entry: dict[str, str] = {}
-        for line in block.splitlines():
-            key, _, value = line.partition(" ")
-            entry[key] = value
-        if entry:
-            entries.append(entry)
-    return entries
-
-
-async def _checked_out_at(repo: str, branch: str) -> str | None:
-    """The worktree (the main one included) that has `branch` checked out, if any."""
-    for entry in _worktree_entries(await git(repo, "worktree", "list", "--porcelain")):
-        if entry.get("branch") == f"refs/heads/{branch}":
-            return entry.get("worktree")
-    return None
-
-
-MAX_ARTIFACT_FILES = 1000  # files one attempt may leave; the rest are reported, not copied
-
-
-def artifact_dir(state_dir: Path, task_id: str, attempt: int) -> Path:
-    """Where an attempt's artifacts are kept: <state_dir>/artifacts/<task id, hex>/<attempt>."""
-    return state_dir / "artifacts" / task_id.encode("utf-8", "surrogatepass").hex() / str(attempt)
-
-
-def collect_artifacts(tree: Path, patterns: Sequence[str], into: Path, max_bytes: int) -> dict[str, Any]:
-    """Copy the files matching `patterns` (globs inside `tree`) into `into` (blocking: run it in a
-    thread). A file that resolves outside the tree (a symlink out), is not a regular file, or is over
-    `max_bytes` is skipped and reported; a copy that fails (disk full) is reported and fails nothing.
-    Returns {artifacts: [{name, size}], artifacts_missing: [pattern], artifacts_skipped: [{name, reason}]}."""
-    root = tree.resolve()
-    kept: list[dict[str, Any]] = []
-    missing: list[str] = []
-    skipped: list[dict[str, str]] = []
-    seen: set[str] = set()
-    for pattern in patterns:
-        matches = sorted(p for p in tree.glob(pattern) if ".git" not in p.relative_to(tree).parts[:1])
-        if not matches:
-            missing.append(pattern)
-        for found in matches:
-            name = found.relative_to(tree).as_posix()
-            if name in seen or found.is_dir():
-                continue
-            seen.add(name)
-            real = found.resolve()
-            if not real.is_relative_to(root):
-                skipped.append({"name": name, "reason": "points outside the worktree"})
-                continue
-            if not real.is_file():
-                skipped.append({"name": name, "reason": "not a regular file"})
-                continue
-            size = real.stat().st_size
-            if size > max_bytes:
-                skipped.append(
-                    {
-                        "name": name,
-                        "reason": f"{size / 2**20:.1f} MiB, over the {max_bytes / 2**20:g} MiB cap",
-                    }
-                )
-                continue
-            if len(kept) >= MAX_ARTIFACT_FILES:
-                skipped.append({"name": name, "reason": f"more than {MAX_ARTIFACT_FILES} files"})
-                continue
-            target = into / name
-            try:
-                target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                shutil.copyfile(real, target)
-            except OSError as exc:
-                target.unlink(missing_ok=True)
-                skipped.append({"name": name, "reason": f"cannot copy: {exc.strerror or exc}"})
-                continue
-            kept.append({"name": name, "size": size})
-    return {"artifacts": kept, "artifacts_missing": missing, "artifacts_skipped": skipped}
-
-
-def read_artifact(state_dir: Path, task_id: str, attempt: int, name: str, max_bytes: int) -> bytes:
-    """An artifact's bytes (blocking). WorkspaceError when it is not there, escapes its folder, or is
-    bigger than `max_bytes`."""
-    folder = artifact_dir(state_dir, task_id, attempt).resolve()
-    path = (folder / name).resolve()
-    if not path.is_relative_to(folder) or not path.is_file():
-        raise WorkspaceError(f"attempt {attempt} of task {task_id} kept no artifact {name!r}")
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise WorkspaceError(
-            f"{name} is {size / 2**20:.1f} MiB: over the {max_bytes / 2**20:g} MiB a reply carries"
-        )
-    return path.read_bytes()
-
-
-async def verify_in(path: Path, config: WorkspaceConfig, task: Assignment) -> dict[str, Any] | None:
-    """The task's check in `path` as the agent left it: required artifacts first, then the task's own
-    `verify` or `workspace.verify` (a shell command; exit 0 passes). None when there is no check.
-    Cancellable (the worker stopping); a check past `verify_timeout_s` is killed with its whole
-    process group, so nothing it started outlives it."""
-    own = task_workspace(task.metadata)
-    if own is not None and own.required:
-        patterns = (*config.artifacts, *own.artifacts)
-        unmatched = await trio.to_thread.run_sync(lambda: [p for p in patterns if not any(path.glob(p))])
-        if unmatched:
-            return {
-                "command": None,
-                "passed": False,
-                "exit_code": None,
-                "timed_out": False,
-                "reason": f"required artifact(s) missing: {', '.join(unmatched)}",
-                "output_tail": "nothing matched " + ", ".join(unmatched),
-                "elapsed_s": 0.0,
-            }
-    command = own.verify if own is not None and own.verify is not None else config.verify
-    if command is None:
-        return None
-    started = trio.current_time()
-    env = {**os.environ, "SHOAL_TASK": task.task_id, "SHOAL_ATTEMPT": str(task.attempt)}
-    done: subprocess.CompletedProcess[bytes] | None = None
-    with trio.move_on_after(config.verify_timeout_s):
-        done = await trio.run_process(
-            ["sh", "-c", command],
-            cwd=str(path),
-            env=env,
-            stdin=b"",
-            capture_stdout=True,
-            stderr=subprocess.STDOUT,
-            check=False,
-            start_new_session=True,  # its own process group: a timeout kills everything it started
-            deliver_cancel=_kill_group,
-        )
-    tail = b"" if done is None else done.stdout[-VERIFY_TAIL_BYTES:]
-    code = None if done is None else done.returncode
-    return {
-        "command": command,
-        "passed": code == 0,
-        "exit_code": code,
-        "timed_out": done is None,
-        "output_tail": tail.decode(errors="replace"),
-        "elapsed_s": round(trio.current_time() - started, 3),
-    }
-
-
-async def _kill_group(process: trio.Process) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
