@@ -113,7 +113,9 @@ class PgMembership(PgBase):
 
         def reserve(conn: psycopg.Connection[Any]) -> bool:
             with conn.cursor() as cur:
-                cur.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_KEY + 3,))
+                cur.execute(
+                    "SELECT pg_advisory_xact_lock(%s, hashtext(current_database()))", (ADVISORY_KEY + 3,)
+                )
                 cur.execute(
                     "SELECT coalesce(sum(workers), 0) FROM nodes WHERE state = 'alive'"
                     " AND lease_until > now() AND id <> %s",
@@ -141,7 +143,7 @@ class PgMembership(PgBase):
     def _register(self, conn: psycopg.Connection[Any]) -> None:
         """Take this node's row: refused while another process holds the id with a live lease."""
         with conn.transaction(), conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_KEY + 2,))
+            cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(current_database()))", (ADVISORY_KEY + 2,))
             cur.execute(
                 "SELECT state, host, pid, extract(epoch FROM now() - heartbeat),"
                 " lease_until > now() FROM nodes WHERE id = %s",

@@ -22,7 +22,7 @@ from .cluster import NodeRow
 from .taskbook import Change, StaticRow, StoredTask
 
 RESERVED_NODE_CHARS = ":/"
-ADVISORY_KEY = 0x53484F4C  # "SHOL": serialises the change feed's revs in commit order
+ADVISORY_KEY = 0x53484F4C  # "SHOL"; with the database (advisory locks span the server): feed order
 
 
 def redact(url: str) -> str:
@@ -323,7 +323,7 @@ def migrate(conn: psycopg.Connection[Any], where: str, *, apply: bool = True) ->
     nodes starting together do not both migrate). Returns (found, now). Refuses a foreign database
     and a newer schema, naming the version."""
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_KEY + 1,))
+        conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(current_database()))", (ADVISORY_KEY + 1,))
         with conn.cursor() as cur:
             cur.execute("SELECT to_regclass('shoal_meta') IS NOT NULL, to_regclass('tasks') IS NOT NULL")
             has_meta, has_tasks = cur.fetchone() or (False, False)

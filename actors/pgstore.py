@@ -67,6 +67,18 @@ MAX_PENDING_EVENTS = 100_000  # events held while PostgreSQL is unreachable; the
 _DATA_ERRORS = (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError, ValueError, TypeError)
 
 
+def _returned(cur: psycopg.Cursor[Any], query: str, params: list[tuple[Any, ...]]) -> list[str]:
+    """Run `query` for each params in one pipeline; the first column of each row it returned."""
+    cur.executemany(query, params, returning=True)
+    out: list[str] = []
+    while True:
+        row = cur.fetchone()
+        if row is not None:
+            out.append(row[0])
+        if not cur.nextset():
+            return out
+
+
 class PgStore(PgMembership):
     """The PostgreSQL task store of one node. Open with `await PgStore.open(url, node_id)`."""
 
@@ -403,47 +415,60 @@ class PgStore(PgMembership):
         conflicts: list[str] = []
         written: list[str] = []
         with conn.cursor() as cur:
-            # rows in id order: two nodes' transactions lock shared rows in one order, never crossed
-            for tid, c in sorted(evicts.items()):
-                cur.execute("DELETE FROM tasks WHERE id = %s AND version = %s RETURNING id", (tid, c.expect))
-                if cur.fetchone() is None:
-                    conflicts.append(tid)
-                    continue
-                cur.execute("DELETE FROM attempts WHERE task_id = %s", (tid,))
-                written.append(tid)
-            for tid, c in sorted(last.items()):
-                if tid in inserts:
-                    s = inserts[tid]
-                    cur.execute(
-                        INSERT_TASK,
+            # statements in one pipeline (one round trip each kind, not one a task); rows in id
+            # order, so two nodes' transactions lock shared rows in one order, never crossed
+            if evicts:
+                ids = sorted(evicts)
+                gone = set(
+                    _returned(
+                        cur,
+                        "DELETE FROM tasks WHERE id = %s AND version = %s RETURNING id",
+                        [(tid, evicts[tid].expect) for tid in ids],
+                    )
+                )
+                conflicts += [tid for tid in ids if tid not in gone]
+                if gone:
+                    cur.execute("DELETE FROM attempts WHERE task_id = ANY(%s)", (sorted(gone),))
+                    written += sorted(gone)
+            order = sorted(last)
+            new_ids = [tid for tid in order if tid in inserts]
+            old_ids = [tid for tid in order if tid not in inserts]
+            ok: set[str] = set()
+            if new_ids:
+                params = []
+                for tid in new_ids:
+                    st, c = inserts[tid], last[tid]
+                    params.append(
                         (
                             tid,
-                            s.seq,
-                            s.prompt,
-                            s.category,
-                            s.priority,
-                            _json(list(s.deps)),
-                            s.model,
-                            s.max_attempts,
-                            s.timeout_s,
-                            _json(s.metadata),
-                            s.run_on_dep_failure,
-                            s.digest,
-                            s.created,
+                            st.seq,
+                            st.prompt,
+                            st.category,
+                            st.priority,
+                            _json(list(st.deps)),
+                            st.model,
+                            st.max_attempts,
+                            st.timeout_s,
+                            _json(st.metadata),
+                            st.run_on_dep_failure,
+                            st.digest,
+                            st.created,
                             *mutable_values(c),
-                        ),
+                        )
                     )
-                else:
-                    cur.execute(UPDATE_TASK, (*mutable_values(c), tid, first[tid].expect))
-                if cur.fetchone() is None:
-                    conflicts.append(tid)
-                    continue
-                written.append(tid)
-                rows = [_attempt_row(tid, a) for a in attempts.get(tid, {}).values()]
-                if rows:
-                    cur.executemany(UPSERT_ATTEMPT, rows)
+                ok.update(_returned(cur, INSERT_TASK, params))
+            if old_ids:
+                params = [(*mutable_values(last[tid]), tid, first[tid].expect) for tid in old_ids]
+                ok.update(_returned(cur, UPDATE_TASK, params))
+            for tid in order:
+                (written if tid in ok else conflicts).append(tid)
+            rows = [
+                _attempt_row(tid, a) for tid in order if tid in ok for a in attempts.get(tid, {}).values()
+            ]
+            if rows:
+                cur.executemany(UPSERT_ATTEMPT, rows)
             if written or events:
-                cur.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_KEY,))
+                cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(current_database()))", (ADVISORY_KEY,))
             if events:
                 if self._event_floor:
                     cur.execute(
