@@ -15,6 +15,11 @@ trio clock (the actor's receive deadline), never polling.
 Times recorded in tasks are epoch seconds derived from the trio clock (`offset + current_time()`), so
 tests driven by `autojump_clock` see backoffs elapse, and production sees wall-clock timestamps.
 
+The actor is composed of parts in their own modules: its messages (queue_messages.py), its calls
+(queue_calls.py), its models' parks and quotas (queue_models.py) and its cluster side (queue_cluster.py);
+this module is the loop, the store plumbing, dispatch and the workers' sends (about 700 lines, a tenth
+of them the re-exported message names its importers use as `queue.Submit`).
+
 Retention (`queue.keep_finished_s`, `queue.keep_finished`): at most once per `EVICT_TICK_S`, and only
 when something is due, the actor asks the book to evict up to `queue.evict_batch` finished tasks; the
 deletions ride in the same group commit as the burst's other changes. A larger backlog (after a
@@ -32,303 +37,68 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 import trio
 
-from ..protocols.config import BackoffConfig, SwarmConfig, structure
-from ..protocols.errors import Conflict, NotFound, ShoalError, StoreError, ValidationError
-from ..protocols.tasks import TERMINAL_STATES, Assignment, Outcome, Task, TaskSpec, TaskState
+from ..protocols.config import BackoffConfig, SwarmConfig
+from ..protocols.errors import NotFound, ShoalError, StoreError, ValidationError
+from ..protocols.tasks import TERMINAL_STATES, Assignment, Outcome
 from ..protocols.text import check_text, find_bad_text, wire_safe
-from ..protocols.workers import Assign, Restart, TaskFinished, WorkerCommand
+from ..protocols.workers import Assign, TaskFinished, WorkerCommand
 from ..runtime.actor import ActorGone, Address, Call, Mailbox
 from ..runtime.backoff import backoff_delay
 from ..runtime.eventbus import EventBus
-from .cluster import FeedBatch, Landed, NodesReport, node_of
+from .cluster import Landed, NodesReport
+from .queue_calls import CallsQueue
+from .queue_cluster import ClusterQueue, _fenced, _Pending
+from .queue_messages import (
+    AssignTask,
+    AttemptEnded,
+    Barrier,
+    BoostTask,
+    CancelTask,
+    CompleteTask,
+    GetTask,
+    ListTasks,
+    ModelExtraUsage,
+    ModelQuota,
+    ModelRateLimited,
+    ModelRetrying,
+    PauseModel,
+    QueueMsg,
+    QueueRequest,
+    QueueSend,
+    QueueStats,
+    ResumeModel,
+    RetireWorker,
+    RetryTask,
+    SkipTask,
+    Stats,
+    Submit,
+    UpdateConfig,
+    WaitTask,
+    WorkerAvailable,
+    WorkerUnavailable,
+    _EvictionCommitted,
+    _Feed,
+    _Landed,
+    _Resync,
+)
+from .queue_models import ModelQueue
 from .store import Ticket, WriteRefused
-from .taskbook import COUNTED_OUTCOMES, TERMINAL_TOPICS, Change, StoredTask, TaskBook, WorkerView, check_name
+from .taskbook import COUNTED_OUTCOMES, TERMINAL_TOPICS, TaskBook, WorkerView, check_name
 from .taskstore import TaskStore
 
 log = logging.getLogger("shoal.queue")
 
-DEFAULT_PARK_S = 60.0  # a rate limit without a reset time parks its model this long
 MODEL_RECENT = 10  # finished attempts remembered per model (its recent failure rate, for status)
 MAX_BURST = 256  # messages handled before the changes are handed to the store
 EVICT_TICK_S = 1.0  # retention steps at most this often, unless a backlog is being worked off
 # after a failed write, the store is probed at these delays until a probe write commits
 STORE_RETRY = BackoffConfig(min_s=1.0, max_s=60.0, factor=2.0, jitter=0.1, reset_after_s=0.0)
-
-# ---- calls (address.call(msg)) ------------------------------------------------------------------
-
-
-@attrs.frozen
-class Submit:
-    """Add tasks (atomically). Replies `list[Task]` once they are committed."""
-
-    specs: tuple[TaskSpec, ...]
-
-
-@attrs.frozen
-class GetTask:
-    id: str
-
-
-@attrs.frozen
-class ListTasks:
-    state: TaskState | None = None
-    limit: int = 100
-    cursor: str | None = None
-
-
-@attrs.frozen
-class CancelTask:
-    id: str
-
-
-@attrs.frozen
-class RetryTask:
-    id: str
-
-
-@attrs.frozen
-class SkipTask:
-    id: str
-
-
-@attrs.frozen
-class BoostTask:
-    id: str
-    priority: int
-
-
-@attrs.frozen
-class AssignTask:
-    id: str
-    worker: str
-
-
-@attrs.frozen
-class CompleteTask:
-    """Explicit completion by an agent (gateway `tasks.complete`): must name the open attempt."""
-
-    task_id: str
-    attempt: int
-    status: Literal["done", "failed"]
-    result: str | None = None
-    reason: str | None = None
-
-
-@attrs.frozen
-class QueueStats:
-    pass
-
-
-@attrs.frozen
-class WaitTask:
-    """Replies with the task once it is in a terminal state (and that state is committed)."""
-
-    id: str
-
-
-@attrs.frozen
-class RetireWorker:
-    """Scale-down handshake: True if the worker held no claim and is now out of the idle set."""
-
-    worker_id: str
-
-
-@attrs.frozen
-class PauseModel:
-    """An operator parks a model until resumed (models.pause). Replies the model's new state."""
-
-    model: str
-    reason: str = "paused by operator"
-
-
-@attrs.frozen
-class ResumeModel:
-    """An operator ends a model's park, whatever parked it (models.resume). Replies the model's state."""
-
-    model: str
-
-
-@attrs.frozen
-class Barrier:
-    """Replies None once everything the queue received before it is committed and its events are
-    published, so events a sender publishes after the reply follow the queue's (cause before effect)."""
-
-
-# ---- sends (address.send(msg)), from the swarm side ---------------------------------------------
-
-
-@attrs.frozen
-class WorkerAvailable:
-    """The worker is idle and may take a task now."""
-
-    worker_id: str
-    model: str | None
-    capabilities: frozenset[str] | None
-    history: tuple[str, ...]
-    address: Address[WorkerCommand]
-
-
-@attrs.frozen
-class WorkerUnavailable:
-    """Paused/stopping (gone=False) or dead (gone=True: its running attempt ends CRASHED)."""
-
-    worker_id: str
-    gone: bool
-
-
-@attrs.frozen
-class AttemptEnded:
-    report: TaskFinished
-
-
-@attrs.frozen
-class ModelRateLimited:
-    model: str | None  # None (an agent without a model name) parks nothing
-    reset_at: float | None  # epoch seconds; None: DEFAULT_PARK_S from now
-
-
-@attrs.frozen
-class ModelRetrying:
-    """A worker of `model` reports an API retry: many at once is a storm (limits.retry_storm_*)."""
-
-    model: str
-    worker: str
-    error: str = "unknown"
-    task_id: str | None = None  # the attempt retrying: one started before the last back-off is its tail
-
-
-@attrs.frozen
-class ModelQuota:
-    """A worker reported where its model's quota stands (kept per model and window; routing acts)."""
-
-    model: str | None
-    status: str
-    window: str | None
-    resets_at: float | None
-    utilization: float | None
-    overage: str | None
-    worker: str | None = None
-
-
-@attrs.frozen
-class ModelExtraUsage:
-    """A worker's agent now spends beyond the plan: limits.on_extra_usage decides."""
-
-    model: str | None
-    message: str
-    worker: str | None = None
-    task_id: str | None = None
-
-
-@attrs.frozen
-class UpdateConfig:
-    """Hot configuration: new queue/model rules apply to every ready task."""
-
-    config: SwarmConfig
-
-
-@attrs.frozen
-class _EvictionCommitted:
-    """Sent by the acker to the actor itself: the last retention step is durable, take the next."""
-
-
-@attrs.frozen
-class _Feed:
-    """From the feed pump: a shared store's batch of other nodes' writes, or its nodes report."""
-
-    item: FeedBatch | NodesReport
-
-
-@attrs.frozen
-class _Landed:
-    """From the acker, on a shared store: a write committed with `conflicts` (tasks whose change lost
-    its compare-and-set, with their rows as they now are) and the claims it carried, whose workers
-    get their `Assign` only now; `rewait` are waits whose reply was in a conflicting write."""
-
-    conflicts: dict[str, StoredTask | None]
-    claims: list[tuple[str, Assignment]]
-    stale: list[tuple[str, int, str]]  # (task, attempt, worker) of reports the other node fenced off
-    rewait: list[Call[Any]]
-
-
-@attrs.frozen
-class _Resync:
-    """Sent to the actor itself: the book may hold changes the store does not (a write failed, or
-    was refused), so it is rebuilt from the store."""
-
-    reason: str
-    recovered: bool = False  # the store took writes again after failing (a probe committed)
-
-
-QueueRequest = (
-    Submit
-    | GetTask
-    | ListTasks
-    | CancelTask
-    | RetryTask
-    | SkipTask
-    | BoostTask
-    | AssignTask
-    | CompleteTask
-    | QueueStats
-    | WaitTask
-    | RetireWorker
-    | Barrier
-    | PauseModel
-    | ResumeModel
-)
-"""What others `call` the queue with (the reply types are in each message's docstring)."""
-QueueSend = (
-    WorkerAvailable
-    | WorkerUnavailable
-    | AttemptEnded
-    | ModelRateLimited
-    | ModelRetrying
-    | ModelQuota
-    | ModelExtraUsage
-    | UpdateConfig
-)
-"""What others `send` the queue (fire-and-forget)."""
-QueueMsg = Call[QueueRequest] | QueueSend | _EvictionCommitted | _Resync | _Feed | _Landed
-"""Everything the queue's mailbox carries: its address is an `Address[QueueMsg]`."""
-
-
-@attrs.frozen
-class Stats:
-    counts: dict[str, int]  # per TaskState value
-    ready_by_model: dict[str | None, int]  # READY tasks per effective model (None: unpinned)
-    total: int
-    ready: int
-    running: int
-    blocked: int
-    waiting_retry: int  # FAILED, backing off before the next attempt
-    done: int
-    dead: int
-    idle_workers: int
-    known_workers: int
-    parked_models: dict[str, float]  # model -> reset time (epoch s)
-    stale_reports: int
-    store_commits: int
-    store_broken: str | None
-    evicted: int = 0  # finished tasks dropped by retention since the queue started (never goes down)
-    parked_reasons: dict[str, str] = attrs.field(factory=dict)  # parked model -> the limit's message
-    # model -> (failed, finished) over its last MODEL_RECENT finished attempts (done or counted failure)
-    model_recent: dict[str, tuple[int, int]] = attrs.field(factory=dict)
-    store_failures: int = 0  # times the store stopped taking writes
-    store_recoveries: int = 0  # times it took them again by itself (a probe write committed)
-    # READY categorised tasks by (category, effective model), manual assignments aside (the scaler)
-    ready_by_category: dict[tuple[str, str | None], int] = attrs.field(factory=dict)
-    # model -> window ("five_hour", "?" when not said) -> the latest quota report (status,
-    # utilization, resets_at, overage, at)
-    quota: dict[str, dict[str, dict[str, Any]]] = attrs.field(factory=dict)
-    hot_models: tuple[str, ...] = ()  # utilization >= limits.prefer_fallback_at: fallbacks preferred
-    retry_storms: dict[str, int] = attrs.field(factory=dict)  # model -> storms so far (the park level)
 
 
 class _Worker:
@@ -341,7 +111,7 @@ class _Worker:
         self.state = "idle"  # idle | busy | paused | retired
 
 
-class QueueActor:
+class QueueActor(CallsQueue, ModelQueue, ClusterQueue):
     """Owns the task book, the store writes and the idle-worker set. See the module docstring."""
 
     def __init__(
@@ -434,11 +204,6 @@ class QueueActor:
             self.config.queue, self.config.models, rng=rng, stamp=store.stamp, seq_source=store.next_seq
         )
 
-    def _elsewhere(self, worker: str) -> bool:
-        """A worker of another node (its attempts and assignments survive this node's restart)."""
-        node = node_of(worker)
-        return self.shared and node is not None and node != self.node_id
-
     async def run(
         self, *, task_status: trio.TaskStatus[Address[QueueMsg]] = trio.TASK_STATUS_IGNORED
     ) -> None:
@@ -497,15 +262,6 @@ class QueueActor:
             self._flush()
             if self._resync is not None:
                 await self._reload()
-
-    async def _feed_pump(self, address: Address[QueueMsg]) -> None:
-        """Other nodes' writes and the nodes report, from the shared store's thread into the mailbox."""
-        feed: trio.MemoryReceiveChannel[FeedBatch | NodesReport] = self.store.feed  # type: ignore[attr-defined]
-        async for item in feed:
-            try:
-                await address.send(_Feed(item))
-            except ActorGone:
-                return
 
     async def _acker(self) -> None:
         """Release events and replies once the write holding them has committed (in order)."""
@@ -730,17 +486,6 @@ class QueueActor:
             nxt = cool if nxt is None else min(nxt, cool)
         return math.inf if nxt is None else nxt - self._offset
 
-    def _hot_ends(self) -> float | None:
-        """When the earliest quota window of a hot model resets (epoch s): it may cool down then."""
-        now = self._now()
-        ends = [
-            r["resets_at"]
-            for m in self.book.hot
-            for r in self._quota.get(m, {}).values()
-            if r["resets_at"] is not None and r["resets_at"] > now
-        ]
-        return min(ends) if ends else None
-
     def _evict_at(self) -> float | None:
         """When the next retention step should run (epoch s), or None."""
         if self._broken is not None:
@@ -859,153 +604,6 @@ class QueueActor:
                 del self._idle[worker.id]
                 self._match_worker(worker, now)
 
-    # ---- calls -----------------------------------------------------------------------------------
-
-    def _on_submit(self, call: Call[Any], msg: Submit, now: float) -> None:
-        self._writable()
-        specs: Any = msg.specs
-        if isinstance(specs, TaskSpec | Mapping):
-            specs = (specs,)
-        if not isinstance(specs, tuple | list):
-            raise ValidationError("tasks", "must be a list of task specs")
-        multi = len(specs) != 1
-        parsed: list[Any] = []
-        for i, spec in enumerate(specs):
-            if isinstance(spec, Mapping):
-                spec = structure(dict(spec), TaskSpec, f"tasks[{i}]" if multi else "task")
-            parsed.append(spec)
-        tasks = self.book.submit(parsed, now)
-        self._acks.append((call, tasks))
-
-    def _on_get(self, call: Call[Any], msg: GetTask, now: float) -> None:
-        call.reply(self.book.get(msg.id))
-
-    def _on_list(self, call: Call[Any], msg: ListTasks, now: float) -> None:
-        call.reply(self.book.list_tasks(msg.state, msg.limit, msg.cursor))
-
-    def _interrupt(self, worker_id: str | None, task_id: str, why: str) -> None:
-        worker = self._workers.get(worker_id) if worker_id is not None else None
-        if worker is None:
-            return
-        try:
-            worker.address.try_send(Restart(reason=f"task {task_id} {why}", wait=False))
-        except ActorGone:
-            pass
-
-    def _on_cancel(self, call: Call[Any], msg: CancelTask, now: float) -> None:
-        self._writable()
-        worker = self.book.cancel(msg.id, now)
-        self._interrupt(worker, msg.id, "cancelled")
-        self._acks.append((call, self.book.get(msg.id)))
-
-    def _on_skip(self, call: Call[Any], msg: SkipTask, now: float) -> None:
-        self._writable()
-        worker = self.book.cancel(msg.id, now, skip=True)
-        self._interrupt(worker, msg.id, "skipped")
-        self._acks.append((call, self.book.get(msg.id)))
-
-    def _on_retry(self, call: Call[Any], msg: RetryTask, now: float) -> None:
-        self._writable()
-        self._acks.append((call, self.book.retry(msg.id, now)))
-
-    def _on_boost(self, call: Call[Any], msg: BoostTask, now: float) -> None:
-        self._writable()
-        self._acks.append((call, self.book.boost(msg.id, msg.priority, now)))
-
-    def _on_assign(self, call: Call[Any], msg: AssignTask, now: float) -> None:
-        self._writable()
-        check_name("worker", msg.worker, "worker id")
-        self.book.get(msg.id)  # NotFound first
-        if msg.worker not in self._workers and not self._elsewhere_alive(msg.worker):
-            raise NotFound("worker", msg.worker)
-        self._acks.append((call, self.book.assign(msg.id, msg.worker, now)))
-
-    def _on_complete(self, call: Call[Any], msg: CompleteTask, now: float) -> None:
-        self._writable()
-        if msg.status not in ("done", "failed"):
-            raise ValidationError("status", "must be 'done' or 'failed'", msg.status)
-        for name in ("result", "reason"):
-            value = getattr(msg, name)
-            if value is not None and not isinstance(value, str):
-                raise ValidationError(name, "must be a string or null", type(value).__name__)
-        if msg.result is not None and len(msg.result.encode("utf-8", "surrogatepass")) > (
-            limit := self.config.queue.max_prompt_bytes
-        ):
-            raise ValidationError("result", f"is over the limit of {limit} bytes (queue.max_prompt_bytes)")
-        if isinstance(msg.attempt, bool) or not isinstance(msg.attempt, int):
-            raise ValidationError("attempt", "must be an integer", msg.attempt)
-        task = self.book.get(msg.task_id)
-        if not self.book.is_current(msg.task_id, msg.attempt):
-            current = self.book.open_attempt(msg.task_id)
-            raise Conflict(
-                f"attempt {msg.attempt} of task {msg.task_id!r} is not open (task is {task.state.value}; "
-                f"open attempt: {current.n if current else 'none'})"
-            )
-        outcome = Outcome.DONE if msg.status == "done" else Outcome.FAILED
-        self.book.finish(
-            msg.task_id,
-            msg.attempt,
-            outcome,
-            now,
-            result=msg.result if outcome is Outcome.DONE else None,
-            reason=msg.reason if outcome is not Outcome.DONE else None,
-        )
-        self._acks.append((call, self.book.get(msg.task_id)))
-
-    def _on_stats(self, call: Call[Any], msg: QueueStats, now: float) -> None:
-        call.reply(self.stats())
-
-    def stats(self) -> Stats:
-        counts = self.book.counts()
-        return Stats(
-            counts={s.value: n for s, n in counts.items()},
-            ready_by_model=self.book.ready_by_model(),
-            ready_by_category=self.book.ready_by_category(),
-            total=len(self.book),
-            ready=counts[TaskState.READY],
-            running=counts[TaskState.RUNNING],
-            blocked=counts[TaskState.BLOCKED],
-            waiting_retry=counts[TaskState.FAILED],
-            done=counts[TaskState.DONE],
-            dead=counts[TaskState.DEAD],
-            idle_workers=len(self._idle),
-            known_workers=len(self._workers),
-            parked_models=dict(self.book.parked),
-            stale_reports=self.book.stale_reports,
-            store_commits=self.store.commits,
-            store_broken=str(self._broken) if self._broken is not None else None,
-            evicted=self.book.evicted,
-            parked_reasons={m: r for m, r in self._park_reasons.items() if m in self.book.parked},
-            model_recent={m: (sum(d), len(d)) for m, d in self._model_recent.items()},
-            store_failures=self.store_failures,
-            store_recoveries=self.store_recoveries,
-            quota={m: {w: dict(r) for w, r in windows.items()} for m, windows in self._quota.items()},
-            hot_models=tuple(sorted(self.book.hot)),
-            retry_storms={m: level for m, (level, _end) in self._storms.items()},
-        )
-
-    def _on_wait(self, call: Call[Any], msg: WaitTask, now: float) -> None:
-        task = self.book.get(msg.id)
-        if task.state in TERMINAL_STATES:
-            self._acks.append((call, task))  # after the next commit: the state is durable
-        else:
-            self._waiters.setdefault(task.id, []).append(call)
-
-    def _on_barrier(self, call: Call[Any], msg: Barrier, now: float) -> None:
-        self._acks.append((call, None))  # released by the acker after the next commit, in order
-
-    def _on_retire(self, call: Call[Any], msg: RetireWorker, now: float) -> None:
-        wid = msg.worker_id
-        if self.book.running_on(wid):
-            call.reply(False)
-            return
-        self._idle.pop(wid, None)
-        worker = self._workers.pop(wid, None)
-        if worker is not None:
-            worker.state = "retired"
-        self.book.worker_gone(wid, now, reason="worker retired")
-        self._acks.append((call, True))
-
     # ---- sends -----------------------------------------------------------------------------------
 
     def _on_available(self, msg: WorkerAvailable, now: float) -> None:
@@ -1101,279 +699,6 @@ class QueueActor:
                 recent = self._model_recent[model] = collections.deque(maxlen=MODEL_RECENT)
             recent.append(r.outcome is not Outcome.DONE)
 
-    def _park(self, model: str, reset_at: Any, now: float, reason: str | None = None) -> None:
-        if reason:
-            self._park_reasons[model] = reason
-        if isinstance(reset_at, bool) or not isinstance(reset_at, int | float):
-            reset_at = None  # a report from a dialect that could not parse the reset time
-        if reset_at == math.inf:
-            until = math.inf  # until an operator resumes it (models.resume)
-        else:
-            until = reset_at if reset_at is not None and math.isfinite(reset_at) else now + DEFAULT_PARK_S
-        self.book.park(model, until)
-        if self.shared:  # every node parks it: the limit is the account's, not this machine's
-            self.store.park(model, self.book.parked[model], self._park_reasons.get(model))  # type: ignore[attr-defined]
-            self._remote_parks.discard(model)
-        self._rematch_idle(now)  # unpinned and fallback work moves to the other models' workers
-
-    def _on_rate_limited(self, msg: ModelRateLimited, now: float) -> None:
-        if msg.model is None:
-            return  # an agent without a model name: nothing to park
-        check_name("model", msg.model, "model")
-        if msg.reset_at is not None and (
-            isinstance(msg.reset_at, bool) or not isinstance(msg.reset_at, int | float)
-        ):
-            raise ValidationError("reset_at", "must be an epoch time in seconds or null", msg.reset_at)
-        self._park(msg.model, msg.reset_at, now)
-
-    # ---- what agents say about the API and the quota (issue 16) -----------------------------------
-
-    def _on_retrying(self, msg: ModelRetrying, now: float) -> None:
-        """Count retries per model over limits.retry_storm_window_s; once enough distinct workers
-        retry, park the model swarm-wide (30 s, doubling per storm up to the max) so its workers
-        take no new task while the API recovers. The level resets after a calm spell as long as
-        the longest park."""
-        check_name("model", msg.model, "model")
-        lim = self.config.limits
-        level, last_end = self._storms.get(msg.model, (0, -math.inf))
-        if now < last_end and msg.model in self.book.parked:
-            return  # backing off already: the running tasks' own retries are the storm's tail
-        if msg.task_id is not None and msg.task_id in self.book and last_end > -math.inf:
-            att = self.book.open_attempt(msg.task_id)
-            if att is not None and att.started <= last_end:
-                return  # a request sent before the back-off ended (or was resumed): the old storm's tail
-        seen = self._retries.get(msg.model)
-        if seen is None:
-            seen = self._retries[msg.model] = collections.deque()
-        seen.append((now, msg.worker))
-        while seen and seen[0][0] < now - lim.retry_storm_window_s:
-            seen.popleft()
-        workers = sorted({w for _t, w in seen})
-        if len(workers) < lim.retry_storm_workers:
-            return
-        seen.clear()
-        if now >= last_end + lim.retry_storm_park_max_s:
-            level = 0  # calm since the last park ended: start again from the shortest
-        park_s = min(lim.retry_storm_park_max_s, lim.retry_storm_park_s * 2.0**level)
-        until = now + park_s
-        self._storms[msg.model] = (level + 1, until)
-        window = lim.retry_storm_window_s
-        reason = f"retry storm: {len(workers)} workers retrying ({msg.error}) within {window:g} s"
-        self.book.announce(
-            "model.retry_storm",
-            {
-                "model": msg.model,
-                "workers": workers,
-                "error": msg.error,
-                "park_s": park_s,
-                "until": until,
-                "level": level + 1,
-            },
-        )
-        if until > self.book.parked.get(msg.model, -math.inf):
-            self._park(msg.model, until, now, reason)
-
-    def _on_quota(self, msg: ModelQuota, now: float) -> None:
-        """Keep the latest report per model and window; a model at or over limits.prefer_fallback_at
-        of any window becomes *hot*: its soft-routed tasks may go to its fallback models' workers."""
-        util = msg.utilization
-        if isinstance(util, bool) or not isinstance(util, int | float) or not math.isfinite(util):
-            util = None
-        reset = msg.resets_at
-        if isinstance(reset, bool) or not isinstance(reset, int | float) or not math.isfinite(reset):
-            reset = None
-        report = {
-            "status": str(msg.status),
-            "utilization": util,
-            "resets_at": reset,
-            "overage": msg.overage if isinstance(msg.overage, str) else None,
-            "at": now,
-        }
-        window = msg.window if isinstance(msg.window, str) and msg.window else "?"
-        self.book.announce(
-            "model.quota", {"model": msg.model, "window": window, "worker": msg.worker, **report}
-        )
-        if msg.model is None:
-            return
-        check_name("model", msg.model, "model")
-        self._quota.setdefault(msg.model, {})[window] = report
-        self._update_hot(now)
-
-    def _update_hot(self, now: float) -> None:
-        threshold = self.config.limits.prefer_fallback_at
-        hot = set()
-        for model, windows in self._quota.items():
-            for report in windows.values():
-                reset, util = report["resets_at"], report["utilization"]
-                if reset is not None and reset <= now:
-                    continue  # that window has reset since: its figure is stale
-                if util is not None and util >= threshold:
-                    hot.add(model)
-        if hot != self.book.hot:
-            self.book.set_hot(hot)
-            self._rematch_idle(now)
-
-    def _on_extra_usage(self, msg: ModelExtraUsage, now: float) -> None:
-        """limits.on_extra_usage: continue (an event only), pause (park the model until an operator
-        resumes it), stop (pause, and interrupt its running attempts: requeued, not counted)."""
-        policy = self.config.limits.on_extra_usage
-        self.book.announce(
-            "model.extra_usage",
-            {
-                "model": msg.model,
-                "message": msg.message,
-                "worker": msg.worker,
-                "task_id": msg.task_id,
-                "policy": policy,
-            },
-        )
-        if msg.model is None or policy == "continue":
-            return
-        check_name("model", msg.model, "model")
-        if self.book.parked.get(msg.model) != math.inf:
-            self._park(
-                msg.model,
-                math.inf,
-                now,
-                f"extra usage ({policy}): {msg.message} · shoal models resume {msg.model}",
-            )
-        if policy == "stop":
-            for worker in list(self._workers.values()):
-                if worker.view.model == msg.model:
-                    for task_id in self.book.running_on(worker.id):
-                        self._interrupt(worker.id, task_id, f"stopped: {msg.model} is using extra usage")
-
-    def _model_state(self, model: str) -> dict[str, Any]:
-        until = self.book.parked.get(model)
-        return {
-            "model": model,
-            "parked": until is not None,
-            "until": until if until is not None and math.isfinite(until) else None,
-            "reason": self._park_reasons.get(model) if until is not None else None,
-        }
-
-    def _on_pause_model(self, call: Call[Any], msg: PauseModel, now: float) -> None:
-        check_name("model", msg.model, "model")
-        if not isinstance(msg.reason, str) or not msg.reason.strip() or len(msg.reason) > 500:
-            raise ValidationError(
-                "reason", "must be a non-empty string of at most 500 characters", msg.reason
-            )
-        if self.book.parked.get(msg.model) != math.inf:
-            self._park(msg.model, math.inf, now, msg.reason)
-        self._acks.append((call, self._model_state(msg.model)))
-
-    def _on_resume_model(self, call: Call[Any], msg: ResumeModel, now: float) -> None:
-        check_name("model", msg.model, "model")
-        if msg.model not in self.book.parked:
-            raise Conflict(f"model {msg.model} is not parked")
-        self.book.unpark(msg.model, "resumed by operator")
-        if self.shared:
-            self.store.unpark(msg.model)  # type: ignore[attr-defined]
-            self._remote_parks.discard(msg.model)
-        self._park_reasons.pop(msg.model, None)
-        self._retries.pop(msg.model, None)
-        if msg.model in self._storms:  # the back-off ends now: what runs already is its tail
-            self._storms[msg.model] = (self._storms[msg.model][0], now)
-        self._rematch_idle(now)
-        self._acks.append((call, self._model_state(msg.model)))
-
-    # ---- a cluster (shared store) ---------------------------------------------------------------
-
-    def _elsewhere_alive(self, worker: str) -> bool:
-        """A worker id of another node that is alive now (a manual assignment may name it)."""
-        if not self._elsewhere(worker) or self.nodes is None:
-            return False
-        node = node_of(worker)
-        return any(n.id == node and n.alive for n in self.nodes.nodes)
-
-    def _on_feed(self, msg: _Feed, now: float) -> None:
-        item = msg.item
-        if isinstance(item, NodesReport):
-            self._on_nodes(item, now)
-            return
-        taken = self.book.absorb(item.rows, now)
-        for tid, wid in taken:  # another node requeued or cancelled what ran here: stop it
-            self._interrupt(wid, tid, "was taken over by another node")
-        self._settle_waiters([tid for tid, row in item.rows if row is not None])
-
-    def _settle_waiters(self, task_ids: list[str]) -> None:
-        for tid in task_ids:
-            waiters = self._waiters.get(tid)
-            if waiters and tid in self.book and (task := self.book.get(tid)).state in TERMINAL_STATES:
-                del self._waiters[tid]
-                self._acks.extend((w, task) for w in waiters)
-
-    def _on_nodes(self, report: NodesReport, now: float) -> None:
-        """Each heartbeat: requeue what workers of dead nodes held; if this node's own lease was
-        lost (it was paused or cut off), stop what its workers run: other nodes took it over."""
-        first = self.nodes is None
-        self.nodes = report
-        if report.lost:
-            for wid in list(self._workers):
-                for tid in self.book.running_on(wid):
-                    self._interrupt(wid, tid, "was taken over: this node lost its lease")
-        self._sync_parks(report.parks, now)
-        alive = {n.id for n in report.nodes if n.alive}
-        known = {n.id for n in report.nodes}
-        for wid in sorted(self.book.workers_with_work()):
-            node = node_of(wid)
-            if node is None or node == self.node_id or node in alive:
-                continue
-            if node not in known and first:
-                continue  # a node registering right now: its row shows next time
-            self.reaped += len(self.book.running_on(wid))
-            self.book.worker_gone(wid, now, reason=f"node {node!r} is gone (its lease ran out)")
-
-    def _sync_parks(self, parks: Mapping[str, float], now: float) -> None:
-        """Models another node parked (a usage limit is the account's) are parked here too, quietly
-        (that node announced it); a park gone from the cluster (resumed, expired) ends here too."""
-        changed = False
-        for model, until in parks.items():
-            if until > now and self.book.parked.get(model, -math.inf) < until:
-                self.book.parked[model] = until
-                self._remote_parks.add(model)
-                changed = True
-                shown = until if math.isfinite(until) else None
-                self.book.announce(
-                    "model.park_applied", {"model": model, "until": shown, "node": self.node_id}
-                )
-        for model in list(self._remote_parks):
-            if model not in parks:
-                self._remote_parks.discard(model)
-                if self.book.parked.pop(model, None) is not None:
-                    changed = True
-                    self.book.announce("model.park_lifted", {"model": model, "node": self.node_id})
-        if changed:
-            self._rematch_idle(now)
-
-    def _on_landed(self, msg: _Landed, now: float) -> None:
-        if msg.conflicts:
-            self.conflicts += len(msg.conflicts)
-            taken = self.book.absorb(list(msg.conflicts.items()), now)
-            for tid, wid in taken:
-                self._interrupt(wid, tid, "was taken over by another node")
-            for tid, attempt, wid in msg.stale:
-                self.book.stale_reports += 1
-                self._extra_events.append(
-                    ("task.stale_report", {"task_id": tid, "attempt": attempt, "worker": wid, "fenced": True})
-                )
-        for call in msg.rewait:
-            self._waiters.setdefault(call.payload.id, []).append(call)
-        self._settle_waiters([*msg.conflicts, *(c.payload.id for c in msg.rewait)])
-        for wid, assignment in msg.claims:
-            worker = self._workers.get(wid)
-            att = self.book.open_attempt(assignment.task_id) if assignment.task_id in self.book else None
-            won = att is not None and att.worker == wid and att.n == assignment.attempt
-            if worker is None:
-                continue  # gone meanwhile: worker_gone settled its claim
-            if won:
-                self._deliver(worker, assignment, now)
-            elif worker.state == "busy" and not self.book.running_on(wid):
-                worker.state = "idle"  # another node took the task first: take the next one
-                self._match_worker(worker, now)
-        if not msg.claims and not msg.conflicts and self._broken is not None:
-            return
-
     def _on_eviction_committed(self, msg: _EvictionCommitted, now: float) -> None:
         pass  # waking up was the point: the loop looks at the retention timer again
 
@@ -1384,57 +709,6 @@ class QueueActor:
         self.book.reconfigure(msg.config.queue, msg.config.models)
         self._update_hot(now)  # limits.prefer_fallback_at may have changed
         self._rematch_idle(now)
-
-
-_Pending = tuple[
-    Ticket,
-    list[tuple[str, dict[str, Any]]],
-    list[tuple[Call[Any], Any]],
-    list[tuple[str, Assignment]],
-    list[Change],
-]
-"""What the acker waits on: a write's ticket, and the events, replies and claims held for it."""
-
-_FINISH_KINDS = frozenset({"complete", "fail", "requeue", "dead"})
-
-
-def _fenced(
-    conflicts: dict[str, StoredTask | None],
-    events: list[tuple[str, dict[str, Any]]],
-    acks: list[tuple[Call[Any], Any]],
-    changes: list[Change],
-) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[Call[Any], Any]], _Landed]:
-    """A write some of whose changes lost their compare-and-set: their events never happened, the
-    calls that made them fail with Conflict (a wait waits on), and the reports they carried are
-    stale (fenced off: another node owned the attempt by then)."""
-    kept = [(t, d) for t, d in events if d.get("task_id") not in conflicts]
-    replies: list[tuple[Call[Any], Any]] = []
-    rewait: list[Call[Any]] = []
-    for call, value in acks:
-        ids = _task_ids(value)
-        hit = next((tid for tid in ids if tid in conflicts), None)
-        if hit is None:
-            replies.append((call, value))
-        elif isinstance(call.payload, WaitTask):
-            rewait.append(call)
-        else:
-            call.fail(
-                Conflict(f"task {hit!r} was changed at another node meanwhile; look at it and try again")
-            )
-    stale = [
-        (c.task_id, c.attempt.n, c.attempt.worker)
-        for c in changes
-        if c.task_id in conflicts and c.kind in _FINISH_KINDS and c.attempt is not None and c.attempt.ended
-    ]
-    return kept, replies, _Landed(conflicts, [], stale, rewait)
-
-
-def _task_ids(value: Any) -> list[str]:
-    if isinstance(value, Task):
-        return [value.id]
-    if isinstance(value, list | tuple):
-        return [v.id for v in value if isinstance(v, Task)]
-    return []
 
 
 def _check_call_text(payload: Any) -> None:
@@ -1469,3 +743,35 @@ def _safe_report(msg: AttemptEnded) -> AttemptEnded:
 
 ConfigChanged = UpdateConfig  # older name
 _TERMINAL_TOPIC_SET = frozenset(TERMINAL_TOPICS.values())
+
+# the messages are the queue's interface: importers use `queue.Submit` etc.
+__all__ = [
+    "AssignTask",
+    "AttemptEnded",
+    "Barrier",
+    "BoostTask",
+    "CancelTask",
+    "CompleteTask",
+    "GetTask",
+    "ListTasks",
+    "ModelExtraUsage",
+    "ModelQuota",
+    "ModelRateLimited",
+    "ModelRetrying",
+    "PauseModel",
+    "QueueActor",
+    "QueueMsg",
+    "QueueRequest",
+    "QueueSend",
+    "QueueStats",
+    "ResumeModel",
+    "RetireWorker",
+    "RetryTask",
+    "SkipTask",
+    "Stats",
+    "Submit",
+    "UpdateConfig",
+    "WaitTask",
+    "WorkerAvailable",
+    "WorkerUnavailable",
+]

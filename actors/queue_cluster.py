@@ -1,0 +1,241 @@
+"""The QueueActor in a cluster (a shared store, issue 18): the feed of other nodes' writes, the nodes
+report (dead nodes' work requeued, cluster-wide parks), claims delivered once committed, and the
+writes whose compare-and-set another node won."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ..protocols.config import SwarmConfig
+from ..protocols.errors import Conflict, StoreError
+from ..protocols.tasks import TERMINAL_STATES, Assignment, Task
+from ..runtime.actor import ActorGone, Address, Call
+from ..runtime.eventbus import EventBus
+from .cluster import FeedBatch, NodesReport, node_of
+from .queue_messages import (
+    QueueMsg,
+    Stats,
+    WaitTask,
+    _Feed,
+    _Landed,
+)
+from .store import Ticket
+from .taskbook import Change, StoredTask, TaskBook
+from .taskstore import TaskStore
+
+log = logging.getLogger("shoal.queue")
+
+if TYPE_CHECKING:  # the QueueActor's state and methods these handlers share (actors/queue.py)
+    from .queue import _Worker
+
+
+class ClusterQueue:
+    """A part of the QueueActor (see the module docstring); QueueActor composes it."""
+
+    # the QueueActor's state (set in QueueActor.__init__) and the methods of its that these use
+    config: SwarmConfig
+    store: TaskStore
+    bus: EventBus
+    book: TaskBook
+    shared: bool
+    node_id: str | None
+    nodes: NodesReport | None
+    conflicts: int
+    reaped: int
+    address: Address[QueueMsg] | None
+    _workers: dict[str, _Worker]
+    _idle: dict[str, _Worker]
+    _waiters: dict[str, list[Call[Any]]]
+    _acks: list[tuple[Call[Any], Any]]
+    _extra_events: list[tuple[str, dict[str, Any]]]
+    _remote_parks: set[str]
+    _park_reasons: dict[str, str]
+    _model_recent: dict[str, collections.deque[bool]]
+    _retries: dict[str, collections.deque[tuple[float, str]]]
+    _storms: dict[str, tuple[int, float]]
+    _quota: dict[str, dict[str, dict[str, Any]]]
+    _broken: StoreError | None
+    store_failures: int
+    store_recoveries: int
+    stale_announcements: int
+    unknown_messages: int
+
+    if TYPE_CHECKING:
+
+        def _now(self) -> float: ...
+        def _interrupt(self, worker_id: str | None, task_id: str, why: str) -> None: ...
+        def _rematch_idle(self, now: float) -> None: ...
+        def _match_worker(self, worker: _Worker, now: float) -> None: ...
+        def _deliver(self, worker: _Worker, assignment: Assignment, now: float) -> bool: ...
+        def _writable(self) -> None: ...
+        def _park(self, model: str, reset_at: Any, now: float, reason: str | None = None) -> None: ...
+        def _model_state(self, model: str) -> dict[str, Any]: ...
+        def stats(self) -> Stats: ...
+
+    def _elsewhere(self, worker: str) -> bool:
+        """A worker of another node (its attempts and assignments survive this node's restart)."""
+        node = node_of(worker)
+        return self.shared and node is not None and node != self.node_id
+
+    async def _feed_pump(self, address: Address[QueueMsg]) -> None:
+        """Other nodes' writes and the nodes report, from the shared store's thread into the mailbox."""
+        feed: trio.MemoryReceiveChannel[FeedBatch | NodesReport] = self.store.feed  # type: ignore[attr-defined]
+        async for item in feed:
+            try:
+                await address.send(_Feed(item))
+            except ActorGone:
+                return
+
+    # ---- a cluster (shared store) ---------------------------------------------------------------
+
+    def _elsewhere_alive(self, worker: str) -> bool:
+        """A worker id of another node that is alive now (a manual assignment may name it)."""
+        if not self._elsewhere(worker) or self.nodes is None:
+            return False
+        node = node_of(worker)
+        return any(n.id == node and n.alive for n in self.nodes.nodes)
+
+    def _on_feed(self, msg: _Feed, now: float) -> None:
+        item = msg.item
+        if isinstance(item, NodesReport):
+            self._on_nodes(item, now)
+            return
+        taken = self.book.absorb(item.rows, now)
+        for tid, wid in taken:  # another node requeued or cancelled what ran here: stop it
+            self._interrupt(wid, tid, "was taken over by another node")
+        self._settle_waiters([tid for tid, row in item.rows if row is not None])
+
+    def _settle_waiters(self, task_ids: list[str]) -> None:
+        for tid in task_ids:
+            waiters = self._waiters.get(tid)
+            if waiters and tid in self.book and (task := self.book.get(tid)).state in TERMINAL_STATES:
+                del self._waiters[tid]
+                self._acks.extend((w, task) for w in waiters)
+
+    def _on_nodes(self, report: NodesReport, now: float) -> None:
+        """Each heartbeat: requeue what workers of dead nodes held; if this node's own lease was
+        lost (it was paused or cut off), stop what its workers run: other nodes took it over."""
+        first = self.nodes is None
+        self.nodes = report
+        if report.lost:
+            for wid in list(self._workers):
+                for tid in self.book.running_on(wid):
+                    self._interrupt(wid, tid, "was taken over: this node lost its lease")
+        self._sync_parks(report.parks, now)
+        alive = {n.id for n in report.nodes if n.alive}
+        known = {n.id for n in report.nodes}
+        for wid in sorted(self.book.workers_with_work()):
+            node = node_of(wid)
+            if node is None or node == self.node_id or node in alive:
+                continue
+            if node not in known and first:
+                continue  # a node registering right now: its row shows next time
+            self.reaped += len(self.book.running_on(wid))
+            self.book.worker_gone(wid, now, reason=f"node {node!r} is gone (its lease ran out)")
+
+    def _sync_parks(self, parks: Mapping[str, float], now: float) -> None:
+        """Models another node parked (a usage limit is the account's) are parked here too, quietly
+        (that node announced it); a park gone from the cluster (resumed, expired) ends here too."""
+        changed = False
+        for model, until in parks.items():
+            if until > now and self.book.parked.get(model, -math.inf) < until:
+                self.book.parked[model] = until
+                self._remote_parks.add(model)
+                changed = True
+                shown = until if math.isfinite(until) else None
+                self.book.announce(
+                    "model.park_applied", {"model": model, "until": shown, "node": self.node_id}
+                )
+        for model in list(self._remote_parks):
+            if model not in parks:
+                self._remote_parks.discard(model)
+                if self.book.parked.pop(model, None) is not None:
+                    changed = True
+                    self.book.announce("model.park_lifted", {"model": model, "node": self.node_id})
+        if changed:
+            self._rematch_idle(now)
+
+    def _on_landed(self, msg: _Landed, now: float) -> None:
+        if msg.conflicts:
+            self.conflicts += len(msg.conflicts)
+            taken = self.book.absorb(list(msg.conflicts.items()), now)
+            for tid, wid in taken:
+                self._interrupt(wid, tid, "was taken over by another node")
+            for tid, attempt, wid in msg.stale:
+                self.book.stale_reports += 1
+                self._extra_events.append(
+                    ("task.stale_report", {"task_id": tid, "attempt": attempt, "worker": wid, "fenced": True})
+                )
+        for call in msg.rewait:
+            self._waiters.setdefault(call.payload.id, []).append(call)
+        self._settle_waiters([*msg.conflicts, *(c.payload.id for c in msg.rewait)])
+        for wid, assignment in msg.claims:
+            worker = self._workers.get(wid)
+            att = self.book.open_attempt(assignment.task_id) if assignment.task_id in self.book else None
+            won = att is not None and att.worker == wid and att.n == assignment.attempt
+            if worker is None:
+                continue  # gone meanwhile: worker_gone settled its claim
+            if won:
+                self._deliver(worker, assignment, now)
+            elif worker.state == "busy" and not self.book.running_on(wid):
+                worker.state = "idle"  # another node took the task first: take the next one
+                self._match_worker(worker, now)
+        if not msg.claims and not msg.conflicts and self._broken is not None:
+            return
+
+
+_Pending = tuple[
+    Ticket,
+    list[tuple[str, dict[str, Any]]],
+    list[tuple[Call[Any], Any]],
+    list[tuple[str, Assignment]],
+    list[Change],
+]
+"""What the acker waits on: a write's ticket, and the events, replies and claims held for it."""
+
+_FINISH_KINDS = frozenset({"complete", "fail", "requeue", "dead"})
+
+
+def _fenced(
+    conflicts: dict[str, StoredTask | None],
+    events: list[tuple[str, dict[str, Any]]],
+    acks: list[tuple[Call[Any], Any]],
+    changes: list[Change],
+) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[Call[Any], Any]], _Landed]:
+    """A write some of whose changes lost their compare-and-set: their events never happened, the
+    calls that made them fail with Conflict (a wait waits on), and the reports they carried are
+    stale (fenced off: another node owned the attempt by then)."""
+    kept = [(t, d) for t, d in events if d.get("task_id") not in conflicts]
+    replies: list[tuple[Call[Any], Any]] = []
+    rewait: list[Call[Any]] = []
+    for call, value in acks:
+        ids = _task_ids(value)
+        hit = next((tid for tid in ids if tid in conflicts), None)
+        if hit is None:
+            replies.append((call, value))
+        elif isinstance(call.payload, WaitTask):
+            rewait.append(call)
+        else:
+            call.fail(
+                Conflict(f"task {hit!r} was changed at another node meanwhile; look at it and try again")
+            )
+    stale = [
+        (c.task_id, c.attempt.n, c.attempt.worker)
+        for c in changes
+        if c.task_id in conflicts and c.kind in _FINISH_KINDS and c.attempt is not None and c.attempt.ended
+    ]
+    return kept, replies, _Landed(conflicts, [], stale, rewait)
+
+
+def _task_ids(value: Any) -> list[str]:
+    if isinstance(value, Task):
+        return [value.id]
+    if isinstance(value, list | tuple):
+        return [v.id for v in value if isinstance(v, Task)]
+    return []
