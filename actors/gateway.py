@@ -520,7 +520,7 @@ class _Connection:
     async def _attach(self, p: api.IdParams) -> Any:
         if p.id in self._attached:
             raise Conflict(f"already attached to {p.id} on this connection")
-        snapshot, channel = self.swarm.attach(p.id)
+        snapshot, channel = await self.swarm.attach(p.id)
         scope = trio.CancelScope()
         self._attached[p.id] = (channel, scope)
         result = {"id": p.id, "encoding": "base64", "snapshot": base64.b64encode(snapshot).decode("ascii")}

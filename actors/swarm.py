@@ -5,10 +5,12 @@
         print((await swarm.wait(task.id)).result)
 
 The handle is a thin façade: each call goes to the actor that owns the state (tasks → QueueActor,
-workers → SwarmSupervisor, numbers → MetricsActor). The handle owns only the current configuration:
-patches are validated whole, persisted to `<state_dir>/config-overrides.json` (so a restart keeps
-them) and announced as `config.changed`; every actor reads the config through a getter, so a change
-takes effect at its next decision. The gateway, the dashboard and the CLI all go through this handle.
+workers → SwarmSupervisor, numbers → MetricsActor); worker listings read the roster the
+supervisor publishes (actors/swarm_supervisor.py says why they stay synchronous). The handle owns
+only the current configuration: patches are validated whole, persisted to
+`<state_dir>/config-overrides.json` (so a restart keeps them) and announced as `config.changed`;
+every actor reads the config through a getter, so a change takes effect at its next decision. The
+gateway, the dashboard and the CLI all go through this handle.
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ from ..protocols.config import SwarmConfig, config_to_dict, patch_config, struct
 from ..protocols.errors import Conflict, Elsewhere, NotFound, StoreError, ValidationError
 from ..protocols.tasks import TERMINAL_STATES, Task, TaskSpec, TaskState
 from ..protocols.text import check_text
-from ..protocols.workers import AnswerQuestion, Resize, SendInput, WorkerInfo, WorkerState
+from ..protocols.workers import AnswerQuestion, Resize, SendInput, WorkerCommand, WorkerInfo, WorkerState
 from ..runtime.actor import ActorGone, Address
 from ..runtime.eventbus import EventBus, Subscription
 from . import queue as q
+from . import swarm_messages as sm
 from .alerts import AlertActor
 from .auth import resolve_state_dir
 from .capacity import CapacityMeter, memory_fit
@@ -41,7 +44,7 @@ from .cluster import ClusterConfig, node_of
 from .clusterview import cluster_status, local_node, node_entry, shown_config, shown_partial
 from .metrics import MetricsActor
 from .scaler import ScalerActor, ScalerInputs
-from .swarm_supervisor import SwarmSupervisor
+from .swarm_messages import Roster
 from .workspace import WorkspaceError
 from .worktree import Worktrees, read_artifact
 from .worktree import diff as worktree_diff
@@ -50,6 +53,7 @@ from .worktree import merge as worktree_merge
 VERSION = "0.1.0"
 FAILING_MIN_ATTEMPTS = 3  # a model is `failing` once over half of at least this many recent attempts failed
 OVERRIDES_FILE = "config-overrides.json"
+CALL_TIMEOUT_S = 30.0  # a call to the worker supervisor (its mailbox also carries every worker's reports)
 
 
 # sections that describe one machine: in a cluster `config set` keeps them on the node it reached
@@ -120,7 +124,8 @@ class SwarmHandle:
         state_dir: Path,
         bus: EventBus,
         queue: Address[q.QueueMsg],
-        supervisor: SwarmSupervisor,
+        workers: Address[sm.SupervisorMsg],
+        roster: Callable[[], Roster],
         metrics: MetricsActor,
         alerts: AlertActor,
         tree: SwarmTreeView,
@@ -137,7 +142,8 @@ class SwarmHandle:
         self.state_dir = state_dir
         self.bus = bus
         self._queue = queue
-        self._supervisor = supervisor
+        self._workers = workers  # the worker supervisor: every change to a worker goes through it
+        self._roster = roster  # what it published last: synchronous reads
         self.metrics = metrics
         self.token = token
         self.token_file: Path | None = None
@@ -154,7 +160,7 @@ class SwarmHandle:
         self.started_at = time.time()
         self._config_lock = trio.Lock()
         self._stopped = False
-        self.capacity = CapacityMeter(self.get_config, supervisor.processes)
+        self.capacity = CapacityMeter(self.get_config, lambda: self._roster().processes())
         self.scaler: ScalerActor | None = None  # set by the tree once the services start
 
     @property
@@ -184,7 +190,7 @@ class SwarmHandle:
         swarm answers with itself, so a client needs no special case."""
         store = self._store()
         if store is None:
-            workers = self._supervisor.views()
+            workers = self._roster().views
             present = sum(1 for w in workers if w.state not in (WorkerState.STOPPED, WorkerState.CRASHED))
             node = local_node(
                 self._config, url=self.gateway_url, workers=present, started=self.started_at, version=VERSION
@@ -470,7 +476,7 @@ class SwarmHandle:
         check_text({"id": task_id, "worker": worker_id})
         try:
             self._here(worker_id)
-            self._supervisor.info(worker_id)  # NotFound for an unknown worker
+            self._roster().info(worker_id)  # NotFound for an unknown worker
         except Elsewhere:
             pass  # a worker of another live node: the queue checks it against the cluster's nodes
         task: Task = await self._queue.call(q.AssignTask(task_id, worker_id))
@@ -509,7 +515,7 @@ class SwarmHandle:
     # ---- the swarm --------------------------------------------------------------------------------
 
     async def status(self) -> dict[str, Any]:
-        sup = self._supervisor
+        sup: sm.SupervisorStatus = await self._workers.call(sm.BreakerStatus(), CALL_TIMEOUT_S)
         stats = await self.queue_stats()
         state = "stopped" if self._stopped else sup.state
         return {
@@ -517,9 +523,9 @@ class SwarmHandle:
             "reason": sup.halt_reason,
             "evidence": sup.halt_evidence,
             "halted_at": sup.halted_at,
-            "workers": sup.counts(),
+            "workers": dict(self._roster().counts),
             "queue": {str(k): v for k, v in stats.counts.items()},
-            "breaker": sup.breaker_status(),
+            "breaker": sup.breaker,
             "models": self._model_states(stats),
             "needs_input": self._needs_input(),
             "retrying": self._retrying_workers(),
@@ -545,7 +551,7 @@ class SwarmHandle:
         estimate), a parked model, the breaker. `held_back_by` is the scaler's latest decision's."""
         config = self._config
         view = await self.capacity.view()
-        workers = self._supervisor.views()
+        workers = self._roster().views
         fit, reserved = memory_fit(view, workers)
         present = sum(1 for w in workers if w.state not in (WorkerState.STOPPED, WorkerState.CRASHED))
         room = max(0, config.scaling.max_workers - present)
@@ -582,7 +588,7 @@ class SwarmHandle:
         """Each model's state for status: `parked` (rate-limited until `until`, with the limit's
         message), `failing` (most of its recent attempts failed), else `available`; known models
         first, then any other a worker runs or the queue parked."""
-        views = self._supervisor.views()
+        views = self._roster().views
         names = list(self._config.models.known)
         for name in [*(v.model for v in views), *stats.parked_models, *stats.model_recent]:
             if name is not None and name not in names:
@@ -628,13 +634,12 @@ class SwarmHandle:
     def _retrying_workers(self) -> builtins.list[dict[str, Any]]:
         """Busy workers whose agent retries a failed API request, longest retrying first."""
         out = []
-        for view in self._supervisor.views():
-            if view.state is not WorkerState.BUSY:
+        roster = self._roster()
+        for view in roster.views:
+            entry = roster.live.get(view.id)
+            if view.state is not WorkerState.BUSY or entry is None:
                 continue
-            try:
-                retry = self._supervisor.actor_of(view.id).retrying
-            except NotFound:
-                continue
+            retry = entry.retrying
             if retry is not None:
                 out.append(
                     {"worker": view.id, "task_id": view.task_id, "model": view.model, **unstructure(retry)}
@@ -642,10 +647,8 @@ class SwarmHandle:
         return sorted(out, key=lambda w: w["since"])
 
     def _retrying(self, worker_id: str) -> bool:
-        try:
-            return self._supervisor.actor_of(worker_id).retrying is not None
-        except NotFound:
-            return False
+        entry = self._roster().live.get(worker_id)
+        return entry is not None and entry.retrying is not None
 
     async def models(self) -> builtins.list[dict[str, Any]]:
         """Each model's state (as in `status()["models"]`)."""
@@ -668,15 +671,13 @@ class SwarmHandle:
         """Workers whose agent waits on a question for a human (a permission prompt, a menu, the trust
         dialog at start-up), longest waiting first."""
         out = []
-        for view in self._supervisor.views():
-            try:
-                actor = self._supervisor.actor_of(view.id)
-            except NotFound:
-                continue
-            asked = actor.needs_input
-            if asked is not None:
+        roster = self._roster()
+        for view in roster.views:
+            entry = roster.live.get(view.id)
+            asked = entry.needs_input if entry is not None else None
+            if entry is not None and asked is not None:
                 prompt, since = asked
-                options = list(actor.info().needs_input_options)
+                options = list(entry.info().needs_input_options)
                 out.append(
                     {
                         "worker": view.id,
@@ -698,81 +699,89 @@ class SwarmHandle:
 
     async def halt(self, reason: str = "halted by operator") -> None:
         check_text(reason, "reason")
-        await self._supervisor.halt(reason, {"by": "operator"})
+        await self._workers.call(sm.Halt(reason, {"by": "operator"}), CALL_TIMEOUT_S)
 
     async def resume(self) -> None:
-        await self._supervisor.resume()
+        await self._workers.call(sm.Resume(), CALL_TIMEOUT_S)
 
     async def stop(self, drain: bool = False) -> None:
         """Stop taking tasks; workers stop (after their current task when `drain`)."""
         self._stopped = True
         self.bus.publish("swarm.stopping", {"drain": drain})
-        await self._supervisor.stop_all(drain)
+        await self._workers.call(sm.StopAll(drain), CALL_TIMEOUT_S)
 
     async def start(self) -> None:
         """Undo `stop`: the scaler spawns workers again."""
         self._stopped = False
-        self._supervisor.start_again()
+        await self._workers.call(sm.StartAgain(), CALL_TIMEOUT_S)
         self.bus.publish("swarm.started", {})
 
     # ---- workers ----------------------------------------------------------------------------------
 
     def workers(self, include_ended: bool = False) -> builtins.list[WorkerInfo]:
-        return self._supervisor.infos(include_ended)
+        return self._roster().infos(include_ended)
 
     def worker(self, worker_id: str) -> WorkerInfo:
         self._here(worker_id)
-        return self._supervisor.info(worker_id)
+        return self._roster().info(worker_id)
 
     def logs(self, worker_id: str, tail: int | None = None) -> bytes:
         self._here(worker_id)
         if tail is not None and (not isinstance(tail, int) or isinstance(tail, bool) or tail < 0):
             raise ValidationError("tail", "must be a non-negative integer", tail)
-        return self._supervisor.actor_of(worker_id).output_tail(tail)
+        return self._roster().entry(worker_id).output_tail(tail)
 
     async def pause(self, worker_id: str) -> None:
         self._here(worker_id)
-        await self._supervisor.pause(worker_id)
+        await self._workers.call(sm.PauseWorker(worker_id), CALL_TIMEOUT_S)
 
     async def resume_worker(self, worker_id: str) -> None:
         self._here(worker_id)
-        await self._supervisor.resume_worker(worker_id)
+        await self._workers.call(sm.ResumeWorker(worker_id), CALL_TIMEOUT_S)
 
     async def restart(self, worker_id: str) -> None:
         self._here(worker_id)
-        await self._supervisor.restart(worker_id)
+        await self._workers.call(sm.RestartWorker(worker_id), CALL_TIMEOUT_S)
 
     async def kill(self, worker_id: str) -> None:
         self._here(worker_id)
-        await self._supervisor.kill(worker_id)
+        await self._workers.call(sm.KillWorker(worker_id), CALL_TIMEOUT_S)
 
     async def set_model(self, worker_id: str, model: str) -> None:
         self._here(worker_id)
         check_text({"id": worker_id, "model": model}, nul=True)
-        await self._supervisor.set_model(worker_id, model)
+        await self._workers.call(sm.SetWorkerModel(worker_id, model), CALL_TIMEOUT_S)
 
     async def set_capabilities(self, worker_id: str, capabilities: Sequence[str] | None) -> None:
         self._here(worker_id)
         check_text({"id": worker_id, "capabilities": capabilities})
-        await self._supervisor.set_capabilities(worker_id, capabilities)
+        caps = None if capabilities is None else tuple(capabilities)
+        await self._workers.call(sm.SetWorkerCapabilities(worker_id, caps), CALL_TIMEOUT_S)
 
-    def attach(self, worker_id: str) -> tuple[bytes, trio.MemoryReceiveChannel[bytes]]:
+    async def attach(self, worker_id: str) -> tuple[bytes, trio.MemoryReceiveChannel[bytes]]:
+        """The worker's output so far and a bounded channel of what it writes from now on (a viewer
+        that falls behind loses chunks; the channel ends with the worker). `detach` when done."""
         self._here(worker_id)
-        actor = self._supervisor.actor_of(worker_id)
-        return actor.output_tail(None), actor.subscribe_output()
+        attached: tuple[bytes, trio.MemoryReceiveChannel[bytes]] = await self._workers.call(
+            sm.Attach(worker_id), CALL_TIMEOUT_S
+        )
+        return attached
 
     def detach(self, worker_id: str, channel: trio.MemoryReceiveChannel[bytes]) -> None:
+        """Stop a viewer's output: its channel closes now; the worker forgets it at once, or on its
+        next output when the supervisor's mailbox is full."""
+        channel.close()
         try:
-            self._supervisor.actor_of(worker_id).unsubscribe_output(channel)
-        except NotFound:
-            channel.close()
+            self._workers.try_send(sm.Detach(worker_id, channel))
+        except ActorGone:
+            pass
 
     async def send_input(self, worker_id: str, data: bytes, force: bool = False) -> None:
         self._here(worker_id)
-        info = self._supervisor.info(worker_id)
+        info = self._roster().info(worker_id)
         if info.state is WorkerState.BUSY and not force and info.needs_input is None:
             raise Conflict(f"worker {worker_id} is busy with task {info.task_id}; pass force to type anyway")
-        await self._supervisor.address_of(worker_id).send(SendInput(data))
+        await self._address_of(worker_id).send(SendInput(data))
 
     async def answer(self, worker_id: str, choice: int | str) -> dict[str, Any]:
         """Answer the question worker `worker_id` waits on: an option number (1-based) or text (an
@@ -783,7 +792,7 @@ class SwarmHandle:
         check_text({"id": worker_id, "choice": choice}, nul=True)
         if isinstance(choice, bool) or not isinstance(choice, int | str):
             raise ValidationError("choice", "must be an option number or text", choice)
-        address = self._supervisor.address_of(worker_id)
+        address = self._address_of(worker_id)
         try:
             result: dict[str, Any] = await address.call(AnswerQuestion(choice))
         except ActorGone:
@@ -795,13 +804,20 @@ class SwarmHandle:
         for name, value in (("rows", rows), ("cols", cols)):
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1000:
                 raise ValidationError(name, "must be an integer from 1 to 1000", value)
-        await self._supervisor.address_of(worker_id).send(Resize(rows, cols))
+        await self._address_of(worker_id).send(Resize(rows, cols))
+
+    def _address_of(self, worker_id: str) -> Address[WorkerCommand]:
+        """A live worker's address, for what goes to the worker itself (input, answers, resizes)."""
+        address = self._roster().entry(worker_id).address
+        if address is None:
+            raise Conflict(f"worker {worker_id} is still starting")
+        return address
 
     # ---- for the scaler ------------------------------------------------------------------------------
 
     async def scaler_inputs(self) -> ScalerInputs:
         stats = await self.queue_stats()
-        views = self._supervisor.views()
+        views = self._roster().views
         running: dict[str | None, int] = {}
         for view in views:
             if view.state is WorkerState.BUSY:
@@ -820,7 +836,7 @@ class SwarmHandle:
             parked=stats.parked_models,
             hot=frozenset(stats.hot_models),
             workers=views,
-            halted=self._supervisor.halted or self._stopped,
+            halted=self._roster().halted or self._stopped,
             now=trio.current_time(),
             node=await self.capacity.view(),
         )
@@ -831,10 +847,11 @@ class SwarmHandle:
         store = self._store()
         if store is not None and not await store.reserve(self._config.scaling.max_workers):
             return  # another node took the cluster's last slot since the decision
-        await self._supervisor.spawn(model, reason)
+        await self._workers.call(sm.Spawn(model, reason), CALL_TIMEOUT_S)
 
     async def _scaler_retire(self, worker_id: str, reason: str) -> bool:
-        return await self._supervisor.retire(worker_id, reason)
+        retired: bool = await self._workers.call(sm.Retire(worker_id, reason), CALL_TIMEOUT_S)
+        return retired
 
 
 __all__ = ["VERSION", "SwarmHandle", "config_to_dict"]

@@ -6,7 +6,7 @@
     ├─ observers  one_for_one, 5 restarts in 60 s, backoff 0.5 → 30 s
     │  ├─ metrics
     │  └─ alerts
-    ├─ workers    SwarmSupervisor: worker lineages with their own backoff, intensity and breaker
+    ├─ workers    SwarmSupervisor, an actor: worker lineages with their own backoff, intensity, breaker
     └─ services   one_for_one, 5 restarts in 60 s, backoff 0.5 → 30 s
        ├─ scaler
        ├─ http      (when enabled)
@@ -47,6 +47,7 @@ from .metrics import MetricsActor
 from .parks import ParkKeeper
 from .scaler import ScalerActor
 from .swarm import VERSION, SwarmHandle, load_overrides, prepare_state_dir
+from .swarm_messages import SupervisorMsg
 from .swarm_supervisor import SwarmSupervisor
 from .taskstore import TaskStore, open_store
 from .workcopy import Workspaces
@@ -175,13 +176,13 @@ async def open_swarm(config: SwarmConfig | None = None, *, serve: bool = False) 
 
     worktrees = Workspaces(state_dir / "workspaces")  # slots outlive a restart of the workers child
 
-    async def run_workers(*, task_status: trio.TaskStatus[SwarmSupervisor]) -> None:
+    async def run_workers(*, task_status: trio.TaskStatus[Address[SupervisorMsg]]) -> None:
         store = got["store"]
         prefix = f"{store.node_id}:" if store.shared else ""  # a cluster: worker ids name their node
-        got["workers"] = supervisor = SwarmSupervisor(
+        got["supervisor"] = supervisor = SwarmSupervisor(
             current, bus, got["queue"], workspaces=worktrees, worker_prefix=prefix
         )
-        await supervisor.run(task_status=task_status)
+        await supervisor.run(task_status=_Keep(task_status, got, "workers"))
 
     root = Supervisor(
         "swarm",
@@ -206,7 +207,8 @@ async def open_swarm(config: SwarmConfig | None = None, *, serve: bool = False) 
                 state_dir=state_dir,
                 bus=bus,
                 queue=got["queue"],
-                supervisor=got["workers"],
+                workers=got["workers"],
+                roster=got["supervisor"].roster,
                 metrics=metrics,
                 alerts=alerts,
                 tree=tree,

@@ -119,7 +119,15 @@ class WorkerActor(WorkerCore):
                 await self._teardown()
 
     async def _forward(self, mailbox: Mailbox[WorkerCommand]) -> None:
-        async for msg in mailbox:
+        """Commands join the process's events in the loop's one channel, COMMANDS_IN_FLIGHT at a
+        time: the rest wait in the bounded mailbox, so a sender feels a busy worker (its mailbox
+        fills) instead of an unbounded channel growing behind it."""
+        while True:
+            await self._command_room.acquire()  # released when the loop takes a command
+            try:
+                msg = await mailbox.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                return
             self._post(msg)
 
     async def _serve(self) -> WorkerExit:
@@ -170,6 +178,7 @@ class WorkerActor(WorkerCore):
                 else:
                     inc.drain_deadline = trio.current_time() + DRAIN_S
         elif isinstance(event, Call):
+            self._command_room.release()
             try:
                 value = await self._command(event.payload)
             except Finished as finished:
@@ -180,6 +189,7 @@ class WorkerActor(WorkerCore):
             else:
                 event.reply(value)
         else:
+            self._command_room.release()
             try:
                 await self._command(event)
             except (ShoalError, TypeError) as exc:
@@ -438,6 +448,10 @@ class WorkerActor(WorkerCore):
                 raise ValidationError("data", "must be bytes", type(cmd.data).__name__)
             if self._inc is None:
                 raise Conflict(f"worker {self.id} has no running process to send input to")
+            if not self._inc.room(len(cmd.data)):
+                raise Conflict(
+                    f"worker {self.id}: its agent is not reading its input ({self._inc.pending} bytes wait)"
+                )
             self._inc.write(bytes(cmd.data))
             if self._asked is not None:  # taken as the answer: Shoal cannot see whether it was one
                 self._question_answered()

@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import trio
@@ -35,6 +35,7 @@ from ..protocols.workers import (
     WorkerReport,
     WorkerState,
 )
+from ..runtime.actor import ActorGone
 from .process import ExitStatus, SpawnError, resolve_command
 from .worker_input import Keystrokes
 from .worker_io import Incarnation, Output, OutputRing, Signals, clean_text, start_incarnation
@@ -46,6 +47,7 @@ WORKSPACE_TIMEOUT_S = 60.0  # a workspace's finish/aclose (a git commit, a reset
 TAIL_BYTES = 4096  # output tail attached to a crashed/interrupted attempt (the transcript handoff)
 LAST_WORDS_BYTES = 8192  # output searched for a crash reason's last words (a TUI frame is mostly escapes)
 SLOT_HOLD_S = 1.0  # a start-up slot is held until Ready, or this long at most
+COMMANDS_IN_FLIGHT = 1  # mailbox commands moved into the loop's channel ahead of being handled
 
 
 def start_up_slots() -> int:
@@ -53,6 +55,13 @@ def start_up_slots() -> int:
     core for the event loop (measured in docs/workers.md: more slots start faster but let the
     starting agents delay the loop's own spawns)."""
     return max(1, (os.cpu_count() or 2) - 1)
+
+
+class ReportSink(Protocol):
+    """Where a worker's reports go, in order, with backpressure: the worker supervisor's mailbox
+    (an `Address`), or a memory channel in tests."""
+
+    async def send(self, value: WorkerReport, /) -> None: ...
 
 
 @attrs.frozen
@@ -85,7 +94,7 @@ class WorkerCore:
         profile: ProfileConfig,
         model: str | None,
         capabilities: frozenset[str] | None,
-        reports: trio.MemorySendChannel[WorkerReport],
+        reports: ReportSink,
         config: WorkersConfig,
         clock: Callable[[], float] = time.time,
         *,
@@ -128,7 +137,10 @@ class WorkerCore:
         self._inc: Incarnation | None = None
         self._gen = 0
         self._nursery: trio.Nursery | None = None
+        # the process's signals, EOF and exit (never held back: the reader must not block on us),
+        # and mailbox commands, at most COMMANDS_IN_FLIGHT of them (see WorkerActor._forward)
         self._events_send, self._events = trio.open_memory_channel[object](math.inf)
+        self._command_room = trio.Semaphore(COMMANDS_IN_FLIGHT)
         self._one_process_per_task = profile.dialect == "oneshot"
 
         self._task: Assignment | None = None
@@ -363,7 +375,7 @@ class WorkerCore:
     async def _report(self, report: WorkerReport) -> None:
         try:
             await self._reports.send(report)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ActorGone):
             pass  # nobody listens any more; the owner cancels us when it ends
 
     async def _set_state(

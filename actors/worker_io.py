@@ -150,6 +150,7 @@ class Exited:
 
 
 Write = tuple[float, bytes] | None  # (delay before writing, data); None: close the input
+MAX_PENDING_INPUT = 1024 * 1024  # typed input (SendInput) queued for a child that does not read it
 
 
 @attrs.define(eq=False)
@@ -169,10 +170,20 @@ class Incarnation:
     status: ExitStatus | None = None
     drain_deadline: float | None = None
     nursery: trio.Nursery | None = None  # the incarnation's I/O tasks
+    pending: int = 0  # bytes queued for the writer task, not yet written
 
     def write(self, data: bytes, delay: float = 0.0) -> None:
-        """Queue `data` for the writer task, written `delay` seconds after the write before it."""
+        """Queue `data` for the writer task, written `delay` seconds after the write before it.
+
+        The queue never blocks the worker's loop (a child that stops reading must not wedge it);
+        what bounds it is `room`: a task's prompt and a menu's keys are one at a time, and typed
+        input is refused beyond MAX_PENDING_INPUT."""
+        self.pending += len(data)
         self.writes.send_nowait((delay, data))
+
+    def room(self, size: int) -> bool:
+        """Whether `size` more bytes of typed input may queue behind what the child has not read."""
+        return self.pending + size <= MAX_PENDING_INPUT
 
     def end_input(self) -> None:
         """Close the child's input once the queued writes are out."""
@@ -231,7 +242,9 @@ class Incarnation:
             delay, data = item
             if delay > 0:
                 await trio.sleep(delay)
-            if not await self.proc.write(data):
+            written = await self.proc.write(data)
+            self.pending -= len(data)
+            if not written:
                 break  # input gone: the exit is reported by _wait_exit
 
     async def stop(self, *, ladder: bool, starting: bool, timeout_s: float) -> tuple[ExitStatus | None, str]:

@@ -37,7 +37,7 @@ async def asked_with(events: Subscription, options: int) -> Event:
 
 async def screen_shows(swarm: SwarmHandle, worker: str, text: str) -> None:
     """Until the worker's output since now (ANSI stripped) shows `text`."""
-    _, channel = swarm.attach(worker)
+    _, channel = await swarm.attach(worker)
     seen = b""
     try:
         with trio.fail_after(WAIT_S):

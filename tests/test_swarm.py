@@ -7,6 +7,7 @@ windows) is tested on autojump_clock in test_backoff.py, test_scaler.py and test
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 from pathlib import Path
@@ -17,7 +18,7 @@ import trio.testing
 from swarmkit import collect_until, fake_profile, swarm_config, wait_for
 
 from shoal.actors.tree import open_swarm
-from shoal.protocols.errors import ValidationError
+from shoal.protocols.errors import NotFound, ValidationError
 from shoal.protocols.tasks import Outcome, TaskState
 from shoal.protocols.workers import WorkerState
 from shoal.runtime.eventbus import Event
@@ -387,3 +388,57 @@ async def test_worker_events_never_precede_the_task_events_that_caused_them(tmp_
         task = f"c{i}"
         assert running[task] < context[60 + i], (task, running, context)  # cause, then effect
         assert done[task] < refreshed[i].seq, (task, done, [e.seq for e in refreshed])
+
+
+async def test_halts_and_resumes_racing_are_serialised_and_every_worker_works_after(tmp_path: Path) -> None:
+    """The worker supervisor is an actor: a halt's pauses and a resume's resumes never interleave, so
+    whatever order the racing calls land in, the last resume leaves no worker paused by a halt."""
+    config = swarm_config(tmp_path, scaling={"min_workers": 2, "max_workers": 2})
+    async with open_swarm(config) as swarm:
+        with swarm.events(("worker.state",)) as sub:
+            await collect_until(
+                sub, lambda e: sum(1 for w in swarm.workers() if w.state is WorkerState.IDLE) == 2
+            )
+        with swarm.events(("swarm.halted", "swarm.resumed")) as sub:
+            async with trio.open_nursery() as nursery:
+                for _ in range(10):
+                    nursery.start_soon(swarm.halt, "race")
+                    nursery.start_soon(swarm.resume)
+            await swarm.resume()
+            topics = []
+            while True:
+                try:
+                    topics.append(sub.receive_nowait().topic)
+                except trio.WouldBlock:
+                    break
+        assert topics and all(a != b for a, b in itertools.pairwise(topics))  # they alternate
+        assert topics[-1] == "swarm.resumed" and (await swarm.status())["state"] == "running"
+        with swarm.events(("worker.state",)) as sub:
+            tasks = await swarm.submit_many([{"prompt": f"after the race {i}"} for i in range(4)])
+            for t in tasks:
+                assert (await swarm.wait(t.id, timeout=30)).state is TaskState.DONE
+
+            def none_paused(_e: Event | None = None) -> bool:
+                return not any(w.state is WorkerState.PAUSED for w in swarm.workers())
+
+            if not none_paused():  # a Resume still on its way: it arrives, nothing stays paused
+                await collect_until(sub, none_paused, timeout=10)
+
+
+async def test_attach_is_a_message_answered_with_the_tail_and_a_bounded_channel(tmp_path: Path) -> None:
+    config = swarm_config(tmp_path, scaling={"min_workers": 1, "max_workers": 1})
+    async with open_swarm(config) as swarm:
+        with swarm.events(("worker.state",)) as sub:
+            wid = (await wait_for(sub, lambda e: e.data["state"] == "idle")).data["worker"]
+        tail, channel = await swarm.attach(wid)
+        assert tail == swarm.logs(wid)
+        await swarm.submit({"prompt": "seen by the viewer"})
+        seen = b""
+        with trio.fail_after(30):
+            while b"seen by the viewer" not in seen:
+                seen += await channel.receive()
+        swarm.detach(wid, channel)
+        with pytest.raises(trio.ClosedResourceError):
+            await channel.receive()
+        with pytest.raises(NotFound):
+            await swarm.attach("w999")

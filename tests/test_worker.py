@@ -731,3 +731,70 @@ async def test_a_lost_enter_is_pressed_again(nursery: trio.Nursery, no_leaks: No
     again = await h.run_task("second task", task_id="t2")
     assert again.outcome is Outcome.DONE and again.result == "Done: second task", again
     assert h.worker.pid == pid  # no respawn, no timeout: the Enter was all that was missing
+
+
+class GatedWorkspace:
+    """A workspace whose `prepare` waits for the test: the worker's loop is busy meanwhile."""
+
+    fresh_context = False
+
+    def __init__(self) -> None:
+        self.entered = trio.Event()
+        self.gate = trio.Event()
+
+    async def directory(self) -> str | None:
+        return None
+
+    async def prepare(self, task: Assignment) -> None:
+        self.entered.set()
+        await self.gate.wait()
+
+    async def verify(self, task: Assignment) -> dict[str, Any] | None:
+        return None
+
+    async def finish(self, task: Assignment, outcome: Outcome) -> dict[str, Any] | None:
+        return None
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_a_busy_workers_mailbox_fills_no_unbounded_channel_behind_it(
+    nursery: trio.Nursery, no_leaks: None
+) -> None:
+    workspace = GatedWorkspace()
+    h = await started(nursery, "shell", workspace=workspace)
+    await h.assign("echo gated")
+    with trio.fail_after(15):
+        await workspace.entered.wait()
+    sent = 0
+    while h.address.try_send(SetCapabilities(frozenset({"x"}))):
+        sent += 1
+        assert sent <= 256 + 2, "commands kept flowing into an unbounded channel"
+    assert sent >= 256  # the mailbox itself, and at most one command ahead in the loop's channel
+    workspace.gate.set()
+    done = await h.expect(TaskFinished, task_id="t1")
+    assert done.outcome is Outcome.DONE
+    assert await h.address.call(SetCapabilities(None)) is None  # every queued command was handled
+    assert h.worker.info().capabilities is None
+
+
+async def test_typed_input_an_agent_does_not_read_is_refused_past_a_bound(
+    nursery: trio.Nursery, no_leaks: None
+) -> None:
+    agent = py_agent(
+        """
+        import signal
+        print("listening", flush=True)
+        signal.pause()  # never reads its input
+        """,
+        dialect="marker",
+        transport="pipe",
+        options={"ready": "^listening$"},
+    )
+    h = await started(nursery, agent)
+    chunk = b"x" * (256 * 1024)
+    with pytest.raises(Conflict, match="not reading its input"):
+        for _ in range(8):  # 2 MiB: past the 1 MiB bound, whatever the pipe took
+            await h.address.call(SendInput(chunk))
+    assert h.worker.state is S.IDLE
