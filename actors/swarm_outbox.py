@@ -59,14 +59,16 @@ class SupervisorIO:
         """
         self._out.append((_ORDERED, None, (topic, data, then)))
 
-    async def _flush(self) -> None:
-        """Send what the last message produced, in order; wait only for room (never for a worker)."""
-        out, self._out = self._out, []
-        for kind, target, message in out:
+    def _flush_nowait(self) -> bool:
+        """Send what the last message produced, in order, as far as it goes without waiting (the
+        usual case, with no task switch); False when the rest needs `_flush`."""
+        out = self._out
+        for i, (kind, target, message) in enumerate(out):
             if kind == _TO_QUEUE:
                 try:
                     if not self._queue.try_send(message):
-                        await self._queue.send(message)
+                        del out[:i]
+                        return False
                 except ActorGone:
                     pass  # the queue is gone: the swarm is shutting down
             elif kind == _TO_WORKER:
@@ -81,7 +83,23 @@ class SupervisorIO:
                 try:
                     self._ordered_send.send_nowait(message)
                 except trio.WouldBlock:
+                    del out[:i]
+                    return False
+        out.clear()
+        return True
+
+    async def _flush(self) -> None:
+        """Send what the last message produced, in order; wait only for room in the queue's mailbox
+        or the ordered FIFO (never for a worker)."""
+        while self._out and not self._flush_nowait():
+            kind, _target, message = self._out.pop(0)
+            try:
+                if kind == _TO_QUEUE:
+                    await self._queue.send(message)
+                else:
                     await self._ordered_send.send(message)
+            except ActorGone:
+                pass
 
     @staticmethod
     async def _deliver(address: Address[WorkerCommand], command: WorkerCommand) -> None:

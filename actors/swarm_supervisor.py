@@ -225,7 +225,7 @@ class SwarmSupervisor(SupervisorIO):
                 else:
                     self._on_report(msg)
                 self._roster = None
-            if self._out:
+            if self._out and not self._flush_nowait():
                 await self._flush()
 
     async def _answer(self, call: Call[Any]) -> None:
@@ -244,7 +244,7 @@ class SwarmSupervisor(SupervisorIO):
             call.fail(exc)
             return
         self._roster = None
-        if self._out:
+        if self._out and not self._flush_nowait():
             await self._flush()
         call.reply(value)
 
