@@ -10,7 +10,12 @@ supervisor publishes (actors/swarm_supervisor.py says why they stay synchronous)
 only the current configuration: patches are validated whole, persisted to
 `<state_dir>/config-overrides.json` (so a restart keeps them) and announced as `config.changed`;
 every actor reads the config through a getter, so a change takes effect at its next decision. The
-gateway, the dashboard and the CLI all go through this handle.
+gateway, the dashboard and the CLI all go through this handle. In a cluster the handle also sends
+`config set` to the cluster's configuration and applies other nodes' changes (docs/operations.md).
+
+It stays one module (about 850 lines) on purpose: it is the embedding API, one method per gateway
+method of the method table (tests/test_method_table.py reads it), and a reader finds the whole API of
+an embedded swarm in one class; what it composes lives in the actors it calls.
 """
 
 from __future__ import annotations

@@ -20,8 +20,9 @@ from shoal.protocols.profiles import FAKE_AGENT
 SHOAL = [sys.executable, "-m", "shoal.actors.cli"]
 
 
-def config_text(*, max_workers: int, min_workers: int = 0, lease_s: float = 2.0, extra: str = "") -> str:
-    """A node's TOML: the fake agent, fast scaling, a short lease (tests wait it out)."""
+def config_text(*, max_workers: int, min_workers: int = 0, lease_s: float = 3.0, extra: str = "") -> str:
+    """A node's TOML: the fake agent, fast scaling, a short lease (tests wait it out; 3 s, so a node
+    starved of CPU on a loaded machine still renews it in time)."""
     argv = [sys.executable, "-S", FAKE_AGENT, "--model", "{model}"]
     quoted = ", ".join(f'"{a}"' for a in argv)
     return f"""
@@ -79,7 +80,7 @@ def start_node(
     *,
     max_workers: int,
     min_workers: int = 0,
-    lease_s: float = 2.0,
+    lease_s: float = 3.0,
     extra: str = "",
     args: tuple[str, ...] = (),
 ) -> Node:
