@@ -217,8 +217,15 @@ class GitWorktree:
         branch = branch_name(task, own.branch if own else None)
         heads = [head for _dep, head in task.dep_heads]
         for dep, head in task.dep_heads:
-            if not await git_ok(path, "cat-file", "-e", f"{head}^{{commit}}"):
-                raise WorkspaceError(f"dependency {dep}'s commit {head[:12]} is not in {self.repo}")
+            if not await self._have(path, head):
+                raise WorkspaceError(
+                    f"dependency {dep}'s commit {head[:12]} is not in {self.repo}"
+                    + (
+                        f" nor on {self.config.push}"
+                        if self.config.push
+                        else " (set workspace.push to share branches)"
+                    )
+                )
         failed = task.after_failed_check if self.config.verify_retry == "continue" else None
         if failed and await git_ok(path, "cat-file", "-e", f"{failed.get('head')}^{{commit}}"):
             # go on from the attempt whose check failed, in the same lineage; its diff still runs
@@ -232,6 +239,19 @@ class GitWorktree:
         if len(heads) > 1:  # several dependencies: the task starts from their merge
             base = await self._merge_deps(path, task)
         self._current = (branch, base)
+
+    async def _have(self, path: Path, commit: str) -> bool:
+        """Whether `commit` is in the repository; if not and finished branches are pushed
+        (`workspace.push`), fetch them first: a dependency that ran on another node of a cluster,
+        in another clone, reached this one through that remote."""
+        if await git_ok(path, "cat-file", "-e", f"{commit}^{{commit}}"):
+            return True
+        remote = self.config.push
+        if remote is None:
+            return False
+        async with self.pool.lock(self.repo):  # refs and objects of the shared repository
+            await git_try(path, "fetch", "-q", "--no-tags", remote, f"+refs/heads/*:refs/remotes/{remote}/*")
+        return await git_ok(path, "cat-file", "-e", f"{commit}^{{commit}}")
 
     async def _start_branch(self, path: Path, branch: str, start: str) -> None:
         """A new branch at `start`, checked out over whatever the tree holds (`-f`), then every file

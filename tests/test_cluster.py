@@ -351,3 +351,51 @@ async def test_dependencies_and_operator_controls_work_across_nodes(
         "other": "done",
         "later": "done",
     }
+
+
+def _git(cwd: Path, *args: str) -> str:
+    import subprocess
+
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+async def test_a_dependant_on_another_node_starts_from_its_dependencys_pushed_branch(
+    tmp_path: Path, pg_url: str, nodes: list[Node]
+) -> None:
+    # one origin, a clone per node (two machines would each have theirs); finished branches are pushed
+    origin = tmp_path / "origin.git"
+    _git(tmp_path, "init", "-q", "--bare", "-b", "main", str(origin))
+    seed = tmp_path / "seed"
+    _git(tmp_path, "init", "-q", "-b", "main", str(seed))
+    (seed / "README.md").write_text("hello\n")
+    _git(seed, "add", "-A")
+    _git(seed, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "initial")
+    _git(seed, "push", "-q", str(origin), "main")
+    clones = {}
+    for name in ("a", "b"):
+        clones[name] = tmp_path / f"clone-{name}"
+        _git(tmp_path, "clone", "-q", str(origin), str(clones[name]))
+
+    def workspace(name: str) -> str:
+        return (
+            f'[workers.profiles.fake-fast.workspace]\nmode = "worktree"\nrepo = "{clones[name]}"\n'
+            'push = "origin"\n'
+        )
+
+    a = await start(nodes, tmp_path, pg_url, "a", max_workers=1, extra=workspace("a"))
+    token = read_token(tmp_path / "token")
+    async with connect(a.url, token) as ca:
+        await ca.submit({"id": "first", "prompt": "write [[write:notes.txt:from node a]]"})
+    await wait_state(a, token, "first", TaskState.DONE)
+    a.kill(signal.SIGTERM)  # only node b is left to run the dependant
+    await a.wait_exit()
+    b = await start(nodes, tmp_path, pg_url, "b", max_workers=1, extra=workspace("b"))
+    async with connect(b.url, token) as cb:
+        await cb.submit({"id": "second", "prompt": "append [[append:notes.txt:, then b]]", "deps": ["first"]})
+    await wait_state(b, token, "second", TaskState.DONE)
+    async with connect(b.url, token) as cb:
+        second = await cb.get("second")
+    record = second.attempts[-1].workspace or {}
+    assert second.attempts[-1].worker.startswith("b:")
+    text = _git(clones["b"], "show", f"{record['head']}:notes.txt")
+    assert text == "from node a, then b"  # b's clone fetched a's pushed branch and built on it
