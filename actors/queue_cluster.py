@@ -122,7 +122,12 @@ class ClusterQueue:
         """Each heartbeat: requeue what workers of dead nodes held; if this node's own lease was
         lost (it was paused or cut off), stop what its workers run: other nodes took it over."""
         first = self.nodes is None
+        before = _shape(self.nodes) if self.nodes is not None else None
         self.nodes = report
+        if _shape(report) != before:  # a node joined, left, died or moved its gateway, as seen here
+            shape = {n.id: {"state": n.state if n.alive or n.state != "alive" else "dead", "url": n.url}
+                     for n in report.nodes}  # fmt: skip
+            self.book.announce("nodes.changed", {"node": self.node_id, "nodes": shape})
         if report.lost:
             for wid in list(self._workers):
                 for tid in self.book.running_on(wid):
@@ -231,6 +236,12 @@ def _fenced(
         if c.task_id in conflicts and c.kind in _FINISH_KINDS and c.attempt is not None and c.attempt.ended
     ]
     return kept, replies, _Landed(conflicts, [], stale, rewait)
+
+
+def _shape(report: NodesReport) -> tuple[tuple[str, bool, str, str | None], ...]:
+    """What `nodes.changed` reports a change of: each node's id, liveness, state and gateway URL
+    (not its worker count, which moves with every heartbeat)."""
+    return tuple((n.id, n.alive, n.state, n.url) for n in report.nodes)
 
 
 def _task_ids(value: Any) -> list[str]:

@@ -230,15 +230,18 @@ def _token_file(root: Path) -> Path:
 async def _nodes_until(
     url: str, token: str, pred: Callable[[dict[str, Any]], bool], timeout: float = 10.0
 ) -> dict[str, Any]:
-    """nodes.list once the answering node's heartbeat shows what `pred` wants. A heartbeat is a
-    periodic read of the nodes table with no event to wait on, so this asks once per heartbeat."""
-    async with connect(url, token) as client:
+    """nodes.list once the answering node's view of the cluster shows what `pred` wants: asked
+    again at each `nodes.changed` that node announces (its heartbeat saw a node join, leave, die or
+    move its gateway)."""
+    async with connect(url, token) as client, client.events(["nodes.changed"]) as changes:
+        reply = await client.nodes()
         with trio.fail_after(timeout):
-            while True:
+            while not pred(reply):
+                async for item in changes:
+                    if isinstance(item, Event) and item.data.get("node") == reply["node_id"]:
+                        break
                 reply = await client.nodes()
-                if pred(reply):
-                    return reply
-                await trio.sleep(HEARTBEAT_S)
+        return reply
 
 
 def _by_id(reply: dict[str, Any]) -> dict[str, dict[str, Any]]:
