@@ -17,9 +17,10 @@ import psycopg
 from psycopg import sql
 
 from ..protocols.errors import StoreError
-from ..protocols.tasks import Attempt, Outcome, TaskState
+from ..protocols.tasks import Attempt
 from .cluster import NodeRow
-from .taskbook import Change, StaticRow, StoredTask
+from .store_schema import ATTEMPT_COLUMNS, MUTABLE_COLUMNS, STATIC_COLUMNS, attempt_from_row, task_from_row
+from .taskbook import Change, StoredTask
 
 RESERVED_NODE_CHARS = ":/"
 ADVISORY_KEY = 0x53484F4C  # "SHOL"; with the database (advisory locks span the server): feed order
@@ -139,50 +140,11 @@ INSERT INTO shoal_meta VALUES ('kind', 'shoal task store');
 MIGRATIONS: list[str] = [_MIGRATION_1]
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_STATIC = (
-    "id",
-    "seq",
-    "prompt",
-    "category",
-    "spec_priority",
-    "deps",
-    "model",
-    "max_attempts",
-    "timeout_s",
-    "metadata",
-    "run_on_dep_failure",
-    "digest",
-    "created",
-)
-_MUTABLE = (
-    "state",
-    "priority",
-    "reason",
-    "result",
-    "not_before",
-    "worker",
-    "updated",
-    "failed_models",
-    "usage",
-    "retry_base",
-    "dep_failure",
-    "version",
-)
-_ATTEMPT_COLS = (
-    "task_id",
-    "n",
-    "worker",
-    "model",
-    "started",
-    "ended",
-    "outcome",
-    "reason",
-    "exit_code",
-    "signal",
-    "output_tail",
-    "usage",
-    "workspace",
-)
+# the task schema is the SQLite store's (actors/store_schema.py), plus the row version a shared store
+# compares and sets
+_STATIC = STATIC_COLUMNS
+_MUTABLE = (*MUTABLE_COLUMNS, "version")
+_ATTEMPT_COLS = ATTEMPT_COLUMNS
 INSERT_TASK = (
     f"INSERT INTO tasks ({', '.join(_STATIC + _MUTABLE)})"
     f" VALUES ({', '.join(['%s'] * len(_STATIC + _MUTABLE))})"
@@ -237,72 +199,26 @@ def attempt_row(tid: str, a: Attempt) -> tuple[Any, ...]:
 
 
 def load_rows(cur: psycopg.Cursor[Any], ids: Sequence[str] | None) -> list[StoredTask]:
-    """Stored tasks with their attempts: every task (ids None) or those named, in seq order."""
+    """Stored tasks with their attempts: every task (ids None) or those named, in seq order. psycopg
+    decodes the json columns itself."""
     where = "" if ids is None else " WHERE task_id = ANY(%s)"
-    cur.execute(
-        f"SELECT {', '.join(_ATTEMPT_COLS)} FROM attempts{where} ORDER BY task_id, n",
-        () if ids is None else (list(ids),),
-    )
+    params = () if ids is None else (list(ids),)
+    cur.execute(f"SELECT {', '.join(_ATTEMPT_COLS)} FROM attempts{where} ORDER BY task_id, n", params)
     attempts: dict[str, list[Attempt]] = {}
-    for tid, n, worker, model, started, ended, outcome, reason, code, sig, tail, usage, ws in cur:
-        attempts.setdefault(tid, []).append(
-            Attempt(
-                n=n,
-                worker=worker,
-                model=model,
-                started=started,
-                ended=ended,
-                outcome=Outcome(outcome) if outcome is not None else None,
-                reason=reason,
-                exit_code=code,
-                signal=sig,
-                output_tail=tail,
-                usage=usage or {},
-                workspace=ws,
-            )
-        )
+    for row in cur:
+        tid, attempt = attempt_from_row(row, _decoded)
+        attempts.setdefault(tid, []).append(attempt)
     cols = _STATIC + _MUTABLE
     where = "" if ids is None else " WHERE id = ANY(%s)"
-    cur.execute(
-        f"SELECT {', '.join(cols)} FROM tasks{where} ORDER BY seq", () if ids is None else (list(ids),)
-    )
-    out: list[StoredTask] = []
-    for row in cur:
-        r = dict(zip(cols, row, strict=True))
-        static = StaticRow(
-            seq=r["seq"],
-            prompt=r["prompt"],
-            category=r["category"],
-            priority=r["spec_priority"],
-            deps=tuple(r["deps"]),
-            model=r["model"],
-            max_attempts=r["max_attempts"],
-            timeout_s=r["timeout_s"],
-            metadata=r["metadata"],
-            run_on_dep_failure=r["run_on_dep_failure"],
-            digest=r["digest"],
-            created=r["created"],
-        )
-        out.append(
-            StoredTask(
-                id=r["id"],
-                static=static,
-                state=TaskState(r["state"]),
-                priority=r["priority"],
-                reason=r["reason"],
-                result=r["result"],
-                not_before=r["not_before"],
-                worker=r["worker"],
-                updated=r["updated"],
-                failed_models=r["failed_models"],
-                usage=r["usage"],
-                retry_base=r["retry_base"],
-                dep_failure=r["dep_failure"],
-                attempts=tuple(attempts.get(r["id"], ())),
-                version=r["version"],
-            )
-        )
-    return out
+    cur.execute(f"SELECT {', '.join(cols)} FROM tasks{where} ORDER BY seq", params)
+    return [
+        task_from_row(r := dict(zip(cols, row, strict=True)), attempts.get(r["id"], ()), _decoded)
+        for row in cur
+    ]
+
+
+def _decoded(value: Any) -> Any:
+    return value
 
 
 def schema_version(conn: psycopg.Connection[Any]) -> int | None:

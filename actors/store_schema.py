@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from ..protocols.errors import StoreError
@@ -88,7 +88,7 @@ def _migrate_4(conn: sqlite3.Connection) -> None:
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_1, _migrate_2, _migrate_3, _migrate_4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_MUTABLE = (
+MUTABLE_COLUMNS = (
     "state",
     "priority",
     "reason",
@@ -101,7 +101,7 @@ _MUTABLE = (
     "retry_base",
     "dep_failure",
 )
-_STATIC = (
+STATIC_COLUMNS = (
     "id",
     "seq",
     "prompt",
@@ -116,11 +116,12 @@ _STATIC = (
     "digest",
     "created",
 )
+_TASK_COLUMNS = STATIC_COLUMNS + MUTABLE_COLUMNS
 _INSERT_TASK = (
-    f"INSERT INTO tasks ({', '.join(_STATIC + _MUTABLE)}) VALUES ({', '.join('?' * len(_STATIC + _MUTABLE))})"
+    f"INSERT INTO tasks ({', '.join(_TASK_COLUMNS)}) VALUES ({', '.join('?' * len(_TASK_COLUMNS))})"
 )
-_UPDATE_TASK = f"UPDATE tasks SET {', '.join(f'{c} = ?' for c in _MUTABLE)} WHERE id = ?"
-_ATTEMPT_COLS = (
+_UPDATE_TASK = f"UPDATE tasks SET {', '.join(f'{c} = ?' for c in MUTABLE_COLUMNS)} WHERE id = ?"
+ATTEMPT_COLUMNS = (
     "task_id",
     "n",
     "worker",
@@ -136,8 +137,8 @@ _ATTEMPT_COLS = (
     "workspace",
 )
 _UPSERT_ATTEMPT = (
-    f"INSERT OR REPLACE INTO attempts ({', '.join(_ATTEMPT_COLS)}) "
-    f"VALUES ({', '.join('?' * len(_ATTEMPT_COLS))})"
+    f"INSERT OR REPLACE INTO attempts ({', '.join(ATTEMPT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(ATTEMPT_COLUMNS))})"
 )
 # Evictions delete a whole batch in one statement (ids as one JSON array): sqlite then runs without
 # the GIL for the whole batch, where executemany would take it back for every row and, by the GIL's
@@ -243,64 +244,72 @@ def apply_changes(conn: sqlite3.Connection, changes: Iterable[Change]) -> int:
     return len(inserts) + len(updates) + sum(map(len, attempts.values())) + len(deletes)
 
 
+def attempt_from_row(row: Sequence[Any], doc: Callable[[Any], Any]) -> tuple[str, Attempt]:
+    """(task id, attempt) from an attempts row in ATTEMPT_COLUMNS order; `doc` decodes a JSON column as
+    its store keeps it (SQLite: text; PostgreSQL: already decoded by the driver). Both stores use it."""
+    tid, n, worker, model, started, ended, outcome, reason, exit_code, sig, tail, usage, ws = row
+    return tid, Attempt(
+        n=n,
+        worker=worker,
+        model=model,
+        started=started,
+        ended=ended,
+        outcome=Outcome(outcome) if outcome is not None else None,
+        reason=reason,
+        exit_code=exit_code,
+        signal=sig,
+        output_tail=tail,
+        usage=(doc(usage) if usage else None) or {},
+        workspace=doc(ws) if ws else None,
+    )
+
+
+def task_from_row(r: Mapping[str, Any], attempts: Sequence[Attempt], doc: Callable[[Any], Any]) -> StoredTask:
+    """A stored task from a tasks row keyed by column name (see `attempt_from_row` for `doc`)."""
+    static = StaticRow(
+        seq=r["seq"],
+        prompt=r["prompt"],
+        category=r["category"],
+        priority=r["spec_priority"],
+        deps=tuple(doc(r["deps"])),
+        model=r["model"],
+        max_attempts=r["max_attempts"],
+        timeout_s=r["timeout_s"],
+        metadata=doc(r["metadata"]),
+        run_on_dep_failure=bool(r["run_on_dep_failure"]),
+        digest=r["digest"],
+        created=r["created"],
+    )
+    return StoredTask(
+        id=r["id"],
+        static=static,
+        state=TaskState(r["state"]),
+        priority=r["priority"],
+        reason=r["reason"],
+        result=r["result"],
+        not_before=r["not_before"],
+        worker=r["worker"],
+        updated=r["updated"],
+        failed_models=doc(r["failed_models"]),
+        usage=doc(r["usage"]),
+        retry_base=r["retry_base"],
+        dep_failure=r["dep_failure"],
+        attempts=tuple(attempts),
+        version=r.get("version", 0),
+    )
+
+
 def load_tasks(conn: sqlite3.Connection) -> list[StoredTask]:
     """Every task with its attempts, in submission order."""
     attempts: dict[str, list[Attempt]] = {}
-    for row in conn.execute(f"SELECT {', '.join(_ATTEMPT_COLS)} FROM attempts ORDER BY task_id, n"):
-        tid, n, worker, model, started, ended, outcome, reason, exit_code, sig, tail, usage, ws = row
-        attempts.setdefault(tid, []).append(
-            Attempt(
-                n=n,
-                worker=worker,
-                model=model,
-                started=started,
-                ended=ended,
-                outcome=Outcome(outcome) if outcome is not None else None,
-                reason=reason,
-                exit_code=exit_code,
-                signal=sig,
-                output_tail=tail,
-                usage=json.loads(usage) if usage else {},
-                workspace=json.loads(ws) if ws else None,
-            )
-        )
-    out: list[StoredTask] = []
-    cols = _STATIC + _MUTABLE
-    for row in conn.execute(f"SELECT {', '.join(cols)} FROM tasks ORDER BY seq"):
-        r = dict(zip(cols, row, strict=True))
-        static = StaticRow(
-            seq=r["seq"],
-            prompt=r["prompt"],
-            category=r["category"],
-            priority=r["spec_priority"],
-            deps=tuple(json.loads(r["deps"])),
-            model=r["model"],
-            max_attempts=r["max_attempts"],
-            timeout_s=r["timeout_s"],
-            metadata=json.loads(r["metadata"]),
-            run_on_dep_failure=bool(r["run_on_dep_failure"]),
-            digest=r["digest"],
-            created=r["created"],
-        )
-        out.append(
-            StoredTask(
-                id=r["id"],
-                static=static,
-                state=TaskState(r["state"]),
-                priority=r["priority"],
-                reason=r["reason"],
-                result=r["result"],
-                not_before=r["not_before"],
-                worker=r["worker"],
-                updated=r["updated"],
-                failed_models=json.loads(r["failed_models"]),
-                usage=json.loads(r["usage"]),
-                retry_base=r["retry_base"],
-                dep_failure=r["dep_failure"],
-                attempts=tuple(attempts.get(r["id"], ())),
-            )
-        )
-    return out
+    for row in conn.execute(f"SELECT {', '.join(ATTEMPT_COLUMNS)} FROM attempts ORDER BY task_id, n"):
+        tid, attempt = attempt_from_row(row, json.loads)
+        attempts.setdefault(tid, []).append(attempt)
+    cols = STATIC_COLUMNS + MUTABLE_COLUMNS
+    return [
+        task_from_row(r := dict(zip(cols, row, strict=True)), attempts.get(r["id"], ()), json.loads)
+        for row in conn.execute(f"SELECT {', '.join(cols)} FROM tasks ORDER BY seq")
+    ]
 
 
 def migrate(conn: sqlite3.Connection, where: str, upto: int = SCHEMA_VERSION) -> int:
