@@ -4,18 +4,15 @@ the acker (after the write commits)."""
 
 from __future__ import annotations
 
-import collections
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..protocols.config import SwarmConfig, structure
-from ..protocols.errors import Conflict, NotFound, StoreError, ValidationError
-from ..protocols.tasks import TERMINAL_STATES, Assignment, Outcome, TaskSpec, TaskState
+from ..protocols.config import structure
+from ..protocols.errors import Conflict, NotFound, ValidationError
+from ..protocols.tasks import TERMINAL_STATES, Outcome, TaskSpec, TaskState
 from ..protocols.workers import Restart
-from ..runtime.actor import ActorGone, Address, Call
-from ..runtime.eventbus import EventBus
-from .cluster import NodesReport
+from ..runtime.actor import ActorGone, Call
 from .queue_messages import (
     AssignTask,
     Barrier,
@@ -24,7 +21,6 @@ from .queue_messages import (
     CompleteTask,
     GetTask,
     ListTasks,
-    QueueMsg,
     QueueStats,
     RetireWorker,
     RetryTask,
@@ -33,59 +29,14 @@ from .queue_messages import (
     Submit,
     WaitTask,
 )
-from .taskbook import TaskBook, check_name
-from .taskstore import TaskStore
+from .queue_state import QueueParts
+from .taskbook import check_name
 
 log = logging.getLogger("shoal.queue")
 
-if TYPE_CHECKING:  # the QueueActor's state and methods these handlers share (actors/queue.py)
-    from .queue import _Worker
 
-
-class CallsQueue:
+class CallsQueue(QueueParts):
     """A part of the QueueActor (see the module docstring); QueueActor composes it."""
-
-    # the QueueActor's state (set in QueueActor.__init__) and the methods of its that these use
-    config: SwarmConfig
-    store: TaskStore
-    bus: EventBus
-    book: TaskBook
-    shared: bool
-    node_id: str | None
-    nodes: NodesReport | None
-    conflicts: int
-    reaped: int
-    address: Address[QueueMsg] | None
-    _workers: dict[str, _Worker]
-    _idle: dict[str, _Worker]
-    _waiters: dict[str, list[Call[Any]]]
-    _acks: list[tuple[Call[Any], Any]]
-    _extra_events: list[tuple[str, dict[str, Any]]]
-    _remote_parks: set[str]
-    _park_reasons: dict[str, str]
-    _model_recent: dict[str, collections.deque[bool]]
-    _retries: dict[str, collections.deque[tuple[float, str]]]
-    _storms: dict[str, tuple[int, float]]
-    _quota: dict[str, dict[str, dict[str, Any]]]
-    _broken: StoreError | None
-    store_failures: int
-    store_recoveries: int
-    stale_announcements: int
-    unknown_messages: int
-
-    if TYPE_CHECKING:
-
-        def _now(self) -> float: ...
-        def _rematch_idle(self, now: float) -> None: ...
-        def _match_worker(self, worker: _Worker, now: float) -> None: ...
-        def _deliver(self, worker: _Worker, assignment: Assignment, now: float) -> bool: ...
-        def _writable(self) -> None: ...
-        def _park(self, model: str, reset_at: Any, now: float, reason: str | None = None) -> None: ...
-        def _model_state(self, model: str) -> dict[str, Any]: ...
-        def _elsewhere(self, worker: str) -> bool: ...
-        def _elsewhere_alive(self, worker: str) -> bool: ...
-
-    # ---- calls -----------------------------------------------------------------------------------
 
     def _on_submit(self, call: Call[Any], msg: Submit, now: float) -> None:
         self._writable()

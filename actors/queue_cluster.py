@@ -4,79 +4,32 @@ writes whose compare-and-set another node won."""
 
 from __future__ import annotations
 
-import collections
 import logging
 import math
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
-from ..protocols.config import SwarmConfig
-from ..protocols.errors import Conflict, StoreError
+from ..protocols.errors import Conflict
 from ..protocols.tasks import TERMINAL_STATES, Assignment, Task
 from ..runtime.actor import ActorGone, Address, Call
-from ..runtime.eventbus import EventBus
 from .cluster import FeedBatch, NodesReport, node_of
 from .queue_messages import (
     QueueMsg,
-    Stats,
     WaitTask,
     _Feed,
     _Landed,
 )
+from .queue_state import QueueParts
 from .store import Ticket
-from .taskbook import Change, StoredTask, TaskBook
-from .taskstore import TaskStore
+from .taskbook import Change, StoredTask
 
 log = logging.getLogger("shoal.queue")
 
-if TYPE_CHECKING:  # the QueueActor's state and methods these handlers share (actors/queue.py)
-    from .queue import _Worker
 
-
-class ClusterQueue:
+class ClusterQueue(QueueParts):
     """A part of the QueueActor (see the module docstring); QueueActor composes it."""
-
-    # the QueueActor's state (set in QueueActor.__init__) and the methods of its that these use
-    config: SwarmConfig
-    store: TaskStore
-    bus: EventBus
-    book: TaskBook
-    shared: bool
-    node_id: str | None
-    nodes: NodesReport | None
-    conflicts: int
-    reaped: int
-    address: Address[QueueMsg] | None
-    _workers: dict[str, _Worker]
-    _idle: dict[str, _Worker]
-    _waiters: dict[str, list[Call[Any]]]
-    _acks: list[tuple[Call[Any], Any]]
-    _extra_events: list[tuple[str, dict[str, Any]]]
-    _remote_parks: set[str]
-    _park_reasons: dict[str, str]
-    _model_recent: dict[str, collections.deque[bool]]
-    _retries: dict[str, collections.deque[tuple[float, str]]]
-    _storms: dict[str, tuple[int, float]]
-    _quota: dict[str, dict[str, dict[str, Any]]]
-    _broken: StoreError | None
-    store_failures: int
-    store_recoveries: int
-    stale_announcements: int
-    unknown_messages: int
-
-    if TYPE_CHECKING:
-
-        def _now(self) -> float: ...
-        def _interrupt(self, worker_id: str | None, task_id: str, why: str) -> None: ...
-        def _rematch_idle(self, now: float) -> None: ...
-        def _match_worker(self, worker: _Worker, now: float) -> None: ...
-        def _deliver(self, worker: _Worker, assignment: Assignment, now: float) -> bool: ...
-        def _writable(self) -> None: ...
-        def _park(self, model: str, reset_at: Any, now: float, reason: str | None = None) -> None: ...
-        def _model_state(self, model: str) -> dict[str, Any]: ...
-        def stats(self) -> Stats: ...
 
     def _elsewhere(self, worker: str) -> bool:
         """A worker of another node (its attempts and assignments survive this node's restart)."""

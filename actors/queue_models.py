@@ -6,77 +6,28 @@ from __future__ import annotations
 import collections
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..protocols.config import SwarmConfig
-from ..protocols.errors import Conflict, StoreError, ValidationError
-from ..protocols.tasks import Assignment
-from ..runtime.actor import Address, Call
-from ..runtime.eventbus import EventBus
-from .cluster import NodesReport
+from ..protocols.errors import Conflict, ValidationError
+from ..runtime.actor import Call
 from .queue_messages import (
     ModelExtraUsage,
     ModelQuota,
     ModelRateLimited,
     ModelRetrying,
     PauseModel,
-    QueueMsg,
     ResumeModel,
-    Stats,
 )
-from .taskbook import TaskBook, check_name
-from .taskstore import TaskStore
+from .queue_state import QueueParts
+from .taskbook import check_name
 
 log = logging.getLogger("shoal.queue")
 
 DEFAULT_PARK_S = 60.0  # a rate limit without a reset time parks its model this long
 
-if TYPE_CHECKING:  # the QueueActor's state and methods these handlers share (actors/queue.py)
-    from .queue import _Worker
 
-
-class ModelQueue:
+class ModelQueue(QueueParts):
     """A part of the QueueActor (see the module docstring); QueueActor composes it."""
-
-    # the QueueActor's state (set in QueueActor.__init__) and the methods of its that these use
-    config: SwarmConfig
-    store: TaskStore
-    bus: EventBus
-    book: TaskBook
-    shared: bool
-    node_id: str | None
-    nodes: NodesReport | None
-    conflicts: int
-    reaped: int
-    address: Address[QueueMsg] | None
-    _workers: dict[str, _Worker]
-    _idle: dict[str, _Worker]
-    _waiters: dict[str, list[Call[Any]]]
-    _acks: list[tuple[Call[Any], Any]]
-    _extra_events: list[tuple[str, dict[str, Any]]]
-    _remote_parks: set[str]
-    _park_reasons: dict[str, str]
-    _model_recent: dict[str, collections.deque[bool]]
-    _retries: dict[str, collections.deque[tuple[float, str]]]
-    _storms: dict[str, tuple[int, float]]
-    _quota: dict[str, dict[str, dict[str, Any]]]
-    _broken: StoreError | None
-    store_failures: int
-    store_recoveries: int
-    stale_announcements: int
-    unknown_messages: int
-
-    if TYPE_CHECKING:
-
-        def _now(self) -> float: ...
-        def _interrupt(self, worker_id: str | None, task_id: str, why: str) -> None: ...
-        def _rematch_idle(self, now: float) -> None: ...
-        def _match_worker(self, worker: _Worker, now: float) -> None: ...
-        def _deliver(self, worker: _Worker, assignment: Assignment, now: float) -> bool: ...
-        def _writable(self) -> None: ...
-        def _elsewhere(self, worker: str) -> bool: ...
-        def _elsewhere_alive(self, worker: str) -> bool: ...
-        def stats(self) -> Stats: ...
 
     def _hot_ends(self) -> float | None:
         """When the earliest quota window of a hot model resets (epoch s): it may cool down then."""
