@@ -20,7 +20,7 @@ from ..protocols.errors import StoreError
 from .cluster import ClusterConfig, FeedBatch, NodeRow, NodesReport
 from .pgschema import NodeInfo, check_node_id, connect, redact
 from .pgschema import why as _why
-from .store import Ticket
+from .store import Ticket, batch_size, resolve_from_thread
 from .taskbook import Change
 
 log = logging.getLogger("shoal.pgstore")
@@ -115,14 +115,8 @@ class PgBase:
 
     # ---- delivery to trio -----------------------------------------------------------------------
 
-    def _deliver(self, results: list[tuple[Ticket, Any, BaseException | None]]) -> None:
-        for ticket, value, error in results:
-            ticket._resolve(value, error)
-
     def _notify(self, results: list[tuple[Ticket, Any, BaseException | None]]) -> None:
-        if results:
-            with contextlib.suppress(trio.RunFinishedError):
-                self._token.run_sync_soon(self._deliver, results)
+        resolve_from_thread(self._token, results)
 
     def _push_config(self, item: ClusterConfig) -> None:
         def send() -> None:
@@ -149,12 +143,7 @@ class PgBase:
             self._token.run_sync_soon(send)
 
     def _take(self) -> list[Job]:
-        taken = n = 0
-        for job in self._jobs:
-            if job.kind == "write" and taken and taken + len(job.changes) > self.max_batch:
-                break
-            taken += len(job.changes)
-            n += 1
+        n = batch_size(self._jobs, self.max_batch)
         jobs, self._jobs = self._jobs[:n], self._jobs[n:]
         return jobs
 

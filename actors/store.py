@@ -111,6 +111,34 @@ class Ticket:
         return self.result()
 
 
+Result = tuple[Ticket, Any, BaseException | None]  # a job's ticket and how it ended
+
+
+def resolve_from_thread(token: trio.lowlevel.TrioToken, results: list[Result]) -> None:
+    """Resolve tickets from a store's thread: on the trio loop, in order (a run that has finished
+    has no one left waiting). Both stores' threads answer this way."""
+    if results:
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(_resolve_all, results)
+
+
+def _resolve_all(results: list[Result]) -> None:
+    for ticket, value, error in results:
+        ticket._resolve(value, error)
+
+
+def batch_size(jobs: Sequence[Any], max_batch: int) -> int:
+    """How many of the queued `jobs` the next group commit takes: everything, but at most
+    `max_batch` changes' worth of writes (whole jobs; a bigger single write goes alone)."""
+    taken = n = 0
+    for job in jobs:
+        if job.kind == "write" and taken and taken + len(job.changes) > max_batch:
+            break
+        taken += len(job.changes)
+        n += 1
+    return n
+
+
 class _Job:
     __slots__ = ("changes", "kind", "ticket")
 
@@ -267,14 +295,8 @@ class Store:
 
     # ---- inside the store thread ----------------------------------------------------------------
 
-    def _deliver(self, results: list[tuple[Ticket, Any, BaseException | None]]) -> None:
-        for ticket, value, error in results:
-            ticket._resolve(value, error)
-
-    def _notify(self, results: list[tuple[Ticket, Any, BaseException | None]]) -> None:
-        if results:
-            with contextlib.suppress(trio.RunFinishedError):
-                self._token.run_sync_soon(self._deliver, results)
+    def _notify(self, results: list[Result]) -> None:
+        resolve_from_thread(self._token, results)
 
     def _run(self, opened: Ticket) -> None:
         try:
@@ -329,14 +351,7 @@ class Store:
             self._notify(results)
 
     def _take(self) -> list[_Job]:
-        """Everything queued, but at most `max_batch` changes' worth of writes (whole jobs)."""
-        taken = 0
-        n = 0
-        for job in self._jobs:
-            if job.kind == "write" and taken and taken + len(job.changes) > self.max_batch:
-                break
-            taken += len(job.changes)
-            n += 1
+        n = batch_size(self._jobs, self.max_batch)
         jobs, self._jobs = self._jobs[:n], self._jobs[n:]
         return jobs
 
