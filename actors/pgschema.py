@@ -230,7 +230,6 @@ def schema_version(conn: psycopg.Connection[Any]) -> int | None:
             return None if has_tasks else 0
         cur.execute("SELECT value FROM shoal_meta WHERE key = 'schema_version'")
         row = cur.fetchone()
-    conn.rollback()
     return int(row[0]) if row else 0
 
 
@@ -240,18 +239,9 @@ def migrate(conn: psycopg.Connection[Any], where: str, *, apply: bool = True) ->
     and a newer schema, naming the version."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(current_database()))", (ADVISORY_KEY + 1,))
-        with conn.cursor() as cur:
-            cur.execute("SELECT to_regclass('shoal_meta') IS NOT NULL, to_regclass('tasks') IS NOT NULL")
-            has_meta, has_tasks = cur.fetchone() or (False, False)
-            if not has_meta and has_tasks:
-                raise StoreError(
-                    f"{where}: has a `tasks` table but is not a Shoal store; refusing to touch it"
-                )
-            found = 0
-            if has_meta:
-                cur.execute("SELECT value FROM shoal_meta WHERE key = 'schema_version'")
-                row = cur.fetchone()
-                found = int(row[0]) if row else 0
+        found = schema_version(conn)
+        if found is None:
+            raise StoreError(f"{where}: has a `tasks` table but is not a Shoal store; refusing to touch it")
         if found > SCHEMA_VERSION:
             raise StoreError(
                 f"{where}: schema version {found} is newer than this Shoal understands ({SCHEMA_VERSION});"
