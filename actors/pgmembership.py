@@ -15,7 +15,7 @@ import psycopg
 from ..protocols.errors import StoreError
 from .cluster import ClusterConfig, NodeRow, NodesReport
 from .pgbase import Job, PgBase, log
-from .pgschema import ADVISORY_KEY
+from .pgschema import ADVISORY_KEY, read_nodes
 from .pgschema import json_text as _json
 from .pgschema import why as _why
 from .store import Ticket
@@ -193,7 +193,7 @@ class PgMembership(PgBase):
         if self._broken is not None:
             return
 
-        def beat(conn: psycopg.Connection[Any]) -> tuple[bool, list[tuple[Any, ...]], dict[str, float]]:
+        def beat(conn: psycopg.Connection[Any]) -> tuple[bool, list[NodeRow], dict[str, float]]:
             with conn.cursor() as cur:
                 cur.execute(
                     "UPDATE nodes SET heartbeat = now(), lease_until = now() + make_interval(secs => %s),"
@@ -207,12 +207,7 @@ class PgMembership(PgBase):
                     cur.execute(
                         "UPDATE nodes SET state = 'dead' WHERE state = 'alive' AND lease_until <= now()"
                     )
-                cur.execute(
-                    "SELECT id, incarnation, state, host, pid, url, workers, extract(epoch FROM started),"
-                    " extract(epoch FROM now() - heartbeat), extract(epoch FROM lease_until - now()),"
-                    " shoal_version FROM nodes ORDER BY id"
-                )
-                rows = cur.fetchall()
+                rows = read_nodes(cur)
                 cur.execute("DELETE FROM model_parks WHERE until < extract(epoch FROM now())")
                 cur.execute("SELECT model, until FROM model_parks")
                 parks = {m: (float(u) if u is not None else math.inf) for m, u in cur.fetchall()}
@@ -237,33 +232,13 @@ class PgMembership(PgBase):
                     "pgstore: node %s lost its lease (paused or cut off too long); re-registering",
                     self.node_id,
                 )
-                self._retrying("re-registering", lambda conn: self._register_in(conn))
+                self._retrying("re-registering", self._register)
                 lost = True
                 kept, rows, parks = self._retrying("the heartbeat", beat)
         except (psycopg.Error, StoreError) as exc:
             log.warning("pgstore: heartbeat failed: %s", _why(exc, self.url))
             return
-        nodes = tuple(
-            NodeRow(
-                id=r[0],
-                incarnation=int(r[1]),
-                state=r[2],
-                host=r[3],
-                pid=int(r[4]),
-                url=r[5],
-                workers=int(r[6]),
-                started=float(r[7]),
-                heartbeat_age_s=round(float(r[8]), 3),
-                lease_left_s=round(float(r[9]), 3),
-                shoal_version=r[10],
-            )
-            for r in rows
-        )
-        self._push(NodesReport(nodes, self.incarnation, lost, parks))
-
-    def _register_in(self, conn: psycopg.Connection[Any]) -> None:
-        # _register opens its own transaction; inside _retrying's, psycopg nests it as a savepoint
-        self._register(conn)
+        self._push(NodesReport(tuple(rows), self.incarnation, lost, parks))
 
     def _stop_node(self) -> None:
         """Leave the cluster cleanly: the row says stopped, so nobody waits out its lease."""

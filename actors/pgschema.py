@@ -303,30 +303,35 @@ def check_node_id(value: Any) -> str:
     return value
 
 
+def read_nodes(cur: psycopg.Cursor[Any]) -> list[NodeRow]:
+    """Every node's row as a node (and `shoal nodes`) shows it: ages and leases by PostgreSQL's clock."""
+    cur.execute(
+        "SELECT id, incarnation, state, host, pid, url, workers, extract(epoch FROM started),"
+        " extract(epoch FROM now() - heartbeat), extract(epoch FROM lease_until - now()), shoal_version"
+        " FROM nodes ORDER BY id"
+    )
+    return [
+        NodeRow(
+            id=r[0],
+            incarnation=int(r[1]),
+            state=r[2],
+            host=r[3],
+            pid=int(r[4]),
+            url=r[5],
+            workers=int(r[6]),
+            started=float(r[7]),
+            heartbeat_age_s=round(float(r[8]), 3),
+            lease_left_s=round(float(r[9]), 3),
+            shoal_version=r[10],
+        )
+        for r in cur.fetchall()
+    ]
+
+
 def open_nodes(url: str) -> list[NodeRow]:
     """The cluster's nodes (for `shoal nodes` without a running node): a short connection."""
     with connect(url) as conn, conn.cursor() as cur:
-        cur.execute(
-            "SELECT id, incarnation, state, host, pid, url, workers, extract(epoch FROM started),"
-            " extract(epoch FROM now() - heartbeat), extract(epoch FROM lease_until - now()), shoal_version"
-            " FROM nodes ORDER BY id"
-        )
-        return [
-            NodeRow(
-                id=r[0],
-                incarnation=int(r[1]),
-                state=r[2],
-                host=r[3],
-                pid=int(r[4]),
-                url=r[5],
-                workers=int(r[6]),
-                started=float(r[7]),
-                heartbeat_age_s=round(float(r[8]), 3),
-                lease_left_s=round(float(r[9]), 3),
-                shoal_version=r[10],
-            )
-            for r in cur.fetchall()
-        ]
+        return read_nodes(cur)
 
 
 def db_migrate(url: str, *, apply: bool) -> tuple[int, int]:
