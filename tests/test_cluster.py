@@ -41,6 +41,16 @@ def attempts(url: str, task_id: str) -> list[tuple[Any, ...]]:
     return pg_rows(url, "SELECT n, worker, outcome FROM attempts WHERE task_id = %s ORDER BY n", task_id)
 
 
+async def until(events: Any, topic: str, **match: Any) -> Event:
+    """The next event of `topic` on the stream whose data has `match`."""
+    with trio.fail_after(30):
+        async for item in events:
+            hit = isinstance(item, Event) and item.topic == topic
+            if hit and all(item.data.get(k) == v for k, v in match.items()):
+                return item
+    raise AssertionError("stream ended")
+
+
 async def wait_state(node: Node, token: str, task_id: str, state: TaskState, timeout: float = 30) -> None:
     async with connect(node.url, token) as client, client.events(["task.*"]) as stream:
         if (await client.get(task_id)).state is state:
@@ -252,21 +262,12 @@ async def test_a_model_parked_at_one_node_is_parked_on_every_node(
     await start(nodes, tmp_path, pg_url, "b", max_workers=1, min_workers=1)
     token = read_token(tmp_path / "token")
     async with connect(a.url, token) as ca, ca.events(["model.*", "task.running"]) as events:
-
-        async def until(topic: str, **match: Any) -> Event:
-            with trio.fail_after(30):
-                async for item in events:
-                    hit = isinstance(item, Event) and item.topic == topic
-                    if hit and all(item.data.get(k) == v for k, v in match.items()):
-                        return item
-            raise AssertionError("stream ended")
-
         await ca.pause_model("sonnet", "the account's usage limit")  # b's worker runs sonnet
-        await until("model.park_applied", model="sonnet", node="b")
+        await until(events, "model.park_applied", model="sonnet", node="b")
         await ca.submit({"id": "held", "prompt": "wait for the model"})
         await ca.resume_model("sonnet")
-        lifted = await until("model.park_lifted", model="sonnet", node="b")
-        running = await until("task.running", task_id="held")
+        lifted = await until(events, "model.park_lifted", model="sonnet", node="b")
+        running = await until(events, "task.running", task_id="held")
         assert running.seq > lifted.seq  # b took nothing while the model was parked cluster-wide
     await wait_state(a, token, "held", TaskState.DONE)
 
@@ -301,18 +302,9 @@ async def test_dependencies_and_operator_controls_work_across_nodes(
     b = await start(nodes, tmp_path, pg_url, "b", max_workers=1, min_workers=1)
     token = read_token(tmp_path / "token")
     async with connect(a.url, token) as ca, ca.events(["task.*", "worker.*"]) as events:
-
-        async def until(topic: str, **match: Any) -> Event:
-            with trio.fail_after(30):
-                async for item in events:
-                    hit = isinstance(item, Event) and item.topic == topic
-                    if hit and all(item.data.get(k) == v for k, v in match.items()):
-                        return item
-            raise AssertionError("stream ended")
-
         # a task that never finishes, running on b, cancelled at a: b's worker is stopped
         await ca.submit({"id": "stuck", "prompt": "never ends [[hang]]"})
-        running = await until("task.running", task_id="stuck")
+        running = await until(events, "task.running", task_id="stuck")
         worker = running.data["worker"]
         assert worker.startswith("b:")
         with pytest.raises(Exception, match="runs on node 'b'; use that node's gateway") as err:
@@ -333,7 +325,7 @@ async def test_dependencies_and_operator_controls_work_across_nodes(
         )
         # assign at a names b's worker (busy now: the task waits for it, ahead of other work)
         await ca.submit({"id": "busy", "prompt": "keeps b's worker busy [[think:1]]"})
-        await until("task.running", task_id="busy")
+        await until(events, "task.running", task_id="busy")
         await ca.submit_many(
             [{"id": "other", "prompt": "any worker"}, {"id": "later", "prompt": "for b's worker"}]
         )
