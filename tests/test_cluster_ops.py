@@ -426,3 +426,36 @@ async def test_the_dashboard_shows_the_clusters_nodes(pg_url: str, tmp_path: Pat
                         browser.close()
 
             await trio.to_thread.run_sync(body)
+
+
+@pytest.mark.postgres
+async def test_hostile_text_on_a_postgresql_store_gets_clear_errors_and_loses_nothing(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """What PostgreSQL cannot hold (a NUL in a text column) or nobody can encode (a lone surrogate):
+    refused with a clear error, the store stays writable and every task already in it stays."""
+    config = swarm_config(
+        tmp_path, store={"url": pg_url}, node={"id": "h"}, scaling={"min_workers": 0, "max_workers": 0}
+    )
+    async with open_swarm(config) as swarm:
+        await swarm.submit({"id": "kept", "prompt": "stays"})
+        with pytest.raises(Exception, match="surrogate"):
+            await swarm.submit({"id": "bad", "prompt": "lone \udc80 surrogate"})
+        with pytest.raises(Exception, match="NUL"):
+            await swarm.submit({"id": "nul", "prompt": "a\x00b"})
+        with pytest.raises(Exception, match="is over 1000000 bytes as JSON"):
+            await swarm.submit({"id": "huge", "prompt": "meta", "metadata": {"big": "x" * (1 << 20)}})
+        # json columns take the \u0000 escape and half a megabyte: stored and read back whole
+        big = "x" * (1 << 19)
+        odd = await swarm.submit({"id": "odd", "prompt": "meta", "metadata": {"nul": "a\x00b", "big": big}})
+        assert odd.metadata == {"nul": "a\x00b", "big": big}
+        await swarm.submit({"id": "after", "prompt": "the store still takes writes"})
+        assert [(await swarm.get(t)).id for t in ("kept", "odd", "after")] == ["kept", "odd", "after"]
+    rows = dict(pg_rows_simple(pg_url, "SELECT id, metadata::text FROM tasks"))
+    assert set(rows) == {"kept", "odd", "after"}
+    assert json.loads(rows["odd"]) == {"nul": "a\x00b", "big": big}
+
+
+def pg_rows_simple(url: str, query: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute(query).fetchall()  # type: ignore[arg-type]
