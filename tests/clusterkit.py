@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import pytest
 import trio
 
 from shoal.actors.auth import read_endpoint
@@ -160,3 +161,39 @@ def pg_rows(url: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
 
     with psycopg.connect(url, autocommit=True) as conn:
         return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
+
+
+PHASES = pytest.StashKey[dict[str, pytest.TestReport]]()
+"""Each phase's report of a test, kept by conftest's pytest_runtest_makereport."""
+
+
+def failed(request: pytest.FixtureRequest) -> bool:
+    """Whether the requesting test failed (its setup or call phase)."""
+    return any(r.failed for r in request.node.stash.get(PHASES, {}).values())
+
+
+def dump(nodes: list[Node], url: str, lines: int = 200) -> str:
+    """What a failed cluster test needs to be understood: the unfinished tasks and their attempts
+    as PostgreSQL holds them, the nodes' rows, and the tail of every node's log."""
+    out: list[str] = []
+    try:
+        out.append("-- unfinished tasks (id, state, version, worker; attempt n, worker, outcome):")
+        out += [
+            repr(r)
+            for r in pg_rows(
+                url,
+                """
+            SELECT t.id, t.state, t.version, t.worker, a.n, a.worker, a.outcome FROM tasks t
+            LEFT JOIN attempts a ON a.task_id = t.id
+            WHERE t.state NOT IN ('done', 'failed', 'cancelled') ORDER BY t.id, a.n""",
+            )
+        ]
+        out.append("-- nodes:")
+        out += [repr(r) for r in pg_rows(url, "SELECT * FROM nodes ORDER BY id")]
+    except Exception as exc:  # a dump must not hide the failure it explains
+        out.append(f"(the database could not be read: {exc!r})")
+    for node in nodes:
+        tail = node.log().splitlines()[-lines:]
+        out.append(f"-- node {node.node_id} (exit {node.proc.poll()}), last {len(tail)} log lines:")
+        out += tail
+    return "\n".join(out)

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from clusterkit import PHASES
 from pgcluster import PgCluster, PgClusterError, find_pg_bin
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,6 +36,15 @@ def child_pids() -> set[int]:
         if int(fields[1]) == me:
             out.add(int(entry))
     return out
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Keep each phase's report on the item (`item.stash[PHASES]`), so a fixture's teardown can
+    tell whether its test failed (the cluster tests then print their nodes' logs and rows)."""
+    report = yield
+    item.stash.setdefault(PHASES, {})[report.when] = report
+    return report
 
 
 @pytest.fixture

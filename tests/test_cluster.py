@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import trio
-from clusterkit import Node, pg_rows, ready, start_node, stop_all
+from clusterkit import Node, dump, failed, pg_rows, ready, start_node, stop_all
 
 from shoal.actors.auth import read_token
 from shoal.actors.client import connect
@@ -25,9 +25,11 @@ pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
-def nodes() -> Iterator[list[Node]]:
+def nodes(request: pytest.FixtureRequest, pg_url: str) -> Iterator[list[Node]]:
     started: list[Node] = []
     yield started
+    if failed(request):
+        print(dump(started, pg_url))
     stop_all(started)
 
 
