@@ -163,7 +163,9 @@ class PgBase:
         delay = 0.05
         while True:
             try:
-                self._conn = connect(self.url, timeout_s=min(10.0, max(1.0, self.reconnect_s)))
+                self._conn = connect(
+                    self.url, timeout_s=min(10.0, max(1.0, self.reconnect_s)), idle_s=self.lease_s
+                )
                 self.reconnects += 1
                 self._reconnected_at = time.monotonic()
                 log.warning("pgstore: reconnected to %s", self.shown_url)
@@ -194,7 +196,8 @@ class PgBase:
                     raise
                 log.info("pgstore: %s clashed with another node (%s); retrying", what, _why(exc, self.url))
                 continue
-            except psycopg.OperationalError as exc:
+            except psycopg.Error as exc:  # a lost connection is OperationalError; a session the
+                # server ended (idle_in_transaction_session_timeout: see pgschema.connect) is not
                 if conn.closed or conn.broken:
                     self._close_conn()
                     if time.monotonic() < deadline and not self._closing:

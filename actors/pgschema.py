@@ -259,15 +259,32 @@ def migrate(conn: psycopg.Connection[Any], where: str, *, apply: bool = True) ->
     return found, SCHEMA_VERSION
 
 
-def connect(url: str, *, timeout_s: float = 10.0, autocommit: bool = True) -> psycopg.Connection[Any]:
+def connect(
+    url: str, *, timeout_s: float = 10.0, autocommit: bool = True, idle_s: float | None = None
+) -> psycopg.Connection[Any]:
     """A connection, or StoreError naming the host and the reason (never the password). Autocommit:
-    every transaction is an explicit `conn.transaction()` block, none is left open by a read."""
+    every transaction is an explicit `conn.transaction()` block, none is left open by a read.
+
+    `idle_s`: PostgreSQL ends the session when it sits that long inside a transaction without a
+    statement, so a node frozen mid-transaction (SIGSTOP, a VM paused, a debugger) cannot hold its
+    row and advisory locks, and with them the whole cluster, past its lease: the transaction is
+    rolled back and the node, once it runs again, reconnects and retries it."""
     try:
-        return psycopg.connect(
+        conn = psycopg.connect(
             _dsn(url), autocommit=autocommit, connect_timeout=max(1, int(timeout_s)), application_name="shoal"
         )
     except psycopg.Error as exc:
         raise StoreError(f"{redact(url)}: cannot connect to PostgreSQL ({why(exc, url)})") from None
+    if idle_s is not None:
+        try:
+            conn.execute(
+                "SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
+                (str(max(1, round(idle_s * 1000))),),
+            )
+        except psycopg.Error as exc:
+            conn.close()
+            raise StoreError(f"{redact(url)}: cannot set up the session ({why(exc, url)})") from None
+    return conn
 
 
 def why(exc: BaseException, url: str) -> str:

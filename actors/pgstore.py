@@ -218,7 +218,7 @@ class PgStore(PgMembership):
 
     def _run(self, opened: Ticket) -> None:
         try:
-            self._conn = connect(self.url)
+            self._conn = connect(self.url, idle_s=self.lease_s)
             migrate(self._conn, self.shown_url, apply=True)
             self._register(self._conn)
             self._rev = self._head(self._conn)

@@ -31,6 +31,7 @@ from shoal.actors.cli import EXIT_CONFLICT, EXIT_FAILED, EXIT_OK, EXIT_UNREACHAB
 from shoal.actors.client import connect
 from shoal.actors.http import dashboard_url
 from shoal.actors.pgschema import SCHEMA_VERSION
+from shoal.actors.pgschema import connect as pgconnect
 from shoal.actors.tree import open_swarm
 from shoal.runtime.eventbus import Event
 
@@ -136,6 +137,22 @@ def test_db_errors_name_the_host_and_never_the_password(pg_url: str) -> None:
     assert missing.returncode == EXIT_USAGE and "--store" in missing.stderr
     sqlite = shoal("db", "check", "--store", f"sqlite:///{Path(pg_url).name}.db")
     assert sqlite.returncode == EXIT_USAGE and "PostgreSQL" in sqlite.stderr
+
+
+@pytest.mark.postgres
+def test_a_node_frozen_inside_a_transaction_cannot_hold_its_locks_past_its_lease(pg_url: str) -> None:
+    # a node SIGSTOPped between two statements of a transaction (its heartbeat's row lock on its
+    # nodes row, the feed's advisory lock) would otherwise stall every other node until it runs again
+    frozen = pgconnect(pg_url, idle_s=0.5)  # as a node with a 0.5 s lease connects
+    frozen.execute("BEGIN")
+    frozen.execute("SELECT pg_advisory_xact_lock(18)")
+    with psycopg.connect(pg_url, autocommit=True) as other:
+        other.execute("SET lock_timeout = '30s'")  # a bound on the wait, not the figure tested
+        other.execute("SELECT pg_advisory_lock(18)")  # granted once PostgreSQL ended the frozen session
+    with pytest.raises(psycopg.errors.IdleInTransactionSessionTimeout):  # running again: session gone
+        frozen.execute("SELECT 1")
+    assert frozen.broken or frozen.closed  # and reconnects (pgbase._db) to retry the transaction
+    frozen.close()
 
 
 # ---- nodes of a running cluster ---------------------------------------------------------------------
