@@ -50,6 +50,7 @@ from .clusterview import cluster_status, local_node, node_entry, shown_config, s
 from .metrics import MetricsActor
 from .scaler import ScalerActor, ScalerInputs
 from .swarm_messages import Roster
+from .workrepos import check_repos, workspace_repos
 from .workspace import WorkspaceError
 from .worktree import Worktrees, read_artifact
 from .worktree import diff as worktree_diff
@@ -310,13 +311,16 @@ class SwarmHandle:
         return spec
 
     async def submit(self, task: TaskSpec | Mapping[str, Any]) -> Task:
-        tasks: list[Task] = await self._queue.call(q.Submit((self._spec(task),)))
+        # a task's own repository: allowed, a git repository, kept resolved
+        specs = await check_repos((self._spec(task),), self._config)
+        tasks: list[Task] = await self._queue.call(q.Submit(specs))
         return tasks[0]
 
     async def submit_many(self, tasks: Sequence[TaskSpec | Mapping[str, Any]]) -> builtins.list[Task]:
         if isinstance(tasks, str | bytes | Mapping) or not isinstance(tasks, Sequence):
             raise ValidationError("tasks", "must be a list of tasks", tasks)
         specs = tuple(self._spec(t, f"tasks[{i}]") for i, t in enumerate(tasks))
+        specs = await check_repos(specs, self._config)
         result: builtins.list[Task] = await self._queue.call(q.Submit(specs))
         return result
 
@@ -409,13 +413,13 @@ class SwarmHandle:
         return {"id": task_id, "attempt": chosen.n, "name": name, "size": len(data),
                 "encoding": "base64", "data": base64.b64encode(data).decode("ascii")}  # fmt: skip
 
-    def _worktree_repos(self) -> builtins.list[str]:
-        profiles = self._config.workers.profiles.values()
-        return [os.path.expanduser(p.workspace.repo) for p in profiles if p.workspace.repo is not None]
+    async def _worktree_repos(self) -> builtins.list[str]:
+        """The profiles' repositories: each `workspace.repo`, and the worktree profiles' allowed ones."""
+        return await trio.to_thread.run_sync(workspace_repos, self._config)
 
     async def workspaces(self) -> dict[str, Any]:
         """Shoal's worktrees (path, head, branch, the worker using it) and its task branches."""
-        return await self._worktrees.list(self._worktree_repos())
+        return await self._worktrees.list(await self._worktree_repos())
 
     async def prune_workspaces(
         self, older_than_s: float | None = None, base: str | None = None
@@ -425,7 +429,7 @@ class SwarmHandle:
         if base is not None:
             check_text(base, "base")
         pruned = await self._worktrees.prune(
-            self._worktree_repos(), base=base, older_than_s=older_than_s, now=time.time()
+            await self._worktree_repos(), base=base, older_than_s=older_than_s, now=time.time()
         )
         gone: builtins.list[str] = []  # artifacts of tasks the store no longer keeps (retention)
         folder = self.state_dir / "artifacts"

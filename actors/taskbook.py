@@ -197,13 +197,16 @@ class TaskBook(SubmittingBook, RetainingBook, ReloadingBook):
         )
 
     def _dep_heads(self, rec: _Rec) -> tuple[tuple[str, str], ...]:
-        """Each finished dependency's last commit in a worktree (docs/workspaces.md), in deps order."""
+        """Each finished dependency's last commit in a worktree (docs/workspaces.md), in deps order.
+        A dependency in another repository (`metadata.workspace.repo`) only orders the tasks."""
         heads: list[tuple[str, str]] = []
         for d in rec.deps:
             dep = self._recs.get(d)
             done = dep.attempts[-1] if dep is not None and dep.attempts else None
             head = (done.workspace or {}).get("head") if done is not None else None
-            if dep is not None and dep.state is TaskState.DONE and isinstance(head, str):
+            if dep is None or dep.state is not TaskState.DONE or not isinstance(head, str):
+                continue
+            if _named_repo(dep.metadata) == _named_repo(rec.metadata):
                 heads.append((d, head))
         return tuple(heads)
 
@@ -562,3 +565,9 @@ def check_feedback(prompt: str, record: Mapping[str, Any]) -> str:
         f"{prompt}\n\n{what} on your previous attempt, "
         f"whose changes are in this working tree.{said}\nFix it so that the check passes."
     )
+
+
+def _named_repo(metadata: Mapping[str, Any]) -> Any:
+    """The repository a task names (`metadata.workspace.repo`, resolved at submit); None: its profile's."""
+    own = metadata.get("workspace") if isinstance(metadata, Mapping) else None
+    return own.get("repo") if isinstance(own, Mapping) else None

@@ -21,7 +21,8 @@ import trio
 from ..protocols.config import ProfileConfig, WorkspaceConfig
 from ..protocols.tasks import Assignment, Outcome
 from ..protocols.taskworkspace import task_workspace
-from .workspace import Workspace, WorkspaceError
+from .workrepos import worktree_workspace
+from .workspace import Workspace, WorkspaceError, refuse_task_repo
 from .worktree import Worktrees, artifact_dir, collect_artifacts, verify_in
 
 Manifest = dict[str, tuple[int, int]]  # relative path -> (size, mtime in ns)
@@ -106,8 +107,10 @@ class CopyWorkspace:
             )
         return str(self._path)
 
-    async def prepare(self, task: Assignment) -> None:
+    async def prepare(self, task: Assignment) -> str | None:
+        refuse_task_repo(task, "copy")
         await self.directory()  # a fresh copy unless the one made for this spawn is still untouched
+        return None
 
     async def verify(self, task: Assignment) -> dict[str, Any] | None:
         return None if self._path is None else await verify_in(self._path, self.config, task)
@@ -146,11 +149,14 @@ class CopyWorkspace:
 
 class Workspaces(Worktrees):
     """The worker supervisor's workspace factory: `worktree` and `copy` profiles get their own
-    directory from the pool's slots; others share `profile.cwd`."""
+    directory from the pool's slots (a worktree profile's workers also one per repository a task
+    names, actors/workrepos.py); others share `profile.cwd`."""
 
     def __call__(self, profile_name: str, profile: ProfileConfig, worker_id: str) -> Workspace:
         ws = profile.workspace
         if ws.mode == "copy":
             assert ws.repo is not None  # the config refuses mode = "copy" without a directory
             return CopyWorkspace(self, profile_name, os.path.expanduser(ws.repo), worker_id, ws)
+        if ws.mode == "worktree":
+            return worktree_workspace(self, profile_name, ws, worker_id)
         return super().__call__(profile_name, profile, worker_id)

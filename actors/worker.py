@@ -245,7 +245,7 @@ class WorkerActor(WorkerCore):
         if assignment.category:
             self._history.append(assignment.category)
         try:
-            await self._workspace.prepare(assignment)
+            where = await self._workspace.prepare(assignment)
         except WorkspaceError as exc:  # the task cannot run here; the worker can run the next one
             await self._finish_task(Outcome.FAILED, reason=f"workspace: {exc}")
             return
@@ -254,12 +254,33 @@ class WorkerActor(WorkerCore):
                 await self._start_process(prompt=assignment.prompt)
             except (SpawnError, ValidationError) as exc:
                 await self._crash(f"cannot start the task's process: {exc}")
+        elif where is not None and where != self._cwd:
+            await self._move_agent()  # a task in another repository: the agent starts there first
+            return
+        self._write_task(assignment)
+        await self._set_state(WorkerState.BUSY)
+
+    def _write_task(self, assignment: Assignment) -> None:
+        """Hand the task to the dialect and type its prompt into the agent."""
         inc = self._inc
         assert inc is not None
+        now = trio.current_time()
         inc.dialect.start_task(assignment, now)
         self._keys.write_task(inc, assignment, now)
         if self._one_process_per_task and inc.proc.transport == "pipe":
             inc.end_input()  # end of input: a oneshot agent must not wait on stdin
+
+    async def _move_agent(self) -> None:
+        """The task's workspace is another directory than the one the agent runs in (a task in another
+        repository than the last one's, actors/workrepos.py): a new process there, the task written
+        once it is ready (`_on_signal`, Ready). It stays busy meanwhile; a start that fails or times
+        out crashes the attempt as any start-up does."""
+        self._task_waits_ready = True
+        await self._stop_process(ladder=True)
+        try:
+            await self._start_process()
+        except (SpawnError, ValidationError) as exc:
+            await self._crash(f"cannot start the agent in the task's workspace: {exc}")
         await self._set_state(WorkerState.BUSY)
 
     # ---- dialect signals --------------------------------------------------------------------------
@@ -309,7 +330,12 @@ class WorkerActor(WorkerCore):
             if self._awaiting_ready_until is not None:
                 self._awaiting_ready_until = None
                 self._release_slot()
-                await self._become_available()
+                if self._task_waits_ready and self._task is not None:
+                    self._task_waits_ready = False
+                    self._task_out_start = self._ring.total  # the task's output, not the start-up's
+                    self._write_task(self._task)
+                else:
+                    await self._become_available()
         elif isinstance(signal, TaskDone):
             if busy:
                 await self._finish_task(Outcome.DONE, result=signal.result, usage=dict(signal.usage))

@@ -144,6 +144,7 @@ class WorkerCore:
         self._one_process_per_task = profile.dialect == "oneshot"
 
         self._task: Assignment | None = None
+        self._task_waits_ready = False  # the agent moved to the task's workspace: write it on Ready
         self._task_started = 0.0
         self._task_out_start = 0
         self._paused = False
@@ -473,6 +474,7 @@ class WorkerCore:
 
     async def _end_attempt(self, outcome: Outcome, **fields: Any) -> None:
         task, self._task = self._task, None
+        self._task_waits_ready = False
         self._keys.submit = None
         self._retrying = None
         if task is None:

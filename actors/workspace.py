@@ -39,8 +39,11 @@ class Workspace(Protocol):
         """The working directory for the worker's next process (None: the service's own)."""
         ...
 
-    async def prepare(self, task: Assignment) -> None:
-        """Make the directory ready for `task` before its prompt is written. Raises WorkspaceError."""
+    async def prepare(self, task: Assignment) -> str | None:
+        """Make the directory ready for `task` before its prompt is written. Raises WorkspaceError.
+        Returns the directory the task runs in when it may differ from what `directory` gave the
+        agent (a task in another repository): the worker moves a persistent agent there. None: the
+        agent's directory."""
         ...
 
     async def verify(self, task: Assignment) -> dict[str, Any] | None:
@@ -56,6 +59,17 @@ class Workspace(Protocol):
         ...
 
 
+def refuse_task_repo(task: Assignment, mode: str) -> None:
+    """A task that names its own repository (`metadata.workspace.repo`) runs only in a worktree
+    profile: anywhere else it would run in the wrong directory. Raises WorkspaceError."""
+    own = task.metadata.get("workspace") if isinstance(task.metadata, dict) else None
+    if isinstance(own, dict) and own.get("repo") is not None:
+        raise WorkspaceError(
+            f"the task names a repository (metadata.workspace.repo) but its worker's profile has "
+            f'workspace.mode = "{mode}"; only "worktree" profiles run tasks in other repositories'
+        )
+
+
 @attrs.define
 class SharedDirectory:
     """Every task of every worker of the profile runs in one directory (`profile.cwd`)."""
@@ -66,7 +80,9 @@ class SharedDirectory:
     async def directory(self) -> str | None:
         return self.cwd
 
-    async def prepare(self, task: Assignment) -> None:
+    async def prepare(self, task: Assignment) -> str | None:
+        if task.metadata:
+            refuse_task_repo(task, "none")
         return None
 
     async def verify(self, task: Assignment) -> dict[str, Any] | None:

@@ -74,25 +74,28 @@ class Worktrees:
 
     root: Path  # <state_dir>/workspaces
     _locks: dict[str, trio.Lock] = attrs.field(factory=dict)
-    _taken: dict[str, set[int]] = attrs.field(factory=dict)
+    _taken: dict[tuple[str, str | None], set[int]] = attrs.field(factory=dict)
     _holders: dict[str, str] = attrs.field(factory=dict)  # worktree path -> the worker using it
 
     def lock(self, repo: str) -> trio.Lock:
         return self._locks.setdefault(repo, trio.Lock())
 
-    def take_slot(self, profile: str, worker: str = "") -> int:
-        taken = self._taken.setdefault(profile, set())
+    def take_slot(self, profile: str, worker: str = "", repo_key: str | None = None) -> int:
+        """A free slot of the profile's (or, with `repo_key`, of one of its task repositories') worktrees."""
+        taken = self._taken.setdefault((profile, repo_key), set())
         slot = next(i for i in range(1, len(taken) + 2) if i not in taken)
         taken.add(slot)
-        self._holders[str(self.slot_path(profile, slot))] = worker
+        self._holders[str(self.slot_path(profile, slot, repo_key))] = worker
         return slot
 
-    def release_slot(self, profile: str, slot: int) -> None:
-        self._taken.get(profile, set()).discard(slot)
-        self._holders.pop(str(self.slot_path(profile, slot)), None)
+    def release_slot(self, profile: str, slot: int, repo_key: str | None = None) -> None:
+        self._taken.get((profile, repo_key), set()).discard(slot)
+        self._holders.pop(str(self.slot_path(profile, slot, repo_key)), None)
 
-    def slot_path(self, profile: str, slot: int) -> Path:
-        return self.root / _safe_component(profile) / str(slot)
+    def slot_path(self, profile: str, slot: int, repo_key: str | None = None) -> Path:
+        """<root>/<profile>/<slot>; a task's own repository: <root>/<profile>/repos/<repo_key>/<slot>."""
+        folder = self.root / safe_component(profile)
+        return (folder if repo_key is None else folder / "repos" / repo_key) / str(slot)
 
     def holder(self, path: str) -> str | None:
         """The worker using the worktree at `path` now, if any."""
@@ -158,7 +161,9 @@ class Worktrees:
         return {"removed_worktrees": removed, "deleted_branches": deleted}
 
     def __call__(self, profile_name: str, profile: ProfileConfig, worker_id: str) -> Workspace:
-        """The WorkspaceFactory: a worktree for `worktree` profiles, the shared directory otherwise."""
+        """A WorkspaceFactory: one worktree of `workspace.repo` for `worktree` profiles, the shared
+        directory otherwise. The swarm's (actors/workcopy.py, `Workspaces`) adds copies and the
+        repositories tasks name (actors/workrepos.py)."""
         ws = profile.workspace
         if ws.mode != "worktree":
             return SharedDirectory(profile.cwd)
@@ -176,6 +181,10 @@ class GitWorktree:
     base: str | None  # None: the repository's HEAD when each task starts
     worker: str
     config: WorkspaceConfig = attrs.field(factory=WorkspaceConfig)  # verify, verify_timeout_s, verify_retry
+    # a repository a task named (actors/workrepos.py): its slots apart from the profile's, its errors
+    # naming the task's field
+    repo_key: str | None = attrs.field(default=None, kw_only=True)
+    label: str = attrs.field(default="workspace.repo", kw_only=True)
     _slot: int | None = None
     _path: Path | None = None
 
@@ -193,8 +202,8 @@ class GitWorktree:
         if self._path is not None and await trio.Path(self._path).is_dir():
             return str(self._path)
         if self._slot is None:
-            self._slot = self.pool.take_slot(self.profile, self.worker)
-        path = self.pool.slot_path(self.profile, self._slot)
+            self._slot = self.pool.take_slot(self.profile, self.worker, self.repo_key)
+        path = self.pool.slot_path(self.profile, self._slot, self.repo_key)
         top = await self._repo_top()
         base = await self._base_commit()
         if not await is_worktree_of(path, top):
@@ -211,7 +220,8 @@ class GitWorktree:
         self._path = path
         return str(path)
 
-    async def prepare(self, task: Assignment) -> None:
+    async def prepare(self, task: Assignment) -> str | None:
+        """A fresh branch for `task` (module docstring); the worktree stays the agent's (None)."""
         path = Path(await self.directory() or "")
         own = task_workspace(task.metadata)
         branch = branch_name(task, own.branch if own else None)
@@ -233,12 +243,13 @@ class GitWorktree:
             start = str(failed["head"])
             await self._start_branch(path, branch, start)
             self._current = (branch, str(failed.get("base") or start))
-            return
+            return None
         base = heads[0] if heads else await self._base_commit(own.base if own else None)
         await self._start_branch(path, branch, base)
         if len(heads) > 1:  # several dependencies: the task starts from their merge
             base = await self._merge_deps(path, task)
         self._current = (branch, base)
+        return None
 
     async def _have(self, path: Path, commit: str) -> bool:
         """Whether `commit` is in the repository; if not and finished branches are pushed
@@ -424,16 +435,16 @@ class GitWorktree:
 
     async def aclose(self) -> None:
         if self._slot is not None:
-            self.pool.release_slot(self.profile, self._slot)
+            self.pool.release_slot(self.profile, self._slot, self.repo_key)
             self._slot = None
 
     async def _repo_top(self) -> str:
         if not await trio.Path(self.repo).is_dir():
-            raise WorkspaceError(f"workspace.repo {self.repo} is not a directory")
+            raise WorkspaceError(f"{self.label} {self.repo} is not a directory")
         try:
             return (await git(self.repo, "rev-parse", "--show-toplevel")).strip()
         except WorkspaceError:
-            raise WorkspaceError(f"workspace.repo {self.repo} is not a git repository") from None
+            raise WorkspaceError(f"{self.label} {self.repo} is not a git repository") from None
 
     async def _base_commit(self, own: str | None = None) -> str:
         """The commit a task starts from: the task's own base, else workspace.base, else HEAD."""
@@ -443,12 +454,13 @@ class GitWorktree:
             if own is not None:
                 raise WorkspaceError(f"the task's base {own!r} does not exist in {self.repo}")
             if self.base is None:
-                raise WorkspaceError(f"workspace.repo {self.repo} has no commits")
+                raise WorkspaceError(f"{self.label} {self.repo} has no commits")
             raise WorkspaceError(f"workspace.base {self.base!r} does not exist in {self.repo}")
         return out.strip()
 
 
-def _safe_component(name: str) -> str:
+def safe_component(name: str) -> str:
+    """`name` as one folder name: what a ref name would not take replaced, no leading dots."""
     return _BAD_REF.sub("-", name).strip(".-") or "profile"
 
 

@@ -166,10 +166,16 @@ class WorkspaceConfig:
     artifacts: tuple[str, ...] = ()
     artifact_max_mb: float = attrs.field(default=100.0, validator=_pos)  # a bigger file is skipped, reported
     copy_max_mb: float = attrs.field(default=1024.0, validator=_pos)  # mode = "copy": the directory's cap
+    # repositories a task may name instead of `repo` (metadata.workspace.repo, `shoal submit --repo`);
+    # `repo` itself is always allowed; compared after expanduser and realpath (actors/workrepos.py)
+    allowed_repos: tuple[str, ...] = ()
 
     def __attrs_post_init__(self) -> None:
         if self.mode != "none" and self.repo is None:
             raise ValueError(f'mode = "{self.mode}" needs a repo (the repository, or directory, to work in)')
+        for i, allowed in enumerate(self.allowed_repos):
+            if not allowed.strip() or "\x00" in allowed:
+                raise ValueError(f"allowed_repos[{i}]: must be a path to a git repository, got {allowed!r}")
         for pattern in self.artifacts:
             if not relative_glob(pattern):
                 raise ValueError(f"artifacts: {pattern!r} must be a relative glob inside the worktree")

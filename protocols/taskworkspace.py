@@ -1,10 +1,12 @@
 """A task's own workspace options: `metadata.workspace` (docs/workspaces.md, "Per task").
 
-A task may refine its profile's worktree: start from another `base`, name its `branch`, declare
-`artifacts` (and whether they are `required`), or name its own `verify` check. They travel in the
+A task may refine its profile's worktree: run in another allowed `repo`, start from another `base`,
+name its `branch`, declare `artifacts` (and whether they are `required`), or name its own `verify`
+check. They travel in the
 task's metadata under the reserved key `workspace`, so they are stored, compared for idempotent
 re-submits and shown like the rest of the task; they are checked here, at submit, naming the field.
-Sans-IO: no git runs here (git's ref-name rules are applied as text).
+Sans-IO: no git runs here (git's ref-name rules are applied as text); whether a `repo` is allowed and
+is a git repository is checked where files can be read (actors/workrepos.py).
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import attrs
 from .errors import ValidationError
 
 KEY = "workspace"
-_FIELDS = {"base", "branch", "artifacts", "required", "verify"}
+_FIELDS = {"repo", "base", "branch", "artifacts", "required", "verify"}
 # git check-ref-format: no control characters, space, ~ ^ : ? * [ \, no "..", "@{", "//"
 _BAD_REF = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @attrs.frozen
@@ -31,6 +34,7 @@ class TaskWorkspace:
     artifacts: tuple[str, ...] = ()  # globs kept besides the profile's workspace.artifacts
     required: bool = False  # an artifact glob matching nothing fails the attempt
     verify: str | None = None  # this task's check instead of the profile's workspace.verify
+    repo: str | None = None  # a repository of the server's (absolute or ~) instead of workspace.repo
 
 
 def valid_branch(name: str) -> bool:
@@ -54,16 +58,25 @@ def task_workspace(metadata: Mapping[str, Any], field: str = "metadata") -> Task
         return None
     where = f"{field}.{KEY}"
     if not isinstance(raw, dict):
-        raise ValidationError(where, "must be an object: {base, branch, artifacts, required, verify}", raw)
+        raise ValidationError(
+            where, "must be an object: {repo, base, branch, artifacts, required, verify}", raw
+        )
     unknown = sorted(set(raw) - _FIELDS)
     if unknown:
         raise ValidationError(f"{where}.{unknown[0]}", f"unknown key; known: {sorted(_FIELDS)}")
-    for key in ("base", "branch", "verify"):
+    for key in ("repo", "base", "branch", "verify"):
         value = raw.get(key)
         if value is not None and (not isinstance(value, str) or not value.strip() or len(value) > 4096):
             raise ValidationError(
                 f"{where}.{key}", "must be a non-empty string (at most 4,096 characters)", value
             )
+    repo = raw.get("repo")
+    if repo is not None and _CONTROL.search(repo):
+        raise ValidationError(f"{where}.repo", "must not hold control characters (NUL, newline, ...)", repo)
+    if repo is not None and not repo.startswith(("/", "~")):
+        raise ValidationError(
+            f"{where}.repo", "must be an absolute path on the server (or start with ~)", repo
+        )
     base, branch = raw.get("base"), raw.get("branch")
     if base is not None and (base.startswith("-") or _BAD_REF.search(base)):
         raise ValidationError(f"{where}.base", "is not a branch or commit name", base)
@@ -80,4 +93,4 @@ def task_workspace(metadata: Mapping[str, Any], field: str = "metadata") -> Task
     required = raw.get("required", False)
     if not isinstance(required, bool):
         raise ValidationError(f"{where}.required", "must be true or false", required)
-    return TaskWorkspace(base, branch, tuple(artifacts), required, raw.get("verify"))
+    return TaskWorkspace(base, branch, tuple(artifacts), required, raw.get("verify"), repo)

@@ -704,7 +704,7 @@ def test_a_tasks_own_workspace_options_are_checked_naming_the_field() -> None:
         "artifacts": (["../../etc/passwd"], "metadata.workspace.artifacts[0]"),
         "required": ("yes", "metadata.workspace.required"),
         "verify": ("", "metadata.workspace.verify"),
-        "repo": ("/etc", "metadata.workspace.repo"),
+        "repo": ("src/app", "metadata.workspace.repo"),
     }
     for key, (value, field) in bad.items():
         with pytest.raises(ValidationError) as info:

@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-attempts", type=int)
     p.add_argument("--timeout-s", type=float, help="seconds one attempt may take")
     p.add_argument("--meta", action="append", metavar="KEY=VALUE", help="metadata (repeatable)")
+    p.add_argument(
+        "--repo", metavar="PATH", help="worktree profiles: run in this repository (workspace.allowed_repos)"
+    )
     p.add_argument("--base", help="worktree profiles: start the task's branch here (branch or commit)")
     p.add_argument("--branch", help="worktree profiles: the task's branch name (default: shoal/<id>)")
     p.add_argument("--artifact", action="append", metavar="GLOB", help="a file the task keeps (repeatable)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -212,6 +213,7 @@ def build_tasks(args: argparse.Namespace) -> list[dict[str, Any]]:
     own = {
         key: value
         for key, value in (
+            ("repo", _server_path(args.repo)),
             ("base", args.base),
             ("branch", args.branch),
             ("artifacts", args.artifact or None),
@@ -223,6 +225,14 @@ def build_tasks(args: argparse.Namespace) -> list[dict[str, Any]]:
     if own:  # the task's own worktree options (docs/workspaces.md, "Per task")
         task.setdefault("metadata", {})["workspace"] = own
     return [task]
+
+
+def _server_path(path: str | None) -> str | None:
+    """`--repo`: a relative path is made absolute here (the service runs elsewhere); `~` is the
+    service's to expand."""
+    if path is None or path.startswith(("/", "~")):
+        return path
+    return os.path.abspath(path)
 
 
 def _event_task_id(data: dict[str, Any]) -> str | None:
