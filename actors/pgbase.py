@@ -43,11 +43,6 @@ class Job:
 class PgBase:
     """The store's state and its thread's plumbing (PgMembership and PgStore build on it)."""
 
-    def _submit(self, job: Job) -> None:
-        with self._cv:
-            self._jobs.append(job)
-            self._cv.notify()
-
     # ---- the store thread -----------------------------------------------------------------------
 
     def __init__(
@@ -84,6 +79,9 @@ class PgBase:
         self._closing = False
         self._closed = False
         self._broken: StoreError | None = None
+        self._dead: StoreError | None = None  # the store thread is gone (see _die)
+        self._opened = False  # the store thread has answered open()
+        self._held: list[Job] = []  # the jobs the store thread took and is working on
         self._conn: psycopg.Connection[Any] | None = None
         self._rev = 0  # the change feed's position
         self._thread: threading.Thread | None = None
@@ -112,6 +110,27 @@ class PgBase:
         self.refused_writes = 0
         self.feed_rows = 0
         self.retried_clashes = 0
+
+    def _submit(self, job: Job) -> None:
+        with self._cv:
+            if self._dead is not None:  # no thread left to answer: fail at once, never hang
+                job.ticket._resolve(None, self._dead)
+                return
+            self._jobs.append(job)
+            self._cv.notify()
+
+    def _die(self, exc: BaseException) -> None:
+        """The store thread hit a defect (an exception no path handles): log it, fail every job
+        waiting and every later one with a StoreError that names it, and stop accepting writes (the
+        queue goes read-only and says why) rather than leave callers waiting on a thread that is gone."""
+        log.critical("pgstore: the store thread failed; writes stop", exc_info=exc)
+        error = StoreError(f"{self.shown_url}: the store thread failed ({type(exc).__name__}: {exc})")
+        with self._cv:
+            self._dead = error
+            self._broken = self._broken or error
+            jobs, self._jobs = [*self._held, *self._jobs], []
+            self._held = []
+        self._notify([(job.ticket, None, error) for job in jobs])
 
     # ---- delivery to trio -----------------------------------------------------------------------
 

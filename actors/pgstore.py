@@ -176,10 +176,9 @@ class PgStore(PgMembership):
             ticket = Ticket()
             with self._cv:
                 self._closing = True
-                self._jobs.append(Job("close", ticket))
-                self._cv.notify()
-            with trio.CancelScope(shield=True):
-                await ticket.wait()
+            self._submit(Job("close", ticket))  # answered at once if the thread is gone
+            with trio.CancelScope(shield=True), contextlib.suppress(StoreError):
+                await ticket.wait()  # StoreError: the thread is gone already (see PgBase._die)
         with trio.CancelScope(shield=True):
             if self._thread is not None:
                 await trio.to_thread.run_sync(self._thread.join)
@@ -217,6 +216,17 @@ class PgStore(PgMembership):
             bus.deliver(seq, ts, topic, data if isinstance(data, dict) else {"value": data}, node != me)
 
     def _run(self, opened: Ticket) -> None:
+        """The store thread: `_serve`, and whatever defect escapes it fails the callers (never a
+        silent dead thread that every later write waits on forever)."""
+        try:
+            self._serve(opened)
+        except BaseException as exc:
+            self._close_conn()
+            if not self._opened:
+                self._notify([(opened, None, StoreError(f"{self.shown_url}: cannot open ({exc!r})"))])
+            self._die(exc)
+
+    def _serve(self, opened: Ticket) -> None:
         try:
             self._conn = connect(self.url, idle_s=self.lease_s)
             migrate(self._conn, self.shown_url, apply=True)
@@ -233,6 +243,7 @@ class PgStore(PgMembership):
             self._close_conn()
             self._notify([(opened, None, StoreError(f"{self.shown_url}: {_why(exc, self.url)}"))])
             return
+        self._opened = True
         self._notify([(opened, self, None)])
         next_beat = time.monotonic() + self.heartbeat_s
         next_poll = time.monotonic() + self.poll_s
@@ -243,7 +254,7 @@ class PgStore(PgMembership):
                     if left <= 0:
                         break
                     self._cv.wait(left)
-                jobs = self._take()
+                jobs = self._held = self._take()
                 feed_due = self._wake_feed
                 self._wake_feed = False
                 events, self._events = self._events, []

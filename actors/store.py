@@ -124,7 +124,8 @@ def resolve_from_thread(token: trio.lowlevel.TrioToken, results: list[Result]) -
 
 def _resolve_all(results: list[Result]) -> None:
     for ticket, value, error in results:
-        ticket._resolve(value, error)
+        if not ticket.done():  # the first answer stands (a dying thread fails what it still held)
+            ticket._resolve(value, error)
 
 
 def batch_size(jobs: Sequence[Any], max_batch: int) -> int:

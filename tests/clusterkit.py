@@ -190,6 +190,17 @@ def dump(nodes: list[Node], url: str, lines: int = 200) -> str:
         ]
         out.append("-- nodes:")
         out += [repr(r) for r in pg_rows(url, "SELECT * FROM nodes ORDER BY id")]
+        out.append("-- sessions (pid, state, waiting on, blocked by, xact age s, query):")
+        out += [
+            repr(r)
+            for r in pg_rows(
+                url,
+                """
+            SELECT pid, state, wait_event_type || ':' || wait_event, pg_blocking_pids(pid),
+                   round(extract(epoch FROM now() - xact_start)::numeric, 2), left(query, 120)
+            FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()""",
+            )
+        ]
     except Exception as exc:  # a dump must not hide the failure it explains
         out.append(f"(the database could not be read: {exc!r})")
     for node in nodes:

@@ -26,12 +26,15 @@ import pytest
 import trio
 from swarmkit import swarm_config
 
+from shoal.actors import pgstore
 from shoal.actors.auth import read_endpoint
 from shoal.actors.cli import EXIT_CONFLICT, EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
 from shoal.actors.client import connect
 from shoal.actors.http import dashboard_url
 from shoal.actors.pgschema import SCHEMA_VERSION
 from shoal.actors.pgschema import connect as pgconnect
+from shoal.actors.pgstore import PgStore
+from shoal.actors.store import StoreError
 from shoal.actors.tree import open_swarm
 from shoal.runtime.eventbus import Event
 
@@ -153,6 +156,34 @@ def test_a_node_frozen_inside_a_transaction_cannot_hold_its_locks_past_its_lease
         frozen.execute("SELECT 1")
     assert frozen.broken or frozen.closed  # and reconnects (pgbase._db) to retry the transaction
     frozen.close()
+
+
+@pytest.mark.postgres
+async def test_a_defect_in_the_store_thread_fails_callers_instead_of_hanging_them(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # fault injection: an exception no path of the store thread expects (a bug), at open and later
+    def broken_migrate(*_a: Any, **_k: Any) -> Any:
+        raise TypeError("a defect at open")
+
+    with monkeypatch.context() as m:
+        m.setattr(pgstore, "migrate", broken_migrate)
+        with trio.fail_after(30), pytest.raises(StoreError, match=r"cannot open.*a defect at open"):
+            await PgStore.open(pg_url, "a")
+    store = await PgStore.open(pg_url, "a")
+
+    def broken_commit(*_a: Any, **_k: Any) -> Any:
+        raise RuntimeError("a defect in a write")
+
+    monkeypatch.setattr(store, "_commit", broken_commit)
+    with trio.fail_after(30):
+        with pytest.raises(StoreError, match=r"store thread failed \(RuntimeError: a defect in a write\)"):
+            await store.commit([])
+        assert store.broken is not None  # the queue sees it and goes read-only, saying why
+        with pytest.raises(StoreError, match="store thread failed"):
+            await store.load_all()  # answered at once: no thread is left to wait on
+        await store.aclose()
+    assert store._thread is not None and not store._thread.is_alive()
 
 
 # ---- nodes of a running cluster ---------------------------------------------------------------------
