@@ -110,6 +110,7 @@ class PgBase:
         self.refused_writes = 0
         self.feed_rows = 0
         self.retried_clashes = 0
+        self.frozen_sessions_ended = 0  # other nodes' sessions ended by this node's listener
 
     def _submit(self, job: Job) -> None:
         with self._cv:

@@ -634,10 +634,14 @@ class PgStore(PgMembership):
             self._listen_conn = conn
             try:
                 conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
+                sweep_at = time.monotonic() + self.lease_s / 2
                 while not self._closing:
                     for note in conn.notifies(timeout=0.5):
                         if note.payload != self.node_id:
                             self._kick()
+                    if time.monotonic() >= sweep_at:
+                        sweep_at = time.monotonic() + self.lease_s / 2
+                        self._end_frozen_sessions(conn)
             except psycopg.Error as exc:
                 if not self._closing:
                     log.warning(
@@ -647,6 +651,35 @@ class PgStore(PgMembership):
                 with contextlib.suppress(Exception):
                     conn.close()
                 self._listen_conn = None
+
+    def _end_frozen_sessions(self, conn: psycopg.Connection[Any]) -> None:
+        """End any Shoal session of this database that has sat inside a transaction for longer than
+        a lease: its node is frozen (SIGSTOP, a paused VM) between two statements, and the row and
+        advisory locks it holds would stall every node that needs them, this one's store thread
+        included (which is why the listener's connection does it). `idle_in_transaction_session_timeout`
+        (pgschema.connect) does not fire for a session left inside a pipeline, as psycopg's
+        executemany leaves it. Needs the nodes to share a role (or pg_signal_backend)."""
+        try:
+            ended = conn.execute(
+                "WITH frozen AS MATERIALIZED (SELECT pid FROM pg_stat_activity"
+                " WHERE datname = current_database() AND application_name = 'shoal'"
+                " AND state LIKE 'idle in transaction%%' AND pid <> pg_backend_pid()"
+                " AND state_change < now() - make_interval(secs => %s))"
+                " SELECT pid FROM frozen WHERE pg_terminate_backend(pid)",
+                (self.lease_s,),
+            ).fetchall()
+        except psycopg.errors.InsufficientPrivilege as exc:
+            log.debug("pgstore: cannot end frozen sessions: %s", _why(exc, self.url))
+            return
+        if ended:
+            self.frozen_sessions_ended += len(ended)
+            log.warning(
+                "pgstore: ended %d session(s) frozen inside a transaction for over %.1f s (pid %s):"
+                " their node was paused holding locks",
+                len(ended),
+                self.lease_s,
+                ", ".join(str(r[0]) for r in ended),
+            )
 
     def _kick(self) -> None:
         with self._cv:
