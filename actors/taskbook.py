@@ -36,10 +36,12 @@ from ..protocols.tasks import (
     TERMINAL_STATES,
     Assignment,
     Attempt,
+    Continuation,
     Outcome,
     Task,
     TaskState,
 )
+from .taskbook_continue import continuation, continues
 from .taskbook_records import (
     _BLOCKED,
     _FAILED,
@@ -194,6 +196,17 @@ class TaskBook(SubmittingBook, RetainingBook, ReloadingBook):
             metadata=rec.metadata,
             dep_heads=self._dep_heads(rec),
             after_failed_check=failed_check,
+            continuation=self._continuation(rec),
+        )
+
+    def _continuation(self, rec: _Rec) -> Continuation | None:
+        """The dependency conversation the task continues, as its attempt should resume it."""
+        dep_id = continues(rec.metadata)
+        if dep_id is None:
+            return None
+        dep = self._recs.get(dep_id)
+        return continuation(
+            dep_id, dep.state if dep is not None else None, dep.attempts if dep else [], rec.attempts
         )
 
     def _dep_heads(self, rec: _Rec) -> tuple[tuple[str, str], ...]:

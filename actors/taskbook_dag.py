@@ -18,6 +18,7 @@ import attrs
 
 from ..protocols.errors import ValidationError
 from ..protocols.tasks import FAILED_DEP_STATES, TERMINAL_STATES, Attempt, Task, TaskState
+from .taskbook_continue import continues
 from .taskbook_records import _BLOCKED, _READY, TERMINAL_TOPICS, _Rec
 from .taskbook_select import ReadyIndex
 
@@ -194,6 +195,8 @@ class DagBook(ReadyIndex):
                     continue
                 if r.state is TaskState.DONE or d.run_on_dep_failure:
                     d.unmet -= 1
+                    if r is rec and state is TaskState.DONE and attempt is not None:
+                        self._target_continuation(d, r.id, attempt.worker, d.unmet > 0)
                     if d.unmet <= 0:
                         d.reason = None
                         self._set_state(d, _READY, now)
@@ -207,6 +210,18 @@ class DagBook(ReadyIndex):
                     self._change("dead", d)
                     self._event("task.dead", {"task_id": d.id, "reason": d.reason})
                     stack.append(d)
+
+    def _target_continuation(self, rec: _Rec, dep: str, worker: str, blocked: bool) -> None:
+        """`rec` continues `dep`'s conversation, which `worker` just finished: it goes to that worker,
+        whose directory holds the conversation (a manual target: released when the worker goes, and
+        then any worker runs it, afresh). A target set by hand is left alone."""
+        if rec.worker is not None or continues(rec.metadata) != dep:
+            return
+        rec.worker = worker
+        self._targets.setdefault(worker, set()).add(rec.id)
+        if blocked:  # still waits for other dependencies: the target is stored now (else with "ready")
+            self._change("assign", rec)
+        self._event("task.assigned", {"task_id": rec.id, "worker": worker, "continues": dep})
 
     def _revive_dependants(self, rec: _Rec, now: float) -> None:
         """After a manual retry of `rec`: dependants it killed come back (blocked), recursively, and

@@ -19,7 +19,7 @@ import attrs
 
 from ..protocols.errors import Conflict, ValidationError
 from ..protocols.tasks import Task, TaskSpec
-from ..protocols.taskworkspace import task_workspace
+from ..protocols.taskworkspace import check_continue, task_workspace
 from ..protocols.text import check_text
 from .taskbook_dag import DagBook
 from .taskbook_records import (
@@ -107,7 +107,7 @@ class SubmittingBook(DagBook):
             raise ValidationError(f("metadata"), f"task {tid!r}: is not JSON-serialisable: {exc}") from None
         if len(blob) > limit:
             raise ValidationError(f("metadata"), f"task {tid!r}: is over {limit} bytes as JSON")
-        task_workspace(spec.metadata, f("metadata"))  # its own worktree options, if any: checked now
+        own = task_workspace(spec.metadata, f("metadata"))  # its own worktree options, if any: checked now
         if not isinstance(spec.deps, tuple | list):
             raise ValidationError(f("deps"), "must be a list of task ids", spec.deps)
         deps: list[str] = []
@@ -117,6 +117,7 @@ class SubmittingBook(DagBook):
                 raise ValidationError(f("deps"), f"task {tid!r} depends on itself")
             if d not in deps:
                 deps.append(d)
+        check_continue(own, tuple(deps), f("metadata"))
         return tid, spec, tuple(deps)
 
     def submit(self, specs: Sequence[Any], now: float) -> list[Task]:

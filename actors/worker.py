@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -75,6 +76,7 @@ from .auth import resolve_state_dir
 from .process import SpawnError
 from .worker_core import Finished, WorkerCore, WorkerExit, start_up_slots
 from .worker_io import Eof, Exited, Incarnation, OutputRing, Signals, clean_text
+from .worker_resume import plan_resume
 from .workspace import SharedDirectory, WorkspaceError
 
 __all__ = ["OutputRing", "WorkerActor", "WorkerExit", "clean_text", "start_up_slots"]
@@ -249,16 +251,36 @@ class WorkerActor(WorkerCore):
         except WorkspaceError as exc:  # the task cannot run here; the worker can run the next one
             await self._finish_task(Outcome.FAILED, reason=f"workspace: {exc}")
             return
+        resume = await self._plan_continuation(assignment, where)
         if self._one_process_per_task:
             try:
-                await self._start_process(prompt=assignment.prompt)
+                await self._start_process(prompt=assignment.prompt, extra_args=resume or ())
             except (SpawnError, ValidationError) as exc:
                 await self._crash(f"cannot start the task's process: {exc}")
+        elif resume is not None:
+            await self._move_agent(resume)  # the dependency's conversation, resumed in its directory
+            return
         elif where is not None and where != self._cwd:
             await self._move_agent()  # a task in another repository: the agent starts there first
             return
         self._write_task(assignment)
         await self._set_state(WorkerState.BUSY)
+
+    async def _plan_continuation(self, assignment: Assignment, where: str | None) -> list[str] | None:
+        """A task continuing a dependency's conversation: the arguments that resume it here, or None
+        (it runs fresh; `_continued` records why, for the attempt's record)."""
+        self._continued = None
+        if assignment.continuation is None:
+            return None
+        here = where if where is not None else await self._workspace.directory()
+        args, self._continued = plan_resume(
+            assignment.continuation, self.profile, self.profile_name, here or os.getcwd()
+        )
+        if args is not None and not self._one_process_per_task:
+            # the resumed conversation is the dependency's: the next task gets a fresh process whatever
+            # workspace.fresh_context says
+            self._respawn_reason = "a fresh conversation after a resumed one"
+        return args
 
     def _write_task(self, assignment: Assignment) -> None:
         """Hand the task to the dialect and type its prompt into the agent."""
@@ -270,15 +292,16 @@ class WorkerActor(WorkerCore):
         if self._one_process_per_task and inc.proc.transport == "pipe":
             inc.end_input()  # end of input: a oneshot agent must not wait on stdin
 
-    async def _move_agent(self) -> None:
+    async def _move_agent(self, extra_args: Sequence[str] = ()) -> None:
         """The task's workspace is another directory than the one the agent runs in (a task in another
-        repository than the last one's, actors/workrepos.py): a new process there, the task written
-        once it is ready (`_on_signal`, Ready). It stays busy meanwhile; a start that fails or times
-        out crashes the attempt as any start-up does."""
+        repository than the last one's, actors/workrepos.py), or the task resumes a conversation
+        (`extra_args`, the profile's resume_args): a new process, the task written once it is ready
+        (`_on_signal`, Ready). It stays busy meanwhile; a start that fails or times out crashes the
+        attempt as any start-up does."""
         self._task_waits_ready = True
         await self._stop_process(ladder=True)
         try:
-            await self._start_process()
+            await self._start_process(extra_args=extra_args)
         except (SpawnError, ValidationError) as exc:
             await self._crash(f"cannot start the agent in the task's workspace: {exc}")
         await self._set_state(WorkerState.BUSY)

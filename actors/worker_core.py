@@ -12,7 +12,7 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -145,6 +145,7 @@ class WorkerCore:
 
         self._task: Assignment | None = None
         self._task_waits_ready = False  # the agent moved to the task's workspace: write it on Ready
+        self._continued: dict[str, Any] | None = None  # the task continues a dependency's conversation
         self._task_started = 0.0
         self._task_out_start = 0
         self._paused = False
@@ -288,14 +289,21 @@ class WorkerCore:
     def _argv(self, prompt: str | None = None) -> list[str]:
         return render_argv(self.profile, model=self._model, prompt=prompt, worker=self.id, cwd=self._cwd)
 
-    async def _start_process(self, *, dialect: Dialect | None = None, prompt: str | None = None) -> None:
-        """Spawn a new incarnation. Raises SpawnError/ValidationError (the caller decides the state)."""
+    async def _start_process(
+        self,
+        *,
+        dialect: Dialect | None = None,
+        prompt: str | None = None,
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        """Spawn a new incarnation (`extra_args` after the profile's argv: a conversation to resume).
+        Raises SpawnError/ValidationError (the caller decides the state)."""
         self._extra_usage_reported = False
         if dialect is None:
             dialect = self._make_dialect()
         self._cwd = await self._workspace.directory()
         self._menu_context = None  # worked out again for this directory when a question comes
-        argv = self._argv(prompt)
+        argv = [*self._argv(prompt), *extra_args]
         env = {**self.profile.env, "SHOAL_WORKER": self.id, "SHOAL_LINEAGE": self.lineage}
         persistent = not self._one_process_per_task
         if persistent and self._limiter is not None:
@@ -502,6 +510,13 @@ class WorkerCore:
             record = await self._finish_workspace(task, outcome)
         if check is not None:
             record = {**(record or {}), "verify": check}
+        continued, self._continued = self._continued, None
+        if continued is not None:  # resumed the dependency's conversation, or why it could not
+            record = {**(record or {}), **continued}
+        usage = fields.get("usage")
+        if isinstance(usage, dict) and isinstance(usage.get("session_id"), str):
+            # a dependant may resume this conversation: only where the agent ran (actors/worker_resume.py)
+            fields["usage"] = {**usage, "session_cwd": self._cwd or os.getcwd()}
         if self._workspace.fresh_context and not self._one_process_per_task:
             self._respawn_reason = self._respawn_reason or "a fresh conversation for the next task"
         await self._report(

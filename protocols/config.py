@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import string
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -49,6 +50,17 @@ def _at_most(limit: float) -> Any:
             raise FieldValueError(attr.name, f"must be <= {limit:g}, got {value!r}")
 
     return check
+
+
+def _resume_args(_inst: object, attr: attrs.Attribute[Any], value: tuple[str, ...] | None) -> None:
+    """Each item is literal text or holds `{session}` (the dependency's session id), nothing else."""
+    for i, item in enumerate(value or ()):
+        try:
+            names = [name for _lit, name, _spec, _conv in string.Formatter().parse(item) if name is not None]
+        except ValueError as exc:
+            raise FieldValueError(f"{attr.name}[{i}]", f"bad placeholder syntax: {exc}") from None
+        if any(name != "session" for name in names):
+            raise FieldValueError(f"{attr.name}[{i}]", f"only {{session}} may be used, got {item!r}")
 
 
 def _factor_ok(_inst: object, attr: attrs.Attribute[Any], value: float) -> None:
@@ -201,6 +213,10 @@ class ProfileConfig:
     # the peak RSS measured on this profile's workers, else an estimate (docs/scaling.md, "Memory")
     memory_mb: int | None = attrs.field(default=None, validator=v.optional(_pos))
     workspace: WorkspaceConfig = attrs.field(factory=WorkspaceConfig)  # where its workers work
+    # the arguments that make the agent resume a conversation, `{session}` its id (a task continuing a
+    # dependency's: docs/workspaces.md); None: Claude Code's `--resume {session}` for a `claude` command,
+    # nothing for others; []: this agent cannot resume one (such a task runs fresh, saying why)
+    resume_args: tuple[str, ...] | None = attrs.field(default=None, validator=_resume_args)
 
 
 @attrs.frozen

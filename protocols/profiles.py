@@ -82,11 +82,14 @@ _SHELL_ENV = {
 # so the claude-tui profile keeps the dialect's default pause (submit_delay_ms, 80 ms) between them.
 _FAKE_TUI_OPTIONS = {"submit_delay_ms": 0}
 
+CLAUDE_RESUME_ARGS = ("--resume", "{session}")  # Claude Code's, -p and interactive alike; the fake's
+
 BUILTIN_PROFILES: dict[str, ProfileConfig] = {
     # The fake agent's interactive TUI in a PTY, done when its prompt returns: the most faithful
     # stand-in for interactive Claude Code, and the default.
     "fake": ProfileConfig(
         argv=(*_FAKE, "--model", "{model}"),
+        resume_args=CLAUDE_RESUME_ARGS,
         dialect="prompt",
         transport="pty",
         startup_timeout_s=10.0,
@@ -96,6 +99,7 @@ BUILTIN_PROFILES: dict[str, ProfileConfig] = {
     # The fake TUI printing a marker line after each reply (as the claude-tui Stop hook does).
     "fake-marker": ProfileConfig(
         argv=(*_FAKE, "--marker", "--model", "{model}"),
+        resume_args=CLAUDE_RESUME_ARGS,
         dialect="marker",
         transport="pty",
         startup_timeout_s=10.0,
@@ -106,6 +110,7 @@ BUILTIN_PROFILES: dict[str, ProfileConfig] = {
     # The fake agent speaking Claude Code's stream-json on pipes.
     "fake-stream": ProfileConfig(
         argv=(*_FAKE, *_STREAM_JSON, "--model", "{model}"),
+        resume_args=CLAUDE_RESUME_ARGS,
         dialect="stream-json",
         transport="pipe",
         startup_timeout_s=10.0,
@@ -114,6 +119,7 @@ BUILTIN_PROFILES: dict[str, ProfileConfig] = {
     # One fake-agent process per task, the prompt in argv; the exit status decides.
     "fake-oneshot": ProfileConfig(
         argv=(*_FAKE, "--model", "{model}", "-p", "{prompt}"),
+        resume_args=CLAUDE_RESUME_ARGS,
         dialect="oneshot",
         transport="pipe",
         startup_timeout_s=10.0,
@@ -123,6 +129,7 @@ BUILTIN_PROFILES: dict[str, ProfileConfig] = {
     "claude": ProfileConfig(
         argv=("claude", *_STREAM_JSON, "--model", "{model}"),
         dialect="stream-json",
+        resume_args=CLAUDE_RESUME_ARGS,
         transport="pipe",
         startup_timeout_s=60.0,
         stop_timeout_s=5.0,
@@ -139,6 +146,7 @@ BUILTIN_PROFILES: dict[str, ProfileConfig] = {
         ),
         dialect="marker",
         transport="pty",
+        resume_args=CLAUDE_RESUME_ARGS,
         # The TUI names each session with an extra API request per prompt (a haiku "title" request,
         # measured with 2.1.332: two requests per one-turn task); a worker's session needs no name.
         env={"CLAUDE_CODE_DISABLE_TERMINAL_TITLE": "1"},
@@ -180,6 +188,18 @@ MEMORY_ESTIMATE_MB: dict[str, int] = {
     "claude-tui": 300,
     "shell": 8,
 }
+
+
+def resume_argv(profile: ProfileConfig, session: str) -> list[str] | None:
+    """The arguments added to the profile's argv to resume the conversation `session`; None when the
+    profile cannot resume one (`resume_args = []`, or not set for a command other than `claude`)."""
+    args = profile.resume_args
+    if args is None:
+        command = Path(profile.argv[0]).name if profile.argv else ""
+        args = CLAUDE_RESUME_ARGS if command in ("claude", "claude.exe") else ()
+    if not args:
+        return None
+    return [item.format_map({"session": session}) for item in args]
 
 
 def resolve_profile(name: str, user_profiles: Mapping[str, ProfileConfig] | None = None) -> ProfileConfig:

@@ -140,6 +140,18 @@ def attempt_counts(attempts: tuple[Attempt, ...], retry_base: int = 0) -> Attemp
 
 
 @attrs.frozen
+class Continuation:
+    """A task asks to continue a dependency's agent conversation (`metadata.workspace.continue`): what
+    the dependency's last attempt left to resume it, or why it cannot be (`error`)."""
+
+    task_id: str  # the dependency
+    session: str | None = None  # the agent's session id its attempt reported (usage.session_id)
+    cwd: str | None = None  # the directory its agent ran in: the CLI keeps a session per directory
+    worker: str | None = None  # the worker that ran it
+    error: str | None = None  # set: the conversation cannot be continued; the task runs fresh
+
+
+@attrs.frozen
 class Assignment:
     """The queue's instruction to a worker: run this attempt of this task."""
 
@@ -154,3 +166,5 @@ class Assignment:
     dep_heads: tuple[tuple[str, str], ...] = ()
     # the previous attempt's worktree record when its check failed: the retry may go on from its commit
     after_failed_check: dict[str, Any] | None = None
+    # the dependency's conversation to resume (metadata.workspace.continue); None: a fresh one
+    continuation: Continuation | None = None

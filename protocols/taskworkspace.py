@@ -1,8 +1,8 @@
 """A task's own workspace options: `metadata.workspace` (docs/workspaces.md, "Per task").
 
 A task may refine its profile's worktree: run in another allowed `repo`, start from another `base`,
-name its `branch`, declare `artifacts` (and whether they are `required`), or name its own `verify`
-check. They travel in the
+name its `branch`, declare `artifacts` (and whether they are `required`), name its own `verify`
+check, or `continue` a dependency's agent conversation instead of starting a fresh one. They travel in the
 task's metadata under the reserved key `workspace`, so they are stored, compared for idempotent
 re-submits and shown like the rest of the task; they are checked here, at submit, naming the field.
 Sans-IO: no git runs here (git's ref-name rules are applied as text); whether a `repo` is allowed and
@@ -21,7 +21,7 @@ import attrs
 from .errors import ValidationError
 
 KEY = "workspace"
-_FIELDS = {"repo", "base", "branch", "artifacts", "required", "verify"}
+_FIELDS = {"repo", "base", "branch", "artifacts", "required", "verify", "continue"}
 # git check-ref-format: no control characters, space, ~ ^ : ? * [ \, no "..", "@{", "//"
 _BAD_REF = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -35,6 +35,8 @@ class TaskWorkspace:
     required: bool = False  # an artifact glob matching nothing fails the attempt
     verify: str | None = None  # this task's check instead of the profile's workspace.verify
     repo: str | None = None  # a repository of the server's (absolute or ~) instead of workspace.repo
+    # a dependency's id: this task's agent resumes that dependency's conversation (docs/workspaces.md)
+    continue_from: str | None = None
 
 
 def valid_branch(name: str) -> bool:
@@ -59,12 +61,12 @@ def task_workspace(metadata: Mapping[str, Any], field: str = "metadata") -> Task
     where = f"{field}.{KEY}"
     if not isinstance(raw, dict):
         raise ValidationError(
-            where, "must be an object: {repo, base, branch, artifacts, required, verify}", raw
+            where, "must be an object: {repo, base, branch, artifacts, required, verify, continue}", raw
         )
     unknown = sorted(set(raw) - _FIELDS)
     if unknown:
         raise ValidationError(f"{where}.{unknown[0]}", f"unknown key; known: {sorted(_FIELDS)}")
-    for key in ("repo", "base", "branch", "verify"):
+    for key in ("repo", "base", "branch", "verify", "continue"):
         value = raw.get(key)
         if value is not None and (not isinstance(value, str) or not value.strip() or len(value) > 4096):
             raise ValidationError(
@@ -93,4 +95,19 @@ def task_workspace(metadata: Mapping[str, Any], field: str = "metadata") -> Task
     required = raw.get("required", False)
     if not isinstance(required, bool):
         raise ValidationError(f"{where}.required", "must be true or false", required)
-    return TaskWorkspace(base, branch, tuple(artifacts), required, raw.get("verify"), repo)
+    return TaskWorkspace(
+        base, branch, tuple(artifacts), required, raw.get("verify"), repo, raw.get("continue")
+    )
+
+
+def check_continue(own: TaskWorkspace | None, deps: tuple[str, ...], field: str = "metadata") -> None:
+    """`continue` names one of the task's own dependencies (the conversation it resumes must have
+    ended before it starts). Raises ValidationError naming the field."""
+    if own is None or own.continue_from is None:
+        return
+    if own.continue_from not in deps:
+        raise ValidationError(
+            f"{field}.{KEY}.continue",
+            f"must be one of the task's dependencies (deps: {list(deps)})",
+            own.continue_from,
+        )

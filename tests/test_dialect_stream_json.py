@@ -83,6 +83,7 @@ DONE = TaskDone(
         "cost_usd": 0.0123,
         "duration_ms": 2150,
         "num_turns": 2,
+        "session_id": "s-1",  # the conversation a dependant may resume (metadata.workspace.continue)
     },
 )
 

@@ -122,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--require-artifacts", action="store_true", help="a --artifact matching nothing fails it")
     p.add_argument("--verify", metavar="COMMAND", help="the task's own check, run in its worktree")
     p.add_argument(
+        "--continue",
+        dest="continue_from",
+        metavar="TASK",
+        help="resume this dependency's agent conversation instead of a fresh one (adds it to --dep)",
+    )
+    p.add_argument(
         "--wait", action="store_true", help="wait for the tasks with a progress bar; exit 1 if any fails"
     )
 

@@ -206,8 +206,11 @@ def build_tasks(args: argparse.Namespace) -> list[dict[str, Any]]:
         value = getattr(args, key)
         if value is not None:
             task[key] = value
-    if args.dep:
-        task["deps"] = list(args.dep)
+    deps = list(args.dep or [])
+    if args.continue_from is not None and args.continue_from not in deps:
+        deps.append(args.continue_from)  # the conversation continued must have ended first
+    if deps:
+        task["deps"] = deps
     if args.meta:
         task["metadata"] = dict(parse_assignment(m, "--meta") for m in args.meta)
     own = {
@@ -219,6 +222,7 @@ def build_tasks(args: argparse.Namespace) -> list[dict[str, Any]]:
             ("artifacts", args.artifact or None),
             ("required", args.require_artifacts or None),
             ("verify", args.verify),
+            ("continue", args.continue_from),
         )
         if value is not None
     }

@@ -12,8 +12,13 @@ Modes, chosen like Claude Code chooses them:
 * `-p/--print --input-format stream-json --output-format stream-json`: JSON lines on stdin/stdout.
 * `-p PROMPT` (or the prompt on stdin): one answer, then exit (`--output-format text|json|stream-json`).
 
-Claude's own flags (--model, --dangerously-skip-permissions, --resume, --verbose, --permission-mode,
---settings, ...) are accepted and ignored. Shoal's flags: `--marker`, `--startup-delay S`, `--no-ready`
+Claude's own flags (--model, --dangerously-skip-permissions, --verbose, --permission-mode,
+--settings, ...) are accepted and ignored, but for `--resume ID` (headless modes): as Claude Code, the
+agent keeps each conversation in a JSON-lines file, `<dir>/projects/<cwd with non-alphanumerics as
+->/<session id>.jsonl` (dir: `FAKE_CLAUDE_SESSIONS`, else `CLAUDE_CONFIG_DIR`; neither set: nothing is
+kept), and `--resume ID` goes on with that conversation (the same session id, its context) when it was
+kept for this working directory, else it answers "No conversation found with session ID: ID" and exits 1.
+Shoal's flags: `--marker`, `--startup-delay S`, `--no-ready`
 (never shows the prompt / never answers), `--context-step N` (context % used per task, default 7),
 `--context-start N`, `--ignore-sigterm`, `--tui-style rule|box`, `--trust-dialog[=plain]` (the trust
 dialog first), `--menu-deaf S` (menus ignore keys this long after drawing; default 0.2),
@@ -27,6 +32,8 @@ CODE mid-task after printing a bit), `[[hang]]` (never finish), `[[ratelimit:EPO
 context exhausted mid-task, and every later task too until /clear or /compact), `[[fail:REASON]]`
 (finish with failure; the TUI prints Claude Code's error line `⎿  API Error: REASON`),
 `[[flood:MB]]` (that many MB of ANSI-heavy output, fast), `[[echo]]` (reply with the prompt text),
+`[[recall]]` (headless: reply "Recalled: " and the earlier prompts of this conversation, `|`-separated,
+directives removed: what a resumed conversation remembers),
 `[[limitmenu]]` / `[[limitmenu:+SECONDS]]` (2.1.x's usage-limit menu: "What do you want to do? ❯ 1.
 Stop and wait for limit to reset"), `[[trust]]` (the trust dialog mid-turn; `--trust-dialog[=plain]`
 shows it at start, as 2.1.212 or, plain, as 2.1.332 without numbers), `[[picker]]` (the /model
@@ -193,6 +200,7 @@ class Plan:
         self.fail: str | None = None
         self.flood_mb = 0.0
         self.echo = False
+        self.recall = False
         self.notices: list[str] = []
         self.retries = 0
         self.retry_status = 529
@@ -253,6 +261,8 @@ class Plan:
             self.flood_mb = max(0.0, float(value))
         elif name == "echo":
             self.echo = True
+        elif name == "recall":
+            self.recall = True
         elif name in ("write", "append"):
             path, _, text = value.partition(":")
             if path.strip():
@@ -1137,13 +1147,80 @@ def restore_terminal() -> None:
 # headless: -p, stream-json
 
 
+def sessions_dir() -> str | None:
+    """Where conversations are kept for `--resume` (see the module docstring); None: not kept."""
+    configured = os.environ.get("FAKE_CLAUDE_SESSIONS") or os.environ.get("CLAUDE_CONFIG_DIR")
+    if not configured:
+        return None
+    project = re.sub(r"[^A-Za-z0-9]", "-", os.getcwd())
+    return os.path.join(configured, "projects", project)
+
+
+class NoConversation(Exception):
+    """`--resume ID` names a conversation not kept for this working directory."""
+
+
 class Headless:
     def __init__(self, args: Args) -> None:
         self.args = args
         self.used = min(100.0, max(0.0, args.context_start))
-        self.session = f"fake-{os.getpid()}"
+        h = os.urandom(16).hex()  # a UUID 4, as Claude Code's (the uuid module would slow the start)
+        self.session = f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) % 4]}{h[17:20]}-{h[20:]}"
         self.inited = False
         self.turns = 0
+        self.prompts: list[str] = []  # this conversation's prompts so far, directives removed
+        self.missing: str | None = None  # --resume named an unknown conversation
+        resume = args.values.get("--resume") or args.values.get("-r")
+        if resume:
+            try:
+                self.resume(resume)
+            except NoConversation:
+                self.missing = resume
+
+    def transcript(self) -> str | None:
+        where = sessions_dir()
+        return None if where is None else os.path.join(where, f"{self.session}.jsonl")
+
+    def resume(self, session: str) -> None:
+        """Go on with a kept conversation: its id, its prompts, its context."""
+        import json
+
+        where = sessions_dir()
+        path = None if where is None or "/" in session else os.path.join(where, f"{session}.jsonl")
+        try:
+            with open(path or "", encoding="utf-8") as f:
+                lines = [json.loads(line) for line in f if line.strip()]
+        except (OSError, ValueError):
+            raise NoConversation(session) from None
+        self.session = session
+        for line in lines:
+            if isinstance(line, dict) and isinstance(line.get("prompt"), str):
+                self.prompts.append(line["prompt"])
+                used = line.get("used")
+                self.used = float(used) if isinstance(used, int | float) else self.used
+
+    def keep(self, prompt: str) -> None:
+        """Append a turn to the conversation's file (as Claude Code writes its transcript)."""
+        path = self.transcript()
+        if path is None:
+            return
+        import json
+
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"prompt": prompt, "used": self.used}) + "\n")
+        except OSError as exc:
+            sys.stderr.write(f"fake agent: cannot keep the conversation: {exc}\n")
+
+    def no_conversation(self, stream: bool) -> int:
+        """Claude Code's answer to `--resume` of an unknown conversation: a line, an error result, 1."""
+        assert self.missing is not None
+        sys.stderr.write(f"No conversation found with session ID: {self.missing}\n")
+        if stream or self.args.output_format == "json":
+            self.session = self.missing
+            self.result("", True, time.monotonic(), "error_during_execution", num_turns=0)
+        return 1
 
     def emit(self, event: dict[str, object]) -> None:
         import json
@@ -1320,7 +1397,11 @@ class Headless:
             self.grow(plan)
             return self.end(stream, plan.fail, True, started, subtype="error_during_execution", code=1)
         reply = plan.reply()
+        if plan.recall:
+            reply = "Recalled: " + (" | ".join(self.prompts) or "nothing")
+        self.prompts.append(plan.text)
         self.grow(plan)
+        self.keep(plan.text)
         return self.end(stream, reply, False, started)
 
     def grow(self, plan: Plan) -> None:
@@ -1354,6 +1435,8 @@ class Headless:
     def stream_loop(self) -> int:
         import json
 
+        if self.missing is not None:
+            return self.no_conversation(stream=True)
         for raw in sys.stdin.buffer:
             line = raw.strip()
             if not line:
@@ -1410,6 +1493,8 @@ def main(argv: list[str]) -> int:
         if args.no_ready:
             while True:
                 time.sleep(3600)
+        if headless.missing is not None:
+            return headless.no_conversation(stream=args.output_format == "stream-json")
         return headless.turn(prompt, stream=args.output_format == "stream-json")
     tui = Tui(args)
     signal.signal(signal.SIGWINCH, lambda *_: tui.resize())

@@ -64,7 +64,8 @@ _USAGE_KEYS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "
 
 
 def result_usage(event: Mapping[str, Any]) -> dict[str, Any]:
-    """The usage figures of a `result` event, flattened (tokens, cost_usd, duration_ms, num_turns)."""
+    """The usage figures of a `result` event, flattened (tokens, cost_usd, duration_ms, num_turns), and
+    its `session_id`."""
     usage: dict[str, Any] = {}
     raw = event.get("usage")
     if isinstance(raw, Mapping):
@@ -81,6 +82,9 @@ def result_usage(event: Mapping[str, Any]) -> dict[str, Any]:
         value = event.get(src)
         if isinstance(value, int | float) and not isinstance(value, bool) and dst not in usage:
             usage[dst] = value
+    session = event.get("session_id")  # the conversation a later task may resume (--resume)
+    if isinstance(session, str) and session:
+        usage["session_id"] = session
     return usage
 
 
