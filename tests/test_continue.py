@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import trio
 from test_worktree import make_repo
@@ -124,6 +125,46 @@ async def test_a_resume_that_fails_is_not_retried_the_retry_runs_fresh(tmp_path:
     ] == "attempt 1 resumed it and ended failed: a retry starts afresh"
 
 
+@pytest.mark.parametrize("taker", ["replacement", "other"])
+async def test_when_the_dependencys_worker_is_gone_its_worktree_decides(tmp_path: Path, taker: str) -> None:
+    """The worker that ran the dependency is killed: its target is released. Its replacement takes
+    over its worktree, so it resumes the conversation there; the other worker, in another worktree,
+    runs the task fresh and its attempt names both directories."""
+    repo = make_repo(tmp_path / "repo")
+    async with open_swarm(continuing_config(tmp_path, repo, workers=2)) as swarm:
+        with trio.fail_after(30):
+            await all_idle(swarm, 2)
+            with swarm.events(("task.running",)) as sub:
+                await swarm.submit({"id": "gate", "prompt": "gate [[think:3]]"})
+                await sub.receive()
+            other = (await swarm.get("gate")).attempts[0].worker
+            await swarm.submit({"id": "plan", "prompt": "Remember PELICAN"})
+            await swarm.submit(cont("build", "[[recall]]", "plan", deps=["gate"]))
+            plan = await swarm.wait("plan")
+            gone = plan.attempts[0].worker
+            await swarm.kill(gone)
+            with swarm.events(("worker.state",)) as sub:
+                while (
+                    not (new := [w for w in swarm.workers() if w.id not in (gone, other)])
+                    or new[0].state.value != "idle"
+                ):
+                    await sub.receive()
+            replacement = new[0].id
+            await swarm.pause(other if taker == "replacement" else replacement)
+            assert (await swarm.get("gate")).state is TaskState.RUNNING  # still: build waits for it
+            build = await swarm.wait("build")
+        ran = build.attempts[0]
+        ws = ran.workspace or {}
+        if taker == "replacement":
+            assert ran.worker == replacement and build.result == "Recalled: Remember PELICAN"
+            assert ws["continued"] is True
+        else:
+            assert ran.worker == other and build.result == "Recalled: nothing"
+            kept = plan.attempts[0].usage["session_cwd"]
+            assert ws["continued"] is False
+            assert ws["continue_error"].startswith(f"the conversation was kept for {kept} by worker {gone}; ")
+
+
 @pytest.mark.parametrize(
     ("base", "profile", "error"),
     [
@@ -148,12 +189,18 @@ async def test_a_task_that_cannot_continue_runs_fresh_and_says_why(
     assert ws["continue_error"].startswith(error), ws
 
 
-async def test_the_session_is_kept_across_a_restart(tmp_path: Path) -> None:
-    """The session id and directory are part of the attempt as the store keeps it: a dependant
-    submitted after a restart of Shoal still resumes the conversation (the worker takes over the
-    worktree, so the directory is the same)."""
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+async def test_the_session_is_kept_across_a_restart(
+    tmp_path: Path, request: pytest.FixtureRequest, store: str
+) -> None:
+    """The session id and directory are part of the attempt as the store keeps it (SQLite, or a
+    PostgreSQL database: a one-node cluster): a dependant submitted after a restart of Shoal still
+    resumes the conversation (the worker takes over the worktree, so the directory is the same)."""
     repo = make_repo(tmp_path / "repo")
     cfg = continuing_config(tmp_path, repo)
+    if store == "postgresql":
+        url = request.getfixturevalue("pg_url")
+        cfg = attrs.evolve(cfg, store=attrs.evolve(cfg.store, url=url))
     async with open_swarm(cfg) as swarm:
         with trio.fail_after(30):
             await swarm.submit({"id": "plan", "prompt": "Remember PELICAN"})
