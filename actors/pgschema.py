@@ -203,6 +203,11 @@ def load_rows(cur: psycopg.Cursor[Any], ids: Sequence[str] | None) -> list[Store
     decodes the json columns itself."""
     where = "" if ids is None else " WHERE task_id = ANY(%s)"
     params = () if ids is None else (list(ids),)
+    if ids is not None:
+        # a few rows by primary key: the index, whatever the planner's statistics say (on tables
+        # that grew since the last ANALYZE it scanned them whole: 12x slower at 6,000 tasks, and
+        # growing with the queue); SET LOCAL: this transaction only (the caller's)
+        cur.execute("SET LOCAL enable_seqscan = off")
     cur.execute(f"SELECT {', '.join(_ATTEMPT_COLS)} FROM attempts{where} ORDER BY task_id, n", params)
     attempts: dict[str, list[Attempt]] = {}
     for row in cur:
