@@ -42,9 +42,12 @@ class Landed:
 
 @attrs.frozen
 class FeedBatch:
-    """Other nodes' writes since the last batch (id -> its row, None when evicted)."""
+    """Other nodes' writes since the last batch (id -> its row, None when evicted), and the cluster's
+    events read with them (seq, ts, node, topic, data): the queue hands those to the bus only after
+    it absorbed the rows, so a client that hears `task.done` at any node reads the task done there."""
 
     rows: list[tuple[str, StoredTask | None]]
+    events: list[tuple[int, float, str, str, Any]] = attrs.field(factory=list)
 
 
 @attrs.frozen

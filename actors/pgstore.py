@@ -207,7 +207,8 @@ class PgStore(PgMembership):
                 self.events_dropped += 1
             self._cv.notify()
 
-    def _deliver_events(self, rows: list[tuple[int, float, str, str, Any]]) -> None:
+    def deliver_events(self, rows: list[tuple[int, float, str, str, Any]]) -> None:
+        """The cluster's events to the node's bus (the queue calls it once it absorbed their rows)."""
         bus = self._bus
         if bus is None:
             return
@@ -299,7 +300,9 @@ class PgStore(PgMembership):
                     next_poll = now + self.poll_s
                 self._read_feed()
             elif wrote_events and self._bus is not None:
-                self._read_events()
+                relayed = self._read_events()  # this node's own, back with their cluster seqs
+                if relayed:
+                    self._push(FeedBatch([], relayed))
 
     # ---- writes ---------------------------------------------------------------------------------
 
@@ -574,24 +577,28 @@ class PgStore(PgMembership):
             out.sort(key=lambda item: item[1].static.seq if item[1] is not None else -1)
             return int(log_rows[-1][0]), out
 
-        if self._bus is not None:
-            self._read_events()
+        # the events first, then the rows: an event's row was committed with it, so it is in the
+        # rows read after; the queue absorbs the rows, then delivers the events (FeedBatch)
+        events = self._read_events() if self._bus is not None else []
         while True:
             try:
                 rev, rows = self._retrying("the feed", read)
             except (psycopg.Error, StoreError) as exc:
                 log.warning("pgstore: cannot read the change feed: %s", _why(exc, self.url))
-                return
+                rev, rows = self._rev, []
             more = rev - self._rev >= FEED_PAGE
             self._rev = rev
-            if rows:
-                self.feed_rows += len(rows)
-                self._push(FeedBatch(rows))
-            if not more:
-                return
+            self.feed_rows += len(rows)
+            if more:
+                if rows:
+                    self._push(FeedBatch(rows))
+                continue
+            if rows or events:
+                self._push(FeedBatch(rows, events))
+            return
 
-    def _read_events(self) -> None:
-        """The cluster's events past the position, to the node's bus in seq order."""
+    def _read_events(self) -> list[tuple[int, float, str, str, Any]]:
+        """The cluster's events past the position, in seq order (for the queue to deliver)."""
 
         def read(conn: psycopg.Connection[Any]) -> list[tuple[int, float, str, str, Any]]:
             with conn.cursor() as cur:
@@ -601,19 +608,18 @@ class PgStore(PgMembership):
                 )
                 return cur.fetchall()
 
+        out: list[tuple[int, float, str, str, Any]] = []
         while True:
             try:
                 rows = self._retrying("the events", read)
             except (psycopg.Error, StoreError) as exc:
                 log.warning("pgstore: cannot read the events: %s", _why(exc, self.url))
-                return
-            if not rows:
-                return
-            self._event_pos = int(rows[-1][0])
-            with contextlib.suppress(trio.RunFinishedError):
-                self._token.run_sync_soon(self._deliver_events, rows)
+                return out
+            out += rows
+            if rows:
+                self._event_pos = int(rows[-1][0])
             if len(rows) < FEED_PAGE:
-                return
+                return out
 
     # ---- the listener thread --------------------------------------------------------------------
 

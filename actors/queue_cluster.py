@@ -63,6 +63,8 @@ class ClusterQueue(QueueParts):
         for tid, wid in taken:  # another node requeued or cancelled what ran here: stop it
             self._interrupt(wid, tid, "was taken over by another node")
         self._settle_waiters([tid for tid, row in item.rows if row is not None])
+        if item.events:  # after the rows: whoever hears an event reads its task as it says
+            self.store.deliver_events(item.events)  # type: ignore[attr-defined]
 
     def _settle_waiters(self, task_ids: list[str]) -> None:
         for tid in task_ids:

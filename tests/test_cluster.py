@@ -81,10 +81,13 @@ async def test_a_task_submitted_at_one_node_runs_on_another_and_every_gateway_se
         seen: dict[str, list[Event]] = {"a": [], "b": []}
 
         async def collect(name: str, stream: Any) -> None:
+            client = {"a": ca, "b": cb}[name]
             with trio.fail_after(30):
                 async for item in stream:
                     if isinstance(item, Event):
                         seen[name].append(item)
+                        if item.topic == "task.done":  # heard done at a node: read done there
+                            assert (await client.get(item.data["task_id"])).state is TaskState.DONE
                         if sum(e.topic == "task.done" for e in seen[name]) == 4:
                             return
 
