@@ -198,15 +198,27 @@ class PgBase:
                     self._cv.wait(delay)
                 delay = min(delay * 2, 2.0)
 
-    def _retrying(self, what: str, fn: Callable[[psycopg.Connection[Any]], Any]) -> Any:
+    def _retrying(
+        self,
+        what: str,
+        fn: Callable[[psycopg.Connection[Any]], Any],
+        *,
+        pipeline: bool = False,
+        transaction: bool = True,
+    ) -> Any:
         """Run `fn` in a transaction; a lost connection is retried (reconnecting) until
-        `reconnect_s` runs out. Data errors propagate at once."""
+        `reconnect_s` runs out. Data errors propagate at once. `pipeline`: the transaction in
+        pipeline mode (BEGIN, the statements and COMMIT go out without waiting for each other's
+        answers; the round trips are only those `fn` needs to read a result, plus the COMMIT's).
+        `transaction=False`: `fn` is one statement, its own transaction (no BEGIN and COMMIT)."""
         deadline = time.monotonic() + self.reconnect_s
         clashes = 0
         while True:
             conn = self._db()
             try:
-                with conn.transaction():
+                if not transaction:
+                    return fn(conn)
+                with conn.pipeline() if pipeline else contextlib.nullcontext(), conn.transaction():
                     return fn(conn)
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:
                 # two nodes' transactions crossed: PostgreSQL rolled this one back; run it again

@@ -50,6 +50,8 @@ from .pgschema import (
     UPSERT_ATTEMPT,
     NodeInfo,
     connect,
+    feed_query,
+    feed_rows,
     load_rows,
     migrate,
     mutable_values,
@@ -62,6 +64,10 @@ from .taskbook import Change, StaticRow, StoredTask
 
 NOTIFY_CHANNEL = "shoal_tasks"
 FEED_PAGE = 5000
+EVENTS_PAGE = "SELECT seq, ts, node, topic, data FROM events WHERE seq > %s ORDER BY seq LIMIT %s"
+_FEED_QUERY = {False: feed_query(events=False), True: feed_query(events=True)}
+_EventRow = tuple[int, float, str, str, Any]
+"""An event as the feed reads it: seq, ts, node, topic, data."""
 MAX_PENDING_EVENTS = 100_000  # events held while PostgreSQL is unreachable; the oldest go first
 # errors caused by the values written, not the connection: only the write holding them fails
 _DATA_ERRORS = (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError, ValueError, TypeError)
@@ -323,7 +329,9 @@ class PgStore(PgMembership):
                 self._write_events(events)
             return [(j.ticket, Landed(), None) for j in writes]
         try:
-            conflicts = self._retrying("a write", lambda conn: self._apply(conn, changes, events))
+            conflicts = self._retrying(
+                "a write", lambda conn: self._apply(conn, changes, events), pipeline=True
+            )
         except _DATA_ERRORS:
             if events:
                 self._write_events(events)
@@ -355,7 +363,11 @@ class PgStore(PgMembership):
         for job in writes:
             changes = job.changes
             try:
-                conflicts = self._retrying("a write", lambda conn: self._apply(conn, changes))  # noqa: B023
+                conflicts = self._retrying(
+                    "a write",
+                    lambda conn: self._apply(conn, changes),  # noqa: B023
+                    pipeline=True,
+                )
             except _DATA_ERRORS as exc:
                 self.refused_writes += 1
                 err = WriteRefused(
@@ -377,7 +389,7 @@ class PgStore(PgMembership):
                 del self._events[:-MAX_PENDING_EVENTS]
             return
         try:
-            self._retrying("events", lambda conn: self._apply(conn, (), events))
+            self._retrying("events", lambda conn: self._apply(conn, (), events), pipeline=True)
         except _DATA_ERRORS as exc:  # a value json cannot hold: each on its own, the bad one dropped
             log.warning("pgstore: an event could not be stored (%s); storing them one by one", exc)
             for one in events:
@@ -553,39 +565,29 @@ class PgStore(PgMembership):
         return int(row[0]) if row else 0
 
     def _read_feed(self) -> None:
-        """Other nodes' writes past the feed position, as rows to absorb (own writes skipped)."""
+        """Other nodes' writes past the feed position, as rows to absorb (own writes skipped), and
+        the cluster's events past theirs."""
         if self._broken is not None:
             return
-
-        def read(conn: psycopg.Connection[Any]) -> tuple[int, list[tuple[str, StoredTask | None]]]:
-            with conn.cursor() as cur:
-                cur.execute(
-                    "SELECT rev, task_id FROM task_log WHERE rev > %s ORDER BY rev LIMIT %s",
-                    (self._rev, FEED_PAGE),
-                )
-                log_rows = cur.fetchall()
-                if not log_rows:
-                    return self._rev, []
-                ids = list(dict.fromkeys(tid for _rev, tid in log_rows))
-                rows = {r.id: r for r in load_rows(cur, ids)}
-            out: list[tuple[str, StoredTask | None]] = []
-            for tid in ids:
-                row = rows.get(tid)
-                if row is not None and self.mine(row.version):
-                    continue
-                out.append((tid, row))
-            out.sort(key=lambda item: item[1].static.seq if item[1] is not None else -1)
-            return int(log_rows[-1][0]), out
-
-        # the events first, then the rows: an event's row was committed with it, so it is in the
-        # rows read after; the queue absorbs the rows, then delivers the events (FeedBatch)
-        events = self._read_events() if self._bus is not None else []
+        # one snapshot and one round trip a page: the events, the log and the rows it names (an
+        # event's row was committed with it, so it is in the rows; the queue absorbs the rows,
+        # then delivers the events: FeedBatch)
+        events: list[_EventRow] = []
+        want_events = self._bus is not None
         while True:
             try:
-                rev, rows = self._retrying("the feed", read)
+                rev, rows, got = self._retrying(
+                    "the feed",
+                    lambda conn: self._feed_page(conn, want_events),  # noqa: B023
+                    transaction=False,
+                )
             except (psycopg.Error, StoreError) as exc:
                 log.warning("pgstore: cannot read the change feed: %s", _why(exc, self.url))
-                rev, rows = self._rev, []
+                rev, rows, got = self._rev, [], []
+            events += got
+            if got:
+                self._event_pos = int(got[-1][0])
+            want_events = want_events and len(got) >= FEED_PAGE
             more = rev - self._rev >= FEED_PAGE
             self._rev = rev
             self.feed_rows += len(rows)
@@ -593,25 +595,47 @@ class PgStore(PgMembership):
                 if rows:
                     self._push(FeedBatch(rows))
                 continue
+            if want_events:  # a page of events more than the log had
+                events += self._read_events()
             if rows or events:
                 self._push(FeedBatch(rows, events))
             return
 
-    def _read_events(self) -> list[tuple[int, float, str, str, Any]]:
+    def _feed_page(
+        self, conn: psycopg.Connection[Any], want_events: bool
+    ) -> tuple[int, list[tuple[str, StoredTask | None]], list[_EventRow]]:
+        """One page of the feed, in one statement (`feed_query`)."""
+        params: tuple[Any, ...] = (self._rev, FEED_PAGE)
+        if want_events:
+            params += (self._event_pos, FEED_PAGE)
+        with conn.cursor() as cur:
+            cur.execute(_FEED_QUERY[want_events], params)
+            log_rows, tasks, attempts, events = cur.fetchone() or (None, None, None, None)
+        got = [tuple(e) for e in events or ()]
+        if not log_rows:
+            return self._rev, [], got
+        found = {r.id: r for r in feed_rows(tasks, attempts)}
+        out: list[tuple[str, StoredTask | None]] = []
+        for tid in dict.fromkeys(tid for _rev, tid in log_rows):
+            row = found.get(tid)
+            if row is not None and self.mine(row.version):
+                continue
+            out.append((tid, row))
+        out.sort(key=lambda item: item[1].static.seq if item[1] is not None else -1)
+        return int(log_rows[-1][0]), out, got
+
+    def _read_events(self) -> list[_EventRow]:
         """The cluster's events past the position, in seq order (for the queue to deliver)."""
 
-        def read(conn: psycopg.Connection[Any]) -> list[tuple[int, float, str, str, Any]]:
+        def read(conn: psycopg.Connection[Any]) -> list[_EventRow]:
             with conn.cursor() as cur:
-                cur.execute(
-                    "SELECT seq, ts, node, topic, data FROM events WHERE seq > %s ORDER BY seq LIMIT %s",
-                    (self._event_pos, FEED_PAGE),
-                )
+                cur.execute(EVENTS_PAGE, (self._event_pos, FEED_PAGE))
                 return cur.fetchall()
 
-        out: list[tuple[int, float, str, str, Any]] = []
+        out: list[_EventRow] = []
         while True:
             try:
-                rows = self._retrying("the events", read)
+                rows = self._retrying("the events", read, transaction=False)
             except (psycopg.Error, StoreError) as exc:
                 log.warning("pgstore: cannot read the events: %s", _why(exc, self.url))
                 return out

@@ -138,6 +138,7 @@ class QueueActor(CallsQueue, ModelQueue, ClusterQueue):
         self._extra_events: list[tuple[str, dict[str, Any]]] = []
         self._ack_send, self._ack_recv = trio.open_memory_channel[_Pending](math.inf)
         self._claims: list[tuple[str, Assignment]] = []  # shared store: claims awaiting their commit
+        self._unheard: dict[str, str] = {}  # shared store: worker -> the task it claimed, not yet told
         self.nodes: NodesReport | None = None  # the cluster as the last heartbeat saw it
         self.conflicts = 0  # writes another node's write beat (shared store)
         self.reaped = 0  # attempts of dead nodes' workers requeued here
@@ -535,6 +536,7 @@ class QueueActor(CallsQueue, ModelQueue, ClusterQueue):
         if self.shared:  # another node may claim it too: the worker hears once the claim committed
             worker.state = "busy"
             self._claims.append((worker.id, assignment))
+            self._unheard[worker.id] = task_id
             return True
         return self._deliver(worker, assignment, now)
 

@@ -59,12 +59,18 @@ class ClusterQueue(QueueParts):
         if isinstance(item, NodesReport):
             self._on_nodes(item, now)
             return
-        taken = self.book.absorb(item.rows, now)
-        for tid, wid in taken:  # another node requeued or cancelled what ran here: stop it
-            self._interrupt(wid, tid, "was taken over by another node")
+        self._stop_taken(self.book.absorb(item.rows, now))
         self._settle_waiters([tid for tid, row in item.rows if row is not None])
         if item.events:  # after the rows: whoever hears an event reads its task as it says
             self.store.deliver_events(item.events)  # type: ignore[attr-defined]
+
+    def _stop_taken(self, taken: list[tuple[str, str]]) -> None:
+        """Stop the workers running what another node requeued or cancelled. A worker whose claim
+        lost before it was told (the claim's write had not landed) is not stopped: it never
+        started the task, and the landing makes it idle again (no needless respawn of its agent)."""
+        for tid, wid in taken:
+            if self._unheard.get(wid) != tid:
+                self._interrupt(wid, tid, "was taken over by another node")
 
     def _settle_waiters(self, task_ids: list[str]) -> None:
         for tid in task_ids:
@@ -124,9 +130,7 @@ class ClusterQueue(QueueParts):
     def _on_landed(self, msg: _Landed, now: float) -> None:
         if msg.conflicts:
             self.conflicts += len(msg.conflicts)
-            taken = self.book.absorb(list(msg.conflicts.items()), now)
-            for tid, wid in taken:
-                self._interrupt(wid, tid, "was taken over by another node")
+            self._stop_taken(self.book.absorb(list(msg.conflicts.items()), now))
             for tid, attempt, wid in msg.stale:
                 self.book.stale_reports += 1
                 self._extra_events.append(
@@ -136,6 +140,8 @@ class ClusterQueue(QueueParts):
             self._waiters.setdefault(call.payload.id, []).append(call)
         self._settle_waiters([*msg.conflicts, *(c.payload.id for c in msg.rewait)])
         for wid, assignment in msg.claims:
+            if self._unheard.get(wid) == assignment.task_id:
+                del self._unheard[wid]
             worker = self._workers.get(wid)
             att = self.book.open_attempt(assignment.task_id) if assignment.task_id in self.book else None
             won = att is not None and att.worker == wid and att.n == assignment.attempt

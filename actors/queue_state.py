@@ -39,6 +39,7 @@ class QueueParts:
     _waiters: dict[str, list[Call[Any]]]
     _acks: list[tuple[Call[Any], Any]]
     _extra_events: list[tuple[str, dict[str, Any]]]
+    _unheard: dict[str, str]
     _remote_parks: set[str]
     _park_reasons: dict[str, str]
     _model_recent: dict[str, collections.deque[bool]]
