@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -20,7 +21,7 @@ from ..protocols.errors import StoreError
 from ..protocols.tasks import Attempt
 from .cluster import NodeRow
 from .store_schema import ATTEMPT_COLUMNS, MUTABLE_COLUMNS, STATIC_COLUMNS, attempt_from_row, task_from_row
-from .taskbook import Change, StoredTask
+from .taskbook import Change, StaticRow, StoredTask
 
 RESERVED_NODE_CHARS = ":/"
 ADVISORY_KEY = 0x53484F4C  # "SHOL"; with the database (advisory locks span the server): feed order
@@ -145,65 +146,194 @@ SCHEMA_VERSION = len(MIGRATIONS)
 _STATIC = STATIC_COLUMNS
 _MUTABLE = (*MUTABLE_COLUMNS, "version")
 _ATTEMPT_COLS = ATTEMPT_COLUMNS
-INSERT_TASK = (
-    f"INSERT INTO tasks ({', '.join(_STATIC + _MUTABLE)})"
-    f" VALUES ({', '.join(['%s'] * len(_STATIC + _MUTABLE))})"
-    " ON CONFLICT (id) DO NOTHING RETURNING id"
+
+
+def _column_types(table: str) -> dict[str, str]:
+    """A table's column types as its CREATE TABLE in the migrations says (one source)."""
+    ddl = _MIGRATION_1.split(f"CREATE TABLE {table} (", 1)[1].split("\n);", 1)[0]
+    out: dict[str, str] = {}
+    for line in ddl.strip().splitlines():
+        name, kind = line.strip().rstrip(",").split(" ", 1)
+        if name.isidentifier() and name != "PRIMARY":
+            out[name] = kind.replace(" NOT NULL", "").replace(" PRIMARY KEY", "").split(" DEFAULT", 1)[0]
+    return out
+
+
+_TASK_TYPES = _column_types("tasks")
+_ATTEMPT_TYPES = _column_types("attempts")
+
+
+def _defs(types: dict[str, str], cols: Sequence[str]) -> str:
+    """A column definition list for json_to_recordset: a json column comes as its text (a json
+    string) and is cast back (`_vals`), since PostgreSQL's json functions refuse to unescape a
+    \\u0000 that a json column itself keeps."""
+    return ", ".join(f"{c} {'text' if types[c] == 'json' else types[c]}" for c in cols)
+
+
+def _vals(types: dict[str, str], cols: Sequence[str]) -> str:
+    return ", ".join(f"x.{c}::json" if types[c] == "json" else f"x.{c}" for c in cols)
+
+
+def write_query(floor: bool = False) -> str:
+    """A write as one round trip: several statements in one simple query, which PostgreSQL runs as
+    one transaction (all or nothing). The rows come as json arrays (json_to_recordset: one
+    statement a kind, whatever the batch's size). In order: lock the rows written, in id order
+    (two nodes' writes never lock shared rows crossed); compare-and-set each on its version
+    (deleted, inserted, updated; the attempts of those written); then, under the advisory lock
+    that orders the feed, the events and the log entries of the tasks written, and a
+    notification. Returns the ids written (a json array): the others lost their compare-and-set.
+
+    Params (ClientCursor, bound client-side): ids, evicts, inserts, updates, attempts, events
+    (json text), node, key (the advisory lock), channel; with `floor`, floor: the first write of
+    events raises the cluster's event seq to at least this node's bus's (setval, once)."""
+    task_cols = (*_STATIC, *_MUTABLE)
+    cols, acols = ", ".join(task_cols), ", ".join(_ATTEMPT_COLS)
+    sets = ", ".join(
+        f"{c} = {v}" for c, v in zip(_MUTABLE, _vals(_TASK_TYPES, _MUTABLE).split(", "), strict=True)
+    )
+    aset = ", ".join(f"{c} = EXCLUDED.{c}" for c in _ATTEMPT_COLS[2:])
+    any_written = "current_setting('shoal.written') <> '[]'"
+    return (
+        # a few rows by primary key, whatever the planner's statistics say (it would scan the
+        # table and hash it: 8 ms a write at 20,000 tasks); LOCAL: this transaction only
+        "SET LOCAL enable_seqscan = off;\n"
+        "SELECT 1 FROM tasks WHERE id IN (SELECT json_array_elements_text(%(ids)s::json))"
+        " ORDER BY id FOR UPDATE;\n"
+        "WITH gone AS (DELETE FROM tasks t"
+        " USING json_to_recordset(%(evicts)s::json) AS x(id text, expect bigint)"
+        " WHERE t.id = x.id AND t.version = x.expect RETURNING t.id),"
+        " gone_attempts AS (DELETE FROM attempts WHERE task_id IN (SELECT id FROM gone)),"
+        f" added AS (INSERT INTO tasks ({cols}) SELECT {_vals(_TASK_TYPES, task_cols)}"
+        f" FROM json_to_recordset(%(inserts)s::json) AS x({_defs(_TASK_TYPES, task_cols)})"
+        " ON CONFLICT (id) DO NOTHING RETURNING id),"
+        f" changed AS (UPDATE tasks t SET {sets} FROM json_to_recordset(%(updates)s::json)"
+        f" AS x(id text, expect bigint, {_defs(_TASK_TYPES, _MUTABLE)})"
+        " WHERE t.id = x.id AND t.version = x.expect RETURNING t.id),"
+        f" attempted AS (INSERT INTO attempts ({acols}) SELECT {_vals(_ATTEMPT_TYPES, _ATTEMPT_COLS)}"
+        f" FROM json_to_recordset(%(attempts)s::json) AS x({_defs(_ATTEMPT_TYPES, _ATTEMPT_COLS)})"
+        " WHERE x.task_id IN (SELECT id FROM added UNION ALL SELECT id FROM changed)"
+        f" ON CONFLICT (task_id, n) DO UPDATE SET {aset})"
+        " SELECT set_config('shoal.written', (SELECT coalesce(json_agg(id ORDER BY id), '[]'::json)"
+        " FROM (SELECT id FROM gone UNION ALL SELECT id FROM added UNION ALL SELECT id FROM changed) w)"
+        "::text, true);\n"
+        f"SELECT pg_advisory_xact_lock(%(key)s, hashtext(current_database()))"
+        f" WHERE {any_written} OR %(events)s::json::text <> '[]';\n"
+        + (
+            "SELECT setval('shoal_event_seq', greatest(%(floor)s,"
+            " (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM shoal_event_seq)));\n"
+            if floor
+            else ""
+        )
+        + "INSERT INTO events (seq, ts, node, topic, data)"
+        " SELECT nextval('shoal_event_seq'), x.ts, %(node)s, x.topic, x.data::json"
+        " FROM json_to_recordset(%(events)s::json) AS x(ts double precision, topic text, data text);\n"
+        "INSERT INTO task_log (rev, task_id) SELECT nextval('shoal_rev'), t"
+        " FROM json_array_elements_text(current_setting('shoal.written')::json) t;\n"
+        f"SELECT pg_notify(%(channel)s, %(node)s) WHERE {any_written} OR %(events)s::json::text <> '[]';\n"
+        "SELECT current_setting('shoal.written')"
+    )
+
+
+ROWS_BY_ID = (
+    "WITH ids AS MATERIALIZED (SELECT DISTINCT json_array_elements_text(%s::json) AS task_id)"
+    " SELECT (SELECT json_agg(t) FROM ids, LATERAL (SELECT * FROM tasks WHERE id = ids.task_id OFFSET 0) t),"
+    " (SELECT json_agg(a ORDER BY a.task_id, a.n) FROM ids,"
+    " LATERAL (SELECT * FROM attempts WHERE task_id = ids.task_id OFFSET 0) a)"
 )
-UPDATE_TASK = (
-    f"UPDATE tasks SET {', '.join(f'{c} = %s' for c in _MUTABLE)} WHERE id = %s AND version = %s RETURNING id"
-)
-UPSERT_ATTEMPT = (
-    f"INSERT INTO attempts ({', '.join(_ATTEMPT_COLS)}) VALUES ({', '.join(['%s'] * len(_ATTEMPT_COLS))})"
-    " ON CONFLICT (task_id, n) DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in _ATTEMPT_COLS[2:])
-)
+"""The named tasks and their attempts, by primary key, as `feed_rows` takes them (param: ids, json)."""
+
+
+def doc(value: Any) -> str:
+    """Values for `write_query` as json text: a float json cannot hold (inf, nan) as the string
+    PostgreSQL reads back as that float."""
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, default=_nonfinite)
+
+
+def _nonfinite(value: Any) -> Any:
+    return str(value)
+
+
+def num(value: float | None) -> float | str | None:
+    """A double precision value for `doc`: inf and nan as strings (json has no such numbers)."""
+    if value is None or math.isfinite(value):
+        return value
+    return str(value)
+
+
+def task_doc(tid: str, st: StaticRow | None, c: Change, expect: int | None) -> dict[str, Any]:
+    """A task's row for `write_query`: the static columns with `st` (an insert), else `expect` (the
+    version an update compares and sets)."""
+    out: dict[str, Any] = {
+        "id": tid,
+        "state": c.state.value,
+        "priority": c.priority,
+        "reason": c.reason,
+        "result": c.result,
+        "not_before": num(c.not_before),
+        "worker": c.worker,
+        "updated": num(c.updated),
+        "failed_models": json_text(c.failed_models),
+        "usage": json_text(c.usage),
+        "retry_base": c.retry_base,
+        "dep_failure": c.dep_failure,
+        "version": c.version,
+    }
+    if st is not None:
+        out.update(
+            seq=st.seq,
+            prompt=st.prompt,
+            category=st.category,
+            spec_priority=st.priority,
+            deps=json_text(list(st.deps)),
+            model=st.model,
+            max_attempts=st.max_attempts,
+            timeout_s=num(st.timeout_s),
+            metadata=json_text(st.metadata),
+            run_on_dep_failure=st.run_on_dep_failure,
+            digest=st.digest,
+            created=num(st.created),
+        )
+    else:
+        out["expect"] = expect
+    return out
+
+
+def attempt_doc(tid: str, a: Attempt) -> dict[str, Any]:
+    return {
+        "task_id": tid,
+        "n": a.n,
+        "worker": a.worker,
+        "model": a.model,
+        "started": num(a.started),
+        "ended": num(a.ended),
+        "outcome": a.outcome.value if a.outcome is not None else None,
+        "reason": a.reason,
+        "exit_code": a.exit_code,
+        "signal": a.signal,
+        "output_tail": a.output_tail,
+        "usage": json_text(a.usage or {}),
+        "workspace": json_text(a.workspace) if a.workspace is not None else None,
+    }
 
 
 def json_text(value: Any) -> str:
     return json.dumps(value, default=str)
 
 
-def mutable_values(c: Change) -> tuple[Any, ...]:
-    return (
-        c.state.value,
-        c.priority,
-        c.reason,
-        c.result,
-        c.not_before,
-        c.worker,
-        c.updated,
-        json_text(c.failed_models),
-        json_text(c.usage),
-        c.retry_base,
-        c.dep_failure,
-        c.version,
-    )
-
-
-def attempt_row(tid: str, a: Attempt) -> tuple[Any, ...]:
-    return (
-        tid,
-        a.n,
-        a.worker,
-        a.model,
-        a.started,
-        a.ended,
-        a.outcome.value if a.outcome is not None else None,
-        a.reason,
-        a.exit_code,
-        a.signal,
-        a.output_tail,
-        json_text(a.usage or {}),
-        json_text(a.workspace) if a.workspace is not None else None,
-    )
-
-
-def load_rows(cur: psycopg.Cursor[Any], ids: Sequence[str] | None) -> list[StoredTask]:
-    """Stored tasks with their attempts: every task (ids None) or those named, in seq order. psycopg
-    decodes the json columns itself."""
-    if ids is None:
-        return queue_rows(cur.connection, "", ())()
-    return queue_rows(cur.connection, " = ANY(%s)", (list(ids),))()
+def load_rows(cur: psycopg.Cursor[Any]) -> list[StoredTask]:
+    """Every stored task with its attempts, in seq order (a node's book at start). psycopg decodes
+    the json columns itself."""
+    cur.execute(f"SELECT {', '.join(_ATTEMPT_COLS)} FROM attempts ORDER BY task_id, n")
+    attempts: dict[str, list[Attempt]] = {}
+    for row in cur.fetchall():
+        tid, attempt = attempt_from_row(row, _decoded)
+        attempts.setdefault(tid, []).append(attempt)
+    cols = _STATIC + _MUTABLE
+    cur.execute(f"SELECT {', '.join(cols)} FROM tasks ORDER BY seq")
+    return [
+        task_from_row(r := dict(zip(cols, row, strict=True)), attempts.get(r["id"], ()), _decoded)
+        for row in cur.fetchall()
+    ]
 
 
 def feed_query(events: bool) -> str:
@@ -251,40 +381,6 @@ def _float(value: Any, column: str) -> Any:
     if column in _FLOAT_COLS and isinstance(value, str):
         return float(value)
     return value
-
-
-def queue_rows(
-    conn: psycopg.Connection[Any], id_is: str, params: tuple[Any, ...]
-) -> Callable[[], list[StoredTask]]:
-    """Send the reads of the tasks whose id `id_is` (an SQL condition on the id: "" for all) and
-    their attempts, and return what fetches and builds them. In a pipeline the reads share one
-    round trip with whatever else the caller sends before it fetches."""
-    attempts_cur, tasks_cur = conn.cursor(), conn.cursor()
-    if id_is:
-        # a few rows by primary key: the index, whatever the planner's statistics say (on tables
-        # that grew since the last ANALYZE it scanned them whole: 12x slower at 6,000 tasks, and
-        # growing with the queue); SET LOCAL: this transaction only (the caller's)
-        conn.execute("SET LOCAL enable_seqscan = off")
-    where = f" WHERE task_id{id_is}" if id_is else ""
-    attempts_cur.execute(
-        f"SELECT {', '.join(_ATTEMPT_COLS)} FROM attempts{where} ORDER BY task_id, n", params
-    )
-    cols = _STATIC + _MUTABLE
-    where = f" WHERE id{id_is}" if id_is else ""
-    tasks_cur.execute(f"SELECT {', '.join(cols)} FROM tasks{where} ORDER BY seq", params)
-
-    def fetch() -> list[StoredTask]:
-        with attempts_cur, tasks_cur:
-            attempts: dict[str, list[Attempt]] = {}
-            for row in attempts_cur.fetchall():
-                tid, attempt = attempt_from_row(row, _decoded)
-                attempts.setdefault(tid, []).append(attempt)
-            return [
-                task_from_row(r := dict(zip(cols, row, strict=True)), attempts.get(r["id"], ()), _decoded)
-                for row in tasks_cur.fetchall()
-            ]
-
-    return fetch
 
 
 def _decoded(value: Any) -> Any:
