@@ -138,8 +138,7 @@ CREATE TABLE model_parks (
 INSERT INTO shoal_meta VALUES ('kind', 'shoal task store');
 """
 
-MIGRATIONS: list[str] = [_MIGRATION_1]
-SCHEMA_VERSION = len(MIGRATIONS)
+MIGRATIONS: list[str] = [_MIGRATION_1]  # and schema 2, `shoal_write`, below (built from the columns)
 
 # the task schema is the SQLite store's (actors/store_schema.py), plus the row version a shared store
 # compares and sets
@@ -174,64 +173,81 @@ def _vals(types: dict[str, str], cols: Sequence[str]) -> str:
     return ", ".join(f"x.{c}::json" if types[c] == "json" else f"x.{c}" for c in cols)
 
 
-def write_query(floor: bool = False) -> str:
-    """A write as one round trip: several statements in one simple query, which PostgreSQL runs as
-    one transaction (all or nothing). The rows come as json arrays (json_to_recordset: one
-    statement a kind, whatever the batch's size). In order: lock the rows written, in id order
-    (two nodes' writes never lock shared rows crossed); compare-and-set each on its version
-    (deleted, inserted, updated; the attempts of those written); then, under the advisory lock
-    that orders the feed, the events and the log entries of the tasks written, and a
-    notification. Returns the ids written (a json array): the others lost their compare-and-set.
-
-    Params (ClientCursor, bound client-side): ids, evicts, inserts, updates, attempts, events
-    (json text), node, key (the advisory lock), channel; with `floor`, floor: the first write of
-    events raises the cluster's event seq to at least this node's bus's (setval, once)."""
+def _write_function() -> str:
+    """Schema 2: `shoal_write`, a write as one call (one round trip; PL/pgSQL keeps its statements'
+    plans for the session, where a multi-statement query is planned anew each time). The rows come
+    as json arrays (json_to_recordset: one statement a kind, whatever the batch's size). In order:
+    lock the rows written, in id order (two nodes' writes never lock shared rows crossed);
+    compare-and-set each on its version (deleted, inserted, updated; the attempts of those
+    written); then, under the advisory lock that orders the feed, the events and the log entries
+    of the tasks written, and a notification. Returns the ids written (a json array): the others
+    lost their compare-and-set. `p_floor` > 0: the cluster's event seq is raised to at least it
+    first (a node's bus had events before it joined; setval, once). enable_seqscan is off for
+    the call: these few rows by primary key, whatever the planner's statistics say (it would scan
+    the table and hash it: 8 ms a write at 20,000 tasks). Generated from the column lists once: a
+    later change of columns is a new migration that replaces the function."""
     task_cols = (*_STATIC, *_MUTABLE)
     cols, acols = ", ".join(task_cols), ", ".join(_ATTEMPT_COLS)
     sets = ", ".join(
         f"{c} = {v}" for c, v in zip(_MUTABLE, _vals(_TASK_TYPES, _MUTABLE).split(", "), strict=True)
     )
     aset = ", ".join(f"{c} = EXCLUDED.{c}" for c in _ATTEMPT_COLS[2:])
-    any_written = "current_setting('shoal.written') <> '[]'"
-    return (
-        # a few rows by primary key, whatever the planner's statistics say (it would scan the
-        # table and hash it: 8 ms a write at 20,000 tasks); LOCAL: this transaction only
-        "SET LOCAL enable_seqscan = off;\n"
-        "SELECT 1 FROM tasks WHERE id IN (SELECT json_array_elements_text(%(ids)s::json))"
-        " ORDER BY id FOR UPDATE;\n"
-        "WITH gone AS (DELETE FROM tasks t"
-        " USING json_to_recordset(%(evicts)s::json) AS x(id text, expect bigint)"
-        " WHERE t.id = x.id AND t.version = x.expect RETURNING t.id),"
-        " gone_attempts AS (DELETE FROM attempts WHERE task_id IN (SELECT id FROM gone)),"
-        f" added AS (INSERT INTO tasks ({cols}) SELECT {_vals(_TASK_TYPES, task_cols)}"
-        f" FROM json_to_recordset(%(inserts)s::json) AS x({_defs(_TASK_TYPES, task_cols)})"
-        " ON CONFLICT (id) DO NOTHING RETURNING id),"
-        f" changed AS (UPDATE tasks t SET {sets} FROM json_to_recordset(%(updates)s::json)"
-        f" AS x(id text, expect bigint, {_defs(_TASK_TYPES, _MUTABLE)})"
-        " WHERE t.id = x.id AND t.version = x.expect RETURNING t.id),"
-        f" attempted AS (INSERT INTO attempts ({acols}) SELECT {_vals(_ATTEMPT_TYPES, _ATTEMPT_COLS)}"
-        f" FROM json_to_recordset(%(attempts)s::json) AS x({_defs(_ATTEMPT_TYPES, _ATTEMPT_COLS)})"
-        " WHERE x.task_id IN (SELECT id FROM added UNION ALL SELECT id FROM changed)"
-        f" ON CONFLICT (task_id, n) DO UPDATE SET {aset})"
-        " SELECT set_config('shoal.written', (SELECT coalesce(json_agg(id ORDER BY id), '[]'::json)"
-        " FROM (SELECT id FROM gone UNION ALL SELECT id FROM added UNION ALL SELECT id FROM changed) w)"
-        "::text, true);\n"
-        f"SELECT pg_advisory_xact_lock(%(key)s, hashtext(current_database()))"
-        f" WHERE {any_written} OR %(events)s::json::text <> '[]';\n"
-        + (
-            "SELECT setval('shoal_event_seq', greatest(%(floor)s,"
-            " (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM shoal_event_seq)));\n"
-            if floor
-            else ""
-        )
-        + "INSERT INTO events (seq, ts, node, topic, data)"
-        " SELECT nextval('shoal_event_seq'), x.ts, %(node)s, x.topic, x.data::json"
-        " FROM json_to_recordset(%(events)s::json) AS x(ts double precision, topic text, data text);\n"
-        "INSERT INTO task_log (rev, task_id) SELECT nextval('shoal_rev'), t"
-        " FROM json_array_elements_text(current_setting('shoal.written')::json) t;\n"
-        f"SELECT pg_notify(%(channel)s, %(node)s) WHERE {any_written} OR %(events)s::json::text <> '[]';\n"
-        "SELECT current_setting('shoal.written')"
+    return f"""
+CREATE OR REPLACE FUNCTION shoal_write(
+    p_ids json, p_evicts json, p_inserts json, p_updates json, p_attempts json, p_events json,
+    p_node text, p_floor bigint, p_key integer, p_channel text
+) RETURNS json LANGUAGE plpgsql SET enable_seqscan = off AS $fn$
+DECLARE
+    written json;
+BEGIN
+    PERFORM 1 FROM tasks WHERE id IN (SELECT json_array_elements_text(p_ids)) ORDER BY id FOR UPDATE;
+    WITH gone AS (
+        DELETE FROM tasks t USING json_to_recordset(p_evicts) AS x(id text, expect bigint)
+        WHERE t.id = x.id AND t.version = x.expect RETURNING t.id
+    ), gone_attempts AS (
+        DELETE FROM attempts WHERE task_id IN (SELECT id FROM gone)
+    ), added AS (
+        INSERT INTO tasks ({cols}) SELECT {_vals(_TASK_TYPES, task_cols)}
+        FROM json_to_recordset(p_inserts) AS x({_defs(_TASK_TYPES, task_cols)})
+        ON CONFLICT (id) DO NOTHING RETURNING id
+    ), changed AS (
+        UPDATE tasks t SET {sets}
+        FROM json_to_recordset(p_updates) AS x(id text, expect bigint, {_defs(_TASK_TYPES, _MUTABLE)})
+        WHERE t.id = x.id AND t.version = x.expect RETURNING t.id
+    ), attempted AS (
+        INSERT INTO attempts ({acols}) SELECT {_vals(_ATTEMPT_TYPES, _ATTEMPT_COLS)}
+        FROM json_to_recordset(p_attempts) AS x({_defs(_ATTEMPT_TYPES, _ATTEMPT_COLS)})
+        WHERE x.task_id IN (SELECT id FROM added UNION ALL SELECT id FROM changed)
+        ON CONFLICT (task_id, n) DO UPDATE SET {aset}
     )
+    SELECT coalesce(json_agg(id ORDER BY id), '[]'::json) INTO written
+    FROM (SELECT id FROM gone UNION ALL SELECT id FROM added UNION ALL SELECT id FROM changed) w;
+    IF written::text = '[]' AND p_events::text = '[]' THEN
+        RETURN written;
+    END IF;
+    PERFORM pg_advisory_xact_lock(p_key, hashtext(current_database()));
+    IF p_floor > 0 THEN
+        PERFORM setval('shoal_event_seq', greatest(p_floor,
+            (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM shoal_event_seq)));
+    END IF;
+    INSERT INTO events (seq, ts, node, topic, data)
+    SELECT nextval('shoal_event_seq'), x.ts, p_node, x.topic, x.data::json
+    FROM json_to_recordset(p_events) AS x(ts double precision, topic text, data text);
+    INSERT INTO task_log (rev, task_id)
+    SELECT nextval('shoal_rev'), t FROM json_array_elements_text(written) t;
+    PERFORM pg_notify(p_channel, p_node);
+    RETURN written;
+END
+$fn$;
+"""
+
+
+WRITE = "SELECT shoal_write(%s::json, %s::json, %s::json, %s::json, %s::json, %s::json, %s, %s, %s, %s)"
+"""A write (schema 2's `shoal_write`); params in its order: ids, evicts, inserts, updates, attempts,
+events (json text), node, floor, key, channel."""
+
+MIGRATIONS.append(_write_function())
+SCHEMA_VERSION = len(MIGRATIONS)
 
 
 ROWS_BY_ID = (

@@ -29,7 +29,6 @@ keep running; their results are written after the reconnect).
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 import time
 from collections.abc import Sequence
@@ -47,6 +46,7 @@ from .pgmembership import PgMembership
 from .pgschema import (
     ADVISORY_KEY,
     ROWS_BY_ID,
+    WRITE,
     NodeInfo,
     attempt_doc,
     connect,
@@ -56,7 +56,6 @@ from .pgschema import (
     migrate,
     num,
     task_doc,
-    write_query,
 )
 from .pgschema import doc as _doc
 from .pgschema import json_text as _json
@@ -67,7 +66,6 @@ from .taskbook import Change, StaticRow, StoredTask
 NOTIFY_CHANNEL = "shoal_tasks"
 FEED_PAGE = 5000
 EVENTS_PAGE = "SELECT seq, ts, node, topic, data FROM events WHERE seq > %s ORDER BY seq LIMIT %s"
-_WRITE = {False: write_query(), True: write_query(floor=True)}
 _FEED_QUERY = {False: feed_query(events=False), True: feed_query(events=True)}
 _EventRow = tuple[int, float, str, str, Any]
 """An event as the feed reads it: seq, ts, node, topic, data."""
@@ -434,32 +432,24 @@ class PgStore(PgMembership):
             if c.attempt is not None:
                 attempts.setdefault(tid, {})[c.attempt.n] = c.attempt
         order = sorted(last)
-        params = {
-            "ids": _doc(sorted([*evicts, *order])),
-            "evicts": _doc([{"id": tid, "expect": evicts[tid].expect} for tid in sorted(evicts)]),
-            "inserts": _doc(
-                [task_doc(tid, inserts[tid], last[tid], None) for tid in order if tid in inserts]
-            ),
-            "updates": _doc(
-                [task_doc(tid, None, last[tid], first[tid].expect) for tid in order if tid not in inserts]
-            ),
-            "attempts": _doc([attempt_doc(tid, a) for tid in order for a in attempts.get(tid, {}).values()]),
-            "events": _doc(
-                [{"ts": num(ts), "topic": topic, "data": _json(data)} for ts, topic, data in events]
-            ),
-            "node": self.node_id,
-            "floor": self._event_floor if events else 0,
-            "key": ADVISORY_KEY,
-            "channel": NOTIFY_CHANNEL,
-        }
-        with psycopg.ClientCursor(conn) as cur:
-            cur.execute(_WRITE[bool(params["floor"])], params)
-            while cur.nextset():
-                pass
+        params = (
+            _doc(sorted([*evicts, *order])),
+            _doc([{"id": tid, "expect": evicts[tid].expect} for tid in sorted(evicts)]),
+            _doc([task_doc(tid, inserts[tid], last[tid], None) for tid in order if tid in inserts]),
+            _doc([task_doc(tid, None, last[tid], first[tid].expect) for tid in order if tid not in inserts]),
+            _doc([attempt_doc(tid, a) for tid in order for a in attempts.get(tid, {}).values()]),
+            _doc([{"ts": num(ts), "topic": t, "data": _json(data)} for ts, t, data in events]),
+            self.node_id,
+            self._event_floor if events else 0,
+            ADVISORY_KEY,
+            NOTIFY_CHANNEL,
+        )
+        with conn.cursor() as cur:
+            cur.execute(WRITE, params)
             row = cur.fetchone()
         if events:
             self._event_floor = 0  # setval is not transactional: done once
-        written = set(json.loads(row[0])) if row else set()
+        written = set(row[0]) if row else set()  # psycopg decoded the json
         conflicts = [tid for tid in (*sorted(evicts), *order) if tid not in written]
         found: dict[str, StoredTask | None] = dict.fromkeys(conflicts)
         if conflicts:

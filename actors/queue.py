@@ -139,6 +139,7 @@ class QueueActor(CallsQueue, ModelQueue, ClusterQueue):
         self._ack_send, self._ack_recv = trio.open_memory_channel[_Pending](math.inf)
         self._claims: list[tuple[str, Assignment]] = []  # shared store: claims awaiting their commit
         self._unheard: dict[str, str] = {}  # shared store: worker -> the task it claimed, not yet told
+        self._deferred: dict[str, float] = {}  # shared store: task -> until when another node has it first
         self.nodes: NodesReport | None = None  # the cluster as the last heartbeat saw it
         self.conflicts = 0  # writes another node's write beat (shared store)
         self.reaped = 0  # attempts of dead nodes' workers requeued here
@@ -485,6 +486,9 @@ class QueueActor(CallsQueue, ModelQueue, ClusterQueue):
         cool = self._hot_ends()
         if cool is not None:
             nxt = cool if nxt is None else min(nxt, cool)
+        if self._deferred:
+            soonest = min(self._deferred.values())
+            nxt = soonest if nxt is None else min(nxt, soonest)
         return math.inf if nxt is None else nxt - self._offset
 
     def _evict_at(self) -> float | None:
@@ -520,6 +524,8 @@ class QueueActor(CallsQueue, ModelQueue, ClusterQueue):
             self._rematch_idle(now)
         if self.book.hot:
             self._update_hot(now)  # a quota window may have reset: its figure no longer holds
+        if self._deferred:
+            self._deferral_due(now)
 
     def _writable(self) -> None:
         if self._broken is None and self.store.broken is not None:
@@ -582,7 +588,7 @@ class QueueActor(CallsQueue, ModelQueue, ClusterQueue):
             if not self._idle:
                 return
             key = self.book.bucket_key(tid)
-            if key is None or key in no_taker:
+            if key is None or key in no_taker or self._deferred.get(tid, -math.inf) > now:
                 continue
             category = key[1][0]
             best: _Worker | None = None

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import logging
 import math
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
 import trio
 
 from ..protocols.errors import Conflict
-from ..protocols.tasks import TERMINAL_STATES, Assignment, Task
+from ..protocols.tasks import TERMINAL_STATES, Assignment, Task, TaskState
 from ..runtime.actor import ActorGone, Address, Call
 from .cluster import FeedBatch, NodesReport, node_of
 from .queue_messages import (
@@ -26,6 +27,8 @@ from .store import Ticket
 from .taskbook import Change, StoredTask
 
 log = logging.getLogger("shoal.queue")
+CLAIM_GRACE_S = 0.025
+"""How long a node leaves a task another node made ready to the node preferred for it (below)."""
 
 
 class ClusterQueue(QueueParts):
@@ -60,9 +63,41 @@ class ClusterQueue(QueueParts):
             self._on_nodes(item, now)
             return
         self._stop_taken(self.book.absorb(item.rows, now))
+        self._defer_foreign(item.rows, now)
         self._settle_waiters([tid for tid, row in item.rows if row is not None])
         if item.events:  # after the rows: whoever hears an event reads its task as it says
             self.store.deliver_events(item.events)  # type: ignore[attr-defined]
+
+    def _defer_foreign(self, rows: list[tuple[str, StoredTask | None]], now: float) -> None:
+        """Tasks another node made ready reach every node's feed at once, and every node with an
+        idle worker would claim them: all but one compare-and-set lose, each a wasted write and
+        read. So one node is preferred for each (rendezvous hashing of the task id over the live
+        nodes that have workers, the writer aside: it claimed in its own write if it could); the
+        others leave the task to it for CLAIM_GRACE_S, then offer it as usual (the preferred node
+        was busy). A worker turning idle still takes the best ready task at once."""
+        report = self.nodes
+        if report is None or not self._idle:
+            return
+        alive = [n for n in report.nodes if n.alive and n.workers > 0]
+        if len(alive) < 2 or not any(n.id == self.node_id for n in alive):
+            return
+        writers = {n.incarnation: n.id for n in report.nodes}
+        for tid, row in rows:
+            if row is None or row.state is not TaskState.READY:
+                continue
+            writer = writers.get(row.version >> 32)
+            nodes = [n.id for n in alive if n.id != writer]
+            if len(nodes) > 1 and max(nodes, key=lambda n: _rank(tid, n)) != self.node_id:
+                self._deferred[tid] = now + CLAIM_GRACE_S
+
+    def _deferral_due(self, now: float) -> None:
+        """Offer the tasks whose grace ran out (their preferred node did not claim them)."""
+        due = [tid for tid, until in self._deferred.items() if until <= now]
+        for tid in due:
+            del self._deferred[tid]
+        ready = [tid for tid in due if tid in self.book and self.book.get(tid).state is TaskState.READY]
+        if ready and self._idle:
+            self._match_tasks(ready, now)
 
     def _stop_taken(self, taken: list[tuple[str, str]]) -> None:
         """Stop the workers running what another node requeued or cancelled. A worker whose claim
@@ -197,6 +232,11 @@ def _fenced(
         if c.task_id in conflicts and c.kind in _FINISH_KINDS and c.attempt is not None and c.attempt.ended
     ]
     return kept, replies, _Landed(conflicts, [], stale, rewait)
+
+
+def _rank(task_id: str, node: str) -> int:
+    """A node's rank for a task (rendezvous hashing: every node computes the same order)."""
+    return zlib.crc32(f"{task_id}\0{node}".encode())
 
 
 def _shape(report: NodesReport) -> tuple[tuple[str, bool, str, str | None], ...]:
