@@ -4,16 +4,23 @@ does when another node's claim wins a race."""
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
+import attrs
 import pytest
 import trio
 from test_queue import Bot, Q
 
+from shoal.actors.cluster import NodesReport
+from shoal.actors.pgschema import open_nodes
 from shoal.actors.pgstore import PgStore
 from shoal.actors.queue import GetTask, QueueActor, WaitTask
+from shoal.actors.queue_cluster import _rank
+from shoal.actors.queue_messages import _Feed
 from shoal.protocols.config import SwarmConfig
 from shoal.protocols.tasks import Outcome, TaskSpec, TaskState
 from shoal.protocols.workers import Assign
@@ -23,8 +30,10 @@ pytestmark = pytest.mark.postgres
 
 
 @asynccontextmanager
-async def node_queue(url: str, node_id: str) -> AsyncIterator[Q]:
-    store = await PgStore.open(url, node_id, lease_s=5.0, heartbeat_s=0.5)
+async def node_queue(
+    url: str, node_id: str, *, lease_s: float = 5.0, heartbeat_s: float = 0.5
+) -> AsyncIterator[Q]:
+    store = await PgStore.open(url, node_id, lease_s=lease_s, heartbeat_s=heartbeat_s)
     try:
         bus = EventBus()
         store.attach_bus(bus)  # every node's events on every node's bus, after their rows
@@ -65,3 +74,46 @@ async def test_a_claim_lost_to_another_node_leaves_the_worker_untouched_and_idle
         assert nxt.assignment.task_id == second.id
         assert b.actor.conflicts >= 1  # b did claim the first task, and lost it
         assert (await b.call(GetTask(task.id))).state is TaskState.DONE  # the row the refusal brought
+
+
+async def test_a_task_another_node_made_ready_is_claimed_by_its_preferred_node_alone(pg_url: str) -> None:
+    # a submits (it has no worker); b and c each have an idle one. Without a preference both
+    # claim every task and one compare-and-set loses; with it the node the rendezvous hash prefers
+    # claims at once and the other leaves it for CLAIM_GRACE_S: no task is claimed twice
+    quiet = {"lease_s": 120.0, "heartbeat_s": 60.0}  # no heartbeat report during the test
+    async with (
+        node_queue(pg_url, "a", **quiet) as a,
+        node_queue(pg_url, "b", **quiet) as b,
+        node_queue(pg_url, "c", **quiet) as c,
+    ):
+        rows = await trio.to_thread.run_sync(open_nodes, pg_url)
+        assert {r.id for r in rows} == {"a", "b", "c"}
+        rows = [attrs.evolve(r, workers=0 if r.id == "a" else 1) for r in rows]  # as b's and c's
+        for q in (a, b, c):  # heartbeats would report: b and c have a worker each
+            await q.address.send(_Feed(NodesReport(tuple(rows), q.store.incarnation)))  # type: ignore[attr-defined]
+        bots = {"b": Bot(b, "b:w1"), "c": Bot(c, "c:w1")}
+        for bot in bots.values():
+            await bot.available()
+        send, recv = trio.open_memory_channel[tuple[str, Any]](4)
+
+        async def relay(node: str, bot: Bot) -> None:
+            while True:
+                await send.send((node, await bot.next(within=math.inf)))
+
+        ran: dict[str, int] = {"b": 0, "c": 0}
+        async with trio.open_nursery() as nursery:
+            for node, bot in bots.items():
+                nursery.start_soon(relay, node, bot)
+            for i in range(16):
+                (task,) = await a.submit(TaskSpec(f"t{i}"))
+                with trio.fail_after(30):
+                    node, msg = await recv.receive()
+                assert isinstance(msg, Assign) and msg.assignment.task_id == task.id
+                preferred = max(("b", "c"), key=lambda n: _rank(task.id, n))
+                assert node == preferred, f"task {i} ran on {node}, not on {preferred}"
+                ran[node] += 1
+                await bots[node].finish(msg.assignment)
+                assert (await a.call(WaitTask(task.id))).state is TaskState.DONE
+            nursery.cancel_scope.cancel()
+        assert b.actor.conflicts == 0 and c.actor.conflicts == 0  # no claim was lost
+        assert ran["b"] and ran["c"]  # the hash spreads the tasks
