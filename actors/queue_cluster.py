@@ -27,8 +27,10 @@ from .store import Ticket
 from .taskbook import Change, StoredTask
 
 log = logging.getLogger("shoal.queue")
-CLAIM_GRACE_S = 0.025
-"""How long a node leaves a task another node made ready to the node preferred for it (below)."""
+CLAIM_GRACE_S = 0.1
+"""How long a node leaves a task another node made ready to the node preferred for it (below):
+longer than that node's claim takes to reach the others' feeds on a loaded machine, short next to
+any agent's task."""
 
 
 class ClusterQueue(QueueParts):
