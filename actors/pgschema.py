@@ -393,8 +393,9 @@ _FLOAT_TASK_COLS = tuple(c for c in (*_STATIC, *_MUTABLE) if c in _FLOAT_COLS)
 
 
 def _float(value: Any, column: str) -> Any:
-    """A double precision column as json has it: a number, or "NaN"/"Infinity" as a string."""
-    if column in _FLOAT_COLS and isinstance(value, str):
+    """A double precision column as json has it (a number, 30 for 30.0; "NaN"/"Infinity" as a
+    string) as the float the book keeps."""
+    if column in _FLOAT_COLS and value is not None:
         return float(value)
     return value
 
