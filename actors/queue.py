@@ -603,6 +603,8 @@ class QueueActor(CallsQueue, ModelQueue, ClusterQueue):
                 no_taker.add(key)
                 continue
             pick = self.book.select(best.view)
+            if pick is not None and pick != tid and self._deferred.get(pick, -math.inf) > now:
+                pick = tid  # its own best is left to another node for now: this one is not
             if pick is not None:
                 self._dispatch(best, pick, now)
 

@@ -134,3 +134,36 @@ async def test_a_task_another_node_made_ready_is_claimed_by_its_preferred_node_a
             nursery.cancel_scope.cancel()
         assert b.actor.conflicts == 0 and c.actor.conflicts == 0  # no claim was lost
         assert ran["b"] and ran["c"]  # the hash spreads the tasks
+
+
+async def test_a_node_claims_the_tasks_preferred_to_it_even_behind_ones_left_to_another(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # two tasks made ready at once, the older preferred to c: b's worker, offered the younger
+    # (preferred to b), must take that one, not its usual best pick (the older, which b leaves
+    # to c); else b claims c's task, c claims it too, and b's own waits for nobody
+    monkeypatch.setattr(queue_cluster, "CLAIM_GRACE_S", 3600.0)
+    quiet = {"lease_s": 120.0, "heartbeat_s": 60.0}
+    async with (
+        node_queue(pg_url, "a", **quiet) as a,
+        node_queue(pg_url, "b", **quiet) as b,
+        node_queue(pg_url, "c", **quiet) as c,
+    ):
+        rows = await trio.to_thread.run_sync(open_nodes, pg_url)
+        rows = [attrs.evolve(r, workers=0 if r.id == "a" else 1) for r in rows]
+        for q in (a, b, c):
+            await q.address.send(_Feed(NodesReport(tuple(rows), q.store.incarnation)))  # type: ignore[attr-defined]
+        bots = {"b": Bot(b, "b:w1"), "c": Bot(c, "c:w1")}
+        for bot in bots.values():
+            await bot.available()
+        ids = [f"t{k}" for k in range(100)]
+        for_c = next(t for t in ids if _rank(t, "c") > _rank(t, "b"))
+        for_b = next(t for t in ids if _rank(t, "b") > _rank(t, "c"))
+        await a.submit(TaskSpec("older, for c", id=for_c), TaskSpec("younger, for b", id=for_b))
+        got_b, got_c = await bots["b"].assignment(), await bots["c"].assignment()
+        assert (got_b.task_id, got_c.task_id) == (for_b, for_c)
+        for node, got in (("b", got_b), ("c", got_c)):
+            await bots[node].report(got, Outcome.DONE, result="ok")
+        for tid in (for_b, for_c):
+            assert (await a.call(WaitTask(tid))).state is TaskState.DONE
+        assert b.actor.conflicts == 0 and c.actor.conflicts == 0
