@@ -203,11 +203,14 @@ class PgBase:
         what: str,
         fn: Callable[[psycopg.Connection[Any]], Any],
         *,
+        pipeline: bool = False,
         transaction: bool = True,
     ) -> Any:
         """Run `fn` in a transaction; a lost connection is retried (reconnecting) until
-        `reconnect_s` runs out. Data errors propagate at once. `transaction=False`: `fn` sends one
-        query, its own transaction (no BEGIN and COMMIT round trips)."""
+        `reconnect_s` runs out. Data errors propagate at once. `pipeline`: the transaction in
+        pipeline mode (BEGIN, the statements and COMMIT go out without waiting for each other's
+        answers; the round trips are only those `fn` needs to read a result, plus the COMMIT's).
+        `transaction=False`: `fn` is one statement, its own transaction (no BEGIN and COMMIT)."""
         deadline = time.monotonic() + self.reconnect_s
         clashes = 0
         while True:
@@ -215,7 +218,7 @@ class PgBase:
             try:
                 if not transaction:
                     return fn(conn)
-                with conn.transaction():
+                with conn.pipeline() if pipeline else contextlib.nullcontext(), conn.transaction():
                     return fn(conn)
             except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:
                 # two nodes' transactions crossed: PostgreSQL rolled this one back; run it again

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -21,7 +20,7 @@ from ..protocols.errors import StoreError
 from ..protocols.tasks import Attempt
 from .cluster import NodeRow
 from .store_schema import ATTEMPT_COLUMNS, MUTABLE_COLUMNS, STATIC_COLUMNS, attempt_from_row, task_from_row
-from .taskbook import Change, StaticRow, StoredTask
+from .taskbook import Change, StoredTask
 
 RESERVED_NODE_CHARS = ":/"
 ADVISORY_KEY = 0x53484F4C  # "SHOL"; with the database (advisory locks span the server): feed order
@@ -138,218 +137,73 @@ CREATE TABLE model_parks (
 INSERT INTO shoal_meta VALUES ('kind', 'shoal task store');
 """
 
-MIGRATIONS: list[str] = [_MIGRATION_1]  # and schema 2, `shoal_write`, below (built from the columns)
+MIGRATIONS: list[str] = [_MIGRATION_1]
+SCHEMA_VERSION = len(MIGRATIONS)
 
 # the task schema is the SQLite store's (actors/store_schema.py), plus the row version a shared store
 # compares and sets
 _STATIC = STATIC_COLUMNS
 _MUTABLE = (*MUTABLE_COLUMNS, "version")
 _ATTEMPT_COLS = ATTEMPT_COLUMNS
-
-
-def _column_types(table: str) -> dict[str, str]:
-    """A table's column types as its CREATE TABLE in the migrations says (one source)."""
-    ddl = _MIGRATION_1.split(f"CREATE TABLE {table} (", 1)[1].split("\n);", 1)[0]
-    out: dict[str, str] = {}
-    for line in ddl.strip().splitlines():
-        name, kind = line.strip().rstrip(",").split(" ", 1)
-        if name.isidentifier() and name != "PRIMARY":
-            out[name] = kind.replace(" NOT NULL", "").replace(" PRIMARY KEY", "").split(" DEFAULT", 1)[0]
-    return out
-
-
-_TASK_TYPES = _column_types("tasks")
-_ATTEMPT_TYPES = _column_types("attempts")
-
-
-def _defs(types: dict[str, str], cols: Sequence[str]) -> str:
-    """A column definition list for json_to_recordset: a json column comes as its text (a json
-    string) and is cast back (`_vals`), since PostgreSQL's json functions refuse to unescape a
-    \\u0000 that a json column itself keeps."""
-    return ", ".join(f"{c} {'text' if types[c] == 'json' else types[c]}" for c in cols)
-
-
-def _vals(types: dict[str, str], cols: Sequence[str]) -> str:
-    return ", ".join(f"x.{c}::json" if types[c] == "json" else f"x.{c}" for c in cols)
-
-
-def _write_function() -> str:
-    """Schema 2: `shoal_write`, a write as one call (one round trip; PL/pgSQL keeps its statements'
-    plans for the session, where a multi-statement query is planned anew each time). The rows come
-    as json arrays (json_to_recordset: one statement a kind, whatever the batch's size). In order:
-    lock the rows written, in id order (two nodes' writes never lock shared rows crossed);
-    compare-and-set each on its version (deleted, inserted, updated; the attempts of those
-    written); then, under the advisory lock that orders the feed, the events and the log entries
-    of the tasks written, and a notification. Returns the ids written (a json array): the others
-    lost their compare-and-set. `p_floor` > 0: the cluster's event seq is raised to at least it
-    first (a node's bus had events before it joined; setval, once). enable_seqscan is off for
-    the call: these few rows by primary key, whatever the planner's statistics say (it would scan
-    the table and hash it: 8 ms a write at 20,000 tasks). Generated from the column lists once: a
-    later change of columns is a new migration that replaces the function."""
-    task_cols = (*_STATIC, *_MUTABLE)
-    cols, acols = ", ".join(task_cols), ", ".join(_ATTEMPT_COLS)
-    sets = ", ".join(
-        f"{c} = {v}" for c, v in zip(_MUTABLE, _vals(_TASK_TYPES, _MUTABLE).split(", "), strict=True)
-    )
-    aset = ", ".join(f"{c} = EXCLUDED.{c}" for c in _ATTEMPT_COLS[2:])
-    return f"""
-CREATE OR REPLACE FUNCTION shoal_write(
-    p_ids json, p_evicts json, p_inserts json, p_updates json, p_attempts json, p_events json,
-    p_node text, p_floor bigint, p_key integer, p_channel text
-) RETURNS json LANGUAGE plpgsql SET enable_seqscan = off AS $fn$
-DECLARE
-    written json;
-BEGIN
-    PERFORM 1 FROM tasks WHERE id IN (SELECT json_array_elements_text(p_ids)) ORDER BY id FOR UPDATE;
-    WITH gone AS (
-        DELETE FROM tasks t USING json_to_recordset(p_evicts) AS x(id text, expect bigint)
-        WHERE t.id = x.id AND t.version = x.expect RETURNING t.id
-    ), gone_attempts AS (
-        DELETE FROM attempts WHERE task_id IN (SELECT id FROM gone)
-    ), added AS (
-        INSERT INTO tasks ({cols}) SELECT {_vals(_TASK_TYPES, task_cols)}
-        FROM json_to_recordset(p_inserts) AS x({_defs(_TASK_TYPES, task_cols)})
-        ON CONFLICT (id) DO NOTHING RETURNING id
-    ), changed AS (
-        UPDATE tasks t SET {sets}
-        FROM json_to_recordset(p_updates) AS x(id text, expect bigint, {_defs(_TASK_TYPES, _MUTABLE)})
-        WHERE t.id = x.id AND t.version = x.expect RETURNING t.id
-    ), attempted AS (
-        INSERT INTO attempts ({acols}) SELECT {_vals(_ATTEMPT_TYPES, _ATTEMPT_COLS)}
-        FROM json_to_recordset(p_attempts) AS x({_defs(_ATTEMPT_TYPES, _ATTEMPT_COLS)})
-        WHERE x.task_id IN (SELECT id FROM added UNION ALL SELECT id FROM changed)
-        ON CONFLICT (task_id, n) DO UPDATE SET {aset}
-    )
-    SELECT coalesce(json_agg(id ORDER BY id), '[]'::json) INTO written
-    FROM (SELECT id FROM gone UNION ALL SELECT id FROM added UNION ALL SELECT id FROM changed) w;
-    IF written::text = '[]' AND p_events::text = '[]' THEN
-        RETURN written;
-    END IF;
-    PERFORM pg_advisory_xact_lock(p_key, hashtext(current_database()));
-    IF p_floor > 0 THEN
-        PERFORM setval('shoal_event_seq', greatest(p_floor,
-            (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM shoal_event_seq)));
-    END IF;
-    INSERT INTO events (seq, ts, node, topic, data)
-    SELECT nextval('shoal_event_seq'), x.ts, p_node, x.topic, x.data::json
-    FROM json_to_recordset(p_events) AS x(ts double precision, topic text, data text);
-    INSERT INTO task_log (rev, task_id)
-    SELECT nextval('shoal_rev'), t FROM json_array_elements_text(written) t;
-    PERFORM pg_notify(p_channel, p_node);
-    RETURN written;
-END
-$fn$;
-"""
-
-
-WRITE = "SELECT shoal_write(%s::json, %s::json, %s::json, %s::json, %s::json, %s::json, %s, %s, %s, %s)"
-"""A write (schema 2's `shoal_write`); params in its order: ids, evicts, inserts, updates, attempts,
-events (json text), node, floor, key, channel."""
-
-MIGRATIONS.append(_write_function())
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
-ROWS_BY_ID = (
-    "WITH ids AS MATERIALIZED (SELECT DISTINCT json_array_elements_text(%s::json) AS task_id)"
-    " SELECT (SELECT json_agg(t) FROM ids, LATERAL (SELECT * FROM tasks WHERE id = ids.task_id OFFSET 0) t),"
-    " (SELECT json_agg(a ORDER BY a.task_id, a.n) FROM ids,"
-    " LATERAL (SELECT * FROM attempts WHERE task_id = ids.task_id OFFSET 0) a)"
+INSERT_TASK = (
+    f"INSERT INTO tasks ({', '.join(_STATIC + _MUTABLE)})"
+    f" VALUES ({', '.join(['%s'] * len(_STATIC + _MUTABLE))})"
+    " ON CONFLICT (id) DO NOTHING RETURNING id"
 )
-"""The named tasks and their attempts, by primary key, as `feed_rows` takes them (param: ids, json)."""
-
-
-def doc(value: Any) -> str:
-    """Values for `write_query` as json text: a float json cannot hold (inf, nan) as the string
-    PostgreSQL reads back as that float."""
-    return json.dumps(value, ensure_ascii=False, allow_nan=False, default=_nonfinite)
-
-
-def _nonfinite(value: Any) -> Any:
-    return str(value)
-
-
-def num(value: float | None) -> float | str | None:
-    """A double precision value for `doc`: inf and nan as strings (json has no such numbers)."""
-    if value is None or math.isfinite(value):
-        return value
-    return str(value)
-
-
-def task_doc(tid: str, st: StaticRow | None, c: Change, expect: int | None) -> dict[str, Any]:
-    """A task's row for `write_query`: the static columns with `st` (an insert), else `expect` (the
-    version an update compares and sets)."""
-    out: dict[str, Any] = {
-        "id": tid,
-        "state": c.state.value,
-        "priority": c.priority,
-        "reason": c.reason,
-        "result": c.result,
-        "not_before": num(c.not_before),
-        "worker": c.worker,
-        "updated": num(c.updated),
-        "failed_models": json_text(c.failed_models),
-        "usage": json_text(c.usage),
-        "retry_base": c.retry_base,
-        "dep_failure": c.dep_failure,
-        "version": c.version,
-    }
-    if st is not None:
-        out.update(
-            seq=st.seq,
-            prompt=st.prompt,
-            category=st.category,
-            spec_priority=st.priority,
-            deps=json_text(list(st.deps)),
-            model=st.model,
-            max_attempts=st.max_attempts,
-            timeout_s=num(st.timeout_s),
-            metadata=json_text(st.metadata),
-            run_on_dep_failure=st.run_on_dep_failure,
-            digest=st.digest,
-            created=num(st.created),
-        )
-    else:
-        out["expect"] = expect
-    return out
-
-
-def attempt_doc(tid: str, a: Attempt) -> dict[str, Any]:
-    return {
-        "task_id": tid,
-        "n": a.n,
-        "worker": a.worker,
-        "model": a.model,
-        "started": num(a.started),
-        "ended": num(a.ended),
-        "outcome": a.outcome.value if a.outcome is not None else None,
-        "reason": a.reason,
-        "exit_code": a.exit_code,
-        "signal": a.signal,
-        "output_tail": a.output_tail,
-        "usage": json_text(a.usage or {}),
-        "workspace": json_text(a.workspace) if a.workspace is not None else None,
-    }
+UPDATE_TASK = (
+    f"UPDATE tasks SET {', '.join(f'{c} = %s' for c in _MUTABLE)} WHERE id = %s AND version = %s RETURNING id"
+)
+UPSERT_ATTEMPT = (
+    f"INSERT INTO attempts ({', '.join(_ATTEMPT_COLS)}) VALUES ({', '.join(['%s'] * len(_ATTEMPT_COLS))})"
+    " ON CONFLICT (task_id, n) DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in _ATTEMPT_COLS[2:])
+)
 
 
 def json_text(value: Any) -> str:
     return json.dumps(value, default=str)
 
 
-def load_rows(cur: psycopg.Cursor[Any]) -> list[StoredTask]:
-    """Every stored task with its attempts, in seq order (a node's book at start). psycopg decodes
-    the json columns itself."""
-    cur.execute(f"SELECT {', '.join(_ATTEMPT_COLS)} FROM attempts ORDER BY task_id, n")
-    attempts: dict[str, list[Attempt]] = {}
-    for row in cur.fetchall():
-        tid, attempt = attempt_from_row(row, _decoded)
-        attempts.setdefault(tid, []).append(attempt)
-    cols = _STATIC + _MUTABLE
-    cur.execute(f"SELECT {', '.join(cols)} FROM tasks ORDER BY seq")
-    return [
-        task_from_row(r := dict(zip(cols, row, strict=True)), attempts.get(r["id"], ()), _decoded)
-        for row in cur.fetchall()
-    ]
+def mutable_values(c: Change) -> tuple[Any, ...]:
+    return (
+        c.state.value,
+        c.priority,
+        c.reason,
+        c.result,
+        c.not_before,
+        c.worker,
+        c.updated,
+        json_text(c.failed_models),
+        json_text(c.usage),
+        c.retry_base,
+        c.dep_failure,
+        c.version,
+    )
+
+
+def attempt_row(tid: str, a: Attempt) -> tuple[Any, ...]:
+    return (
+        tid,
+        a.n,
+        a.worker,
+        a.model,
+        a.started,
+        a.ended,
+        a.outcome.value if a.outcome is not None else None,
+        a.reason,
+        a.exit_code,
+        a.signal,
+        a.output_tail,
+        json_text(a.usage or {}),
+        json_text(a.workspace) if a.workspace is not None else None,
+    )
+
+
+def load_rows(cur: psycopg.Cursor[Any], ids: Sequence[str] | None) -> list[StoredTask]:
+    """Stored tasks with their attempts: every task (ids None) or those named, in seq order. psycopg
+    decodes the json columns itself."""
+    if ids is None:
+        return queue_rows(cur.connection, "", ())()
+    return queue_rows(cur.connection, " = ANY(%s)", (list(ids),))()
 
 
 def feed_query(events: bool) -> str:
@@ -398,6 +252,40 @@ def _float(value: Any, column: str) -> Any:
     if column in _FLOAT_COLS and value is not None:
         return float(value)
     return value
+
+
+def queue_rows(
+    conn: psycopg.Connection[Any], id_is: str, params: tuple[Any, ...]
+) -> Callable[[], list[StoredTask]]:
+    """Send the reads of the tasks whose id `id_is` (an SQL condition on the id: "" for all) and
+    their attempts, and return what fetches and builds them. In a pipeline the reads share one
+    round trip with whatever else the caller sends before it fetches."""
+    attempts_cur, tasks_cur = conn.cursor(), conn.cursor()
+    if id_is:
+        # a few rows by primary key: the index, whatever the planner's statistics say (on tables
+        # that grew since the last ANALYZE it scanned them whole: 12x slower at 6,000 tasks, and
+        # growing with the queue); SET LOCAL: this transaction only (the caller's)
+        conn.execute("SET LOCAL enable_seqscan = off")
+    where = f" WHERE task_id{id_is}" if id_is else ""
+    attempts_cur.execute(
+        f"SELECT {', '.join(_ATTEMPT_COLS)} FROM attempts{where} ORDER BY task_id, n", params
+    )
+    cols = _STATIC + _MUTABLE
+    where = f" WHERE id{id_is}" if id_is else ""
+    tasks_cur.execute(f"SELECT {', '.join(cols)} FROM tasks{where} ORDER BY seq", params)
+
+    def fetch() -> list[StoredTask]:
+        with attempts_cur, tasks_cur:
+            attempts: dict[str, list[Attempt]] = {}
+            for row in attempts_cur.fetchall():
+                tid, attempt = attempt_from_row(row, _decoded)
+                attempts.setdefault(tid, []).append(attempt)
+            return [
+                task_from_row(r := dict(zip(cols, row, strict=True)), attempts.get(r["id"], ()), _decoded)
+                for row in tasks_cur.fetchall()
+            ]
+
+    return fetch
 
 
 def _decoded(value: Any) -> Any:

@@ -45,19 +45,18 @@ from .pgbase import Job, log
 from .pgmembership import PgMembership
 from .pgschema import (
     ADVISORY_KEY,
-    ROWS_BY_ID,
-    WRITE,
+    INSERT_TASK,
+    UPDATE_TASK,
+    UPSERT_ATTEMPT,
     NodeInfo,
-    attempt_doc,
     connect,
     feed_query,
     feed_rows,
     load_rows,
     migrate,
-    num,
-    task_doc,
+    mutable_values,
 )
-from .pgschema import doc as _doc
+from .pgschema import attempt_row as _attempt_row
 from .pgschema import json_text as _json
 from .pgschema import why as _why
 from .store import Ticket, WriteRefused
@@ -72,6 +71,18 @@ _EventRow = tuple[int, float, str, str, Any]
 MAX_PENDING_EVENTS = 100_000  # events held while PostgreSQL is unreachable; the oldest go first
 # errors caused by the values written, not the connection: only the write holding them fails
 _DATA_ERRORS = (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError, ValueError, TypeError)
+
+
+def _returned(cur: psycopg.Cursor[Any], query: str, params: list[tuple[Any, ...]]) -> list[str]:
+    """Run `query` for each params in one pipeline; the first column of each row it returned."""
+    cur.executemany(query, params, returning=True)
+    out: list[str] = []
+    while True:
+        row = cur.fetchone()
+        if row is not None:
+            out.append(row[0])
+        if not cur.nextset():
+            return out
 
 
 class PgStore(PgMembership):
@@ -319,7 +330,7 @@ class PgStore(PgMembership):
             return [(j.ticket, Landed(), None) for j in writes]
         try:
             conflicts = self._retrying(
-                "a write", lambda conn: self._apply(conn, changes, events), transaction=False
+                "a write", lambda conn: self._apply(conn, changes, events), pipeline=True
             )
         except _DATA_ERRORS:
             if events:
@@ -355,7 +366,7 @@ class PgStore(PgMembership):
                 conflicts = self._retrying(
                     "a write",
                     lambda conn: self._apply(conn, changes),  # noqa: B023
-                    transaction=False,
+                    pipeline=True,
                 )
             except _DATA_ERRORS as exc:
                 self.refused_writes += 1
@@ -378,16 +389,12 @@ class PgStore(PgMembership):
                 del self._events[:-MAX_PENDING_EVENTS]
             return
         try:
-            self._retrying("events", lambda conn: self._apply(conn, (), events), transaction=False)
+            self._retrying("events", lambda conn: self._apply(conn, (), events), pipeline=True)
         except _DATA_ERRORS as exc:  # a value json cannot hold: each on its own, the bad one dropped
             log.warning("pgstore: an event could not be stored (%s); storing them one by one", exc)
             for one in events:
                 try:
-                    self._retrying(
-                        "an event",
-                        lambda conn, e=one: self._apply(conn, (), [e]),  # type: ignore[misc]
-                        transaction=False,
-                    )
+                    self._retrying("an event", lambda conn, e=one: self._apply(conn, (), [e]))  # type: ignore[misc]
                 except _DATA_ERRORS:
                     self.events_dropped += 1
                 except (psycopg.Error, StoreError):
@@ -431,39 +438,89 @@ class PgStore(PgMembership):
             last[tid] = c
             if c.attempt is not None:
                 attempts.setdefault(tid, {})[c.attempt.n] = c.attempt
-        order = sorted(last)
-        params = (
-            _doc(sorted([*evicts, *order])),
-            _doc([{"id": tid, "expect": evicts[tid].expect} for tid in sorted(evicts)]),
-            _doc([task_doc(tid, inserts[tid], last[tid], None) for tid in order if tid in inserts]),
-            _doc([task_doc(tid, None, last[tid], first[tid].expect) for tid in order if tid not in inserts]),
-            _doc([attempt_doc(tid, a) for tid in order for a in attempts.get(tid, {}).values()]),
-            _doc([{"ts": num(ts), "topic": t, "data": _json(data)} for ts, t, data in events]),
-            self.node_id,
-            self._event_floor if events else 0,
-            ADVISORY_KEY,
-            NOTIFY_CHANNEL,
-        )
+        conflicts: list[str] = []
+        written: list[str] = []
         with conn.cursor() as cur:
-            cur.execute(WRITE, params)
-            row = cur.fetchone()
-        if events:
-            self._event_floor = 0  # setval is not transactional: done once
-        written = set(row[0]) if row else set()  # psycopg decoded the json
-        conflicts = [tid for tid in (*sorted(evicts), *order) if tid not in written]
-        found: dict[str, StoredTask | None] = dict.fromkeys(conflicts)
-        if conflicts:
-            for stored in self._rows(conn, conflicts):
-                found[stored.id] = stored
+            # statements in one pipeline (one round trip each kind, not one a task); rows in id
+            # order, so two nodes' transactions lock shared rows in one order, never crossed
+            if evicts:
+                ids = sorted(evicts)
+                gone = set(
+                    _returned(
+                        cur,
+                        "DELETE FROM tasks WHERE id = %s AND version = %s RETURNING id",
+                        [(tid, evicts[tid].expect) for tid in ids],
+                    )
+                )
+                conflicts += [tid for tid in ids if tid not in gone]
+                if gone:
+                    cur.execute("DELETE FROM attempts WHERE task_id = ANY(%s)", (sorted(gone),))
+                    written += sorted(gone)
+            order = sorted(last)
+            new_ids = [tid for tid in order if tid in inserts]
+            old_ids = [tid for tid in order if tid not in inserts]
+            ok: set[str] = set()
+            if new_ids:
+                params = []
+                for tid in new_ids:
+                    st, c = inserts[tid], last[tid]
+                    params.append(
+                        (
+                            tid,
+                            st.seq,
+                            st.prompt,
+                            st.category,
+                            st.priority,
+                            _json(list(st.deps)),
+                            st.model,
+                            st.max_attempts,
+                            st.timeout_s,
+                            _json(st.metadata),
+                            st.run_on_dep_failure,
+                            st.digest,
+                            st.created,
+                            *mutable_values(c),
+                        )
+                    )
+                ok.update(_returned(cur, INSERT_TASK, params))
+            if old_ids:
+                params = [(*mutable_values(last[tid]), tid, first[tid].expect) for tid in old_ids]
+                ok.update(_returned(cur, UPDATE_TASK, params))
+            for tid in order:
+                (written if tid in ok else conflicts).append(tid)
+            rows = [
+                _attempt_row(tid, a) for tid in order if tid in ok for a in attempts.get(tid, {}).values()
+            ]
+            if rows:
+                cur.executemany(UPSERT_ATTEMPT, rows)
+            if written or events:
+                cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(current_database()))", (ADVISORY_KEY,))
+            if events:
+                if self._event_floor:
+                    cur.execute(
+                        "SELECT setval('shoal_event_seq', greatest(%s, (SELECT CASE WHEN is_called"
+                        " THEN last_value ELSE 0 END FROM shoal_event_seq)))",
+                        (self._event_floor,),
+                    )
+                    self._event_floor = 0  # setval is not transactional: done once
+                cur.executemany(
+                    "INSERT INTO events (seq, ts, node, topic, data)"
+                    " VALUES (nextval('shoal_event_seq'), %s, %s, %s, %s)",
+                    [(ts, self.node_id, topic, _json(data)) for ts, topic, data in events],
+                )
+            if written:
+                cur.execute(
+                    "INSERT INTO task_log (rev, task_id)"
+                    " SELECT nextval('shoal_rev'), t FROM unnest(%s::text[]) t",
+                    (written,),
+                )
+            if written or events:
+                cur.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, self.node_id))
+            found: dict[str, StoredTask | None] = dict.fromkeys(conflicts)
+            if conflicts:
+                for row in load_rows(cur, conflicts):
+                    found[row.id] = row
         return found
-
-    @staticmethod
-    def _rows(conn: psycopg.Connection[Any], ids: Sequence[str]) -> list[StoredTask]:
-        """The named tasks as stored now (one statement: ROWS_BY_ID)."""
-        with conn.cursor() as cur:
-            cur.execute(ROWS_BY_ID, (_doc(list(ids)),))
-            tasks, attempts = cur.fetchone() or (None, None)
-        return feed_rows(tasks, attempts)
 
     # ---- reads ----------------------------------------------------------------------------------
 
@@ -472,7 +529,7 @@ class PgStore(PgMembership):
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             with conn.cursor() as cur:
                 rev = self._head(conn)
-                rows = load_rows(cur)
+                rows = load_rows(cur, None)
             self._rev = rev  # the feed goes on from the snapshot the book is built from
             return rows
 
