@@ -8,7 +8,7 @@ import contextlib
 import json
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -201,9 +201,29 @@ def attempt_row(tid: str, a: Attempt) -> tuple[Any, ...]:
 def load_rows(cur: psycopg.Cursor[Any], ids: Sequence[str] | None) -> list[StoredTask]:
     """Stored tasks with their attempts: every task (ids None) or those named, in seq order. psycopg
     decodes the json columns itself."""
-    if ids is None:
-        return queue_rows(cur.connection, "", ())()
-    return queue_rows(cur.connection, " = ANY(%s)", (list(ids),))()
+    where = "" if ids is None else " WHERE task_id = ANY(%s)"
+    params = () if ids is None else (list(ids),)
+    if ids is not None:
+        # a few rows by primary key: the index, whatever the planner's statistics say (on tables
+        # that grew since the last ANALYZE it scanned them whole: 12x slower at 6,000 tasks, and
+        # growing with the queue); SET LOCAL: this transaction only (the caller's)
+        cur.execute("SET LOCAL enable_seqscan = off")
+    cur.execute(f"SELECT {', '.join(_ATTEMPT_COLS)} FROM attempts{where} ORDER BY task_id, n", params)
+    attempts: dict[str, list[Attempt]] = {}
+    for row in cur:
+        tid, attempt = attempt_from_row(row, _decoded)
+        attempts.setdefault(tid, []).append(attempt)
+    cols = _STATIC + _MUTABLE
+    where = "" if ids is None else " WHERE id = ANY(%s)"
+    cur.execute(f"SELECT {', '.join(cols)} FROM tasks{where} ORDER BY seq", params)
+    return [
+        task_from_row(r := dict(zip(cols, row, strict=True)), attempts.get(r["id"], ()), _decoded)
+        for row in cur
+    ]
+
+
+EVENTS_PAGE = "SELECT seq, ts, node, topic, data FROM events WHERE seq > %s ORDER BY seq LIMIT %s"
+"""The cluster's events past a position, in seq order (params: seq, page)."""
 
 
 def feed_query(events: bool) -> str:
@@ -213,8 +233,7 @@ def feed_query(events: bool) -> str:
     primary key (LATERAL ... OFFSET 0: never a scan of the whole table, whatever the planner's
     statistics say); json_agg(t) is the row keyed by column, as the book's decoders take it."""
     events_part = (
-        "(SELECT json_agg(json_build_array(seq, ts, node, topic, data) ORDER BY seq)"
-        " FROM (SELECT * FROM events WHERE seq > %s ORDER BY seq LIMIT %s) e)"
+        f"(SELECT json_agg(json_build_array(seq, ts, node, topic, data) ORDER BY seq) FROM ({EVENTS_PAGE}) e)"
         if events
         else "NULL::json"
     )
@@ -232,60 +251,22 @@ def feed_rows(tasks: list[dict[str, Any]] | None, attempts: list[dict[str, Any]]
     """The tasks of a feed page (`feed_query`) with their attempts, as the book takes them."""
     by_task: dict[str, list[Attempt]] = {}
     for a in attempts or ():
-        tid, attempt = attempt_from_row([_float(a[c], c) for c in _ATTEMPT_COLS], _decoded)
+        _floats(a)
+        tid, attempt = attempt_from_row([a[c] for c in _ATTEMPT_COLS], _decoded)
         by_task.setdefault(tid, []).append(attempt)
-    out = []
-    for r in tasks or ():
-        for c in _FLOAT_TASK_COLS:
-            r[c] = _float(r[c], c)
-        out.append(task_from_row(r, by_task.get(r["id"], ()), _decoded))
-    return out
+    return [task_from_row(_floats(r), by_task.get(r["id"], ()), _decoded) for r in tasks or ()]
 
 
-_FLOAT_COLS = frozenset({"timeout_s", "created", "not_before", "updated", "started", "ended"})
-_FLOAT_TASK_COLS = tuple(c for c in (*_STATIC, *_MUTABLE) if c in _FLOAT_COLS)
+_FLOAT_COLS = ("timeout_s", "created", "not_before", "updated", "started", "ended")
 
 
-def _float(value: Any, column: str) -> Any:
-    """A double precision column as json has it (a number, 30 for 30.0; "NaN"/"Infinity" as a
-    string) as the float the book keeps."""
-    if column in _FLOAT_COLS and value is not None:
-        return float(value)
-    return value
-
-
-def queue_rows(
-    conn: psycopg.Connection[Any], id_is: str, params: tuple[Any, ...]
-) -> Callable[[], list[StoredTask]]:
-    """Send the reads of the tasks whose id `id_is` (an SQL condition on the id: "" for all) and
-    their attempts, and return what fetches and builds them. In a pipeline the reads share one
-    round trip with whatever else the caller sends before it fetches."""
-    attempts_cur, tasks_cur = conn.cursor(), conn.cursor()
-    if id_is:
-        # a few rows by primary key: the index, whatever the planner's statistics say (on tables
-        # that grew since the last ANALYZE it scanned them whole: 12x slower at 6,000 tasks, and
-        # growing with the queue); SET LOCAL: this transaction only (the caller's)
-        conn.execute("SET LOCAL enable_seqscan = off")
-    where = f" WHERE task_id{id_is}" if id_is else ""
-    attempts_cur.execute(
-        f"SELECT {', '.join(_ATTEMPT_COLS)} FROM attempts{where} ORDER BY task_id, n", params
-    )
-    cols = _STATIC + _MUTABLE
-    where = f" WHERE id{id_is}" if id_is else ""
-    tasks_cur.execute(f"SELECT {', '.join(cols)} FROM tasks{where} ORDER BY seq", params)
-
-    def fetch() -> list[StoredTask]:
-        with attempts_cur, tasks_cur:
-            attempts: dict[str, list[Attempt]] = {}
-            for row in attempts_cur.fetchall():
-                tid, attempt = attempt_from_row(row, _decoded)
-                attempts.setdefault(tid, []).append(attempt)
-            return [
-                task_from_row(r := dict(zip(cols, row, strict=True)), attempts.get(r["id"], ()), _decoded)
-                for row in tasks_cur.fetchall()
-            ]
-
-    return fetch
+def _floats(row: dict[str, Any]) -> dict[str, Any]:
+    """A row's double precision columns as json has them (a number, 30 for 30.0; "NaN" and
+    "Infinity" as strings) made the floats the book keeps, in place."""
+    for c in _FLOAT_COLS:
+        if row.get(c) is not None:
+            row[c] = float(row[c])
+    return row
 
 
 def _decoded(value: Any) -> Any:

@@ -45,6 +45,7 @@ from .pgbase import Job, log
 from .pgmembership import PgMembership
 from .pgschema import (
     ADVISORY_KEY,
+    EVENTS_PAGE,
     INSERT_TASK,
     UPDATE_TASK,
     UPSERT_ATTEMPT,
@@ -64,7 +65,6 @@ from .taskbook import Change, StaticRow, StoredTask
 
 NOTIFY_CHANNEL = "shoal_tasks"
 FEED_PAGE = 5000
-EVENTS_PAGE = "SELECT seq, ts, node, topic, data FROM events WHERE seq > %s ORDER BY seq LIMIT %s"
 _FEED_QUERY = {False: feed_query(events=False), True: feed_query(events=True)}
 _EventRow = tuple[int, float, str, str, Any]
 """An event as the feed reads it: seq, ts, node, topic, data."""

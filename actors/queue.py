@@ -588,7 +588,7 @@ class QueueActor(CallsQueue, ModelQueue, ClusterQueue):
             if not self._idle:
                 return
             key = self.book.bucket_key(tid)
-            if key is None or key in no_taker or self._deferred.get(tid, -math.inf) > now:
+            if key is None or key in no_taker or self._left_elsewhere(tid, now):
                 continue
             category = key[1][0]
             best: _Worker | None = None
@@ -603,7 +603,7 @@ class QueueActor(CallsQueue, ModelQueue, ClusterQueue):
                 no_taker.add(key)
                 continue
             pick = self.book.select(best.view)
-            if pick is not None and pick != tid and self._deferred.get(pick, -math.inf) > now:
+            if pick is not None and pick != tid and self._left_elsewhere(pick, now):
                 pick = tid  # its own best is left to another node for now: this one is not
             if pick is not None:
                 self._dispatch(best, pick, now)

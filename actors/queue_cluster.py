@@ -92,6 +92,10 @@ class ClusterQueue(QueueParts):
             if len(nodes) > 1 and max(nodes, key=lambda n: _rank(tid, n)) != self.node_id:
                 self._deferred[tid] = now + CLAIM_GRACE_S
 
+    def _left_elsewhere(self, task_id: str, now: float) -> bool:
+        """The task is left to its preferred node for now (`_defer_foreign`)."""
+        return self._deferred.get(task_id, -math.inf) > now
+
     def _deferral_due(self, now: float) -> None:
         """Offer the tasks whose grace ran out (their preferred node did not claim them)."""
         due = [tid for tid, until in self._deferred.items() if until <= now]
