@@ -4,6 +4,7 @@ how a worker id names its node (`<node>:w3`). SQLite users never load psycopg.""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import attrs
@@ -67,6 +68,11 @@ class ClusterConfig:
 
     version: int
     overrides: dict[str, Any]
+
+
+def fenced_off(data: Any, conflicts: Collection[str]) -> bool:
+    """An event that did not happen: its task's change in the same write lost its compare-and-set."""
+    return isinstance(data, dict) and data.get("task_id") in conflicts
 
 
 def node_of(worker: str) -> str | None:

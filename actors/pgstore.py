@@ -40,7 +40,7 @@ from psycopg import sql
 
 from ..protocols.errors import StoreError
 from ..protocols.tasks import Attempt
-from .cluster import FeedBatch, Landed
+from .cluster import FeedBatch, Landed, fenced_off
 from .pgbase import Job, log
 from .pgmembership import PgMembership
 from .pgschema import (
@@ -147,12 +147,17 @@ class PgStore(PgMembership):
     def broken(self) -> StoreError | None:
         return self._broken
 
-    def write(self, changes: Sequence[Change]) -> Ticket:
+    def write(self, changes: Sequence[Change], events: Sequence[tuple[str, dict[str, Any]]] = ()) -> Ticket:
+        """`events`: what these changes make happen. They commit in the same transaction (those of a
+        task whose change lost its compare-and-set left out: `fenced_off`), so other nodes hear of a
+        change and its events with one notification and one feed read, not two of each; every bus
+        gets them from the feed, this node's too."""
         ticket = Ticket()
         if self._broken is not None or self._closing:
             ticket._resolve(None, self._broken or StoreError(f"{self.shown_url}: store is closed"))
             return ticket
-        self._submit(Job("write", ticket, changes))
+        now = time.time()
+        self._submit(Job("write", ticket, changes, [(now, topic, data) for topic, data in events]))
         return ticket
 
     async def commit(self, changes: Sequence[Change]) -> None:
@@ -265,7 +270,7 @@ class PgStore(PgMembership):
                 feed_due = self._wake_feed
                 self._wake_feed = False
                 events, self._events = self._events, []
-                wrote_events = bool(events)
+                wrote_events = bool(events) or any(j.arg for j in jobs if j.kind == "write")
             results: list[tuple[Ticket, Any, BaseException | None]] = []
             close: Ticket | None = None
             writes: list[Job] = []
@@ -324,13 +329,14 @@ class PgStore(PgMembership):
         if self._broken is not None:
             return [(j.ticket, None, self._broken) for j in writes]
         changes = [c for j in writes for c in j.changes]
+        ridden = [e for j in writes for e in j.arg or ()]
         if not changes:
-            if events:
-                self._write_events(events)
+            if events or ridden:
+                self._write_events([*events, *ridden])
             return [(j.ticket, Landed(), None) for j in writes]
         try:
             conflicts = self._retrying(
-                "a write", lambda conn: self._apply(conn, changes, events), pipeline=True
+                "a write", lambda conn: self._apply(conn, changes, events, ridden), pipeline=True
             )
         except _DATA_ERRORS:
             if events:
@@ -361,13 +367,25 @@ class PgStore(PgMembership):
         the one holding it fails."""
         out: list[tuple[Ticket, Any, BaseException | None]] = []
         for job in writes:
-            changes = job.changes
+            changes, ridden = job.changes, job.arg or []
             try:
-                conflicts = self._retrying(
-                    "a write",
-                    lambda conn: self._apply(conn, changes),  # noqa: B023
-                    pipeline=True,
-                )
+                try:
+                    conflicts = self._retrying(
+                        "a write",
+                        lambda conn: self._apply(conn, changes, (), ridden),  # noqa: B023
+                        pipeline=True,
+                    )
+                except _DATA_ERRORS as exc:
+                    if not ridden:
+                        raise
+                    # an event json cannot hold: the write without its events, as a relayed one is
+                    log.warning("pgstore: a write's events could not be stored (%s); dropped", exc)
+                    self.events_dropped += len(ridden)
+                    conflicts = self._retrying(
+                        "a write",
+                        lambda conn: self._apply(conn, changes),  # noqa: B023
+                        pipeline=True,
+                    )
             except _DATA_ERRORS as exc:
                 self.refused_writes += 1
                 err = WriteRefused(
@@ -409,9 +427,11 @@ class PgStore(PgMembership):
         conn: psycopg.Connection[Any],
         changes: Sequence[Change],
         events: Sequence[tuple[float, str, dict[str, Any]]] = (),
+        ridden: Sequence[tuple[float, str, dict[str, Any]]] = (),
     ) -> dict[str, StoredTask | None]:
         """One transaction: every task's last change, compare-and-set on its version; then the feed
-        entries under the advisory lock, and a notification. Returns the conflicts with their rows."""
+        entries and the events (`ridden`: the changes' own, less those of conflicts) under the
+        advisory lock, and a notification. Returns the conflicts with their rows."""
         first: dict[str, Change] = {}  # the first change of each task in the batch: its `expect`
         last: dict[str, Change] = {}
         inserts: dict[str, StaticRow] = {}
@@ -488,6 +508,9 @@ class PgStore(PgMembership):
                 ok.update(_returned(cur, UPDATE_TASK, params))
             for tid in order:
                 (written if tid in ok else conflicts).append(tid)
+            if ridden:
+                lost = set(conflicts)
+                events = [*events, *(e for e in ridden if not fenced_off(e[2], lost))]
             rows = [
                 _attempt_row(tid, a) for tid in order if tid in ok for a in attempts.get(tid, {}).values()
             ]

@@ -38,7 +38,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import trio
@@ -90,7 +90,7 @@ from .queue_messages import (
 from .queue_models import ModelQueue
 from .store import Ticket, WriteRefused
 from .taskbook import COUNTED_OUTCOMES, TERMINAL_TOPICS, TaskBook, WorkerView, check_name
-from .taskstore import TaskStore
+from .taskstore import SharedTaskStore, TaskStore
 
 log = logging.getLogger("shoal.queue")
 
@@ -127,7 +127,8 @@ class QueueActor(CallsQueue, ModelQueue, ClusterQueue):
         self.store = store
         self.bus = bus
         self.shared = bool(getattr(store, "shared", False))  # a cluster: see docs/architecture.md
-        self.node_id: str | None = getattr(store, "node_id", None) if self.shared else None
+        self.cluster: SharedTaskStore | None = cast(SharedTaskStore, store) if self.shared else None
+        self.node_id: str | None = self.cluster.node_id if self.cluster is not None else None
         self.book = self._new_book(rng)
         self.address: Address[QueueMsg] | None = None
         self._mailbox_size = mailbox_size
@@ -470,7 +471,13 @@ class QueueActor(CallsQueue, ModelQueue, ClusterQueue):
             events.append(evicted)
         if not changes and not events and not self._acks:
             return
-        ticket = self.store.write(changes)
+        if self.cluster is not None and self.bus.relay is not None:
+            # the events commit with the changes and come back to the bus through the feed
+            ticket = self.cluster.write(changes, events)
+            self.bus.published_elsewhere(len(events))
+            events = []
+        else:
+            ticket = self.store.write(changes)
         if evicted is not None:
             self._evict_ticket = ticket
         claims, self._claims = self._claims, []

@@ -10,12 +10,10 @@ import zlib
 from collections.abc import Mapping
 from typing import Any
 
-import trio
-
 from ..protocols.errors import Conflict
 from ..protocols.tasks import TERMINAL_STATES, Assignment, Task, TaskState
 from ..runtime.actor import ActorGone, Address, Call
-from .cluster import FeedBatch, NodesReport, node_of
+from .cluster import NodesReport, fenced_off, node_of
 from .queue_messages import (
     QueueMsg,
     WaitTask,
@@ -43,7 +41,8 @@ class ClusterQueue(QueueParts):
 
     async def _feed_pump(self, address: Address[QueueMsg]) -> None:
         """Other nodes' writes and the nodes report, from the shared store's thread into the mailbox."""
-        feed: trio.MemoryReceiveChannel[FeedBatch | NodesReport] = self.store.feed  # type: ignore[attr-defined]
+        assert self.cluster is not None
+        feed = self.cluster.feed
         async for item in feed:
             try:
                 await address.send(_Feed(item))
@@ -67,8 +66,9 @@ class ClusterQueue(QueueParts):
         self._stop_taken(self.book.absorb(item.rows, now))
         self._defer_foreign(item.rows, now)
         self._settle_waiters([tid for tid, row in item.rows if row is not None])
-        if item.events:  # after the rows: whoever hears an event reads its task as it says
-            self.store.deliver_events(item.events)  # type: ignore[attr-defined]
+        # after the rows: whoever hears an event reads its task as it says
+        if item.events and self.cluster is not None:
+            self.cluster.deliver_events(item.events)
 
     def _defer_foreign(self, rows: list[tuple[str, StoredTask | None]], now: float) -> None:
         """Tasks another node made ready reach every node's feed at once, and every node with an
@@ -218,7 +218,7 @@ def _fenced(
     """A write some of whose changes lost their compare-and-set: their events never happened, the
     calls that made them fail with Conflict (a wait waits on), and the reports they carried are
     stale (fenced off: another node owned the attempt by then)."""
-    kept = [(t, d) for t, d in events if d.get("task_id") not in conflicts]
+    kept = [(t, d) for t, d in events if not fenced_off(d, conflicts)]
     replies: list[tuple[Call[Any], Any]] = []
     rewait: list[Call[Any]] = []
     for call, value in acks:

@@ -15,7 +15,7 @@ from ..runtime.eventbus import EventBus
 from .cluster import NodesReport
 from .queue_messages import QueueMsg, Stats
 from .taskbook import TaskBook
-from .taskstore import TaskStore
+from .taskstore import SharedTaskStore, TaskStore
 
 if TYPE_CHECKING:
     from .queue import _Worker
@@ -26,6 +26,7 @@ class QueueParts:
 
     config: SwarmConfig
     store: TaskStore
+    cluster: SharedTaskStore | None  # the store when shared (a cluster), else None
     bus: EventBus
     book: TaskBook
     shared: bool

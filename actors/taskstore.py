@@ -18,10 +18,13 @@ import os
 import socket
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
+
+import trio
 
 from ..protocols.config import NodeConfig, StoreConfig, parse_store_url
 from ..protocols.errors import StoreError, ValidationError
+from .cluster import FeedBatch, NodesReport
 from .store import Store, Ticket
 from .taskbook import Change, StoredTask
 
@@ -55,6 +58,23 @@ class TaskStore(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class SharedTaskStore(TaskStore, Protocol):
+    """A store several nodes write (`shared = True`): what the queue uses beyond `TaskStore`."""
+
+    node_id: str
+    feed: trio.MemoryReceiveChannel[FeedBatch | NodesReport]  # other nodes' writes, the nodes
+
+    def write(self, changes: Sequence[Change], events: Sequence[tuple[str, dict[str, Any]]] = ()) -> Ticket:
+        """As `TaskStore.write`; `events` (what the changes make happen) commit with them, those of a
+        change that lost its compare-and-set left out, and reach every node's bus through the feed."""
+        ...
+
+    def deliver_events(self, rows: list[tuple[int, float, str, str, Any]]) -> None:
+        """The cluster's events read with a feed batch, to this node's bus (after their rows)."""
+        ...
 
 
 def store_url(config: StoreConfig, state_dir: str | os.PathLike[str] | None) -> str:

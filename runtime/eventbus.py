@@ -139,6 +139,11 @@ class EventBus:
         self._seq += 1
         return self._fan_out(Event(self._seq, self._clock(), topic, data or {}))
 
+    def published_elsewhere(self, n: int) -> None:
+        """Count `n` events this node made that went to the cluster's store another way than
+        `publish` (with the write that made them happen); they come back through `deliver`."""
+        self.published_total += n
+
     def deliver(self, seq: int, ts: float, topic: str, data: dict[str, Any], remote: bool = False) -> None:
         """An event of the cluster, in the shared store's order (its seq is the cluster's)."""
         if seq <= self._seq:

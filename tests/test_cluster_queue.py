@@ -13,6 +13,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+from clusterkit import pg_rows
 from test_queue import Bot, Q
 
 from shoal.actors import queue_cluster
@@ -75,6 +76,34 @@ async def test_a_claim_lost_to_another_node_leaves_the_worker_untouched_and_idle
         assert nxt.assignment.task_id == second.id
         assert b.actor.conflicts >= 1  # b did claim the first task, and lost it
         assert (await b.call(GetTask(task.id))).state is TaskState.DONE  # the row the refusal brought
+        # the events of b's losing claim rode with it and were left out with it: the cluster heard
+        # of one run of the task, a's (b's events of the second task are there)
+        ran = await trio.to_thread.run_sync(
+            pg_rows,
+            a.store.url,  # type: ignore[attr-defined]
+            "SELECT node, data->>'task_id' FROM events WHERE topic = 'task.running' ORDER BY seq",
+        )
+        assert ran == [("a", task.id), ("b", second.id)]
+
+
+async def test_a_writes_events_commit_in_its_transaction_and_reach_every_bus(pg_url: str) -> None:
+    # a submit's events ride with its rows (one transaction, one notification, one feed read at
+    # the other nodes; before, each write was followed by a second transaction of its events) and
+    # reach the writer's own bus and the other node's, with the cluster's seq
+    async with node_queue(pg_url, "a") as a, node_queue(pg_url, "b") as b:
+        with a.bus.subscribe(["task.submitted"]) as mine, b.bus.subscribe(["task.submitted"]) as theirs:
+            (task,) = await a.submit(TaskSpec("one"))
+            with trio.fail_after(30):
+                here, there = await mine.receive(), await theirs.receive()
+        assert here.data["task_id"] == there.data["task_id"] == task.id
+        assert here.seq == there.seq and not here.remote and there.remote
+        ((xid_event,),) = await trio.to_thread.run_sync(
+            pg_rows, pg_url, "SELECT xmin::text FROM events WHERE topic = 'task.submitted'"
+        )
+        xid_log = await trio.to_thread.run_sync(
+            pg_rows, pg_url, "SELECT xmin::text FROM task_log WHERE task_id = %s", task.id
+        )
+        assert (xid_event,) in xid_log, "the submit's events were committed apart from its rows"
 
 
 async def test_a_task_another_node_made_ready_is_claimed_by_its_preferred_node_alone(
