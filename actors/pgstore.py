@@ -305,15 +305,13 @@ class PgStore(PgMembership):
                 next_beat = now + self.heartbeat_s
                 self._heartbeat()
             # other nodes' writes: when one notifies, and at the poll (a notification may be lost);
-            # this node's own events come back to its bus after each commit that carried them
-            if feed_due or now >= next_poll:
+            # this node's own events come back to its bus after each commit that carried them, and
+            # with the feed's rows: the events read may be another node's too, whose rows must be
+            # absorbed first (a client that hears `task.done` reads the task done)
+            if feed_due or now >= next_poll or (wrote_events and self._bus is not None):
                 if now >= next_poll:
                     next_poll = now + self.poll_s
                 self._read_feed()
-            elif wrote_events and self._bus is not None:
-                relayed = self._read_events()  # this node's own, back with their cluster seqs
-                if relayed:
-                    self._push(FeedBatch([], relayed))
 
     # ---- writes ---------------------------------------------------------------------------------
 

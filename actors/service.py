@@ -13,7 +13,6 @@ JSON lines carrying every event, for programs and log collectors.
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
@@ -25,6 +24,7 @@ import trio
 from ..protocols.config import LogConfig, SwarmConfig
 from ..protocols.errors import NotFound, ValidationError
 from ..protocols.profiles import BUILTIN_PROFILES, resolve_profile
+from ..runtime import fastjson
 from ..runtime.eventbus import Event
 from .swarm import VERSION, SwarmHandle
 from .tree import open_swarm
@@ -81,7 +81,7 @@ class JsonLinesFormatter(logging.Formatter):
             out.update(extra)
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+        return fastjson.dumps(out)
 
 
 class TextFormatter(logging.Formatter):
