@@ -19,7 +19,7 @@ from psycopg.types.json import set_json_loads
 
 from ..protocols.errors import StoreError
 from ..protocols.tasks import Attempt
-from ..runtime import fastjson
+from ..runtime.fastjson import loads as fast_json_loads
 from .cluster import NodeRow
 from .store_schema import ATTEMPT_COLUMNS, MUTABLE_COLUMNS, STATIC_COLUMNS, attempt_from_row, task_from_row
 from .taskbook import Change, StoredTask
@@ -329,7 +329,7 @@ def connect(
         )
     except psycopg.Error as exc:
         raise StoreError(f"{redact(url)}: cannot connect to PostgreSQL ({why(exc, url)})") from None
-    set_json_loads(fastjson.loads, conn)  # the feed's json columns: a node's largest decode
+    set_json_loads(fast_json_loads, conn)  # the feed's json columns: a node's largest decode
     if idle_s is not None:
         try:
             conn.execute(

@@ -24,8 +24,8 @@ import trio
 from ..protocols.config import LogConfig, SwarmConfig
 from ..protocols.errors import NotFound, ValidationError
 from ..protocols.profiles import BUILTIN_PROFILES, resolve_profile
-from ..runtime import fastjson
 from ..runtime.eventbus import Event
+from ..runtime.fastjson import dumps as json_line
 from .swarm import VERSION, SwarmHandle
 from .tree import open_swarm
 
@@ -81,7 +81,7 @@ class JsonLinesFormatter(logging.Formatter):
             out.update(extra)
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return fastjson.dumps(out)
+        return json_line(out)
 
 
 class TextFormatter(logging.Formatter):
