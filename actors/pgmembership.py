@@ -202,12 +202,12 @@ class PgMembership(PgBase):
                     (self.lease_s, self.workers, self.info.url, self.node_id, self.incarnation),
                 )
                 kept = cur.fetchone() is not None
-                if time.monotonic() - self._reconnected_at > self.lease_s:
-                    # (just back from an outage: others get a lease to say they are alive too)
+                grace = self.lease_s - (time.monotonic() - self._reconnected_at)
+                if grace <= 0:
                     cur.execute(
                         "UPDATE nodes SET state = 'dead' WHERE state = 'alive' AND lease_until <= now()"
                     )
-                rows = read_nodes(cur)
+                rows = in_grace(read_nodes(cur), grace)
                 cur.execute("DELETE FROM model_parks WHERE until < extract(epoch FROM now())")
                 cur.execute("SELECT model, until FROM model_parks")
                 parks = {m: (float(u) if u is not None else math.inf) for m, u in cur.fetchall()}
@@ -251,4 +251,17 @@ class PgMembership(PgBase):
             )
 
 
-__all__ = ["KEEP_EVENTS", "KEEP_LOG_S", "PRUNE_EVERY", "PgMembership"]
+def in_grace(rows: list[NodeRow], grace_s: float) -> list[NodeRow]:
+    """The nodes as a node just back from an outage must take them: the others' leases ran out
+    while nobody could renew one, so each alive row gets `grace_s` more (the rest of a lease since
+    this node reconnected) to say it is alive too, before its workers' attempts are taken for gone.
+    The rows as they are once the grace is over (`grace_s <= 0`)."""
+    if grace_s <= 0:
+        return rows
+    left = round(grace_s, 3)
+    return [
+        attrs.evolve(r, lease_left_s=max(r.lease_left_s, left)) if r.state == "alive" else r for r in rows
+    ]
+
+
+__all__ = ["KEEP_EVENTS", "KEEP_LOG_S", "PRUNE_EVERY", "PgMembership", "in_grace"]

@@ -30,7 +30,9 @@ from shoal.actors import pgstore
 from shoal.actors.auth import read_endpoint
 from shoal.actors.cli import EXIT_CONFLICT, EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
 from shoal.actors.client import connect
+from shoal.actors.cluster import NodeRow, NodesReport
 from shoal.actors.http import dashboard_url
+from shoal.actors.pgmembership import in_grace
 from shoal.actors.pgschema import SCHEMA_VERSION
 from shoal.actors.pgschema import connect as pgconnect
 from shoal.actors.pgstore import PgStore
@@ -171,6 +173,61 @@ async def test_a_node_frozen_inside_a_transaction_cannot_hold_its_locks_past_its
             await trio.to_thread.run_sync(frozen_then_freed, None, psycopg.errors.AdminShutdown)
     finally:
         await watcher.aclose()
+
+
+@pytest.mark.postgres
+async def test_a_node_back_from_an_outage_gives_the_others_a_lease_before_taking_them_for_gone(
+    pg_cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PostgreSQL down for longer than a lease: every node's lease ran out meanwhile. The first node
+    # back must not take the others for gone at once (their running attempts requeued as crashed
+    # while their agents run on, as the restart test saw beside CPU burners): it gives them the
+    # rest of a lease from its reconnection to heartbeat, and only then takes a silent one for gone
+    url = pg_cluster.create_database()
+    lease = 1.5
+    a = await PgStore.open(url, "a", lease_s=lease, heartbeat_s=0.2)
+    b = await PgStore.open(url, "b", lease_s=lease, heartbeat_s=0.2)
+    reports: list[tuple[float, bool]] = []  # (when, b alive) as a's heartbeats report the cluster
+    b_gone = trio.Event()
+
+    async def watch() -> None:
+        async for item in a.feed:
+            if isinstance(item, NodesReport):
+                alive = {n.id: n.alive for n in item.nodes}
+                reports.append((trio.current_time(), alive["b"]))
+                if not alive["b"]:
+                    b_gone.set()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            monkeypatch.setattr(b, "_heartbeat", lambda: None)  # b is slow to come back: silent
+            await trio.to_thread.run_sync(pg_cluster.stop)
+            await trio.sleep(lease + 0.5)  # the outage itself (the scenario, not a wait for a condition)
+            await trio.to_thread.run_sync(pg_cluster.start)
+            back = trio.current_time()  # reports after this are a's after its reconnection
+            with trio.fail_after(30):
+                await b_gone.wait()
+            nursery.cancel_scope.cancel()
+        after = [alive for when, alive in reports if when > back]
+        assert after[0], "a took b for gone on its first heartbeat back, before b could say it is alive"
+        assert not after[-1]  # and once the grace is over, a silent b is gone
+        rows = await trio.to_thread.run_sync(pg_rows_simple, url, "SELECT id, state FROM nodes ORDER BY id")
+        assert rows == [("a", "alive"), ("b", "dead")]
+    finally:
+        await b.aclose()
+        await a.aclose()
+
+
+def test_in_grace_gives_alive_rows_the_rest_of_a_lease_and_nothing_else() -> None:
+    row = NodeRow("b", 1, "alive", "h", 1, None, 2, 0.0, 9.0, -4.0, "0.1.0")
+    stopped = attrs.evolve(row, id="c", state="stopped")
+    assert not row.alive
+    assert [r.alive for r in in_grace([row, stopped], 0.8)] == [True, False]
+    assert in_grace([row, stopped], 0.8)[0].lease_left_s == 0.8
+    assert in_grace([row], 0.0) == [row]  # the grace is over: the rows as they are
+    live = attrs.evolve(row, lease_left_s=3.0)
+    assert in_grace([live], 0.8) == [live]  # a lease longer than the grace stays as it is
 
 
 @pytest.mark.postgres
