@@ -59,6 +59,8 @@ def find_bad_text(value: Any, path: str = "", *, nul: bool = False) -> tuple[str
             stack.extend(reversed(children))
         elif isinstance(item, list | tuple | set | frozenset):
             stack.extend(reversed([(f"{where}[{i}]", sub) for i, sub in enumerate(item)]))
+        elif item is None or isinstance(item, int | float):  # most leaves: no attrs lookup
+            continue
         elif attrs.has(type(item)):
             stack.extend(
                 reversed(
