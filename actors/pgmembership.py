@@ -116,10 +116,10 @@ class PgMembership(PgBase):
                 cur.execute(
                     "SELECT pg_advisory_xact_lock(%s, hashtext(current_database()))", (ADVISORY_KEY + 3,)
                 )
-                cur.execute(
+                cur.execute(  # (a node in its grace after an outage counts the others' too: in_grace)
                     "SELECT coalesce(sum(workers), 0) FROM nodes WHERE state = 'alive'"
-                    " AND lease_until > now() AND id <> %s",
-                    (self.node_id,),
+                    " AND (lease_until > now() OR %s) AND id <> %s",
+                    (self._grace_s() > 0, self.node_id),
                 )
                 others = int(cur.fetchone()[0])  # type: ignore[index]
                 if others + self.workers + 1 > cap:
@@ -132,6 +132,11 @@ class PgMembership(PgBase):
             return (job.ticket, self._retrying("a reservation", reserve), None)
         except (psycopg.Error, StoreError):
             return (job.ticket, False, None)
+
+    def _grace_s(self) -> float:
+        """How much longer this node, back from a lost connection, gives the others to heartbeat
+        before it takes any of them for gone (a lease from its reconnection: `in_grace`)."""
+        return self.lease_s - (time.monotonic() - self._reconnected_at)
 
     def _prune(self, conn: psycopg.Connection[Any]) -> None:
         """Keep the events table and the change feed bounded (any node may do it; it is idempotent)."""
@@ -202,7 +207,7 @@ class PgMembership(PgBase):
                     (self.lease_s, self.workers, self.info.url, self.node_id, self.incarnation),
                 )
                 kept = cur.fetchone() is not None
-                grace = self.lease_s - (time.monotonic() - self._reconnected_at)
+                grace = self._grace_s()
                 if grace <= 0:
                     cur.execute(
                         "UPDATE nodes SET state = 'dead' WHERE state = 'alive' AND lease_until <= now()"

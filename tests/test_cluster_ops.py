@@ -201,13 +201,17 @@ async def test_a_node_back_from_an_outage_gives_the_others_a_lease_before_taking
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch)
+            assert await b.reserve(2) and await b.reserve(2)  # b runs 2 of the cluster's 2 workers
             monkeypatch.setattr(b, "_heartbeat", lambda: None)  # b is slow to come back: silent
             await trio.to_thread.run_sync(pg_cluster.stop)
             await trio.sleep(lease + 0.5)  # the outage itself (the scenario, not a wait for a condition)
             await trio.to_thread.run_sync(pg_cluster.start)
             back = trio.current_time()  # reports after this are a's after its reconnection
+            # (served once a is back: within its grace) b's workers still count: no slot for a
+            assert not await a.reserve(2), "a spawned past scaling.max_workers while b was in its grace"
             with trio.fail_after(30):
                 await b_gone.wait()
+            assert await a.reserve(2)  # b gone: its workers no longer hold the slots
             nursery.cancel_scope.cancel()
         after = [alive for when, alive in reports if when > back]
         assert after[0], "a took b for gone on its first heartbeat back, before b could say it is alive"
