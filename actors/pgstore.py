@@ -29,7 +29,6 @@ keep running; their results are written after the reconnect).
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 import time
 from collections.abc import Sequence
@@ -66,7 +65,6 @@ from .taskbook import Change, StaticRow, StoredTask
 
 NOTIFY_CHANNEL = "shoal_tasks"
 FEED_PAGE = 5000
-OWN_EVENTS_S = 0.01  # a node's own events back to its bus at most this long after their commit
 _FEED_QUERY = {False: feed_query(events=False), True: feed_query(events=True)}
 _EventRow = tuple[int, float, str, str, Any]
 """An event as the feed reads it: seq, ts, node, topic, data."""
@@ -261,11 +259,10 @@ class PgStore(PgMembership):
         self._notify([(opened, self, None)])
         next_beat = time.monotonic() + self.heartbeat_s
         next_poll = time.monotonic() + self.poll_s
-        own_events_at = math.inf  # when this node's own committed events are read back
         while True:
             with self._cv:
                 while not self._jobs and not self._wake_feed and not self._events:
-                    left = min(next_beat, next_poll, own_events_at) - time.monotonic()
+                    left = min(next_beat, next_poll) - time.monotonic()
                     if left <= 0:
                         break
                     self._cv.wait(left)
@@ -307,19 +304,13 @@ class PgStore(PgMembership):
             if now >= next_beat:
                 next_beat = now + self.heartbeat_s
                 self._heartbeat()
-            # other nodes' writes: when one notifies, and at the poll (a notification may be lost).
-            # This node's own events come back to its bus OWN_EVENTS_S after a commit carried them
-            # (with the next notification's read if that comes first: under load, most often), not
-            # at once: that read would compete for the CPU with what the commit set going (the
-            # worker told of its claim, another node claiming what this one submitted). They come
+            # other nodes' writes: when one notifies, and at the poll (a notification may be lost);
+            # this node's own events come back to its bus after each commit that carried them, and
             # with the feed's rows: the events read may be another node's too, whose rows must be
-            # absorbed first (a client that hears `task.done` reads the task done).
-            if wrote_events and self._bus is not None:
-                own_events_at = min(own_events_at, now + OWN_EVENTS_S)
-            if feed_due or now >= next_poll or now >= own_events_at:
+            # absorbed first (a client that hears `task.done` reads the task done)
+            if feed_due or now >= next_poll or (wrote_events and self._bus is not None):
                 if now >= next_poll:
                     next_poll = now + self.poll_s
-                own_events_at = math.inf
                 self._read_feed()
 
     # ---- writes ---------------------------------------------------------------------------------
