@@ -142,6 +142,7 @@ class QueueActor(CallsQueue, ModelQueue, ClusterQueue):
         self._unheard: dict[str, str] = {}  # shared store: worker -> the task it claimed, not yet told
         self._deferred: dict[str, float] = {}  # shared store: task -> until when another node has it first
         self.nodes: NodesReport | None = None  # the cluster as the last heartbeat saw it
+        self._lane_nodes: tuple[str, ...] = ()  # shared store: the live nodes with workers (lanes)
         self.conflicts = 0  # writes another node's write beat (shared store)
         self.reaped = 0  # attempts of dead nodes' workers requeued here
         self._remote_parks: set[str] = set()  # models parked here because another node parked them
@@ -580,7 +581,7 @@ class QueueActor(CallsQueue, ModelQueue, ClusterQueue):
         if self._broken is not None:
             self._idle[worker.id] = worker
             return
-        task_id = self.book.select(worker.view)
+        task_id = self.book.select(worker.view, self._lane())
         if task_id is None:
             self._idle[worker.id] = worker
             return
@@ -609,7 +610,7 @@ class QueueActor(CallsQueue, ModelQueue, ClusterQueue):
             if best is None:
                 no_taker.add(key)
                 continue
-            pick = self.book.select(best.view)
+            pick = self.book.select(best.view, self._lane())
             if pick is not None and pick != tid and self._left_elsewhere(pick, now):
                 pick = tid  # its own best is left to another node for now: this one is not
             if pick is not None:

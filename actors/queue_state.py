@@ -42,6 +42,7 @@ class QueueParts:
     _extra_events: list[tuple[str, dict[str, Any]]]
     _unheard: dict[str, str]
     _deferred: dict[str, float]
+    _lane_nodes: tuple[str, ...]
     _remote_parks: set[str]
     _park_reasons: dict[str, str]
     _model_recent: dict[str, collections.deque[bool]]

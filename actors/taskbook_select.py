@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from ..protocols.config import ModelsConfig, QueueConfig
 from ..protocols.tasks import TERMINAL_STATES, TaskState
 from .taskbook_records import _READY, _RUNNING, BookState, BucketKey, WorkerView, _Rec
+
+LANE_DEPTH = 128  # how far down the best bucket a cluster node looks for a task in its lane (`select`)
 
 
 class _Bucket:
@@ -150,8 +152,15 @@ class ReadyIndex(BookState):
             return False
         return wmodel in self.mcfg.fallback.get(model, ())
 
-    def select(self, worker: WorkerView) -> str | None:
-        """The id of the best ready task for `worker`, or None. Does not claim it."""
+    def select(self, worker: WorkerView, lane: Callable[[str], bool] | None = None) -> str | None:
+        """The id of the best ready task for `worker`, or None. Does not claim it.
+
+        `lane` (a cluster): whether a task is this node's to take first. Every node's book holds the
+        same ready tasks in the same order, so workers of several nodes turning idle at once would
+        all pick the head and all compare-and-sets but one would lose; with a lane, a node takes
+        the first of the best bucket's LANE_DEPTH best tasks of the head's priority that is in its
+        lane (the head when none is): tasks of equal priority start in submission order give or
+        take a few places, never before a task of higher priority."""
         if worker.model is not None and worker.model in self.parked:
             return None
         own = self._assigned.get(worker.id)
@@ -170,6 +179,7 @@ class ReadyIndex(BookState):
         affinity = worker.affinity
         wmodel = worker.model
         best: _Rec | None = None
+        best_bucket: _Bucket | None = None
         best_score = 0
         for cat in cats:
             extra = bonus * affinity.get(cat, 0) if cat is not None else 0
@@ -181,8 +191,30 @@ class ReadyIndex(BookState):
                     continue
                 score = rec.priority + extra
                 if best is None or score > best_score or (score == best_score and rec.seq < best.seq):
-                    best, best_score = rec, score
-        return best.id if best is not None else None
+                    best, best_score, best_bucket = rec, score, bucket
+        if best is None:
+            return None
+        if lane is not None and best_bucket is not None and not lane(best.id):
+            for rec in self._top(best_bucket, LANE_DEPTH):
+                if rec.priority == best.priority and lane(rec.id):
+                    return rec.id
+        return best.id
+
+    def _top(self, bucket: _Bucket, k: int) -> list[_Rec]:
+        """The bucket's `k` best live tasks in order (stale heap entries dropped on the way)."""
+        heap, recs = bucket.heap, self._recs
+        out: list[_Rec] = []
+        held: list[tuple[int, int, int, str]] = []
+        while heap and len(out) < k:
+            entry = heapq.heappop(heap)
+            _p, seq, token, tid = entry
+            rec = recs.get(tid)
+            if rec is not None and rec.token == token and rec.seq == seq and rec.bucket is bucket:
+                out.append(rec)
+                held.append(entry)
+        for entry in held:
+            heapq.heappush(heap, entry)
+        return out
 
     def can_take(self, worker: WorkerView, task_id: str) -> bool:
         """Whether `worker` may take this READY task now (the filters of `select`)."""

@@ -565,3 +565,33 @@ def test_escalation_keeps_a_stronger_category_model() -> None:
     assert b.ready_by_model() == {None: 1}  # failed on opus too, nothing stronger: anyone but those
     assert b.select(worker("o", "opus")) is None and b.select(worker("h", "haiku")) is None
     assert b.select(worker("s", "sonnet")) == "r"
+
+
+def test_a_lane_picks_the_first_task_of_the_nodes_lane_near_the_head_never_a_lower_priority() -> None:
+    # a cluster node selects within its lane (TaskBook.select's `lane`): every node's book holds the
+    # same ready tasks in the same order, and without lanes workers of several nodes turning idle
+    # at once all pick the head (and all compare-and-sets but one lose)
+    book = TaskBook()
+    book.submit([TaskSpec(prompt=f"t{i}", id=f"t{i}") for i in range(10)], 0.0)
+    book.submit([TaskSpec(prompt="urgent", id="urgent", priority=5)], 0.0)
+    book.drain()
+    view = WorkerView("w1", None)
+    assert book.select(view) == "urgent"
+    mine = {"t3", "t7"}
+    # a task of higher priority is taken whatever its lane: a lane never reorders priorities
+    assert book.select(view, lambda tid: tid in mine) == "urgent"
+    book.claim("urgent", "w1", None, 1.0)
+    book.drain()
+    assert book.select(view) == "t0"  # submission order without a lane
+    assert book.select(view, lambda tid: tid in mine) == "t3"  # the first of this node's lane
+    assert book.select(view, lambda tid: tid == "t0") == "t0"  # the head, when it is the node's
+    assert book.select(view, lambda tid: False) == "t0"  # no task of its lane: the head
+    # the scan left the ready index intact: every task is still selectable in order
+    order = []
+    for _ in range(10):
+        tid = book.select(view)
+        assert tid is not None
+        order.append(tid)
+        book.claim(tid, "w1", None, 2.0)
+        book.drain()
+    assert order == [f"t{i}" for i in range(10)]
