@@ -21,7 +21,14 @@ from ..protocols.errors import StoreError
 from ..protocols.tasks import Attempt
 from ..runtime.fastjson import loads as fast_json_loads
 from .cluster import NodeRow
-from .store_schema import ATTEMPT_COLUMNS, MUTABLE_COLUMNS, STATIC_COLUMNS, attempt_from_row, task_from_row
+from .store_schema import (
+    ATTEMPT_COLUMNS,
+    MUTABLE_COLUMNS,
+    STATIC_COLUMNS,
+    attempt_from_row,
+    task_from_row,
+)
+from .store_schema import mutable_values as sqlite_mutable_values
 from .taskbook import Change, StoredTask
 
 RESERVED_NODE_CHARS = ":/"
@@ -166,38 +173,8 @@ def json_text(value: Any) -> str:
 
 
 def mutable_values(c: Change) -> tuple[Any, ...]:
-    return (
-        c.state.value,
-        c.priority,
-        c.reason,
-        c.result,
-        c.not_before,
-        c.worker,
-        c.updated,
-        json_text(c.failed_models),
-        json_text(c.usage),
-        c.retry_base,
-        c.dep_failure,
-        c.version,
-    )
-
-
-def attempt_row(tid: str, a: Attempt) -> tuple[Any, ...]:
-    return (
-        tid,
-        a.n,
-        a.worker,
-        a.model,
-        a.started,
-        a.ended,
-        a.outcome.value if a.outcome is not None else None,
-        a.reason,
-        a.exit_code,
-        a.signal,
-        a.output_tail,
-        json_text(a.usage or {}),
-        json_text(a.workspace) if a.workspace is not None else None,
-    )
+    """The SQLite store's mutable columns plus the row version a shared store compares and sets."""
+    return (*sqlite_mutable_values(c), c.version)
 
 
 def load_rows(cur: psycopg.Cursor[Any], ids: Sequence[str] | None) -> list[StoredTask]:

@@ -57,10 +57,10 @@ from .pgschema import (
     migrate,
     mutable_values,
 )
-from .pgschema import attempt_row as _attempt_row
 from .pgschema import json_text as _json
 from .pgschema import why as _why
 from .store import Ticket, WriteRefused
+from .store_schema import attempt_values
 from .taskbook import Change, StaticRow, StoredTask
 
 NOTIFY_CHANNEL = "shoal_tasks"
@@ -510,7 +510,7 @@ class PgStore(PgMembership):
                 lost = set(conflicts)
                 events = [*events, *(e for e in ridden if not fenced_off(e[2], lost))]
             rows = [
-                _attempt_row(tid, a) for tid in order if tid in ok for a in attempts.get(tid, {}).values()
+                attempt_values(tid, a) for tid in order if tid in ok for a in attempts.get(tid, {}).values()
             ]
             if rows:
                 cur.executemany(UPSERT_ATTEMPT, rows)

@@ -147,7 +147,8 @@ _DELETE_TASKS = "DELETE FROM tasks WHERE id IN (SELECT value FROM json_each(?))"
 _DELETE_ATTEMPTS = "DELETE FROM attempts WHERE task_id IN (SELECT value FROM json_each(?))"  # PK prefix
 
 
-def _mutable_values(c: Change) -> tuple[Any, ...]:
+def mutable_values(c: Change) -> tuple[Any, ...]:
+    """A change's mutable columns (MUTABLE_COLUMNS order), as both stores write them."""
     return (
         c.state.value,
         c.priority,
@@ -156,10 +157,29 @@ def _mutable_values(c: Change) -> tuple[Any, ...]:
         c.not_before,
         c.worker,
         c.updated,
-        json.dumps(c.failed_models) if c.failed_models else "{}",
+        json.dumps(c.failed_models, default=str) if c.failed_models else "{}",
         json.dumps(c.usage, default=str) if c.usage else "{}",
         c.retry_base,
         c.dep_failure,
+    )
+
+
+def attempt_values(tid: str, a: Attempt) -> tuple[Any, ...]:
+    """An attempt's row (ATTEMPT_COLUMNS order), as both stores write it."""
+    return (
+        tid,
+        a.n,
+        a.worker,
+        a.model,
+        a.started,
+        a.ended,
+        a.outcome.value if a.outcome is not None else None,
+        a.reason,
+        a.exit_code,
+        a.signal,
+        a.output_tail,
+        json.dumps(a.usage, default=str) if a.usage else "{}",
+        json.dumps(a.workspace, default=str) if a.workspace is not None else None,
     )
 
 
@@ -211,35 +231,17 @@ def apply_changes(conn: sqlite3.Connection, changes: Iterable[Change]) -> int:
                     int(s.run_on_dep_failure),
                     s.digest,
                     s.created,
-                    *_mutable_values(c),
+                    *mutable_values(c),
                 )
                 for tid, (s, c) in inserts.items()
             ],
         )
     if updates:
-        conn.executemany(_UPDATE_TASK, [(*_mutable_values(c), tid) for tid, c in updates.items()])
+        conn.executemany(_UPDATE_TASK, [(*mutable_values(c), tid) for tid, c in updates.items()])
     if attempts:
         conn.executemany(
             _UPSERT_ATTEMPT,
-            [
-                (
-                    tid,
-                    a.n,
-                    a.worker,
-                    a.model,
-                    a.started,
-                    a.ended,
-                    a.outcome.value if a.outcome is not None else None,
-                    a.reason,
-                    a.exit_code,
-                    a.signal,
-                    a.output_tail,
-                    json.dumps(a.usage, default=str) if a.usage else "{}",
-                    json.dumps(a.workspace, default=str) if a.workspace is not None else None,
-                )
-                for tid, per_task in attempts.items()
-                for a in per_task.values()
-            ],
+            [attempt_values(tid, a) for tid, per_task in attempts.items() for a in per_task.values()],
         )
     return len(inserts) + len(updates) + sum(map(len, attempts.values())) + len(deletes)
 
