@@ -205,24 +205,42 @@ EVENTS_PAGE = "SELECT seq, ts, node, topic, data FROM events WHERE seq > %s ORDE
 """The cluster's events past a position, in seq order (params: seq, page)."""
 
 
+# json columns that may hold what a user or an agent wrote (metadata, usage, an event's data): the
+# feed carries them as text, decoded one by one with `fast_json_loads` (which checks for integers
+# beyond 64 bits); the rest of a feed page is Shoal's own columns, which orjson reads as they are
+_USER_JSON = frozenset({"metadata", "failed_models", "usage", "workspace"})
+
+
+def _feed_cols(cols: Sequence[str]) -> str:
+    return ", ".join(f"{c}::text AS {c}" if c in _USER_JSON else c for c in cols)
+
+
 def feed_query(events: bool) -> str:
-    """The change feed's page as one statement (one snapshot, one round trip, one row of four json
-    arrays): the log past a position (params: rev, page), the tasks and attempts it names, and
-    with `events` the cluster's events past theirs (params: seq, page). Each task is fetched by its
-    primary key (LATERAL ... OFFSET 0: never a scan of the whole table, whatever the planner's
+    """The change feed's page as one statement (one snapshot, one round trip, one row of five json
+    texts): the log past a position (params rev, page), the rows it names written by other
+    incarnations than `me` with their attempts, the ids of those `me` wrote (the reader has them),
+    and with `events` the cluster's events past theirs (params seq, epage). Each task is fetched by
+    its primary key (LATERAL ... OFFSET 0: never a scan of the whole table, whatever the planner's
     statistics say); json_agg(t) is the row keyed by column, as the book's decoders take it."""
     events_part = (
-        f"(SELECT json_agg(json_build_array(seq, ts, node, topic, data) ORDER BY seq) FROM ({EVENTS_PAGE}) e)"
+        "(SELECT json_agg(json_build_array(seq, ts, node, topic, data::text) ORDER BY seq)::text"
+        " FROM (SELECT seq, ts, node, topic, data FROM events WHERE seq > %(seq)s ORDER BY seq"
+        " LIMIT %(epage)s) e)"
         if events
-        else "NULL::json"
+        else "NULL::text"
     )
     return (
-        "WITH log AS MATERIALIZED (SELECT rev, task_id FROM task_log WHERE rev > %s ORDER BY rev LIMIT %s),"
-        " ids AS MATERIALIZED (SELECT DISTINCT task_id FROM log)"
-        " SELECT (SELECT json_agg(json_build_array(rev, task_id) ORDER BY rev) FROM log),"
-        " (SELECT json_agg(t) FROM ids, LATERAL (SELECT * FROM tasks WHERE id = ids.task_id OFFSET 0) t),"
-        " (SELECT json_agg(a ORDER BY a.task_id, a.n) FROM ids,"
-        " LATERAL (SELECT * FROM attempts WHERE task_id = ids.task_id OFFSET 0) a), " + events_part
+        "WITH log AS MATERIALIZED (SELECT rev, task_id FROM task_log WHERE rev > %(rev)s ORDER BY rev"
+        " LIMIT %(page)s),"
+        " ids AS MATERIALIZED (SELECT DISTINCT task_id FROM log),"
+        f" rows AS MATERIALIZED (SELECT t.* FROM ids, LATERAL (SELECT {_feed_cols((*_STATIC, *_MUTABLE))}"
+        " FROM tasks WHERE id = ids.task_id OFFSET 0) t)"
+        " SELECT (SELECT json_agg(json_build_array(rev, task_id) ORDER BY rev) FROM log)::text,"
+        " (SELECT json_agg(r) FROM rows r WHERE r.version >> 32 <> %(me)s)::text,"
+        " (SELECT json_agg(r.id) FROM rows r WHERE r.version >> 32 = %(me)s)::text,"
+        " (SELECT json_agg(a ORDER BY a.task_id, a.n) FROM rows r,"
+        f" LATERAL (SELECT {_feed_cols(_ATTEMPT_COLS)} FROM attempts WHERE task_id = r.id OFFSET 0) a"
+        " WHERE r.version >> 32 <> %(me)s)::text, " + events_part
     )
 
 
@@ -231,9 +249,17 @@ def feed_rows(tasks: list[dict[str, Any]] | None, attempts: list[dict[str, Any]]
     by_task: dict[str, list[Attempt]] = {}
     for a in attempts or ():
         _floats(a)
-        tid, attempt = attempt_from_row([a[c] for c in _ATTEMPT_COLS], _decoded)
+        tid, attempt = attempt_from_row([a[c] for c in _ATTEMPT_COLS], fast_json_loads)
         by_task.setdefault(tid, []).append(attempt)
-    return [task_from_row(_floats(r), by_task.get(r["id"], ()), _decoded) for r in tasks or ()]
+    return [task_from_row(_user_json(_floats(r)), by_task.get(r["id"], ()), _decoded) for r in tasks or ()]
+
+
+def _user_json(row: dict[str, Any]) -> dict[str, Any]:
+    """A feed row's json columns that came as text (`_USER_JSON`), decoded in place."""
+    for c in ("metadata", "failed_models", "usage"):
+        if row.get(c) is not None:
+            row[c] = fast_json_loads(row[c])
+    return row
 
 
 _FLOAT_COLS = ("timeout_s", "created", "not_before", "updated", "started", "ended")

@@ -40,6 +40,8 @@ from psycopg import sql
 
 from ..protocols.errors import StoreError
 from ..protocols.tasks import Attempt
+from ..runtime.fastjson import loads as fast_json_loads
+from ..runtime.fastjson import loads_bounded
 from .cluster import FeedBatch, Landed, fenced_off
 from .pgbase import Job, log
 from .pgmembership import PgMembership
@@ -626,22 +628,26 @@ class PgStore(PgMembership):
         self, conn: psycopg.Connection[Any], want_events: bool
     ) -> tuple[int, list[tuple[str, StoredTask | None]], list[_EventRow]]:
         """One page of the feed, in one statement (`feed_query`)."""
-        params: tuple[Any, ...] = (self._rev, FEED_PAGE)
-        if want_events:
-            params += (self._event_pos, FEED_PAGE)
+        params = {
+            "rev": self._rev,
+            "page": FEED_PAGE,
+            "me": self.incarnation,
+            "seq": self._event_pos,
+            "epage": FEED_PAGE,
+        }
         with conn.cursor() as cur:
             cur.execute(_FEED_QUERY[want_events], params)
-            log_rows, tasks, attempts, events = cur.fetchone() or (None, None, None, None)
-        got = [tuple(e) for e in events or ()]
+            texts = cur.fetchone() or (None, None, None, None, None)
+        log_rows, tasks, own, attempts, events = (loads_bounded(t) if t is not None else None for t in texts)
+        got = [(seq, ts, node, topic, fast_json_loads(data)) for seq, ts, node, topic, data in events or ()]
         if not log_rows:
             return self._rev, [], got
         found = {r.id: r for r in feed_rows(tasks, attempts)}
+        mine = set(own or ())
         out: list[tuple[str, StoredTask | None]] = []
         for tid in dict.fromkeys(tid for _rev, tid in log_rows):
-            row = found.get(tid)
-            if row is not None and self.mine(row.version):
-                continue
-            out.append((tid, row))
+            if tid not in mine:
+                out.append((tid, found.get(tid)))
         out.sort(key=lambda item: item[1].static.seq if item[1] is not None else -1)
         return int(log_rows[-1][0]), out, got
 

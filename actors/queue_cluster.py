@@ -89,7 +89,7 @@ class ClusterQueue(QueueParts):
                 continue
             writer = writers.get(row.version >> 32)
             nodes = [n.id for n in alive if n.id != writer]
-            if len(nodes) > 1 and max(nodes, key=lambda n: _rank(tid, n)) != self.node_id:
+            if len(nodes) > 1 and _first(tid, nodes) != self.node_id:
                 self._deferred[tid] = now + CLAIM_GRACE_S
 
     def _lane(self) -> Callable[[str], bool] | None:
@@ -101,7 +101,7 @@ class ClusterQueue(QueueParts):
         nodes, me = self._lane_nodes, self.node_id
         if len(nodes) < 2 or me not in nodes:
             return None
-        return lambda tid: max(nodes, key=lambda n: _rank(tid, n)) == me
+        return lambda tid: _first(tid, nodes) == me
 
     def _left_elsewhere(self, task_id: str, now: float) -> bool:
         """The task is left to its preferred node for now (`_defer_foreign`)."""
@@ -255,6 +255,18 @@ def _fenced(
 def _rank(task_id: str, node: str) -> int:
     """A node's rank for a task (rendezvous hashing: every node computes the same order)."""
     return zlib.crc32(f"{task_id}\0{node}".encode())
+
+
+def _first(task_id: str, nodes: tuple[str, ...] | list[str]) -> str:
+    """The node `_rank` puts first for a task: the task id's crc once, each node's suffix run on
+    from it (crc32 continues a running value), the same figure `_rank` gives."""
+    base = zlib.crc32(task_id.encode())
+    best, best_rank = "", -1
+    for node in nodes:
+        rank = zlib.crc32(b"\0" + node.encode(), base)
+        if rank > best_rank:
+            best, best_rank = node, rank
+    return best
 
 
 def _shape(report: NodesReport) -> tuple[tuple[str, bool, str, str | None], ...]:

@@ -195,26 +195,35 @@ class ReadyIndex(BookState):
         if best is None:
             return None
         if lane is not None and best_bucket is not None and not lane(best.id):
-            for rec in self._top(best_bucket, LANE_DEPTH):
-                if rec.priority == best.priority and lane(rec.id):
-                    return rec.id
+            pick = self._in_lane(best_bucket, best.priority, lane)
+            if pick is not None:
+                return pick.id
         return best.id
 
-    def _top(self, bucket: _Bucket, k: int) -> list[_Rec]:
-        """The bucket's `k` best live tasks in order (stale heap entries dropped on the way)."""
+    def _in_lane(self, bucket: _Bucket, priority: int, lane: Callable[[str], bool]) -> _Rec | None:
+        """The first of the bucket's LANE_DEPTH best live tasks of `priority` that is in the lane.
+        Walks the heap in order without popping it (a frontier of heap positions: the children of
+        position i are 2i+1 and 2i+2), so a pick costs O(j log j) for the j tasks looked at, a few
+        when the node's view is fresh, never O(bucket)."""
         heap, recs = bucket.heap, self._recs
-        out: list[_Rec] = []
-        held: list[tuple[int, int, int, str]] = []
-        while heap and len(out) < k:
-            entry = heapq.heappop(heap)
-            _p, seq, token, tid = entry
+        size = len(heap)
+        frontier: list[tuple[tuple[int, int, int, str], int]] = [(heap[0], 0)] if heap else []
+        live = looked = 0
+        while frontier and live < LANE_DEPTH and looked < 4 * LANE_DEPTH:
+            entry, i = heapq.heappop(frontier)
+            looked += 1
+            neg_priority, seq, token, tid = entry
+            if -neg_priority != priority:
+                return None  # in order: every task past here has a lower priority
             rec = recs.get(tid)
             if rec is not None and rec.token == token and rec.seq == seq and rec.bucket is bucket:
-                out.append(rec)
-                held.append(entry)
-        for entry in held:
-            heapq.heappush(heap, entry)
-        return out
+                live += 1
+                if lane(tid):
+                    return rec
+            for child in (2 * i + 1, 2 * i + 2):
+                if child < size:
+                    heapq.heappush(frontier, (heap[child], child))
+        return None
 
     def can_take(self, worker: WorkerView, task_id: str) -> bool:
         """Whether `worker` may take this READY task now (the filters of `select`)."""

@@ -196,3 +196,29 @@ async def test_a_node_claims_the_tasks_preferred_to_it_even_behind_ones_left_to_
         for tid in (for_b, for_c):
             assert (await a.call(WaitTask(tid))).state is TaskState.DONE
         assert b.actor.conflicts == 0 and c.actor.conflicts == 0
+
+
+async def test_the_feed_brings_another_nodes_long_integers_exactly_and_leaves_out_the_readers_own(
+    pg_url: str,
+) -> None:
+    # a feed page's user json (metadata, usage, an event's data) comes as text, decoded on its own
+    # with the long-integer check; the rest of the page (Shoal's bigint columns) skips the check.
+    # An integer beyond 64 bits reaches the other node exact, not a float; and a node's feed reads
+    # leave out the rows its own incarnation wrote (it has them).
+    big, neg = 2**70 + 1, -(2**65) - 3
+    async with node_queue(pg_url, "a") as a, node_queue(pg_url, "b") as b:
+        with b.bus.subscribe(["task.submitted", "custom.big"]) as heard:
+            (task,) = await a.submit(
+                TaskSpec("one", metadata={"big": big, "nested": [{"neg": neg}], "x": 1.5})
+            )
+            a.bus.publish("custom.big", {"big": big, "neg": neg})
+            with trio.fail_after(30):
+                topics = {(await heard.receive()).topic for _ in range(2)}
+                got = await b.call(GetTask(task.id))
+        assert topics == {"task.submitted", "custom.big"}
+        assert got.metadata == {"big": big, "nested": [{"neg": neg}], "x": 1.5}
+        assert type(got.metadata["big"]) is int and type(got.metadata["nested"][0]["neg"]) is int
+        event = next(e for e in b.bus.replay(0)[0] if e.topic == "custom.big")
+        assert event.data == {"big": big, "neg": neg} and type(event.data["big"]) is int
+        # a's own rows are in the log past its position, yet its feed reads handed it none
+        assert a.store.feed_rows == 0 and b.store.feed_rows >= 1  # type: ignore[attr-defined]

@@ -6,6 +6,8 @@ import random
 
 import attrs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shoal.actors.taskbook import TaskBook, WorkerView, backoff_delay
 from shoal.protocols.config import BackoffConfig, ModelsConfig, QueueConfig
@@ -595,3 +597,40 @@ def test_a_lane_picks_the_first_task_of_the_nodes_lane_near_the_head_never_a_low
         book.claim(tid, "w1", None, 2.0)
         book.drain()
     assert order == [f"t{i}" for i in range(10)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(0, 2), min_size=1, max_size=400),
+    st.sets(st.integers(0, 399)),
+    st.sets(st.integers(0, 399)),
+)
+def test_a_lane_pick_is_the_first_live_task_of_the_lane_in_order_as_a_full_sort_finds_it(
+    priorities: list[int], taken: set[int], lane_ids: set[int]
+) -> None:
+    # TaskBook.select walks the bucket's heap in order without popping it; the reference sorts the
+    # whole bucket: both must pick the same task, past claimed (stale) entries, within LANE_DEPTH
+    from shoal.actors.taskbook_select import LANE_DEPTH
+
+    book = TaskBook()
+    n = len(priorities)
+    book.submit([TaskSpec(prompt=f"t{i}", id=f"t{i}", priority=p) for i, p in enumerate(priorities)], 0.0)
+    book.drain()
+    for i in sorted(taken):
+        if i < n:
+            book.claim(f"t{i}", f"w{i}", None, 1.0)
+    book.drain()
+    live = [i for i in range(n) if i not in taken]
+    in_lane = {f"t{i}" for i in lane_ids}
+    view = WorkerView("w", None)
+    pick = book.select(view, lambda tid: tid in in_lane)
+    if not live:
+        assert pick is None
+        return
+    order = sorted(live, key=lambda i: (-priorities[i], i))  # priority, then submission order
+    head = order[0]
+    near = [i for i in order if priorities[i] == priorities[head]][:LANE_DEPTH]
+    want = next((i for i in near if f"t{i}" in in_lane), head)
+    assert pick == f"t{want}"
+    # the walk left the index whole: without a lane, tasks come out in order
+    assert book.select(view) == f"t{head}"
