@@ -382,6 +382,7 @@ class QueueActor(CallsQueue, ModelQueue, ClusterQueue):
         book.parked = dict(old.parked)
         book.stale_reports = old.stale_reports
         book.evicted = old.evicted
+        book.set_lane(self._lane())
         now = self._now()
         recovered = book.restore(
             stored,
@@ -581,7 +582,7 @@ class QueueActor(CallsQueue, ModelQueue, ClusterQueue):
         if self._broken is not None:
             self._idle[worker.id] = worker
             return
-        task_id = self.book.select(worker.view, self._lane())
+        task_id = self.book.select(worker.view)
         if task_id is None:
             self._idle[worker.id] = worker
             return
@@ -610,7 +611,7 @@ class QueueActor(CallsQueue, ModelQueue, ClusterQueue):
             if best is None:
                 no_taker.add(key)
                 continue
-            pick = self.book.select(best.view, self._lane())
+            pick = self.book.select(best.view)
             if pick is not None and pick != tid and self._left_elsewhere(pick, now):
                 pick = tid  # its own best is left to another node for now: this one is not
             if pick is not None:

@@ -375,6 +375,7 @@ class BookState:
         # ready index
         self._cats: dict[str | None, dict[BucketKey, _Bucket]] = {}
         self._assigned: dict[str, _Bucket] = {}  # worker -> its manual-assignment bucket
+        self._lane: Callable[[str], bool] | None = None  # a cluster node's lane (`set_lane`)
         self._targets: dict[str, set[str]] = {}  # worker -> non-running tasks manually assigned to it
         self._running: dict[str, set[str]] = {}  # worker -> tasks running on it
         self._ready_by_model: Counter[str | None] = Counter()

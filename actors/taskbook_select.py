@@ -18,18 +18,25 @@ from ..protocols.config import ModelsConfig, QueueConfig
 from ..protocols.tasks import TERMINAL_STATES, TaskState
 from .taskbook_records import _READY, _RUNNING, BookState, BucketKey, WorkerView, _Rec
 
-LANE_DEPTH = 128  # how far down the best bucket a cluster node looks for a task in its lane (`select`)
+LANE_SKEW_S = 1.0
+"""How much later than the head of its bucket a task a cluster node takes from its lane may have been
+submitted (`select`): tasks of equal priority start in submission order give or take this much."""
+
+
+_Entry = tuple[int, int, int, str]  # (-priority, seq, token, id)
 
 
 class _Bucket:
-    """Ready tasks sharing a routing key; a heap of (-priority, seq, token, id) with lazy deletion."""
+    """Ready tasks sharing a routing key; a heap of (-priority, seq, token, id) with lazy deletion,
+    and with a lane (`set_lane`) a second heap of the entries of the node's lane alone."""
 
-    __slots__ = ("heap", "key", "live", "worker")
+    __slots__ = ("heap", "key", "live", "mine", "worker")
 
     def __init__(self, key: BucketKey, worker: str | None) -> None:
         self.key = key
         self.worker = worker  # manual-assignment bucket of this worker, else None
-        self.heap: list[tuple[int, int, int, str]] = []
+        self.heap: list[_Entry] = []
+        self.mine: list[_Entry] = []
         self.live = 0
 
 
@@ -105,7 +112,10 @@ class ReadyIndex(BookState):
             if bucket is None:
                 bucket = per_cat[key] = _Bucket(key, None)
         rec.token += 1
-        heapq.heappush(bucket.heap, (-rec.priority, rec.seq, rec.token, rec.id))
+        entry = (-rec.priority, rec.seq, rec.token, rec.id)
+        heapq.heappush(bucket.heap, entry)
+        if self._lane is not None and bucket.worker is None and self._lane(rec.id):
+            heapq.heappush(bucket.mine, entry)
         bucket.live += 1
         rec.bucket = bucket
         self._ready_by_model[route[0]] += 1
@@ -129,8 +139,9 @@ class ReadyIndex(BookState):
                     if not per_cat:
                         del self._cats[bucket.key[0]]
 
-    def _peek(self, bucket: _Bucket) -> _Rec | None:
-        heap = bucket.heap
+    def _peek(self, bucket: _Bucket, heap: list[_Entry] | None = None) -> _Rec | None:
+        """The best live task of the bucket (of its lane heap, given `bucket.mine`)."""
+        heap = bucket.heap if heap is None else heap
         recs = self._recs
         while heap:
             _p, seq, token, tid = heap[0]
@@ -152,15 +163,34 @@ class ReadyIndex(BookState):
             return False
         return wmodel in self.mcfg.fallback.get(model, ())
 
-    def select(self, worker: WorkerView, lane: Callable[[str], bool] | None = None) -> str | None:
+    def set_lane(self, lane: Callable[[str], bool] | None) -> None:
+        """A cluster node's lane: whether a task is this node's to take first (None: no lanes).
+        Every node's book holds the same ready tasks in the same order, so workers of several nodes
+        turning idle at once would all pick the head, and all compare-and-sets but one would lose;
+        with lanes each node takes the first task of its own lane (`select`). Kept per bucket as a
+        second heap, so a pick stays O(log n) however stale the node's view of others' claims."""
+        self._lane = lane
+        for per_cat in self._cats.values():
+            for bucket in per_cat.values():
+                if lane is None:
+                    bucket.mine = []
+                    continue
+                mine = [e for e in bucket.heap if self._live(bucket, e) and lane(e[3])]
+                heapq.heapify(mine)
+                bucket.mine = mine
+
+    def _live(self, bucket: _Bucket, entry: _Entry) -> bool:
+        _p, seq, token, tid = entry
+        rec = self._recs.get(tid)
+        return rec is not None and rec.token == token and rec.seq == seq and rec.bucket is bucket
+
+    def select(self, worker: WorkerView) -> str | None:
         """The id of the best ready task for `worker`, or None. Does not claim it.
 
-        `lane` (a cluster): whether a task is this node's to take first. Every node's book holds the
-        same ready tasks in the same order, so workers of several nodes turning idle at once would
-        all pick the head and all compare-and-sets but one would lose; with a lane, a node takes
-        the first of the best bucket's LANE_DEPTH best tasks of the head's priority that is in its
-        lane (the head when none is): tasks of equal priority start in submission order give or
-        take a few places, never before a task of higher priority."""
+        With a lane (`set_lane`), the node takes the first task of its lane in the best bucket
+        rather than the head, when it has the head's priority and was submitted at most LANE_SKEW_S
+        after it: never before a task of higher priority, and a lane whose node is slow or busy is
+        taken from by the others once its head falls that far behind."""
         if worker.model is not None and worker.model in self.parked:
             return None
         own = self._assigned.get(worker.id)
@@ -194,36 +224,15 @@ class ReadyIndex(BookState):
                     best, best_score, best_bucket = rec, score, bucket
         if best is None:
             return None
-        if lane is not None and best_bucket is not None and not lane(best.id):
-            pick = self._in_lane(best_bucket, best.priority, lane)
-            if pick is not None:
-                return pick.id
+        if self._lane is not None and best_bucket is not None and best_bucket.worker is None:
+            mine = self._peek(best_bucket, best_bucket.mine)
+            if (
+                mine is not None
+                and mine.priority == best.priority
+                and mine.created - best.created <= LANE_SKEW_S
+            ):
+                return mine.id
         return best.id
-
-    def _in_lane(self, bucket: _Bucket, priority: int, lane: Callable[[str], bool]) -> _Rec | None:
-        """The first of the bucket's LANE_DEPTH best live tasks of `priority` that is in the lane.
-        Walks the heap in order without popping it (a frontier of heap positions: the children of
-        position i are 2i+1 and 2i+2), so a pick costs O(j log j) for the j tasks looked at, a few
-        when the node's view is fresh, never O(bucket)."""
-        heap, recs = bucket.heap, self._recs
-        size = len(heap)
-        frontier: list[tuple[tuple[int, int, int, str], int]] = [(heap[0], 0)] if heap else []
-        live = looked = 0
-        while frontier and live < LANE_DEPTH and looked < 4 * LANE_DEPTH:
-            entry, i = heapq.heappop(frontier)
-            looked += 1
-            neg_priority, seq, token, tid = entry
-            if -neg_priority != priority:
-                return None  # in order: every task past here has a lower priority
-            rec = recs.get(tid)
-            if rec is not None and rec.token == token and rec.seq == seq and rec.bucket is bucket:
-                live += 1
-                if lane(tid):
-                    return rec
-            for child in (2 * i + 1, 2 * i + 2):
-                if child < size:
-                    heapq.heappush(frontier, (heap[child], child))
-        return None
 
     def can_take(self, worker: WorkerView, task_id: str) -> bool:
         """Whether `worker` may take this READY task now (the filters of `select`)."""

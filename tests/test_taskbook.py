@@ -570,9 +570,9 @@ def test_escalation_keeps_a_stronger_category_model() -> None:
 
 
 def test_a_lane_picks_the_first_task_of_the_nodes_lane_near_the_head_never_a_lower_priority() -> None:
-    # a cluster node selects within its lane (TaskBook.select's `lane`): every node's book holds the
-    # same ready tasks in the same order, and without lanes workers of several nodes turning idle
-    # at once all pick the head (and all compare-and-sets but one lose)
+    # a cluster node selects within its lane (TaskBook.set_lane): every node's book holds the same
+    # ready tasks in the same order, and without lanes workers of several nodes turning idle at
+    # once all pick the head (and all compare-and-sets but one lose)
     book = TaskBook()
     book.submit([TaskSpec(prompt=f"t{i}", id=f"t{i}") for i in range(10)], 0.0)
     book.submit([TaskSpec(prompt="urgent", id="urgent", priority=5)], 0.0)
@@ -580,57 +580,99 @@ def test_a_lane_picks_the_first_task_of_the_nodes_lane_near_the_head_never_a_low
     view = WorkerView("w1", None)
     assert book.select(view) == "urgent"
     mine = {"t3", "t7"}
+    book.set_lane(lambda tid: tid in mine)  # set with tasks ready already: its heaps are built
     # a task of higher priority is taken whatever its lane: a lane never reorders priorities
-    assert book.select(view, lambda tid: tid in mine) == "urgent"
+    assert book.select(view) == "urgent"
     book.claim("urgent", "w1", None, 1.0)
     book.drain()
-    assert book.select(view) == "t0"  # submission order without a lane
-    assert book.select(view, lambda tid: tid in mine) == "t3"  # the first of this node's lane
-    assert book.select(view, lambda tid: tid == "t0") == "t0"  # the head, when it is the node's
-    assert book.select(view, lambda tid: False) == "t0"  # no task of its lane: the head
-    # the scan left the ready index intact: every task is still selectable in order
+    assert book.select(view) == "t3"  # the first of this node's lane
+    book.claim("t3", "w1", None, 1.0)
+    assert book.select(view) == "t7"
+    book.set_lane(lambda tid: tid == "t0")
+    assert book.select(view) == "t0"  # the head, when it is the node's
+    book.set_lane(lambda tid: False)
+    assert book.select(view) == "t0"  # no task of its lane: the head
+    book.set_lane(None)
+    assert book.select(view) == "t0"
+    # the lanes left the ready index intact: every task is still selectable in order
     order = []
-    for _ in range(10):
+    for _ in range(9):
         tid = book.select(view)
         assert tid is not None
         order.append(tid)
         book.claim(tid, "w1", None, 2.0)
         book.drain()
-    assert order == [f"t{i}" for i in range(10)]
+    assert order == [f"t{i}" for i in range(10) if i != 3]
+
+
+def test_a_lane_task_submitted_more_than_the_skew_after_the_head_waits_its_turn() -> None:
+    # a node whose lane's head fell behind (its node slow or busy) is taken from by the others:
+    # a lane reorders tasks of equal priority by at most LANE_SKEW_S of submission time
+    from shoal.actors.taskbook_select import LANE_SKEW_S
+
+    book = TaskBook()
+    for i in range(4):
+        book.submit([TaskSpec(prompt=f"t{i}", id=f"t{i}")], i * LANE_SKEW_S * 0.75)
+    book.drain()
+    view = WorkerView("w1", None)
+    book.set_lane(lambda tid: tid == "t1")  # 0.75 skews after the head
+    assert book.select(view) == "t1"
+    book.set_lane(lambda tid: tid == "t2")  # 1.5 skews after it: the head goes first
+    assert book.select(view) == "t0"
+    book.claim("t0", "w1", None, 5.0)
+    book.drain()
+    assert book.select(view) == "t2"  # now 0.75 skews after the head (t1)
+    # a task made ready later joins the lane's heap as it is indexed
+    book.set_lane(lambda tid: tid in ("t2", "late"))
+    book.claim("t2", "w1", None, 5.0)
+    book.submit([TaskSpec(prompt="late", id="late")], 2.5 * LANE_SKEW_S * 0.75)
+    book.drain()
+    assert book.select(view) == "t1"  # late: 2.5 - 1 = 1.5 skews after the head
+    book.claim("t1", "w1", None, 6.0)
+    book.drain()
+    assert book.select(view) == "late"  # 2.5 - 3: before the head (t3)
 
 
 @settings(max_examples=60, deadline=None)
 @given(
-    st.lists(st.integers(0, 2), min_size=1, max_size=400),
-    st.sets(st.integers(0, 399)),
-    st.sets(st.integers(0, 399)),
+    st.lists(st.tuples(st.integers(0, 2), st.integers(0, 8)), min_size=1, max_size=300),
+    st.sets(st.integers(0, 299)),
+    st.sets(st.integers(0, 299)),
+    st.booleans(),
 )
-def test_a_lane_pick_is_the_first_live_task_of_the_lane_in_order_as_a_full_sort_finds_it(
-    priorities: list[int], taken: set[int], lane_ids: set[int]
+def test_a_lane_pick_is_the_first_live_task_of_the_lane_as_a_full_sort_finds_it(
+    tasks: list[tuple[int, int]], taken: set[int], lane_ids: set[int], lane_first: bool
 ) -> None:
-    # TaskBook.select walks the bucket's heap in order without popping it; the reference sorts the
-    # whole bucket: both must pick the same task, past claimed (stale) entries, within LANE_DEPTH
-    from shoal.actors.taskbook_select import LANE_DEPTH
+    # the lane's own heaps against a sort of the whole bucket: the first live task of the lane of
+    # the head's priority, if submitted at most LANE_SKEW_S after the head; else the head. The lane
+    # is set before the tasks are submitted or after (its heaps built then), past claimed entries.
+    from shoal.actors.taskbook_select import LANE_SKEW_S
 
     book = TaskBook()
-    n = len(priorities)
-    book.submit([TaskSpec(prompt=f"t{i}", id=f"t{i}", priority=p) for i, p in enumerate(priorities)], 0.0)
+    in_lane = {f"t{i}" for i in lane_ids}
+    if lane_first:
+        book.set_lane(lambda tid: tid in in_lane)
+    created = {i: quarter * LANE_SKEW_S / 4 for i, (_p, quarter) in enumerate(tasks)}
+    for i, (priority, _q) in sorted(enumerate(tasks), key=lambda it: created[it[0]]):
+        book.submit([TaskSpec(prompt=f"t{i}", id=f"t{i}", priority=priority)], created[i])
     book.drain()
+    n = len(tasks)
     for i in sorted(taken):
         if i < n:
-            book.claim(f"t{i}", f"w{i}", None, 1.0)
+            book.claim(f"t{i}", f"w{i}", None, 10.0)
     book.drain()
+    if not lane_first:
+        book.set_lane(lambda tid: tid in in_lane)
     live = [i for i in range(n) if i not in taken]
-    in_lane = {f"t{i}" for i in lane_ids}
     view = WorkerView("w", None)
-    pick = book.select(view, lambda tid: tid in in_lane)
+    pick = book.select(view)
     if not live:
         assert pick is None
         return
-    order = sorted(live, key=lambda i: (-priorities[i], i))  # priority, then submission order
+    order = sorted(live, key=lambda i: (-tasks[i][0], created[i], i))  # priority, then submission
     head = order[0]
-    near = [i for i in order if priorities[i] == priorities[head]][:LANE_DEPTH]
-    want = next((i for i in near if f"t{i}" in in_lane), head)
+    lane = [i for i in order if tasks[i][0] == tasks[head][0] and f"t{i}" in in_lane]
+    want = lane[0] if lane and created[lane[0]] - created[head] <= LANE_SKEW_S else head
     assert pick == f"t{want}"
-    # the walk left the index whole: without a lane, tasks come out in order
-    assert book.select(view) == f"t{head}"
+    book.set_lane(None)
+    assert book.select(view) == f"t{head}"  # the index is whole: without a lane, the head
