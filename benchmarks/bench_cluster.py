@@ -521,6 +521,8 @@ async def _run_throughput(pg: PgCluster, nodes: int, workers: int, n: int) -> st
             "SELECT count(*) FROM (SELECT task_id FROM attempts GROUP BY 1 HAVING count(*) > 1) x"
         )
         outcomes = dict(await c.rows("SELECT coalesce(outcome, 'open'), count(*) FROM attempts GROUP BY 1"))
+        topics = await c.rows("SELECT topic, count(*) FROM events GROUP BY 1 ORDER BY 2 DESC, 1")
+        writes = await c.one("SELECT count(*) FROM task_log")
     elapsed = last - t0
     shoal = sum(cpu.values())
     return (
@@ -531,7 +533,11 @@ async def _run_throughput(pg: PgCluster, nodes: int, workers: int, n: int) -> st
         f"    CPU: Shoal nodes {shoal:.1f} s ({shoal / count * 1e6:.0f} µs/task; "
         + ", ".join(f"{k} {v:.1f} s" for k, v in cpu.items())
         + f"), PostgreSQL {pg_used:.1f} s ({pg_used / count * 1e6:.0f} µs/task),"
-        f" agents {agents:.1f} s; {load()}"
+        f" agents {agents:.1f} s; {load()}\n"
+        f"    store: {writes / count:.2f} row writes and {sum(n for _t, n in topics) / count:.2f}"
+        " events a task ("
+        + ", ".join(f"{t} {n / count:.2f}" for t, n in topics if n >= count / 100)
+        + "); every node reads each"
     )
 
 

@@ -313,7 +313,10 @@ async def test_resize_and_send_input_reach_the_pty(nursery: trio.Nursery, no_lea
     agent = py_agent(
         """
         import os, signal, sys
-        signal.signal(signal.SIGWINCH, lambda *_: print("size", *os.get_terminal_size(0), flush=True))
+        # os.write, not print: a print in a handler that interrupts another print raises
+        def winch(*_):
+            os.write(1, b"size %d %d\\n" % tuple(os.get_terminal_size(0)))
+        signal.signal(signal.SIGWINCH, winch)
         print("listening", flush=True)
         for line in sys.stdin:
             print("typed", line.strip(), flush=True)
