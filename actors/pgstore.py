@@ -40,6 +40,7 @@ from psycopg import sql
 
 from ..protocols.errors import StoreError
 from ..protocols.tasks import Attempt
+from ..runtime.fastjson import dumps as event_json
 from ..runtime.fastjson import loads as fast_json_loads
 from ..runtime.fastjson import loads_bounded
 from .cluster import FeedBatch, Landed, fenced_off
@@ -529,7 +530,7 @@ class PgStore(PgMembership):
                 cur.executemany(
                     "INSERT INTO events (seq, ts, node, topic, data)"
                     " VALUES (nextval('shoal_event_seq'), %s, %s, %s, %s)",
-                    [(ts, self.node_id, topic, _json(data)) for ts, topic, data in events],
+                    [(ts, self.node_id, topic, event_json(data)) for ts, topic, data in events],
                 )
             if written:
                 cur.execute(

@@ -222,3 +222,20 @@ async def test_the_feed_brings_another_nodes_long_integers_exactly_and_leaves_ou
         assert event.data == {"big": big, "neg": neg} and type(event.data["big"]) is int
         # a's own rows are in the log past its position, yet its feed reads handed it none
         assert a.store.feed_rows == 0 and b.store.feed_rows >= 1  # type: ignore[attr-defined]
+
+
+async def test_an_event_holding_nan_reaches_the_other_node_with_null_not_dropped(pg_url: str) -> None:
+    # an event's data is stored as orjson writes it (fastjson.dumps): NaN and the infinities become
+    # null, as a strict JSON reader needs; json.dumps wrote NaN, which PostgreSQL's json refuses, so
+    # such an event was dropped (the write's one-by-one path) and no other node heard it
+    async with node_queue(pg_url, "a") as a, node_queue(pg_url, "b") as b:
+        with b.bus.subscribe(["custom.*"]) as heard:
+            a.bus.publish("custom.nan", {"x": math.nan, "y": math.inf, "ok": 1})
+            a.bus.publish("custom.after", {"ok": 2})
+            with trio.fail_after(30):
+                got = [await heard.receive(), await heard.receive()]
+        assert [(e.topic, e.data) for e in got] == [
+            ("custom.nan", {"x": None, "y": None, "ok": 1}),
+            ("custom.after", {"ok": 2}),
+        ]
+        assert a.store.events_dropped == 0  # type: ignore[attr-defined]
