@@ -40,33 +40,28 @@ from psycopg import sql
 
 from ..protocols.errors import StoreError
 from ..protocols.tasks import Attempt
-from ..runtime.fastjson import dumps as event_json
 from ..runtime.fastjson import loads as fast_json_loads
 from ..runtime.fastjson import loads_bounded
-from .cluster import FeedBatch, Landed, fenced_off
+from .cluster import FeedBatch, Landed
 from .pgbase import Job, log
 from .pgmembership import PgMembership
 from .pgschema import (
     ADVISORY_KEY,
     EVENTS_PAGE,
-    INSERT_TASK,
-    UPDATE_TASK,
-    UPSERT_ATTEMPT,
+    NOTIFY_CHANNEL,
+    WRITE_CALL,
     NodeInfo,
     connect,
     feed_query,
     feed_rows,
     load_rows,
     migrate,
-    mutable_values,
+    write_docs,
 )
-from .pgschema import json_text as _json
 from .pgschema import why as _why
 from .store import Ticket, WriteRefused
-from .store_schema import attempt_values
 from .taskbook import Change, StaticRow, StoredTask
 
-NOTIFY_CHANNEL = "shoal_tasks"
 FEED_PAGE = 5000
 _FEED_QUERY = {False: feed_query(events=False), True: feed_query(events=True)}
 _EventRow = tuple[int, float, str, str, Any]
@@ -76,16 +71,10 @@ MAX_PENDING_EVENTS = 100_000  # events held while PostgreSQL is unreachable; the
 _DATA_ERRORS = (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError, ValueError, TypeError)
 
 
-def _returned(cur: psycopg.Cursor[Any], query: str, params: list[tuple[Any, ...]]) -> list[str]:
-    """Run `query` for each params in one pipeline; the first column of each row it returned."""
-    cur.executemany(query, params, returning=True)
-    out: list[str] = []
-    while True:
-        row = cur.fetchone()
-        if row is not None:
-            out.append(row[0])
-        if not cur.nextset():
-            return out
+def _task_of(data: Any) -> str | None:
+    """The task a write's own event is of: left out when that task's change loses (`fenced_off`)."""
+    tid = data.get("task_id") if isinstance(data, dict) else None
+    return tid if isinstance(tid, str) else None
 
 
 class PgStore(PgMembership):
@@ -337,7 +326,7 @@ class PgStore(PgMembership):
             return [(j.ticket, Landed(), None) for j in writes]
         try:
             conflicts = self._retrying(
-                "a write", lambda conn: self._apply(conn, changes, events, ridden), pipeline=True
+                "a write", lambda conn: self._apply(conn, changes, events, ridden), transaction=False
             )
         except _DATA_ERRORS:
             if events:
@@ -374,7 +363,7 @@ class PgStore(PgMembership):
                     conflicts = self._retrying(
                         "a write",
                         lambda conn: self._apply(conn, changes, (), ridden),  # noqa: B023
-                        pipeline=True,
+                        transaction=False,
                     )
                 except _DATA_ERRORS as exc:
                     if not ridden:
@@ -385,7 +374,7 @@ class PgStore(PgMembership):
                     conflicts = self._retrying(
                         "a write",
                         lambda conn: self._apply(conn, changes),  # noqa: B023
-                        pipeline=True,
+                        transaction=False,
                     )
             except _DATA_ERRORS as exc:
                 self.refused_writes += 1
@@ -408,7 +397,7 @@ class PgStore(PgMembership):
                 del self._events[:-MAX_PENDING_EVENTS]
             return
         try:
-            self._retrying("events", lambda conn: self._apply(conn, (), events), pipeline=True)
+            self._retrying("events", lambda conn: self._apply(conn, (), events), transaction=False)
         except _DATA_ERRORS as exc:  # a value json cannot hold: each on its own, the bad one dropped
             log.warning("pgstore: an event could not be stored (%s); storing them one by one", exc)
             for one in events:
@@ -430,9 +419,10 @@ class PgStore(PgMembership):
         events: Sequence[tuple[float, str, dict[str, Any]]] = (),
         ridden: Sequence[tuple[float, str, dict[str, Any]]] = (),
     ) -> dict[str, StoredTask | None]:
-        """One transaction: every task's last change, compare-and-set on its version; then the feed
-        entries and the events (`ridden`: the changes' own, less those of conflicts) under the
-        advisory lock, and a notification. Returns the conflicts with their rows."""
+        """One transaction, one round trip (the `shoal_write` function, pgschema): every task's last
+        change, compare-and-set on its version; then the feed entries and the events (`ridden`: the
+        changes' own, less those of conflicts) under the advisory lock, and a notification. Returns
+        the conflicts with their rows (read after, as they are now)."""
         first: dict[str, Change] = {}  # the first change of each task in the batch: its `expect`
         last: dict[str, Change] = {}
         inserts: dict[str, StaticRow] = {}
@@ -459,91 +449,28 @@ class PgStore(PgMembership):
             last[tid] = c
             if c.attempt is not None:
                 attempts.setdefault(tid, {})[c.attempt.n] = c.attempt
-        conflicts: list[str] = []
-        written: list[str] = []
+        order = sorted(last)
+        docs = write_docs(
+            evicts={tid: c.expect for tid, c in evicts.items()},
+            inserts=[(inserts[tid], last[tid]) for tid in order if tid in inserts],
+            updates=[(first[tid].expect, last[tid]) for tid in order if tid not in inserts],
+            attempts=[(tid, a) for tid in order for a in attempts.get(tid, {}).values()],
+            events=[
+                *((None, ts, topic, data) for ts, topic, data in events),
+                *((_task_of(data), ts, topic, data) for ts, topic, data in ridden),
+            ],
+        )
+        floor = self._event_floor if (events or ridden) else 0
         with conn.cursor() as cur:
-            # statements in one pipeline (one round trip each kind, not one a task); rows in id
-            # order, so two nodes' transactions lock shared rows in one order, never crossed
-            if evicts:
-                ids = sorted(evicts)
-                gone = set(
-                    _returned(
-                        cur,
-                        "DELETE FROM tasks WHERE id = %s AND version = %s RETURNING id",
-                        [(tid, evicts[tid].expect) for tid in ids],
-                    )
-                )
-                conflicts += [tid for tid in ids if tid not in gone]
-                if gone:
-                    cur.execute("DELETE FROM attempts WHERE task_id = ANY(%s)", (sorted(gone),))
-                    written += sorted(gone)
-            order = sorted(last)
-            new_ids = [tid for tid in order if tid in inserts]
-            old_ids = [tid for tid in order if tid not in inserts]
-            ok: set[str] = set()
-            if new_ids:
-                params = []
-                for tid in new_ids:
-                    st, c = inserts[tid], last[tid]
-                    params.append(
-                        (
-                            tid,
-                            st.seq,
-                            st.prompt,
-                            st.category,
-                            st.priority,
-                            _json(list(st.deps)),
-                            st.model,
-                            st.max_attempts,
-                            st.timeout_s,
-                            _json(st.metadata),
-                            st.run_on_dep_failure,
-                            st.digest,
-                            st.created,
-                            *mutable_values(c),
-                        )
-                    )
-                ok.update(_returned(cur, INSERT_TASK, params))
-            if old_ids:
-                params = [(*mutable_values(last[tid]), tid, first[tid].expect) for tid in old_ids]
-                ok.update(_returned(cur, UPDATE_TASK, params))
-            for tid in order:
-                (written if tid in ok else conflicts).append(tid)
-            if ridden:
-                lost = set(conflicts)
-                events = [*events, *(e for e in ridden if not fenced_off(e[2], lost))]
-            rows = [
-                attempt_values(tid, a) for tid in order if tid in ok for a in attempts.get(tid, {}).values()
-            ]
-            if rows:
-                cur.executemany(UPSERT_ATTEMPT, rows)
-            if written or events:
-                cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(current_database()))", (ADVISORY_KEY,))
-            if events:
-                if self._event_floor:
-                    cur.execute(
-                        "SELECT setval('shoal_event_seq', greatest(%s, (SELECT CASE WHEN is_called"
-                        " THEN last_value ELSE 0 END FROM shoal_event_seq)))",
-                        (self._event_floor,),
-                    )
-                    self._event_floor = 0  # setval is not transactional: done once
-                cur.executemany(
-                    "INSERT INTO events (seq, ts, node, topic, data)"
-                    " VALUES (nextval('shoal_event_seq'), %s, %s, %s, %s)",
-                    [(ts, self.node_id, topic, event_json(data)) for ts, topic, data in events],
-                )
-            if written:
-                cur.execute(
-                    "INSERT INTO task_log (rev, task_id)"
-                    " SELECT nextval('shoal_rev'), t FROM unnest(%s::text[]) t",
-                    (written,),
-                )
-            if written or events:
-                cur.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, self.node_id))
+            cur.execute(WRITE_CALL, (self.node_id, ADVISORY_KEY, floor, *docs))
+            row = cur.fetchone()
+            conflicts: list[str] = list(row[0]) if row is not None and row[0] else []
+            if floor:
+                self._event_floor = 0  # setval is not transactional: done once
             found: dict[str, StoredTask | None] = dict.fromkeys(conflicts)
             if conflicts:
-                for row in load_rows(cur, conflicts):
-                    found[row.id] = row
+                for stored in load_rows(cur, conflicts):
+                    found[stored.id] = stored
         return found
 
     # ---- reads ----------------------------------------------------------------------------------
