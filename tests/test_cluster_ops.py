@@ -120,6 +120,47 @@ def test_db_check_says_an_older_schema_needs_migrate(pg_url: str) -> None:
 
 
 @pytest.mark.postgres
+async def test_a_schema_1_database_with_a_task_migrates_to_the_write_function_keeping_it(pg_url: str) -> None:
+    # a database of the version before the write function (schema 1: the tables) holds a task;
+    # `shoal db check` says it needs migrating, `shoal db migrate` adds the function and keeps the
+    # rows, and a node then reads the task and writes through the function
+    from shoal.actors.pgschema import MIGRATIONS
+    from shoal.actors.taskbook import TaskBook
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(MIGRATIONS[0])  # type: ignore[call-overload]
+        conn.execute("INSERT INTO shoal_meta VALUES ('schema_version', '1')")
+        conn.execute(
+            "INSERT INTO tasks VALUES ('old', 1, 'from schema 1', NULL, 0, '[]', NULL, 3, NULL, '{\"k\": 1}',"
+            " false, 'd', 1.0, 'ready', 0, NULL, NULL, NULL, NULL, 1.0, '{}', '{}', 0, NULL, 7)"
+        )
+        conn.execute("INSERT INTO task_log (rev, task_id) VALUES (nextval('shoal_rev'), 'old')")
+    check = await trio.to_thread.run_sync(lambda: shoal("db", "check", "--store", pg_url))
+    assert check.returncode == EXIT_FAILED and "schema version 1 is older" in check.stderr, check
+    migrated = await trio.to_thread.run_sync(lambda: shoal("db", "migrate", "--store", pg_url))
+    assert migrated.returncode == EXIT_OK, migrated
+    assert f"schema version 1 → {SCHEMA_VERSION}" in migrated.stdout, migrated
+    store = await PgStore.open(pg_url, "n")
+    try:
+        (row,) = await store.load_all()
+        assert (row.id, row.static.prompt, row.static.metadata) == ("old", "from schema 1", {"k": 1})
+        assert row.version == 7
+        book = TaskBook(stamp=store.stamp, seq_source=store.next_seq)
+        book.restore([row], 2.0)
+        book.drain()
+        book.cancel("old", 3.0)
+        changes, _events, _ready = book.drain()
+        landed = await store.write(changes).wait()
+        assert not landed.conflicts
+    finally:
+        await store.aclose()
+    ((state, version),) = await trio.to_thread.run_sync(
+        pg_rows_simple, pg_url, "SELECT state, version FROM tasks WHERE id = 'old'"
+    )
+    assert state == "cancelled" and version != 7
+
+
+@pytest.mark.postgres
 def test_db_refuses_a_foreign_database_and_reads_store_url_from_a_config_file(
     pg_url: str, tmp_path: Path
 ) -> None:
