@@ -71,7 +71,8 @@ class ClusterConfig:
 
 
 def fenced_off(data: Any, conflicts: Collection[str]) -> bool:
-    """An event that did not happen: its task's change in the same write lost its compare-and-set."""
+    """An event that did not happen: its task's change in the same write lost its compare-and-set.
+    (The shared store applies the same rule in SQL, in `shoal_write`: an event's `task_id`.)"""
     return isinstance(data, dict) and data.get("task_id") in conflicts
 
 

@@ -141,9 +141,9 @@ class PgStore(PgMembership):
 
     def write(self, changes: Sequence[Change], events: Sequence[tuple[str, dict[str, Any]]] = ()) -> Ticket:
         """`events`: what these changes make happen. They commit in the same transaction (those of a
-        task whose change lost its compare-and-set left out: `fenced_off`), so other nodes hear of a
-        change and its events with one notification and one feed read, not two of each; every bus
-        gets them from the feed, this node's too."""
+        task whose change lost its compare-and-set left out by `shoal_write`: `fenced_off`'s rule),
+        so other nodes hear of a change and its events with one notification and one feed read, not
+        two of each; every bus gets them from the feed, this node's too."""
         ticket = Ticket()
         if self._broken is not None or self._closing:
             ticket._resolve(None, self._broken or StoreError(f"{self.shown_url}: store is closed"))
