@@ -518,8 +518,11 @@ class SwarmHandle:
 
     # ---- events -----------------------------------------------------------------------------------
 
-    def events(self, patterns: Sequence[str] = ("*",), size: int = 1000) -> Subscription:
-        return self.bus.subscribe(patterns, size)
+    def events(
+        self, patterns: Sequence[str] = ("*",), size: int = 1000, *, remote: bool = True
+    ) -> Subscription:
+        """`remote=False`: this node's events only (in a cluster every node's reach every bus)."""
+        return self.bus.subscribe(patterns, size, remote=remote)
 
     # ---- the swarm --------------------------------------------------------------------------------
 

@@ -42,9 +42,10 @@ def _patterns(patterns: Iterable[str]) -> tuple[str, ...]:
 class Subscription:
     """One subscriber's bounded view of the bus. Iterate it; close it (or leave the `with`) to stop."""
 
-    def __init__(self, bus: EventBus, patterns: tuple[str, ...], size: int) -> None:
+    def __init__(self, bus: EventBus, patterns: tuple[str, ...], size: int, remote: bool = True) -> None:
         self._bus = bus
         self.patterns = patterns
+        self.remote = remote  # also other nodes' events (a cluster), not only this node's
         self._send, self._recv = trio.open_memory_channel[Event](size)
         self.dropped = 0  # events lost because this subscriber was slow
         self.first_dropped_seq: int | None = None
@@ -155,15 +156,19 @@ class EventBus:
         topic = event.topic
         if self._replay_enabled:
             self._replay.append(event)
+        remote = event.remote
         for sub in tuple(self._subs):
-            if sub.wants(topic):
+            if sub.wants(topic) and (sub.remote or not remote):
                 sub._offer(event)
         return event
 
-    def subscribe(self, patterns: Iterable[str] = ("*",), size: int = 1000) -> Subscription:
+    def subscribe(
+        self, patterns: Iterable[str] = ("*",), size: int = 1000, *, remote: bool = True
+    ) -> Subscription:
+        """`remote=False`: this node's events only (a cluster delivers every node's to every bus)."""
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise ValidationError("size", "must be an integer >= 0", size)
-        sub = Subscription(self, _patterns(patterns), size)
+        sub = Subscription(self, _patterns(patterns), size, remote)
         self._subs.add(sub)
         return sub
 

@@ -149,3 +149,16 @@ def test_two_buses_in_one_program_do_not_see_each_other() -> None:
     assert [(e.seq, e.topic) for e in drain(sub_two)] == [(1, "worker.x")]
     assert (one.last_seq, two.last_seq) == (2, 1)
     assert [e.topic for e in two.replay(0)[0]] == ["worker.x"]
+
+
+def test_a_local_subscription_gets_this_nodes_events_only() -> None:
+    # a cluster delivers every node's events to every bus; the JSON event log wants this node's
+    # alone (the other nodes' logs have theirs) and is spared the others' traffic
+    bus = EventBus()
+    with bus.subscribe(("*",), 10, remote=False) as local, bus.subscribe(("*",), 10) as everything:
+        bus.deliver(1, 1.0, "task.done", {"task_id": "t1"}, remote=True)
+        bus.deliver(2, 2.0, "task.done", {"task_id": "t2"})
+        assert [local.receive_nowait().seq] == [2]
+        with pytest.raises(trio.WouldBlock):
+            local.receive_nowait()
+        assert [everything.receive_nowait().seq, everything.receive_nowait().seq] == [1, 2]
