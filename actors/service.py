@@ -319,8 +319,12 @@ def check_profile(config: SwarmConfig) -> None:
         ) from None
 
 
-async def serve(config: SwarmConfig, *, drain: bool = False, out: TextIO | None = None) -> None:
+async def serve(
+    config: SwarmConfig, *, drain: bool = False, out: TextIO | None = None, restore_signals: bool = True
+) -> None:
     """Run until SIGINT/SIGTERM. `drain`: let running tasks finish before the workers stop.
+    `restore_signals=False` (`shoal serve`, whose process ends with this): SIGINT and SIGTERM stay
+    ignored once serving is over, so one arriving as the process exits cannot kill it mid-way.
 
     Start-up failures (port taken, state directory, store, token, config) raise a `ShoalError` whose
     message is the one line `shoal serve` prints.
@@ -328,6 +332,21 @@ async def serve(config: SwarmConfig, *, drain: bool = False, out: TextIO | None 
     out = out or sys.stdout
     fmt = log_format(config.log)
     setup_logging(config.log, fmt=fmt)
+    # The receiver below re-raises, as it closes, any signal it holds unread, with the handler it
+    # found: a signal arriving once the stop is done (a second Ctrl-C, a supervisor's repeated
+    # SIGTERM) killed the stopped process (exit -15). It finds "ignore" instead; the handlers the
+    # process had come back once serving is over.
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        await _serve(config, drain, out, fmt)
+    finally:
+        if restore_signals:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    print("shoal: stopped", file=out, flush=True)
+
+
+async def _serve(config: SwarmConfig, drain: bool, out: TextIO, fmt: LogFormat) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with open_swarm(config, serve=True) as swarm, trio.open_nursery() as nursery:
             check_profile(swarm.config)  # the effective config: the state directory's overrides apply
@@ -351,7 +370,6 @@ async def serve(config: SwarmConfig, *, drain: bool = False, out: TextIO | None 
                 await swarm.stop(drain=drain)
                 await _wait_workers_gone(swarm)
             nursery.cancel_scope.cancel()
-    print("shoal: stopped", file=out, flush=True)
 
 
 # How long a stop may take before Shoal cancels what is left: draining waits for the running tasks

@@ -74,5 +74,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from ..service import serve
 
-    trio.run(partial(serve, config, drain=args.drain))
+    trio.run(partial(serve, config, drain=args.drain, restore_signals=False))
     return EXIT_OK
