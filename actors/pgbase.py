@@ -76,6 +76,9 @@ class PgBase:
         self._cv = threading.Condition()
         self._jobs: list[Job] = []
         self._wake_feed = False
+        # other nodes' notifications since the store thread last looked, in commit order: what each
+        # write took and wrote (None: read the feed; PgStore._catch_up)
+        self._notes: list[dict[str, Any] | None] = []
         self._closing = False
         self._closed = False
         self._broken: StoreError | None = None
@@ -109,6 +112,8 @@ class PgBase:
         self.reconnects = 0
         self.refused_writes = 0
         self.feed_rows = 0
+        self.feed_notes = 0  # other nodes' writes taken from their notification, not a feed read
+        self.feed_reads = 0
         self.retried_clashes = 0
         self.frozen_sessions_ended = 0  # other nodes' sessions ended by this node's listener
 

@@ -261,6 +261,7 @@ class PgStore(PgMembership):
                 jobs = self._held = self._take()
                 feed_due = self._wake_feed
                 self._wake_feed = False
+                notes, self._notes = self._notes, []
                 events, self._events = self._events, []
                 wrote_events = bool(events) or any(j.arg for j in jobs if j.kind == "write")
             results: list[tuple[Ticket, Any, BaseException | None]] = []
@@ -300,7 +301,13 @@ class PgStore(PgMembership):
             # this node's own events come back to its bus after each commit that carried them, and
             # with the feed's rows: the events read may be another node's too, whose rows must be
             # absorbed first (a client that hears `task.done` reads the task done)
-            if feed_due or now >= next_poll or (wrote_events and self._bus is not None):
+            # (a notification that carries its write is taken as it is, this node's own too:
+            # `_catch_up`; while the listener is away, a commit that carried events reads them)
+            listening = self._listen_conn is not None
+            read = now >= next_poll or (wrote_events and self._bus is not None and not listening)
+            if feed_due and not read:
+                read = not self._catch_up(notes)
+            if read:
                 if now >= next_poll:
                     next_poll = now + self.poll_s
                 self._read_feed()
@@ -520,6 +527,7 @@ class PgStore(PgMembership):
         the cluster's events past theirs."""
         if self._broken is not None:
             return
+        self.feed_reads += 1
         # one snapshot and one round trip a page: the events, the log and the rows it names (an
         # event's row was committed with it, so it is in the rows; the queue absorbs the rows,
         # then delivers the events: FeedBatch)
@@ -622,8 +630,7 @@ class PgStore(PgMembership):
                 sweep_at = time.monotonic() + self.lease_s / 2
                 while not self._closing:
                     for note in conn.notifies(timeout=0.5):
-                        if note.payload != self.node_id:
-                            self._kick()
+                        self._heard(note.payload)
                     if time.monotonic() >= sweep_at:
                         sweep_at = time.monotonic() + self.lease_s / 2
                         self._end_frozen_sessions(conn)
@@ -665,6 +672,59 @@ class PgStore(PgMembership):
                 self.lease_s,
                 ", ".join(str(r[0]) for r in ended),
             )
+
+    def _heard(self, payload: str) -> None:
+        """A write was committed (another node's or this one's): its notification, for the store
+        thread, which takes this node's own events from it too."""
+        note: Any = None
+        if payload.startswith("{"):
+            try:
+                note = loads_bounded(payload)
+            except ValueError:
+                note = None
+            if not isinstance(note, dict) or note.get("big"):
+                note = None  # too big to carry its write: read the feed
+        elif payload == self.node_id:
+            return  # (a node of the version before notifies its id alone: read the feed)
+        with self._cv:
+            self._notes.append(note)
+            self._wake_feed = True
+            self._cv.notify()
+
+    def _catch_up(self, notes: list[dict[str, Any] | None]) -> bool:
+        """Take other nodes' writes from their notifications (`shoal_write`: the revs and event seqs
+        a write took, its rows, attempts and events) when each starts right where this node's feed
+        position is; False when one does not (a write missed, one too big to carry, a node of the
+        version before): then the caller reads the feed, which covers them all."""
+        if self._broken is not None or not notes:
+            return not notes
+        events_too = self._bus is not None
+        for note in notes:
+            if note is None:
+                return False
+            try:
+                rev0, rev1, seq0, seq1 = (int(note[k]) for k in ("rev0", "rev1", "seq0", "seq1"))
+            except (KeyError, TypeError, ValueError):
+                return False
+            if rev1 <= self._rev and (not events_too or seq1 <= self._event_pos):
+                continue  # read with the feed already
+            if rev0 != self._rev or (events_too and seq0 != self._event_pos):
+                return False
+            rows: list[tuple[str, StoredTask | None]] = []
+            if note.get("node") != self.node_id:  # (this node's own rows are in its book)
+                found = {r.id: r for r in feed_rows(note.get("tasks"), note.get("attempts"))}
+                rows = [(tid, found.get(tid)) for tid in dict.fromkeys(note.get("ids") or ())]
+                rows.sort(key=lambda item: item[1].static.seq if item[1] is not None else -1)
+            events: list[_EventRow] = []
+            if events_too:
+                events = [(s, ts, n, t, fast_json_loads(d)) for s, ts, n, t, d in note.get("events") or ()]
+                self._event_pos = seq1
+            self._rev = rev1
+            self.feed_rows += len(rows)
+            self.feed_notes += 1
+            if rows or events:
+                self._push(FeedBatch(rows, events))
+        return True
 
     def _kick(self) -> None:
         with self._cv:

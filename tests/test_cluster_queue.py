@@ -33,9 +33,9 @@ pytestmark = pytest.mark.postgres
 
 @asynccontextmanager
 async def node_queue(
-    url: str, node_id: str, *, lease_s: float = 5.0, heartbeat_s: float = 0.5
+    url: str, node_id: str, *, lease_s: float = 5.0, heartbeat_s: float = 0.5, poll_s: float = 2.0
 ) -> AsyncIterator[Q]:
-    store = await PgStore.open(url, node_id, lease_s=lease_s, heartbeat_s=heartbeat_s)
+    store = await PgStore.open(url, node_id, lease_s=lease_s, heartbeat_s=heartbeat_s, poll_s=poll_s)
     try:
         bus = EventBus()
         store.attach_bus(bus)  # every node's events on every node's bus, after their rows
@@ -63,7 +63,8 @@ async def test_a_claim_lost_to_another_node_leaves_the_worker_untouched_and_idle
                 await heard.receive()  # b has absorbed the task's row (events follow their rows)
         assert (await b.call(GetTask(task.id))).state is TaskState.READY
         store_b: PgStore = b.store  # type: ignore[assignment]
-        monkeypatch.setattr(store_b, "_read_feed", lambda: None)  # b hears nothing for now
+        monkeypatch.setattr(store_b, "_read_feed", lambda: None)  # b hears nothing for now:
+        monkeypatch.setattr(store_b, "_catch_up", lambda notes: False)  # neither read nor notified
         bot_a, bot_b = Bot(a, "a:w1"), Bot(b, "b:w1")
         await bot_a.available()
         claimed = await bot_a.assignment()
@@ -239,3 +240,32 @@ async def test_an_event_holding_nan_reaches_the_other_node_with_null_not_dropped
             ("custom.after", {"ok": 2}),
         ]
         assert a.store.events_dropped == 0  # type: ignore[attr-defined]
+
+
+async def test_a_small_write_reaches_every_node_in_its_notification_and_a_big_one_by_the_feed(
+    pg_url: str,
+) -> None:
+    # shoal_write's NOTIFY carries a small write (its feed positions, rows, attempts and events):
+    # the other node and the writer itself take it from there, no feed read (the slow poll is an
+    # hour away here, so any read would be one the notification did not spare); a write too big
+    # for a notification (a 10 kB prompt) says so, and the nodes read the feed for it, whole
+    async with node_queue(pg_url, "a", poll_s=3600) as a, node_queue(pg_url, "b", poll_s=3600) as b:
+        store_a: PgStore = a.store  # type: ignore[assignment]
+        store_b: PgStore = b.store  # type: ignore[assignment]
+        with a.bus.subscribe(["task.submitted"]) as mine, b.bus.subscribe(["task.submitted"]) as theirs:
+            reads_a, reads_b = store_a.feed_reads, store_b.feed_reads
+            notes_a, notes_b = store_a.feed_notes, store_b.feed_notes
+            (small,) = await a.submit(TaskSpec("small", metadata={"big": 2**70}))
+            with trio.fail_after(30):
+                here, there = await mine.receive(), await theirs.receive()
+            assert here.data["task_id"] == there.data["task_id"] == small.id
+            assert (store_a.feed_reads, store_b.feed_reads) == (reads_a, reads_b)
+            assert store_a.feed_notes > notes_a and store_b.feed_notes > notes_b
+            got = await b.call(GetTask(small.id))
+            assert got.prompt == "small" and got.metadata == {"big": 2**70}
+            (big,) = await a.submit(TaskSpec("x" * 10_000))
+            with trio.fail_after(30):
+                here, there = await mine.receive(), await theirs.receive()
+            assert here.data["task_id"] == there.data["task_id"] == big.id
+            assert store_a.feed_reads > reads_a and store_b.feed_reads > reads_b
+            assert (await b.call(GetTask(big.id))).prompt == "x" * 10_000
