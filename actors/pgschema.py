@@ -28,6 +28,7 @@ from .store_schema import (
     MUTABLE_COLUMNS,
     STATIC_COLUMNS,
     attempt_from_row,
+    attempt_values,
     task_from_row,
 )
 from .store_schema import mutable_values as sqlite_mutable_values
@@ -295,18 +296,6 @@ $fn$;
 _STATIC = STATIC_COLUMNS
 _MUTABLE = (*MUTABLE_COLUMNS, "version")
 _ATTEMPT_COLS = ATTEMPT_COLUMNS
-INSERT_TASK = (
-    f"INSERT INTO tasks ({', '.join(_STATIC + _MUTABLE)})"
-    f" VALUES ({', '.join(['%s'] * len(_STATIC + _MUTABLE))})"
-    " ON CONFLICT (id) DO NOTHING RETURNING id"
-)
-UPDATE_TASK = (
-    f"UPDATE tasks SET {', '.join(f'{c} = %s' for c in _MUTABLE)} WHERE id = %s AND version = %s RETURNING id"
-)
-UPSERT_ATTEMPT = (
-    f"INSERT INTO attempts ({', '.join(_ATTEMPT_COLS)}) VALUES ({', '.join(['%s'] * len(_ATTEMPT_COLS))})"
-    " ON CONFLICT (task_id, n) DO UPDATE SET " + ", ".join(f"{c} = EXCLUDED.{c}" for c in _ATTEMPT_COLS[2:])
-)
 
 
 WRITE_CALL = "SELECT shoal_write(%s, %s, %s, %s::json, %s::json, %s::json, %s::json, %s::json)"
@@ -320,21 +309,19 @@ def _num(value: float | None) -> float | str | None:
 
 
 def _task_doc(c: Change) -> dict[str, Any]:
-    """A change's mutable columns and version, keyed by column (json columns as values)."""
-    return {
-        "state": c.state.value,
-        "priority": c.priority,
-        "reason": c.reason,
-        "result": c.result,
-        "not_before": _num(c.not_before),
-        "worker": c.worker,
-        "updated": _num(c.updated),
-        "failed_models": dumps(c.failed_models) if c.failed_models else "{}",
-        "usage": dumps(c.usage) if c.usage else "{}",
-        "retry_base": c.retry_base,
-        "dep_failure": c.dep_failure,
-        "version": c.version,
-    }
+    """A change's mutable columns and version, keyed by column (as both stores write them:
+    store_schema.mutable_values, json columns as their text)."""
+    doc = dict(zip(MUTABLE_COLUMNS, sqlite_mutable_values(c), strict=True))
+    doc["not_before"], doc["updated"] = _num(c.not_before), _num(c.updated)
+    doc["version"] = c.version
+    return doc
+
+
+def _attempt_doc(tid: str, a: Attempt) -> dict[str, Any]:
+    """An attempt's row keyed by column (store_schema.attempt_values, as both stores write it)."""
+    doc = dict(zip(ATTEMPT_COLUMNS, attempt_values(tid, a), strict=True))
+    doc["started"], doc["ended"] = _num(a.started), _num(a.ended)
+    return doc
 
 
 def write_docs(
@@ -369,24 +356,7 @@ def write_docs(
         for st, c in inserts
     ]
     doc_update = [{"id": c.task_id, "expect": expect, **_task_doc(c)} for expect, c in updates]
-    doc_attempts = [
-        {
-            "task_id": tid,
-            "n": a.n,
-            "worker": a.worker,
-            "model": a.model,
-            "started": _num(a.started),
-            "ended": _num(a.ended),
-            "outcome": a.outcome.value if a.outcome is not None else None,
-            "reason": a.reason,
-            "exit_code": a.exit_code,
-            "signal": a.signal,
-            "output_tail": a.output_tail,
-            "usage": dumps(a.usage) if a.usage else "{}",
-            "workspace": dumps(a.workspace) if a.workspace is not None else None,
-        }
-        for tid, a in attempts
-    ]
+    doc_attempts = [_attempt_doc(tid, a) for tid, a in attempts]
     doc_events = [
         {"task_id": tid, "ts": _num(ts), "topic": topic, "data": dumps(data)}
         for tid, ts, topic, data in events
@@ -402,11 +372,6 @@ def write_docs(
 
 def json_text(value: Any) -> str:
     return json.dumps(value, default=str)
-
-
-def mutable_values(c: Change) -> tuple[Any, ...]:
-    """The SQLite store's mutable columns plus the row version a shared store compares and sets."""
-    return (*sqlite_mutable_values(c), c.version)
 
 
 def load_rows(cur: psycopg.Cursor[Any], ids: Sequence[str] | None) -> list[StoredTask]:

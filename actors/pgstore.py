@@ -726,10 +726,5 @@ class PgStore(PgMembership):
                 self._push(FeedBatch(rows, events))
         return True
 
-    def _kick(self) -> None:
-        with self._cv:
-            self._wake_feed = True
-            self._cv.notify()
-
 
 __all__ = ["FEED_PAGE", "NOTIFY_CHANNEL", "PgStore"]

@@ -17,7 +17,7 @@ from clusterkit import pg_rows
 from test_queue import Bot, Q
 
 from shoal.actors import queue_cluster
-from shoal.actors.cluster import NodesReport
+from shoal.actors.cluster import FeedBatch, NodesReport
 from shoal.actors.pgschema import open_nodes
 from shoal.actors.pgstore import PgStore
 from shoal.actors.queue import GetTask, QueueActor, WaitTask
@@ -243,29 +243,59 @@ async def test_an_event_holding_nan_reaches_the_other_node_with_null_not_dropped
 
 
 async def test_a_small_write_reaches_every_node_in_its_notification_and_a_big_one_by_the_feed(
-    pg_url: str,
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # shoal_write's NOTIFY carries a small write (its feed positions, rows, attempts and events):
-    # the other node and the writer itself take it from there, no feed read (the slow poll is an
-    # hour away here, so any read would be one the notification did not spare); a write too big
-    # for a notification (a 10 kB prompt) says so, and the nodes read the feed for it, whole
+    # the other node takes its row and events from there, the writer its own events, neither by a
+    # feed read; a write too big for a notification (a 10 kB prompt) says so, and the nodes read
+    # the feed for it, whole. (Each store's hand-over to its queue is watched: whether a task's row
+    # or event came while the store thread was reading the feed; the slow poll, a read that may
+    # come first, is an hour away.)
     async with node_queue(pg_url, "a", poll_s=3600) as a, node_queue(pg_url, "b", poll_s=3600) as b:
-        store_a: PgStore = a.store  # type: ignore[assignment]
-        store_b: PgStore = b.store  # type: ignore[assignment]
+        by_read: dict[str, set[str]] = {"a": set(), "b": set()}
+        by_note: dict[str, set[str]] = {"a": set(), "b": set()}
+        for name, q in (("a", a), ("b", b)):
+            store: Any = q.store
+            reading = [False]
+
+            def read(store: Any = store, reading: list[bool] = reading, orig: Any = store._read_feed) -> None:
+                reading[0] = True
+                try:
+                    orig()
+                finally:
+                    reading[0] = False
+
+            def push(
+                item: Any, name: str = name, reading: list[bool] = reading, orig: Any = store._push
+            ) -> None:
+                if isinstance(item, FeedBatch):
+                    ids = {tid for tid, _row in item.rows} | {e[4].get("task_id") for e in item.events}
+                    (by_read if reading[0] else by_note)[name].update(i for i in ids if isinstance(i, str))
+                orig(item)
+
+            monkeypatch.setattr(store, "_read_feed", read)
+            monkeypatch.setattr(store, "_push", push)
         with a.bus.subscribe(["task.submitted"]) as mine, b.bus.subscribe(["task.submitted"]) as theirs:
-            reads_a, reads_b = store_a.feed_reads, store_b.feed_reads
-            notes_a, notes_b = store_a.feed_notes, store_b.feed_notes
+            # first a big write at each node: hearing the other's proves each listener is there
+            # and each feed position past whatever was written before it listened
+            for q in (a, b):
+                await q.submit(TaskSpec("warm-up " + "y" * 10_000))
+            with trio.fail_after(30):
+                for _ in range(2):
+                    await mine.receive()
+                    await theirs.receive()
             (small,) = await a.submit(TaskSpec("small", metadata={"big": 2**70}))
             with trio.fail_after(30):
                 here, there = await mine.receive(), await theirs.receive()
             assert here.data["task_id"] == there.data["task_id"] == small.id
-            assert (store_a.feed_reads, store_b.feed_reads) == (reads_a, reads_b)
-            assert store_a.feed_notes > notes_a and store_b.feed_notes > notes_b
             got = await b.call(GetTask(small.id))
             assert got.prompt == "small" and got.metadata == {"big": 2**70}
             (big,) = await a.submit(TaskSpec("x" * 10_000))
             with trio.fail_after(30):
                 here, there = await mine.receive(), await theirs.receive()
             assert here.data["task_id"] == there.data["task_id"] == big.id
-            assert store_a.feed_reads > reads_a and store_b.feed_reads > reads_b
             assert (await b.call(GetTask(big.id))).prompt == "x" * 10_000
+        assert small.id in by_note["a"] and small.id in by_note["b"], (by_note, by_read)
+        assert small.id not in by_read["a"] | by_read["b"], (by_note, by_read)
+        assert big.id in by_read["a"] and big.id in by_read["b"], (by_note, by_read)
+        assert big.id not in by_note["a"] | by_note["b"], (by_note, by_read)
