@@ -71,6 +71,22 @@ MAX_PENDING_EVENTS = 100_000  # events held while PostgreSQL is unreachable; the
 _DATA_ERRORS = (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError, ValueError, TypeError)
 
 
+def _page_rows(
+    ids: list[str], tasks: list[dict[str, Any]] | None, attempts: list[dict[str, Any]] | None
+) -> list[tuple[str, StoredTask | None]]:
+    """A feed page's (or a notification's) rows for `ids`, each once, in submission order (None:
+    evicted first), as the queue absorbs them."""
+    found = {r.id: r for r in feed_rows(tasks, attempts)}
+    out = [(tid, found.get(tid)) for tid in dict.fromkeys(ids)]
+    out.sort(key=lambda item: item[1].static.seq if item[1] is not None else -1)
+    return out
+
+
+def _page_events(events: list[list[Any]] | None) -> list[_EventRow]:
+    """A feed page's (or a notification's) events, their data decoded (it came as json text)."""
+    return [(seq, ts, node, topic, fast_json_loads(data)) for seq, ts, node, topic, data in events or ()]
+
+
 def _task_of(data: Any) -> str | None:
     """The task a write's own event is of: left out when that task's change loses (`fenced_off`)."""
     tid = data.get("task_id") if isinstance(data, dict) else None
@@ -575,17 +591,12 @@ class PgStore(PgMembership):
             cur.execute(_FEED_QUERY[want_events], params)
             texts = cur.fetchone() or (None, None, None, None, None)
         log_rows, tasks, own, attempts, events = (loads_bounded(t) if t is not None else None for t in texts)
-        got = [(seq, ts, node, topic, fast_json_loads(data)) for seq, ts, node, topic, data in events or ()]
+        got = _page_events(events)
         if not log_rows:
             return self._rev, [], got
-        found = {r.id: r for r in feed_rows(tasks, attempts)}
         mine = set(own or ())
-        out: list[tuple[str, StoredTask | None]] = []
-        for tid in dict.fromkeys(tid for _rev, tid in log_rows):
-            if tid not in mine:
-                out.append((tid, found.get(tid)))
-        out.sort(key=lambda item: item[1].static.seq if item[1] is not None else -1)
-        return int(log_rows[-1][0]), out, got
+        ids = [tid for _rev, tid in log_rows if tid not in mine]
+        return int(log_rows[-1][0]), _page_rows(ids, tasks, attempts), got
 
     def _read_events(self) -> list[_EventRow]:
         """The cluster's events past the position, in seq order (for the queue to deliver)."""
@@ -712,12 +723,10 @@ class PgStore(PgMembership):
                 return False
             rows: list[tuple[str, StoredTask | None]] = []
             if note.get("node") != self.node_id:  # (this node's own rows are in its book)
-                found = {r.id: r for r in feed_rows(note.get("tasks"), note.get("attempts"))}
-                rows = [(tid, found.get(tid)) for tid in dict.fromkeys(note.get("ids") or ())]
-                rows.sort(key=lambda item: item[1].static.seq if item[1] is not None else -1)
+                rows = _page_rows(note.get("ids") or [], note.get("tasks"), note.get("attempts"))
             events: list[_EventRow] = []
             if events_too:
-                events = [(s, ts, n, t, fast_json_loads(d)) for s, ts, n, t, d in note.get("events") or ()]
+                events = _page_events(note.get("events"))
                 self._event_pos = seq1
             self._rev = rev1
             self.feed_rows += len(rows)

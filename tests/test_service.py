@@ -112,7 +112,8 @@ async def test_sigkill_mid_run_then_restart_finishes_every_task_exactly_once(tmp
     assert interrupted >= 1  # the kill really hit tasks mid-run, and they were recovered
 
 
-async def test_shoal_serve_prints_urls_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+async def serving(tmp_path: Path) -> tuple[trio.Process, str]:
+    """`shoal serve` started in its own process, once it says the swarm runs: (it, what it printed)."""
     proc = await trio.lowlevel.open_process(
         ["shoal", "serve", "--state-dir", str(tmp_path / "state"), "--port", "0", "--http-port", "0"],
         stdout=subprocess.PIPE,
@@ -125,16 +126,27 @@ async def test_shoal_serve_prints_urls_and_stops_cleanly_on_sigterm(tmp_path: Pa
             chunk = await proc.stdout.receive_some()
             assert chunk, "shoal serve exited early"
             text += chunk
-    out = text.decode()
+    return proc, text.decode()
+
+
+async def rest_of_output(proc: trio.Process) -> bytes:
+    """What the process printed until it closed its output (then closed here)."""
+    assert proc.stdout is not None
+    rest = b""
+    while chunk := await proc.stdout.receive_some():
+        rest += chunk
+    await proc.stdout.aclose()
+    return rest
+
+
+async def test_shoal_serve_prints_urls_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    proc, out = await serving(tmp_path)
     assert "dashboard: http://127.0.0.1:" in out and "#token=" in out
     assert "gateway:   ws://127.0.0.1:" in out
     proc.send_signal(signal.SIGTERM)
     with trio.fail_after(30):
         code = await proc.wait()
-        rest = b""
-        while chunk := await proc.stdout.receive_some():
-            rest += chunk
-    await proc.stdout.aclose()
+        rest = await rest_of_output(proc)
     assert code == 0
     assert b"stopped" in rest
 
@@ -143,18 +155,7 @@ async def test_signals_that_keep_coming_while_shoal_serve_stops_never_kill_it(tm
     # a second signal cuts a stop short; one arriving once the stop is done used to be re-raised as
     # the block that received signals closed, with the default handler, and the process died of it
     # (exit -15, seen as a cluster test's node b stopped twice: by the test and by its fixture)
-    proc = await trio.lowlevel.open_process(
-        ["shoal", "serve", "--state-dir", str(tmp_path / "state"), "--port", "0", "--http-port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    assert proc.stdout is not None
-    text = b""
-    with trio.fail_after(30):
-        while b"swarm running" not in text:
-            chunk = await proc.stdout.receive_some()
-            assert chunk, "shoal serve exited early"
-            text += chunk
+    proc, _out = await serving(tmp_path)
     sent = 0
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
@@ -168,10 +169,7 @@ async def test_signals_that_keep_coming_while_shoal_serve_stops_never_kill_it(tm
 
             nursery.start_soon(barrage)
             code = await proc.wait()
-        rest = b""
-        while chunk := await proc.stdout.receive_some():
-            rest += chunk
-    await proc.stdout.aclose()
+        rest = await rest_of_output(proc)
     assert sent > 1
     assert code == 0, (code, rest)
     assert b"stopped" in rest
