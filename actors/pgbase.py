@@ -87,6 +87,10 @@ class PgBase:
         self._held: list[Job] = []  # the jobs the store thread took and is working on
         self._conn: psycopg.Connection[Any] | None = None
         self._rev = 0  # the change feed's position
+        # held by whichever thread moves the feed positions (_rev, _event_pos) and pushes what it
+        # read: the store thread (feed reads, loads, its own notifications) or the listener (another
+        # node's notification taken as it arrives: PgStore._heard)
+        self._feed_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._listener: threading.Thread | None = None
         self._listen_conn: psycopg.Connection[Any] | None = None
@@ -96,6 +100,7 @@ class PgBase:
         self._config_send, self.config_feed = trio.open_memory_channel[ClusterConfig](16)
         self._config_version = 0
         self._events: list[tuple[float, str, dict[str, Any]]] = []  # published, not yet written
+        self._events_due = math.inf  # (monotonic) when the waiting events go without a write
         self._event_pos = 0  # the events feed's position
         self._event_floor = 0  # the bus's local seq when attached: cluster seqs go on above it
         self._beats = 0

@@ -29,6 +29,7 @@ keep running; their results are written after the reconnect).
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -66,6 +67,11 @@ FEED_PAGE = 5000
 _FEED_QUERY = {False: feed_query(events=False), True: feed_query(events=True)}
 _EventRow = tuple[int, float, str, str, Any]
 """An event as the feed reads it: seq, ts, node, topic, data."""
+EVENT_LINGER_S = 0.01
+"""How long a relayed event (`relay_event`) waits for a write to commit with: a worker's `busy`
+comes a few ms before its task's result is written; alone, each is one more transaction,
+notification and read at every node."""
+EVENT_BATCH = 256  # relayed events waiting that go at once, without lingering
 MAX_PENDING_EVENTS = 100_000  # events held while PostgreSQL is unreachable; the oldest go first
 # errors caused by the values written, not the connection: only the write holding them fails
 _DATA_ERRORS = (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError, ValueError, TypeError)
@@ -219,12 +225,18 @@ class PgStore(PgMembership):
             self._bus.relay = None
 
     def relay_event(self, topic: str, data: dict[str, Any]) -> None:
+        """An event of this node's other actors (a worker's state, a scaling step, an alert): it
+        waits up to EVENT_LINGER_S for a write to commit with (`_serve`)."""
         with self._cv:
+            if not self._events:
+                self._events_due = time.monotonic() + EVENT_LINGER_S
+                self._cv.notify()  # the store thread's wait gets this deadline
             self._events.append((time.time(), topic, data))
             if len(self._events) > MAX_PENDING_EVENTS:
                 del self._events[0]
                 self.events_dropped += 1
-            self._cv.notify()
+            elif len(self._events) == EVENT_BATCH:
+                self._cv.notify()
 
     def deliver_events(self, rows: list[tuple[int, float, str, str, Any]]) -> None:
         """The cluster's events to the node's bus (the queue calls it once it absorbed their rows)."""
@@ -269,8 +281,8 @@ class PgStore(PgMembership):
         next_poll = time.monotonic() + self.poll_s
         while True:
             with self._cv:
-                while not self._jobs and not self._wake_feed and not self._events:
-                    left = min(next_beat, next_poll) - time.monotonic()
+                while not self._jobs and not self._wake_feed and not self._events_ready():
+                    left = min(next_beat, next_poll, self._events_deadline()) - time.monotonic()
                     if left <= 0:
                         break
                     self._cv.wait(left)
@@ -279,6 +291,7 @@ class PgStore(PgMembership):
                 self._wake_feed = False
                 notes, self._notes = self._notes, []
                 events, self._events = self._events, []
+                self._events_due = math.inf
                 wrote_events = bool(events) or any(j.arg for j in jobs if j.kind == "write")
             results: list[tuple[Ticket, Any, BaseException | None]] = []
             close: Ticket | None = None
@@ -322,11 +335,24 @@ class PgStore(PgMembership):
             listening = self._listen_conn is not None
             read = now >= next_poll or (wrote_events and self._bus is not None and not listening)
             if feed_due and not read:
-                read = not self._catch_up(notes)
+                with self._feed_lock:
+                    read = not self._catch_up(notes)
             if read:
                 if now >= next_poll:
                     next_poll = now + self.poll_s
-                self._read_feed()
+                with self._feed_lock:
+                    self._read_feed()
+
+    def _events_deadline(self) -> float:
+        """When the relayed events waiting go without a write to ride with (called holding the
+        condition's lock): EVENT_LINGER_S after the first, at once when EVENT_BATCH wait; never
+        while the store is broken (they wait for the next write, which probes it)."""
+        if not self._events or self._broken is not None:
+            return math.inf
+        return -math.inf if len(self._events) >= EVENT_BATCH else self._events_due
+
+    def _events_ready(self) -> bool:
+        return time.monotonic() >= self._events_deadline()
 
     # ---- writes ---------------------------------------------------------------------------------
 
@@ -418,6 +444,7 @@ class PgStore(PgMembership):
             with self._cv:
                 self._events[:0] = events
                 del self._events[:-MAX_PENDING_EVENTS]
+                self._events_due = time.monotonic()  # due as soon as the store writes again
             return
         try:
             self._retrying("events", lambda conn: self._apply(conn, (), events), transaction=False)
@@ -434,6 +461,7 @@ class PgStore(PgMembership):
             self._break(exc)
             with self._cv:
                 self._events[:0] = events
+                self._events_due = time.monotonic()
 
     def _apply(
         self,
@@ -504,7 +532,8 @@ class PgStore(PgMembership):
             with conn.cursor() as cur:
                 rev = self._head(conn)
                 rows = load_rows(cur, None)
-            self._rev = rev  # the feed goes on from the snapshot the book is built from
+            with self._feed_lock:
+                self._rev = rev  # the feed goes on from the snapshot the book is built from
             return rows
 
         try:
@@ -685,8 +714,11 @@ class PgStore(PgMembership):
             )
 
     def _heard(self, payload: str) -> None:
-        """A write was committed (another node's or this one's): its notification, for the store
-        thread, which takes this node's own events from it too."""
+        """A write was committed (another node's or this one's): its notification. Another node's
+        write that starts right at the feed position is taken here, as it arrives (one thread
+        wake-up less on a dispatch's path: the store thread sleeps on); anything else goes to the
+        store thread, which also takes this node's own events from its notes (after the write's
+        landing: a client hears of a write after its reply) and reads the feed for a gap."""
         note: Any = None
         if payload.startswith("{"):
             try:
@@ -697,6 +729,18 @@ class PgStore(PgMembership):
                 note = None  # too big to carry its write: read the feed
         elif payload == self.node_id:
             return  # (a node of the version before notifies its id alone: read the feed)
+        if note is not None and note.get("node") != self.node_id and self._opened:
+            with self._cv:
+                behind = bool(self._notes)  # notes before it wait for the store thread: keep order
+            if not behind and self._feed_lock.acquire(blocking=False):  # (not while it reads)
+                try:
+                    if self._catch_up([note]):
+                        return
+                except Exception as exc:  # a payload this version cannot read: the feed can
+                    log.warning("pgstore: a notification could not be read (%r); reading the feed", exc)
+                    note = None
+                finally:
+                    self._feed_lock.release()
         with self._cv:
             self._notes.append(note)
             self._wake_feed = True
@@ -706,7 +750,8 @@ class PgStore(PgMembership):
         """Take other nodes' writes from their notifications (`shoal_write`: the revs and event seqs
         a write took, its rows, attempts and events) when each starts right where this node's feed
         position is; False when one does not (a write missed, one too big to carry, a node of the
-        version before): then the caller reads the feed, which covers them all."""
+        version before): then the caller reads the feed, which covers them all. The caller holds
+        the feed lock."""
         if self._broken is not None or not notes:
             return not notes
         events_too = self._bus is not None

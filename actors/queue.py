@@ -473,7 +473,12 @@ class QueueActor(CallsQueue, ModelQueue, ClusterQueue):
             events.append(evicted)
         if not changes and not events and not self._acks:
             return
-        if self.cluster is not None and self.bus.relay is not None:
+        if not changes and not events and self._broken is None and self.store.broken is None:
+            # replies alone (a stats call, a worker event's Barrier): nothing to commit, so no
+            # round trip to the store's thread; the acker still releases them after every
+            # write before them
+            ticket = _nothing_to_write()
+        elif self.cluster is not None and self.bus.relay is not None:
             # the events commit with the changes and come back to the bus through the feed
             ticket = self.cluster.write(changes, events)
             self.bus.published_elsewhere(len(events))
@@ -728,6 +733,12 @@ class QueueActor(CallsQueue, ModelQueue, ClusterQueue):
         self.book.reconfigure(msg.config.queue, msg.config.models)
         self._update_hot(now)  # limits.prefer_fallback_at may have changed
         self._rematch_idle(now)
+
+
+def _nothing_to_write() -> Ticket:
+    ticket = Ticket()
+    ticket._resolve(None, None)
+    return ticket
 
 
 def _check_call_text(payload: Any) -> None:

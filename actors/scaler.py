@@ -67,7 +67,7 @@ class ScalerActor:
         spawn: Callable[[str, str], Awaitable[None]],
         retire: Callable[[str, str], Awaitable[bool]],
         *,
-        min_interval_s: float = 0.02,
+        min_interval_s: float = 0.1,
         max_arrivals: int = 200_000,
     ) -> None:
         self._config = config_getter

@@ -429,8 +429,16 @@ async def bench_dispatch(pg: PgCluster, args: argparse.Namespace) -> None:
         await wait_workers(c, "b", args.workers)
         if args.c_workers:
             await wait_workers(c, "c", args.c_workers)
+        procs = {name: psutil.Process(node.proc.pid) for name, node in c.nodes.items()}
         async with c.client("a") as ca, ca.events(["task.running", "task.done", "worker.state"]) as stream:
-            quiet = await _dispatches(ca, stream, n, warm, wait_idle=True)
+            await _dispatches(ca, stream, 0, warm, wait_idle=True)
+            before = {name: cpu_s(p) for name, p in procs.items()}
+            switches = {name: sum(p.num_ctx_switches()) for name, p in procs.items()}
+            pg_before = pg_cpu_s(pg)
+            quiet = await _dispatches(ca, stream, n, 0, wait_idle=True)
+            cpu = {name: (cpu_s(p) - before[name]) / n * 1e6 for name, p in procs.items()}
+            switches = {name: (sum(p.num_ctx_switches()) - switches[name]) / n for name, p in procs.items()}
+            pg_cpu = (pg_cpu_s(pg) - pg_before) / n * 1e6
             back = await _dispatches(ca, stream, n, 0, wait_idle=False)
         conflicts = await c.one("SELECT count(*) FROM attempts WHERE outcome IS DISTINCT FROM 'done'")
     read, rtt, claimed, claim_to_read, on = quiet
@@ -446,6 +454,13 @@ async def bench_dispatch(pg: PgCluster, args: argparse.Namespace) -> None:
     print(f"  of which submit round trip at A (A's commit, reply): {dist(rtt)}")
     print(f"  submit → task.running published by the claiming node (claim decided): {dist(claimed)}")
     print(f"  task.running → prompt read (claim committed, worker told): {dist(claim_to_read)}")
+    shown = ", ".join(f"{name} {us:,.0f}" for name, us in cpu.items())
+    print(
+        f"  CPU a dispatch (its whole cycle: submit, run, done, idle): nodes {shown} µs;"
+        f" PostgreSQL {pg_cpu:,.0f} µs"
+    )
+    shown = ", ".join(f"{name} {k:.0f}" for name, k in switches.items())
+    print(f"  context switches a dispatch (the same cycle; each a thread that slept and woke): nodes {shown}")
     read, rtt, claimed, claim_to_read, on = back
     print(
         f"  back to back, each submitted as soon as the one before was done at A (its node still"

@@ -197,9 +197,13 @@ async def test_a_node_frozen_inside_a_transaction_cannot_hold_its_locks_past_its
         with psycopg.connect(pg_url, autocommit=True) as other:
             other.execute("SET lock_timeout = '30s'")  # a bound on the wait, not the figure tested
             other.execute("SELECT pg_advisory_lock(18)")  # granted once the frozen session ended
-        # the node, running again, finds its session gone (and pgbase._db reconnects to retry)
-        with pytest.raises(ended_by):  # and what ended it
+        # the node, running again, finds its session gone (and pgbase._db reconnects to retry),
+        # and what ended it; or, when libpq sees the socket closed before it reads the server's
+        # last message (1 run of ~200 on a loaded machine), only that it is gone
+        with pytest.raises((ended_by, psycopg.OperationalError)) as ended:
             frozen.execute("SELECT 1")
+        if not isinstance(ended.value, ended_by):
+            assert "closed" in str(ended.value), ended.value
         assert frozen.broken or frozen.closed
         frozen.close()
 

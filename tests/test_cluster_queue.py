@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 import random
+import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -248,12 +250,15 @@ async def test_a_small_write_reaches_every_node_in_its_notification_and_a_big_on
     # shoal_write's NOTIFY carries a small write (its feed positions, rows, attempts and events):
     # the other node takes its row and events from there, the writer its own events, neither by a
     # feed read; a write too big for a notification (a 10 kB prompt) says so, and the nodes read
-    # the feed for it, whole. (Each store's hand-over to its queue is watched: whether a task's row
-    # or event came while the store thread was reading the feed; the slow poll, a read that may
-    # come first, is an hour away.)
+    # the feed for it, whole. Another node's notification is taken by the listener as it arrives
+    # (the store thread sleeps on); the writer's own, by its store thread (after the write's
+    # landing). (Each store's hand-over to its queue is watched: whether a task's row or event came
+    # while the store thread was reading the feed, and from which thread; the slow poll, a read
+    # that may come first, is an hour away.)
     async with node_queue(pg_url, "a", poll_s=3600) as a, node_queue(pg_url, "b", poll_s=3600) as b:
         by_read: dict[str, set[str]] = {"a": set(), "b": set()}
         by_note: dict[str, set[str]] = {"a": set(), "b": set()}
+        pushed_by: dict[tuple[str, str], str] = {}
         for name, q in (("a", a), ("b", b)):
             store: Any = q.store
             reading = [False]
@@ -271,6 +276,9 @@ async def test_a_small_write_reaches_every_node_in_its_notification_and_a_big_on
                 if isinstance(item, FeedBatch):
                     ids = {tid for tid, _row in item.rows} | {e[4].get("task_id") for e in item.events}
                     (by_read if reading[0] else by_note)[name].update(i for i in ids if isinstance(i, str))
+                    for i in ids:
+                        if isinstance(i, str):
+                            pushed_by.setdefault((name, i), threading.current_thread().name)
                 orig(item)
 
             monkeypatch.setattr(store, "_read_feed", read)
@@ -299,3 +307,65 @@ async def test_a_small_write_reaches_every_node_in_its_notification_and_a_big_on
         assert small.id not in by_read["a"] | by_read["b"], (by_note, by_read)
         assert big.id in by_read["a"] and big.id in by_read["b"], (by_note, by_read)
         assert big.id not in by_note["a"] | by_note["b"], (by_note, by_read)
+        assert pushed_by[("b", small.id)] == "shoal-pglisten", pushed_by
+        assert pushed_by[("a", small.id)] == "shoal-pgstore", pushed_by
+
+
+async def test_an_event_of_the_nodes_other_actors_waits_briefly_to_commit_with_a_write(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # an event another actor publishes (a worker's state) waits up to EVENT_LINGER_S for a write:
+    # published right before a submit, it commits in the submit's transaction (one transaction,
+    # notification and read at every node where there were two); one with no write to ride with
+    # goes alone once the linger is over; the other node hears both. (The linger is 2 s here, so
+    # the submit comes within it on a loaded machine too.)
+    from shoal.actors import pgstore
+
+    monkeypatch.setattr(pgstore, "EVENT_LINGER_S", 2.0)
+    async with node_queue(pg_url, "a") as a, node_queue(pg_url, "b") as b:
+        with b.bus.subscribe(["custom.*", "task.submitted"]) as heard:
+            a.bus.publish("custom.before", {"n": 1})
+            (task,) = await a.submit(TaskSpec("rides"))
+            with trio.fail_after(30):
+                got = [await heard.receive() for _ in range(2)]
+            a.bus.publish("custom.alone", {"n": 2})
+            with trio.fail_after(30):
+                got.append(await heard.receive())
+        assert [e.topic for e in got] == ["custom.before", "task.submitted", "custom.alone"]
+        xids = await trio.to_thread.run_sync(
+            pg_rows, pg_url, "SELECT topic, xmin::text FROM events WHERE topic LIKE 'custom.%%' ORDER BY seq"
+        )
+        xid_log = await trio.to_thread.run_sync(
+            pg_rows, pg_url, "SELECT xmin::text FROM task_log WHERE task_id = %s", task.id
+        )
+        assert xids[0][0] == "custom.before" and (xids[0][1],) in xid_log, (xids, xid_log)
+        assert xids[1][0] == "custom.alone" and (xids[1][1],) not in xid_log
+
+
+async def test_the_events_waiting_for_a_write_go_after_the_linger_at_a_batch_and_never_while_broken(
+    pg_url: str,
+) -> None:
+    # the store thread's deadline for relayed events (pgstore._events_deadline): none without
+    # events; the first one's time plus EVENT_LINGER_S; at once once EVENT_BATCH wait; and never
+    # while the store is broken (they wait for the write that probes it: before, the store thread
+    # spun on them at full speed until PostgreSQL came back)
+    from shoal.actors import pgstore
+    from shoal.protocols.errors import StoreError
+
+    store = await PgStore.open(pg_url, "a", poll_s=3600)
+    try:
+        store.attach_bus(EventBus())
+        with store._cv:  # the store thread waits for this lock: it sees none of what follows
+            assert store._events_deadline() == math.inf
+            t0 = time.monotonic()
+            store.relay_event("custom.one", {})
+            due = store._events_deadline()
+            assert t0 + pgstore.EVENT_LINGER_S <= due <= time.monotonic() + pgstore.EVENT_LINGER_S
+            for i in range(pgstore.EVENT_BATCH - 1):
+                store.relay_event("custom.more", {"i": i})
+            assert store._events_deadline() == -math.inf
+            store._broken = StoreError("down")
+            assert store._events_deadline() == math.inf
+            store._broken = None
+    finally:
+        await store.aclose()

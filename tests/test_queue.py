@@ -17,10 +17,12 @@ from typing import Any
 import attrs
 import pytest
 import trio
+import trio.testing
 
 from shoal.actors.queue import (
     AssignTask,
     AttemptEnded,
+    Barrier,
     BoostTask,
     CancelTask,
     CompleteTask,
@@ -44,7 +46,7 @@ from shoal.actors.queue import (
     WorkerAvailable,
     WorkerUnavailable,
 )
-from shoal.actors.store import Store
+from shoal.actors.store import Store, Ticket
 from shoal.protocols.config import BackoffConfig, LimitsConfig, ModelsConfig, QueueConfig, SwarmConfig
 from shoal.protocols.errors import Conflict, NotFound, StoreError, ValidationError
 from shoal.protocols.tasks import Assignment, Outcome, Task, TaskSpec, TaskState
@@ -543,6 +545,48 @@ async def test_concurrent_submits_share_commits(tmp_path: Path) -> None:
         stats = await q.stats()
         assert stats.total == 100
         assert q.store.commits - before < 50  # group commit: many submits per transaction
+
+
+async def test_a_reply_with_nothing_to_write_skips_the_store_yet_waits_for_the_writes_before_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # a call that changes nothing (a stats call, the Barrier each worker event waits behind) costs
+    # no round trip to the store's thread, and is still answered only after every write before it
+    # committed: the events of those writes come first
+    async with running_queue() as q:
+        store: Any = q.store
+        writes: list[tuple[Any, Ticket]] = []
+
+        def write(changes: Any) -> Ticket:
+            ticket = Ticket()
+            writes.append((changes, ticket))
+            return ticket
+
+        monkeypatch.setattr(store, "write", write)
+        replies: list[str] = []
+
+        async def submit() -> None:
+            await q.submit(TaskSpec("held"))
+            replies.append("submit")
+
+        async def barrier() -> None:
+            await q.call(Barrier())
+            replies.append("barrier")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(submit)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(barrier)
+            await trio.testing.wait_all_tasks_blocked()
+            # the queue took both: the submit's write is held, the barrier made none and waits
+            assert len(writes) == 1 and replies == []
+            changes, ticket = writes[0]
+            monkeypatch.undo()
+            await store.commit(changes)
+            ticket._resolve(None, None)
+        assert replies == ["submit", "barrier"]
+        assert len(writes) == 1
+        assert (await q.stats()).total == 1  # (answered at once: nothing held before it now)
 
 
 async def test_a_failing_store_makes_the_queue_read_only_until_a_probe_commits(
