@@ -466,7 +466,7 @@ class AlertActor:
             trio.open_nursery() as nursery,
         ):
             self._client, self._nursery = client, nursery
-            sub = self._sub = self._bus.subscribe(WATCHED_TOPICS, size=self._sub_size)
+            sub = self._sub = self._bus.subscribe(WATCHED_TOPICS, size=self._sub_size, outage=True)
             try:
                 nursery.start_soon(self._tick_loop)
                 task_status.started()

@@ -144,7 +144,7 @@ class MetricsActor:
     # -- running
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with self._bus.subscribe(("*",), size=self._buffer) as sub:
+        with self._bus.subscribe(("*",), size=self._buffer, outage=True) as sub:
             self._sub = sub
             try:
                 async with trio.open_nursery() as nursery:

@@ -101,6 +101,9 @@ class PgBase:
         self._config_version = 0
         self._events: list[tuple[float, str, dict[str, Any]]] = []  # published, not yet written
         self._events_due = math.inf  # (monotonic) when the waiting events go without a write
+        # (ts, topic) of the events this node's bus got at once while the store could not write
+        # (PgStore.relay_event), in order: their return through the feed is not delivered again
+        self._shown: dict[tuple[float, str], None] = {}
         self._event_pos = 0  # the events feed's position
         self._event_floor = 0  # the bus's local seq when attached: cluster seqs go on above it
         self._beats = 0

@@ -226,12 +226,20 @@ class PgStore(PgMembership):
 
     def relay_event(self, topic: str, data: dict[str, Any]) -> None:
         """An event of this node's other actors (a worker's state, a scaling step, an alert): it
-        waits up to EVENT_LINGER_S for a write to commit with (`_serve`)."""
+        waits up to EVENT_LINGER_S for a write to commit with (`_serve`). While the store cannot
+        write, this node's bus gets it at once too (`EventBus.deliver_now`; `deliver_events` then
+        passes it over when it comes back written)."""
+        ts = time.time()
+        if self._broken is not None and self._bus is not None:
+            self._bus.deliver_now(ts, topic, data)
+            self._shown[(ts, topic)] = None
+            if len(self._shown) > MAX_PENDING_EVENTS:
+                del self._shown[next(iter(self._shown))]
         with self._cv:
             if not self._events:
                 self._events_due = time.monotonic() + EVENT_LINGER_S
                 self._cv.notify()  # the store thread's wait gets this deadline
-            self._events.append((time.time(), topic, data))
+            self._events.append((ts, topic, data))
             if len(self._events) > MAX_PENDING_EVENTS:
                 del self._events[0]
                 self.events_dropped += 1
@@ -243,9 +251,12 @@ class PgStore(PgMembership):
         bus = self._bus
         if bus is None:
             return
-        me = self.node_id
+        me, shown = self.node_id, self._shown
         for seq, ts, node, topic, data in rows:
-            bus.deliver(seq, ts, topic, data if isinstance(data, dict) else {"value": data}, node != me)
+            seen = node == me and bool(shown) and shown.pop((ts, topic), False) is None
+            bus.deliver(
+                seq, ts, topic, data if isinstance(data, dict) else {"value": data}, node != me, shown=seen
+            )
 
     def _run(self, opened: Ticket) -> None:
         """The store thread: `_serve`, and whatever defect escapes it fails the callers (never a

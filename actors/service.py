@@ -238,7 +238,7 @@ async def log_events(swarm: SwarmHandle, fmt: LogFormat = "json") -> None:
                 extra={"event": {"seq": event.seq, "topic": event.topic, "data": event.data}},
             )
 
-    with swarm.events(("*",), size=10_000, remote=False) as sub:
+    with swarm.events(("*",), size=10_000, remote=False, outage=True) as sub:
         earlier, _ = swarm.bus.replay(0)  # no checkpoint since subscribing: nothing falls between
         for event in earlier:
             emit(event)

@@ -519,10 +519,12 @@ class SwarmHandle:
     # ---- events -----------------------------------------------------------------------------------
 
     def events(
-        self, patterns: Sequence[str] = ("*",), size: int = 1000, *, remote: bool = True
+        self, patterns: Sequence[str] = ("*",), size: int = 1000, *, remote: bool = True, outage: bool = False
     ) -> Subscription:
-        """`remote=False`: this node's events only (in a cluster every node's reach every bus)."""
-        return self.bus.subscribe(patterns, size, remote=remote)
+        """`remote=False`: this node's events only (in a cluster every node's reach every bus).
+        `outage=True`: this node's events at once while the cluster's store cannot write them, with
+        the last seq (EventBus.deliver_now), then not again."""
+        return self.bus.subscribe(patterns, size, remote=remote, outage=outage)
 
     # ---- the swarm --------------------------------------------------------------------------------
 

@@ -42,10 +42,13 @@ def _patterns(patterns: Iterable[str]) -> tuple[str, ...]:
 class Subscription:
     """One subscriber's bounded view of the bus. Iterate it; close it (or leave the `with`) to stop."""
 
-    def __init__(self, bus: EventBus, patterns: tuple[str, ...], size: int, remote: bool = True) -> None:
+    def __init__(
+        self, bus: EventBus, patterns: tuple[str, ...], size: int, remote: bool = True, outage: bool = False
+    ) -> None:
         self._bus = bus
         self.patterns = patterns
         self.remote = remote  # also other nodes' events (a cluster), not only this node's
+        self.outage = outage  # this node's events at once while its store cannot write (deliver_now)
         self._send, self._recv = trio.open_memory_channel[Event](size)
         self.dropped = 0  # events lost because this subscriber was slow
         self.first_dropped_seq: int | None = None
@@ -145,30 +148,54 @@ class EventBus:
         `publish` (with the write that made them happen); they come back through `deliver`."""
         self.published_total += n
 
-    def deliver(self, seq: int, ts: float, topic: str, data: dict[str, Any], remote: bool = False) -> None:
-        """An event of the cluster, in the shared store's order (its seq is the cluster's)."""
+    def deliver(
+        self,
+        seq: int,
+        ts: float,
+        topic: str,
+        data: dict[str, Any],
+        remote: bool = False,
+        *,
+        shown: bool = False,
+    ) -> None:
+        """An event of the cluster, in the shared store's order (its seq is the cluster's).
+        `shown`: `deliver_now` gave it to the `outage` subscribers already; the others get it now."""
         if seq <= self._seq:
             return  # seen already (a feed read twice after a reconnect)
         self._seq = seq
-        self._fan_out(Event(seq, ts, topic, data, remote))
+        self._fan_out(Event(seq, ts, topic, data, remote), skip_outage=shown)
 
-    def _fan_out(self, event: Event) -> Event:
+    def deliver_now(self, ts: float, topic: str, data: dict[str, Any]) -> Event:
+        """A cluster node's own event while its store cannot write (PostgreSQL down), at once to the
+        subscribers that asked for it (`outage`: the alerts, metrics and event log), so an outage
+        is not also silence (`queue.store_failed` and its alert, a worker's crash). It has no cluster
+        seq yet: it carries the last one and is not kept for replay, and subscribers that order or
+        resume by seq (a gateway's) get it once it is written, with its seq (`deliver`, `shown`)."""
+        event = Event(self._seq, ts, topic, data)
+        for sub in tuple(self._subs):
+            if sub.outage and sub.wants(topic):
+                sub._offer(event)
+        return event
+
+    def _fan_out(self, event: Event, *, skip_outage: bool = False) -> Event:
         topic = event.topic
         if self._replay_enabled:
             self._replay.append(event)
         remote = event.remote
         for sub in tuple(self._subs):
-            if sub.wants(topic) and (sub.remote or not remote):
+            if sub.wants(topic) and (sub.remote or not remote) and not (skip_outage and sub.outage):
                 sub._offer(event)
         return event
 
     def subscribe(
-        self, patterns: Iterable[str] = ("*",), size: int = 1000, *, remote: bool = True
+        self, patterns: Iterable[str] = ("*",), size: int = 1000, *, remote: bool = True, outage: bool = False
     ) -> Subscription:
-        """`remote=False`: this node's events only (a cluster delivers every node's to every bus)."""
+        """`remote=False`: this node's events only (a cluster delivers every node's to every bus).
+        `outage=True`: also this node's events at once while its store cannot write (`deliver_now`),
+        for subscribers that neither order nor resume by seq."""
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise ValidationError("size", "must be an integer >= 0", size)
-        sub = Subscription(self, _patterns(patterns), size, remote)
+        sub = Subscription(self, _patterns(patterns), size, remote, outage)
         self._subs.add(sub)
         return sub
 

@@ -26,6 +26,7 @@ from shoal.actors.queue import GetTask, QueueActor, WaitTask
 from shoal.actors.queue_cluster import _rank
 from shoal.actors.queue_messages import _Feed
 from shoal.protocols.config import SwarmConfig
+from shoal.protocols.errors import StoreError
 from shoal.protocols.tasks import Outcome, TaskSpec, TaskState
 from shoal.protocols.workers import Assign
 from shoal.runtime.eventbus import EventBus
@@ -35,9 +36,17 @@ pytestmark = pytest.mark.postgres
 
 @asynccontextmanager
 async def node_queue(
-    url: str, node_id: str, *, lease_s: float = 5.0, heartbeat_s: float = 0.5, poll_s: float = 2.0
+    url: str,
+    node_id: str,
+    *,
+    lease_s: float = 5.0,
+    heartbeat_s: float = 0.5,
+    poll_s: float = 2.0,
+    reconnect_s: float = 60.0,
 ) -> AsyncIterator[Q]:
-    store = await PgStore.open(url, node_id, lease_s=lease_s, heartbeat_s=heartbeat_s, poll_s=poll_s)
+    store = await PgStore.open(
+        url, node_id, lease_s=lease_s, heartbeat_s=heartbeat_s, poll_s=poll_s, reconnect_s=reconnect_s
+    )
     try:
         bus = EventBus()
         store.attach_bus(bus)  # every node's events on every node's bus, after their rows
@@ -369,3 +378,48 @@ async def test_the_events_waiting_for_a_write_go_after_the_linger_at_a_batch_and
             store._broken = None
     finally:
         await store.aclose()
+
+
+async def test_a_nodes_own_events_reach_its_bus_while_postgresql_is_down_and_only_once(
+    pg_cluster: Any,
+) -> None:
+    # a node's events reach its own bus through the store (one order at every gateway); while
+    # PostgreSQL is down that was silence there: no `queue.store_failed` (nor its alert), no worker
+    # crash, until it came back. They are delivered at once then to the subscribers that asked
+    # (alerts, metrics, the event log), not a second time when written; a gateway's subscription,
+    # which orders and resumes by seq, and the other node get them written, with the cluster's seq
+    url = pg_cluster.create_database()
+    fast = {"heartbeat_s": 0.2, "reconnect_s": 1.0}
+    async with node_queue(url, "a", **fast) as a, node_queue(url, "b", **fast) as b:
+        with (
+            a.bus.subscribe(["queue.store_*", "custom.*"], outage=True) as mine,
+            a.bus.subscribe(["custom.*"]) as ordered,
+            b.bus.subscribe(["custom.*"]) as theirs,
+        ):
+            try:
+                await trio.to_thread.run_sync(pg_cluster.stop)
+                with trio.fail_after(60), pytest.raises(StoreError):
+                    await a.submit(TaskSpec("during the outage"))  # a's store gives up: read-only
+                with trio.fail_after(30):
+                    failed = await mine.receive()
+                assert failed.topic == "queue.store_failed"
+                a.bus.publish("custom.during", {"n": 1})
+                with trio.fail_after(30):
+                    during = await mine.receive()
+                assert (during.topic, during.data) == ("custom.during", {"n": 1})
+                with pytest.raises(trio.WouldBlock):
+                    ordered.receive_nowait()
+            finally:
+                await trio.to_thread.run_sync(pg_cluster.start)
+            with trio.fail_after(90):
+                heard = await theirs.receive()  # written once a's store could write again
+                recovered = await mine.receive()
+            assert (heard.topic, heard.data, heard.remote) == ("custom.during", {"n": 1}, True)
+            with trio.fail_after(30):
+                here = await ordered.receive()
+            assert (here.topic, here.seq, here.remote) == ("custom.during", heard.seq, False)
+            assert recovered.topic == "queue.store_recovered"
+            a.bus.publish("custom.after", {})
+            with trio.fail_after(30):
+                after = await mine.receive()  # not custom.during again: it was passed over
+            assert after.topic == "custom.after" and after.seq > heard.seq

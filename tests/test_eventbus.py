@@ -162,3 +162,24 @@ def test_a_local_subscription_gets_this_nodes_events_only() -> None:
         with pytest.raises(trio.WouldBlock):
             local.receive_nowait()
         assert [everything.receive_nowait().seq, everything.receive_nowait().seq] == [1, 2]
+
+
+def test_an_event_delivered_at_once_reaches_outage_subscribers_then_the_others_with_its_seq() -> None:
+    # a cluster node whose store cannot write delivers its own events at once (deliver_now) to the
+    # subscribers that asked (outage: alerts, metrics, the event log): they carry the last seq and
+    # are not kept for replay; written later, the event comes back with its seq (shown) and goes to
+    # the others (a gateway's, which order and resume by seq), and to the replay, only then
+    bus = EventBus()
+    with bus.subscribe(("*",), 10, outage=True) as early, bus.subscribe(("*",), 10) as ordered:
+        bus.deliver(5, 1.0, "task.done", {"task_id": "t1"})
+        now = bus.deliver_now(2.0, "queue.store_failed", {"error": "down"})
+        assert now.seq == 5 and early.receive_nowait().seq == 5 and early.receive_nowait() == now
+        assert ordered.receive_nowait().seq == 5
+        with pytest.raises(trio.WouldBlock):
+            ordered.receive_nowait()
+        bus.deliver(6, 2.0, "queue.store_failed", {"error": "down"}, shown=True)
+        bus.deliver(7, 3.0, "task.done", {"task_id": "t2"})
+        assert [early.receive_nowait().seq] == [7] and bus.last_seq == 7
+        assert [ordered.receive_nowait().seq, ordered.receive_nowait().seq] == [6, 7]
+    events, complete = bus.replay(4)
+    assert [e.seq for e in events] == [5, 6, 7] and complete
