@@ -43,6 +43,12 @@ USER_AGENT = "shoal-alerts/0.1"
 # topics the engine needs; alert.* is left out so the actor never reacts to its own events
 WATCHED_TOPICS = ("worker.*", "task.dead", "swarm.*", "scale.*", "queue.store_*", "model.*")
 
+# In a cluster every node hears every node's events, so each would fire each alert: one node fires
+# those (`leads`), except the rules about a node's own parts, which each node fires for itself from
+# its own events (another node's halt or store failure is that node's alert)
+NODE_LOCAL_KINDS = frozenset({"breaker_tripped", "store_failed"})
+_NODE_LOCAL_TOPICS = ("swarm.", "queue.store_")
+
 _GONE_STATES = frozenset({"stopped", "crashed"})
 _NOT_COUNTED_AT_MAX = frozenset({"stopped", "crashed", "stopping"})
 
@@ -89,6 +95,7 @@ class _RuleState:
     alert_id: str | None = None  # set while firing
     fired_at: float | None = None  # monotonic time of the last firing (cool-down)
     fired_wall: float | None = None
+    summary: str = ""  # the condition's, as it fired
     details: dict[str, Any] = attrs.field(factory=dict)
 
 
@@ -130,6 +137,8 @@ class RuleEngine:
     def observe(self, event: Event, now: float, wall: float | None = None) -> None:
         """Update the derived state from one event."""
         topic, data = event.topic, event.data
+        if event.remote and topic.startswith(_NODE_LOCAL_TOPICS):
+            return  # another node's halt or store: its own alerts (NODE_LOCAL_KINDS)
         wall = event.ts if wall is None else wall
         if topic.startswith("worker."):
             wid = data.get("worker") or data.get("id")
@@ -345,6 +354,7 @@ class RuleEngine:
                 if held_long_enough and cooled:
                     st.alert_id = uuid.uuid4().hex
                     st.fired_at, st.fired_wall = now, wall
+                    st.summary = summary
                     out.append(
                         Transition("alert.fired", self._payload(rule, key, st, "firing", summary, wall))
                     )
@@ -381,6 +391,15 @@ class RuleEngine:
             "ts": wall,
             "config": unstructure(rule),
         }
+
+    def fired_payloads(self, wall: float) -> list[Transition]:
+        """The `alert.fired` transitions of the alerts firing now, as they fired (a cluster's node
+        that takes over the alerts publishes those it holds that the one before it did not)."""
+        return [
+            Transition("alert.fired", self._payload(rule, key, st, "firing", st.summary, wall))
+            for (rule, key), st in self._states.items()
+            if st.alert_id is not None
+        ]
 
     def firing(self) -> list[dict[str, Any]]:
         """The alerts firing now (rule, key, id, since)."""
@@ -421,6 +440,9 @@ class AlertActor:
     `metrics_getter` (optional) returns the MetricsActor: when this actor's own subscription had to
     drop events (it was too slow), the engine's worker view is rebuilt from the MetricsActor's
     `workers` mapping (id -> (state, model)) on the next tick instead of staying wrong.
+    `leads` (a cluster): whether this node is the one that fires the cluster's alerts now; the
+    others evaluate the same rules (their `firing()` shows the same) but publish and deliver only
+    NODE_LOCAL_KINDS, so one crash storm is one page, not one a node.
     """
 
     def __init__(
@@ -429,6 +451,7 @@ class AlertActor:
         bus: EventBus,
         metrics_getter: Callable[[], Any] | None = None,
         *,
+        leads: Callable[[], bool] | None = None,
         retry_backoff: BackoffConfig = DEFAULT_RETRY_BACKOFF,
         tick_s: float = 1.0,
         max_in_flight: int = 256,
@@ -437,6 +460,9 @@ class AlertActor:
         self._config_getter = config_getter
         self._bus = bus
         self._metrics_getter = metrics_getter
+        self._leads = leads
+        self._published: set[str] = set()  # (a cluster) ids of the alerts this node fired, not resolved
+        self._led = True  # whether it led at the last evaluation
         self._backoff = retry_backoff
         self._tick_s = tick_s
         self._max_in_flight = max_in_flight
@@ -446,7 +472,14 @@ class AlertActor:
         self._nursery: trio.Nursery | None = None
         self._sub: Subscription | None = None
         self._in_flight = 0
-        self.stats: dict[str, int] = {"fired": 0, "resolved": 0, "delivered": 0, "failed": 0, "retries": 0}
+        self.stats: dict[str, int] = {
+            "fired": 0,
+            "resolved": 0,
+            "delivered": 0,
+            "failed": 0,
+            "retries": 0,
+            "left_to_another_node": 0,
+        }
         self.recent: deque[dict[str, Any]] = deque(maxlen=100)  # last alert payloads, newest last
 
     # -- public
@@ -537,8 +570,31 @@ class AlertActor:
         transitions = self.engine.evaluate(
             config.alerts.rules, trio.current_time(), time.time(), config.scaling.max_workers
         )
+        cluster = self._leads is not None
+        leads = not cluster or (self._leads is not None and self._leads())
+        took_over, self._led = leads and not self._led, leads
+        if cluster and took_over:  # what it holds that no node fired (the leading node is gone)
+            new = {t.payload["id"] for t in transitions}
+            held = [
+                t
+                for t in self.engine.fired_payloads(time.time())
+                if t.payload["kind"] not in NODE_LOCAL_KINDS
+                and t.payload["id"] not in self._published
+                and t.payload["id"] not in new
+            ]
+            transitions = held + transitions
         for tr in transitions:
-            self.stats["fired" if tr.topic == "alert.fired" else "resolved"] += 1
+            alert_id, fired = tr.payload["id"], tr.topic == "alert.fired"
+            if cluster and tr.payload.get("kind") not in NODE_LOCAL_KINDS:
+                # the leading node fires; whoever fired an alert resolves it
+                if not (leads if fired else alert_id in self._published):
+                    self.stats["left_to_another_node"] += 1
+                    continue
+                if fired:
+                    self._published.add(alert_id)
+                else:
+                    self._published.discard(alert_id)
+            self.stats["fired" if fired else "resolved"] += 1
             self.recent.append({"topic": tr.topic, **tr.payload})
             log.warning("%s %s: %s", tr.topic, tr.payload["rule"], tr.payload["summary"])
             self._bus.publish(tr.topic, tr.payload)

@@ -288,7 +288,7 @@ class PgStore(PgMembership):
             return
         self._opened = True
         self._notify([(opened, self, None)])
-        next_beat = time.monotonic() + self.heartbeat_s
+        next_beat = time.monotonic()  # the first at once: the node knows the cluster from its start
         next_poll = time.monotonic() + self.poll_s
         while True:
             with self._cv:

@@ -166,7 +166,7 @@ async def open_swarm(config: SwarmConfig | None = None, *, serve: bool = False) 
         return dict(stats.counts)
 
     metrics = MetricsActor(bus, current, time.time, queue_depth)
-    alerts = AlertActor(current, bus, lambda: metrics)
+    alerts = AlertActor(current, bus, lambda: metrics, leads=lambda: leads_alerts(got.get("store")))
     parks = ParkKeeper(state_dir, bus, lambda: got["queue"])  # model parks survive a restart
     observers = _leaf_supervisor(
         "observers",
@@ -259,6 +259,15 @@ class _Keep(trio.TaskStatus[Any]):
     def started(self, value: Any = None) -> None:
         self._box[self._key] = value
         self._inner.started(value)
+
+
+def leads_alerts(store: Any) -> bool:
+    """Whether this node fires the cluster's alerts: the live node first by id (every node when the
+    store is not shared, or while the nodes are not known yet)."""
+    if store is None or not getattr(store, "shared", False):
+        return True
+    alive = [n.id for n in store.nodes if n.alive]
+    return not alive or min(alive) == store.node_id
 
 
 def _workers_shutdown_s(config: SwarmConfig) -> float:

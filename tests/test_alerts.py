@@ -22,6 +22,7 @@ from shoal.actors.alerts import (
     verify_signature,
 )
 from shoal.actors.metrics import MetricsActor
+from shoal.actors.tree import leads_alerts
 from shoal.protocols.config import (
     AlertRule,
     AlertsConfig,
@@ -475,3 +476,76 @@ async def test_send_test_reports_each_webhook(receiver: Receiver) -> None:
         signed = [h for h, _ in receiver.requests if SIGNATURE_HEADER.lower() in h]
         assert len(signed) == 1 and signed[0]["x-shoal-event"] == "alert.test"
         nursery.cancel_scope.cancel()
+
+
+# ---- a cluster: one page, not one a node -------------------------------------------------------------
+
+
+def test_another_nodes_halt_or_store_failure_is_not_this_nodes_alert() -> None:
+    # in a cluster every node hears every node's events: a halt or a store failure is the alert of
+    # the node it happened on (each fires its own); another node's worker crash counts here as ever
+    eng = RuleEngine()
+    rules = [AlertRule(kind="breaker_tripped"), AlertRule(kind="store_failed"), AlertRule(kind="crash_rate")]
+    eng.observe(Event(1, 1000.0, "swarm.halted", {"reason": "storm"}, remote=True), 0.0)
+    eng.observe(Event(2, 1000.0, "queue.store_failed", {"error": "down"}, remote=True), 0.0)
+    assert eng.evaluate(rules, 0.0, 0.0, 8) == []
+    eng.observe(Event(3, 1000.0, "worker.crashed", {"worker": "b:w1"}, remote=True), 1.0)
+    eng.observe(Event(4, 1000.0, "swarm.halted", {"reason": "mine"}), 1.0)
+    fired = {t.payload["kind"] for t in eng.evaluate(rules, 1.0, 1.0, 8)}
+    assert fired == {"crash_rate", "breaker_tripped"}
+
+
+async def test_a_node_that_does_not_lead_fires_only_its_own_halt_and_store_alerts(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    bus = EventBus()
+    rules = [AlertRule(kind="task_dead", cooldown_s=0), AlertRule(kind="store_failed", cooldown_s=0)]
+    holder = Holder(config_with(rules))
+    leading = [False]
+    actor = AlertActor(holder.get, bus, leads=lambda: leading[0])
+    watch = bus.subscribe(["alert.*"])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(actor.run)
+        bus.publish("task.dead", {"task_id": "t1"})
+        bus.publish("queue.store_failed", {"error": "disk full"})
+        with trio.fail_after(5):
+            fired = await next_topic(watch, "alert.fired")
+        assert fired.data["kind"] == "store_failed"  # its own store: its alert
+        with trio.move_on_after(30):
+            await next_topic(watch, "alert.fired")
+            raise AssertionError("a node that does not lead fired the cluster's alert")
+        assert actor.stats["left_to_another_node"] == 1 and actor.firing()  # evaluated all the same
+        # the leading node died: this one leads now, fires what it holds that it did not fire (the
+        # dead letter: at its next evaluation, a tick at most), and later resolves it
+        leading[0] = True
+        with trio.fail_after(5):
+            taken = await next_topic(watch, "alert.fired")
+        assert taken.data["kind"] == "task_dead" and taken.data["details"]["ids"] == ["t1"]
+        with trio.fail_after(rules[0].window_s + 30):
+            resolved = await next_topic(watch, "alert.resolved")
+        assert resolved.data["kind"] == "task_dead" and resolved.data["id"] == taken.data["id"]
+        leading[0] = False  # a node with a lower id is back: it fires what comes next, not this one
+        bus.publish("task.dead", {"task_id": "t2"})
+        with trio.move_on_after(30):
+            await next_topic(watch, "alert.fired")
+            raise AssertionError("a node that no longer leads fired")
+        nursery.cancel_scope.cancel()
+
+
+def test_the_live_node_first_by_id_leads_the_alerts() -> None:
+    @attrs.frozen
+    class Row:
+        id: str
+        alive: bool
+
+    @attrs.frozen
+    class Shared:
+        node_id: str
+        nodes: tuple[Row, ...]
+        shared: bool = True
+
+    assert leads_alerts(None)  # no store yet, or SQLite: the node is its own cluster
+    assert leads_alerts(Shared("b", ()))  # nodes not known yet
+    both = (Row("b", True), Row("a", True))
+    assert leads_alerts(Shared("a", both)) and not leads_alerts(Shared("b", both))
+    assert leads_alerts(Shared("b", (Row("a", False), Row("b", True))))

@@ -399,3 +399,29 @@ async def test_a_dependant_on_another_node_starts_from_its_dependencys_pushed_br
     assert second.attempts[-1].worker.startswith("b:")
     text = _git(clones["b"], "show", f"{record['head']}:notes.txt")
     assert text == "from node a, then b"  # b's clone fetched a's pushed branch and built on it
+
+
+async def test_an_alert_is_fired_once_for_the_cluster_not_once_a_node(
+    tmp_path: Path, pg_url: str, nodes: list[Node]
+) -> None:
+    # every node hears every node's events and evaluates every rule, but the live node first by id
+    # (a) fires and delivers the cluster's alerts: a dead letter is one alert.fired, not one a node
+    rule = '[[alerts.rules]]\nkind = "task_dead"\ncooldown_s = 0\n'
+    await start(nodes, tmp_path, pg_url, "a", max_workers=1, extra=rule)
+    b = await start(nodes, tmp_path, pg_url, "b", max_workers=1, extra=rule)
+    token = read_token(tmp_path / "token")
+    async with connect(b.url, token) as cb, cb.events(["alert.*", "task.done"]) as stream:
+        await cb.submit({"id": "doomed", "prompt": "[[fail:no luck]]", "max_attempts": 1})
+        fired = await until(stream, "alert.fired")
+        assert fired.data["kind"] == "task_dead" and "doomed" in fired.data["details"]["ids"]
+        # then a task that ends well: by its end every node has evaluated the dead letter long since
+        await cb.submit({"id": "fine", "prompt": "fine"})
+        more: list[Event] = []
+        with trio.fail_after(30):
+            async for item in stream:
+                if isinstance(item, Event):
+                    if item.topic == "task.done" and item.data.get("task_id") == "fine":
+                        break
+                    more.append(item)
+        assert more == [], "another node fired the same alert"
+    assert pg_rows(pg_url, "SELECT node FROM events WHERE topic = 'alert.fired'") == [("a",)]
