@@ -302,6 +302,46 @@ async def test_task_actions_boost_cancel_retry_assign(tmp_path: Path) -> None:
         await in_browser(swarm, tmp_path, scenario)
 
 
+async def test_a_state_chosen_while_the_task_list_loads_is_loaded_once_that_answer_is_back(
+    tmp_path: Path,
+) -> None:
+    # the task list reloads on a state chip and on task events; a reload asked while one was in
+    # flight was dropped, so the table showed the earlier state's tasks under the chip chosen until
+    # some later event (the full suite once saw 1 running task of 3 for 30 s). The answer to one
+    # tasks.list is held here while another chip is chosen.
+    from shoal.actors.tree import open_swarm
+
+    async with open_swarm(config(tmp_path, scaling={"min_workers": 0, "max_workers": 0})) as swarm:
+
+        def scenario(page: Any, bridge: Bridge) -> None:
+            bridge.run(swarm.submit, {"prompt": "stays ready", "id": "r1"})
+            page.click('#tabs [data-tab="tasks"]')
+            page.click("#task-states [data-state='ready']")
+            expect(page.locator(visible_rows("tasks-table"))).to_have_count(1)
+            page.evaluate(
+                """() => {
+                    const rpc = window.shoal.rpc;
+                    const call = rpc.call.bind(rpc);
+                    rpc.call = (method, params) => {
+                        if (method !== "tasks.list" || window.held) return call(method, params);
+                        window.held = new Promise((resolve) => { window.release = resolve; });
+                        return window.held.then(() => call(method, params));
+                    };
+                }"""
+            )
+            page.click("#task-states [data-state='done']")  # its tasks.list answer is held
+            page.wait_for_function("() => !!window.release")
+            page.click("#task-states [data-state='ready']")  # asked while that one is in flight
+            page.evaluate("() => window.release()")
+            expect(page.locator("#task-states [data-state='ready']")).to_have_attribute(
+                "aria-pressed", "true"
+            )
+            expect(page.locator(visible_rows("tasks-table"))).to_have_count(1)
+            expect(page.locator(visible_rows("tasks-table"))).to_contain_text("r1")
+
+        await in_browser(swarm, tmp_path, scenario)
+
+
 async def test_pause_and_resume_a_worker(tmp_path: Path) -> None:
     from shoal.actors.tree import open_swarm
 

@@ -47,6 +47,7 @@ export class TasksView {
     this.tasks = [];
     this.selectedId = null;
     this.loading = false;
+    this.again = false; // a reload was asked while one was in flight
     this.reloadSoon = throttle(() => this.reload(), 1000);
     this.table = new VTable($("#tasks-table"), {
       rowKey: (t) => t.id,
@@ -133,8 +134,15 @@ export class TasksView {
   }
 
   async reload() {
-    if (!this.app.rpc?.ready || this.loading) return;
+    if (!this.app.rpc?.ready) return;
+    if (this.loading) {
+      // one is in flight, asked before this change (another state chip, a task started): its
+      // answer may be stale, so load again once it is back rather than drop this reload
+      this.again = true;
+      return;
+    }
     this.loading = true;
+    this.again = false;
     const params = { limit: PAGE };
     if (this.state) params.state = this.state;
     const cursor = this.cursors[this.cursors.length - 1];
@@ -158,6 +166,7 @@ export class TasksView {
       toast(`tasks.list: ${errorText(err)}`, "error");
     } finally {
       this.loading = false;
+      if (this.again) this.reload();
     }
   }
 
