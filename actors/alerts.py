@@ -570,10 +570,21 @@ class AlertActor:
         transitions = self.engine.evaluate(
             config.alerts.rules, trio.current_time(), time.time(), config.scaling.max_workers
         )
-        cluster = self._leads is not None
-        leads = not cluster or (self._leads is not None and self._leads())
+        if self._leads is not None:
+            transitions = self._cluster_share(transitions, self._leads())
+        for tr in transitions:
+            self.stats["fired" if tr.topic == "alert.fired" else "resolved"] += 1
+            self.recent.append({"topic": tr.topic, **tr.payload})
+            log.warning("%s %s: %s", tr.topic, tr.payload["rule"], tr.payload["summary"])
+            self._bus.publish(tr.topic, tr.payload)
+            self._dispatch(tr.topic, tr.payload, config.alerts.webhooks)
+
+    def _cluster_share(self, transitions: list[Transition], leads: bool) -> list[Transition]:
+        """This node's part of a cluster's transitions: the leading node fires, whoever fired an
+        alert resolves it, a node that takes over also fires what it holds that no node fired (the
+        leading node is gone), and NODE_LOCAL_KINDS are every node's own."""
         took_over, self._led = leads and not self._led, leads
-        if cluster and took_over:  # what it holds that no node fired (the leading node is gone)
+        if took_over:
             new = {t.payload["id"] for t in transitions}
             held = [
                 t
@@ -583,22 +594,17 @@ class AlertActor:
                 and t.payload["id"] not in new
             ]
             transitions = held + transitions
+        mine: list[Transition] = []
         for tr in transitions:
             alert_id, fired = tr.payload["id"], tr.topic == "alert.fired"
-            if cluster and tr.payload.get("kind") not in NODE_LOCAL_KINDS:
-                # the leading node fires; whoever fired an alert resolves it
-                if not (leads if fired else alert_id in self._published):
-                    self.stats["left_to_another_node"] += 1
-                    continue
-                if fired:
-                    self._published.add(alert_id)
-                else:
-                    self._published.discard(alert_id)
-            self.stats["fired" if fired else "resolved"] += 1
-            self.recent.append({"topic": tr.topic, **tr.payload})
-            log.warning("%s %s: %s", tr.topic, tr.payload["rule"], tr.payload["summary"])
-            self._bus.publish(tr.topic, tr.payload)
-            self._dispatch(tr.topic, tr.payload, config.alerts.webhooks)
+            if tr.payload["kind"] in NODE_LOCAL_KINDS:
+                mine.append(tr)
+            elif not (leads if fired else alert_id in self._published):
+                self.stats["left_to_another_node"] += 1
+            else:
+                (self._published.add if fired else self._published.discard)(alert_id)
+                mine.append(tr)
+        return mine
 
     def _dispatch(self, topic: str, payload: dict[str, Any], hooks: tuple[WebhookConfig, ...]) -> None:
         nursery = self._nursery

@@ -166,10 +166,9 @@ class PgStore(PgMembership):
         task whose change lost its compare-and-set left out by `shoal_write`: `fenced_off`'s rule),
         so other nodes hear of a change and its events with one notification and one feed read, not
         two of each; every bus gets them from the feed, this node's too."""
-        ticket = Ticket()
         if self._broken is not None or self._closing:
-            ticket._resolve(None, self._broken or StoreError(f"{self.shown_url}: store is closed"))
-            return ticket
+            return Ticket.settled(error=self._broken or StoreError(f"{self.shown_url}: store is closed"))
+        ticket = Ticket()
         now = time.time()
         self._submit(Job("write", ticket, changes, [(now, topic, data) for topic, data in events]))
         return ticket

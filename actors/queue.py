@@ -477,7 +477,7 @@ class QueueActor(CallsQueue, ModelQueue, ClusterQueue):
             # replies alone (a stats call, a worker event's Barrier): nothing to commit, so no
             # round trip to the store's thread; the acker still releases them after every
             # write before them
-            ticket = _nothing_to_write()
+            ticket = Ticket.settled()
         elif self.cluster is not None and self.bus.relay is not None:
             # the events commit with the changes and come back to the bus through the feed
             ticket = self.cluster.write(changes, events)
@@ -733,12 +733,6 @@ class QueueActor(CallsQueue, ModelQueue, ClusterQueue):
         self.book.reconfigure(msg.config.queue, msg.config.models)
         self._update_hot(now)  # limits.prefer_fallback_at may have changed
         self._rematch_idle(now)
-
-
-def _nothing_to_write() -> Ticket:
-    ticket = Ticket()
-    ticket._resolve(None, None)
-    return ticket
 
 
 def _check_call_text(payload: Any) -> None:

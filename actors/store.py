@@ -90,6 +90,13 @@ class Ticket:
         self._error: BaseException | None = None
         self._value: Any = None
 
+    @classmethod
+    def settled(cls, value: Any = None, error: BaseException | None = None) -> Ticket:
+        """A ticket already resolved (a write refused at once, or one with nothing to write)."""
+        ticket = cls()
+        ticket._resolve(value, error)
+        return ticket
+
     def done(self) -> bool:
         return self._event.is_set()
 
@@ -221,10 +228,9 @@ class Store:
 
     def write(self, changes: Sequence[Change]) -> Ticket:
         """Queue `changes` for the next group commit; never blocks. Tickets resolve in write order."""
-        ticket = Ticket()
         if self._broken is not None or self._closing:
-            ticket._resolve(None, self._broken or StoreError(f"{self.path}: store is closed"))
-            return ticket
+            return Ticket.settled(error=self._broken or StoreError(f"{self.path}: store is closed"))
+        ticket = Ticket()
         if self.inline:
             assert self._conn is not None
             for done, value, error in self._commit(self._conn, [_Job("write", ticket, changes)]):

@@ -264,7 +264,7 @@ class _Keep(trio.TaskStatus[Any]):
 def leads_alerts(store: Any) -> bool:
     """Whether this node fires the cluster's alerts: the live node first by id (every node when the
     store is not shared, or while the nodes are not known yet)."""
-    if store is None or not getattr(store, "shared", False):
+    if store is None or not store.shared:
         return True
     alive = [n.id for n in store.nodes if n.alive]
     return not alive or min(alive) == store.node_id
