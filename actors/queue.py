@@ -145,6 +145,10 @@ class QueueActor(CallsQueue, ModelQueue, ClusterQueue):
         self._lane_nodes: tuple[str, ...] = ()  # shared store: the live nodes with workers (lanes)
         self.conflicts = 0  # writes another node's write beat (shared store)
         self.reaped = 0  # attempts of dead nodes' workers requeued here
+        self._remote_idle: dict[str, WorkerView] = {}  # shared store: other nodes' idle workers (booking)
+        self.booked = 0  # tasks this node claimed for another node's idle worker in its own write
+        self.bookings_taken = 0  # another node's bookings of a worker here, delivered
+        self.bookings_declined = 0  # ... and handed back (the worker was not idle any more)
         self._remote_parks: set[str] = set()  # models parked here because another node parked them
         self._offset = 0.0
         self._broken: StoreError | None = None
@@ -449,8 +453,11 @@ class QueueActor(CallsQueue, ModelQueue, ClusterQueue):
         and events that must wait for them."""
         changes, events, ready = self.book.drain()
         while ready:
-            if self._idle and self._broken is None:
-                self._match_tasks(ready, self._now())
+            if self._broken is None:
+                if self._idle:
+                    self._match_tasks(ready, self._now())
+                if self._remote_idle:
+                    self._book_remote(ready, self._now())
             more_changes, more_events, ready = self.book.drain()
             changes.extend(more_changes)
             events.extend(more_events)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..protocols.errors import Conflict
-from ..protocols.tasks import TERMINAL_STATES, Assignment, Task, TaskState
+from ..protocols.tasks import TERMINAL_STATES, Assignment, Outcome, Task, TaskState
 from ..runtime.actor import ActorGone, Address, Call
 from .cluster import NodesReport, fenced_off, node_of
 from .queue_messages import (
@@ -22,7 +22,7 @@ from .queue_messages import (
 )
 from .queue_state import QueueParts
 from .store import Ticket
-from .taskbook import Change, StoredTask
+from .taskbook import Change, StoredTask, WorkerView
 
 log = logging.getLogger("shoal.queue")
 CLAIM_GRACE_S = 0.1
@@ -63,12 +63,112 @@ class ClusterQueue(QueueParts):
         if isinstance(item, NodesReport):
             self._on_nodes(item, now)
             return
+        booked = self._booked_here(item.rows)
         self._stop_taken(self.book.absorb(item.rows, now))
+        self._take_bookings(booked, now)
+        self._note_remote_workers(item.rows, item.events)
         self._defer_foreign(item.rows, now)
         self._settle_waiters([tid for tid, row in item.rows if row is not None])
         # after the rows: whoever hears an event reads its task as it says
         if item.events and self.cluster is not None:
             self.cluster.deliver_events(item.events)
+
+    # ---- booking: a task claimed for another node's idle worker in the submitter's own write -------
+
+    def _note_remote_workers(
+        self, rows: list[tuple[str, StoredTask | None]], events: list[tuple[int, float, str, str, Any]]
+    ) -> None:
+        """Follow other nodes' idle workers from the feed: a `worker.state` idle event (it names
+        the worker's model and capabilities) makes one bookable; any other state, its exit, or a
+        row that shows an attempt of it (it took a task, or just finished one: its next idle
+        event follows) makes it not. Rows before events, as the feed orders them."""
+        if not rows and not events:
+            return
+        idle = self._remote_idle
+        for _tid, row in rows:
+            if row is not None and row.attempts and idle:
+                idle.pop(row.attempts[-1].worker, None)
+        for _seq, _ts, node, topic, data in events:
+            if node == self.node_id or not topic.startswith("worker.") or not isinstance(data, dict):
+                continue
+            wid = data.get("worker")
+            if not isinstance(wid, str) or node_of(wid) != node:
+                continue
+            idle.pop(wid, None)  # re-inserted last: longest idle first
+            if topic != "worker.state" or data.get("state") != "idle" or "capabilities" not in data:
+                continue
+            model, caps = data.get("model"), data.get("capabilities")
+            if caps is not None and not (isinstance(caps, list) and all(isinstance(c, str) for c in caps)):
+                continue
+            idle[wid] = WorkerView(
+                wid, model if isinstance(model, str) else None, None if caps is None else frozenset(caps)
+            )
+
+    def _book_remote(self, task_ids: list[str], now: float) -> None:
+        """Tasks this node just made ready that no worker of its own took: claim each for an idle
+        worker of another live node in this node's own write. That node hands it to the worker as
+        the row reaches its feed (`_take_bookings`), with no write of its own: one commit less
+        between a submit and the agent reading its prompt. Only while the cluster has no backlog
+        (no more ready tasks than idle workers seen elsewhere): with one, idle workers are rare
+        and take from it at once, so a booking would mostly meet a worker that is busy again.
+        Tasks assigned to a worker (`tasks.assign`) wait for that worker, as ever."""
+        cluster, report = self.cluster, self.nodes
+        if cluster is None or report is None:
+            return
+        if self.book.counts()[TaskState.READY] > len(self._remote_idle):
+            return
+        alive = {n.id for n in report.nodes if n.alive}
+        for tid in task_ids:
+            if not self._remote_idle:
+                return
+            key = self.book.bucket_key(tid)
+            if key is None or key[0] is not None or not cluster.mine(self.book.version_of(tid)):
+                continue  # not ready now, assigned to a worker, or made ready by another node
+            book = self.book
+            pick = next(
+                (
+                    view
+                    for wid, view in self._remote_idle.items()
+                    if node_of(wid) in alive and not book.running_on(wid) and book.can_take(view, tid)
+                ),
+                None,
+            )
+            if pick is None:
+                continue
+            del self._remote_idle[pick.id]
+            self.book.claim(tid, pick.id, pick.model, now)
+            self.booked += 1
+
+    def _booked_here(self, rows: list[tuple[str, StoredTask | None]]) -> list[tuple[str, str, int]]:
+        """(task, worker, attempt) of each row another node claimed for a worker of this node, not
+        yet in the book as such (read before the rows are absorbed)."""
+        found: list[tuple[str, str, int]] = []
+        for tid, row in rows:
+            if row is None or row.state is not TaskState.RUNNING or not row.attempts:
+                continue
+            att = row.attempts[-1]
+            if att.ended is not None or node_of(att.worker) != self.node_id:
+                continue
+            if tid in self.book and (held := self.book.open_attempt(tid)) is not None and held.n == att.n:
+                continue
+            found.append((tid, att.worker, att.n))
+        return found
+
+    def _take_bookings(self, booked: list[tuple[str, str, int]], now: float) -> None:
+        """Hand each booked task to its worker if that worker is still idle here; else hand the
+        task back (its attempt ends interrupted, not counted; it is ready again, for any node)."""
+        for tid, wid, n in booked:
+            if not self.book.is_current(tid, n):
+                continue
+            worker = self._workers.get(wid)
+            if worker is not None and self._idle.get(wid) is worker and self.book.running_on(wid) == [tid]:
+                del self._idle[wid]
+                self.bookings_taken += 1
+                self._deliver(worker, self.book.assignment(tid), now)
+                continue
+            self.bookings_declined += 1
+            why = f"worker {wid!r} was not idle when another node booked it"
+            self.book.finish(tid, n, Outcome.INTERRUPTED, now, reason=why)
 
     def _defer_foreign(self, rows: list[tuple[str, StoredTask | None]], now: float) -> None:
         """Tasks another node made ready reach every node's feed at once, and every node with an
@@ -152,6 +252,8 @@ class ClusterQueue(QueueParts):
         self._sync_parks(report.parks, now)
         alive = {n.id for n in report.nodes if n.alive}
         known = {n.id for n in report.nodes}
+        for wid in [w for w in self._remote_idle if node_of(w) not in alive]:
+            del self._remote_idle[wid]  # its node is gone: bookable again once it says idle again
         for wid in sorted(self.book.workers_with_work()):
             node = node_of(wid)
             if node is None or node == self.node_id or node in alive:

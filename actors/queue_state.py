@@ -14,7 +14,7 @@ from ..runtime.actor import Address, Call
 from ..runtime.eventbus import EventBus
 from .cluster import NodesReport
 from .queue_messages import QueueMsg, Stats
-from .taskbook import TaskBook
+from .taskbook import TaskBook, WorkerView
 from .taskstore import SharedTaskStore, TaskStore
 
 if TYPE_CHECKING:
@@ -42,6 +42,10 @@ class QueueParts:
     _extra_events: list[tuple[str, dict[str, Any]]]
     _unheard: dict[str, str]
     _deferred: dict[str, float]
+    _remote_idle: dict[str, WorkerView]
+    booked: int
+    bookings_taken: int
+    bookings_declined: int
     _lane_nodes: tuple[str, ...]
     _remote_parks: set[str]
     _park_reasons: dict[str, str]

@@ -503,6 +503,8 @@ class SwarmSupervisor(SupervisorIO):
                 "state": report.state.value,
                 "reason": report.reason,
                 "model": worker.model,
+                # what it takes: another node books an idle worker of this one from this event
+                "capabilities": None if worker.capabilities is None else sorted(worker.capabilities),
                 "pid": report.pid,
                 "exit_code": report.exit_code,
                 "signal": report.signal,

@@ -185,13 +185,29 @@ class TaskBook(SubmittingBook, RetainingBook, ReloadingBook):
             "task.running",
             {"task_id": rec.id, "worker": worker, "attempt": att.n, "model": model, "category": rec.category},
         )
+        return self._assignment(rec, att)
+
+    def assignment(self, task_id: str) -> Assignment:
+        """What the worker of the task's open attempt is sent: in a cluster another node may have
+        claimed the task for a worker here (`QueueActor`, booking)."""
+        rec = self._rec(task_id)
+        att = rec.open_attempt()
+        if att is None:
+            raise Conflict(f"task {task_id!r} has no open attempt")
+        return self._assignment(rec, att)
+
+    def version_of(self, task_id: str) -> int:
+        """The shared store's row version the task's record stands on (0 on a node's own store)."""
+        return self._rec(task_id).version
+
+    def _assignment(self, rec: _Rec, att: Attempt) -> Assignment:
         failed_check = _failed_check(rec.attempts[-2]) if len(rec.attempts) > 1 else None
         return Assignment(
             task_id=rec.id,
             attempt=att.n,
             prompt=rec.prompt if failed_check is None else check_feedback(rec.prompt, failed_check),
             category=rec.category,
-            model=model,
+            model=att.model,
             timeout_s=rec.timeout_s,
             metadata=rec.metadata,
             dep_heads=self._dep_heads(rec),

@@ -72,6 +72,10 @@ class SharedTaskStore(TaskStore, Protocol):
         change that lost its compare-and-set left out, and reach every node's bus through the feed."""
         ...
 
+    def mine(self, version: int) -> bool:
+        """A row version this node's incarnation wrote (`TaskBook.version_of`)."""
+        ...
+
     def deliver_events(self, rows: list[tuple[int, float, str, str, Any]]) -> None:
         """The cluster's events read with a feed batch, to this node's bus (after their rows)."""
         ...

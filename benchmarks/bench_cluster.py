@@ -11,8 +11,9 @@ a throwaway PostgreSQL 15 (tests/pgcluster.py) on 127.0.0.1, driven over their g
 dispatch: node A (no workers) takes `tasks.submit`; nodes B and C hold idle workers (a tiny
 marker-dialect agent on a pipe that stamps the moment it first reads the prompt, as
 bench_gateway.py's): submit at A → that stamp, p50/p99, one task at a time (goal p50 ≤ 5 ms, p99 ≤
-20 ms). Split: A's submit round trip (A committed), submit → the claiming node's `task.running`
-(its claim committed), and that → prompt read.
+20 ms). Split: A's submit round trip (A committed), submit → `task.running` (the claim decided: by
+A, which books an idle worker of B or C in its submit's own write when it heard that worker is idle,
+else by the worker's node), and that → prompt read; and how many claims each node made.
 throughput: instant tasks through 1 node × 16 workers, then 3 nodes × 16 (fresh database each, same
 run), submitted at every node's gateway; the durable rate from the database (last attempt ended −
 first submit), the CPU of Shoal's node processes and of PostgreSQL per task (goal ≥ 1,000 tasks/s on
@@ -441,6 +442,9 @@ async def bench_dispatch(pg: PgCluster, args: argparse.Namespace) -> None:
             pg_cpu = (pg_cpu_s(pg) - pg_before) / n * 1e6
             back = await _dispatches(ca, stream, n, 0, wait_idle=False)
         conflicts = await c.one("SELECT count(*) FROM attempts WHERE outcome IS DISTINCT FROM 'done'")
+        claimers = dict(
+            await c.rows("SELECT node, count(*) FROM events WHERE topic = 'task.running' GROUP BY node")
+        )
     read, rtt, claimed, claim_to_read, on = quiet
     p50, p99 = pct(read, 50) * 1000, pct(read, 99) * 1000
     print(
@@ -452,8 +456,9 @@ async def bench_dispatch(pg: PgCluster, args: argparse.Namespace) -> None:
     print(f"  submit → prompt read (agent's stamp): {dist(read)}")
     print(f"    goal p50 ≤ 5 ms: {goal(p50 <= 5)}; p99 ≤ 20 ms: {goal(p99 <= 20)}")
     print(f"  of which submit round trip at A (A's commit, reply): {dist(rtt)}")
-    print(f"  submit → task.running published by the claiming node (claim decided): {dist(claimed)}")
-    print(f"  task.running → prompt read (claim committed, worker told): {dist(claim_to_read)}")
+    print(f"  submit → task.running (claim decided, by A when it booked the worker): {dist(claimed)}")
+    print(f"  task.running → prompt read (committed, at the worker's node, told): {dist(claim_to_read)}")
+    print(f"  claims by node, both runs and the warm-up (A: booked in its submit write): {claimers}")
     shown = ", ".join(f"{name} {us:,.0f}" for name, us in cpu.items())
     print(
         f"  CPU a dispatch (its whole cycle: submit, run, done, idle): nodes {shown} µs;"

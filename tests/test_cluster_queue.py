@@ -423,3 +423,91 @@ async def test_a_nodes_own_events_reach_its_bus_while_postgresql_is_down_and_onl
             with trio.fail_after(30):
                 after = await mine.receive()  # not custom.during again: it was passed over
             assert after.topic == "custom.after" and after.seq > heard.seq
+
+
+async def _cluster_of(*queues: Q, workers: dict[str, int]) -> None:
+    """Tell each node what a heartbeat would: the nodes alive, and how many workers each has."""
+    rows = await trio.to_thread.run_sync(open_nodes, queues[0].store.url)  # type: ignore[attr-defined]
+    rows = [attrs.evolve(r, workers=workers.get(r.id, 0)) for r in rows]
+    for q in queues:
+        await q.address.send(_Feed(NodesReport(tuple(rows), q.store.incarnation)))  # type: ignore[attr-defined]
+
+
+async def _idle_heard(at: Q, on: Q, worker: str, model: str | None = "sonnet") -> None:
+    """`worker` of node `on` says it is idle (its supervisor's event), and node `at` has heard it."""
+    with at.bus.subscribe(["worker.state"]) as heard:
+        on.bus.publish(
+            "worker.state", {"worker": worker, "state": "idle", "model": model, "capabilities": None}
+        )
+        with trio.fail_after(30):
+            while (await heard.receive()).data.get("worker") != worker:
+                pass
+
+
+async def test_a_task_submitted_where_no_worker_is_idle_is_claimed_for_another_nodes_idle_worker(
+    pg_url: str,
+) -> None:
+    # a has no worker, b an idle one that a heard of (its worker.state event): a claims the task
+    # for b's worker in the submit's own write (booking); b hands it to the worker as the row
+    # reaches its feed, with no write of its own (one commit less before the agent reads the
+    # prompt). The worker then runs it as any task: its report is b's write, fenced as ever.
+    quiet = {"lease_s": 120.0, "heartbeat_s": 60.0}
+    async with node_queue(pg_url, "a", **quiet) as a, node_queue(pg_url, "b", **quiet) as b:
+        await _cluster_of(a, b, workers={"b": 1})
+        bot = Bot(b, "b:w1")
+        await bot.available()
+        await _idle_heard(a, b, "b:w1")
+        (task,) = await a.submit(TaskSpec("for b's idle worker"))
+        got = await bot.assignment()
+        assert (got.task_id, got.attempt, got.model, got.prompt) == (
+            task.id,
+            1,
+            "sonnet",
+            "for b's idle worker",
+        )
+        assert (a.actor.booked, b.actor.bookings_taken, b.actor.bookings_declined) == (1, 1, 0)
+        ran = await trio.to_thread.run_sync(
+            pg_rows, pg_url, "SELECT node, data->>'worker' FROM events WHERE topic = 'task.running'"
+        )
+        assert ran == [("a", "b:w1")]  # the claim was a's write: b wrote nothing to start it
+        await bot.finish(got, result="ok")
+        with trio.fail_after(30):
+            done = await a.call(WaitTask(task.id))
+        assert done.state is TaskState.DONE and done.result == "ok"
+        assert [(t.worker, t.outcome) for t in done.attempts] == [("b:w1", Outcome.DONE)]
+        # b's worker is busy again as far as a knows (the row showed its attempt) until it says
+        # idle: the next task is not booked for it, and waits ready for a worker
+        (second,) = await a.submit(TaskSpec("no idle worker known"))
+        assert a.actor.booked == 1 and (await a.call(GetTask(second.id))).state is TaskState.READY
+        assert b.actor.conflicts == 0 and a.actor.conflicts == 0
+
+
+async def test_a_booking_of_a_worker_no_longer_idle_is_handed_back_uncounted_and_runs_elsewhere(
+    pg_url: str,
+) -> None:
+    # a heard b's worker is idle, but b has given it nothing to hold (it never said so to b's
+    # queue here: as a worker that took one of b's own tasks meanwhile): b hands the booking back:
+    # the attempt ends interrupted, not counted, and the task is ready again; b's worker that
+    # then turns idle takes it (attempt 2)
+    quiet = {"lease_s": 120.0, "heartbeat_s": 60.0}
+    async with node_queue(pg_url, "a", **quiet) as a, node_queue(pg_url, "b", **quiet) as b:
+        await _cluster_of(a, b, workers={"b": 1})
+        await _idle_heard(a, b, "b:w9")
+        with a.bus.subscribe(["task.requeued"]) as requeued:
+            (task,) = await a.submit(TaskSpec("booked too late"))
+            with trio.fail_after(30):
+                back = await requeued.receive()
+        assert back.data["task_id"] == task.id and back.data["worker"] == "b:w9"
+        assert (a.actor.booked, b.actor.bookings_taken, b.actor.bookings_declined) == (1, 0, 1)
+        seen = await b.call(GetTask(task.id))
+        assert seen.state is TaskState.READY and seen.attempts[0].outcome is Outcome.INTERRUPTED
+        assert "not idle when another node booked it" in (seen.attempts[0].reason or "")
+        bot = Bot(b, "b:w2")
+        await bot.available()
+        got = await bot.assignment()
+        assert (got.task_id, got.attempt) == (task.id, 2)
+        await bot.finish(got)
+        with trio.fail_after(30):
+            done = await a.call(WaitTask(task.id))
+        assert done.state is TaskState.DONE and len(done.attempts) == 2
+        assert (done.attempt_counts.used, done.attempt_counts.interrupted) == (1, 1)
