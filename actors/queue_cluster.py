@@ -4,6 +4,7 @@ writes whose compare-and-set another node won."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import zlib
@@ -29,6 +30,8 @@ CLAIM_GRACE_S = 0.1
 """How long a node leaves a task another node made ready to the node preferred for it (below):
 longer than that node's claim takes to reach the others' feeds on a loaded machine, short next to
 any agent's task."""
+BOOK_LOOKS = 64
+"""How many of the other nodes' idle workers a write looks at for a booking (`_book_remote`)."""
 
 
 class ClusterQueue(QueueParts):
@@ -108,36 +111,37 @@ class ClusterQueue(QueueParts):
         """Tasks this node just made ready that no worker of its own took: claim each for an idle
         worker of another live node in this node's own write. That node hands it to the worker as
         the row reaches its feed (`_take_bookings`), with no write of its own: one commit less
-        between a submit and the agent reading its prompt. Only while the cluster has no backlog
-        (no more ready tasks than idle workers seen elsewhere): with one, idle workers are rare
-        and take from it at once, so a booking would mostly meet a worker that is busy again.
-        Tasks assigned to a worker (`tasks.assign`) wait for that worker, as ever."""
-        cluster, report = self.cluster, self.nodes
+        between a submit and the agent reading its prompt. Only while there is no backlog (no
+        more ready tasks than idle workers heard of elsewhere: with one, those workers take from
+        it at once, and a booking would mostly meet a busy worker), and a worker only for the task
+        that is its best pick as this node sees the queue.
+        Tasks assigned to a worker (`tasks.assign`) wait for that worker, as ever. At most
+        BOOK_LOOKS workers are looked at a write, so a node that heard of hundreds stays cheap."""
+        cluster, report, book = self.cluster, self.nodes, self.book
         if cluster is None or report is None:
             return
-        if self.book.counts()[TaskState.READY] > len(self._remote_idle):
+        if book.counts()[TaskState.READY] > len(self._remote_idle):
+            return  # a backlog: the idle workers elsewhere take from it themselves
+        wanted: set[str] = set()
+        for tid in task_ids:
+            key = book.bucket_key(tid)  # None: not ready now (a worker here took it)
+            if key is not None and key[0] is None and cluster.mine(book.version_of(tid)):
+                wanted.add(tid)  # ready, assigned to no worker, and made ready by this node
+        if not wanted:
             return
         alive = {n.id for n in report.nodes if n.alive}
-        for tid in task_ids:
-            if not self._remote_idle:
-                return
-            key = self.book.bucket_key(tid)
-            if key is None or key[0] is not None or not cluster.mine(self.book.version_of(tid)):
-                continue  # not ready now, assigned to a worker, or made ready by another node
-            book = self.book
-            pick = next(
-                (
-                    view
-                    for wid, view in self._remote_idle.items()
-                    if node_of(wid) in alive and not book.running_on(wid) and book.can_take(view, tid)
-                ),
-                None,
-            )
-            if pick is None:
+        for view in list(itertools.islice(self._remote_idle.values(), BOOK_LOOKS)):
+            if node_of(view.id) not in alive or book.running_on(view.id):
                 continue
-            del self._remote_idle[pick.id]
-            self.book.claim(tid, pick.id, pick.model, now)
+            pick = book.select(view)
+            if pick is None or pick not in wanted:
+                continue
+            del self._remote_idle[view.id]
+            book.claim(pick, view.id, view.model, now)
             self.booked += 1
+            wanted.discard(pick)
+            if not wanted:
+                return
 
     def _booked_here(self, rows: list[tuple[str, StoredTask | None]]) -> list[tuple[str, str, int]]:
         """(task, worker, attempt) of each row another node claimed for a worker of this node, not

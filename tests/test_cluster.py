@@ -119,6 +119,36 @@ async def test_a_task_submitted_at_one_node_runs_on_another_and_every_gateway_se
     assert all(len(attempts(pg_url, f"x{i}")) == 1 for i in range(4))  # each ran once
 
 
+async def test_a_task_submitted_at_a_node_without_workers_is_booked_for_another_nodes_idle_worker(
+    tmp_path: Path, pg_url: str, nodes: list[Node]
+) -> None:
+    # b's idle worker says so in its worker.state event (with its capabilities); a, which knows b
+    # alive, claims the task it takes for that worker in the submit's own write, and b hands it
+    # over with no write of its own: the task.running event is a's, the attempt b's worker's
+    a = await start(nodes, tmp_path, pg_url, "a", max_workers=0)
+    b = await start(nodes, tmp_path, pg_url, "b", max_workers=1, min_workers=1)
+    token = read_token(tmp_path / "token")
+    async with connect(a.url, token) as ca, ca.events(["nodes.changed", "worker.state"], since=0) as seen:
+        known_alive = idle = False
+        with trio.fail_after(60):
+            async for item in seen:  # what a's queue heard: it publishes nodes.changed, and hands
+                if not isinstance(item, Event):  # other nodes' events on after noting them
+                    continue
+                if item.topic == "nodes.changed" and item.data.get("node") == "a":
+                    known_alive = item.data["nodes"].get("b", {}).get("state") == "alive"
+                if item.topic == "worker.state" and str(item.data.get("worker")).startswith("b:"):
+                    idle = item.data.get("state") == "idle"
+                    assert "capabilities" in item.data and item.data["capabilities"] is None
+                if known_alive and idle:
+                    break
+        (task,) = await ca.submit_many([{"id": "booked", "prompt": "for b's idle worker"}])
+        await wait_state(a, token, task.id, TaskState.DONE)
+    ran = pg_rows(pg_url, "SELECT node, data->>'worker' FROM events WHERE topic = 'task.running'")
+    assert len(ran) == 1 and ran[0][0] == "a" and ran[0][1].startswith("b:w"), ran
+    assert [(n, outcome) for n, _w, outcome in attempts(pg_url, "booked")] == [(1, "done")]
+    assert b.proc.poll() is None
+
+
 async def test_a_node_killed_mid_task_its_task_runs_again_elsewhere_once(
     tmp_path: Path, pg_url: str, nodes: list[Node]
 ) -> None:

@@ -22,7 +22,7 @@ from shoal.actors import queue_cluster
 from shoal.actors.cluster import FeedBatch, NodesReport
 from shoal.actors.pgschema import open_nodes
 from shoal.actors.pgstore import PgStore
-from shoal.actors.queue import GetTask, QueueActor, WaitTask
+from shoal.actors.queue import CancelTask, GetTask, QueueActor, WaitTask
 from shoal.actors.queue_cluster import _rank
 from shoal.actors.queue_messages import _Feed
 from shoal.protocols.config import SwarmConfig
@@ -433,11 +433,13 @@ async def _cluster_of(*queues: Q, workers: dict[str, int]) -> None:
         await q.address.send(_Feed(NodesReport(tuple(rows), q.store.incarnation)))  # type: ignore[attr-defined]
 
 
-async def _idle_heard(at: Q, on: Q, worker: str, model: str | None = "sonnet") -> None:
+async def _idle_heard(
+    at: Q, on: Q, worker: str, model: str | None = "sonnet", caps: list[str] | None = None
+) -> None:
     """`worker` of node `on` says it is idle (its supervisor's event), and node `at` has heard it."""
     with at.bus.subscribe(["worker.state"]) as heard:
         on.bus.publish(
-            "worker.state", {"worker": worker, "state": "idle", "model": model, "capabilities": None}
+            "worker.state", {"worker": worker, "state": "idle", "model": model, "capabilities": caps}
         )
         with trio.fail_after(30):
             while (await heard.receive()).data.get("worker") != worker:
@@ -511,3 +513,21 @@ async def test_a_booking_of_a_worker_no_longer_idle_is_handed_back_uncounted_and
             done = await a.call(WaitTask(task.id))
         assert done.state is TaskState.DONE and len(done.attempts) == 2
         assert (done.attempt_counts.used, done.attempt_counts.interrupted) == (1, 1)
+
+
+async def test_a_booking_honours_the_idle_workers_capabilities(pg_url: str) -> None:
+    # b's idle worker takes docs tasks only (its worker.state event says so): a does not book it
+    # for a code task (that waits ready for a worker that takes it), and does for a docs task
+    # (once the code task is gone: with more tasks ready than idle workers heard of, a books none)
+    quiet = {"lease_s": 120.0, "heartbeat_s": 60.0}
+    async with node_queue(pg_url, "a", **quiet) as a, node_queue(pg_url, "b", **quiet) as b:
+        await _cluster_of(a, b, workers={"b": 1})
+        bot = Bot(b, "b:w1", caps=frozenset({"docs"}))
+        await bot.available()
+        await _idle_heard(a, b, "b:w1", caps=["docs"])
+        (code,) = await a.submit(TaskSpec("code task", category="code"))
+        assert a.actor.booked == 0 and (await a.call(GetTask(code.id))).state is TaskState.READY
+        await a.call(CancelTask(code.id))
+        (docs,) = await a.submit(TaskSpec("docs task", category="docs"))
+        got = await bot.assignment()
+        assert got.task_id == docs.id and a.actor.booked == 1
