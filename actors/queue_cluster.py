@@ -88,9 +88,10 @@ class ClusterQueue(QueueParts):
         if not rows and not events:
             return
         idle = self._remote_idle
-        for _tid, row in rows:
-            if row is not None and row.attempts and idle:
-                idle.pop(row.attempts[-1].worker, None)
+        if idle:
+            for _tid, row in rows:
+                if row is not None and row.attempts:
+                    idle.pop(row.attempts[-1].worker, None)
         for _seq, _ts, node, topic, data in events:
             if node == self.node_id or not topic.startswith("worker.") or not isinstance(data, dict):
                 continue
