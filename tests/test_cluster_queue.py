@@ -425,6 +425,16 @@ async def test_a_nodes_own_events_reach_its_bus_while_postgresql_is_down_and_onl
             assert after.topic == "custom.after" and after.seq > heard.seq
 
 
+@asynccontextmanager
+async def _a_and_b(pg_url: str) -> AsyncIterator[tuple[Q, Q]]:
+    """Nodes a (no worker) and b (one), each told so as a heartbeat would; no real heartbeat
+    report comes during the test."""
+    quiet = {"lease_s": 120.0, "heartbeat_s": 60.0}
+    async with node_queue(pg_url, "a", **quiet) as a, node_queue(pg_url, "b", **quiet) as b:
+        await _cluster_of(a, b, workers={"b": 1})
+        yield a, b
+
+
 async def _cluster_of(*queues: Q, workers: dict[str, int]) -> None:
     """Tell each node what a heartbeat would: the nodes alive, and how many workers each has."""
     rows = await trio.to_thread.run_sync(open_nodes, queues[0].store.url)  # type: ignore[attr-defined]
@@ -453,9 +463,7 @@ async def test_a_task_submitted_where_no_worker_is_idle_is_claimed_for_another_n
     # for b's worker in the submit's own write (booking); b hands it to the worker as the row
     # reaches its feed, with no write of its own (one commit less before the agent reads the
     # prompt). The worker then runs it as any task: its report is b's write, fenced as ever.
-    quiet = {"lease_s": 120.0, "heartbeat_s": 60.0}
-    async with node_queue(pg_url, "a", **quiet) as a, node_queue(pg_url, "b", **quiet) as b:
-        await _cluster_of(a, b, workers={"b": 1})
+    async with _a_and_b(pg_url) as (a, b):
         bot = Bot(b, "b:w1")
         await bot.available()
         await _idle_heard(a, b, "b:w1")
@@ -491,9 +499,7 @@ async def test_a_booking_of_a_worker_no_longer_idle_is_handed_back_uncounted_and
     # queue here: as a worker that took one of b's own tasks meanwhile): b hands the booking back:
     # the attempt ends interrupted, not counted, and the task is ready again; b's worker that
     # then turns idle takes it (attempt 2)
-    quiet = {"lease_s": 120.0, "heartbeat_s": 60.0}
-    async with node_queue(pg_url, "a", **quiet) as a, node_queue(pg_url, "b", **quiet) as b:
-        await _cluster_of(a, b, workers={"b": 1})
+    async with _a_and_b(pg_url) as (a, b):
         await _idle_heard(a, b, "b:w9")
         with a.bus.subscribe(["task.requeued"]) as requeued:
             (task,) = await a.submit(TaskSpec("booked too late"))
@@ -519,9 +525,7 @@ async def test_a_booking_honours_the_idle_workers_capabilities(pg_url: str) -> N
     # b's idle worker takes docs tasks only (its worker.state event says so): a does not book it
     # for a code task (that waits ready for a worker that takes it), and does for a docs task
     # (once the code task is gone: with more tasks ready than idle workers heard of, a books none)
-    quiet = {"lease_s": 120.0, "heartbeat_s": 60.0}
-    async with node_queue(pg_url, "a", **quiet) as a, node_queue(pg_url, "b", **quiet) as b:
-        await _cluster_of(a, b, workers={"b": 1})
+    async with _a_and_b(pg_url) as (a, b):
         bot = Bot(b, "b:w1", caps=frozenset({"docs"}))
         await bot.available()
         await _idle_heard(a, b, "b:w1", caps=["docs"])
